@@ -1,0 +1,239 @@
+//! The manifest-directory source: every `*.yaml`, `*.yml` and `*.json` below a directory,
+//! watched for changes.
+//!
+//! Each file is its own source: a file that parses replaces what it held before (`Reset`), a
+//! deleted file removes its objects, and a file that fails to parse or validate is reported with
+//! its path, object and line/column or field, while the objects it held stay as they were.
+//! Names starting with `.` are skipped, which also skips the `..data` directories of a mounted
+//! ConfigMap while following its symlinked files.
+//!
+//! Change detection: inotify (via `notify`) wakes a rescan within a few milliseconds; a rescan
+//! re-reads files that an event named or whose (mtime, size, inode) changed. A slow periodic
+//! rescan catches anything a filesystem does not report.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+use tables::{Origin, SourceId};
+
+use crate::convert::convert;
+use crate::parse::parse_manifest;
+use crate::{Change, Event, Metrics, Sender};
+
+/// How long to wait for more events after the first one before rescanning.
+const DEBOUNCE: Duration = Duration::from_millis(15);
+/// The fallback rescan period.
+const RESCAN: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let md = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&md);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some(Stamp {
+        modified: md.modified().ok(),
+        len: md.len(),
+        ino,
+    })
+}
+
+fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// Every manifest file below `dir`, sorted, following symlinks, skipping dot-names.
+pub fn list_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut seen_dirs = HashSet::new();
+    while let Some(d) = stack.pop() {
+        if let Ok(canon) = d.canonicalize() {
+            if !seen_dirs.insert(canon) {
+                continue; // symlink loop
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            match std::fs::metadata(&path) {
+                Ok(md) if md.is_dir() => stack.push(path),
+                Ok(md) if md.is_file() && is_manifest(&path) => out.push(path),
+                _ => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Watches `dir` and feeds its objects into `tx` until `tx` closes.
+pub struct FileSource {
+    dir: PathBuf,
+    tx: Sender,
+    metrics: Metrics,
+    known: BTreeMap<PathBuf, Stamp>,
+}
+
+impl FileSource {
+    pub fn new(dir: PathBuf, tx: Sender, metrics: Metrics) -> Self {
+        FileSource {
+            dir,
+            tx,
+            metrics,
+            known: BTreeMap::new(),
+        }
+    }
+
+    fn source_id(&self, path: &Path) -> SourceId {
+        let rel = path.strip_prefix(&self.dir).unwrap_or(path);
+        SourceId::new(Origin::Manifests, &rel.display().to_string())
+    }
+
+    fn send(&self, change: Change) -> bool {
+        self.tx.send(Event::now(change)).is_ok()
+    }
+
+    /// Reads one file and reports its objects, or its error. Returns false when the
+    /// controller is gone.
+    fn load(&self, path: &Path) -> bool {
+        let text = match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(_) => {
+                    self.metrics
+                        .source_errors
+                        .with_label_values(&["manifests", "parse"])
+                        .inc();
+                    tracing::warn!(path = %path.display(), "manifest rejected: not UTF-8; keeping the objects it held before");
+                    return true;
+                }
+            },
+            // Vanished between listing and reading: the next scan sees it gone.
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "manifest unreadable");
+                return true;
+            }
+        };
+        match parse_manifest(path, &text) {
+            Ok(api_objects) => {
+                let objects = api_objects
+                    .iter()
+                    .filter_map(|o| convert(o, "default").ok())
+                    .collect();
+                self.send(Change::Reset {
+                    source: self.source_id(path),
+                    objects,
+                    keep: vec![],
+                })
+            }
+            Err(e) => {
+                self.metrics
+                    .source_errors
+                    .with_label_values(&["manifests", e.reason])
+                    .inc();
+                tracing::warn!("manifest rejected: {e}; keeping the objects it held before");
+                true
+            }
+        }
+    }
+
+    /// Rescans the directory; `forced` paths are re-read even if their stamp is unchanged.
+    fn rescan(&mut self, forced: &HashSet<PathBuf>) -> bool {
+        let files = list_files(&self.dir);
+        let present: HashSet<&PathBuf> = files.iter().collect();
+        let gone: Vec<PathBuf> = self
+            .known
+            .keys()
+            .filter(|p| !present.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            self.known.remove(&path);
+            tracing::info!(path = %path.display(), "manifest removed");
+            if !self.send(Change::Reset {
+                source: self.source_id(&path),
+                objects: vec![],
+                keep: vec![],
+            }) {
+                return false;
+            }
+        }
+        for path in &files {
+            let Some(st) = stamp(path) else { continue };
+            if self.known.get(path) == Some(&st) && !forced.contains(path) {
+                continue;
+            }
+            self.known.insert(path.clone(), st);
+            if !self.load(path) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs on the calling thread: initial scan, `Synced`, then watch until the controller
+    /// hangs up. Fails only if the directory cannot be watched at all.
+    pub fn run(mut self) -> notify::Result<()> {
+        let (ev_tx, ev_rx) = std_mpsc::channel::<notify::Result<notify::Event>>();
+        let mut watcher = notify::recommended_watcher(move |res| {
+            let _ = ev_tx.send(res);
+        })?;
+        watcher.watch(&self.dir, RecursiveMode::Recursive)?;
+        tracing::info!(dir = %self.dir.display(), "watching manifests");
+
+        if !self.rescan(&HashSet::new()) {
+            return Ok(());
+        }
+        if !self.send(Change::Synced {
+            part: "manifests".into(),
+        }) {
+            return Ok(());
+        }
+        loop {
+            let mut forced = HashSet::new();
+            match ev_rx.recv_timeout(RESCAN) {
+                Ok(first) => {
+                    let mut collect = |res: notify::Result<notify::Event>| match res {
+                        Ok(ev) => forced.extend(ev.paths),
+                        Err(e) => tracing::warn!(error = %e, "manifest watch error"),
+                    };
+                    collect(first);
+                    let deadline = std::time::Instant::now() + DEBOUNCE;
+                    while let Some(left) =
+                        deadline.checked_duration_since(std::time::Instant::now())
+                    {
+                        match ev_rx.recv_timeout(left) {
+                            Ok(res) => collect(res),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            if self.tx.is_closed() || !self.rescan(&forced) {
+                return Ok(());
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The Kubernetes source: one `kube` watcher per kind, with backoff.
+//!
+//! Event mapping: `Init` starts a buffer, `InitApply` fills it, `InitDone` replaces the kind's
+//! objects (`Reset`) and reports the kind synced; `Apply`/`Delete` change one object. A relist
+//! (after 410 Gone, a dropped watch or a restarted API server) builds a fresh buffer and only
+//! replaces the published state when complete, so nothing is unpublished in between. Errors are
+//! logged and counted; the watcher retries with exponential backoff, forever.
+//!
+//! The Gateway API kinds are CRDs: when the API answers 404 for them, that is logged once, the
+//! kind counts as synced with no objects, and the backoff keeps checking until they appear.
+
+use std::fmt::Debug;
+use std::path::Path;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
+use kube::runtime::watcher::{self, Event as WEvent};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tables::{Kind, Object, ObjectKey, Origin, SourceId};
+
+use crate::convert::{self, ConvertError};
+use crate::gateway_api as gw;
+use crate::{Change, Event, Metrics, Sender};
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no usable Kubernetes configuration (tried $KUBECONFIG, ~/.kube/config, in-cluster): {0}"
+    )]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("building Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client from `kubeconfig`, else `$KUBECONFIG` / `~/.kube/config`, else in-cluster.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ClientError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|source| ClientError::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Starts one watcher task per kind; they run until `tx` closes.
+pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    macro_rules! watch {
+        ($api:expr, $kind:expr, $conv:expr, $crd:expr) => {
+            tasks.push(tokio::spawn(watch_kind(
+                $api,
+                $kind,
+                tx.clone(),
+                metrics.clone(),
+                $conv,
+                $crd,
+            )))
+        };
+    }
+    watch!(
+        Api::<core::Service>::all(client.clone()),
+        Kind::Service,
+        |o: &core::Service| convert::service(o, "default").map(Object::Service),
+        false
+    );
+    watch!(
+        Api::<discovery::EndpointSlice>::all(client.clone()),
+        Kind::EndpointSlice,
+        |o: &discovery::EndpointSlice| convert::endpoint_slice(o, "default")
+            .map(Object::EndpointSlice),
+        false
+    );
+    watch!(
+        Api::<networking::Ingress>::all(client.clone()),
+        Kind::Ingress,
+        |o: &networking::Ingress| convert::ingress(o, "default").map(Object::Ingress),
+        false
+    );
+    watch!(
+        Api::<gw::HttpRoute>::all_with(client.clone(), &gw::api_resource("HTTPRoute")),
+        Kind::HttpRoute,
+        |o: &gw::HttpRoute| convert::http_route(o, "default").map(Object::HttpRoute),
+        true
+    );
+    watch!(
+        Api::<gw::Gateway>::all_with(client.clone(), &gw::api_resource("Gateway")),
+        Kind::Gateway,
+        |o: &gw::Gateway| convert::gateway(o, "default").map(Object::Gateway),
+        true
+    );
+    watch!(
+        Api::<gw::GatewayClass>::all_with(client.clone(), &gw::api_resource("GatewayClass")),
+        Kind::GatewayClass,
+        |o: &gw::GatewayClass| convert::gateway_class(o).map(Object::GatewayClass),
+        true
+    );
+    tasks
+}
+
+fn key_of<K: ResourceExt>(kind: Kind, obj: &K) -> ObjectKey {
+    let ns = if kind == Kind::GatewayClass {
+        String::new()
+    } else {
+        obj.namespace().unwrap_or_else(|| "default".into())
+    };
+    ObjectKey::new(kind, &ns, &obj.name_any())
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
+}
+
+fn reason_of(e: &watcher::Error) -> &'static str {
+    match e {
+        watcher::Error::InitialListFailed(_) => "list_failed",
+        watcher::Error::WatchStartFailed(_) => "watch_start_failed",
+        watcher::Error::WatchError(s) if s.code == 410 => "gone",
+        watcher::Error::WatchError(_) => "watch_error",
+        watcher::Error::WatchFailed(_) => "watch_failed",
+        watcher::Error::NoResourceVersion => "no_resource_version",
+    }
+}
+
+async fn watch_kind<K>(
+    api: Api<K>,
+    kind: Kind,
+    tx: Sender,
+    metrics: Metrics,
+    conv: fn(&K) -> Result<Object, ConvertError>,
+    is_crd: bool,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let source = SourceId::new(Origin::Kubernetes, kind.as_str());
+    let part = format!("kubernetes/{}", kind.as_str());
+    let send = |change: Change| tx.send(Event::now(change)).is_ok();
+    let mut stream = watcher(api, kind).boxed();
+    let mut buffer: Vec<Object> = Vec::new();
+    let mut keep: Vec<ObjectKey> = Vec::new();
+    let mut lists = 0u64;
+    let mut crd_missing = false;
+    let reject = |obj: &K, e: &ConvertError| {
+        metrics
+            .source_errors
+            .with_label_values(&["kubernetes", "validation"])
+            .inc();
+        tracing::warn!(
+            object = %key_of(kind, obj),
+            "rejected {kind} {}: {e}; keeping its last good version",
+            key_of(kind, obj)
+        );
+    };
+    while let Some(item) = stream.next().await {
+        let ok = match item {
+            Ok(WEvent::Init) => {
+                buffer.clear();
+                keep.clear();
+                if lists > 0 {
+                    metrics
+                        .watch_restarts
+                        .with_label_values(&[kind.as_str(), "relist"])
+                        .inc();
+                    tracing::info!(%kind, "relisting");
+                }
+                true
+            }
+            Ok(WEvent::InitApply(obj)) => {
+                match conv(&obj) {
+                    Ok(o) => buffer.push(o),
+                    Err(e) => {
+                        reject(&obj, &e);
+                        keep.push(key_of(kind, &obj));
+                    }
+                }
+                true
+            }
+            Ok(WEvent::InitDone) => {
+                lists += 1;
+                if crd_missing {
+                    tracing::info!(%kind, "Gateway API CRD found; serving its objects");
+                    crd_missing = false;
+                }
+                tracing::debug!(%kind, objects = buffer.len(), "listed");
+                send(Change::Reset {
+                    source: source.clone(),
+                    objects: std::mem::take(&mut buffer),
+                    keep: std::mem::take(&mut keep),
+                }) && send(Change::Synced { part: part.clone() })
+            }
+            Ok(WEvent::Apply(obj)) => match conv(&obj) {
+                Ok(o) => send(Change::Apply {
+                    source: source.clone(),
+                    object: o,
+                }),
+                Err(e) => {
+                    reject(&obj, &e);
+                    true
+                }
+            },
+            Ok(WEvent::Delete(obj)) => send(Change::Delete {
+                source: source.clone(),
+                key: key_of(kind, &obj),
+            }),
+            Err(e) if is_crd && is_not_found(&e) => {
+                if !crd_missing {
+                    tracing::warn!(
+                        %kind,
+                        "Gateway API CRD not installed; serving everything else and checking again with backoff"
+                    );
+                    crd_missing = true;
+                    // No CRD means no objects of this kind, and nothing to wait for.
+                    send(Change::Reset {
+                        source: source.clone(),
+                        objects: vec![],
+                        keep: vec![],
+                    }) && send(Change::Synced { part: part.clone() })
+                } else {
+                    true
+                }
+            }
+            Err(e) => {
+                let reason = reason_of(&e);
+                metrics
+                    .watch_restarts
+                    .with_label_values(&[kind.as_str(), reason])
+                    .inc();
+                metrics
+                    .source_errors
+                    .with_label_values(&["kubernetes", "api"])
+                    .inc();
+                tracing::warn!(%kind, error = %e, "watch failed; keeping the last state and retrying with backoff");
+                true
+            }
+        };
+        if !ok {
+            return; // the controller is gone: shutting down
+        }
+    }
+}
+
+fn watcher<K>(
+    api: Api<K>,
+    _kind: Kind,
+) -> impl futures::Stream<Item = Result<WEvent<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher::watcher(api, watcher::Config::default()).default_backoff()
+}

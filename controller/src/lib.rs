@@ -1,0 +1,174 @@
+//! The controller: turns what the sources say into `ClusterState` changes and publishes
+//! snapshots.
+//!
+//! ```text
+//!  files.rs (manifest dir, watched) ──┐                         ┌─ commit ─> SnapshotCell
+//!                                     ├─ Change ─> Controller ──┤            (dns, proxy, admin)
+//!  kubernetes.rs (a watcher per kind)─┘  (mpsc)    (one task)   └─ metrics
+//! ```
+//!
+//! Both sources convert objects with `convert.rs`, so they are validated alike. The controller
+//! task drains every queued change before committing, so a burst costs one publish. Nothing a
+//! source reports — API errors, broken files, dropped watches — unpublishes what was last seen:
+//! only a complete relist or a successfully re-read file replaces a source's objects.
+#![forbid(unsafe_code)]
+
+pub mod convert;
+pub mod files;
+pub mod gateway_api;
+pub mod kubernetes;
+pub mod metrics;
+pub mod parse;
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use tables::{ClusterState, Kind, Object, ObjectKey, Origin, SnapshotCell, SourceId};
+use tokio::sync::mpsc;
+
+pub use metrics::Metrics;
+
+/// One change reported by a source.
+#[derive(Debug)]
+pub enum Change {
+    Apply {
+        source: SourceId,
+        object: Object,
+    },
+    Delete {
+        source: SourceId,
+        key: ObjectKey,
+    },
+    /// Replace everything `source` holds with `objects`, except that the objects named in
+    /// `keep` (present in the source but invalid right now) keep their last good version.
+    Reset {
+        source: SourceId,
+        objects: Vec<Object>,
+        keep: Vec<ObjectKey>,
+    },
+    /// A part of a source (`manifests`, `kubernetes/Service`, ...) has delivered its first
+    /// complete state.
+    Synced {
+        part: String,
+    },
+}
+
+/// A change and when it was received, for the programming-latency metric.
+#[derive(Debug)]
+pub struct Event {
+    pub change: Change,
+    pub received: Instant,
+}
+
+impl Event {
+    pub fn now(change: Change) -> Self {
+        Event {
+            change,
+            received: Instant::now(),
+        }
+    }
+}
+
+pub type Sender = mpsc::UnboundedSender<Event>;
+pub type Receiver = mpsc::UnboundedReceiver<Event>;
+
+pub fn channel() -> (Sender, Receiver) {
+    mpsc::unbounded_channel()
+}
+
+/// The parts a source must sync before the tables count as ready.
+pub fn parts_of(origin: Origin) -> Vec<String> {
+    match origin {
+        Origin::Manifests => vec!["manifests".into()],
+        Origin::Kubernetes => Kind::ALL
+            .iter()
+            .map(|k| format!("kubernetes/{}", k.as_str()))
+            .collect(),
+    }
+}
+
+/// Owns the cluster state; applies changes in batches and publishes snapshots.
+pub struct Controller {
+    state: ClusterState,
+    cell: SnapshotCell,
+    metrics: Metrics,
+    pending: BTreeSet<String>,
+}
+
+impl Controller {
+    /// `parts` are the source parts that must report `Synced` before the snapshot is ready.
+    pub fn new(
+        state: ClusterState,
+        cell: SnapshotCell,
+        metrics: Metrics,
+        parts: Vec<String>,
+    ) -> Self {
+        Controller {
+            state,
+            cell,
+            metrics,
+            pending: parts.into_iter().collect(),
+        }
+    }
+
+    /// Runs until every sender is gone.
+    pub async fn run(mut self, mut rx: Receiver) {
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, 4096).await > 0 {
+            let earliest = batch.iter().map(|e| e.received).min();
+            for event in batch.drain(..) {
+                self.apply(event.change);
+            }
+            self.publish(earliest);
+        }
+    }
+
+    /// Applies one change to the state without publishing.
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Apply { source, object } => self.state.apply(&source, object),
+            Change::Delete { source, key } => self.state.delete(&source, &key),
+            Change::Reset {
+                source,
+                objects,
+                keep,
+            } => self.state.reset(&source, objects, &keep),
+            Change::Synced { part } => {
+                if self.pending.remove(&part) {
+                    tracing::info!(%part, remaining = self.pending.len(), "source synced");
+                }
+                if self.pending.is_empty() {
+                    self.state.set_synced(true);
+                }
+            }
+        }
+    }
+
+    /// Commits and stores the next snapshot, if anything changed.
+    pub fn publish(&mut self, earliest: Option<Instant>) {
+        let Some(snap) = self.state.commit() else {
+            return;
+        };
+        let generation = snap.generation;
+        let synced = snap.synced;
+        self.cell.store(snap);
+        if let Some(t) = earliest {
+            self.metrics
+                .programming_latency
+                .observe(t.elapsed().as_secs_f64());
+        }
+        self.metrics.generation.set(generation as i64);
+        self.metrics.publishes.inc();
+        self.metrics.ready.set(synced as i64);
+        for origin in [Origin::Manifests, Origin::Kubernetes] {
+            for kind in Kind::ALL {
+                let n = self.state.object_count(origin, kind);
+                self.metrics
+                    .objects
+                    .with_label_values(&[origin.as_str(), kind.as_str()])
+                    .set(n as i64);
+            }
+        }
+        tracing::debug!(generation, synced, "published snapshot");
+    }
+}

@@ -1,0 +1,103 @@
+//! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz` (503 until every
+//! source has synced once), `/debug/tables` (the text dump of the published snapshot).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tables::SnapshotCell;
+use tokio::net::TcpListener;
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub registry: Registry,
+    pub cell: SnapshotCell,
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+/// Answers one admin request.
+pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => {
+            let mut buf = Vec::new();
+            let encoder = TextEncoder::new();
+            match encoder.encode(&state.registry.gather(), &mut buf) {
+                Ok(()) => Response::builder()
+                    .header("content-type", encoder.format_type())
+                    .body(Full::new(buf.into()))
+                    .expect("static response parts are valid"),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding metrics: {e}\n"),
+                ),
+            }
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            let snap = state.cell.load();
+            if snap.synced {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: waiting for the first complete state from every source\n",
+                )
+            }
+        }
+        "/debug/tables" => {
+            let snap = state.cell.load();
+            let body = format!(
+                "# generation {} synced {}\n{}",
+                snap.generation,
+                snap.synced,
+                tables::dump(&snap)
+            );
+            text(StatusCode::OK, body)
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics /healthz /readyz /debug/tables\n",
+        ),
+    }
+}
+
+/// Serves the admin endpoints on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, state: AdminState) {
+    let state = Arc::new(state);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let resp = handle(&state, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}

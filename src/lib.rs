@@ -1,0 +1,8 @@
+//! The `switchboard` binary's library half: configuration, the admin listener, the demo
+//! backends, and the wiring that starts every piece. `main.rs` only parses the command line.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod run;

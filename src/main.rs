@@ -1,0 +1,75 @@
+//! `switchboard`: cluster DNS, kube-proxy replacement and L7 ingress for Kubernetes, in one
+//! binary. See README.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard::config::{Config, RunArgs};
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the data plane.
+    Run(RunArgs),
+    /// Start stand-in pods for every endpoint in a manifest directory (for the demo).
+    DemoBackends {
+        /// The manifest directory (e.g. examples/demo).
+        dir: PathBuf,
+    },
+}
+
+fn init_logging(filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG wins; hickory logs every request at INFO, so keep it at warn by default.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::try_new(format!("{filter},hickory_server=warn,hickory_proto=warn"))
+                .unwrap_or_else(|_| EnvFilter::new("info"))
+        });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => Config::resolve(args).and_then(|cfg| {
+            init_logging(&cfg.log);
+            runtime()?.block_on(switchboard::run::run(cfg))
+        }),
+        Command::DemoBackends { dir } => {
+            init_logging("info");
+            runtime().map_err(Into::into).and_then(|rt| {
+                rt.block_on(switchboard::demo::run_backends(
+                    &dir,
+                    switchboard::run::shutdown_signal(),
+                ))
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

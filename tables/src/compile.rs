@@ -1,0 +1,451 @@
+//! Compiling objects into table entries: one Service (with its EndpointSlices) at a time, and
+//! the HTTP table from Ingresses, Gateways and HTTPRoutes.
+//!
+//! Pure functions: same input, same output. `state.rs` decides what to recompile and splices the
+//! results into the shared maps.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::model::*;
+use crate::snapshot::*;
+
+/// Settings that shape compilation.
+#[derive(Clone, Debug)]
+pub struct TableConfig {
+    /// The cluster domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// Ingresses with this `ingressClassName` (or legacy `kubernetes.io/ingress.class`
+    /// annotation) are ours.
+    pub ingress_class: String,
+    /// GatewayClasses whose `controllerName` is this are ours.
+    pub gateway_controller: String,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        TableConfig {
+            cluster_domain: "cluster.local".into(),
+            ingress_class: "switchboard".into(),
+            gateway_controller: "switchboard.dev/gateway".into(),
+        }
+    }
+}
+
+/// What one Service contributes to the tables.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompiledService {
+    pub routes: Option<Arc<ServiceRoutes>>,
+    /// DNS names with this service's records there (possibly none: an empty non-terminal).
+    pub dns: BTreeMap<Arc<str>, Arc<[DnsRecord]>>,
+    pub frontends: Vec<(Frontend, FrontendKind, usize)>,
+    pub node_ports: Vec<((Protocol, u16), usize)>,
+}
+
+/// The DNS label for an endpoint: its hostname, else its address with dashes (as CoreDNS).
+pub fn endpoint_label(ep: &Endpoint, ip: IpAddr) -> String {
+    match &ep.hostname {
+        Some(h) if !h.is_empty() => h.to_ascii_lowercase(),
+        _ => ip.to_string().replace(['.', ':'], "-"),
+    }
+}
+
+fn ip_record(ip: IpAddr) -> DnsRecord {
+    match ip {
+        IpAddr::V4(v4) => DnsRecord::A(v4),
+        IpAddr::V6(v6) => DnsRecord::Aaaa(v6),
+    }
+}
+
+/// Compiles one service with the EndpointSlices that carry its name.
+pub fn compile_service(
+    config: &TableConfig,
+    svc: &Service,
+    slices: &[&EndpointSlice],
+) -> CompiledService {
+    let key = ServiceKey::new(&svc.namespace, &svc.name);
+    let zone = crate::snapshot::normalize_name(&config.cluster_domain);
+    let ns_name = format!("{}.svc.{}", svc.namespace, zone).to_ascii_lowercase();
+    let svc_name: Arc<str> = format!("{}.{}", svc.name.to_ascii_lowercase(), ns_name).into();
+
+    // Per service port: endpoints whose slice port has the same name and protocol.
+    let mut ports = Vec::with_capacity(svc.ports.len());
+    for sp in &svc.ports {
+        let mut eps: Vec<EndpointRoute> = Vec::new();
+        for slice in slices {
+            for ep_port in slice
+                .ports
+                .iter()
+                .filter(|p| p.name == sp.name && p.protocol == sp.protocol)
+            {
+                for ep in &slice.endpoints {
+                    // As kube-proxy: the first address stands for the endpoint.
+                    let Some(&ip) = ep.addresses.first() else {
+                        continue;
+                    };
+                    eps.push(EndpointRoute {
+                        addr: SocketAddr::new(ip, ep_port.port),
+                        conditions: ep.conditions,
+                        node_name: ep.node_name.as_deref().map(Arc::from),
+                        zone: ep.zone.as_deref().map(Arc::from),
+                        hints_for_zones: ep
+                            .hints_for_zones
+                            .iter()
+                            .map(|s| s.as_str().into())
+                            .collect(),
+                        hints_for_nodes: ep
+                            .hints_for_nodes
+                            .iter()
+                            .map(|s| s.as_str().into())
+                            .collect(),
+                        target: ep.target_ref.as_ref().map(|t| t.name.as_str().into()),
+                    });
+                }
+            }
+        }
+        // One entry per address; during slice migrations the same endpoint can appear twice:
+        // keep the most usable copy (ready over not ready).
+        eps.sort_by(|a, b| {
+            a.addr
+                .cmp(&b.addr)
+                .then(b.conditions.is_ready().cmp(&a.conditions.is_ready()))
+        });
+        eps.dedup_by(|later, first| later.addr == first.addr);
+        ports.push(PortRoutes {
+            name: sp.name.as_str().into(),
+            protocol: sp.protocol,
+            port: sp.port,
+            target_port: sp.target_port.clone(),
+            node_port: sp.node_port,
+            endpoints: eps.into(),
+        });
+    }
+    let routes = Arc::new(ServiceRoutes {
+        key: key.clone(),
+        service: Arc::new(svc.clone()),
+        ports,
+    });
+
+    let mut out = CompiledService::default();
+    let mut dns: BTreeMap<Arc<str>, Vec<DnsRecord>> = BTreeMap::new();
+    // The namespace exists as a name as long as it has a service.
+    dns.entry(ns_name.clone().into()).or_default();
+
+    match svc.service_type {
+        ServiceType::ExternalName => {
+            if let Some(target) = &svc.external_name {
+                let target = crate::snapshot::normalize_name(target);
+                dns.entry(svc_name.clone())
+                    .or_default()
+                    .push(DnsRecord::Cname(target.into()));
+            }
+        }
+        _ if svc.headless => {
+            // One record per ready endpoint address (all of them with publishNotReadyAddresses),
+            // endpoint names, SRV per named port and endpoint, PTR per address.
+            let include =
+                |ep: &Endpoint| svc.publish_not_ready_addresses || ep.conditions.is_ready();
+            let mut seen_ip = BTreeSet::new();
+            for slice in slices {
+                for ep in slice.endpoints.iter().filter(|e| include(e)) {
+                    for &ip in &ep.addresses {
+                        if !seen_ip.insert(ip) {
+                            continue;
+                        }
+                        let ep_name: Arc<str> =
+                            format!("{}.{}", endpoint_label(ep, ip), svc_name).into();
+                        dns.entry(svc_name.clone()).or_default().push(ip_record(ip));
+                        dns.entry(ep_name.clone()).or_default().push(ip_record(ip));
+                        dns.entry(reverse_name(ip).into())
+                            .or_default()
+                            .push(DnsRecord::Ptr(ep_name.clone()));
+                        for sp in svc.ports.iter().filter(|p| !p.name.is_empty()) {
+                            let port = slice
+                                .ports
+                                .iter()
+                                .find(|p| p.name == sp.name && p.protocol == sp.protocol)
+                                .map(|p| p.port);
+                            let Some(port) = port else { continue };
+                            let proto_name: Arc<str> =
+                                format!("{}.{}", sp.protocol.srv_label(), svc_name).into();
+                            dns.entry(proto_name).or_default();
+                            dns.entry(
+                                format!(
+                                    "_{}.{}.{}",
+                                    sp.name.to_ascii_lowercase(),
+                                    sp.protocol.srv_label(),
+                                    svc_name
+                                )
+                                .into(),
+                            )
+                            .or_default()
+                            .push(DnsRecord::Srv {
+                                priority: 0,
+                                weight: 0, // set below, once the count is known
+                                port,
+                                target: ep_name.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            for &ip in &svc.cluster_ips {
+                dns.entry(svc_name.clone()).or_default().push(ip_record(ip));
+                dns.entry(reverse_name(ip).into())
+                    .or_default()
+                    .push(DnsRecord::Ptr(svc_name.clone()));
+            }
+            if !svc.cluster_ips.is_empty() {
+                for sp in svc.ports.iter().filter(|p| !p.name.is_empty()) {
+                    dns.entry(format!("{}.{}", sp.protocol.srv_label(), svc_name).into())
+                        .or_default();
+                    dns.entry(
+                        format!(
+                            "_{}.{}.{}",
+                            sp.name.to_ascii_lowercase(),
+                            sp.protocol.srv_label(),
+                            svc_name
+                        )
+                        .into(),
+                    )
+                    .or_default()
+                    .push(DnsRecord::Srv {
+                        priority: 0,
+                        weight: 100,
+                        port: sp.port,
+                        target: svc_name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    // SRV weights as CoreDNS: 100 split evenly between the records at a name.
+    for records in dns.values_mut() {
+        let n = records
+            .iter()
+            .filter(|r| matches!(r, DnsRecord::Srv { .. }))
+            .count();
+        if n > 0 {
+            let w = (100 / n).max(1) as u16;
+            for r in records.iter_mut() {
+                if let DnsRecord::Srv { weight, .. } = r {
+                    *weight = w;
+                }
+            }
+        }
+        records.sort();
+        records.dedup();
+    }
+    out.dns = dns.into_iter().map(|(k, v)| (k, v.into())).collect();
+
+    // L4 frontends.
+    if svc.service_type != ServiceType::ExternalName {
+        for (i, sp) in svc.ports.iter().enumerate() {
+            for &ip in &svc.cluster_ips {
+                out.frontends.push((
+                    Frontend {
+                        ip,
+                        protocol: sp.protocol,
+                        port: sp.port,
+                    },
+                    FrontendKind::ClusterIp,
+                    i,
+                ));
+            }
+            for &ip in &svc.external_ips {
+                out.frontends.push((
+                    Frontend {
+                        ip,
+                        protocol: sp.protocol,
+                        port: sp.port,
+                    },
+                    FrontendKind::ExternalIp,
+                    i,
+                ));
+            }
+            if svc.service_type == ServiceType::LoadBalancer {
+                for &ip in &svc.load_balancer_ips {
+                    out.frontends.push((
+                        Frontend {
+                            ip,
+                            protocol: sp.protocol,
+                            port: sp.port,
+                        },
+                        FrontendKind::LoadBalancer,
+                        i,
+                    ));
+                }
+            }
+            if matches!(
+                svc.service_type,
+                ServiceType::NodePort | ServiceType::LoadBalancer
+            ) {
+                if let Some(np) = sp.node_port {
+                    out.node_ports.push(((sp.protocol, np), i));
+                }
+            }
+        }
+    }
+    out.routes = Some(routes);
+    out
+}
+
+fn is_our_ingress(config: &TableConfig, ing: &Ingress) -> bool {
+    ing.class_name.as_deref() == Some(config.ingress_class.as_str())
+}
+
+fn lower(s: &str) -> Arc<str> {
+    s.to_ascii_lowercase().into()
+}
+
+/// Compiles every Ingress of our class and every HTTPRoute attached to a Gateway of ours.
+pub fn compile_http<'a>(
+    config: &TableConfig,
+    ingresses: impl Iterator<Item = &'a Ingress>,
+    routes: impl Iterator<Item = &'a HttpRoute>,
+    gateways: impl Iterator<Item = &'a Gateway>,
+    classes: impl Iterator<Item = &'a GatewayClass>,
+) -> HttpTable {
+    let mut table = HttpTable::default();
+
+    let mut ingresses: Vec<_> = ingresses.collect();
+    ingresses.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for ing in ingresses {
+        let source = ObjectKey::new(Kind::Ingress, &ing.namespace, &ing.name);
+        if !is_our_ingress(config, ing) {
+            table.ignored.push((
+                source,
+                format!(
+                    "ingressClassName {:?} is not {:?}",
+                    ing.class_name.as_deref().unwrap_or(""),
+                    config.ingress_class
+                ),
+            ));
+            continue;
+        }
+        let backend = |b: &IngressBackend| HttpBackend {
+            service: ServiceKey::new(&ing.namespace, &b.service),
+            port: Some(b.port.clone()),
+            weight: 1,
+        };
+        let mut index = 0;
+        for rule in &ing.rules {
+            for p in &rule.paths {
+                let match_type = match p.path_type {
+                    IngressPathType::Exact => PathMatchType::Exact,
+                    IngressPathType::Prefix | IngressPathType::ImplementationSpecific => {
+                        PathMatchType::PathPrefix
+                    }
+                };
+                table.rules.push(HttpRule {
+                    source: source.clone(),
+                    rule_index: index,
+                    hostnames: rule.host.iter().map(|h| lower(h)).collect(),
+                    matches: vec![HttpRouteMatch {
+                        path: Some(PathMatch {
+                            match_type,
+                            value: p.path.clone(),
+                        }),
+                        ..Default::default()
+                    }],
+                    filters: vec![],
+                    backends: vec![backend(&p.backend)],
+                    request_timeout_ms: None,
+                    backend_request_timeout_ms: None,
+                    attachments: vec![],
+                    is_default: false,
+                });
+                index += 1;
+            }
+        }
+        if let Some(b) = &ing.default_backend {
+            table.rules.push(HttpRule {
+                source: source.clone(),
+                rule_index: index,
+                hostnames: vec![],
+                matches: vec![],
+                filters: vec![],
+                backends: vec![backend(b)],
+                request_timeout_ms: None,
+                backend_request_timeout_ms: None,
+                attachments: vec![],
+                is_default: true,
+            });
+        }
+    }
+
+    let our_classes: BTreeSet<&str> = classes
+        .filter(|c| c.controller_name == config.gateway_controller)
+        .map(|c| c.name.as_str())
+        .collect();
+    let our_gateways: HashMap<(&str, &str), &Gateway> = gateways
+        .filter(|g| our_classes.contains(g.class_name.as_str()))
+        .map(|g| ((g.namespace.as_str(), g.name.as_str()), g))
+        .collect();
+
+    let mut routes: Vec<_> = routes.collect();
+    routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for route in routes {
+        let source = ObjectKey::new(Kind::HttpRoute, &route.namespace, &route.name);
+        let mut attachments: Vec<Arc<str>> = Vec::new();
+        for parent in &route.parent_refs {
+            let ns = parent.namespace.as_deref().unwrap_or(&route.namespace);
+            let Some(gw) = our_gateways.get(&(ns, parent.name.as_str())) else {
+                continue;
+            };
+            let listener_ok = gw.listeners.iter().any(|l| {
+                parent.section_name.as_deref().is_none_or(|s| s == l.name)
+                    && parent.port.is_none_or(|p| p == l.port)
+            });
+            if !listener_ok {
+                continue;
+            }
+            let mut a = format!("{}/{}", ns, parent.name);
+            if let Some(s) = &parent.section_name {
+                a.push('/');
+                a.push_str(s);
+            }
+            if let Some(p) = parent.port {
+                a.push_str(&format!(":{p}"));
+            }
+            attachments.push(a.into());
+        }
+        if attachments.is_empty() {
+            table.ignored.push((
+                source,
+                "no parentRef names a Gateway of our GatewayClass".into(),
+            ));
+            continue;
+        }
+        for (i, rule) in route.rules.iter().enumerate() {
+            table.rules.push(HttpRule {
+                source: source.clone(),
+                rule_index: i,
+                hostnames: route.hostnames.iter().map(|h| lower(h)).collect(),
+                matches: rule.matches.clone(),
+                filters: rule.filters.clone(),
+                backends: rule
+                    .backend_refs
+                    .iter()
+                    .filter(|b| b.unsupported_kind.is_none())
+                    .map(|b| HttpBackend {
+                        service: ServiceKey::new(
+                            b.namespace.as_deref().unwrap_or(&route.namespace),
+                            &b.name,
+                        ),
+                        port: b.port.map(PortRef::Number),
+                        weight: b.weight,
+                    })
+                    .collect(),
+                request_timeout_ms: rule.request_timeout_ms,
+                backend_request_timeout_ms: rule.backend_request_timeout_ms,
+                attachments: attachments.clone(),
+                is_default: false,
+            });
+        }
+    }
+    table
+}

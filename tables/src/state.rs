@@ -1,0 +1,431 @@
+//! `ClusterState`: every object from every source, and the incremental compiler that turns a
+//! batch of changes into the next `Snapshot`.
+//!
+//! Sources (`SourceId`) each own a set of objects: a manifest file, or one watched kind of the
+//! Kubernetes API. `apply`/`delete` change one object, `reset` replaces everything a source owns
+//! (a relist, a re-read file). Changes only mark services dirty; `commit` recompiles the dirty
+//! services and splices their entries into the shared maps, so the cost of a change is the
+//! size of the service it touches, not of the cluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use crate::compile::{compile_http, compile_service, CompiledService, TableConfig};
+use crate::model::*;
+use crate::sharded::ShardedMap;
+use crate::snapshot::*;
+
+/// Where objects come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    Manifests,
+    Kubernetes,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Manifests => "manifests",
+            Origin::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// One source of objects: a file of the manifest directory, or one watched kind of the API.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId {
+    pub origin: Origin,
+    pub name: Arc<str>,
+}
+
+impl SourceId {
+    pub fn new(origin: Origin, name: &str) -> Self {
+        SourceId {
+            origin,
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.origin.as_str(), self.name)
+    }
+}
+
+/// All objects, and the tables compiled from them.
+pub struct ClusterState {
+    config: TableConfig,
+    /// Claims on each object, one per source that holds it; the first (lowest source) wins.
+    objects: HashMap<ObjectKey, Vec<(SourceId, Arc<Object>)>>,
+    by_source: HashMap<SourceId, HashSet<ObjectKey>>,
+    /// EndpointSlice keys per service, from the effective slices, and the reverse index.
+    slices_of: HashMap<ServiceKey, BTreeSet<ObjectKey>>,
+    slice_owner: HashMap<ObjectKey, ServiceKey>,
+    compiled: HashMap<ServiceKey, CompiledService>,
+    dirty: BTreeSet<ServiceKey>,
+    http_dirty: bool,
+    synced: bool,
+    /// Publish on the next commit even if no table changed (readiness flipped).
+    force_publish: bool,
+    /// Effective objects per origin and kind, kept up to date by `changed`.
+    counts: BTreeMap<(Origin, Kind), usize>,
+    generation: u64,
+    current: Snapshot,
+}
+
+impl ClusterState {
+    pub fn new(config: TableConfig) -> Self {
+        let current = Snapshot::empty(&config.cluster_domain);
+        ClusterState {
+            config,
+            objects: HashMap::new(),
+            by_source: HashMap::new(),
+            slices_of: HashMap::new(),
+            slice_owner: HashMap::new(),
+            compiled: HashMap::new(),
+            dirty: BTreeSet::new(),
+            http_dirty: false,
+            synced: false,
+            force_publish: false,
+            counts: BTreeMap::new(),
+            generation: 0,
+            current,
+        }
+    }
+
+    pub fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    fn effective(&self, key: &ObjectKey) -> Option<&Arc<Object>> {
+        self.objects
+            .get(key)
+            .and_then(|c| c.first())
+            .map(|(_, o)| o)
+    }
+
+    /// Adds or replaces one object held by `source`.
+    pub fn apply(&mut self, source: &SourceId, obj: Object) {
+        let key = obj.key();
+        let claims = self.objects.entry(key.clone()).or_default();
+        if let Some(pos) = claims.iter().position(|(s, _)| s == source) {
+            if *claims[pos].1 == obj {
+                return;
+            }
+        }
+        let before = claims.first().map(|(s, o)| (s.origin, o.clone()));
+        let obj = Arc::new(obj);
+        match claims.binary_search_by(|(s, _)| s.cmp(source)) {
+            Ok(pos) => claims[pos].1 = obj,
+            Err(pos) => claims.insert(pos, (source.clone(), obj)),
+        }
+        self.by_source
+            .entry(source.clone())
+            .or_default()
+            .insert(key.clone());
+        self.changed(&key, before);
+    }
+
+    /// Removes `source`'s copy of one object.
+    pub fn delete(&mut self, source: &SourceId, key: &ObjectKey) {
+        let Some(claims) = self.objects.get_mut(key) else {
+            return;
+        };
+        let Some(pos) = claims.iter().position(|(s, _)| s == source) else {
+            return;
+        };
+        let before = claims.first().map(|(s, o)| (s.origin, o.clone()));
+        claims.remove(pos);
+        if claims.is_empty() {
+            self.objects.remove(key);
+        }
+        if let Some(keys) = self.by_source.get_mut(source) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_source.remove(source);
+            }
+        }
+        self.changed(key, before);
+    }
+
+    /// Replaces everything `source` holds with `objects`; objects named in `keep` stay as they
+    /// are (a source lists them but cannot convert them right now). Unchanged objects cost
+    /// nothing.
+    pub fn reset(&mut self, source: &SourceId, objects: Vec<Object>, keep: &[ObjectKey]) {
+        let mut new_keys: HashSet<ObjectKey> = objects.iter().map(Object::key).collect();
+        new_keys.extend(keep.iter().cloned());
+        let gone: Vec<ObjectKey> = self
+            .by_source
+            .get(source)
+            .map(|keys| keys.difference(&new_keys).cloned().collect())
+            .unwrap_or_default();
+        for key in gone {
+            self.delete(source, &key);
+        }
+        for obj in objects {
+            self.apply(source, obj);
+        }
+    }
+
+    /// Marks the state as complete (every source has listed once); the next commit publishes
+    /// `synced = true`.
+    pub fn set_synced(&mut self, synced: bool) {
+        if self.synced != synced {
+            self.synced = synced;
+            self.force_publish = true;
+        }
+    }
+
+    fn changed(&mut self, key: &ObjectKey, before: Option<(Origin, Arc<Object>)>) {
+        let after_claim = self.objects.get(key).and_then(|c| c.first());
+        let after_origin = after_claim.map(|(s, _)| s.origin);
+        let after = after_claim.map(|(_, o)| o.clone());
+        let before_origin = before.as_ref().map(|(o, _)| *o);
+        let before = before.map(|(_, o)| o);
+        if before_origin != after_origin {
+            if let Some(o) = before_origin {
+                *self.counts.entry((o, key.kind)).or_default() -= 1;
+            }
+            if let Some(o) = after_origin {
+                *self.counts.entry((o, key.kind)).or_default() += 1;
+            }
+        }
+        if before.as_ref().map(|o| &**o) == after.as_ref().map(|o| &**o) {
+            return;
+        }
+        match key.kind {
+            Kind::Service => {
+                self.dirty.insert(ServiceKey {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                });
+            }
+            Kind::EndpointSlice => {
+                for obj in [before, after].into_iter().flatten() {
+                    let Object::EndpointSlice(slice) = &*obj else {
+                        continue;
+                    };
+                    if let Some(svc) = &slice.service_name {
+                        self.dirty.insert(ServiceKey::new(&slice.namespace, svc));
+                    }
+                }
+                // Re-index this slice under the service it now names.
+                if let Some(owner) = self.slice_owner.remove(key) {
+                    if let Some(set) = self.slices_of.get_mut(&owner) {
+                        set.remove(key);
+                        if set.is_empty() {
+                            self.slices_of.remove(&owner);
+                        }
+                    }
+                }
+                if let Some(Object::EndpointSlice(slice)) = self.effective(key).map(|o| &**o) {
+                    if let Some(svc) = &slice.service_name {
+                        let owner = ServiceKey::new(&slice.namespace, svc);
+                        self.slices_of
+                            .entry(owner.clone())
+                            .or_default()
+                            .insert(key.clone());
+                        self.slice_owner.insert(key.clone(), owner);
+                    }
+                }
+            }
+            Kind::Ingress | Kind::HttpRoute | Kind::Gateway | Kind::GatewayClass => {
+                self.http_dirty = true;
+            }
+        }
+    }
+
+    /// Recompiles what changed since the last commit and returns the next snapshot, or `None`
+    /// when nothing changed.
+    pub fn commit(&mut self) -> Option<Arc<Snapshot>> {
+        if self.dirty.is_empty() && !self.http_dirty && !self.force_publish {
+            return None;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in dirty {
+            self.recompile_service(&key);
+        }
+        if std::mem::take(&mut self.http_dirty) {
+            let table = self.compile_http();
+            self.current.routes.http = Arc::new(table);
+        }
+        self.force_publish = false;
+        self.generation += 1;
+        self.current.generation = self.generation;
+        self.current.synced = self.synced;
+        Some(Arc::new(self.current.clone()))
+    }
+
+    /// The last committed snapshot's tables (generation included).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::new(self.current.clone())
+    }
+
+    fn recompile_service(&mut self, key: &ServiceKey) {
+        let okey = ObjectKey {
+            kind: Kind::Service,
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        };
+        let new = match self.effective(&okey).map(|o| &**o) {
+            Some(Object::Service(svc)) => {
+                let slices: Vec<&EndpointSlice> = self
+                    .slices_of
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| match self.effective(k).map(|o| &**o) {
+                        Some(Object::EndpointSlice(s)) => Some(s),
+                        _ => None,
+                    })
+                    .collect();
+                compile_service(&self.config, svc, &slices)
+            }
+            _ => CompiledService::default(),
+        };
+        let old = self.compiled.remove(key).unwrap_or_default();
+        if old == new {
+            if new.routes.is_some() {
+                self.compiled.insert(key.clone(), new);
+            }
+            return;
+        }
+        splice(&mut self.current, key, &old, &new);
+        if new.routes.is_some() {
+            self.compiled.insert(key.clone(), new);
+        }
+    }
+
+    fn compile_http(&self) -> crate::snapshot::HttpTable {
+        let of_kind = |kind: Kind| {
+            self.objects
+                .iter()
+                .filter(move |(k, _)| k.kind == kind)
+                .filter_map(|(_, claims)| claims.first().map(|(_, o)| &**o))
+        };
+        compile_http(
+            &self.config,
+            of_kind(Kind::Ingress).filter_map(|o| match o {
+                Object::Ingress(i) => Some(i),
+                _ => None,
+            }),
+            of_kind(Kind::HttpRoute).filter_map(|o| match o {
+                Object::HttpRoute(r) => Some(r),
+                _ => None,
+            }),
+            of_kind(Kind::Gateway).filter_map(|o| match o {
+                Object::Gateway(g) => Some(g),
+                _ => None,
+            }),
+            of_kind(Kind::GatewayClass).filter_map(|o| match o {
+                Object::GatewayClass(c) => Some(c),
+                _ => None,
+            }),
+        )
+    }
+
+    /// Objects of one origin and kind (effective copies only), for metrics. O(1).
+    pub fn object_count(&self, origin: Origin, kind: Kind) -> usize {
+        self.counts.get(&(origin, kind)).copied().unwrap_or(0)
+    }
+
+    /// Every effective object, sorted by key (for dumps and tests).
+    pub fn objects(&self) -> Vec<(&ObjectKey, &SourceId, &Object)> {
+        let mut v: Vec<_> = self
+            .objects
+            .iter()
+            .filter_map(|(k, c)| c.first().map(|(s, o)| (k, s, &**o)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+}
+
+/// Replaces `old`'s contributions to the snapshot's maps with `new`'s.
+fn splice(snap: &mut Snapshot, key: &ServiceKey, old: &CompiledService, new: &CompiledService) {
+    // DNS: names whose records from this service changed.
+    for (name, recs) in &old.dns {
+        if new.dns.get(name) != Some(recs) {
+            update_dns(&mut snap.dns.names, name, key, None);
+        }
+    }
+    for (name, recs) in &new.dns {
+        if old.dns.get(name) != Some(recs) {
+            update_dns(&mut snap.dns.names, name, key, Some(recs.clone()));
+        }
+    }
+    // Routes: the service itself, then its frontends (which hold the service's routes).
+    let routes = &mut snap.routes;
+    match &new.routes {
+        Some(r) => {
+            routes.services.insert(key.clone(), r.clone());
+        }
+        None => {
+            routes.services.remove(key);
+        }
+    }
+    for (fe, _, _) in &old.frontends {
+        if routes
+            .frontends
+            .get(fe)
+            .is_some_and(|t| t.service.key == *key)
+        {
+            routes.frontends.remove(fe);
+        }
+    }
+    for (np, _) in &old.node_ports {
+        if routes
+            .node_ports
+            .get(np)
+            .is_some_and(|t| t.service.key == *key)
+        {
+            routes.node_ports.remove(np);
+        }
+    }
+    if let Some(r) = &new.routes {
+        for (fe, kind, idx) in &new.frontends {
+            routes.frontends.insert(
+                *fe,
+                FrontendTarget {
+                    kind: *kind,
+                    service: r.clone(),
+                    port_index: *idx,
+                },
+            );
+        }
+        for (np, idx) in &new.node_ports {
+            routes.node_ports.insert(
+                *np,
+                FrontendTarget {
+                    kind: FrontendKind::NodePort,
+                    service: r.clone(),
+                    port_index: *idx,
+                },
+            );
+        }
+    }
+}
+
+fn update_dns(
+    names: &mut ShardedMap<Arc<str>, Arc<DnsEntry>>,
+    name: &Arc<str>,
+    key: &ServiceKey,
+    records: Option<Arc<[DnsRecord]>>,
+) {
+    let mut entry = names
+        .get(&**name)
+        .map(|e| (**e).clone())
+        .unwrap_or_default();
+    entry.parts.retain(|(k, _)| k != key);
+    if let Some(recs) = records {
+        let pos = entry.parts.partition_point(|(k, _)| k < key);
+        entry.parts.insert(pos, (key.clone(), recs));
+    }
+    if entry.parts.is_empty() {
+        names.remove(&**name);
+    } else {
+        names.insert(name.clone(), Arc::new(entry));
+    }
+}
