@@ -18,6 +18,13 @@ struct Cli {
 enum Command {
     /// Run the data plane.
     Run(RunArgs),
+    /// Run the bundled example cluster: stand-in pods for every endpoint, and `run` on the
+    /// directory with DNS on 127.0.0.1:5353, HTTP on 127.0.0.1:8088, admin on 127.0.0.1:9153.
+    Demo {
+        /// The manifest directory.
+        #[arg(default_value = "examples/demo")]
+        dir: PathBuf,
+    },
     /// Start stand-in pods for every endpoint in a manifest directory (for the demo).
     DemoBackends {
         /// The manifest directory (e.g. examples/demo).
@@ -42,6 +49,19 @@ fn init_logging(filter: &str) {
         .init();
 }
 
+fn demo_args(dir: &std::path::Path) -> anyhow::Result<RunArgs> {
+    let addr = |s: &str| s.parse().expect("static address");
+    Ok(RunArgs {
+        manifests: Some(dir.to_path_buf()),
+        dns: vec![addr("127.0.0.1:5353")],
+        http: vec![addr("127.0.0.1:8088")],
+        admin: Some(addr("127.0.0.1:9153")),
+        l4: Some(switchboard::config::L4Mode::Bind),
+        node_name: Some("demo-node".into()),
+        ..Default::default()
+    })
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -54,6 +74,19 @@ fn main() -> ExitCode {
         Command::Run(args) => Config::resolve(args).and_then(|cfg| {
             init_logging(&cfg.log);
             runtime()?.block_on(switchboard::run::run(cfg))
+        }),
+        Command::Demo { dir } => demo_args(&dir).and_then(|args| {
+            let cfg = Config::resolve(args)?;
+            init_logging(&cfg.log);
+            runtime()?.block_on(async move {
+                let backends = tokio::spawn(async move {
+                    // Aborted when `run` returns, which owns the signal handling.
+                    switchboard::demo::run_backends(&dir, std::future::pending()).await
+                });
+                let result = switchboard::run::run(cfg).await;
+                backends.abort();
+                result
+            })
         }),
         Command::DemoBackends { dir } => {
             init_logging("info");

@@ -1,0 +1,292 @@
+//! End-to-end harness: starts the real `switchboard` binary with port 0 listeners, reads the
+//! `listening on NAME ADDR` lines it logs, and kills it on drop. When a test fails, the process's
+//! output is printed.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+pub struct Switchboard {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    pub listeners: HashMap<String, Vec<SocketAddr>>,
+    pub admin: SocketAddr,
+}
+
+fn spawn_reader(stream: impl std::io::Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            log.lock().unwrap().push(line);
+        }
+    });
+}
+
+/// Parses `listening on NAME ADDR` from a log line.
+fn listening(line: &str) -> Option<(String, SocketAddr)> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    let mut words = rest.split_whitespace();
+    let name = words.next()?.to_string();
+    let addr = words.next()?.trim_end_matches(',').parse().ok()?;
+    Some((name, addr))
+}
+
+impl Switchboard {
+    /// `switchboard run ARGS --admin 127.0.0.1:0`, waiting until the admin listener is up.
+    pub fn start(args: &[&str]) -> Switchboard {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Switchboard {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").args(args);
+        if !args.contains(&"--admin") {
+            cmd.args(["--admin", "127.0.0.1:0"]);
+        }
+        cmd.env("RUST_LOG", "info,controller=debug,kube=warn,hyper=warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start switchboard");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        spawn_reader(child.stdout.take().unwrap(), log.clone());
+        spawn_reader(child.stderr.take().unwrap(), log.clone());
+        let mut sb = Switchboard {
+            child,
+            log,
+            listeners: HashMap::new(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            sb.listeners.clear();
+            for line in sb.log.lock().unwrap().iter() {
+                if let Some((name, addr)) = listening(line) {
+                    sb.listeners.entry(name).or_default().push(addr);
+                }
+            }
+            if let Some(a) = sb.listeners.get("admin") {
+                sb.admin = a[0];
+                // Other listeners are logged before "switchboard started".
+                if sb.log_contains("switchboard started") {
+                    return sb;
+                }
+            }
+            if let Ok(Some(status)) = sb.child.try_wait() {
+                panic!("switchboard exited early ({status}):\n{}", sb.log());
+            }
+            assert!(Instant::now() < deadline, "switchboard did not start:\n{}", sb.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The first address logged for listener `name` (e.g. `dns/udp`).
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name}:\n{}", self.log()))[0]
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log_contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {timeout:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(&format!("http://{}{}", self.admin, path)).await
+    }
+
+    /// Polls an admin path until `pred` holds for the body; returns it.
+    pub async fn wait_admin(
+        &self,
+        path: &str,
+        timeout: Duration,
+        what: &str,
+        mut pred: impl FnMut(u16, &str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (code, body) = self.admin_get(path).await;
+            if pred(code, &body) {
+                return body;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{path} never showed {what} within {timeout:?}; last answer {code}:\n{body}\n--- log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The tables dump without its `# generation` header line.
+    pub async fn tables(&self) -> String {
+        strip_header(&self.admin_get("/debug/tables").await.1)
+    }
+
+    /// Waits until the dump (without header) satisfies `pred`.
+    pub async fn wait_tables(&self, what: &str, mut pred: impl FnMut(&str) -> bool) -> String {
+        let body = self
+            .wait_admin("/debug/tables", Duration::from_secs(15), what, |_, b| {
+                pred(&strip_header(b))
+            })
+            .await;
+        strip_header(&body)
+    }
+
+    /// A metric's value (first sample whose line starts with `series`).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let body = self.admin_get("/metrics").await.1;
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Switchboard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- switchboard output ---\n{}\n--- end ---", self.log());
+        }
+    }
+}
+
+pub fn strip_header(body: &str) -> String {
+    body.lines()
+        .filter(|l| !l.starts_with("# generation"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// A plain HTTP/1.1 GET with hyper's client.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let client: Client<_, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse().unwrap()))
+        .await
+        .unwrap_or_else(|_| panic!("GET {url} timed out"))
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Runs `switchboard ARGS` to completion (for flag errors and subcommands).
+pub fn run_to_end(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().expect("run switchboard");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The text of every file of `examples/demo`, by file name.
+pub fn demo_files() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Compares `actual` with the golden file `tests/golden/NAME`; `BLESS=1` rewrites it.
+pub fn assert_golden(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with BLESS=1 to create it)", path.display()));
+    if expected != actual {
+        let diff: Vec<String> = expected
+            .lines()
+            .filter(|l| !actual.lines().any(|a| a == *l))
+            .map(|l| format!("- {l}"))
+            .chain(
+                actual
+                    .lines()
+                    .filter(|l| !expected.lines().any(|e| e == *l))
+                    .map(|l| format!("+ {l}")),
+            )
+            .collect();
+        panic!(
+            "{} differs (BLESS=1 to accept):\n{}",
+            path.display(),
+            diff.join("\n")
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! The Kubernetes source under faults, through the real `kube` client against the test API
+//! server: 410 Gone and relist, dropped watches, 500/503 answers, an API server restart, and
+//! absent Gateway API CRDs. Throughout, the published tables are kept and readiness is right.
+
+mod common;
+
+use std::time::Duration;
+
+use apiserver::{ApiServer, Options};
+use common::*;
+
+fn svc(name: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {ip}\n  ports: [{{name: http, port: 80}}]\n"
+    )
+}
+
+const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sb}
+spec: {controllerName: switchboard.dev/gateway}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  gatewayClassName: sb
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [r.example]
+  rules: [{backendRefs: [{name: a, port: 80}]}]
+";
+
+struct Setup {
+    api: ApiServer,
+    sb: Switchboard,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(opts: Options) -> Setup {
+    let api = ApiServer::start(opts).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kc).unwrap();
+    let sb = Switchboard::start(&["--kubeconfig", kc.to_str().unwrap()]);
+    Setup { api, sb, _dir: dir }
+}
+
+async fn wait_watching(api: &ApiServer, n: usize) {
+    assert!(
+        api.wait_until(Duration::from_secs(15), |s| s.active_watches >= n).await,
+        "watchers did not start: {:?}",
+        api.stats()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_410_relists_and_keeps_tables() {
+    let Setup { api, sb, .. } = setup(Options::default()).await;
+    api.apply_yaml(&svc("a", "10.0.0.1"));
+    sb.wait_tables("a", |t| t.contains("service default/a ")).await;
+    wait_watching(&api, 6).await;
+    let lists_before = api.stats().lists;
+
+    // History is compacted and the watches drop: re-watching from the old resourceVersion
+    // gets 410 Gone, and the watcher must relist.
+    api.compact();
+    api.apply_yaml(&svc("b", "10.0.0.2"));
+    api.compact();
+    api.drop_watches();
+    let t = sb.tables().await;
+    assert!(t.contains("service default/a "), "kept while relisting:\n{t}");
+    sb.wait_tables("b after relist", |t| t.contains("service default/b ") && t.contains("service default/a ")).await;
+    assert!(api.stats().lists > lists_before, "a relist happened: {:?}", api.stats());
+    sb.wait_admin("/readyz", Duration::from_secs(5), "ready", |c, _| c == 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_watch_resumes() {
+    let Setup { api, sb, .. } = setup(Options::default()).await;
+    api.apply_yaml(&svc("a", "10.0.0.1"));
+    sb.wait_tables("a", |t| t.contains("service default/a ")).await;
+    wait_watching(&api, 6).await;
+    let watches = api.stats().watches;
+    api.drop_watches();
+    assert!(
+        api.wait_until(Duration::from_secs(15), |s| s.watches > watches && s.active_watches >= 6).await,
+        "re-watched: {:?}",
+        api.stats()
+    );
+    api.apply_yaml(&svc("a", "10.0.0.9"));
+    sb.wait_tables("a changed", |t| t.contains("service default/a ClusterIP clusterIPs=10.0.0.9")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_keep_tables_and_readiness_waits_for_first_list() {
+    let api = ApiServer::start(Options::default()).await.unwrap();
+    api.apply_yaml(&svc("a", "10.0.0.1"));
+    // The first lists fail: not ready until every kind has listed.
+    api.fail_next(500, 8);
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kc).unwrap();
+    let sb = Switchboard::start(&["--kubeconfig", kc.to_str().unwrap()]);
+    let (code, _) = sb.admin_get("/readyz").await;
+    assert_eq!(code, 503, "not ready before the first complete list");
+    sb.wait_admin("/readyz", Duration::from_secs(30), "ready after retries", |c, _| c == 200).await;
+    assert!(sb.tables().await.contains("service default/a "));
+    assert!(
+        sb.metric("switchboard_source_errors_total{reason=\"api\",source=\"kubernetes\"}").await.unwrap_or(0.0) >= 1.0,
+        "API errors counted"
+    );
+
+    // Later 503s on every request, with the watches dropped: tables and readiness stay.
+    wait_watching(&api, 6).await;
+    api.fail_next(503, 6);
+    api.drop_watches();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sb.tables().await.contains("service default/a "));
+    assert_eq!(sb.admin_get("/readyz").await.0, 200);
+    api.apply_yaml(&svc("c", "10.0.0.3"));
+    sb.wait_tables("c after errors", |t| t.contains("service default/c ")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restart() {
+    let Setup { api, sb, .. } = setup(Options::default()).await;
+    api.apply_yaml(&svc("a", "10.0.0.1"));
+    sb.wait_tables("a", |t| t.contains("service default/a ")).await;
+    wait_watching(&api, 6).await;
+    let addr = api.addr();
+    let state = api.shutdown().await;
+
+    // While the API server is down, everything keeps being served.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(sb.tables().await.contains("service default/a "));
+    assert_eq!(sb.admin_get("/readyz").await.0, 200);
+    assert_eq!(sb.admin_get("/healthz").await.0, 200);
+
+    let api = ApiServer::start_with_state(addr, Options::default(), state).await.unwrap();
+    api.apply_yaml(&svc("b", "10.0.0.2"));
+    api.delete("v1", "Service", Some("default"), "a");
+    sb.wait_tables("b and not a after restart", |t| {
+        t.contains("service default/b ") && !t.contains("service default/a ")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_crds_absent_then_installed() {
+    let Setup { api, sb, .. } = setup(Options {
+        gateway_crds: false,
+        ..Options::default()
+    })
+    .await;
+    api.apply_yaml(&svc("a", "10.0.0.1"));
+    api.apply_yaml(ROUTE); // stored, but not served while the CRDs are absent
+    sb.wait_admin("/readyz", Duration::from_secs(15), "ready without Gateway API", |c, _| c == 200).await;
+    assert!(sb.tables().await.contains("service default/a "));
+    assert!(!sb.tables().await.contains("HTTPRoute"));
+    sb.wait_log("Gateway API CRD not installed", Duration::from_secs(5)).await;
+    // Logged once per kind, not once per retry.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sb.log_count("Gateway API CRD not installed"), 3, "{}", sb.log());
+
+    api.set_gateway_crds(true);
+    let t = sb.wait_tables("the route once the CRDs exist", |t| t.contains("http HTTPRoute default/r#0")).await;
+    assert!(t.contains("hosts=r.example"), "{t}");
+    assert!(t.contains("via default/gw"), "{t}");
+}
