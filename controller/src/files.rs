@@ -19,8 +19,7 @@ use std::time::{Duration, SystemTime};
 use notify::{RecursiveMode, Watcher};
 use tables::{Origin, SourceId};
 
-use crate::convert::convert;
-use crate::parse::parse_manifest;
+use crate::parse::load_manifest;
 use crate::{Change, Event, Metrics, Sender};
 
 /// How long to wait for more events after the first one before rescanning.
@@ -134,12 +133,9 @@ impl FileSource {
                 return true;
             }
         };
-        match parse_manifest(path, &text) {
-            Ok(api_objects) => {
-                let objects = api_objects
-                    .iter()
-                    .filter_map(|o| convert(o, "default").ok())
-                    .collect();
+        match load_manifest(path, &text) {
+            Ok(objects) => {
+                tracing::debug!(path = %path.display(), objects = objects.len(), "manifest loaded");
                 self.send(Change::Reset {
                     source: self.source_id(path),
                     objects,

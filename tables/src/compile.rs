@@ -228,8 +228,8 @@ pub fn compile_service(
             .iter()
             .filter(|r| matches!(r, DnsRecord::Srv { .. }))
             .count();
-        if n > 0 {
-            let w = (100 / n).max(1) as u16;
+        if let Some(w) = 100usize.checked_div(n) {
+            let w = w.max(1) as u16;
             for r in records.iter_mut() {
                 if let DnsRecord::Srv { weight, .. } = r {
                     *weight = w;

@@ -192,7 +192,7 @@ impl ClusterState {
                 *self.counts.entry((o, key.kind)).or_default() += 1;
             }
         }
-        if before.as_ref().map(|o| &**o) == after.as_ref().map(|o| &**o) {
+        if before.as_deref() == after.as_deref() {
             return;
         }
         match key.kind {
