@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the system packages switchboard's build and tests use, if any is missing:
+#   cmake      pingora's zlib-ng build
+#   dnsutils   dig, for the DNS tests
+#   iproute2   ip netns / veth, for the network-namespace tests
+#   nftables   nft, for the kube-proxy (L4) tests
+#   curl       HTTP tests and the README's examples
+# Debian/Ubuntu. Runs apt-get as root, or through sudo.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v dig >/dev/null || need+=(dnsutils)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
+command -v curl >/dev/null || need+=(curl)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+export DEBIAN_FRONTEND=noninteractive
+echo "installing: ${need[*]}" >&2
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
