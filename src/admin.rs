@@ -18,6 +18,27 @@ use tokio::net::TcpListener;
 pub struct AdminState {
     pub registry: Registry,
     pub cell: SnapshotCell,
+    /// Checks `/healthz` runs; any `Err` makes it answer 503 with the reasons.
+    pub health_checks: HealthChecks,
+    /// Set on shutdown: `/readyz` answers 503 while the DNS server's lame-duck period runs.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A named liveness check (e.g. the L4 proxy applying tables in time).
+pub type HealthCheck = (String, Box<dyn Fn() -> Result<(), String> + Send + Sync>);
+/// The checks of `/healthz`, filled in by the parts as they start.
+pub type HealthChecks = Arc<std::sync::Mutex<Vec<HealthCheck>>>;
+
+/// Adds a check to `/healthz`.
+pub fn add_health_check(
+    checks: &HealthChecks,
+    name: &str,
+    check: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+) {
+    checks
+        .lock()
+        .unwrap()
+        .push((name.to_string(), Box::new(check)));
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -45,10 +66,28 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
                 ),
             }
         }
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => {
+            let failures: Vec<String> = state
+                .health_checks
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|(name, check)| check().err().map(|e| format!("{name}: {e}\n")))
+                .collect();
+            if failures.is_empty() {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, failures.concat())
+            }
+        }
         "/readyz" => {
             let snap = state.cell.load();
-            if snap.synced {
+            if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: shutting down\n",
+                )
+            } else if snap.synced {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(

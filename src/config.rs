@@ -42,6 +42,22 @@ pub struct RunArgs {
     /// HTTP ingress listener (repeatable).
     #[arg(long, value_name = "ADDR")]
     pub http: Vec<SocketAddr>,
+    /// HTTPS ingress listener, certificates chosen by SNI from --tls-cert-dir (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub https: Vec<SocketAddr>,
+    /// Certificates for --https: subdirectories with tls.crt and tls.key (as mounted
+    /// kubernetes.io/tls Secrets), or NAME.crt + NAME.key pairs.
+    #[arg(long, value_name = "DIR")]
+    pub tls_cert_dir: Option<PathBuf>,
+    /// HTTP balancing where a Service has no switchboard.dev/lb-algorithm annotation:
+    /// least-request, round-robin, maglev[:KEY], ketama[:KEY] with KEY client-ip,
+    /// header:NAME or cookie:NAME [default: least-request].
+    #[arg(long, value_name = "ALGORITHM")]
+    pub lb_algorithm: Option<String>,
+    /// How long an HTTP endpoint is ejected after 5 failures in a row, in milliseconds
+    /// (longer on repeated ejections) [default: 30000].
+    #[arg(long, value_name = "MS")]
+    pub outlier_ejection_ms: Option<u64>,
     /// Admin listener: /metrics /healthz /readyz /debug/tables [default: 127.0.0.1:9153].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
@@ -52,12 +68,46 @@ pub struct RunArgs {
     /// [default: the nameservers in /etc/resolv.conf].
     #[arg(long, value_name = "ADDR")]
     pub upstream: Vec<String>,
+    /// TTL of cluster-zone DNS records, in seconds [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<u32>,
+    /// Pod records `a-b-c-d.NS.pod.ZONE`: disabled or insecure (any address answers, as the
+    /// stock Corefile's `pods insecure`) [default: insecure].
+    #[arg(long, value_name = "MODE")]
+    pub pods: Option<String>,
+    /// Clients allowed to transfer (AXFR, over TCP) the cluster zone, `CIDR` or `IP`
+    /// (repeatable) [default: nobody].
+    #[arg(long, value_name = "CIDR")]
+    pub axfr_allow: Vec<String>,
+    /// Forwarded DNS queries in flight at once; beyond this they get REFUSED [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_forwards: Option<usize>,
+    /// Entries in the cache of forwarded DNS answers [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub cache_size: Option<usize>,
+    /// On SIGTERM with --dns listeners: keep answering this long while /readyz says not
+    /// ready, e.g. 5s or 500ms [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub lame_duck: Option<String>,
     /// L4 (kube-proxy) mode [default: off].
     #[arg(long, value_enum)]
     pub l4: Option<L4Mode>,
     /// This node's name, for traffic policies and topology.
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
+    /// This node's zone (its topology.kubernetes.io/zone label), for trafficDistribution.
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<String>,
+    /// With --l4 nftables: remove the nftables table and its policy routing on exit.
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
+    /// Forget a UDP flow after this many seconds without a datagram [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub udp_idle_timeout: Option<u64>,
+    /// /healthz fails when the L4 data plane has not applied a new snapshot for this many
+    /// seconds [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    pub l4_sync_timeout: Option<u64>,
     /// Ingresses of this class are served [default: switchboard].
     #[arg(long, value_name = "CLASS")]
     pub ingress_class: Option<String>,
@@ -77,11 +127,25 @@ pub struct FileConfig {
     pub kubeconfig: Option<PathBuf>,
     pub dns: Option<Vec<SocketAddr>>,
     pub http: Option<Vec<SocketAddr>>,
+    pub https: Option<Vec<SocketAddr>>,
+    pub tls_cert_dir: Option<PathBuf>,
+    pub lb_algorithm: Option<String>,
+    pub outlier_ejection_ms: Option<u64>,
     pub admin: Option<SocketAddr>,
     pub cluster_domain: Option<String>,
     pub upstream: Option<Vec<String>>,
+    pub ttl: Option<u32>,
+    pub pods: Option<String>,
+    pub axfr_allow: Option<Vec<String>>,
+    pub max_concurrent_forwards: Option<usize>,
+    pub cache_size: Option<usize>,
+    pub lame_duck: Option<String>,
     pub l4: Option<L4Mode>,
     pub node_name: Option<String>,
+    pub zone: Option<String>,
+    pub cleanup_on_exit: Option<bool>,
+    pub udp_idle_timeout: Option<u64>,
+    pub l4_sync_timeout: Option<u64>,
     pub ingress_class: Option<String>,
     pub gateway_controller: Option<String>,
     pub log: Option<String>,
@@ -101,11 +165,26 @@ pub struct Config {
     pub kubernetes: bool,
     pub dns: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
+    pub tls_cert_dir: Option<PathBuf>,
+    pub lb_algorithm: proxy::http::Algorithm,
+    pub outlier_ejection_ms: u64,
     pub admin: SocketAddr,
     pub cluster_domain: String,
     pub upstream: Vec<SocketAddr>,
+    /// DNS: TTL of cluster-zone records.
+    pub ttl: u32,
+    pub pods: dns::PodsMode,
+    pub axfr_allow: Vec<dns::Cidr>,
+    pub max_concurrent_forwards: usize,
+    pub cache_size: usize,
+    pub lame_duck: std::time::Duration,
     pub l4: L4Mode,
     pub node_name: Option<String>,
+    pub zone: Option<String>,
+    pub cleanup_on_exit: bool,
+    pub udp_idle_timeout: std::time::Duration,
+    pub l4_sync_timeout: std::time::Duration,
     pub ingress_class: String,
     pub gateway_controller: String,
     pub log: String,
@@ -190,7 +269,50 @@ impl Config {
         {
             bail!("cluster-domain {cluster_domain:?} is not a domain name");
         }
+        let lb_algorithm = match args.lb_algorithm.or(file.lb_algorithm) {
+            Some(s) => s.parse().context("lb-algorithm")?,
+            None => proxy::http::Algorithm::default(),
+        };
+        let https = list(args.https, file.https);
+        let tls_cert_dir = args.tls_cert_dir.or(file.tls_cert_dir);
+        if !https.is_empty() && tls_cert_dir.is_none() {
+            bail!("https listeners need tls-cert-dir");
+        }
+        let axfr_allow_strs = if args.axfr_allow.is_empty() {
+            file.axfr_allow.clone().unwrap_or_default()
+        } else {
+            args.axfr_allow.clone()
+        };
+        let axfr_allow = axfr_allow_strs
+            .iter()
+            .map(|s| s.parse::<dns::Cidr>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("axfr-allow")?;
+        let pods = match args.pods.clone().or(file.pods.clone()) {
+            Some(s) => s.parse::<dns::PodsMode>().context("pods")?,
+            None => dns::PodsMode::Insecure,
+        };
+        let lame_duck = match args.lame_duck.clone().or(file.lame_duck.clone()) {
+            Some(s) => dns::parse_duration(&s).context("lame-duck")?,
+            None => std::time::Duration::from_secs(5),
+        };
         Ok(Config {
+            ttl: args.ttl.or(file.ttl).unwrap_or(30),
+            pods,
+            axfr_allow,
+            max_concurrent_forwards: args
+                .max_concurrent_forwards
+                .or(file.max_concurrent_forwards)
+                .unwrap_or(1000),
+            cache_size: args.cache_size.or(file.cache_size).unwrap_or(10_000),
+            lame_duck,
+            https,
+            tls_cert_dir,
+            lb_algorithm,
+            outlier_ejection_ms: args
+                .outlier_ejection_ms
+                .or(file.outlier_ejection_ms)
+                .unwrap_or(30_000),
             kubernetes: kubeconfig.is_some() || manifests.is_none(),
             manifests,
             kubeconfig,
@@ -204,6 +326,20 @@ impl Config {
             upstream,
             l4: args.l4.or(file.l4).unwrap_or_default(),
             node_name: args.node_name.or(file.node_name),
+            zone: args.zone.or(file.zone),
+            cleanup_on_exit: args.cleanup_on_exit || file.cleanup_on_exit.unwrap_or(false),
+            udp_idle_timeout: std::time::Duration::from_secs(
+                args.udp_idle_timeout
+                    .or(file.udp_idle_timeout)
+                    .unwrap_or(30)
+                    .max(1),
+            ),
+            l4_sync_timeout: std::time::Duration::from_secs(
+                args.l4_sync_timeout
+                    .or(file.l4_sync_timeout)
+                    .unwrap_or(30)
+                    .max(1),
+            ),
             ingress_class: args
                 .ingress_class
                 .or(file.ingress_class)

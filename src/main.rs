@@ -25,6 +25,9 @@ enum Command {
         #[arg(default_value = "examples/demo")]
         dir: PathBuf,
     },
+    /// Remove what `run --l4 nftables` installed: the `inet switchboard` nftables table and its
+    /// policy routing rule. Nothing else is touched.
+    Cleanup,
     /// Start stand-in pods for every endpoint in a manifest directory (for the demo).
     DemoBackends {
         /// The manifest directory (e.g. examples/demo).
@@ -88,6 +91,20 @@ fn main() -> ExitCode {
                 result
             })
         }),
+        Command::Cleanup => {
+            init_logging("info");
+            match proxy::l4::nft::cleanup(&proxy::l4::NftConfig::default()) {
+                Ok(true) => {
+                    println!("removed nftables table inet switchboard");
+                    Ok(())
+                }
+                Ok(false) => {
+                    println!("no nftables table inet switchboard to remove");
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::DemoBackends { dir } => {
             init_logging("info");
             runtime().map_err(Into::into).and_then(|rt| {

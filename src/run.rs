@@ -1,6 +1,8 @@
 //! `switchboard run`: starts the sources, the controller, and the listeners, then waits for
 //! SIGTERM or SIGINT.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -42,11 +44,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding admin listener {}", cfg.admin))?;
     tracing::info!("listening on admin {}", admin_listener.local_addr()?);
+    let health_checks = admin::HealthChecks::default();
+    let draining = Arc::new(AtomicBool::new(false));
     tokio::spawn(admin::serve(
         admin_listener,
         AdminState {
             registry: registry.clone(),
             cell: cell.clone(),
+            health_checks: health_checks.clone(),
+            draining: draining.clone(),
         },
     ));
 
@@ -77,15 +83,71 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
     tokio::spawn(Controller::new(state, cell.clone(), metrics, parts).run(rx));
 
-    for addr in &cfg.dns {
-        tracing::warn!(%addr, "the DNS server is not built yet; --dns is accepted but not served");
-    }
-    for addr in &cfg.http {
-        tracing::warn!(%addr, "the HTTP proxy is not built yet; --http is accepted but not served");
-    }
-    if cfg.l4 != L4Mode::Off {
-        tracing::warn!(mode = ?cfg.l4, "the L4 proxy is not built yet; --l4 is accepted but not served");
-    }
+    let dns = if cfg.dns.is_empty() {
+        None
+    } else {
+        let dns_cfg = dns::DnsConfig {
+            listen: cfg.dns.clone(),
+            ttl: cfg.ttl,
+            pods: cfg.pods,
+            axfr_allow: cfg.axfr_allow.clone(),
+            upstreams: cfg.upstream.clone(),
+            max_concurrent_forwards: cfg.max_concurrent_forwards,
+            cache_size: cfg.cache_size,
+            ..Default::default()
+        };
+        Some(
+            dns::DnsServer::spawn(dns_cfg, cell.clone(), &registry)
+                .await
+                .context("starting the DNS server")?,
+        )
+    };
+    let http = if cfg.http.is_empty() && cfg.https.is_empty() {
+        None
+    } else {
+        let http_cfg = proxy::http::HttpConfig {
+            http: cfg.http.clone(),
+            https: cfg.https.clone(),
+            tls_cert_dir: cfg.tls_cert_dir.clone(),
+            lb_algorithm: cfg.lb_algorithm.clone(),
+            outlier: proxy::http::OutlierConfig {
+                base_ejection: Duration::from_millis(cfg.outlier_ejection_ms),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Some(
+            proxy::http::HttpServer::start(http_cfg, cell.clone(), &registry)
+                .await
+                .context("starting the HTTP proxy")?,
+        )
+    };
+    let l4 = match cfg.l4 {
+        L4Mode::Off => None,
+        mode => {
+            let l4_cfg = proxy::l4::L4Config {
+                mode: if mode == L4Mode::Bind {
+                    proxy::l4::Mode::Bind
+                } else {
+                    proxy::l4::Mode::Nftables
+                },
+                node: proxy::endpoints::NodeTopology {
+                    name: cfg.node_name.clone(),
+                    zone: cfg.zone.clone(),
+                },
+                udp_idle_timeout: cfg.udp_idle_timeout,
+                sync_timeout: cfg.l4_sync_timeout,
+                cleanup_on_exit: cfg.cleanup_on_exit,
+                ..Default::default()
+            };
+            let l4 = proxy::l4::L4::start(l4_cfg, cell.clone(), &registry)
+                .await
+                .context("starting the L4 proxy")?;
+            let health = l4.health();
+            admin::add_health_check(&health_checks, "l4", move || health.check());
+            Some(l4)
+        }
+    };
     tracing::info!(
         cluster_domain = %cfg.cluster_domain,
         upstreams = ?cfg.upstream,
@@ -94,6 +156,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     shutdown_signal().await;
+    if let Some(dns) = dns {
+        // Lame duck: not ready (load balancers drain us) but still answering.
+        draining.store(true, Ordering::Relaxed);
+        dns.shutdown(cfg.lame_duck).await;
+    }
+    if let Some(l4) = l4 {
+        l4.shutdown().await;
+    }
+    if let Some(http) = http {
+        http.shutdown().await;
+    }
     // Nothing holds requests open yet; give log lines a moment to flush.
     tokio::time::sleep(Duration::from_millis(10)).await;
     tracing::info!("stopped");

@@ -53,7 +53,8 @@ async fn setup(opts: Options) -> Setup {
 
 async fn wait_watching(api: &ApiServer, n: usize) {
     assert!(
-        api.wait_until(Duration::from_secs(15), |s| s.active_watches >= n).await,
+        api.wait_until(Duration::from_secs(15), |s| s.active_watches >= n)
+            .await,
         "watchers did not start: {:?}",
         api.stats()
     );
@@ -63,7 +64,8 @@ async fn wait_watching(api: &ApiServer, n: usize) {
 async fn gone_410_relists_and_keeps_tables() {
     let Setup { api, sb, .. } = setup(Options::default()).await;
     api.apply_yaml(&svc("a", "10.0.0.1"));
-    sb.wait_tables("a", |t| t.contains("service default/a ")).await;
+    sb.wait_tables("a", |t| t.contains("service default/a "))
+        .await;
     wait_watching(&api, 6).await;
     let lists_before = api.stats().lists;
 
@@ -74,27 +76,44 @@ async fn gone_410_relists_and_keeps_tables() {
     api.compact();
     api.drop_watches();
     let t = sb.tables().await;
-    assert!(t.contains("service default/a "), "kept while relisting:\n{t}");
-    sb.wait_tables("b after relist", |t| t.contains("service default/b ") && t.contains("service default/a ")).await;
-    assert!(api.stats().lists > lists_before, "a relist happened: {:?}", api.stats());
-    sb.wait_admin("/readyz", Duration::from_secs(5), "ready", |c, _| c == 200).await;
+    assert!(
+        t.contains("service default/a "),
+        "kept while relisting:\n{t}"
+    );
+    sb.wait_tables("b after relist", |t| {
+        t.contains("service default/b ") && t.contains("service default/a ")
+    })
+    .await;
+    assert!(
+        api.stats().lists > lists_before,
+        "a relist happened: {:?}",
+        api.stats()
+    );
+    sb.wait_admin("/readyz", Duration::from_secs(5), "ready", |c, _| c == 200)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_watch_resumes() {
     let Setup { api, sb, .. } = setup(Options::default()).await;
     api.apply_yaml(&svc("a", "10.0.0.1"));
-    sb.wait_tables("a", |t| t.contains("service default/a ")).await;
+    sb.wait_tables("a", |t| t.contains("service default/a "))
+        .await;
     wait_watching(&api, 6).await;
     let watches = api.stats().watches;
     api.drop_watches();
     assert!(
-        api.wait_until(Duration::from_secs(15), |s| s.watches > watches && s.active_watches >= 6).await,
+        api.wait_until(Duration::from_secs(15), |s| s.watches > watches
+            && s.active_watches >= 6)
+            .await,
         "re-watched: {:?}",
         api.stats()
     );
     api.apply_yaml(&svc("a", "10.0.0.9"));
-    sb.wait_tables("a changed", |t| t.contains("service default/a ClusterIP clusterIPs=10.0.0.9")).await;
+    sb.wait_tables("a changed", |t| {
+        t.contains("service default/a ClusterIP clusterIPs=10.0.0.9")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,10 +128,19 @@ async fn server_errors_keep_tables_and_readiness_waits_for_first_list() {
     let sb = Switchboard::start(&["--kubeconfig", kc.to_str().unwrap()]);
     let (code, _) = sb.admin_get("/readyz").await;
     assert_eq!(code, 503, "not ready before the first complete list");
-    sb.wait_admin("/readyz", Duration::from_secs(30), "ready after retries", |c, _| c == 200).await;
+    sb.wait_admin(
+        "/readyz",
+        Duration::from_secs(30),
+        "ready after retries",
+        |c, _| c == 200,
+    )
+    .await;
     assert!(sb.tables().await.contains("service default/a "));
     assert!(
-        sb.metric("switchboard_source_errors_total{reason=\"api\",source=\"kubernetes\"}").await.unwrap_or(0.0) >= 1.0,
+        sb.metric("switchboard_source_errors_total{reason=\"api\",source=\"kubernetes\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0,
         "API errors counted"
     );
 
@@ -124,14 +152,16 @@ async fn server_errors_keep_tables_and_readiness_waits_for_first_list() {
     assert!(sb.tables().await.contains("service default/a "));
     assert_eq!(sb.admin_get("/readyz").await.0, 200);
     api.apply_yaml(&svc("c", "10.0.0.3"));
-    sb.wait_tables("c after errors", |t| t.contains("service default/c ")).await;
+    sb.wait_tables("c after errors", |t| t.contains("service default/c "))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_restart() {
     let Setup { api, sb, .. } = setup(Options::default()).await;
     api.apply_yaml(&svc("a", "10.0.0.1"));
-    sb.wait_tables("a", |t| t.contains("service default/a ")).await;
+    sb.wait_tables("a", |t| t.contains("service default/a "))
+        .await;
     wait_watching(&api, 6).await;
     let addr = api.addr();
     let state = api.shutdown().await;
@@ -142,7 +172,9 @@ async fn api_server_restart() {
     assert_eq!(sb.admin_get("/readyz").await.0, 200);
     assert_eq!(sb.admin_get("/healthz").await.0, 200);
 
-    let api = ApiServer::start_with_state(addr, Options::default(), state).await.unwrap();
+    let api = ApiServer::start_with_state(addr, Options::default(), state)
+        .await
+        .unwrap();
     api.apply_yaml(&svc("b", "10.0.0.2"));
     api.delete("v1", "Service", Some("default"), "a");
     sb.wait_tables("b and not a after restart", |t| {
@@ -160,16 +192,32 @@ async fn gateway_crds_absent_then_installed() {
     .await;
     api.apply_yaml(&svc("a", "10.0.0.1"));
     api.apply_yaml(ROUTE); // stored, but not served while the CRDs are absent
-    sb.wait_admin("/readyz", Duration::from_secs(15), "ready without Gateway API", |c, _| c == 200).await;
+    sb.wait_admin(
+        "/readyz",
+        Duration::from_secs(15),
+        "ready without Gateway API",
+        |c, _| c == 200,
+    )
+    .await;
     assert!(sb.tables().await.contains("service default/a "));
     assert!(!sb.tables().await.contains("HTTPRoute"));
-    sb.wait_log("Gateway API CRD not installed", Duration::from_secs(5)).await;
+    sb.wait_log("Gateway API CRD not installed", Duration::from_secs(5))
+        .await;
     // Logged once per kind, not once per retry.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(sb.log_count("Gateway API CRD not installed"), 3, "{}", sb.log());
+    assert_eq!(
+        sb.log_count("Gateway API CRD not installed"),
+        3,
+        "{}",
+        sb.log()
+    );
 
     api.set_gateway_crds(true);
-    let t = sb.wait_tables("the route once the CRDs exist", |t| t.contains("http HTTPRoute default/r#0")).await;
+    let t = sb
+        .wait_tables("the route once the CRDs exist", |t| {
+            t.contains("http HTTPRoute default/r#0")
+        })
+        .await;
     assert!(t.contains("hosts=r.example"), "{t}");
     assert!(t.contains("via default/gw"), "{t}");
 }

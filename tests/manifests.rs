@@ -13,7 +13,10 @@ async fn broken_file_is_reported_and_keeps_its_objects() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.yaml"), SVC).unwrap();
     let sb = Switchboard::start(&["--manifests", dir.path().to_str().unwrap()]);
-    sb.wait_tables("a", |t| t.contains("service default/a ClusterIP clusterIPs=10.0.0.1")).await;
+    sb.wait_tables("a", |t| {
+        t.contains("service default/a ClusterIP clusterIPs=10.0.0.1")
+    })
+    .await;
 
     // A YAML type error on line 6: reported with path, line, object and field.
     std::fs::write(
@@ -21,20 +24,36 @@ async fn broken_file_is_reported_and_keeps_its_objects() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  clusterIP: 10.0.0.2\n  ports: [{port: eighty}]\n",
     )
     .unwrap();
-    sb.wait_log("manifest rejected", Duration::from_secs(10)).await;
+    sb.wait_log("manifest rejected", Duration::from_secs(10))
+        .await;
     assert!(sb.log_contains("a.yaml:6:"), "path and line:\n{}", sb.log());
-    assert!(sb.log_contains("Service default/a") || sb.log_contains("Service a"), "object:\n{}", sb.log());
-    assert!(sb.log_contains("spec.ports[0].port"), "field:\n{}", sb.log());
     assert!(
-        sb.metric("switchboard_source_errors_total{reason=\"parse\",source=\"manifests\"}").await >= Some(1.0),
+        sb.log_contains("Service default/a") || sb.log_contains("Service a"),
+        "object:\n{}",
+        sb.log()
+    );
+    assert!(
+        sb.log_contains("spec.ports[0].port"),
+        "field:\n{}",
+        sb.log()
+    );
+    assert!(
+        sb.metric("switchboard_source_errors_total{reason=\"parse\",source=\"manifests\"}")
+            .await
+            >= Some(1.0),
         "parse error counted"
     );
     // The objects the file held before stay.
     assert!(sb.tables().await.contains("clusterIPs=10.0.0.1\n"));
 
     // Fixed: picked up.
-    std::fs::write(dir.path().join("a.yaml"), SVC.replace("10.0.0.1", "10.0.0.3")).unwrap();
-    sb.wait_tables("fixed file", |t| t.contains("clusterIPs=10.0.0.3")).await;
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        SVC.replace("10.0.0.1", "10.0.0.3"),
+    )
+    .unwrap();
+    sb.wait_tables("fixed file", |t| t.contains("clusterIPs=10.0.0.3"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,11 +62,21 @@ async fn rename_nested_dirs_unknown_kinds_and_dotfiles() {
     std::fs::create_dir_all(dir.path().join("team/x")).unwrap();
     std::fs::write(
         dir.path().join("team/x/a.yml"),
-        format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec: {{}}\n---\n{SVC}"),
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec: {{}}\n---\n{SVC}"
+        ),
     )
     .unwrap();
-    std::fs::write(dir.path().join(".hidden.yaml"), SVC.replace("name: a", "name: hidden")).unwrap();
-    std::fs::write(dir.path().join("notes.txt"), SVC.replace("name: a", "name: txt")).unwrap();
+    std::fs::write(
+        dir.path().join(".hidden.yaml"),
+        SVC.replace("name: a", "name: hidden"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("notes.txt"),
+        SVC.replace("name: a", "name: txt"),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("b.json"),
         r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"b","namespace":"x"},"spec":{"clusterIP":"10.0.0.5"}}"#,
@@ -55,19 +84,29 @@ async fn rename_nested_dirs_unknown_kinds_and_dotfiles() {
     .unwrap();
     let sb = Switchboard::start(&["--manifests", dir.path().to_str().unwrap()]);
     let t = sb
-        .wait_tables("a and b", |t| t.contains("service default/a ") && t.contains("service x/b "))
+        .wait_tables("a and b", |t| {
+            t.contains("service default/a ") && t.contains("service x/b ")
+        })
         .await;
     assert!(!t.contains("hidden") && !t.contains("txt"), "{t}");
-    sb.wait_admin("/readyz", Duration::from_secs(5), "ready", |c, _| c == 200).await;
+    sb.wait_admin("/readyz", Duration::from_secs(5), "ready", |c, _| c == 200)
+        .await;
 
     // Renaming a file keeps its objects (removed from the old source, added by the new one).
-    std::fs::rename(dir.path().join("team/x/a.yml"), dir.path().join("team/a2.yaml")).unwrap();
+    std::fs::rename(
+        dir.path().join("team/x/a.yml"),
+        dir.path().join("team/a2.yaml"),
+    )
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let t = sb.wait_tables("a after rename", |t| t.contains("service default/a ")).await;
+    let t = sb
+        .wait_tables("a after rename", |t| t.contains("service default/a "))
+        .await;
     assert!(t.contains("service x/b "));
     // Deleting a directory removes what it held.
     std::fs::remove_dir_all(dir.path().join("team")).unwrap();
-    sb.wait_tables("a gone", |t| !t.contains("service default/a ")).await;
+    sb.wait_tables("a gone", |t| !t.contains("service default/a "))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,10 +114,19 @@ async fn metrics_cover_generation_objects_and_latency() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.yaml"), SVC).unwrap();
     let sb = Switchboard::start(&["--manifests", dir.path().to_str().unwrap()]);
-    sb.wait_admin("/readyz", Duration::from_secs(5), "ready", |c, _| c == 200).await;
-    assert_eq!(sb.metric("switchboard_objects{kind=\"Service\",source=\"manifests\"}").await, Some(1.0));
+    sb.wait_admin("/readyz", Duration::from_secs(5), "ready", |c, _| c == 200)
+        .await;
+    assert_eq!(
+        sb.metric("switchboard_objects{kind=\"Service\",source=\"manifests\"}")
+            .await,
+        Some(1.0)
+    );
     assert!(sb.metric("switchboard_snapshot_generation").await >= Some(1.0));
-    assert!(sb.metric("switchboard_programming_latency_seconds_count").await >= Some(1.0));
+    assert!(
+        sb.metric("switchboard_programming_latency_seconds_count")
+            .await
+            >= Some(1.0)
+    );
     assert_eq!(sb.metric("switchboard_ready").await, Some(1.0));
     assert_eq!(sb.admin_get("/healthz").await.0, 200);
     assert_eq!(sb.admin_get("/nope").await.0, 404);
@@ -101,7 +149,11 @@ fn bad_flags_and_config_keys_exit_nonzero_naming_them() {
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "dns = [\"127.0.0.1:0\"]\ncluster-domian = \"x.local\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "dns = [\"127.0.0.1:0\"]\ncluster-domian = \"x.local\"\n",
+    )
+    .unwrap();
     let (code, out) = run_to_end(&["run", "--config", cfg.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(out.contains("cluster-domian"), "{out}");
@@ -124,10 +176,38 @@ async fn config_file_keys_apply_and_flags_win() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
-        format!("manifests = {:?}\ncluster-domain = \"corp.example\"\nadmin = \"127.0.0.1:1\"\n", m.to_str().unwrap()),
+        format!(
+            "manifests = {:?}\ncluster-domain = \"corp.example\"\nadmin = \"127.0.0.1:1\"\n",
+            m.to_str().unwrap()
+        ),
     )
     .unwrap();
     // --admin on the command line wins over the file's (unusable) port 1.
     let sb = Switchboard::start(&["--config", cfg.to_str().unwrap(), "--admin", "127.0.0.1:0"]);
-    sb.wait_tables("zone from config", |t| t.contains("dns a.default.svc.corp.example. A 10.0.0.1")).await;
+    sb.wait_tables("zone from config", |t| {
+        t.contains("dns a.default.svc.corp.example. A 10.0.0.1")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_files_are_not_reloaded() {
+    // Regression: the watcher reacted to the inotify access events of its own reads and
+    // reloaded every file in a loop.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), SVC).unwrap();
+    let sb = Switchboard::start(&["--manifests", dir.path().to_str().unwrap()]);
+    sb.wait_admin("/readyz", Duration::from_secs(5), "ready", |c, _| c == 200)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sb.log_count("manifest loaded"), 1, "{}", sb.log());
+    // An edit still loads it again.
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        SVC.replace("10.0.0.1", "10.0.0.4"),
+    )
+    .unwrap();
+    sb.wait_tables("edit", |t| t.contains("clusterIPs=10.0.0.4"))
+        .await;
+    assert!(sb.log_count("manifest loaded") >= 2);
 }

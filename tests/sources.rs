@@ -77,7 +77,12 @@ impl Source for ApiSource {
             let new_ids = identities(yaml);
             for id in identities(old) {
                 if !new_ids.contains(&id) {
-                    self.api.delete(&id.0, &id.1, Some(id.2.as_deref().unwrap_or("default")), &id.3);
+                    self.api.delete(
+                        &id.0,
+                        &id.1,
+                        Some(id.2.as_deref().unwrap_or("default")),
+                        &id.3,
+                    );
                 }
             }
         }
@@ -87,8 +92,15 @@ impl Source for ApiSource {
     fn remove(&self, name: &str) {
         let old = self.files.lock().unwrap().remove(name).unwrap();
         for (av, kind, ns, n) in identities(&old) {
-            let ns = if kind == "GatewayClass" { None } else { Some(ns.unwrap_or_else(|| "default".into())) };
-            assert!(self.api.delete(&av, &kind, ns.as_deref(), &n), "delete {kind} {n}");
+            let ns = if kind == "GatewayClass" {
+                None
+            } else {
+                Some(ns.unwrap_or_else(|| "default".into()))
+            };
+            assert!(
+                self.api.delete(&av, &kind, ns.as_deref(), &n),
+                "delete {kind} {n}"
+            );
         }
     }
     fn label(&self) -> &'static str {
@@ -131,10 +143,12 @@ async fn battery(src: &dyn Source, sb: &Switchboard) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         sb.tables().await
     } else {
-        sb.wait_tables("the golden demo tables", |t| t == golden).await
+        sb.wait_tables("the golden demo tables", |t| t == golden)
+            .await
     };
     assert_golden("demo.txt", &dump);
-    sb.wait_admin("/readyz", Duration::from_secs(10), "ready", |c, _| c == 200).await;
+    sb.wait_admin("/readyz", Duration::from_secs(10), "ready", |c, _| c == 200)
+        .await;
 
     // 2. A new file / new objects appear.
     src.put("extra.yaml", EXTRA);
@@ -159,33 +173,61 @@ async fn battery(src: &dyn Source, sb: &Switchboard) {
 
     // 4. An invalid version is rejected with the field named; the last good version stays.
     let errors_before = sb
-        .metric(&format!("switchboard_source_errors_total{{reason=\"validation\",source=\"{label}\"}}"))
+        .metric(&format!(
+            "switchboard_source_errors_total{{reason=\"validation\",source=\"{label}\"}}"
+        ))
         .await
         .unwrap_or(0.0);
-    src.put("extra.yaml", &modified.replace("clusterIP: 127.10.0.99", "clusterIP: 127.10.0.999"));
+    src.put(
+        "extra.yaml",
+        &modified.replace("clusterIP: 127.10.0.99", "clusterIP: 127.10.0.999"),
+    );
     sb.wait_log("spec.clusterIP", Duration::from_secs(10)).await;
-    assert!(sb.log_contains("127.10.0.999"), "the error names the bad value:\n{}", sb.log());
+    assert!(
+        sb.log_contains("127.10.0.999"),
+        "the error names the bad value:\n{}",
+        sb.log()
+    );
     let errors_after = sb
-        .metric(&format!("switchboard_source_errors_total{{reason=\"validation\",source=\"{label}\"}}"))
+        .metric(&format!(
+            "switchboard_source_errors_total{{reason=\"validation\",source=\"{label}\"}}"
+        ))
         .await
         .unwrap_or(0.0);
-    assert!(errors_after > errors_before, "validation errors counted ({label})");
+    assert!(
+        errors_after > errors_before,
+        "validation errors counted ({label})"
+    );
     let t = sb.tables().await;
-    assert!(t.contains("service default/extra ClusterIP clusterIPs=127.10.0.99\n"), "last good version kept:\n{t}");
+    assert!(
+        t.contains("service default/extra ClusterIP clusterIPs=127.10.0.99\n"),
+        "last good version kept:\n{t}"
+    );
 
     // 5. Deleting removes exactly those objects.
     src.remove("extra.yaml");
-    sb.wait_tables("extra deleted", |t| !t.contains("extra")).await;
+    sb.wait_tables("extra deleted", |t| !t.contains("extra"))
+        .await;
     assert_eq!(sb.tables().await, dump, "back to the demo tables");
 
     // 6. Scale an endpoint slice of the demo down and back up.
-    let (name, web) = demo_files().into_iter().find(|(_, t)| t.contains("name: web-")).unwrap();
+    let (name, web) = demo_files()
+        .into_iter()
+        .find(|(_, t)| t.contains("name: web-"))
+        .unwrap();
     let one_endpoint = remove_endpoint(&web, "127.20.0.2");
     src.put(&name, &one_endpoint);
-    sb.wait_tables("web scaled down", |t| !t.contains("127.20.0.2:9080") && t.contains("127.20.0.1:9080")).await;
+    sb.wait_tables("web scaled down", |t| {
+        !t.contains("127.20.0.2:9080") && t.contains("127.20.0.1:9080")
+    })
+    .await;
     src.put(&name, &web);
-    sb.wait_tables("web scaled up", |t| t.contains("127.20.0.2:9080")).await;
-    sb.wait_admin("/readyz", Duration::from_secs(5), "still ready", |c, _| c == 200).await;
+    sb.wait_tables("web scaled up", |t| t.contains("127.20.0.2:9080"))
+        .await;
+    sb.wait_admin("/readyz", Duration::from_secs(5), "still ready", |c, _| {
+        c == 200
+    })
+    .await;
 }
 
 /// Drops the endpoint with `addr` from an EndpointSlice YAML: the `- addresses:` item that
@@ -200,7 +242,8 @@ fn remove_endpoint(yaml: &str, addr: &str) -> String {
         if line.trim_start().starts_with("- addresses:") {
             let item_indent = indent(line);
             let mut j = i + 1;
-            while j < lines.len() && (lines[j].trim().is_empty() || indent(lines[j]) > item_indent) {
+            while j < lines.len() && (lines[j].trim().is_empty() || indent(lines[j]) > item_indent)
+            {
                 j += 1;
             }
             let block = &lines[i..j];
@@ -215,7 +258,8 @@ fn remove_endpoint(yaml: &str, addr: &str) -> String {
     }
     let s = out.join("\n") + "\n";
     assert!(
-        !s.lines().any(|l| !l.trim_start().starts_with('#') && l.contains(addr)),
+        !s.lines()
+            .any(|l| !l.trim_start().starts_with('#') && l.contains(addr)),
         "endpoint {addr} removed from:\n{s}"
     );
     s
@@ -225,7 +269,13 @@ fn remove_endpoint(yaml: &str, addr: &str) -> String {
 async fn battery_manifests() {
     let dir = tempfile::tempdir().unwrap();
     let sb = Switchboard::start(&["--manifests", dir.path().to_str().unwrap()]);
-    battery(&DirSource { dir: dir.path().into() }, &sb).await;
+    battery(
+        &DirSource {
+            dir: dir.path().into(),
+        },
+        &sb,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,5 +285,12 @@ async fn battery_kubernetes() {
     let kc = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kc).unwrap();
     let sb = Switchboard::start(&["--kubeconfig", kc.to_str().unwrap()]);
-    battery(&ApiSource { api: api.clone(), files: Mutex::new(BTreeMap::new()) }, &sb).await;
+    battery(
+        &ApiSource {
+            api: api.clone(),
+            files: Mutex::new(BTreeMap::new()),
+        },
+        &sb,
+    )
+    .await;
 }

@@ -205,11 +205,17 @@ impl FileSource {
         }) {
             return Ok(());
         }
+        let mut next_rescan = std::time::Instant::now() + RESCAN;
         loop {
             let mut forced = HashSet::new();
-            match ev_rx.recv_timeout(RESCAN) {
+            let wait = next_rescan.saturating_duration_since(std::time::Instant::now());
+            match ev_rx.recv_timeout(wait) {
+                Ok(Ok(ev)) if matches!(ev.kind, notify::EventKind::Access(_)) => continue,
                 Ok(first) => {
                     let mut collect = |res: notify::Result<notify::Event>| match res {
+                        // Our own reads produce open/close-nowrite (Access) events:
+                        // reacting to those would reload every file in a loop.
+                        Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
                         Ok(ev) => forced.extend(ev.paths),
                         Err(e) => tracing::warn!(error = %e, "manifest watch error"),
                     };
@@ -227,6 +233,8 @@ impl FileSource {
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
             }
+            // Every rescan compares every file's stamp, so it also serves as the periodic one.
+            next_rescan = std::time::Instant::now() + RESCAN;
             if self.tx.is_closed() || !self.rescan(&forced) {
                 return Ok(());
             }

@@ -146,9 +146,12 @@ impl Controller {
 
     /// Commits and stores the next snapshot, if anything changed.
     pub fn publish(&mut self, earliest: Option<Instant>) {
-        let Some(snap) = self.state.commit() else {
+        let Some(mut snap) = self.state.commit() else {
             return;
         };
+        if let Some(s) = std::sync::Arc::get_mut(&mut snap) {
+            s.received_at = earliest;
+        }
         let generation = snap.generation;
         let synced = snap.synced;
         self.cell.store(snap);

@@ -146,15 +146,24 @@ fn strip_location(msg: &str) -> String {
 /// Parses one manifest file into typed API objects (each already validated by conversion).
 /// `path` decides YAML vs JSON (`.json`) and names the file in errors.
 pub fn parse_manifest(path: &Path, text: &str) -> Result<Vec<ApiObject>, ManifestError> {
-    Ok(parse_and_convert(path, text)?.into_iter().map(|(a, _)| a).collect())
+    Ok(parse_and_convert(path, text)?
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect())
 }
 
 /// Parses and converts one manifest file into table objects, as the directory source needs.
 pub fn load_manifest(path: &Path, text: &str) -> Result<Vec<m::Object>, ManifestError> {
-    Ok(parse_and_convert(path, text)?.into_iter().map(|(_, o)| o).collect())
+    Ok(parse_and_convert(path, text)?
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect())
 }
 
-fn parse_and_convert(path: &Path, text: &str) -> Result<Vec<(ApiObject, m::Object)>, ManifestError> {
+fn parse_and_convert(
+    path: &Path,
+    text: &str,
+) -> Result<Vec<(ApiObject, m::Object)>, ManifestError> {
     let shown = path.display().to_string();
     let is_json = path.extension().is_some_and(|e| e == "json");
     let docs: Vec<(usize, Doc)> = if is_json {
@@ -265,7 +274,13 @@ fn parse_and_convert(path: &Path, text: &str) -> Result<Vec<(ApiObject, m::Objec
                     let (ns, name) = api_object_name(&item);
                     let kind = api_object_kind(&item);
                     let obj = format!("{kind} {ns}{name}");
-                    return Err(fail(Some(obj), Some(e.field), None, e.message, "validation"));
+                    return Err(fail(
+                        Some(obj),
+                        Some(e.field),
+                        None,
+                        e.message,
+                        "validation",
+                    ));
                 }
             }
         }

@@ -12,3 +12,5 @@
 #![forbid(unsafe_code)]
 
 pub mod endpoints;
+pub mod http;
+pub mod l4;

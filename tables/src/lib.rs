@@ -18,6 +18,7 @@ pub mod model;
 pub mod sharded;
 pub mod snapshot;
 pub mod state;
+pub mod synth;
 
 use std::sync::Arc;
 

@@ -19,6 +19,9 @@ pub struct Snapshot {
     pub generation: u64,
     /// True once every source has delivered its first complete state.
     pub synced: bool,
+    /// When the earliest source event folded into this generation was received (set by the
+    /// controller on publish): consumers measure network-programming latency from here.
+    pub received_at: Option<std::time::Instant>,
     pub dns: DnsTable,
     pub routes: RouteTable,
 }
@@ -29,6 +32,7 @@ impl Snapshot {
         Snapshot {
             generation: 0,
             synced: false,
+            received_at: None,
             dns: DnsTable {
                 zone: normalize_name(cluster_domain).into(),
                 names: ShardedMap::new(),

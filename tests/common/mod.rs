@@ -90,7 +90,11 @@ impl Switchboard {
             if let Ok(Some(status)) = sb.child.try_wait() {
                 panic!("switchboard exited early ({status}):\n{}", sb.log());
             }
-            assert!(Instant::now() < deadline, "switchboard did not start:\n{}", sb.log());
+            assert!(
+                Instant::now() < deadline,
+                "switchboard did not start:\n{}",
+                sb.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -111,7 +115,12 @@ impl Switchboard {
     }
 
     pub fn log_count(&self, needle: &str) -> usize {
-        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Waits until a log line contains `needle`.
@@ -190,7 +199,11 @@ impl Switchboard {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -215,8 +228,7 @@ pub fn strip_header(body: &str) -> String {
 
 /// A plain HTTP/1.1 GET with hyper's client.
 pub async fn http_get(url: &str) -> (u16, String) {
-    let client: Client<_, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let resp = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse().unwrap()))
         .await
         .unwrap_or_else(|_| panic!("GET {url} timed out"))
@@ -228,7 +240,10 @@ pub async fn http_get(url: &str) -> (u16, String) {
 
 /// Runs `switchboard ARGS` to completion (for flag errors and subcommands).
 pub fn run_to_end(args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN).args(args).output().expect("run switchboard");
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run switchboard");
     (
         out.status.code().unwrap_or(-1),
         format!(

@@ -1,0 +1,140 @@
+//! `bench-gen`: the benchmark harness's Rust half (the shell and Python half is `bench/run`).
+//!
+//! - `bench-gen cluster`: writes one synthetic cluster (`tables::synth`, the same shape the
+//!   criterion bench compiles) three ways: Kubernetes YAML for `switchboard run --manifests`
+//!   (one file per service), the DNS records the Kubernetes DNS spec prescribes for the DNS peers
+//!   (zone files, Unbound local-data, dnsmasq hosts/config), and a dnsperf query file in a stated
+//!   mix, plus `checks.jsonl`, the answers every server must give before it is timed.
+//! - `bench-gen propagation`: the change-to-answer benchmark (see `propagation.rs`).
+//!
+//! Every address is data only: ClusterIPs in 10.96.0.0/12 and pod IPs in 10.0.0.0/8 are
+//! never sent traffic, only returned in DNS answers.
+
+mod dnsq;
+mod objects;
+mod propagation;
+mod queries;
+mod records;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tables::synth::{SynthCluster, SynthSpec};
+
+#[derive(Parser)]
+#[command(
+    name = "bench-gen",
+    about = "Synthetic clusters and the propagation benchmark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a synthetic cluster: manifests/, zone/, unbound.conf, dnsmasq/, queries.txt,
+    /// checks.jsonl, cluster.json.
+    Cluster(ClusterArgs),
+    /// Time EndpointSlice changes until DNS and the tables show them.
+    Propagation(propagation::Args),
+}
+
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Number of services.
+    #[arg(long)]
+    services: usize,
+    /// Namespaces [default: min(services, 100)].
+    #[arg(long)]
+    namespaces: Option<usize>,
+    /// Endpoints per service (all ready).
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// Every Nth service is headless (0: none).
+    #[arg(long, default_value_t = 10)]
+    headless_every: usize,
+    /// Lines in the dnsperf query file.
+    #[arg(long, default_value_t = 100_000)]
+    queries: usize,
+    #[arg(long, default_value = "cluster.local")]
+    zone: String,
+    /// Output directory (replaced).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
+    let spec = SynthSpec {
+        services: a.services,
+        endpoints_per_service: a.endpoints,
+        namespaces: a.namespaces.unwrap_or(a.services.clamp(1, 100)),
+        headless_every: a.headless_every,
+    };
+    let c = SynthCluster::generate(&spec);
+    let zone = a.zone.trim_end_matches('.').to_ascii_lowercase();
+    if a.out.exists() {
+        std::fs::remove_dir_all(&a.out).with_context(|| format!("removing {}", a.out.display()))?;
+    }
+    let dir = |d: &str| -> anyhow::Result<PathBuf> {
+        let p = a.out.join(d);
+        std::fs::create_dir_all(&p)?;
+        Ok(p)
+    };
+    let manifests = dir("manifests")?;
+    for (svc, slice) in c.services.iter().zip(&c.slices) {
+        std::fs::write(
+            manifests.join(objects::file_name(svc)),
+            objects::manifest_file(svc, slice)?,
+        )?;
+    }
+    let (records, names) = records::Records::build(&zone, &c.services, &c.slices);
+    let (fwd, rev) = records.zone_files();
+    let zdir = dir("zone")?;
+    std::fs::write(zdir.join(format!("{zone}.zone")), fwd)?;
+    std::fs::write(zdir.join(format!("{}.zone", records::REVERSE_ZONE)), rev)?;
+    std::fs::write(
+        a.out.join("unbound-local-data.conf"),
+        records.unbound_local_data(),
+    )?;
+    let (hosts, conf) = records.dnsmasq();
+    let ddir = dir("dnsmasq")?;
+    std::fs::write(ddir.join("hosts"), hosts)?;
+    std::fs::write(ddir.join("records.conf"), conf)?;
+    std::fs::write(
+        a.out.join("queries.txt"),
+        queries::query_file(&names, &zone, a.queries, 0x5eed),
+    )?;
+    std::fs::write(
+        a.out.join("checks.jsonl"),
+        queries::checks(&records, &names, &zone),
+    )?;
+    let summary = json!({
+        "zone": zone,
+        "services": spec.services,
+        "namespaces": spec.namespaces,
+        "endpoints_per_service": spec.endpoints_per_service,
+        "endpoints": spec.endpoints(),
+        "headless_services": names.headless.len(),
+        "clusterip_services": names.cluster_ip.len(),
+        "srv_names": names.srv_cluster_ip.len() + names.srv_headless.len(),
+        "records": records.count(),
+        "queries": a.queries,
+        "mix": queries::MIX.iter().map(|(k, v)| json!({ "class": k, "per_100": v })).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        a.out.join("cluster.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    println!("{summary}");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Cluster(a) => cluster(a),
+        Cmd::Propagation(a) => propagation::run(a),
+    }
+}

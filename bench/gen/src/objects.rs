@@ -1,0 +1,121 @@
+//! The synthetic cluster's objects as the Kubernetes API holds them: `v1 Service` and
+//! `discovery.k8s.io/v1 EndpointSlice` JSON values, written to manifest files (YAML) or applied to
+//! the test API server.
+
+use serde_json::{json, Value};
+use tables::model::{EndpointSlice, PortRef, Service};
+
+/// `v1 Service` for a slim synthetic service.
+pub fn service(svc: &Service) -> Value {
+    let ports: Vec<Value> = svc
+        .ports
+        .iter()
+        .map(|p| {
+            let mut v = json!({ "protocol": p.protocol.as_str(), "port": p.port });
+            if !p.name.is_empty() {
+                v["name"] = json!(p.name);
+            }
+            v["targetPort"] = match &p.target_port {
+                PortRef::Number(n) => json!(n),
+                PortRef::Name(s) => json!(s),
+            };
+            v
+        })
+        .collect();
+    let ips: Vec<String> = if svc.headless {
+        vec!["None".into()]
+    } else {
+        svc.cluster_ips.iter().map(|ip| ip.to_string()).collect()
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": svc.name,
+            "namespace": svc.namespace,
+            "labels": { "app": svc.name },
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": ips[0],
+            "clusterIPs": ips,
+            "selector": { "app": svc.name },
+            "ports": ports,
+        },
+    })
+}
+
+/// `discovery.k8s.io/v1 EndpointSlice` for a slim synthetic slice.
+pub fn endpoint_slice(slice: &EndpointSlice, headless: bool) -> Value {
+    let ports: Vec<Value> = slice
+        .ports
+        .iter()
+        .map(|p| {
+            let mut v = json!({ "protocol": p.protocol.as_str(), "port": p.port });
+            if !p.name.is_empty() {
+                v["name"] = json!(p.name);
+            }
+            v
+        })
+        .collect();
+    let endpoints: Vec<Value> = slice
+        .endpoints
+        .iter()
+        .map(|e| {
+            let mut v = json!({
+                "addresses": e.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "conditions": {
+                    "ready": e.conditions.ready.unwrap_or(true),
+                    "serving": e.conditions.serving.unwrap_or(true),
+                    "terminating": e.conditions.terminating.unwrap_or(false),
+                },
+            });
+            if let Some(h) = &e.hostname {
+                v["hostname"] = json!(h);
+            }
+            if let Some(n) = &e.node_name {
+                v["nodeName"] = json!(n);
+            }
+            if let Some(z) = &e.zone {
+                v["zone"] = json!(z);
+            }
+            if let Some(t) = &e.target_ref {
+                v["targetRef"] =
+                    json!({ "kind": t.kind, "namespace": t.namespace, "name": t.name });
+            }
+            v
+        })
+        .collect();
+    let service = slice.service_name.clone().unwrap_or_default();
+    let mut labels = json!({
+        "kubernetes.io/service-name": service,
+        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+    });
+    if headless {
+        labels["service.kubernetes.io/headless"] = json!("");
+    }
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": { "name": slice.name, "namespace": slice.namespace, "labels": labels },
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": endpoints,
+    })
+}
+
+/// One manifest file: the Service and its EndpointSlice as two YAML documents.
+pub fn manifest_file(svc: &Service, slice: &EndpointSlice) -> anyhow::Result<String> {
+    let mut out = serde_yaml::to_string(&service(svc))?;
+    out.push_str("---\n");
+    out.push_str(&serde_yaml::to_string(&endpoint_slice(
+        slice,
+        svc.headless,
+    ))?);
+    Ok(out)
+}
+
+/// The file name of service `svc`'s manifest (`<namespace>_<name>.yaml`).
+pub fn file_name(svc: &Service) -> String {
+    format!("{}_{}.yaml", svc.namespace, svc.name)
+}

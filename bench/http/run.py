@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""HTTP: wrk through switchboard (`--http`, an Ingress), HAProxy (http mode) and nginx (upstream
+with keepalive), and straight to one backend as the ceiling; 1 and 2 proxy workers.
+
+Backends: one nginx process (1 worker) listening on 127.0.0.2, 127.0.0.3 and 127.0.0.4 (same
+port), each answering `200 backend-N`. Every proxy balances over the three (round robin or its
+default), keeps upstream connections alive, and logs nothing per request. Before timing, 30
+requests through each proxy must all be 200 and reach all three backends.
+
+Load: `wrk -t 2 -c 64 -d D --latency -H 'Host: bench.local'` (closed loop, keep-alive), giving
+requests/s and the latency distribution (p50, p99) under that load, and the proxy's CPU time per
+request. switchboard's workers are its tokio worker threads (TOKIO_WORKER_THREADS=N), HAProxy's
+`nbthread`, nginx's `worker_processes`.
+"""
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+import benchlib as B  # noqa: E402
+
+HOST = "bench.local"
+BACKENDS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+TARGETS = ["switchboard", "haproxy", "nginx", "direct"]
+LABEL = {"switchboard": "switchboard", "haproxy": "HAProxy (http mode)",
+         "nginx": "nginx (upstream keepalive)", "direct": "direct to one backend (ceiling)"}
+PKG = {"haproxy": "haproxy", "nginx": "nginx", "direct": "nginx"}
+
+
+def nginx_backends(wd, port):
+    servers = "\n".join(
+        f"    server {{ listen {ip}:{port} reuseport; keepalive_requests 1000000; "
+        f"location / {{ return 200 \"backend-{i + 1}\\n\"; }} }}"
+        for i, ip in enumerate(BACKENDS))
+    conf = wd / "backends.conf"
+    conf.write_text(f"""daemon off;
+worker_processes 1;
+pid {wd}/backends.pid;
+error_log {wd}/backends.err warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    default_type text/plain;
+    keepalive_timeout 65;
+{servers}
+}}
+""")
+    return B.Proc("backends", [B.which("nginx") or "nginx", "-c", conf, "-p", wd], wd / "backends.out")
+
+
+def nginx_proxy(wd, port, bport, workers):
+    ups = "\n".join(f"        server {ip}:{bport};" for ip in BACKENDS)
+    conf = wd / f"nginx-{workers}.conf"
+    conf.write_text(f"""daemon off;
+worker_processes {workers};
+pid {wd}/nginx-{workers}.pid;
+error_log {wd}/nginx.err warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    upstream web {{
+{ups}
+        keepalive 128;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://web;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+        }}
+    }}
+}}
+""")
+    return B.Proc(f"nginx-{workers}", [B.which("nginx") or "nginx", "-c", conf, "-p", wd],
+                  wd / f"nginx-{workers}.out")
+
+
+def haproxy(wd, port, bport, workers):
+    servers = "\n".join(f"    server b{i + 1} {ip}:{bport}" for i, ip in enumerate(BACKENDS))
+    conf = wd / f"haproxy-{workers}.cfg"
+    # maxconn stays below the file-descriptor hard limit (20000 here).
+    conf.write_text(f"""global
+    nbthread {workers}
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend web
+backend web
+    balance roundrobin
+{servers}
+""")
+    return B.Proc(f"haproxy-{workers}", [B.which("haproxy") or "haproxy", "-db", "-f", conf],
+                  wd / f"haproxy-{workers}.out")
+
+
+def switchboard_manifests(wd, bport):
+    d = wd / "manifests"
+    d.mkdir(parents=True, exist_ok=True)
+    eps = "\n".join(f"""  - addresses: ["{ip}"]
+    conditions: {{ ready: true, serving: true, terminating: false }}
+    targetRef: {{ kind: Pod, namespace: bench, name: web-{i + 1} }}""" for i, ip in enumerate(BACKENDS))
+    (d / "web.yaml").write_text(f"""apiVersion: v1
+kind: Service
+metadata: {{ name: web, namespace: bench }}
+spec:
+  clusterIP: 10.96.200.1
+  ports: [{{ name: http, protocol: TCP, port: 80, targetPort: {bport} }}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: bench
+  labels: {{ kubernetes.io/service-name: web }}
+addressType: IPv4
+ports: [{{ name: http, protocol: TCP, port: {bport} }}]
+endpoints:
+{eps}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{ name: web, namespace: bench }}
+spec:
+  ingressClassName: switchboard
+  rules:
+  - host: {HOST}
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend: {{ service: {{ name: web, port: {{ number: 80 }} }} }}
+""")
+    return d
+
+
+def get(addr, host=HOST):
+    h, p = addr.rsplit(":", 1)
+    import socket
+
+    with socket.create_connection((h, int(p)), timeout=3) as s:
+        s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            data += c
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace").strip()
+
+
+def check(addr, expect_all):
+    seen = set()
+    for _ in range(30):
+        status, body = get(addr)
+        if status != 200 or not body.startswith("backend-"):
+            return f"GET / answered {status} {body[:60]!r}"
+        seen.add(body)
+    if expect_all and len(seen) != len(BACKENDS):
+        return f"30 requests reached only {sorted(seen)}"
+    return None
+
+
+def start(target, wd, bport, workers, help_text):
+    """(Proc or None, address)."""
+    if target == "direct":
+        return None, f"{BACKENDS[0]}:{bport}"
+    if target == "switchboard":
+        if not B.BIN.exists():
+            raise RuntimeError("target/release/switchboard not built")
+        if "--http" not in help_text:
+            raise LookupError("not yet implemented (no --http flag)")
+        man = switchboard_manifests(wd, bport)
+        proc, ls = B.start_switchboard(
+            ["--manifests", man, "--http", "127.0.0.1:0", "--log", "warn,switchboard=info,proxy=info",
+             *(["--lb-algorithm", "round-robin"] if "--lb-algorithm" in help_text else [])],
+            name=f"switchboard-http-{workers}", env={"TOKIO_WORKER_THREADS": str(workers)},
+            logdir=wd)
+        if "http" not in ls:
+            proc.stop()
+            raise LookupError("not yet implemented (switchboard run logs no http listener)")
+        return proc, ls["http"][0]
+    if not B.which(target):
+        raise LookupError(B.not_installed(target, PKG[target]))
+    port = B.free_port()
+    proc = (haproxy if target == "haproxy" else nginx_proxy)(wd, port, bport, workers)
+    addr = f"127.0.0.1:{port}"
+
+    def up():
+        try:
+            return get(addr)[0] > 0
+        except OSError:
+            return False
+
+    B.wait_for(up, 30, f"{target} to answer", proc)
+    return proc, addr
+
+
+def to_ms(s):
+    m = re.match(r"([\d.]+)(us|ms|s)", s)
+    if not m:
+        return None
+    v = float(m.group(1))
+    return v / 1000 if m.group(2) == "us" else v if m.group(2) == "ms" else v * 1000
+
+
+def wrk(proc, addr, a):
+    cmd = ["wrk", "-t", "2", "-c", str(a.connections), "-d", f"{a.duration}s", "--latency",
+           "-H", f"Host: {HOST}", f"http://{addr}/"]
+    cpu = B.CpuWindow(proc.pid if proc else None)
+    cpu.start()
+    out, err, ticks, wall = B.run_timed(cmd, a.duration + 30)
+    w = cpu.stop(ticks)
+    r = {"cmd": B.cmdline(cmd)}
+    r.update(w)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    r["rps"] = float(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in", out)
+    r["requests"] = int(m.group(1)) if m else None
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        r[f"p{pct}_ms"] = to_ms(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["errors"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", out)
+    r["socket_errors"] = m.group(1) if m else ""
+    if proc and r["requests"]:
+        r["cpu_us_per_request"] = w["server_cpu_s"] / r["requests"] * 1e6
+    if r["rps"] is None:
+        r["error"] = (err or out)[-300:]
+    return r
+
+
+def run(a):
+    results = {"machine": B.machine(), "args": vars(a), "cells": {},
+               "versions": {t: B.pkg_version(p) for t, p in PKG.items()}}
+    wd = B.WORK / "http"
+    wd.mkdir(parents=True, exist_ok=True)
+    help_text = B.switchboard_help()
+    bport = B.free_port()
+    backends = nginx_backends(wd, bport)
+    B.wait_for(lambda: _ok(f"{BACKENDS[0]}:{bport}"), 30, "the backends", backends)
+    for workers in [int(w) for w in a.workers.split(",")]:
+        cell = results["cells"][str(workers)] = {}
+        running = {}
+        for t in a.targets.split(","):
+            e = cell[t] = {"runs": []}
+            try:
+                proc, addr = start(t, wd, bport, workers, help_text)
+            except (LookupError, RuntimeError) as ex:
+                e["skip"] = str(ex).splitlines()[0]
+                B.log(f"http {t}: {e['skip']}")
+                continue
+            problem = check(addr, t != "direct")
+            if problem:
+                e["skip"] = f"failed check: {problem}"
+                B.log(f"http {t}: {problem}")
+                if proc:
+                    proc.stop()
+                continue
+            running[t] = (proc, addr)
+        order = list(running)
+        for rnd in range(a.runs):
+            k = rnd % max(1, len(order))
+            for t in order[k:] + order[:k]:
+                proc, addr = running[t]
+                with B.Alone(proc, [p for p, _ in running.values()]):
+                    r = wrk(proc, addr, a)
+                cell[t]["runs"].append(r)
+                B.log(f"http {workers} worker(s) round {rnd + 1} {t}: {r['rps'] or 0:,.0f} req/s, "
+                      f"p99 {r['p99_ms']} ms, {r.get('cpu_us_per_request', 0):.1f} µs CPU/req, "
+                      f"others' CPU {r['others_cpu_pct']:.0f}%")
+                time.sleep(0.5)
+        for t, (proc, _) in running.items():
+            if proc:
+                proc.stop()
+        B.save_results("http", results)
+    backends.stop()
+    return results
+
+
+def _ok(addr):
+    try:
+        return get(addr)[0] == 200
+    except OSError:
+        return False
+
+
+def summarize(results):
+    a = results["args"]
+    runs_all = [r for c in results["cells"].values() for e in c.values() for r in e["runs"]]
+    others = max((r["others_cpu_pct"] for r in runs_all), default=0)
+    lines = ["## HTTP: wrk through the L7 proxies", "",
+             B.machine_line(results["machine"], f" · other processes took {others:.0f}% of the "
+                                                f"machine at most during a timed run"), "",
+             f"Command: `bench/run http` (workers={a['workers']}, runs={a['runs']}, "
+             f"duration={a['duration']} s, connections={a['connections']}).", "",
+             "Three backends (one nginx worker answering `200 backend-N` on 127.0.0.2–4), the "
+             "proxy in front balancing over them round robin (switchboard: an Ingress for host "
+             "`bench.local` and `--lb-algorithm round-robin`, its default being least-request; "
+             "HAProxy `balance roundrobin` with `http-reuse always`; nginx `upstream` with "
+             "`keepalive 128`, HTTP/1.1 and an empty `Connection` header) with upstream keep-alive. "
+             "Every proxy is checked to answer 200 and reach all three backends before it is "
+             "timed. Load, proxy and backends share the 2 cores.", ""]
+    cmd = None
+    for workers, cell in results["cells"].items():
+        lines += [f"### {workers} proxy worker{'s' if workers != '1' else ''}", "",
+                  "| target | requests/s | × best peer | × ceiling | CPU µs/request | p50 | p99 | "
+                  "errors |", "|---|---|---|---|---|---|---|---|"]
+        med = {t: B.median_spread([r["rps"] for r in e["runs"]]) for t, e in cell.items()}
+        best = max((m["median"] for t, m in med.items() if m and t in ("haproxy", "nginx")),
+                   default=0)
+        ceil = med.get("direct")
+        for t, e in cell.items():
+            v = results["versions"].get(t)
+            label = LABEL[t] + (f" {v.split('-')[0]}" if v and t != "direct" else "")
+            if e.get("skip") or not e["runs"]:
+                lines.append(f"| {label} | {e.get('skip', 'no runs')} | | | | | | |")
+                continue
+            m = med[t]
+            cpu = B.median_spread([r.get("cpu_us_per_request") for r in e["runs"]])
+            p50 = B.median_spread([r["p50_ms"] for r in e["runs"]])
+            p99 = B.median_spread([r["p99_ms"] for r in e["runs"]])
+            errs = sum(r["errors"] for r in e["runs"])
+            sock = "; ".join(sorted({r["socket_errors"] for r in e["runs"] if r["socket_errors"]}))
+            vs_best = f"{m['median'] / best:.2f}" if best and t != "direct" else "–"
+            vs_ceil = f"{m['median'] / ceil['median']:.2f}" if ceil else "–"
+            lines.append(
+                f"| {label} | {B.fmt_spread(m)} | "
+                f"{vs_best} | {vs_ceil} | "
+                f"{B.fmt_spread(cpu, 1) if t != 'direct' else '–'} | {B.fmt_spread(p50, 2, ' ms')} | "
+                f"{B.fmt_spread(p99, 2, ' ms')} | {errs}{(' ' + sock) if sock else ''} |")
+            cmd = cmd or e["runs"][0]["cmd"]
+        lines.append("")
+    lines += ["requests/s: median (min–max) of the rounds; × best peer against the better of "
+              "HAProxy and nginx at the same worker count; × ceiling against wrk straight to one "
+              "backend. CPU µs/request: the proxy's CPU time (all threads and processes) per "
+              "request. p50/p99: wrk's latency distribution under the same saturating load.", ""]
+    if cmd:
+        lines += ["Exact load command (ADDR per target):", "", "```", cmd, "```", ""]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--no-docs", action="store_true")
+    a = ap.parse_args()
+    results = run(a)
+    md = summarize(results)
+    print(md)
+    if not a.no_docs:
+        B.update_docs("http", md)
+
+
+if __name__ == "__main__":
+    main()

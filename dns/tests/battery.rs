@@ -1,0 +1,575 @@
+//! The DNS server in process: the battery of `support/cases.rs` against the manifest-source
+//! tables of `support/fixture.yaml`, and the behaviours the battery cannot express (sync state,
+//! EDNS, truncation, transfers, hostile packets, forwarding, caching, loops).
+
+#[path = "support/cases.rs"]
+mod cases;
+#[path = "support/upstream.rs"]
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cases::{ask, query_message, run_battery, udp_raw};
+use dns::{DnsConfig, DnsServer, PodsMode};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{RData, RecordType};
+use prometheus::Registry;
+use tables::{ClusterState, Object, Origin, SnapshotCell, SourceId, TableConfig};
+use upstream::FakeUpstream;
+
+fn objects(yaml: &str) -> Vec<Object> {
+    controller::parse::parse_manifest(Path::new("fixture.yaml"), yaml)
+        .unwrap()
+        .iter()
+        .map(|o| controller::convert::convert(o, "default").unwrap())
+        .collect()
+}
+
+struct Cluster {
+    state: ClusterState,
+    cell: SnapshotCell,
+    source: SourceId,
+}
+
+impl Cluster {
+    fn new(yaml: &str, synced: bool) -> Cluster {
+        let mut state = ClusterState::new(TableConfig::default());
+        let source = SourceId::new(Origin::Manifests, "fixture.yaml");
+        state.reset(&source, objects(yaml), &[]);
+        state.set_synced(synced);
+        let cell = tables::new_cell("cluster.local");
+        cell.store(state.commit().unwrap());
+        Cluster {
+            state,
+            cell,
+            source,
+        }
+    }
+
+    /// Replaces the whole source with `yaml` and publishes.
+    fn replace(&mut self, yaml: &str) {
+        self.state.reset(&self.source, objects(yaml), &[]);
+        if let Some(s) = self.state.commit() {
+            self.cell.store(s);
+        }
+    }
+}
+
+struct Running {
+    server: DnsServer,
+    registry: Registry,
+}
+
+impl Running {
+    fn udp(&self) -> SocketAddr {
+        self.server.listeners[0].udp
+    }
+    fn tcp(&self) -> SocketAddr {
+        self.server.listeners[0].tcp
+    }
+    fn metrics(&self) -> String {
+        let mut buf = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &self.registry.gather(),
+            &mut buf,
+        )
+        .unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+}
+
+async fn start(cell: &SnapshotCell, f: impl FnOnce(&mut DnsConfig)) -> Running {
+    let mut cfg = DnsConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        forward_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    f(&mut cfg);
+    let registry = Registry::new();
+    let server = DnsServer::spawn(cfg, cell.clone(), &registry)
+        .await
+        .unwrap();
+    Running { server, registry }
+}
+
+#[tokio::test]
+async fn battery_manifest_source() {
+    let up = FakeUpstream::start().await;
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |cfg| cfg.upstreams = vec![up.addr]).await;
+    let failures = run_battery(s.udp()).await;
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // Second pass: now from the pre-encoded templates; same answers.
+    let failures = run_battery(s.udp()).await;
+    assert!(failures.is_empty(), "templated:\n{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn soa_serial_is_the_generation() {
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |_| {}).await;
+    let r = ask(
+        s.udp(),
+        &query_message("missing.default.svc.cluster.local.", RecordType::A, false),
+        false,
+    )
+    .await;
+    let RData::SOA(soa) = &r.authorities[0].data else {
+        panic!("no SOA: {r:?}")
+    };
+    assert_eq!(u64::from(soa.serial), c.cell.load().generation);
+    assert!(r.metadata.authoritative);
+}
+
+#[tokio::test]
+async fn servfail_before_first_sync_never_nxdomain() {
+    let c = Cluster::new(cases::FIXTURE, false);
+    let s = start(&c.cell, |_| {}).await;
+    for name in [
+        "missing.default.svc.cluster.local.",
+        "default.svc.cluster.local.",
+    ] {
+        let r = ask(s.udp(), &query_message(name, RecordType::A, false), false).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::ServFail, "{name}");
+        assert_eq!(r.authorities.len(), 1, "SOA in authority: {r:?}");
+    }
+    // What is known is answered.
+    let r = ask(
+        s.udp(),
+        &query_message("web.default.svc.cluster.local.", RecordType::A, false),
+        false,
+    )
+    .await;
+    assert_eq!(r.answers.len(), 1);
+}
+
+#[tokio::test]
+async fn a_change_is_answered_by_the_next_query() {
+    let mut c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |_| {}).await;
+    let q = query_message("web.default.svc.cluster.local.", RecordType::A, false);
+    // Twice, so the second answer comes from the template cache.
+    for _ in 0..2 {
+        let r = ask(s.udp(), &q, false).await;
+        assert_eq!(
+            cases::line(&r.answers[0]).split(' ').next_back(),
+            Some("10.96.0.10")
+        );
+    }
+    c.replace(&cases::FIXTURE.replace("10.96.0.10", "10.96.0.99"));
+    let r = ask(s.udp(), &q, false).await;
+    assert_eq!(
+        cases::line(&r.answers[0]).split(' ').next_back(),
+        Some("10.96.0.99")
+    );
+    // Deleting the service: NXDOMAIN at once.
+    let without_web = cases::FIXTURE.replacen(
+        "name: web\n  namespace: default",
+        "name: web2\n  namespace: default",
+        1,
+    );
+    c.replace(&without_web);
+    let r = ask(s.udp(), &q, false).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[tokio::test]
+async fn pods_disabled() {
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |cfg| cfg.pods = PodsMode::Disabled).await;
+    let r = ask(
+        s.udp(),
+        &query_message(
+            "10-244-1-5.default.pod.cluster.local.",
+            RecordType::A,
+            false,
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+}
+
+#[tokio::test]
+async fn ttl_option() {
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |cfg| cfg.ttl = 5).await;
+    let r = ask(
+        s.udp(),
+        &query_message("web.default.svc.cluster.local.", RecordType::A, false),
+        false,
+    )
+    .await;
+    assert_eq!(r.answers[0].ttl, 5);
+}
+
+fn big_headless(n: usize) -> String {
+    let mut y = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: big, namespace: default}\nspec:\n  clusterIP: None\n  ports: [{name: http, port: 80, protocol: TCP}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: big-1\n  namespace: default\n  labels: {kubernetes.io/service-name: big}\naddressType: IPv4\nports: [{name: http, port: 80, protocol: TCP}]\nendpoints:\n",
+    );
+    for i in 0..n {
+        y.push_str(&format!(
+            "  - addresses: [10.2.{}.{}]\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    y
+}
+
+#[tokio::test]
+async fn edns_truncation_and_tcp() {
+    let c = Cluster::new(&big_headless(100), true);
+    let s = start(&c.cell, |_| {}).await;
+    let name = "big.default.svc.cluster.local.";
+    // 100 A records: 12 + 35 + 100 * 16 bytes = too big for 512 and for 1232.
+    let r = ask(s.udp(), &query_message(name, RecordType::A, false), false).await;
+    assert!(r.metadata.truncation, "TC without EDNS");
+    assert!(r.answers.is_empty());
+    assert!(r.edns.is_none());
+    let r = ask(s.udp(), &query_message(name, RecordType::A, true), false).await;
+    assert!(r.metadata.truncation, "TC with EDNS 1232");
+    assert_eq!(r.edns.as_ref().unwrap().max_payload(), 1232);
+    let r = ask(s.tcp(), &query_message(name, RecordType::A, false), true).await;
+    assert!(!r.metadata.truncation);
+    assert_eq!(r.answers.len(), 100);
+    // 40 records fit in 1232 with EDNS but not in 512 without.
+    let c = Cluster::new(&big_headless(40), true);
+    let s = start(&c.cell, |_| {}).await;
+    let r = ask(s.udp(), &query_message(name, RecordType::A, true), false).await;
+    assert!(!r.metadata.truncation);
+    assert_eq!(r.answers.len(), 40);
+    let r = ask(s.udp(), &query_message(name, RecordType::A, false), false).await;
+    assert!(r.metadata.truncation);
+}
+
+#[tokio::test]
+async fn badvers_for_edns_version_above_zero() {
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |_| {}).await;
+    let mut q = query_message("web.default.svc.cluster.local.", RecordType::A, true);
+    q.edns.as_mut().unwrap().set_version(1);
+    let r = ask(s.udp(), &q, false).await;
+    assert_eq!(u16::from(r.metadata.response_code), 16, "BADVERS");
+    assert!(r.answers.is_empty());
+    assert_eq!(r.edns.as_ref().unwrap().version(), 0);
+}
+
+#[tokio::test]
+async fn hostile_packets_get_formerr_or_nothing() {
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |_| {}).await;
+    // Two questions: FORMERR with the ID echoed.
+    let mut two = query_message("web.default.svc.cluster.local.", RecordType::A, false)
+        .to_vec()
+        .unwrap();
+    two[5] = 2;
+    let r = udp_raw(s.udp(), &two).await;
+    assert_eq!(&r[..2], &two[..2]);
+    assert_eq!(r[3] & 0xF, 1, "FORMERR");
+    // A compression pointer loop in the question.
+    let mut ptr = two.clone();
+    ptr[5] = 1;
+    ptr.truncate(12);
+    ptr.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+    let r = udp_raw(s.udp(), &ptr).await;
+    assert_eq!(r[3] & 0xF, 1, "FORMERR");
+    // Random garbage and mutated queries: whatever happens, the server keeps answering.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let base = query_message(
+        "_http._tcp.headless.default.svc.cluster.local.",
+        RecordType::SRV,
+        true,
+    )
+    .to_vec()
+    .unwrap();
+    let mut rng = fastrand::Rng::with_seed(42);
+    for _ in 0..3000 {
+        let mut b = if rng.bool() {
+            base.clone()
+        } else {
+            (0..rng.usize(0..600)).map(|_| rng.u8(..)).collect()
+        };
+        for _ in 0..rng.usize(0..6) {
+            if !b.is_empty() {
+                let i = rng.usize(..b.len());
+                b[i] = rng.u8(..);
+            }
+        }
+        b.truncate(rng.usize(0..=b.len()));
+        let _ = sock.send_to(&b, s.udp()).await;
+    }
+    let r = ask(
+        s.udp(),
+        &query_message("web.default.svc.cluster.local.", RecordType::A, false),
+        false,
+    )
+    .await;
+    assert_eq!(r.answers.len(), 1);
+}
+
+#[tokio::test]
+async fn axfr_only_to_allowed_clients_over_tcp() {
+    let c = Cluster::new(cases::FIXTURE, true);
+    let q = query_message("cluster.local.", RecordType::AXFR, false);
+    let s = start(&c.cell, |_| {}).await;
+    let r = ask(s.tcp(), &q, true).await;
+    assert_eq!(
+        r.metadata.response_code,
+        ResponseCode::Refused,
+        "default: refused"
+    );
+    let s = start(&c.cell, |cfg| {
+        cfg.axfr_allow = vec!["127.0.0.0/8".parse().unwrap()]
+    })
+    .await;
+    let r = ask(s.udp(), &q, false).await;
+    assert_eq!(
+        r.metadata.response_code,
+        ResponseCode::Refused,
+        "never over UDP"
+    );
+    let r = ask(s.tcp(), &q, true).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    let lines: Vec<String> = r.answers.iter().map(cases::line).collect();
+    assert!(lines.first().unwrap().contains(" SOA "), "{lines:?}");
+    assert!(lines.last().unwrap().contains(" SOA "), "{lines:?}");
+    assert!(lines.contains(&"web.default.svc.cluster.local. 30 IN A 10.96.0.10".to_string()));
+    assert!(lines.contains(&"_http._tcp.headless.default.svc.cluster.local. 30 IN SRV 0 33 8080 db-0.headless.default.svc.cluster.local.".to_string()));
+    assert!(!lines.iter().any(|l| l.contains("in-addr.arpa")));
+    let s = start(&c.cell, |cfg| {
+        cfg.axfr_allow = vec!["10.0.0.0/8".parse().unwrap()]
+    })
+    .await;
+    let r = ask(s.tcp(), &q, true).await;
+    assert_eq!(
+        r.metadata.response_code,
+        ResponseCode::Refused,
+        "not in the list"
+    );
+}
+
+#[tokio::test]
+async fn forwarding_caches_positive_and_negative_answers() {
+    let up = FakeUpstream::start().await;
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |cfg| cfg.upstreams = vec![up.addr]).await;
+    for _ in 0..3 {
+        let r = ask(
+            s.udp(),
+            &query_message("example.org.", RecordType::A, false),
+            false,
+        )
+        .await;
+        assert_eq!(r.answers.len(), 1);
+        assert!(!r.metadata.authoritative);
+        assert!(r.metadata.recursion_available);
+        let r = ask(
+            s.udp(),
+            &query_message("nope.example.", RecordType::A, false),
+            false,
+        )
+        .await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    }
+    assert_eq!(up.count("example.org."), 1, "positive answer cached");
+    assert_eq!(up.count("nope.example."), 1, "negative answer cached");
+    // The question's case is echoed, the cache is case-insensitive.
+    let r = ask(
+        s.udp(),
+        &query_message("ExAmple.ORG.", RecordType::A, false),
+        false,
+    )
+    .await;
+    assert_eq!(r.queries[0].name().to_ascii(), "ExAmple.ORG.");
+    assert_eq!(up.count("example.org."), 1);
+    let m = s.metrics();
+    assert!(
+        m.contains("coredns_cache_hits_total{server=\"dns://"),
+        "{m}"
+    );
+    assert!(m.contains("coredns_forward_requests_total{to=\""), "{m}");
+    assert!(m.contains("coredns_dns_requests_total{"), "{m}");
+    assert!(m.contains("plugin=\"cache\""), "{m}");
+}
+
+#[tokio::test]
+async fn truncated_upstream_answer_is_retried_over_tcp() {
+    let up = FakeUpstream::start().await;
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |cfg| cfg.upstreams = vec![up.addr]).await;
+    let r = ask(
+        s.tcp(),
+        &query_message("big.example.", RecordType::TXT, true),
+        true,
+    )
+    .await;
+    assert_eq!(r.answers.len(), 40);
+    // Over UDP the client gets TC and retries over TCP itself.
+    let r = ask(
+        s.udp(),
+        &query_message("big.example.", RecordType::TXT, true),
+        false,
+    )
+    .await;
+    assert!(r.metadata.truncation);
+}
+
+#[tokio::test]
+async fn serve_stale_when_every_upstream_fails() {
+    let up = FakeUpstream::start().await;
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |cfg| cfg.upstreams = vec![up.addr]).await;
+    let q = query_message("short.example.", RecordType::A, false);
+    let r = ask(s.udp(), &q, false).await;
+    assert_eq!(r.answers.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // TTL 1 has expired
+    up.set_dead(true);
+    let r = ask(s.udp(), &q, false).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(r.answers.len(), 1, "stale answer served");
+    assert_eq!(up.count("short.example."), 2, "upstream was asked first");
+    // Never seen before and no upstream: SERVFAIL.
+    let r = ask(
+        s.udp(),
+        &query_message("example.org.", RecordType::A, false),
+        false,
+    )
+    .await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert!(s.metrics().contains("coredns_cache_served_stale_total"));
+}
+
+#[tokio::test]
+async fn failover_to_the_next_upstream_and_health() {
+    let dead = FakeUpstream::start().await;
+    dead.set_dead(true);
+    let good = FakeUpstream::start().await;
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |cfg| {
+        cfg.upstreams = vec![dead.addr, good.addr];
+        cfg.loop_detect = false; // the probe would count as a failure too
+    })
+    .await;
+    for name in ["a1.example.", "a2.example.", "a3.example.", "a4.example."] {
+        let r = ask(s.udp(), &query_message(name, RecordType::A, false), false).await;
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain, "{name}");
+    }
+    // Two failures mark the first upstream down: later queries go to the good one first.
+    assert_eq!(dead.count("a1.example.") + dead.count("a2.example."), 2);
+    assert_eq!(dead.count("a3.example.") + dead.count("a4.example."), 0);
+    // A SERVFAILing upstream also fails over.
+    let sf = FakeUpstream::start().await;
+    sf.set_servfail(true);
+    let s = start(&c.cell, |cfg| cfg.upstreams = vec![sf.addr, good.addr]).await;
+    let r = ask(
+        s.udp(),
+        &query_message("example.org.", RecordType::A, false),
+        false,
+    )
+    .await;
+    assert_eq!(r.answers.len(), 1);
+}
+
+#[tokio::test]
+async fn refused_beyond_the_in_flight_limit() {
+    let up = FakeUpstream::start().await;
+    up.set_delay(Duration::from_millis(200));
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = Arc::new(
+        start(&c.cell, |cfg| {
+            cfg.upstreams = vec![up.addr];
+            cfg.max_concurrent_forwards = 2;
+            cfg.forward_timeout = Duration::from_secs(2);
+        })
+        .await,
+    );
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let addr = s.udp();
+        tasks.push(tokio::spawn(async move {
+            let q = query_message(&format!("q{i}.example."), RecordType::A, false);
+            ask(addr, &q, false).await.metadata.response_code
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    let refused = codes
+        .iter()
+        .filter(|c| **c == ResponseCode::Refused)
+        .count();
+    let answered = codes
+        .iter()
+        .filter(|c| **c == ResponseCode::NXDomain)
+        .count();
+    assert_eq!((answered, refused), (2, 4), "{codes:?}");
+    assert!(s
+        .metrics()
+        .contains("coredns_forward_max_concurrent_rejects_total 4"));
+    // Cluster names never wait for a forwarding slot.
+}
+
+#[tokio::test]
+async fn forwarding_loop_is_detected_and_stopped() {
+    // Find a free port, then point the server's upstream at itself.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |cfg| {
+        cfg.listen = vec![addr];
+        cfg.upstreams = vec![addr];
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !s.server.loop_detected() {
+        assert!(std::time::Instant::now() < deadline, "loop not detected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = ask(
+        s.udp(),
+        &query_message("example.org.", RecordType::A, false),
+        false,
+    )
+    .await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    // Cluster names still work.
+    let r = ask(
+        s.udp(),
+        &query_message("web.default.svc.cluster.local.", RecordType::A, false),
+        false,
+    )
+    .await;
+    assert_eq!(r.answers.len(), 1);
+}
+
+#[tokio::test]
+async fn lame_duck_keeps_answering_then_stops() {
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |_| {}).await;
+    let addr = s.udp();
+    let stopping = tokio::spawn(s.server.shutdown(Duration::from_millis(400)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = ask(
+        addr,
+        &query_message("web.default.svc.cluster.local.", RecordType::A, false),
+        false,
+    )
+    .await;
+    assert_eq!(r.answers.len(), 1, "answers during the lame-duck period");
+    stopping.await.unwrap();
+}

@@ -1,0 +1,93 @@
+//! The L7 proxy's Prometheus series, registered in the process registry.
+//!
+//! Labels: `route` is the rule (`HTTPRoute ns/name#0`, or `-` when nothing matched), `service`
+//! the backend `ns/name:port` (or `-`).
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub connect_errors: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub ejections: IntCounterVec,
+    pub active_connections: IntGaugeVec,
+    pub upstream_connections: IntCounterVec,
+    pub route_index_build: Histogram,
+}
+
+impl HttpMetrics {
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = HttpMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_http_requests_total",
+                    "HTTP requests answered, by route, backend service and status code.",
+                ),
+                &["route", "service", "code"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "switchboard_http_request_duration_seconds",
+                    "Time from request headers to the end of the response.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ]),
+                &["route", "service"],
+            )?,
+            connect_errors: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_http_upstream_connect_errors_total",
+                    "Failed connects to endpoints, by backend service.",
+                ),
+                &["service"],
+            )?,
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_http_retries_total",
+                    "Requests sent again to another endpoint, by backend service and reason.",
+                ),
+                &["service", "reason"],
+            )?,
+            ejections: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_http_ejections_total",
+                    "Endpoints ejected by passive outlier detection, by backend service.",
+                ),
+                &["service"],
+            )?,
+            active_connections: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_http_active_connections",
+                    "Open client connections, by listener kind (http, https).",
+                ),
+                &["listener"],
+            )?,
+            upstream_connections: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_http_upstream_connections_total",
+                    "Upstream connections used for requests, new or reused from the keep-alive pool.",
+                ),
+                &["reused"],
+            )?,
+            route_index_build: Histogram::with_opts(HistogramOpts::new(
+                "switchboard_http_route_index_build_seconds",
+                "Time to build the routing index after the HTTP rules changed.",
+            ))?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.connect_errors.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.ejections.clone()))?;
+        registry.register(Box::new(m.active_connections.clone()))?;
+        registry.register(Box::new(m.upstream_connections.clone()))?;
+        registry.register(Box::new(m.route_index_build.clone()))?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,300 @@
+//! The L7 ingress proxy: Ingress and Gateway API HTTPRoute rules from the current
+//! `tables::RouteTable`, served on pingora.
+//!
+//! ```text
+//!  --http / --https listeners (listener.rs: own accept loops, TLS by SNI from tls.rs)
+//!        │  pingora HttpProxy (HTTP/1.1, h2c, h2 over TLS, upgrades)
+//!        ▼
+//!  service.rs  Ingress: ProxyHttp ── SnapshotCell.load() once per request
+//!        │ route.rs   RouteIndex (per HttpTable): host → precedence-ordered matches → rule
+//!        │ filters.rs redirects, header modifiers, rewrites
+//!        │ backend.rs service port → usable endpoints → PortBalancer (per endpoint list)
+//!        │ balance.rs least-request P2C / round robin / Maglev / Ketama
+//!        ▼ health.rs  per-endpoint EWMA, in-flight, outlier ejection (survives table swaps)
+//!  endpoint (pingora keep-alive pool)
+//! ```
+//!
+//! Start with [`HttpServer::start`] from inside a tokio runtime; it binds every listener before
+//! returning (and logs `listening on http ADDR` / `listening on https ADDR` with the bound
+//! address), then serves until [`HttpServer::shutdown`].
+
+pub mod backend;
+pub mod balance;
+pub mod filters;
+pub mod health;
+pub mod io;
+pub mod listener;
+pub mod metrics;
+pub mod route;
+pub mod service;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pingora::listeners::tls::Acceptor;
+use pingora::server::configuration::ServerConf;
+use pingora::tls::ServerConfig;
+use tables::SnapshotCell;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use balance::Algorithm;
+pub use health::OutlierConfig;
+
+use listener::{App, Connections};
+use metrics::HttpMetrics;
+use service::{Ingress, Shared};
+
+/// Settings of the L7 proxy.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Plain listeners (HTTP/1.1 and h2c).
+    pub http: Vec<SocketAddr>,
+    /// TLS listeners (h2 and HTTP/1.1 by ALPN); need `tls_cert_dir`.
+    pub https: Vec<SocketAddr>,
+    /// Certificates for `https` (see `tls`).
+    pub tls_cert_dir: Option<PathBuf>,
+    /// Balancing algorithm where the Service has no `switchboard.dev/lb-algorithm` annotation.
+    pub lb_algorithm: Algorithm,
+    /// Upstream TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream read timeout where the route sets none (None = no limit, for long polls and
+    /// streams).
+    pub upstream_read_timeout: Option<Duration>,
+    /// Idle upstream keep-alive connections are closed after this.
+    pub upstream_idle_timeout: Duration,
+    /// Attempts after the first, per request (connect failures and budgeted retries).
+    pub max_retries: u32,
+    pub outlier: OutlierConfig,
+    /// How long shutdown waits for in-flight requests.
+    pub grace_period: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            http: vec![],
+            https: vec![],
+            tls_cert_dir: None,
+            lb_algorithm: Algorithm::default(),
+            connect_timeout: Duration::from_secs(2),
+            upstream_read_timeout: None,
+            upstream_idle_timeout: Duration::from_secs(60),
+            max_retries: 3,
+            outlier: OutlierConfig::default(),
+            grace_period: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding {kind} listener {addr}: {source}")]
+    Bind {
+        kind: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--https needs --tls-cert-dir (a directory of certificate pairs)")]
+    NoCertificates,
+    #[error("TLS certificates: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The running proxy.
+pub struct HttpServer {
+    /// Bound addresses, `("http" | "https", addr)`.
+    pub addrs: Vec<(&'static str, SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    apps: Vec<Arc<App>>,
+    conns: Arc<Connections>,
+    tasks: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+fn build_app(shared: &Arc<Shared>, scheme: &'static str, conf: &Arc<ServerConf>) -> Arc<App> {
+    let mut app = pingora::proxy::http_proxy(
+        conf,
+        Ingress {
+            shared: shared.clone(),
+            scheme,
+        },
+    );
+    if scheme == "http" {
+        app.server_options = Some(listener::plain_options());
+    }
+    Arc::new(app)
+}
+
+impl HttpServer {
+    /// Binds every listener, logs its address, and starts serving. Must run inside a tokio
+    /// runtime.
+    pub async fn start(
+        config: HttpConfig,
+        cell: SnapshotCell,
+        registry: &prometheus::Registry,
+    ) -> Result<HttpServer, StartError> {
+        let metrics = HttpMetrics::new(registry)?;
+        let tls_store = match (&config.https.is_empty(), &config.tls_cert_dir) {
+            (true, _) => None,
+            (false, None) => return Err(StartError::NoCertificates),
+            (false, Some(dir)) => {
+                pingora::tls::install_default_crypto_provider();
+                let store = tls::CertStore::load_dir(dir)?;
+                tracing::info!(dir = %dir.display(), names = ?store.names, "TLS certificates loaded");
+                Some((
+                    dir.clone(),
+                    Arc::new(tls::SniResolver {
+                        store: ArcSwap::from_pointee(store),
+                    }),
+                ))
+            }
+        };
+
+        let conf = Arc::new(ServerConf {
+            max_retries: config.max_retries as usize + 1,
+            upstream_keepalive_pool_size: 1024,
+            ..Default::default()
+        });
+        let grace = config.grace_period;
+        let shared = Arc::new(Shared::new(cell, config.clone(), metrics.clone()));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let conns = Arc::new(Connections::default());
+        let mut server = HttpServer {
+            addrs: vec![],
+            shutdown,
+            apps: vec![],
+            conns,
+            tasks: vec![],
+            grace,
+        };
+
+        let mut listeners = Vec::new();
+        for (kind, addrs) in [("http", &config.http), ("https", &config.https)] {
+            for &addr in addrs {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { kind, addr, source })?;
+                let local =
+                    l.local_addr()
+                        .map_err(|source| StartError::Bind { kind, addr, source })?;
+                tracing::info!("listening on {kind} {local}");
+                server.addrs.push((kind, local));
+                listeners.push((kind, l));
+            }
+        }
+
+        let plain = build_app(&shared, "http", &conf);
+        let secure = build_app(&shared, "https", &conf);
+        server.apps = vec![plain.clone(), secure.clone()];
+        let acceptor = tls_store.as_ref().map(|(_, resolver)| {
+            let mut sc = ServerConfig::builder()
+                .with_no_client_auth()
+                .with_cert_resolver(resolver.clone());
+            sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Arc::new(Acceptor::from_server_config(Arc::new(sc)))
+        });
+        for (kind, l) in listeners {
+            let (app, tls) = if kind == "https" {
+                (secure.clone(), acceptor.clone())
+            } else {
+                (plain.clone(), None)
+            };
+            let gauge = metrics.active_connections.with_label_values(&[kind]);
+            server.tasks.push(listener::spawn_accept_loop(
+                l,
+                app,
+                tls,
+                shutdown_rx.clone(),
+                server.conns.clone(),
+                gauge,
+            ));
+        }
+        if let Some((dir, resolver)) = tls_store {
+            server.tasks.push(tokio::spawn(reload_certificates(
+                dir,
+                resolver,
+                shutdown_rx.clone(),
+            )));
+        }
+        // Now and then forget endpoint state nobody uses.
+        {
+            let shared = shared.clone();
+            let mut stop = shutdown_rx.clone();
+            server.tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            let snap = shared.cell.load();
+                            shared.balancers.prune(&snap.routes);
+                        }
+                        _ = stop.changed() => if *stop.borrow() { break },
+                    }
+                }
+            }));
+        }
+        Ok(server)
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, then returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for app in &self.apps {
+            // Wakes keep-alive connections waiting for their next request so they close.
+            pingora::apps::ServerApp::cleanup(app.as_ref()).await;
+        }
+        let open = self.conns.open();
+        if open > 0 {
+            tracing::info!(connections = open, grace = ?self.grace, "draining HTTP connections");
+        }
+        if tokio::time::timeout(self.grace, self.conns.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = self.conns.open(),
+                "grace period over; closing HTTP connections still open"
+            );
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn reload_certificates(
+    dir: PathBuf,
+    resolver: Arc<tls::SniResolver>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut seen = tls::dir_fingerprint(&dir);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => if *stop.borrow() { return } else { continue },
+        }
+        let now = tls::dir_fingerprint(&dir);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match tls::CertStore::load_dir(&dir) {
+            Ok(store) => {
+                tracing::info!(dir = %dir.display(), names = ?store.names, "TLS certificates reloaded");
+                resolver.store.store(Arc::new(store));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS certificates not reloaded; keeping the old ones")
+            }
+        }
+    }
+}

@@ -1,0 +1,781 @@
+//! The pingora `ProxyHttp` implementation: one request from routing to access log.
+//!
+//! Phases (pingora calls them in this order):
+//! - `request_filter`: load the snapshot once, find the rule (404), run redirect and request
+//!   filters, choose the weighted backend and its balancer (503 when it has no usable endpoint).
+//! - `upstream_peer`: the balancer's next endpoint not yet tried, skipping ejected ones (unless
+//!   every endpoint is ejected). Called again after a retryable failure.
+//! - `fail_to_connect` / `error_while_proxy` / `upstream_response_filter`: count failures for
+//!   outlier ejection and decide retries: a failed connect always goes to another endpoint (up to
+//!   `max_connect_retries`); an idempotent request that met a reset, 502 or 503 is sent again
+//!   only while the retry budget allows.
+//! - `upstream_request_filter`: X-Forwarded-*, Forwarded, request id.
+//! - `response_filter`: ResponseHeaderModifier, request id.
+//! - `logging`: metrics and the `access` log line.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use tables::{HttpRouteFilter, HttpTable, SnapshotCell};
+
+use super::backend::{Balancers, PortBalancer};
+use super::balance::{key_hash, BackendIter, HashKey};
+use super::filters::{self, RedirectFrom};
+use super::health::{EndpointState, FailureOutcome};
+use super::metrics::HttpMetrics;
+use super::route::{CompiledRule, RequestView, RouteIndex};
+use super::HttpConfig;
+
+/// A token bucket that lets retries (other than connect failures) add at most ~20% to the
+/// request rate, with a floor of 10 so a quiet proxy can still retry.
+pub struct RetryBudget {
+    /// Thousandths of a retry.
+    tokens: AtomicI64,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            tokens: AtomicI64::new(10_000),
+        }
+    }
+}
+
+impl RetryBudget {
+    const PER_REQUEST: i64 = 200;
+    const PER_RETRY: i64 = 1000;
+    const CAP: i64 = 100_000;
+
+    pub fn deposit(&self) {
+        let t = self.tokens.fetch_add(Self::PER_REQUEST, Ordering::Relaxed);
+        if t > Self::CAP {
+            self.tokens.fetch_sub(Self::PER_REQUEST, Ordering::Relaxed);
+        }
+    }
+
+    pub fn try_withdraw(&self) -> bool {
+        let prev = self.tokens.fetch_sub(Self::PER_RETRY, Ordering::Relaxed);
+        if prev >= Self::PER_RETRY {
+            true
+        } else {
+            self.tokens.fetch_add(Self::PER_RETRY, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// State shared by the http and https instances of the proxy.
+pub struct Shared {
+    pub cell: SnapshotCell,
+    pub config: HttpConfig,
+    pub metrics: HttpMetrics,
+    pub balancers: Balancers,
+    pub budget: RetryBudget,
+    index: ArcSwapOption<(Arc<HttpTable>, Arc<RouteIndex>)>,
+}
+
+impl Shared {
+    pub fn new(cell: SnapshotCell, config: HttpConfig, metrics: HttpMetrics) -> Self {
+        Shared {
+            cell,
+            balancers: Balancers::new(config.lb_algorithm.clone()),
+            config,
+            metrics,
+            budget: RetryBudget::default(),
+            index: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The routing index for `table`, built on first use after the HTTP rules change.
+    pub fn route_index(&self, table: &Arc<HttpTable>) -> Arc<RouteIndex> {
+        if let Some(cached) = self.index.load().as_ref() {
+            if Arc::ptr_eq(&cached.0, table) {
+                return cached.1.clone();
+            }
+        }
+        let start = Instant::now();
+        let index = Arc::new(RouteIndex::build(table));
+        self.metrics
+            .route_index_build
+            .observe(start.elapsed().as_secs_f64());
+        for (rule, why) in &index.refused {
+            tracing::warn!(rule = %rule, reason = %why, "HTTP rule not served");
+        }
+        self.index
+            .store(Some(Arc::new((table.clone(), index.clone()))));
+        index
+    }
+}
+
+/// The proxy for one listener kind (plain or TLS).
+pub struct Ingress {
+    pub shared: Arc<Shared>,
+    /// `http` or `https`: X-Forwarded-Proto and redirects.
+    pub scheme: &'static str,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    request_id: Option<String>,
+    host: String,
+    client_ip: Option<IpAddr>,
+    rule: Option<Arc<CompiledRule>>,
+    balancer: Option<Arc<PortBalancer>>,
+    hash: u64,
+    tried: Vec<usize>,
+    current: Option<Arc<EndpointState>>,
+    attempt_start: Option<Instant>,
+    retries: u32,
+    /// `upstream_response_filter` turned a 502/503 into a retry (already counted and budgeted).
+    status_retry: bool,
+    /// Status answered by the proxy itself (404, 503, redirects), for the log.
+    local_status: Option<u16>,
+    response_recorded: bool,
+}
+
+impl Ctx {
+    fn service_label(&self) -> &str {
+        self.balancer.as_ref().map(|b| &*b.label).unwrap_or("-")
+    }
+    fn route_label(&self) -> &str {
+        self.rule.as_ref().map(|r| &*r.label).unwrap_or("-")
+    }
+    fn finish_attempt(&mut self) {
+        if let Some(s) = self.current.take() {
+            s.end_request();
+        }
+    }
+}
+
+/// `Host` (or the HTTP/2 authority) without port, lower-case, and the port if one was given.
+fn request_host(req: &RequestHeader) -> (String, Option<u16>) {
+    let raw = req
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
+        .unwrap_or("");
+    split_host_port(raw)
+}
+
+fn split_host_port(raw: &str) -> (String, Option<u16>) {
+    let raw = raw.rsplit('@').next().unwrap_or(raw);
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, p)) => (
+                format!("[{h}]"),
+                p.strip_prefix(':').and_then(|p| p.parse().ok()),
+            ),
+            None => (raw.to_string(), None),
+        }
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => {
+                (h.to_string(), p.parse().ok())
+            }
+            _ => (raw.to_string(), None),
+        }
+    };
+    (host.trim_end_matches('.').to_ascii_lowercase(), port)
+}
+
+fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+fn new_request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+impl Ingress {
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        code: u16,
+        body: String,
+        location: Option<String>,
+    ) -> Result<bool> {
+        ctx.local_status = Some(code);
+        let mut resp = ResponseHeader::build(code, Some(4))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        if let Some(l) = location {
+            resp.insert_header(http::header::LOCATION, l)?;
+        }
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header("x-request-id", id.as_str())?;
+        }
+        session.set_keepalive(Some(60));
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+        Ok(true)
+    }
+
+    fn record_failure(&self, ctx: &Ctx) {
+        let (Some(state), Some(b)) = (ctx.current.as_ref(), ctx.balancer.as_ref()) else {
+            return;
+        };
+        let cfg = &self.shared.config.outlier;
+        if state.record_failure(cfg, || b.may_eject(cfg)) == FailureOutcome::Ejected {
+            self.shared
+                .metrics
+                .ejections
+                .with_label_values(&[&*b.label])
+                .inc();
+            tracing::warn!(service = %b.label, endpoint = %state.addr, "endpoint ejected");
+        }
+    }
+
+    /// Whether another attempt may go to an endpoint not tried yet.
+    fn can_try_another(&self, ctx: &Ctx) -> bool {
+        ctx.balancer
+            .as_ref()
+            .is_some_and(|b| ctx.tried.len() < b.endpoints.len())
+            && ctx.retries < self.shared.config.max_retries
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Ingress {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            request_id: None,
+            host: String::new(),
+            client_ip: None,
+            rule: None,
+            balancer: None,
+            hash: 0,
+            tried: Vec::new(),
+            current: None,
+            attempt_start: None,
+            retries: 0,
+            status_retry: false,
+            local_status: None,
+            response_recorded: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.start = Instant::now();
+        self.shared.budget.deposit();
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.request_id = Some(
+            session
+                .get_header("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= 200)
+                .map(str::to_string)
+                .unwrap_or_else(new_request_id),
+        );
+        let snapshot = self.shared.cell.load();
+        let index = self.shared.route_index(&snapshot.routes.http);
+        let (host, port) = request_host(session.req_header());
+        ctx.host = host;
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let view = RequestView {
+            path: &path,
+            query: query.as_deref(),
+            method: &req.method,
+            headers: &req.headers,
+        };
+        let Some(matched) = index.find(&ctx.host, &view) else {
+            let body = format!("no route for host {:?} path {:?}\n", ctx.host, path);
+            return self.respond(session, ctx, 404, body, None).await;
+        };
+        let rule = matched.rule.clone();
+        let prefix = matched.prefix.map(str::to_string);
+        ctx.rule = Some(rule.clone());
+        if let Some(f) = rule.unsupported_filter() {
+            let body = format!("route {}: filter {f} is not supported\n", rule.label);
+            return self.respond(session, ctx, 500, body, None).await;
+        }
+        for f in &rule.rule.filters {
+            match f {
+                HttpRouteFilter::RequestRedirect {
+                    scheme,
+                    hostname,
+                    path: pm,
+                    port: rport,
+                    status_code,
+                } => {
+                    let from = RedirectFrom {
+                        scheme: self.scheme,
+                        host: &ctx.host,
+                        port,
+                        path: &path,
+                        query: query.as_deref(),
+                    };
+                    let loc = filters::redirect_location(
+                        &from,
+                        scheme.as_deref(),
+                        hostname.as_deref(),
+                        pm.as_ref(),
+                        *rport,
+                        prefix.as_deref(),
+                    );
+                    let body = format!("redirecting to {loc}\n");
+                    return self
+                        .respond(session, ctx, *status_code, body, Some(loc))
+                        .await;
+                }
+                HttpRouteFilter::RequestHeaderModifier(m) => {
+                    filters::modify_headers(session.req_header_mut(), m);
+                }
+                HttpRouteFilter::UrlRewrite { hostname, path: pm } => {
+                    if let Some(h) = hostname {
+                        session
+                            .req_header_mut()
+                            .insert_header(http::header::HOST, h)?;
+                    }
+                    if let Some(pm) = pm {
+                        let new_path = filters::rewrite_path(&path, pm, prefix.as_deref());
+                        let pq = match &query {
+                            Some(q) => format!("{new_path}?{q}"),
+                            None => new_path,
+                        };
+                        let uri: http::Uri = pq.parse().map_err(|e| {
+                            Error::because(ErrorType::InternalError, "rewritten path", e)
+                        })?;
+                        session.req_header_mut().set_uri(uri);
+                    }
+                }
+                HttpRouteFilter::ResponseHeaderModifier(_) | HttpRouteFilter::Unsupported(_) => {}
+            }
+        }
+        let Some(bi) = rule.pick_backend(fastrand::u64(..)) else {
+            let body = format!("route {}: no backend with a positive weight\n", rule.label);
+            return self.respond(session, ctx, 500, body, None).await;
+        };
+        let backend = &rule.rule.backends[bi];
+        let balancer = match self.shared.balancers.get(&snapshot.routes, backend) {
+            Ok(b) => b,
+            Err(e) => {
+                let body = format!("{e}\n");
+                return self.respond(session, ctx, 503, body, None).await;
+            }
+        };
+        if let Some(key) = balancer.algorithm.hash_key() {
+            let headers = &session.req_header().headers;
+            ctx.hash = match key {
+                HashKey::ClientIp => match ctx.client_ip {
+                    Some(IpAddr::V4(ip)) => key_hash(&ip.octets()),
+                    Some(IpAddr::V6(ip)) => key_hash(&ip.octets()),
+                    None => fastrand::u64(..),
+                },
+                HashKey::Header(h) => headers
+                    .get(h)
+                    .map(|v| key_hash(v.as_bytes()))
+                    .unwrap_or_else(|| fastrand::u64(..)),
+                HashKey::Cookie(c) => cookie_value(headers, c)
+                    .map(|v| key_hash(v.as_bytes()))
+                    .unwrap_or_else(|| fastrand::u64(..)),
+            };
+        }
+        ctx.balancer = Some(balancer);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        ctx.finish_attempt();
+        let b = ctx
+            .balancer
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no backend chosen"))?;
+        let mut it = b.selector.iter(ctx.hash);
+        let mut chosen = None;
+        let mut ejected_fallback = None;
+        while let Some(i) = it.next() {
+            if ctx.tried.contains(&i) {
+                continue;
+            }
+            if b.endpoints[i].is_ejected() {
+                ejected_fallback.get_or_insert(i);
+                continue;
+            }
+            chosen = Some(i);
+            break;
+        }
+        // Every endpoint ejected: use one anyway rather than fail (Envoy's panic threshold).
+        let Some(i) = chosen.or(ejected_fallback) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                format!("service {}: every endpoint was tried", b.label),
+            ));
+        };
+        ctx.tried.push(i);
+        let state = b.endpoints[i].clone();
+        state.start_request();
+        let mut peer = HttpPeer::new(state.addr, false, String::new());
+        let cfg = &self.shared.config;
+        peer.options.connection_timeout = Some(cfg.connect_timeout);
+        peer.options.idle_timeout = Some(cfg.upstream_idle_timeout);
+        let rule_timeout = ctx.rule.as_ref().and_then(|r| {
+            r.rule
+                .backend_request_timeout_ms
+                .or(r.rule.request_timeout_ms)
+                .map(Duration::from_millis)
+        });
+        peer.options.read_timeout = rule_timeout.or(cfg.upstream_read_timeout);
+        ctx.current = Some(state);
+        ctx.attempt_start = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.shared
+            .metrics
+            .connect_errors
+            .with_label_values(&[ctx.service_label()])
+            .inc();
+        self.record_failure(ctx);
+        if self.can_try_another(ctx) {
+            ctx.retries += 1;
+            self.shared
+                .metrics
+                .retries
+                .with_label_values(&[ctx.service_label(), "connect"])
+                .inc();
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if std::mem::take(&mut ctx.status_retry) {
+            e.set_retry(true);
+            return e;
+        }
+        if *e.esource() != ErrorSource::Upstream {
+            e.set_retry(false);
+            return e;
+        }
+        if !client_reused {
+            // A stale pooled connection says nothing about the endpoint's health.
+            self.record_failure(ctx);
+        }
+        // A timeout is the route's deadline, not a reason to wait that long again elsewhere.
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        let idempotent = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && !session.is_upgrade_req()
+            && !timed_out;
+        // A reused connection closed under us is retried like a failed connect; anything else
+        // only within the budget.
+        let retry = idempotent
+            && self.can_try_another(ctx)
+            && (client_reused || self.shared.budget.try_withdraw());
+        if retry {
+            ctx.retries += 1;
+            self.shared
+                .metrics
+                .retries
+                .with_label_values(&[ctx.service_label(), "reset"])
+                .inc();
+        }
+        e.set_retry(retry);
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.shared
+            .metrics
+            .upstream_connections
+            .with_label_values(&[if reused { "true" } else { "false" }])
+            .inc();
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(ip) = ctx.client_ip {
+            let ip_s = ip.to_string();
+            let xff = match session
+                .get_header("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if !prev.is_empty() => format!("{prev}, {ip_s}"),
+                _ => ip_s.clone(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+            let for_ = match ip {
+                IpAddr::V6(_) => format!("\"[{ip_s}]\""),
+                IpAddr::V4(_) => ip_s,
+            };
+            let mut fwd = format!("for={for_};proto={}", self.scheme);
+            if !ctx.host.is_empty() {
+                fwd.push_str(&format!(";host=\"{}\"", ctx.host));
+            }
+            let fwd = match session
+                .get_header("forwarded")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) if !prev.is_empty() => format!("{prev}, {fwd}"),
+                _ => fwd,
+            };
+            upstream.insert_header("forwarded", fwd)?;
+        }
+        upstream.insert_header("x-forwarded-proto", self.scheme)?;
+        if !ctx.host.is_empty() {
+            upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
+        }
+        if let Some(id) = &ctx.request_id {
+            upstream.insert_header("x-request-id", id.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status.is_informational() && resp.status.as_u16() != 101 {
+            return Ok(());
+        }
+        if ctx.response_recorded {
+            return Ok(());
+        }
+        let code = resp.status.as_u16();
+        if let (Some(state), Some(t)) = (ctx.current.as_ref(), ctx.attempt_start) {
+            state.observe_latency(t.elapsed());
+        }
+        if code >= 500 {
+            self.record_failure(ctx);
+            let idempotent = session.req_header().method.is_idempotent()
+                && !session.as_ref().retry_buffer_truncated();
+            if matches!(code, 502 | 503)
+                && idempotent
+                && self.can_try_another(ctx)
+                && self.shared.budget.try_withdraw()
+            {
+                ctx.retries += 1;
+                self.shared
+                    .metrics
+                    .retries
+                    .with_label_values(&[ctx.service_label(), "status"])
+                    .inc();
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(code),
+                    format!("endpoint answered {code}, retrying"),
+                );
+                e.set_retry(true);
+                ctx.status_retry = true;
+                return Err(e);
+            }
+        } else if let Some(state) = ctx.current.as_ref() {
+            state.record_success();
+        }
+        ctx.response_recorded = true;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(rule) = &ctx.rule {
+            for f in &rule.rule.filters {
+                if let HttpRouteFilter::ResponseHeaderModifier(m) = f {
+                    filters::modify_headers(resp, m);
+                }
+            }
+        }
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header("x-request-id", id.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let upstream = *e.esource() == ErrorSource::Upstream;
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(c) => *c,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if upstream =>
+            {
+                504
+            }
+            _ if upstream => 502,
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
+                if *e.esource() == ErrorSource::Downstream =>
+            {
+                0 // the client is gone
+            }
+            _ if *e.esource() == ErrorSource::Downstream => 400,
+            _ => 500,
+        };
+        if code > 0 && session.response_written().is_none() {
+            ctx.local_status = Some(code);
+            let body = format!("service {}: {}\n", ctx.service_label(), e.etype().as_str());
+            if let Ok(mut resp) = ResponseHeader::build(code, Some(4)) {
+                let _ = resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8");
+                let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+                if let Some(id) = &ctx.request_id {
+                    let _ = resp.insert_header("x-request-id", id.as_str());
+                }
+                if let Err(we) = session.write_error_response(resp, Bytes::from(body)).await {
+                    tracing::debug!(error = %we, "could not send the error response");
+                }
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.finish_attempt();
+        let code = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.local_status)
+            .unwrap_or(0);
+        let route = ctx.route_label();
+        let service = ctx.service_label();
+        let m = &self.shared.metrics;
+        let code_s = code.to_string();
+        m.requests
+            .with_label_values(&[route, service, &code_s])
+            .inc();
+        let elapsed = ctx.start.elapsed();
+        m.duration
+            .with_label_values(&[route, service])
+            .observe(elapsed.as_secs_f64());
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
+        let upstream = ctx
+            .balancer
+            .as_ref()
+            .zip(ctx.tried.last())
+            .map(|(b, &i)| b.endpoints[i].addr.to_string());
+        let req = session.req_header();
+        tracing::info!(
+            target: "access",
+            client = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+            method = %req.method,
+            host = %ctx.host,
+            path = %req.uri.path(),
+            status = code,
+            route,
+            service,
+            upstream = upstream.as_deref().unwrap_or("-"),
+            retries = ctx.retries,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = ctx.request_id.as_deref().unwrap_or("-"),
+            error = %e.map(|e| e.to_string()).unwrap_or_default(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port() {
+        assert_eq!(
+            split_host_port("A.Test:8080"),
+            ("a.test".into(), Some(8080))
+        );
+        assert_eq!(split_host_port("a.test."), ("a.test".into(), None));
+        assert_eq!(split_host_port("[::1]:80"), ("[::1]".into(), Some(80)));
+        assert_eq!(split_host_port("[::1]"), ("[::1]".into(), None));
+    }
+
+    #[test]
+    fn cookies() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::COOKIE,
+            "a=1; session=abc; b=2".parse().unwrap(),
+        );
+        assert_eq!(cookie_value(&h, "session"), Some("abc"));
+        assert_eq!(cookie_value(&h, "c"), None);
+    }
+
+    #[test]
+    fn budget() {
+        let b = RetryBudget::default();
+        let mut n = 0;
+        while b.try_withdraw() {
+            n += 1;
+        }
+        assert_eq!(n, 10);
+        // Five requests earn one retry.
+        for _ in 0..5 {
+            b.deposit();
+        }
+        assert!(b.try_withdraw());
+        assert!(!b.try_withdraw());
+    }
+}

@@ -1,0 +1,505 @@
+//! The nftables table switchboard owns (`inet switchboard`; no other table is ever touched),
+//! and the policy routing that UDP tproxy needs.
+//!
+//! ```text
+//!  prerouting (filter, mangle prio) ─ ct direction original ─ jump services ─┐
+//!  output     (route,  mangle prio) ─ ct direction original ─ jump services ─┤
+//!                                                                            v
+//!  services: ip  daddr . l4proto . dport  vmap @services4   (ClusterIP, externalIP, LB IP)
+//!            ip6 daddr . l4proto . dport  vmap @services6
+//!            fib daddr type local: l4proto . dport vmap @nodeports4 / @nodeports6
+//!     verdicts: jump tcp-redirect        (mark R)  → nat prerouting/output: redirect to :TCP
+//!               jump udp-tproxy          (mark T)  → prerouting: tproxy to :UDP
+//!                                                    (output: mark T reroutes via lo)
+//!               jump no-endpoints        TCP RST / ICMP port unreachable (new connections)
+//!               jump no-local-endpoints  drop (Local policy, no endpoint on this node)
+//! ```
+//!
+//! Updates are `nft -f -` scripts: the first one (and any after a failure) replaces the table in
+//! one transaction (`table` + `delete table` + full definition, so an existing table from an
+//! earlier run is reconciled, never duplicated, and there is no moment without one); every
+//! later one deletes and adds only the map elements that changed, also in one transaction.
+//! Conntrack keeps established redirected connections going whatever the maps say, and the
+//! reject/drop verdicts only apply to new connections (UDP datagrams always), so updates never
+//! touch established TCP connections.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+
+use tables::Protocol;
+
+use super::select::Verdict;
+
+/// Names and marks of the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftConfig {
+    /// The `inet` table's name.
+    pub table: String,
+    /// Packet mark bit for UDP to be tproxied; also the policy-routing fwmark.
+    pub tproxy_mark: u32,
+    /// Packet mark bit for TCP to be redirected.
+    pub redirect_mark: u32,
+    /// Routing table with `local default dev lo` for tproxied packets.
+    pub route_table: u32,
+}
+
+impl Default for NftConfig {
+    fn default() -> Self {
+        NftConfig {
+            table: "switchboard".into(),
+            tproxy_mark: 0x0040_0000,
+            redirect_mark: 0x0080_0000,
+            route_table: 1456,
+        }
+    }
+}
+
+/// The local listeners the table steers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub tcp4: u16,
+    pub tcp6: Option<u16>,
+    pub udp4: u16,
+    pub udp6: Option<u16>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("running {cmd}: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("{cmd} failed: {stderr}")]
+    Failed { cmd: String, stderr: String },
+}
+
+/// One map element: a service frontend, or a NodePort of one address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Element {
+    Service {
+        ip: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    },
+    NodePort {
+        v6: bool,
+        protocol: Protocol,
+        port: u16,
+    },
+}
+
+impl Element {
+    pub fn protocol(&self) -> Protocol {
+        match *self {
+            Element::Service { protocol, .. } | Element::NodePort { protocol, .. } => protocol,
+        }
+    }
+
+    fn map(&self) -> &'static str {
+        match *self {
+            Element::Service {
+                ip: IpAddr::V4(_), ..
+            } => "services4",
+            Element::Service {
+                ip: IpAddr::V6(_), ..
+            } => "services6",
+            Element::NodePort { v6: false, .. } => "nodeports4",
+            Element::NodePort { v6: true, .. } => "nodeports6",
+        }
+    }
+
+    fn key(&self, out: &mut String) {
+        let proto = |p: Protocol| match p {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        };
+        let _ = match *self {
+            Element::Service { ip, protocol, port } => {
+                write!(out, "{ip} . {} . {port}", proto(protocol))
+            }
+            Element::NodePort { protocol, port, .. } => write!(out, "{} . {port}", proto(protocol)),
+        };
+    }
+}
+
+fn verdict_text(protocol: Protocol, v: Verdict) -> &'static str {
+    match (protocol, v) {
+        (Protocol::Udp, Verdict::Proxy) => "jump udp-tproxy",
+        (_, Verdict::Proxy) => "jump tcp-redirect",
+        (_, Verdict::Reject) => "jump no-endpoints",
+        (_, Verdict::Drop) => "jump no-local-endpoints",
+    }
+}
+
+const MAPS: [&str; 4] = ["services4", "services6", "nodeports4", "nodeports6"];
+
+/// Writes `add element` commands for `elems`, grouped by map, a few thousand per command.
+fn add_elements<'a>(
+    out: &mut String,
+    table: &str,
+    elems: impl Iterator<Item = (&'a Element, &'a Verdict)>,
+) {
+    let mut by_map: BTreeMap<&str, Vec<(&Element, &Verdict)>> = BTreeMap::new();
+    for (e, v) in elems {
+        by_map.entry(e.map()).or_default().push((e, v));
+    }
+    for (map, list) in by_map {
+        for chunk in list.chunks(4096) {
+            let _ = write!(out, "add element inet {table} {map} {{ ");
+            for (i, (e, v)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                e.key(out);
+                out.push_str(" : ");
+                out.push_str(verdict_text(e.protocol(), **v));
+            }
+            out.push_str(" }\n");
+        }
+    }
+}
+
+fn delete_elements<'a>(out: &mut String, table: &str, elems: impl Iterator<Item = &'a Element>) {
+    let mut by_map: BTreeMap<&str, Vec<&Element>> = BTreeMap::new();
+    for e in elems {
+        by_map.entry(e.map()).or_default().push(e);
+    }
+    for (map, list) in by_map {
+        for chunk in list.chunks(4096) {
+            let _ = write!(out, "delete element inet {table} {map} {{ ");
+            for (i, e) in chunk.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                e.key(out);
+            }
+            out.push_str(" }\n");
+        }
+    }
+}
+
+/// The script that replaces the whole table with one holding `elements`.
+pub fn full_script(cfg: &NftConfig, ports: &Ports, elements: &HashMap<Element, Verdict>) -> String {
+    let t = &cfg.table;
+    let (tm, rm) = (cfg.tproxy_mark, cfg.redirect_mark);
+    let mut s = String::with_capacity(4096 + elements.len() * 48);
+    let _ = writeln!(s, "table inet {t} {{}}\ndelete table inet {t}");
+    let _ = writeln!(s, "table inet {t} {{");
+    for (map, key) in [
+        ("services4", "ipv4_addr . inet_proto . inet_service"),
+        ("services6", "ipv6_addr . inet_proto . inet_service"),
+        ("nodeports4", "inet_proto . inet_service"),
+        ("nodeports6", "inet_proto . inet_service"),
+    ] {
+        let _ = writeln!(s, "  map {map} {{\n    type {key} : verdict\n  }}");
+    }
+    let _ = writeln!(s, "  counter no-endpoints {{\n  }}");
+    let _ = writeln!(
+        s,
+        "  chain tcp-redirect {{\n    meta mark set meta mark | {rm:#x}\n  }}"
+    );
+    let _ = writeln!(
+        s,
+        "  chain udp-tproxy {{\n    meta mark set meta mark | {tm:#x}\n  }}"
+    );
+    let _ = writeln!(
+        s,
+        "  chain no-endpoints {{\n    meta l4proto tcp ct state new counter name \"no-endpoints\" reject with tcp reset\n    meta l4proto udp counter name \"no-endpoints\" reject\n  }}"
+    );
+    let _ = writeln!(
+        s,
+        "  chain no-local-endpoints {{\n    meta l4proto tcp ct state new counter name \"no-endpoints\" drop\n    meta l4proto udp counter name \"no-endpoints\" drop\n  }}"
+    );
+    let _ = writeln!(
+        s,
+        "  chain services {{\n    ip daddr . meta l4proto . th dport vmap @services4\n    ip6 daddr . meta l4proto . th dport vmap @services6\n    fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @nodeports4\n    fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @nodeports6\n  }}"
+    );
+    let _ = writeln!(
+        s,
+        "  chain prerouting {{\n    type filter hook prerouting priority mangle; policy accept;\n    ct direction original jump services"
+    );
+    let _ = writeln!(
+        s,
+        "    meta mark & {tm:#x} == {tm:#x} meta l4proto udp meta nfproto ipv4 tproxy ip to :{}",
+        ports.udp4
+    );
+    if let Some(p) = ports.udp6 {
+        let _ = writeln!(
+            s,
+            "    meta mark & {tm:#x} == {tm:#x} meta l4proto udp meta nfproto ipv6 tproxy ip6 to :{p}"
+        );
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(
+        s,
+        "  chain output {{\n    type route hook output priority mangle; policy accept;\n    ct direction original jump services\n  }}"
+    );
+    for (chain, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
+        let _ = writeln!(
+            s,
+            "  chain {chain} {{\n    type nat hook {hook} priority -100; policy accept;"
+        );
+        let _ = writeln!(
+            s,
+            "    meta mark & {rm:#x} == {rm:#x} meta nfproto ipv4 meta l4proto tcp redirect to :{}",
+            ports.tcp4
+        );
+        if let Some(p) = ports.tcp6 {
+            let _ = writeln!(
+                s,
+                "    meta mark & {rm:#x} == {rm:#x} meta nfproto ipv6 meta l4proto tcp redirect to :{p}"
+            );
+        }
+        let _ = writeln!(s, "  }}");
+    }
+    let _ = writeln!(s, "}}");
+    add_elements(&mut s, t, elements.iter());
+    s
+}
+
+/// One element whose verdict changed between two snapshots (`None`: absent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub element: Element,
+    pub old: Option<Verdict>,
+    pub new: Option<Verdict>,
+}
+
+/// The script that applies `changes`: elements that went away or changed verdict are deleted,
+/// new and changed ones added, all in one transaction. `None` when nothing changed.
+pub fn change_script(cfg: &NftConfig, changes: &[Change]) -> Option<String> {
+    let real = || changes.iter().filter(|c| c.old != c.new);
+    let mut s = String::new();
+    delete_elements(
+        &mut s,
+        &cfg.table,
+        real().filter(|c| c.old.is_some()).map(|c| &c.element),
+    );
+    add_elements(
+        &mut s,
+        &cfg.table,
+        real().filter_map(|c| c.new.as_ref().map(|v| (&c.element, v))),
+    );
+    (!s.is_empty()).then_some(s)
+}
+
+/// The changes that turn `old` into `new`.
+pub fn diff(old: &HashMap<Element, Verdict>, new: &HashMap<Element, Verdict>) -> Vec<Change> {
+    let mut out: Vec<Change> = old
+        .iter()
+        .filter(|(k, v)| new.get(*k) != Some(*v))
+        .map(|(k, v)| Change {
+            element: *k,
+            old: Some(*v),
+            new: new.get(k).copied(),
+        })
+        .collect();
+    out.extend(
+        new.iter()
+            .filter(|(k, _)| !old.contains_key(*k))
+            .map(|(k, v)| Change {
+                element: *k,
+                old: None,
+                new: Some(*v),
+            }),
+    );
+    out
+}
+
+/// Runs `nft -f -` with `script` as one transaction.
+pub fn apply(script: &str) -> Result<(), NftError> {
+    run("nft", &["-f", "-"], Some(script)).map(|_| ())
+}
+
+fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
+    let name = format!("{cmd} {}", args.join(" "));
+    let mut child = Command::new(cmd)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| NftError::Spawn {
+            cmd: name.clone(),
+            source,
+        })?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())
+            .map_err(|source| NftError::Spawn {
+                cmd: name.clone(),
+                source,
+            })?;
+    }
+    let out = child.wait_with_output().map_err(|source| NftError::Spawn {
+        cmd: name.clone(),
+        source,
+    })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if stderr.len() > 2000 {
+            stderr.truncate(2000);
+            stderr.push_str("...");
+        }
+        Err(NftError::Failed { cmd: name, stderr })
+    }
+}
+
+fn fwmark(cfg: &NftConfig) -> String {
+    format!("{:#x}/{:#x}", cfg.tproxy_mark, cfg.tproxy_mark)
+}
+
+fn remove_rules(cfg: &NftConfig, family: &str) {
+    let (mark, table) = (fwmark(cfg), cfg.route_table.to_string());
+    for _ in 0..16 {
+        if run(
+            "ip",
+            &[family, "rule", "del", "fwmark", &mark, "lookup", &table],
+            None,
+        )
+        .is_err()
+        {
+            break;
+        }
+    }
+    let _ = run("ip", &[family, "route", "flush", "table", &table], None);
+}
+
+/// Installs the policy routing tproxy needs: packets with the tproxy mark are delivered locally
+/// (`ip rule fwmark T lookup TABLE`, `local default dev lo table TABLE`), per family. IPv6
+/// failures are returned separately, so a node without IPv6 still serves IPv4.
+pub fn install_routing(cfg: &NftConfig) -> (Result<(), NftError>, Result<(), NftError>) {
+    let mut results = Vec::new();
+    for (family, default) in [("-4", "0.0.0.0/0"), ("-6", "::/0")] {
+        remove_rules(cfg, family);
+        let (mark, table) = (fwmark(cfg), cfg.route_table.to_string());
+        let r = run(
+            "ip",
+            &[family, "rule", "add", "fwmark", &mark, "lookup", &table],
+            None,
+        )
+        .and_then(|_| {
+            run(
+                "ip",
+                &[
+                    family, "route", "replace", "local", default, "dev", "lo", "table", &table,
+                ],
+                None,
+            )
+        })
+        .map(|_| ());
+        results.push(r);
+    }
+    let v6 = results.pop().expect("two families");
+    let v4 = results.pop().expect("two families");
+    (v4, v6)
+}
+
+/// Removes the table and the policy routing; `Ok(true)` if the table existed. Touches nothing
+/// else.
+pub fn cleanup(cfg: &NftConfig) -> Result<bool, NftError> {
+    let existed = run("nft", &["list", "table", "inet", &cfg.table], None).is_ok();
+    if existed {
+        run("nft", &["delete", "table", "inet", &cfg.table], None)?;
+    }
+    remove_rules(cfg, "-4");
+    remove_rules(cfg, "-6");
+    Ok(existed)
+}
+
+/// Packets counted by the table's `no-endpoints` counter.
+pub fn rejected_packets(cfg: &NftConfig) -> Option<u64> {
+    let out = run(
+        "nft",
+        &["list", "counter", "inet", &cfg.table, "no-endpoints"],
+        None,
+    )
+    .ok()?;
+    let rest = &out[out.find("packets ")? + "packets ".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Names the maps (for tests and debugging).
+pub fn maps() -> [&'static str; 4] {
+    MAPS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(ip: &str, p: Protocol, port: u16) -> Element {
+        Element::Service {
+            ip: ip.parse().unwrap(),
+            protocol: p,
+            port,
+        }
+    }
+
+    #[test]
+    fn diff_touches_only_changed_elements() {
+        let cfg = NftConfig::default();
+        let mut old = HashMap::new();
+        old.insert(svc("10.96.0.1", Protocol::Tcp, 80), Verdict::Proxy);
+        old.insert(svc("10.96.0.2", Protocol::Udp, 53), Verdict::Proxy);
+        old.insert(svc("fd00::1", Protocol::Tcp, 80), Verdict::Proxy);
+        let mut new = old.clone();
+        assert_eq!(change_script(&cfg, &diff(&old, &new)), None);
+        new.insert(svc("10.96.0.2", Protocol::Udp, 53), Verdict::Reject);
+        new.remove(&svc("fd00::1", Protocol::Tcp, 80));
+        new.insert(
+            Element::NodePort {
+                v6: false,
+                protocol: Protocol::Tcp,
+                port: 30080,
+            },
+            Verdict::Drop,
+        );
+        let s = change_script(&cfg, &diff(&old, &new)).unwrap();
+        assert!(
+            s.contains("delete element inet switchboard services4 { 10.96.0.2 . udp . 53 }"),
+            "{s}"
+        );
+        assert!(
+            s.contains("delete element inet switchboard services6 { fd00::1 . tcp . 80 }"),
+            "{s}"
+        );
+        assert!(s.contains("add element inet switchboard services4 { 10.96.0.2 . udp . 53 : jump no-endpoints }"), "{s}");
+        assert!(
+            s.contains(
+                "add element inet switchboard nodeports4 { tcp . 30080 : jump no-local-endpoints }"
+            ),
+            "{s}"
+        );
+        assert!(!s.contains("10.96.0.1"), "{s}");
+    }
+
+    #[test]
+    fn full_script_replaces_the_table_in_one_go() {
+        let mut e = HashMap::new();
+        e.insert(svc("10.96.0.1", Protocol::Udp, 53), Verdict::Proxy);
+        let s = full_script(
+            &NftConfig::default(),
+            &Ports {
+                tcp4: 1000,
+                tcp6: Some(1001),
+                udp4: 1002,
+                udp6: None,
+            },
+            &e,
+        );
+        assert!(s.starts_with("table inet switchboard {}\ndelete table inet switchboard\n"));
+        assert!(s.contains("redirect to :1000"));
+        assert!(s.contains("redirect to :1001"));
+        assert!(s.contains("tproxy ip to :1002"));
+        assert!(!s.contains("tproxy ip6"));
+        assert!(s.contains("10.96.0.1 . udp . 53 : jump udp-tproxy"));
+    }
+}

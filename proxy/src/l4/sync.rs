@@ -1,0 +1,333 @@
+//! The sync task: keeps the data plane (bind listeners or nftables maps, and the
+//! healthCheckNodePort servers) in step with the published snapshot.
+//!
+//! It polls the cell every `poll_interval` (one `load()` and a generation compare). On a new
+//! generation it computes the verdict of every frontend — reusing the previous verdict when the
+//! frontend's `ServiceRoutes` is the same `Arc` as last time, so the cost of a change is
+//! proportional to the services that changed plus one pass over the frontend map — then applies
+//! the difference. A failed nftables update is retried with a full table replacement; until one
+//! succeeds, `/healthz` turns unhealthy once the sync timeout has passed.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tables::{Protocol, ServiceRoutes, Snapshot};
+use tokio::task::JoinHandle;
+
+use super::bind::BindListeners;
+use super::health::HealthServers;
+use super::nft::{self, Change, Element, Ports};
+use super::select::{verdict, Verdict};
+use super::{redirect, traffic_kind, L4Error, Mode, Shared};
+use crate::endpoints::{NodeTopology, TrafficKind};
+
+/// The verdict of every frontend as of the last snapshot, with the service it was computed
+/// from, so the next snapshot recomputes only frontends whose `ServiceRoutes` changed.
+#[derive(Default)]
+pub(crate) struct VerdictCache {
+    entries: HashMap<Element, Entry>,
+    stamp: u64,
+}
+
+struct Entry {
+    service: Arc<ServiceRoutes>,
+    port_index: usize,
+    verdict: Verdict,
+    stamp: u64,
+}
+
+impl VerdictCache {
+    /// Brings the cache to `snap`; returns the elements whose verdict changed (appeared,
+    /// changed, went away). One pass over the frontend maps with a pointer compare per
+    /// frontend; categorisation only for changed services.
+    pub fn update(&mut self, snap: &Snapshot, node: &NodeTopology) -> Vec<Change> {
+        self.stamp += 1;
+        let stamp = self.stamp;
+        let mut changes = Vec::new();
+        let mut seen = 0usize;
+        let entries = &mut self.entries;
+        let mut one = |element: Element,
+                       target: &tables::FrontendTarget,
+                       kind: TrafficKind,
+                       family: IpAddr| {
+            seen += 1;
+            match entries.get_mut(&element) {
+                Some(e)
+                    if Arc::ptr_eq(&e.service, &target.service)
+                        && e.port_index == target.port_index =>
+                {
+                    e.stamp = stamp;
+                }
+                Some(e) => {
+                    let v = verdict(target, kind, family, node);
+                    if v != e.verdict {
+                        changes.push(Change {
+                            element,
+                            old: Some(e.verdict),
+                            new: Some(v),
+                        });
+                    }
+                    *e = Entry {
+                        service: target.service.clone(),
+                        port_index: target.port_index,
+                        verdict: v,
+                        stamp,
+                    };
+                }
+                None => {
+                    let v = verdict(target, kind, family, node);
+                    changes.push(Change {
+                        element,
+                        old: None,
+                        new: Some(v),
+                    });
+                    entries.insert(
+                        element,
+                        Entry {
+                            service: target.service.clone(),
+                            port_index: target.port_index,
+                            verdict: v,
+                            stamp,
+                        },
+                    );
+                }
+            }
+        };
+        for (fe, target) in snap.routes.frontends.iter() {
+            if fe.protocol == Protocol::Sctp {
+                continue;
+            }
+            let elem = Element::Service {
+                ip: fe.ip,
+                protocol: fe.protocol,
+                port: fe.port,
+            };
+            one(elem, target, traffic_kind(target.kind), fe.ip);
+        }
+        for ((protocol, port), target) in snap.routes.node_ports.iter() {
+            if *protocol == Protocol::Sctp {
+                continue;
+            }
+            for (v6, family) in [
+                (false, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                (true, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            ] {
+                let elem = Element::NodePort {
+                    v6,
+                    protocol: *protocol,
+                    port: *port,
+                };
+                one(elem, target, TrafficKind::External, family);
+            }
+        }
+        // Frontends not seen this time went away (skip the scan when every entry was seen).
+        if entries.len() > seen {
+            entries.retain(|element, e| {
+                if e.stamp == stamp {
+                    return true;
+                }
+                changes.push(Change {
+                    element: *element,
+                    old: Some(e.verdict),
+                    new: None,
+                });
+                false
+            });
+        }
+        changes
+    }
+
+    /// Every element with its verdict.
+    pub fn verdicts(&self) -> HashMap<Element, Verdict> {
+        self.entries.iter().map(|(k, e)| (*k, e.verdict)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+enum Plane {
+    Bind(BindListeners),
+    Nft {
+        sockets: BindListeners,
+        /// The next update must replace the whole table (start, or after a failure).
+        full: bool,
+        ports: Ports,
+    },
+}
+
+struct Syncer {
+    shared: Arc<Shared>,
+    plane: Plane,
+    cache: VerdictCache,
+    health_servers: HealthServers,
+    generation: Option<u64>,
+    retry_at: Option<Instant>,
+}
+
+/// Starts the listeners, brings the data plane to the current snapshot, and spawns the sync
+/// loop. Fails if a fixed listener cannot be bound or the first nftables transaction fails.
+pub(crate) async fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, L4Error> {
+    let mut tasks = Vec::new();
+    let plane = match shared.cfg.mode {
+        Mode::Bind => Plane::Bind(BindListeners::bind_mode()),
+        Mode::Nftables => {
+            let (ports, t) = redirect::start(&shared)?;
+            tasks.extend(t);
+            let cfg = shared.cfg.nft.clone();
+            let (v4, v6) = tokio::task::spawn_blocking(move || nft::install_routing(&cfg))
+                .await
+                .expect("routing setup does not panic");
+            v4?;
+            if let Err(e) = v6 {
+                tracing::warn!(error = %e, "l4: no IPv6 policy routing; IPv6 UDP services are not served");
+            }
+            Plane::Nft {
+                sockets: BindListeners::frontend_sockets(),
+                full: true,
+                ports,
+            }
+        }
+    };
+    let mut syncer = Syncer {
+        shared: shared.clone(),
+        plane,
+        cache: VerdictCache::default(),
+        health_servers: HealthServers::default(),
+        generation: None,
+        retry_at: None,
+    };
+    let snap = shared.cell.load_full();
+    if let Err(e) = syncer.sync(&snap).await {
+        if let Plane::Nft { .. } = syncer.plane {
+            // Without a first table, nothing is intercepted: refuse to start.
+            for t in &tasks {
+                t.abort();
+            }
+            return Err(e.into());
+        }
+    }
+    if let Plane::Nft { .. } = &syncer.plane {
+        tracing::info!(
+            table = %shared.cfg.nft.table,
+            elements = syncer.cache.len(),
+            "l4: nftables table installed"
+        );
+    }
+    tasks.push(tokio::spawn(syncer.run()));
+    Ok(tasks)
+}
+
+impl Syncer {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.shared.cfg.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut housekeeping = Instant::now();
+        let mut rejected_seen = 0u64;
+        loop {
+            tick.tick().await;
+            let snap = self.shared.cell.load_full();
+            let retry_due = self.retry_at.is_some_and(|t| Instant::now() >= t);
+            if Some(snap.generation) != self.generation || retry_due {
+                let _ = self.sync(&snap).await;
+            }
+            if housekeeping.elapsed() >= Duration::from_secs(2) {
+                housekeeping = Instant::now();
+                self.shared.picker.expire_affinity();
+                if let Plane::Nft { .. } = self.plane {
+                    let cfg = self.shared.cfg.nft.clone();
+                    if let Ok(Some(n)) =
+                        tokio::task::spawn_blocking(move || nft::rejected_packets(&cfg)).await
+                    {
+                        if n >= rejected_seen {
+                            self.shared.metrics.nft_rejects.inc_by(n - rejected_seen);
+                        }
+                        rejected_seen = n;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies `snap`; on failure schedules a retry and reports it to the health state.
+    async fn sync(&mut self, snap: &Arc<Snapshot>) -> Result<(), nft::NftError> {
+        let seen = Instant::now();
+        self.shared.health.pending();
+        let changes = self.cache.update(snap, &self.shared.cfg.node);
+        let result = match &mut self.plane {
+            Plane::Bind(listeners) => {
+                let (opened, closed) = listeners.reconcile(&self.shared, &changes);
+                if opened + closed > 0 {
+                    tracing::info!(
+                        generation = snap.generation,
+                        listeners = listeners.len(),
+                        opened,
+                        closed,
+                        "l4: bind listeners updated"
+                    );
+                }
+                self.shared.metrics.frontends.set(listeners.len() as i64);
+                Ok(())
+            }
+            Plane::Nft {
+                sockets,
+                full,
+                ports,
+            } => {
+                // Sockets first: a datagram steered by the new elements finds its socket.
+                sockets.reconcile(&self.shared, &changes);
+                let cfg = &self.shared.cfg.nft;
+                let script = if *full {
+                    Some(nft::full_script(cfg, ports, &self.cache.verdicts()))
+                } else {
+                    nft::change_script(cfg, &changes)
+                };
+                let r = match script {
+                    None => Ok(()),
+                    Some(script) => tokio::task::spawn_blocking(move || nft::apply(&script))
+                        .await
+                        .expect("nft runner does not panic"),
+                };
+                match r {
+                    Ok(()) => {
+                        *full = false;
+                        self.shared.metrics.frontends.set(self.cache.len() as i64);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        *full = true;
+                        Err(e)
+                    }
+                }
+            }
+        };
+        self.health_servers.reconcile(&self.shared, snap);
+        let m = &self.shared.metrics;
+        let took = seen.elapsed().as_secs_f64();
+        match &result {
+            Ok(()) => {
+                m.sync_duration.observe(took);
+                // From the source event (API watch event, file change) to the data plane.
+                let since_event = snap.received_at.map_or(took, |t| t.elapsed().as_secs_f64());
+                m.programming_latency.observe(since_event);
+                m.syncs.with_label_values(&["ok"]).inc();
+                m.last_applied_generation.set(snap.generation as i64);
+                self.generation = Some(snap.generation);
+                self.retry_at = None;
+                self.shared.health.applied(snap.generation);
+                tracing::debug!(generation = snap.generation, seconds = took, "l4: synced");
+            }
+            Err(e) => {
+                m.syncs.with_label_values(&["error"]).inc();
+                self.shared.health.failed(e.to_string());
+                self.generation = Some(snap.generation);
+                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                tracing::warn!(generation = snap.generation, error = %e, "l4: applying the tables failed; retrying with a full table in 1s");
+            }
+        }
+        result
+    }
+}

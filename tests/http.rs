@@ -1,0 +1,1343 @@
+//! The L7 ingress proxy end to end: the real binary on a manifest directory, real backends
+//! (hyper servers on 127.0.0.1:0), real clients (hyper's client and `curl`).
+//!
+//! No timed assertions: every wait is "until this holds, or fail after a generous bound", and
+//! every load loop is bounded in count.
+
+mod common;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+// ---------------------------------------------------------------- backends
+
+/// A stand-in pod: answers `NAME PATH` with the request's headers echoed as `x-echo-*`,
+/// counts requests, can be told to answer with another status, and echoes bytes on upgraded
+/// connections (WebSocket).
+struct Backend {
+    name: String,
+    addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+    in_flight: Arc<AtomicUsize>,
+    status: Arc<AtomicU16>,
+    stop: watch::Sender<bool>,
+}
+
+async fn handle(
+    name: Arc<str>,
+    hits: Arc<AtomicU64>,
+    in_flight: Arc<AtomicUsize>,
+    status: Arc<AtomicU16>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    in_flight.fetch_add(1, Ordering::SeqCst);
+    let is_upgrade = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if is_upgrade {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        return Ok(Response::builder()
+            .status(101)
+            .header(hyper::header::UPGRADE, "websocket")
+            .header(hyper::header::CONNECTION, "Upgrade")
+            .header("x-backend", &*name)
+            .body(Full::new(Bytes::new()))
+            .unwrap());
+    }
+    let delay_ms: u64 = req
+        .headers()
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+    let mut resp = Response::builder()
+        .status(status.load(Ordering::SeqCst))
+        .header("x-backend", &*name);
+    for (k, v) in req.headers() {
+        resp = resp.header(format!("x-echo-{k}"), v);
+    }
+    let body = format!(
+        "{} {}\n",
+        name,
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    in_flight.fetch_sub(1, Ordering::SeqCst);
+    Ok(resp.body(Full::new(Bytes::from(body))).unwrap())
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+impl Backend {
+    async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(AtomicU16::new(200));
+        let (stop, mut stop_rx) = watch::channel(false);
+        let n: Arc<str> = name.into();
+        let (h, f, s) = (hits.clone(), in_flight.clone(), status.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    _ = stop_rx.changed() => break,
+                };
+                let (n, h, f, s) = (n.clone(), h.clone(), f.clone(), s.clone());
+                let mut conn_stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(n.clone(), h.clone(), f.clone(), s.clone(), req)
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades();
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stopped(&mut conn_stop) => {
+                            // Stop: finish the request in progress, then close.
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        });
+        Backend {
+            name: name.into(),
+            addr,
+            hits,
+            in_flight,
+            status,
+            stop,
+        }
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting and closes connections once their current request is answered.
+    fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A port nothing listens on.
+async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+// ---------------------------------------------------------------- manifests
+
+#[derive(Clone, Copy)]
+enum Cond {
+    Ready,
+    NotReady,
+    Terminating,
+}
+
+/// A Service (port 80 named `http`) with one EndpointSlice per endpoint (each endpoint on its
+/// own port: a slice gives all its endpoints one port).
+fn service_yaml(ns: &str, name: &str, ip: &str, endpoints: &[(SocketAddr, Cond)]) -> String {
+    let mut out = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  clusterIP: {ip}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n"
+    );
+    for (i, (addr, cond)) in endpoints.iter().enumerate() {
+        let conditions = match cond {
+            Cond::Ready => "{ready: true, serving: true, terminating: false}",
+            Cond::NotReady => "{ready: false, serving: false, terminating: false}",
+            Cond::Terminating => "{ready: false, serving: true, terminating: true}",
+        };
+        out.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-{i}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints:\n  - addresses: [\"{ip}\"]\n    conditions: {conditions}\n",
+            port = addr.port(),
+            ip = addr.ip(),
+        ));
+    }
+    out
+}
+
+fn ready(backends: &[&Backend]) -> Vec<(SocketAddr, Cond)> {
+    backends.iter().map(|b| (b.addr, Cond::Ready)).collect()
+}
+
+/// Writes a file atomically (rename), so the watcher never reads half a file.
+fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sb}
+spec: {controllerName: switchboard.dev/gateway}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  gatewayClassName: sb
+  listeners: [{name: web, protocol: HTTP, port: 80}]
+";
+
+// ---------------------------------------------------------------- clients
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+struct Answer {
+    status: u16,
+    headers: hyper::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn backend(&self) -> &str {
+        self.headers
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn request(
+    c: &HttpClient,
+    method: &str,
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Answer, String> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{proxy}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+        .await
+        .map_err(|_| format!("{method} {host}{path}: timed out"))?
+        .map_err(|e| format!("{method} {host}{path}: {e}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{method} {host}{path}: body: {e}"))?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+async fn get(c: &HttpClient, proxy: SocketAddr, host: &str, path: &str) -> Answer {
+    request(c, "GET", proxy, host, path, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Polls until `pred` holds for a GET, returning that answer.
+async fn wait_get(
+    sb: &Switchboard,
+    c: &HttpClient,
+    host: &str,
+    path: &str,
+    what: &str,
+    pred: impl Fn(&Answer) -> bool,
+) -> Answer {
+    let proxy = sb.listener("http");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let a = request(c, "GET", proxy, host, path, &[]).await;
+        match a {
+            Ok(a) if pred(&a) => return a,
+            other => {
+                if Instant::now() > deadline {
+                    let last = match other {
+                        Ok(a) => format!("{} {} {}", a.status, a.backend(), a.body),
+                        Err(e) => e,
+                    };
+                    panic!(
+                        "GET {host}{path}: never {what}; last: {last}\n--- log:\n{}",
+                        sb.log()
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Switchboard {
+    let mut args = vec![
+        "--manifests",
+        dir.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    Switchboard::start_with_env(
+        &args,
+        &[(
+            "RUST_LOG",
+            "info,access=warn,controller=debug,kube=warn,hyper=warn",
+        )],
+    )
+}
+
+// ---------------------------------------------------------------- Ingress
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_routing_404_503_and_readiness() {
+    let web1 = Backend::start("web1").await;
+    let web2 = Backend::start("web2").await;
+    let web_unready = Backend::start("web-unready").await;
+    let api = Backend::start("api").await;
+    let wild = Backend::start("wild").await;
+    let dflt = Backend::start("default").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "web.yaml",
+        &service_yaml(
+            "default",
+            "web",
+            "10.96.0.1",
+            &[
+                (web1.addr, Cond::Ready),
+                (web2.addr, Cond::Ready),
+                (web_unready.addr, Cond::NotReady),
+            ],
+        ),
+    );
+    write(
+        d,
+        "api.yaml",
+        &service_yaml("default", "api", "10.96.0.2", &ready(&[&api])),
+    );
+    write(
+        d,
+        "wild.yaml",
+        &service_yaml("default", "wild", "10.96.0.3", &ready(&[&wild])),
+    );
+    write(
+        d,
+        "empty.yaml",
+        &service_yaml(
+            "default",
+            "empty",
+            "10.96.0.4",
+            &[(web_unready.addr, Cond::NotReady)],
+        ),
+    );
+    write(
+        d,
+        "ingress.yaml",
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: site, namespace: default}
+spec:
+  ingressClassName: switchboard
+  rules:
+    - host: a.test
+      http:
+        paths:
+          - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
+          - {path: /api, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+          - {path: /exact, pathType: Exact, backend: {service: {name: api, port: {number: 80}}}}
+          - {path: /down, pathType: ImplementationSpecific, backend: {service: {name: empty, port: {number: 80}}}}
+          - {path: /missing, pathType: Prefix, backend: {service: {name: nope, port: {number: 80}}}}
+    - host: '*.b.test'
+      http:
+        paths:
+          - {path: /, pathType: Prefix, backend: {service: {name: wild, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: other-class, namespace: default}
+spec:
+  ingressClassName: nginx
+  rules:
+    - host: c.test
+      http:
+        paths:
+          - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+",
+    );
+    let sb = start(d, &[]);
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "a.test", "/", "served by web", |a| a.status == 200).await;
+
+    // Host and path routing, element-wise prefixes, Exact, port by name and number.
+    let cases = [
+        ("a.test", "/", 200, "web"),
+        ("A.TEST:80", "/index.html", 200, "web"),
+        ("a.test", "/api", 200, "api"),
+        ("a.test", "/api/v1/x", 200, "api"),
+        ("a.test", "/apix", 200, "web"),
+        ("a.test", "/exact", 200, "api"),
+        ("a.test", "/exact/more", 200, "web"),
+        ("x.b.test", "/", 200, "wild"),
+        ("y.x.b.test", "/", 404, "-"),
+        ("b.test", "/", 404, "-"),
+        ("c.test", "/", 404, "-"),
+        ("nothing.test", "/", 404, "-"),
+    ];
+    for (host, path, status, backend) in cases {
+        let a = get(&c, proxy, host, path).await;
+        assert_eq!(a.status, status, "{host}{path}: {}", a.body);
+        assert!(
+            a.backend().starts_with(backend),
+            "{host}{path} went to {}",
+            a.backend()
+        );
+    }
+    let a = get(&c, proxy, "nothing.test", "/x").await;
+    assert!(a.body.contains("no route"), "{}", a.body);
+    // No ready endpoint: 503 with a clear body; a missing service too.
+    let a = get(&c, proxy, "a.test", "/down").await;
+    assert_eq!(a.status, 503);
+    assert!(
+        a.body.contains("default/empty") && a.body.contains("no ready endpoints"),
+        "{}",
+        a.body
+    );
+    let a = get(&c, proxy, "a.test", "/missing").await;
+    assert_eq!(a.status, 503);
+    assert!(a.body.contains("default/nope"), "{}", a.body);
+
+    // Not-ready endpoints never get traffic; both ready ones do.
+    for _ in 0..60 {
+        assert_eq!(get(&c, proxy, "a.test", "/").await.status, 200);
+    }
+    assert_eq!(web_unready.hits(), 0);
+    assert!(web1.hits() + web2.hits() > 60);
+
+    // Forwarding headers and a request id reach the backend.
+    let a = get(&c, proxy, "a.test", "/hdr").await;
+    assert_eq!(a.header("x-echo-x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(a.header("x-echo-x-forwarded-proto"), Some("http"));
+    assert_eq!(a.header("x-echo-x-forwarded-host"), Some("a.test"));
+    assert!(a
+        .header("x-echo-forwarded")
+        .unwrap()
+        .contains("for=127.0.0.1"));
+    let id = a
+        .header("x-request-id")
+        .expect("request id in the response");
+    assert_eq!(a.header("x-echo-x-request-id"), Some(id));
+
+    // When no endpoint is ready, serving+terminating ones take the traffic (rolling update).
+    write(
+        d,
+        "web.yaml",
+        &service_yaml(
+            "default",
+            "web",
+            "10.96.0.1",
+            &[
+                (web1.addr, Cond::Terminating),
+                (web_unready.addr, Cond::NotReady),
+            ],
+        ),
+    );
+    wait_get(&sb, &c, "a.test", "/", "only web1", |a| {
+        a.backend() == "web1"
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(&c, proxy, "a.test", "/").await.backend(), "web1");
+    }
+
+    // defaultBackend takes what no rule matches.
+    dflt.status.store(200, Ordering::SeqCst);
+    write(
+        d,
+        "default.yaml",
+        &service_yaml("default", "dflt", "10.96.0.5", &ready(&[&dflt])),
+    );
+    write(
+        d,
+        "ingress-default.yaml",
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: zz-default, namespace: default}
+spec:
+  ingressClassName: switchboard
+  defaultBackend: {service: {name: dflt, port: {number: 80}}}
+",
+    );
+    wait_get(&sb, &c, "nothing.test", "/", "default backend", |a| {
+        a.backend() == "default"
+    })
+    .await;
+    assert_eq!(get(&c, proxy, "a.test", "/api").await.backend(), "api");
+}
+
+// ---------------------------------------------------------------- HTTPRoute
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_matches_filters_and_weights() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let admin = Backend::start("admin").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "gw.yaml", GATEWAY);
+    write(
+        d,
+        "stable.yaml",
+        &service_yaml("default", "stable", "10.96.1.1", &ready(&[&stable])),
+    );
+    write(
+        d,
+        "canary.yaml",
+        &service_yaml("default", "canary", "10.96.1.2", &ready(&[&canary])),
+    );
+    write(
+        d,
+        "admin.yaml",
+        &service_yaml("default", "admin", "10.96.1.3", &ready(&[&admin])),
+    );
+    write(
+        d,
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: web}]
+  hostnames: [shop.test, '*.shop.test']
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /}}]
+      backendRefs:
+        - {name: stable, port: 80, weight: 80}
+        - {name: canary, port: 80, weight: 20}
+    - matches: [{path: {type: PathPrefix, value: /}, headers: [{name: X-Canary, value: 'yes'}]}]
+      backendRefs: [{name: canary, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /}, queryParams: [{name: beta, value: '1'}]}]
+      backendRefs: [{name: canary, port: 80}]
+    - matches: [{path: {type: Exact, value: /admin}, method: POST}]
+      backendRefs: [{name: admin, port: 80}]
+    - matches: [{path: {type: RegularExpression, value: '/v[0-9]+/.*'}}]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier:
+            set: [{name: X-Version, value: versioned}]
+            remove: [X-Remove-Me]
+        - type: ResponseHeaderModifier
+          responseHeaderModifier:
+            add: [{name: X-Served-By, value: switchboard}]
+      backendRefs: [{name: admin, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /old}}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: {scheme: https, hostname: new.test, statusCode: 301}
+    - matches: [{path: {type: PathPrefix, value: /slow}}]
+      timeouts: {backendRequest: 300ms}
+      backendRefs: [{name: admin, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /prefix}}]
+      filters:
+        - type: URLRewrite
+          urlRewrite: {hostname: inner.test, path: {type: ReplacePrefixMatch, replacePrefixMatch: /inner}}
+      backendRefs: [{name: admin, port: 80}]
+",
+    );
+    let sb = start(d, &[]);
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "shop.test", "/", "served", |a| a.status == 200).await;
+
+    // Header, query and method matches outrank the plain rule.
+    for _ in 0..10 {
+        let a = request(&c, "GET", proxy, "shop.test", "/", &[("x-canary", "yes")])
+            .await
+            .unwrap();
+        assert_eq!(a.backend(), "canary");
+        assert_eq!(
+            get(&c, proxy, "a.shop.test", "/p?x=2&beta=1")
+                .await
+                .backend(),
+            "canary"
+        );
+    }
+    let a = request(&c, "POST", proxy, "shop.test", "/admin", &[])
+        .await
+        .unwrap();
+    assert_eq!(a.backend(), "admin");
+    let a = get(&c, proxy, "shop.test", "/admin").await;
+    assert_ne!(a.backend(), "admin", "GET /admin is not the POST rule");
+    assert_eq!(get(&c, proxy, "other.test", "/").await.status, 404);
+
+    // Filters.
+    let a = request(
+        &c,
+        "GET",
+        proxy,
+        "shop.test",
+        "/v2/items",
+        &[("x-remove-me", "1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.backend(), "admin");
+    assert_eq!(a.header("x-echo-x-version"), Some("versioned"));
+    assert_eq!(a.header("x-echo-x-remove-me"), None);
+    assert_eq!(a.header("x-served-by"), Some("switchboard"));
+    let a = get(&c, proxy, "shop.test:8080", "/old/page?q=1").await;
+    assert_eq!(a.status, 301);
+    assert_eq!(a.header("location"), Some("https://new.test/old/page?q=1"));
+    let a = get(&c, proxy, "shop.test", "/prefix/deep?z=1").await;
+    assert_eq!(a.body, "admin /inner/deep?z=1\n");
+    assert_eq!(a.header("x-echo-host"), Some("inner.test"));
+
+    // timeouts.backendRequest: a slow answer becomes 504; a quick one passes.
+    let a = request(
+        &c,
+        "GET",
+        proxy,
+        "shop.test",
+        "/slow",
+        &[("x-delay-ms", "3000")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 504, "{}", a.body);
+    let a = request(
+        &c,
+        "GET",
+        proxy,
+        "shop.test",
+        "/slow",
+        &[("x-delay-ms", "10")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200);
+
+    // Weights 80/20: 500 requests, canary share within ±5 standard deviations (sd ≈ 9).
+    let before = canary.hits();
+    let n = 500;
+    for _ in 0..n {
+        assert_eq!(get(&c, proxy, "shop.test", "/w").await.status, 200);
+    }
+    let canary_share = canary.hits() - before;
+    assert!(
+        (55..=145).contains(&canary_share),
+        "canary got {canary_share} of {n}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hashing_chosen_by_service_annotation() {
+    let pods = [
+        Backend::start("p0").await,
+        Backend::start("p1").await,
+        Backend::start("p2").await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "svc.yaml",
+        &service_yaml("default", "sticky", "10.96.8.1", &ready(&pods.iter().collect::<Vec<_>>()))
+            .replace(
+                "metadata: {name: sticky, namespace: default}",
+                "metadata:\n  name: sticky\n  namespace: default\n  annotations: {switchboard.dev/lb-algorithm: 'maglev:header:x-user'}",
+            ),
+    );
+    write(d, "ing.yaml", &simple_ingress("sticky.test", "sticky"));
+    let sb = start(d, &[]);
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "sticky.test", "/", "served", |x| x.status == 200).await;
+    let mut owners = std::collections::BTreeSet::new();
+    for user in 0..30 {
+        let user = format!("user{user}");
+        let first = request(&c, "GET", proxy, "sticky.test", "/", &[("x-user", &user)])
+            .await
+            .unwrap()
+            .backend()
+            .to_string();
+        for _ in 0..5 {
+            let a = request(&c, "GET", proxy, "sticky.test", "/", &[("x-user", &user)])
+                .await
+                .unwrap();
+            assert_eq!(a.backend(), first, "{user} moved");
+        }
+        owners.insert(first);
+    }
+    assert_eq!(
+        owners.len(),
+        3,
+        "30 users spread over every pod: {owners:?}"
+    );
+}
+
+// ---------------------------------------------------------------- retries and ejection
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_is_retried_on_another_endpoint() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let down = closed_port().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "svc.yaml",
+        &service_yaml(
+            "default",
+            "web",
+            "10.96.2.1",
+            &[
+                (a.addr, Cond::Ready),
+                (down, Cond::Ready),
+                (b.addr, Cond::Ready),
+            ],
+        ),
+    );
+    write(
+        d,
+        "ing.yaml",
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: r, namespace: default}
+spec:
+  ingressClassName: switchboard
+  rules:
+    - host: r.test
+      http:
+        paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]
+",
+    );
+    // Round robin, so the dead endpoint is certainly picked, and ejection off the table for
+    // long enough that it keeps being tried.
+    let sb = start(d, &["--lb-algorithm", "round-robin"]);
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "r.test", "/", "served", |a| a.status == 200).await;
+    let mut errors = Vec::new();
+    for i in 0..300 {
+        // Fresh connections too: half the requests on a new client.
+        let fresh;
+        let cl = if i % 2 == 0 {
+            fresh = client();
+            &fresh
+        } else {
+            &c
+        };
+        match request(cl, "GET", proxy, "r.test", "/", &[]).await {
+            Ok(a) if a.status == 200 => {}
+            Ok(a) => errors.push(format!("{} {}", a.status, a.body)),
+            Err(e) => errors.push(e),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "client-visible errors: {errors:?}\n{}",
+        sb.log()
+    );
+    assert!(a.hits() > 50 && b.hits() > 50);
+    let connect_errors = sb
+        .metric("switchboard_http_upstream_connect_errors_total{service=\"default/web:80\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(connect_errors >= 1.0, "the dead endpoint was tried");
+    assert!(
+        sb.metric("switchboard_http_retries_total{reason=\"connect\",service=\"default/web:80\"}")
+            .await
+            >= Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_are_retried_on_503_within_budget() {
+    let good = Backend::start("good").await;
+    let busy = Backend::start("busy").await;
+    busy.status.store(503, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "svc.yaml",
+        &service_yaml("default", "web", "10.96.9.1", &ready(&[&good, &busy])),
+    );
+    write(d, "ing.yaml", &simple_ingress("b.test", "web"));
+    // Ejection off the table (one very long threshold is not configurable, so a short
+    // ejection that re-admits quickly keeps the 503 endpoint in play).
+    let sb = start(
+        d,
+        &[
+            "--lb-algorithm",
+            "round-robin",
+            "--outlier-ejection-ms",
+            "1",
+        ],
+    );
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "b.test", "/", "served", |x| x.status == 200).await;
+    // A few GETs: each one that meets the 503 endpoint goes on to the good one, so the client
+    // sees only 200 (a handful, well within the budget's floor of 10 retries).
+    for _ in 0..8 {
+        let a = get(&c, proxy, "b.test", "/").await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.backend(), "good");
+    }
+    assert!(busy.hits() >= 1, "the 503 endpoint was tried");
+    assert!(
+        sb.metric("switchboard_http_retries_total{reason=\"status\",service=\"default/web:80\"}")
+            .await
+            >= Some(1.0)
+    );
+    // POST is not idempotent: its 503 reaches the client.
+    let mut saw_503 = false;
+    for _ in 0..6 {
+        let a = request(&c, "POST", proxy, "b.test", "/", &[])
+            .await
+            .unwrap();
+        saw_503 |= a.status == 503;
+    }
+    assert!(saw_503, "a POST met the 503 endpoint and was not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_endpoint_is_ejected_and_readmitted() {
+    let good1 = Backend::start("good1").await;
+    let good2 = Backend::start("good2").await;
+    let bad = Backend::start("bad").await;
+    bad.status.store(500, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "svc.yaml",
+        &service_yaml(
+            "default",
+            "web",
+            "10.96.3.1",
+            &ready(&[&good1, &good2, &bad]),
+        ),
+    );
+    write(
+        d,
+        "ing.yaml",
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: e, namespace: default}
+spec:
+  ingressClassName: switchboard
+  rules:
+    - host: e.test
+      http:
+        paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]
+",
+    );
+    let ejection = Duration::from_secs(3);
+    let sb = start(
+        d,
+        &[
+            "--lb-algorithm",
+            "round-robin",
+            "--outlier-ejection-ms",
+            "3000",
+        ],
+    );
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "e.test", "/", "served", |a| a.status == 200).await;
+    // POST is not retried, so the 500s reach the client and count toward ejection.
+    let series = "switchboard_http_ejections_total{service=\"default/web:80\"}";
+    let mut sent = 0;
+    while sb.metric(series).await.unwrap_or(0.0) < 1.0 {
+        sent += 1;
+        assert!(
+            sent < 200,
+            "never ejected after {sent} requests:\n{}",
+            sb.log()
+        );
+        let _ = request(&c, "POST", proxy, "e.test", "/", &[])
+            .await
+            .unwrap();
+    }
+    // Ejected: the next requests avoid it (checked only if they ran within the ejection time).
+    let t = Instant::now();
+    let before = bad.hits();
+    for _ in 0..30 {
+        assert_eq!(get(&c, proxy, "e.test", "/").await.status, 200);
+    }
+    if t.elapsed() < ejection {
+        assert_eq!(bad.hits(), before, "an ejected endpoint got requests");
+    }
+    // Healthy again: re-admitted once the ejection ends.
+    bad.status.store(200, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bad.hits() == before {
+        assert!(
+            Instant::now() < deadline,
+            "never re-admitted:\n{}",
+            sb.log()
+        );
+        assert_eq!(get(&c, proxy, "e.test", "/").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------- protocols
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn simple_ingress(host: &str, service: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: {service}, namespace: default}}
+spec:
+  ingressClassName: switchboard
+  rules:
+    - host: {host}
+      http:
+        paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: {service}, port: {{number: 80}}}}}}}}]
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_and_tls_with_two_sni_names() {
+    let a = Backend::start("site-a").await;
+    let b = Backend::start("site-b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "a.yaml",
+        &service_yaml("default", "site-a", "10.96.4.1", &ready(&[&a])),
+    );
+    write(
+        d,
+        "b.yaml",
+        &service_yaml("default", "site-b", "10.96.4.2", &ready(&[&b])),
+    );
+    write(d, "ia.yaml", &simple_ingress("a.test", "site-a"));
+    write(d, "ib.yaml", &simple_ingress("b.test", "site-b"));
+    // Two certificates, each trusted on its own by the client: the wrong one fails verification.
+    let certs = tempfile::tempdir().unwrap();
+    for name in ["a.test", "b.test"] {
+        let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        let sub = certs.path().join(name);
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("tls.crt"), ck.cert.pem()).unwrap();
+        std::fs::write(sub.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+    }
+    let sb = start(
+        d,
+        &[
+            "--https",
+            "127.0.0.1:0",
+            "--tls-cert-dir",
+            certs.path().to_str().unwrap(),
+        ],
+    );
+    let c = client();
+    wait_get(&sb, &c, "a.test", "/", "served", |x| x.status == 200).await;
+    wait_get(&sb, &c, "b.test", "/", "served", |x| x.status == 200).await;
+
+    let http = sb.listener("http");
+    let (ok, out) = curl(&[
+        "--http2-prior-knowledge",
+        "-w",
+        " %{http_version}",
+        "-H",
+        "Host: a.test",
+        &format!("http://{http}/h2c"),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(out, "site-a /h2c\n 2");
+
+    let https = sb.listener("https");
+    for (name, site) in [("a.test", "site-a"), ("b.test", "site-b")] {
+        let ca = certs.path().join(name).join("tls.crt");
+        for proto in ["--http1.1", "--http2"] {
+            let (ok, out) = curl(&[
+                proto,
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--resolve",
+                &format!("{name}:{}:127.0.0.1", https.port()),
+                "-w",
+                " %{http_version}",
+                &format!("https://{name}:{}/tls", https.port()),
+            ]);
+            assert!(ok, "{name} {proto}: {out}");
+            let version = if proto == "--http2" { "2" } else { "1.1" };
+            assert_eq!(out, format!("{site} /tls\n {version}"));
+        }
+    }
+    // The other name's certificate does not verify for a.test: SNI chose a.test's.
+    let (ok, _) = curl(&[
+        "--cacert",
+        certs.path().join("b.test/tls.crt").to_str().unwrap(),
+        "--resolve",
+        &format!("a.test:{}:127.0.0.1", https.port()),
+        &format!("https://a.test:{}/", https.port()),
+    ]);
+    assert!(!ok, "a.test must not be served with b.test's certificate");
+    // X-Forwarded-Proto says https.
+    let (ok, out) = curl(&[
+        "-i",
+        "--cacert",
+        certs.path().join("a.test/tls.crt").to_str().unwrap(),
+        "--resolve",
+        &format!("a.test:{}:127.0.0.1", https.port()),
+        &format!("https://a.test:{}/", https.port()),
+    ]);
+    assert!(
+        ok && out
+            .to_ascii_lowercase()
+            .contains("x-echo-x-forwarded-proto: https"),
+        "{out}"
+    );
+}
+
+/// Reads an HTTP/1.1 response head from a raw stream.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut byte))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert!(
+            n == 1,
+            "connection closed in the response head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_survives_100_table_swaps() {
+    let ws = Backend::start("ws").await;
+    let extra = Backend::start("extra").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "ws.yaml",
+        &service_yaml("default", "ws", "10.96.5.1", &ready(&[&ws])),
+    );
+    write(d, "ing.yaml", &simple_ingress("ws.test", "ws"));
+    let sb = start(d, &[]);
+    let c = client();
+    wait_get(&sb, &c, "ws.test", "/", "served", |x| x.status == 200).await;
+
+    let mut s = TcpStream::connect(sb.listener("http")).await.unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    let generation = || async {
+        sb.metric("switchboard_snapshot_generation")
+            .await
+            .unwrap_or(0.0)
+    };
+    for i in 0..100 {
+        // Swap the tables: the websocket's own service gains and loses an endpoint, and the
+        // Ingress changes, every round.
+        let g = generation().await;
+        let eps = if i % 2 == 0 {
+            ready(&[&ws, &extra])
+        } else {
+            ready(&[&ws])
+        };
+        write(
+            d,
+            "ws.yaml",
+            &service_yaml("default", "ws", "10.96.5.1", &eps),
+        );
+        write(
+            d,
+            "ing.yaml",
+            &simple_ingress("ws.test", "ws").replace("path: /,", &format!("path: /r{i},")),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while generation().await <= g {
+            assert!(
+                Instant::now() < deadline,
+                "no new generation:\n{}",
+                sb.log()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let msg = format!("message {i}");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+            .await
+            .expect("echo in time")
+            .unwrap_or_else(|e| panic!("round {i}: {e}\n{}", sb.log()));
+        assert_eq!(String::from_utf8(buf).unwrap(), msg);
+    }
+}
+
+// ---------------------------------------------------------------- rolling update
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_replacement_under_load_fails_no_request() {
+    let mut pods: Vec<Backend> = Vec::new();
+    for i in 0..3 {
+        pods.push(Backend::start(&format!("old{i}")).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let svc = |eps: &[(SocketAddr, Cond)]| service_yaml("default", "web", "10.96.6.1", eps);
+    write(
+        d,
+        "svc.yaml",
+        &svc(&ready(&pods.iter().collect::<Vec<_>>())),
+    );
+    write(d, "ing.yaml", &simple_ingress("roll.test", "web"));
+    let sb = start(d, &[]);
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "roll.test", "/", "served", |x| x.status == 200).await;
+
+    // Load: 4 clients, each a bounded loop of GETs (some slow) until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let served = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
+    let mut load = Vec::new();
+    for w in 0..4 {
+        let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            for i in 0..20_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let delay = if (i + w) % 10 == 0 { "30" } else { "0" };
+                match request(&c, "GET", proxy, "roll.test", "/", &[("x-delay-ms", delay)]).await {
+                    Ok(a) if a.status == 200 => {
+                        *served
+                            .lock()
+                            .unwrap()
+                            .entry(a.backend().to_string())
+                            .or_default() += 1;
+                    }
+                    Ok(a) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {}", a.status, a.body)),
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+            }
+        }));
+    }
+
+    // Replace every pod, one at a time, as a Deployment's rolling update does: start the new
+    // pod, add it ready, mark the old one terminating, remove it, then stop it.
+    let mut current: Vec<Backend> = pods;
+    for i in 0..3 {
+        let new = Backend::start(&format!("new{i}")).await;
+        let mut eps: Vec<(SocketAddr, Cond)> =
+            current.iter().map(|b| (b.addr, Cond::Ready)).collect();
+        eps.push((new.addr, Cond::Ready));
+        write(d, "svc.yaml", &svc(&eps));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while new.hits() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "new pod never served:\n{}",
+                sb.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let old = current.remove(0);
+        let mut eps: Vec<(SocketAddr, Cond)> = vec![(old.addr, Cond::Terminating)];
+        eps.extend(current.iter().map(|b| (b.addr, Cond::Ready)));
+        eps.push((new.addr, Cond::Ready));
+        write(d, "svc.yaml", &svc(&eps));
+        let old_ep = format!("endpoint {} ready", old.addr);
+        sb.wait_tables("old pod terminating", |t| !t.contains(&old_ep))
+            .await;
+        current.push(new);
+        write(
+            d,
+            "svc.yaml",
+            &svc(&current
+                .iter()
+                .map(|b| (b.addr, Cond::Ready))
+                .collect::<Vec<_>>()),
+        );
+        let gone = format!("endpoint {} ", old.addr);
+        sb.wait_tables("old pod removed", |t| !t.contains(&gone))
+            .await;
+        // The pod gets SIGTERM: it finishes what it has and closes its connections.
+        old.stop();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while old.in_flight.load(Ordering::SeqCst) > 0 {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Let the load run against the new set for a moment.
+        let seen = current.last().unwrap().hits();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while current.last().unwrap().hits() < seen + 50 {
+            assert!(
+                Instant::now() < deadline,
+                "no load on the new pod:\n{}",
+                sb.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    let served = served.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}\nserved: {served:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    let total: u64 = served.values().sum();
+    assert!(total > 300, "load too small: {served:?}");
+    for b in &current {
+        assert!(served.get(&b.name).copied().unwrap_or(0) > 0, "{served:?}");
+    }
+}
+
+// ---------------------------------------------------------------- shutdown
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let slow = Backend::start("slow").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "svc.yaml",
+        &service_yaml("default", "slow", "10.96.7.1", &ready(&[&slow])),
+    );
+    write(d, "ing.yaml", &simple_ingress("slow.test", "slow"));
+    let mut sb = start(d, &[]);
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "slow.test", "/", "served", |x| x.status == 200).await;
+    let c2 = c.clone();
+    let inflight = tokio::spawn(async move {
+        request(
+            &c2,
+            "GET",
+            proxy,
+            "slow.test",
+            "/slow",
+            &[("x-delay-ms", "1500")],
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.in_flight.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let s = sb.terminate();
+        (s, sb)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{}", status.1.log());
+    let a = inflight
+        .await
+        .unwrap()
+        .expect("the in-flight request finished");
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body, "slow /slow\n");
+}

@@ -1,0 +1,134 @@
+//! The cost of an nftables update at 10,000 services (root only): switchboard in a node
+//! namespace with 10,000 ClusterIP services, then one service changes. The update rewrites only
+//! the changed map element, in one transaction; its time is read from
+//! `switchboard_l4_sync_duration_seconds`.
+
+mod netns;
+
+use std::time::{Duration, Instant};
+
+use netns::*;
+
+const SERVICES: usize = 10_000;
+
+fn sync_stats(node: &Node, ns: &Netns) -> (f64, f64) {
+    (
+        node.metric(Some(ns), "switchboard_l4_sync_duration_seconds_sum"),
+        node.metric(Some(ns), "switchboard_l4_sync_duration_seconds_count"),
+    )
+}
+
+#[test]
+fn one_service_update_at_10k_services_is_fast() {
+    if skip_unless_root("one_service_update_at_10k_services_is_fast") {
+        return;
+    }
+    let ns = Netns::new("scale");
+    let dir = tempfile::tempdir().unwrap();
+    for file in 0..10 {
+        let mut text = String::new();
+        for i in file * SERVICES / 10..(file + 1) * SERVICES / 10 {
+            let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+            let ep = format!("10.244.{}.{}", i / 250, i % 250 + 1);
+            text.push_str(&service_yaml(
+                &format!("s{i}"),
+                &ip,
+                "",
+                &[],
+                &[("t", "TCP", 80, 8080, None)],
+                &[Ep::ready(ep)],
+            ));
+            text.push_str("---\n");
+        }
+        write_manifest(dir.path(), &format!("bulk{file}.yaml"), &text);
+    }
+    let probe = |eps: &[Ep]| {
+        service_yaml(
+            "probe",
+            "10.97.0.1",
+            "",
+            &[],
+            &[("t", "TCP", 80, 8080, None)],
+            eps,
+        )
+    };
+    write_manifest(dir.path(), "probe.yaml", &probe(&[]));
+    let start = Instant::now();
+    let node = Node::start(
+        Some(&ns),
+        &[
+            "--manifests",
+            dir.path().to_str().unwrap(),
+            "--l4",
+            "nftables",
+        ],
+    );
+    // Polling the metric, not /debug/tables: a 10k-service dump per poll would dominate.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while node.metric(Some(&ns), "switchboard_l4_frontends") < (SERVICES + 1) as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "10k services never programmed:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (sum0, count0) = sync_stats(&node, &ns);
+    eprintln!(
+        "10k services: up and programmed in {:?}; {count0} syncs took {sum0:.3}s in all",
+        start.elapsed()
+    );
+
+    let mut worst = 0.0f64;
+    for round in 0..5 {
+        let (sum, count) = sync_stats(&node, &ns);
+        let eps: Vec<Ep> = if round % 2 == 0 {
+            vec![Ep::ready("10.244.200.1")]
+        } else {
+            vec![]
+        };
+        write_manifest(dir.path(), "probe.yaml", &probe(&eps));
+        let want = if round % 2 == 0 {
+            "jump tcp-redirect"
+        } else {
+            "jump no-endpoints"
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (ok, out) = ns.try_exec(&[
+                "nft",
+                "get",
+                "element",
+                "inet",
+                "switchboard",
+                "services4",
+                "{ 10.97.0.1 . tcp . 80 }",
+            ]);
+            if ok && out.contains(want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "probe never became {want}: {out}\n{}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let (sum1, count1) = sync_stats(&node, &ns);
+        let per = (sum1 - sum) / (count1 - count).max(1.0);
+        eprintln!(
+            "round {round}: {} sync(s), {:.1} ms each",
+            count1 - count,
+            per * 1000.0
+        );
+        worst = worst.max(per);
+    }
+    assert!(
+        // Release builds on an idle machine take a fraction of this; the bound leaves room
+        // for a debug build sharing two cores with the rest of the test suite.
+        worst < 0.25,
+        "a one-service update took {:.1} ms",
+        worst * 1000.0
+    );
+}
