@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the data plane.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run the bundled example cluster: stand-in pods for every endpoint, and `run` on the
     /// directory with DNS on 127.0.0.1:5353, HTTP on 127.0.0.1:8088, admin on 127.0.0.1:9153.
     Demo {
@@ -74,7 +74,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => Config::resolve(args).and_then(|cfg| {
+        Command::Run(args) => Config::resolve(*args).and_then(|cfg| {
             init_logging(&cfg.log);
             runtime()?.block_on(switchboard::run::run(cfg))
         }),

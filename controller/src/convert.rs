@@ -82,6 +82,13 @@ fn our_annotations(meta: &ObjectMeta) -> BTreeMap<String, String> {
         .collect()
 }
 
+fn created(meta: &ObjectMeta) -> Option<String> {
+    meta.creation_timestamp
+        .as_ref()
+        .and_then(|t| serde_json::to_value(t).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
+}
+
 fn ip(field: &str, s: &str) -> Result<IpAddr> {
     s.parse()
         .map_err(|_| err(field, format!("{s:?} is not an IP address")))
@@ -433,6 +440,7 @@ pub fn ingress(ing: &networking::Ingress, default_namespace: &str) -> Result<m::
         rules,
         tls,
         annotations: our_annotations(&ing.metadata),
+        created: created(&ing.metadata),
     })
 }
 
@@ -691,7 +699,7 @@ pub fn http_route(r: &gw::HttpRoute, default_namespace: &str) -> Result<m::HttpR
             let bf = f(&format!("backendRefs[{j}]"));
             let group = b.group.as_deref().unwrap_or("");
             let kind = b.kind.as_deref().unwrap_or("Service");
-            let unsupported_kind = (group != "" || kind != "Service").then(|| {
+            let unsupported_kind = (!group.is_empty() || kind != "Service").then(|| {
                 if group.is_empty() {
                     kind.to_string()
                 } else {
@@ -731,6 +739,8 @@ pub fn http_route(r: &gw::HttpRoute, default_namespace: &str) -> Result<m::HttpR
         });
     }
     Ok(m::HttpRoute {
+        annotations: our_annotations(&r.metadata),
+        created: created(&r.metadata),
         namespace,
         name,
         parent_refs,

@@ -10,6 +10,9 @@
 //! file held before. Errors carry the path, the document, the object and the line/column or the
 //! field at fault.
 
+// A rejected file is rare and reported once; boxing its error would only add noise.
+#![allow(clippy::result_large_err)]
+
 use std::fmt;
 use std::path::Path;
 
@@ -103,7 +106,7 @@ impl Doc<'_> {
     /// Deserializes with the field path and position of any error.
     fn typed<T: DeserializeOwned>(
         &self,
-    ) -> Result<T, (Option<String>, Option<(usize, usize)>, String)> {
+    ) -> Result<T, TypedErr> {
         match self {
             Doc::Yaml(text) => {
                 let de = serde_yaml::Deserializer::from_str(text);

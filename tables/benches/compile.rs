@@ -180,7 +180,7 @@ fn memory_report(spec: &SynthSpec) {
 
 fn size_name(spec: &SynthSpec) -> String {
     let k = |n: usize| {
-        if n >= 1000 && n % 1000 == 0 {
+        if n >= 1000 && n.is_multiple_of(1000) {
             format!("{}k", n / 1000)
         } else {
             n.to_string()

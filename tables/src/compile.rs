@@ -326,6 +326,8 @@ pub fn compile_http<'a>(
             ));
             continue;
         }
+        let lb: Option<Arc<str>> = ing.annotations.get("switchboard.dev/lb-algorithm").map(|v| v.as_str().into());
+        let created: Option<Arc<str>> = ing.created.as_deref().map(Arc::from);
         let backend = |b: &IngressBackend| HttpBackend {
             service: ServiceKey::new(&ing.namespace, &b.service),
             port: Some(b.port.clone()),
@@ -357,6 +359,8 @@ pub fn compile_http<'a>(
                     backend_request_timeout_ms: None,
                     attachments: vec![],
                     is_default: false,
+                    lb_algorithm: lb.clone(),
+                    created: created.clone(),
                 });
                 index += 1;
             }
@@ -373,6 +377,8 @@ pub fn compile_http<'a>(
                 backend_request_timeout_ms: None,
                 attachments: vec![],
                 is_default: true,
+                lb_algorithm: lb.clone(),
+                created: created.clone(),
             });
         }
     }
@@ -391,40 +397,56 @@ pub fn compile_http<'a>(
     for route in routes {
         let source = ObjectKey::new(Kind::HttpRoute, &route.namespace, &route.name);
         let mut attachments: Vec<Arc<str>> = Vec::new();
+        // Host names the route serves across its accepted listeners: `None` = any host.
+        let mut hosts: Option<BTreeSet<String>> = Some(BTreeSet::new());
+        let route_hosts: Vec<String> = route.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect();
         for parent in &route.parent_refs {
             let ns = parent.namespace.as_deref().unwrap_or(&route.namespace);
             let Some(gw) = our_gateways.get(&(ns, parent.name.as_str())) else {
                 continue;
             };
-            let listener_ok = gw.listeners.iter().any(|l| {
+            for l in gw.listeners.iter().filter(|l| {
                 parent.section_name.as_deref().is_none_or(|s| s == l.name)
                     && parent.port.is_none_or(|p| p == l.port)
-            });
-            if !listener_ok {
-                continue;
+                    && matches!(l.protocol.as_str(), "HTTP" | "HTTPS")
+            }) {
+                // The Gateway API's hostname intersection of listener and route.
+                let served: Option<Vec<String>> = match (&l.hostname, route_hosts.is_empty()) {
+                    (None, true) => None,
+                    (None, false) => Some(route_hosts.clone()),
+                    (Some(lh), true) => Some(vec![lh.to_ascii_lowercase()]),
+                    (Some(lh), false) => Some(intersect_hostnames(&lh.to_ascii_lowercase(), &route_hosts)),
+                };
+                if served.as_ref().is_some_and(|v| v.is_empty()) {
+                    continue; // no host in common: not attached to this listener
+                }
+                match (served, hosts.as_mut()) {
+                    (None, _) => hosts = None,
+                    (Some(v), Some(set)) => set.extend(v),
+                    (Some(_), None) => {}
+                }
+                attachments.push(format!("{}/{}/{}:{}", ns, parent.name, l.name, l.port).into());
             }
-            let mut a = format!("{}/{}", ns, parent.name);
-            if let Some(s) = &parent.section_name {
-                a.push('/');
-                a.push_str(s);
-            }
-            if let Some(p) = parent.port {
-                a.push_str(&format!(":{p}"));
-            }
-            attachments.push(a.into());
         }
         if attachments.is_empty() {
             table.ignored.push((
                 source,
-                "no parentRef names a Gateway of our GatewayClass".into(),
+                "no parentRef names an HTTP(S) listener of a Gateway of our GatewayClass with a hostname in common".into(),
             ));
             continue;
         }
+        attachments.sort();
+        attachments.dedup();
+        let hostnames: Vec<Arc<str>> = hosts
+            .map(|set| set.into_iter().map(|h| h.into()).collect())
+            .unwrap_or_default();
+        let lb: Option<Arc<str>> = route.annotations.get("switchboard.dev/lb-algorithm").map(|v| v.as_str().into());
+        let created: Option<Arc<str>> = route.created.as_deref().map(Arc::from);
         for (i, rule) in route.rules.iter().enumerate() {
             table.rules.push(HttpRule {
                 source: source.clone(),
                 rule_index: i,
-                hostnames: route.hostnames.iter().map(|h| lower(h)).collect(),
+                hostnames: hostnames.clone(),
                 matches: rule.matches.clone(),
                 filters: rule.filters.clone(),
                 backends: rule
@@ -444,8 +466,54 @@ pub fn compile_http<'a>(
                 backend_request_timeout_ms: rule.backend_request_timeout_ms,
                 attachments: attachments.clone(),
                 is_default: false,
+                lb_algorithm: lb.clone(),
+                created: created.clone(),
             });
         }
     }
     table
+}
+
+/// Hostnames of a route that a listener with hostname `listener` serves, per the Gateway API:
+/// exact names must match (or fall under a listener wildcard); a route wildcard matching the
+/// listener's name yields the listener's name; two wildcards yield the narrower one.
+pub fn intersect_hostnames(listener: &str, route: &[String]) -> Vec<String> {
+    fn covers(wild: &str, name: &str) -> bool {
+        // `*.example.com` covers `a.example.com` and `a.b.example.com`, not `example.com`.
+        wild.strip_prefix('*')
+            .is_some_and(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
+    }
+    let mut out = Vec::new();
+    for r in route {
+        let hit = if r == listener {
+            Some(r.clone())
+        } else if covers(listener, r) {
+            Some(r.clone())
+        } else if covers(r, listener) {
+            Some(listener.to_string())
+        } else {
+            None
+        };
+        if let Some(h) = hit {
+            if !out.contains(&h) {
+                out.push(h);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostname_intersection() {
+        let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(intersect_hostnames("a.example.com", &r(&["a.example.com", "b.example.com"])), r(&["a.example.com"]));
+        assert_eq!(intersect_hostnames("*.example.com", &r(&["a.example.com", "example.com", "x.org"])), r(&["a.example.com"]));
+        assert_eq!(intersect_hostnames("a.example.com", &r(&["*.example.com"])), r(&["a.example.com"]));
+        assert_eq!(intersect_hostnames("*.a.example.com", &r(&["*.example.com"])), r(&["*.a.example.com"]));
+        assert!(intersect_hostnames("a.example.com", &r(&["b.example.com"])).is_empty());
+    }
 }

@@ -217,6 +217,9 @@ pub fn dump(snap: &Snapshot) -> String {
         if !rule.filters.is_empty() {
             let _ = write!(out, " filters={:?}", rule.filters);
         }
+        if let Some(lb) = &rule.lb_algorithm {
+            let _ = write!(out, " lb={lb}");
+        }
         if let Some(t) = rule.request_timeout_ms {
             let _ = write!(out, " timeout={t}ms");
         }

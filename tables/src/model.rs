@@ -377,6 +377,8 @@ pub struct Ingress {
     pub tls: Vec<IngressTls>,
     /// Only annotations under `switchboard.dev/` are kept.
     pub annotations: BTreeMap<String, String>,
+    /// `metadata.creationTimestamp` (RFC 3339), for precedence ties.
+    pub created: Option<String>,
 }
 
 // ---- Gateway API (gateway.networking.k8s.io/v1) ----
@@ -503,6 +505,10 @@ pub struct HttpRouteRule {
 pub struct HttpRoute {
     pub namespace: String,
     pub name: String,
+    /// Only annotations under `switchboard.dev/` are kept.
+    pub annotations: BTreeMap<String, String>,
+    /// `metadata.creationTimestamp` (RFC 3339), for precedence ties.
+    pub created: Option<String>,
     pub parent_refs: Vec<ParentRef>,
     pub hostnames: Vec<String>,
     pub rules: Vec<HttpRouteRule>,

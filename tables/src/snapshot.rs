@@ -217,6 +217,10 @@ pub struct HttpRule {
     pub attachments: Vec<Arc<str>>,
     /// The Ingress `defaultBackend`: used only when no other rule matches.
     pub is_default: bool,
+    /// The source's `switchboard.dev/lb-algorithm` annotation, if any.
+    pub lb_algorithm: Option<Arc<str>>,
+    /// The source's `metadata.creationTimestamp` (RFC 3339): older wins precedence ties.
+    pub created: Option<Arc<str>>,
 }
 
 /// All HTTP rules of the Ingresses of our class and the HTTPRoutes attached to our Gateways.

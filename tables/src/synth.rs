@@ -47,7 +47,7 @@ impl SynthSpec {
     }
 
     pub fn is_headless(&self, i: usize) -> bool {
-        self.headless_every != 0 && i % self.headless_every == 0
+        self.headless_every != 0 && i.is_multiple_of(self.headless_every)
     }
 
     /// The ports of service `i`.

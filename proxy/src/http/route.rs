@@ -475,6 +475,8 @@ mod tests {
             request_timeout_ms: None,
             backend_request_timeout_ms: None,
             attachments: vec![],
+            lb_algorithm: None,
+            created: None,
             is_default: false,
         }
     }
