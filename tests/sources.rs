@@ -128,6 +128,36 @@ endpoints:
   conditions: {ready: true}
 ";
 
+const TLS: &str = "apiVersion: v1
+kind: Secret
+metadata: {name: demo-tls, namespace: default}
+type: kubernetes.io/tls
+data:
+  tls.crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJmYWtlCi0tLS0tRU5EIENFUlRJRklDQVRFLS0tLS0K
+  tls.key: LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCk1JSUVmYWtlCi0tLS0tRU5EIFBSSVZBVEUgS0VZLS0tLS0K
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: not-tls, namespace: default}
+type: Opaque
+data: {password: aHVudGVyMg==}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: secure, namespace: default}
+spec:
+  ingressClassName: switchboard
+  tls:
+  - hosts: [secure.local]
+    secretName: demo-tls
+  - hosts: [other.local]
+    secretName: absent-tls
+  rules:
+  - host: secure.local
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 8080}}}}]
+";
+
 /// The battery. `sb` must be running against `src`, which starts empty.
 async fn battery(src: &dyn Source, sb: &Switchboard) {
     let label = src.label();

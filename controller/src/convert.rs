@@ -42,6 +42,8 @@ pub enum ApiObject {
     HttpRoute(Box<gw::HttpRoute>),
     Gateway(Box<gw::Gateway>),
     GatewayClass(Box<gw::GatewayClass>),
+    /// Only `kubernetes.io/tls` Secrets are read (see `is_tls_secret`).
+    Secret(Box<core::Secret>),
 }
 
 /// Converts any supported object. `default_namespace` fills an absent `metadata.namespace`
@@ -56,6 +58,7 @@ pub fn convert(obj: &ApiObject, default_namespace: &str) -> Result<m::Object> {
         ApiObject::HttpRoute(o) => m::Object::HttpRoute(http_route(o, default_namespace)?),
         ApiObject::Gateway(o) => m::Object::Gateway(gateway(o, default_namespace)?),
         ApiObject::GatewayClass(o) => m::Object::GatewayClass(gateway_class(o)?),
+        ApiObject::Secret(o) => m::Object::Secret(tls_secret(o, default_namespace)?),
     })
 }
 
@@ -441,6 +444,49 @@ pub fn ingress(ing: &networking::Ingress, default_namespace: &str) -> Result<m::
         tls,
         annotations: our_annotations(&ing.metadata),
         created: created(&ing.metadata),
+    })
+}
+
+/// The Secret type switchboard reads; other Secrets are never converted (nor watched).
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+pub fn is_tls_secret(s: &core::Secret) -> bool {
+    s.type_.as_deref() == Some(TLS_SECRET_TYPE)
+}
+
+/// v1 Secret of type kubernetes.io/tls: `tls.crt` and `tls.key` (from `data`, or `stringData`
+/// in manifests), which must look like PEM.
+pub fn tls_secret(s: &core::Secret, default_namespace: &str) -> Result<m::TlsSecret> {
+    let (namespace, name) = meta(&s.metadata, default_namespace)?;
+    if !is_tls_secret(s) {
+        return Err(err(
+            "type",
+            format!("only {TLS_SECRET_TYPE} Secrets are read"),
+        ));
+    }
+    let field = |key: &str| -> Result<Vec<u8>> {
+        let bytes = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .or_else(|| {
+                s.string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|v| v.as_bytes().to_vec())
+            })
+            .ok_or_else(|| err(format!("data[{key:?}]"), "is required"))?;
+        if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            return Err(err(format!("data[{key:?}]"), "is not PEM"));
+        }
+        Ok(bytes)
+    };
+    Ok(m::TlsSecret {
+        cert_pem: field("tls.crt")?.into(),
+        key_pem: field("tls.key")?.into(),
+        namespace,
+        name,
     })
 }
 

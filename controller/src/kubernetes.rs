@@ -6,6 +6,9 @@
 //! replaces the published state when complete, so nothing is unpublished in between. Errors are
 //! logged and counted; the watcher retries with exponential backoff, forever.
 //!
+//! Secrets are watched with the field selector `type=kubernetes.io/tls`, so other Secrets never
+//! reach this process.
+//!
 //! The Gateway API kinds are CRDs: when the API answers 404 for them, that is logged once, the
 //! kind counts as synced with no objects, and the backoff keeps checking until they appear.
 
@@ -69,8 +72,12 @@ pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::J
     let mut tasks = Vec::new();
     macro_rules! watch {
         ($api:expr, $kind:expr, $conv:expr, $crd:expr) => {
+            watch!($api, $kind, $conv, $crd, watcher::Config::default())
+        };
+        ($api:expr, $kind:expr, $conv:expr, $crd:expr, $cfg:expr) => {
             tasks.push(tokio::spawn(watch_kind(
                 $api,
+                $cfg,
                 $kind,
                 tx.clone(),
                 metrics.clone(),
@@ -82,39 +89,64 @@ pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::J
     watch!(
         Api::<core::Service>::all(client.clone()),
         Kind::Service,
-        |o: &core::Service| convert::service(o, "default").map(Object::Service),
+        |o: &core::Service| convert::service(o, "default")
+            .map(Object::Service)
+            .map(Some),
         false
     );
     watch!(
         Api::<discovery::EndpointSlice>::all(client.clone()),
         Kind::EndpointSlice,
         |o: &discovery::EndpointSlice| convert::endpoint_slice(o, "default")
-            .map(Object::EndpointSlice),
+            .map(Object::EndpointSlice)
+            .map(Some),
         false
     );
     watch!(
         Api::<networking::Ingress>::all(client.clone()),
         Kind::Ingress,
-        |o: &networking::Ingress| convert::ingress(o, "default").map(Object::Ingress),
+        |o: &networking::Ingress| convert::ingress(o, "default")
+            .map(Object::Ingress)
+            .map(Some),
         false
     );
     watch!(
         Api::<gw::HttpRoute>::all_with(client.clone(), &gw::api_resource("HTTPRoute")),
         Kind::HttpRoute,
-        |o: &gw::HttpRoute| convert::http_route(o, "default").map(Object::HttpRoute),
+        |o: &gw::HttpRoute| convert::http_route(o, "default")
+            .map(Object::HttpRoute)
+            .map(Some),
         true
     );
     watch!(
         Api::<gw::Gateway>::all_with(client.clone(), &gw::api_resource("Gateway")),
         Kind::Gateway,
-        |o: &gw::Gateway| convert::gateway(o, "default").map(Object::Gateway),
+        |o: &gw::Gateway| convert::gateway(o, "default")
+            .map(Object::Gateway)
+            .map(Some),
         true
     );
     watch!(
         Api::<gw::GatewayClass>::all_with(client.clone(), &gw::api_resource("GatewayClass")),
         Kind::GatewayClass,
-        |o: &gw::GatewayClass| convert::gateway_class(o).map(Object::GatewayClass),
+        |o: &gw::GatewayClass| convert::gateway_class(o)
+            .map(Object::GatewayClass)
+            .map(Some),
         true
+    );
+    // Only TLS Secrets, selected by the API server: the rest never reach this process.
+    watch!(
+        Api::<core::Secret>::all(client.clone()),
+        Kind::Secret,
+        |o: &core::Secret| {
+            if convert::is_tls_secret(o) {
+                convert::tls_secret(o, "default").map(|s| Some(Object::Secret(s)))
+            } else {
+                Ok(None)
+            }
+        },
+        false,
+        watcher::Config::default().fields(&format!("type={}", convert::TLS_SECRET_TYPE))
     );
     tasks
 }
@@ -150,10 +182,11 @@ fn reason_of(e: &watcher::Error) -> &'static str {
 
 async fn watch_kind<K>(
     api: Api<K>,
+    config: watcher::Config,
     kind: Kind,
     tx: Sender,
     metrics: Metrics,
-    conv: fn(&K) -> Result<Object, ConvertError>,
+    conv: fn(&K) -> Result<Option<Object>, ConvertError>,
     is_crd: bool,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -161,7 +194,7 @@ async fn watch_kind<K>(
     let source = SourceId::new(Origin::Kubernetes, kind.as_str());
     let part = format!("kubernetes/{}", kind.as_str());
     let send = |change: Change| tx.send(Event::now(change)).is_ok();
-    let mut stream = watcher(api, kind).boxed();
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut buffer: Vec<Object> = Vec::new();
     let mut keep: Vec<ObjectKey> = Vec::new();
     let mut lists = 0u64;
@@ -193,7 +226,8 @@ async fn watch_kind<K>(
             }
             Ok(WEvent::InitApply(obj)) => {
                 match conv(&obj) {
-                    Ok(o) => buffer.push(o),
+                    Ok(Some(o)) => buffer.push(o),
+                    Ok(None) => {}
                     Err(e) => {
                         reject(&obj, &e);
                         keep.push(key_of(kind, &obj));
@@ -215,10 +249,11 @@ async fn watch_kind<K>(
                 }) && send(Change::Synced { part: part.clone() })
             }
             Ok(WEvent::Apply(obj)) => match conv(&obj) {
-                Ok(o) => send(Change::Apply {
+                Ok(Some(o)) => send(Change::Apply {
                     source: source.clone(),
                     object: o,
                 }),
+                Ok(None) => true,
                 Err(e) => {
                     reject(&obj, &e);
                     true
@@ -263,14 +298,4 @@ async fn watch_kind<K>(
             return; // the controller is gone: shutting down
         }
     }
-}
-
-fn watcher<K>(
-    api: Api<K>,
-    _kind: Kind,
-) -> impl futures::Stream<Item = Result<WEvent<K>, watcher::Error>> + Send
-where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-{
-    watcher::watcher(api, watcher::Config::default()).default_backoff()
 }

@@ -3,6 +3,7 @@
 //! Accepted shapes, per document:
 //! - `v1 Service`, `discovery.k8s.io/v1 EndpointSlice`, `networking.k8s.io/v1 Ingress`,
 //!   `gateway.networking.k8s.io/v1` (or `v1beta1`) `HTTPRoute`, `Gateway`, `GatewayClass`;
+//! - `v1 Secret` of type `kubernetes.io/tls` (other Secrets are skipped unread);
 //! - `v1 List` (as `kubectl get -o yaml` prints) holding any of those;
 //! - anything else is skipped with a debug log (Deployments next to Services are normal).
 //!
@@ -104,9 +105,7 @@ enum Doc<'a> {
 
 impl Doc<'_> {
     /// Deserializes with the field path and position of any error.
-    fn typed<T: DeserializeOwned>(
-        &self,
-    ) -> Result<T, TypedErr> {
+    fn typed<T: DeserializeOwned>(&self) -> Result<T, TypedErr> {
         match self {
             Doc::Yaml(text) => {
                 let de = serde_yaml::Deserializer::from_str(text);
@@ -300,6 +299,13 @@ fn typed_doc(api_version: &str, kind: &str, doc: &Doc) -> Result<Option<ApiObjec
             ApiObject::EndpointSlice(Box::new(doc.typed()?))
         }
         ("networking.k8s.io/v1", "Ingress") => ApiObject::Ingress(Box::new(doc.typed()?)),
+        ("v1", "Secret") => {
+            let secret: k8s_openapi::api::core::v1::Secret = doc.typed()?;
+            if !crate::convert::is_tls_secret(&secret) {
+                return Ok(None);
+            }
+            ApiObject::Secret(Box::new(secret))
+        }
         (v, k) if is_gateway_version(v) => match k {
             "HTTPRoute" => ApiObject::HttpRoute(Box::new(doc.typed()?)),
             "Gateway" => ApiObject::Gateway(Box::new(doc.typed()?)),
@@ -323,6 +329,13 @@ fn typed_from_value(
         ("v1", "Service") => ApiObject::Service(Box::new(de(v)?)),
         ("discovery.k8s.io/v1", "EndpointSlice") => ApiObject::EndpointSlice(Box::new(de(v)?)),
         ("networking.k8s.io/v1", "Ingress") => ApiObject::Ingress(Box::new(de(v)?)),
+        ("v1", "Secret") => {
+            let secret: k8s_openapi::api::core::v1::Secret = de(v)?;
+            if !crate::convert::is_tls_secret(&secret) {
+                return Ok(None);
+            }
+            ApiObject::Secret(Box::new(secret))
+        }
         (av, k) if is_gateway_version(av) => match k {
             "HTTPRoute" => ApiObject::HttpRoute(Box::new(de(v)?)),
             "Gateway" => ApiObject::Gateway(Box::new(de(v)?)),
@@ -345,6 +358,7 @@ fn api_object_kind(o: &ApiObject) -> &'static str {
         ApiObject::HttpRoute(_) => "HTTPRoute",
         ApiObject::Gateway(_) => "Gateway",
         ApiObject::GatewayClass(_) => "GatewayClass",
+        ApiObject::Secret(_) => "Secret",
     }
 }
 
@@ -356,6 +370,7 @@ fn api_object_name(o: &ApiObject) -> (String, String) {
         ApiObject::HttpRoute(x) => &x.metadata,
         ApiObject::Gateway(x) => &x.metadata,
         ApiObject::GatewayClass(x) => &x.metadata,
+        ApiObject::Secret(x) => &x.metadata,
     };
     (
         m.namespace

@@ -326,7 +326,10 @@ pub fn compile_http<'a>(
             ));
             continue;
         }
-        let lb: Option<Arc<str>> = ing.annotations.get("switchboard.dev/lb-algorithm").map(|v| v.as_str().into());
+        let lb: Option<Arc<str>> = ing
+            .annotations
+            .get("switchboard.dev/lb-algorithm")
+            .map(|v| v.as_str().into());
         let created: Option<Arc<str>> = ing.created.as_deref().map(Arc::from);
         let backend = |b: &IngressBackend| HttpBackend {
             service: ServiceKey::new(&ing.namespace, &b.service),
@@ -399,7 +402,11 @@ pub fn compile_http<'a>(
         let mut attachments: Vec<Arc<str>> = Vec::new();
         // Host names the route serves across its accepted listeners: `None` = any host.
         let mut hosts: Option<BTreeSet<String>> = Some(BTreeSet::new());
-        let route_hosts: Vec<String> = route.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let route_hosts: Vec<String> = route
+            .hostnames
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
         for parent in &route.parent_refs {
             let ns = parent.namespace.as_deref().unwrap_or(&route.namespace);
             let Some(gw) = our_gateways.get(&(ns, parent.name.as_str())) else {
@@ -415,7 +422,9 @@ pub fn compile_http<'a>(
                     (None, true) => None,
                     (None, false) => Some(route_hosts.clone()),
                     (Some(lh), true) => Some(vec![lh.to_ascii_lowercase()]),
-                    (Some(lh), false) => Some(intersect_hostnames(&lh.to_ascii_lowercase(), &route_hosts)),
+                    (Some(lh), false) => {
+                        Some(intersect_hostnames(&lh.to_ascii_lowercase(), &route_hosts))
+                    }
                 };
                 if served.as_ref().is_some_and(|v| v.is_empty()) {
                     continue; // no host in common: not attached to this listener
@@ -440,7 +449,10 @@ pub fn compile_http<'a>(
         let hostnames: Vec<Arc<str>> = hosts
             .map(|set| set.into_iter().map(|h| h.into()).collect())
             .unwrap_or_default();
-        let lb: Option<Arc<str>> = route.annotations.get("switchboard.dev/lb-algorithm").map(|v| v.as_str().into());
+        let lb: Option<Arc<str>> = route
+            .annotations
+            .get("switchboard.dev/lb-algorithm")
+            .map(|v| v.as_str().into());
         let created: Option<Arc<str>> = route.created.as_deref().map(Arc::from);
         for (i, rule) in route.rules.iter().enumerate() {
             table.rules.push(HttpRule {
@@ -469,6 +481,61 @@ pub fn compile_http<'a>(
                 lb_algorithm: lb.clone(),
                 created: created.clone(),
             });
+        }
+    }
+    table
+}
+
+/// Compiles the certificates of our Ingresses' `tls` entries and our Gateways' HTTPS listeners.
+pub fn compile_tls<'a>(
+    config: &TableConfig,
+    ingresses: impl Iterator<Item = &'a Ingress>,
+    gateways: impl Iterator<Item = &'a Gateway>,
+    classes: impl Iterator<Item = &'a GatewayClass>,
+    secret: impl Fn(&str, &str) -> Option<&'a TlsSecret>,
+) -> TlsTable {
+    let mut table = TlsTable::default();
+    let mut add = |hostnames: Vec<Arc<str>>, ns: &str, name: &str, by: ObjectKey| {
+        let key = ObjectKey::new(Kind::Secret, ns, name);
+        match secret(ns, name) {
+            Some(s) => table.certs.push(TlsCert {
+                hostnames,
+                secret: key,
+                referenced_by: by,
+                cert_pem: s.cert_pem.clone(),
+                key_pem: s.key_pem.clone(),
+            }),
+            None => table.missing.push((key, by)),
+        }
+    };
+    for ing in ingresses.filter(|i| is_our_ingress(config, i)) {
+        let by = ObjectKey::new(Kind::Ingress, &ing.namespace, &ing.name);
+        for t in &ing.tls {
+            if let Some(name) = &t.secret_name {
+                add(
+                    t.hosts.iter().map(|h| lower(h)).collect(),
+                    &ing.namespace,
+                    name,
+                    by.clone(),
+                );
+            }
+        }
+    }
+    let our_classes: BTreeSet<&str> = classes
+        .filter(|c| c.controller_name == config.gateway_controller)
+        .map(|c| c.name.as_str())
+        .collect();
+    for gw in gateways.filter(|g| our_classes.contains(g.class_name.as_str())) {
+        let by = ObjectKey::new(Kind::Gateway, &gw.namespace, &gw.name);
+        for l in gw.listeners.iter().filter(|l| l.protocol == "HTTPS") {
+            for (ns, name) in &l.certificate_refs {
+                add(
+                    l.hostname.iter().map(|h| lower(h)).collect(),
+                    ns,
+                    name,
+                    by.clone(),
+                );
+            }
         }
     }
     table
@@ -510,10 +577,25 @@ mod tests {
     #[test]
     fn hostname_intersection() {
         let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(intersect_hostnames("a.example.com", &r(&["a.example.com", "b.example.com"])), r(&["a.example.com"]));
-        assert_eq!(intersect_hostnames("*.example.com", &r(&["a.example.com", "example.com", "x.org"])), r(&["a.example.com"]));
-        assert_eq!(intersect_hostnames("a.example.com", &r(&["*.example.com"])), r(&["a.example.com"]));
-        assert_eq!(intersect_hostnames("*.a.example.com", &r(&["*.example.com"])), r(&["*.a.example.com"]));
+        assert_eq!(
+            intersect_hostnames("a.example.com", &r(&["a.example.com", "b.example.com"])),
+            r(&["a.example.com"])
+        );
+        assert_eq!(
+            intersect_hostnames(
+                "*.example.com",
+                &r(&["a.example.com", "example.com", "x.org"])
+            ),
+            r(&["a.example.com"])
+        );
+        assert_eq!(
+            intersect_hostnames("a.example.com", &r(&["*.example.com"])),
+            r(&["a.example.com"])
+        );
+        assert_eq!(
+            intersect_hostnames("*.a.example.com", &r(&["*.example.com"])),
+            r(&["*.a.example.com"])
+        );
         assert!(intersect_hostnames("a.example.com", &r(&["b.example.com"])).is_empty());
     }
 }

@@ -225,6 +225,21 @@ pub fn dump(snap: &Snapshot) -> String {
         }
         out.push('\n');
     }
+    for c in &r.tls.certs {
+        let hosts = if c.hostnames.is_empty() {
+            "(default)".to_string()
+        } else {
+            c.hostnames.join(",")
+        };
+        let _ = writeln!(
+            out,
+            "tls {hosts} -> {} (from {})",
+            c.secret, c.referenced_by
+        );
+    }
+    for (secret, by) in &r.tls.missing {
+        let _ = writeln!(out, "tls-missing {secret} (from {by})");
+    }
     for (key, why) in &r.http.ignored {
         let _ = writeln!(out, "http-ignored {key}: {why}");
     }

@@ -18,16 +18,19 @@ pub enum Kind {
     HttpRoute,
     Gateway,
     GatewayClass,
+    /// Only `kubernetes.io/tls` Secrets.
+    Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
         Kind::HttpRoute,
         Kind::Gateway,
         Kind::GatewayClass,
+        Kind::Secret,
     ];
 
     /// The Kubernetes `kind` string.
@@ -39,6 +42,7 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::Gateway => "Gateway",
             Kind::GatewayClass => "GatewayClass",
+            Kind::Secret => "Secret",
         }
     }
 }
@@ -108,6 +112,7 @@ pub enum Object {
     HttpRoute(HttpRoute),
     Gateway(Gateway),
     GatewayClass(GatewayClass),
+    Secret(TlsSecret),
 }
 
 impl Object {
@@ -119,6 +124,7 @@ impl Object {
             Object::HttpRoute(o) => (Kind::HttpRoute, &o.namespace, &o.name),
             Object::Gateway(o) => (Kind::Gateway, &o.namespace, &o.name),
             Object::GatewayClass(o) => (Kind::GatewayClass, &String::new(), &o.name),
+            Object::Secret(o) => (Kind::Secret, &o.namespace, &o.name),
         };
         ObjectKey::new(kind, ns, name)
     }
@@ -512,4 +518,24 @@ pub struct HttpRoute {
     pub parent_refs: Vec<ParentRef>,
     pub hostnames: Vec<String>,
     pub rules: Vec<HttpRouteRule>,
+}
+
+/// A `kubernetes.io/tls` Secret: PEM certificate chain and private key.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct TlsSecret {
+    pub namespace: String,
+    pub name: String,
+    pub cert_pem: Arc<[u8]>,
+    pub key_pem: Arc<[u8]>,
+}
+
+impl fmt::Debug for TlsSecret {
+    // Never print key material.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSecret")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("cert_pem_len", &self.cert_pem.len())
+            .finish_non_exhaustive()
+    }
 }

@@ -232,14 +232,36 @@ pub struct HttpTable {
 }
 
 impl HttpTable {
-    pub fn source_kinds() -> [Kind; 4] {
+    pub fn source_kinds() -> [Kind; 5] {
         [
             Kind::Ingress,
             Kind::HttpRoute,
             Kind::Gateway,
             Kind::GatewayClass,
+            Kind::Secret,
         ]
     }
+}
+
+/// A certificate to serve for some SNI names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsCert {
+    /// Lower-case SNI names (`*.example.com` wildcards); empty = the default certificate, for
+    /// clients that send no SNI or a name no other certificate covers.
+    pub hostnames: Vec<Arc<str>>,
+    /// The Secret (`namespace/name`) and who referenced it (`Ingress ns/name`, `Gateway ns/name`).
+    pub secret: ObjectKey,
+    pub referenced_by: ObjectKey,
+    pub cert_pem: Arc<[u8]>,
+    pub key_pem: Arc<[u8]>,
+}
+
+/// Certificates for the HTTPS listeners, from Ingress `tls` entries and Gateway HTTPS listeners.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TlsTable {
+    pub certs: Vec<TlsCert>,
+    /// References to Secrets that do not exist (or are not `kubernetes.io/tls`), and who made them.
+    pub missing: Vec<(ObjectKey, ObjectKey)>,
 }
 
 /// Routing tables for the L4 and L7 proxies.
@@ -251,6 +273,7 @@ pub struct RouteTable {
     /// NodePorts by protocol and port, valid on every node address.
     pub node_ports: ShardedMap<(Protocol, u16), FrontendTarget>,
     pub http: Arc<HttpTable>,
+    pub tls: Arc<TlsTable>,
 }
 
 impl RouteTable {

@@ -231,7 +231,7 @@ impl ClusterState {
                     }
                 }
             }
-            Kind::Ingress | Kind::HttpRoute | Kind::Gateway | Kind::GatewayClass => {
+            Kind::Ingress | Kind::HttpRoute | Kind::Gateway | Kind::GatewayClass | Kind::Secret => {
                 self.http_dirty = true;
             }
         }
@@ -250,6 +250,8 @@ impl ClusterState {
         if std::mem::take(&mut self.http_dirty) {
             let table = self.compile_http();
             self.current.routes.http = Arc::new(table);
+            let tls = self.compile_tls();
+            self.current.routes.tls = Arc::new(tls);
         }
         self.force_publish = false;
         self.generation += 1;
@@ -323,6 +325,47 @@ impl ClusterState {
                 Object::GatewayClass(c) => Some(c),
                 _ => None,
             }),
+        )
+    }
+
+    fn compile_tls(&self) -> crate::snapshot::TlsTable {
+        let secrets: HashMap<(&str, &str), &TlsSecret> = self
+            .objects
+            .iter()
+            .filter(|(k, _)| k.kind == Kind::Secret)
+            .filter_map(|(_, c)| match c.first().map(|(_, o)| &**o) {
+                Some(Object::Secret(s)) => Some(((s.namespace.as_str(), s.name.as_str()), s)),
+                _ => None,
+            })
+            .collect();
+        let of_kind = |kind: Kind| {
+            let mut v: Vec<&Object> = self
+                .objects
+                .iter()
+                .filter(|(k, _)| k.kind == kind)
+                .filter_map(|(_, c)| c.first().map(|(_, o)| &**o))
+                .collect();
+            v.sort_by_key(|o| o.key());
+            v
+        };
+        let ingresses = of_kind(Kind::Ingress);
+        let gateways = of_kind(Kind::Gateway);
+        let classes = of_kind(Kind::GatewayClass);
+        crate::compile::compile_tls(
+            &self.config,
+            ingresses.iter().filter_map(|o| match o {
+                Object::Ingress(i) => Some(i),
+                _ => None,
+            }),
+            gateways.iter().filter_map(|o| match o {
+                Object::Gateway(g) => Some(g),
+                _ => None,
+            }),
+            classes.iter().filter_map(|o| match o {
+                Object::GatewayClass(c) => Some(c),
+                _ => None,
+            }),
+            |ns, name| secrets.get(&(ns, name)).copied(),
         )
     }
 
