@@ -39,7 +39,7 @@ fn start_manifests(dir: &Path, extra: &[&str]) -> Switchboard {
 }
 
 async fn ready(sb: &Switchboard) {
-    sb.wait_admin("/readyz", Duration::from_secs(15), "ready", |c, _| c == 200)
+    sb.wait_admin("/readyz", Duration::from_secs(60), "ready", |c, _| c == 200)
         .await;
 }
 
@@ -47,7 +47,7 @@ async fn ready(sb: &Switchboard) {
 fn dig(server: SocketAddr, args: &[&str]) -> String {
     let out = Command::new("dig")
         .arg(format!("@{}", server.ip()))
-        .args(["-p", &server.port().to_string(), "+tries=1", "+time=5"])
+        .args(["-p", &server.port().to_string(), "+tries=3", "+time=3"])
         .args(args)
         .output()
         .expect("dig is needed for these tests (Debian package dnsutils)");
@@ -386,11 +386,7 @@ async fn refused_over_the_in_flight_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_to_itself_is_detected() {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = cases::free_port();
     let addr = format!("127.0.0.1:{port}");
     let dir = manifests(cases::FIXTURE);
     let sb = Switchboard::start(&[

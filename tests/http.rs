@@ -454,6 +454,16 @@ spec:
     }
     let a = get(&c, proxy, "nothing.test", "/x").await;
     assert!(a.body.contains("no route"), "{}", a.body);
+    // Dot segments are resolved before matching and forwarding.
+    let a = get(&c, proxy, "a.test", "/api/../exact").await;
+    assert_eq!((a.backend(), a.body.as_str()), ("api", "api /exact\n"));
+    let a = get(&c, proxy, "a.test", "/api/%2e%2e/x").await;
+    assert!(
+        a.backend().starts_with("web") && a.body.ends_with(" /x\n"),
+        "{} {}",
+        a.backend(),
+        a.body
+    );
     // No ready endpoint: 503 with a clear body; a missing service too.
     let a = get(&c, proxy, "a.test", "/down").await;
     assert_eq!(a.status, 503);
@@ -593,6 +603,8 @@ spec:
       filters:
         - type: RequestRedirect
           requestRedirect: {scheme: https, hostname: new.test, statusCode: 301}
+    - matches: [{path: {type: PathPrefix, value: /elsewhere}}]
+      backendRefs: [{name: stable, namespace: other, port: 80}]
     - matches: [{path: {type: PathPrefix, value: /slow}}]
       timeouts: {backendRequest: 300ms}
       backendRefs: [{name: admin, port: 80}]
@@ -650,6 +662,11 @@ spec:
     let a = get(&c, proxy, "shop.test", "/prefix/deep?z=1").await;
     assert_eq!(a.body, "admin /inner/deep?z=1\n");
     assert_eq!(a.header("x-echo-host"), Some("inner.test"));
+
+    // A backendRef into another namespace (no ReferenceGrant support): refused, not followed.
+    let a = get(&c, proxy, "shop.test", "/elsewhere").await;
+    assert_eq!(a.status, 500);
+    assert!(a.body.contains("ReferenceGrant"), "{}", a.body);
 
     // timeouts.backendRequest: a slow answer becomes 504; a quick one passes.
     let a = request(
@@ -731,6 +748,34 @@ async fn consistent_hashing_chosen_by_service_annotation() {
         owners.len(),
         3,
         "30 users spread over every pod: {owners:?}"
+    );
+
+    // The route's own annotation wins over the Service's: this Ingress balances round robin.
+    write(
+        d,
+        "ing-rr.yaml",
+        &simple_ingress("rr.test", "sticky").replace(
+            "metadata: {name: sticky, namespace: default}",
+            "metadata:\n  name: sticky-rr\n  namespace: default\n  annotations: {switchboard.dev/lb-algorithm: round-robin}",
+        ),
+    );
+    wait_get(&sb, &c, "rr.test", "/", "served", |x| x.status == 200).await;
+    let before: Vec<u64> = pods.iter().map(|p| p.hits()).collect();
+    for _ in 0..30 {
+        let a = request(&c, "GET", proxy, "rr.test", "/", &[("x-user", "alice")])
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200);
+    }
+    let counts: Vec<u64> = pods
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| p.hits() - b)
+        .collect();
+    assert_eq!(
+        counts,
+        [10, 10, 10],
+        "round robin, whatever the x-user header"
     );
 }
 
@@ -1028,6 +1073,25 @@ async fn h2c_and_tls_with_two_sni_names() {
     ]);
     assert!(ok, "{out}");
     assert_eq!(out, "site-a /h2c\n 2");
+    // Over HTTP/2 the path is also resolved, and the authority survives the rewrite.
+    let (ok, out) = curl(&[
+        "--http2-prior-knowledge",
+        "--path-as-is",
+        "-H",
+        "Host: a.test",
+        &format!("http://{http}/x/../h2c"),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(out, "site-a /h2c\n");
+
+    // A request shorter than the HTTP/2 preface (an HTTP/1.0 health check) is answered too.
+    let mut raw = TcpStream::connect(http).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let head = read_head(&mut raw).await;
+    assert!(
+        head.starts_with("HTTP/1.0 404") || head.starts_with("HTTP/1.1 404"),
+        "{head}"
+    );
 
     let https = sb.listener("https");
     for (name, site) in [("a.test", "site-a"), ("b.test", "site-b")] {
@@ -1072,6 +1136,64 @@ async fn h2c_and_tls_with_two_sni_names() {
             .contains("x-echo-x-forwarded-proto: https"),
         "{out}"
     );
+}
+
+/// A backend that speaks only HTTP/2 without TLS (as gRPC servers do), answering its protocol
+/// version.
+async fn h2c_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let body = format!("h2c {:?} {}\n", req.version(), req.uri().path());
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_backends_by_app_protocol() {
+    let grpc = h2c_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "svc.yaml",
+        &service_yaml("default", "grpc", "10.96.10.1", &[(grpc, Cond::Ready)]).replace(
+            "ports: [{name: http, port: 80, targetPort: 8080}]",
+            "ports: [{name: http, port: 80, targetPort: 8080, appProtocol: kubernetes.io/h2c}]",
+        ),
+    );
+    write(d, "ing.yaml", &simple_ingress("grpc.test", "grpc"));
+    let sb = start(d, &[]);
+    let c = client();
+    // An HTTP/1.1 client reaches an HTTP/2-only backend; so does an h2c client.
+    let a = wait_get(
+        &sb,
+        &c,
+        "grpc.test",
+        "/svc/Method",
+        "served over h2c",
+        |x| x.status == 200,
+    )
+    .await;
+    assert_eq!(a.body, "h2c HTTP/2.0 /svc/Method\n");
+    let (ok, out) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: grpc.test",
+        &format!("http://{}/x", sb.listener("http")),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(out, "h2c HTTP/2.0 /x\n");
 }
 
 /// Reads an HTTP/1.1 response head from a raw stream.

@@ -312,7 +312,9 @@ def summarize(results, a):
         "Threads: switchboard's tokio worker threads (`TOKIO_WORKER_THREADS`; the `serve` "
         "example also gets `UDP_WORKERS`), Knot `udp-workers`, NSD `server-count`, Unbound "
         "`num-threads`; dnsmasq has no worker threads and scans its `srv-host` list per query. "
-        "Lost: mostly the queries still in flight when the run stops.",
+        "Lost: queries with no answer within dnsperf's 2 s timeout (dropped, typically when "
+        "the server's receive buffer overflows under the initial burst, or in flight at the "
+        "end).",
         "",
     ]
     if cmds:

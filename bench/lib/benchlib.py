@@ -494,9 +494,10 @@ bench/dns/compare.sh     # the DNS work's quick switchboard-vs-Knot comparison (
 Each figure is the median of at least 3 runs with the range (min–max) in brackets. Runs of
 different servers are interleaved round by round, so slow drift of the machine's load hits all of
 them alike, and while one server is timed the others are paused (SIGSTOP), so an idle server's
-background work cannot slow the one under test. The load average at the start and the CPU that *other* processes took during the runs
-are recorded with each table, since on a shared 2-core machine that noise can halve throughput;
-the CPU time per query or request of the server is the steadiest figure to compare. Raw results
+background work cannot slow the one under test. The load average at the start and the CPU that
+*other* processes took during the runs are recorded with each table, since on a shared 2-core
+machine that noise can halve throughput; the CPU time per query or request of the server is the
+steadiest figure to compare. Raw results
 (every run) are in `target/bench/results/*.json` after a run. Benchmarks are not part of
 `cargo test` and never gate CI.
 """
@@ -520,6 +521,9 @@ def update_docs(name, markdown):
         if text[b:b + 1] == "\n":
             b += 1
         text = text[:a] + block + text[b:]
+    elif name == "summary" and "`cargo test` and never gate CI.\n" in text:
+        pos = text.index("`cargo test` and never gate CI.\n") + len("`cargo test` and never gate CI.\n")
+        text = text[:pos] + "\n" + block + text[pos:]
     else:
         order = ["dns", "propagation", "http", "l4"]
         # Insert after the last present section of ours that comes before this one.
@@ -540,6 +544,10 @@ def update_docs(name, markdown):
         sep = "" if text[:pos].endswith("\n\n") else "\n"
         text = text[:pos] + sep + block + "\n" + text[pos:]
     DOCS.write_text(text)
+
+
+LABEL_OF = {"knot": "Knot", "nsd": "NSD", "unbound": "Unbound", "dnsmasq": "dnsmasq",
+            "haproxy": "HAProxy", "nginx": "nginx", "nftables": "nftables DNAT"}
 
 
 def save_results(name, data):

@@ -142,7 +142,7 @@ mod tests {
     fn query(name: &str, t: RecordType) -> Vec<u8> {
         let mut m = Message::query();
         m.add_query(Query::query(Name::from_ascii(name).unwrap(), t));
-        if name.len() % 2 == 0 {
+        if name.len() & 1 == 0 {
             m.set_edns(Edns::new());
         }
         m.to_vec().unwrap()

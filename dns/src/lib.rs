@@ -5,9 +5,9 @@
 //! ```text
 //!   SnapshotCell ──load() per query──┐
 //!                                     v
-//!  UDP/TCP listeners ─> wire.rs ─> server.rs ─┬─> zone.rs (cluster zone, reverse names we hold)
-//!  (every --dns ADDR)   (parse)   (templates) ├─> xfr.rs  (AXFR, allowed clients, TCP)
-//!                                             └─> forward.rs ─> cache.rs, upstreams
+//!  UDP worker threads ─> wire.rs ─> server.rs ─┬─> zone.rs (cluster zone, reverse names we hold)
+//!  TCP tasks             (parse)   (templates) ├─> xfr.rs  (AXFR, allowed clients, TCP)
+//!  (every --dns ADDR)                         └─> forward.rs ─> cache.rs, upstreams
 //!  metrics.rs: coredns_* series in the process registry
 //! ```
 //!
@@ -174,24 +174,32 @@ impl DnsServer {
     /// Graceful stop: keeps answering for `lame_duck` (readiness should already report
     /// not-ready, so load balancers drain us), then closes the listeners and waits up to two
     /// seconds for the worker tasks. In-flight forwarded queries are abandoned.
-    pub async fn shutdown(self, lame_duck: Duration) {
+    pub async fn shutdown(mut self, lame_duck: Duration) {
         if !lame_duck.is_zero() && !self.listeners.is_empty() {
             tracing::info!(?lame_duck, "dns: lame duck, still answering");
             tokio::time::sleep(lame_duck).await;
         }
         self.stop.cancel();
-        let threads = self.threads;
+        let threads = std::mem::take(&mut self.threads);
+        let tasks = std::mem::take(&mut self.tasks);
         let udp = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
         });
         let all = async move {
-            futures_join(self.tasks).await;
+            futures_join(tasks).await;
             let _ = udp.await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
         tracing::info!("dns: stopped");
+    }
+}
+
+impl Drop for DnsServer {
+    /// Dropping the handle stops the server (without the lame-duck period).
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -206,6 +214,21 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     s.set_reuse_port(true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+/// The TCP listener; IPv6 addresses are IPv6-only, as the UDP sockets (give `0.0.0.0:53` and
+/// `[::]:53` for both families).
+fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
 }
 
 /// Binds `workers` UDP sockets and one TCP listener on the same address. With port 0 the TCP
@@ -227,7 +250,7 @@ async fn bind_pair(
         for _ in 1..workers.max(1) {
             udp.push(udp_socket(udp_addr).map_err(udp_err)?);
         }
-        match TcpListener::bind(udp_addr).await {
+        match tcp_listener(udp_addr) {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(e) if addr.port() == 0 && attempts < 20 => {
                 tracing::debug!(%udp_addr, error = %e, "dns/tcp port taken, trying another");

@@ -71,7 +71,7 @@ impl Metrics {
                 &["server", "zone", "proto"],
             )?,
             request_size: HistogramVec::new(
-                HistogramOpts::new("coredns_dns_request_size_bytes", "Size of the EDNS0 UDP buffer in bytes (64K for TCP) per zone and protocol.")
+                HistogramOpts::new("coredns_dns_request_size_bytes", "Size of the request in bytes.")
                     .buckets(size_buckets()),
                 &["server", "zone", "proto"],
             )?,

@@ -1,8 +1,8 @@
 //! The listeners and the query path.
 //!
 //! ```text
-//!  UDP worker (N per listener, each with its own Templates)        TCP connection task
-//!     recv ─> parse (wire.rs) ─> template hit? ─yes─> patch ID/case/EDNS ─> send
+//!  UDP worker thread (N per listener: own socket, own Templates)   TCP connection task
+//!  recvmmsg ─> parse (wire.rs) ─> template hit? ─yes─> patch ID/case/EDNS ─> send
 //!                                    │ no
 //!                                    v
 //!             cluster or table-held reverse name? ─yes─> zone.rs ─> encode template
@@ -45,6 +45,8 @@ use crate::zone::{self, ZoneAnswer, ZoneSettings, T_AXFR, T_IXFR};
 const MAX_TEMPLATES: usize = 200_000;
 /// A TCP connection with no query for this long is closed.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// TCP connections served at once per listener; more are closed on accept.
+const MAX_TCP_CONNECTIONS: usize = 1000;
 
 /// Pre-encoded answers of one worker, for one snapshot generation.
 #[derive(Default)]
@@ -457,6 +459,7 @@ pub async fn tcp_acceptor(
     server: String,
     stop: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let (stream, src) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -469,14 +472,16 @@ pub async fn tcp_acceptor(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(client = %src, "dns/tcp: too many connections, closing");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(tcp_connection(
-            shared.clone(),
-            stream,
-            src,
-            server.clone(),
-            stop.clone(),
-        ));
+        let conn = tcp_connection(shared.clone(), stream, src, server.clone(), stop.clone());
+        tokio::spawn(async move {
+            conn.await;
+            drop(slot);
+        });
     }
 }
 

@@ -523,11 +523,7 @@ async fn refused_beyond_the_in_flight_limit() {
 #[tokio::test]
 async fn forwarding_loop_is_detected_and_stopped() {
     // Find a free port, then point the server's upstream at itself.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = cases::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let c = Cluster::new(cases::FIXTURE, true);
     let s = start(&c.cell, |cfg| {
@@ -572,4 +568,27 @@ async fn lame_duck_keeps_answering_then_stops() {
     .await;
     assert_eq!(r.answers.len(), 1, "answers during the lame-duck period");
     stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn ipv6_listener_udp_and_tcp() {
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |cfg| cfg.listen = vec!["[::1]:0".parse().unwrap()]).await;
+    assert!(s.udp().is_ipv6());
+    let q = query_message("dual.default.svc.cluster.local.", RecordType::AAAA, true);
+    let sock = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+    sock.send_to(&q.to_vec().unwrap(), s.udp()).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = hickory_proto::op::Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(
+        cases::line(&r.answers[0]),
+        "dual.default.svc.cluster.local. 30 IN AAAA fd00::11"
+    );
+    let r = ask(s.tcp(), &q, true).await;
+    assert_eq!(r.answers.len(), 1);
+    assert!(s.metrics().contains("family=\"2\""));
 }

@@ -151,10 +151,9 @@ fn memory_report(spec: &SynthSpec) {
     cell.store(state.commit().expect("a real change"));
     let after_change = mem();
     println!(
-        "memory: {:<44} heap {:>10} ({} B)",
-        "one slice change, old generation held",
-        mib((after_change.heap - before_change.heap) as f64),
-        after_change.heap - before_change.heap
+        "memory: {:<44} heap {:>6.1} KiB",
+        "+ one slice change while the old one is held",
+        (after_change.heap - before_change.heap) as f64 / 1024.0,
     );
     drop(held);
 

@@ -256,18 +256,38 @@ pub fn query_message(name: &str, qtype: RecordType, edns: bool) -> Message {
     m
 }
 
-/// Sends raw bytes over UDP and returns the raw answer (panics after 5 s).
+/// A 127.0.0.1 port free for both UDP and TCP right now (for a server that must know its own
+/// address before it starts, as in the loop-detection tests).
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Sends raw bytes over UDP and returns the raw answer. Like a stub resolver, it resends after
+/// 2 s without an answer (a datagram can be lost on a loaded machine), and panics after 5 tries.
 pub async fn udp_raw(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let bind = if server.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let sock = UdpSocket::bind(bind).await.unwrap();
     sock.connect(server).await.unwrap();
-    sock.send(bytes).await.unwrap();
     let mut buf = vec![0u8; 65535];
-    let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
-        .await
-        .unwrap_or_else(|_| panic!("no UDP answer from {server}"))
-        .unwrap();
-    buf.truncate(n);
-    buf
+    for _ in 0..5 {
+        sock.send(bytes).await.unwrap();
+        if let Ok(r) = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf)).await {
+            let n = r.unwrap();
+            buf.truncate(n);
+            return buf;
+        }
+    }
+    panic!("no UDP answer from {server} after 5 tries");
 }
 
 /// Sends raw bytes over TCP (length-prefixed) and returns the first raw answer.
@@ -277,7 +297,7 @@ pub async fn tcp_raw(server: SocketAddr, bytes: &[u8]) -> Vec<u8> {
         .await
         .unwrap();
     s.write_all(bytes).await.unwrap();
-    let len = tokio::time::timeout(Duration::from_secs(5), s.read_u16())
+    let len = tokio::time::timeout(Duration::from_secs(10), s.read_u16())
         .await
         .unwrap_or_else(|_| panic!("no TCP answer from {server}"))
         .unwrap();

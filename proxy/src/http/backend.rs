@@ -18,6 +18,9 @@ pub struct PortBalancer {
     /// `ns/name:port`, the `service` label of metrics and the log.
     pub label: Arc<str>,
     pub algorithm: Algorithm,
+    /// The service port's `appProtocol` asks for HTTP/2 without TLS (`kubernetes.io/h2c`, or
+    /// `h2c`/`grpc`): endpoints are spoken to with HTTP/2 prior knowledge (gRPC backends).
+    pub h2c: bool,
     pub endpoints: Vec<Arc<EndpointState>>,
     pub selector: Selector,
     /// The table's endpoint list this was built from (pointer identity = unchanged).
@@ -46,7 +49,8 @@ pub enum NoEndpoints {
 
 /// Balancers by service port, shared by every request.
 pub struct Balancers {
-    map: RwLock<HashMap<(ServiceKey, u16), Arc<PortBalancer>>>,
+    /// By service, port and algorithm: two routes may balance one service differently.
+    map: RwLock<HashMap<(ServiceKey, u16, Algorithm), Arc<PortBalancer>>>,
     pub health: HealthRegistry,
     default_algorithm: Algorithm,
 }
@@ -60,11 +64,14 @@ impl Balancers {
         }
     }
 
-    /// The balancer for `backend` in `table`.
+    /// The balancer for `backend` in `table`. The algorithm is the route's (`route_algorithm`,
+    /// from its `switchboard.dev/lb-algorithm` annotation), else the Service's annotation, else
+    /// the default; an annotation that does not parse is ignored (logged at debug).
     pub fn get(
         &self,
         table: &RouteTable,
         backend: &HttpBackend,
+        route_algorithm: Option<&str>,
     ) -> Result<Arc<PortBalancer>, NoEndpoints> {
         let svc = table
             .services
@@ -87,16 +94,30 @@ impl Balancers {
                     .unwrap_or_else(|| "(unnamed)".into()),
             )
         })?;
-        let algorithm = match svc.service.annotations.get(LB_ANNOTATION) {
-            Some(s) => s.parse().unwrap_or_else(|e| {
-                tracing::debug!(service = %backend.service, error = %e, "ignoring annotation");
-                self.default_algorithm.clone()
-            }),
-            None => self.default_algorithm.clone(),
+        let parsed = |s: &str| {
+            s.parse::<Algorithm>()
+                .map_err(|e| tracing::debug!(service = %backend.service, error = %e, "ignoring annotation"))
+                .ok()
         };
-        let key = (backend.service.clone(), port.port);
+        let algorithm = route_algorithm
+            .and_then(parsed)
+            .or_else(|| {
+                svc.service
+                    .annotations
+                    .get(LB_ANNOTATION)
+                    .and_then(|s| parsed(s))
+            })
+            .unwrap_or_else(|| self.default_algorithm.clone());
+        let h2c = svc
+            .service
+            .ports
+            .iter()
+            .find(|p| p.port == port.port && p.protocol == Protocol::Tcp)
+            .and_then(|p| p.app_protocol.as_deref())
+            .is_some_and(is_h2c_app_protocol);
+        let key = (backend.service.clone(), port.port, algorithm.clone());
         if let Some(b) = self.map.read().unwrap().get(&key) {
-            if Arc::ptr_eq(&b.source, &port.endpoints) && b.algorithm == algorithm {
+            if Arc::ptr_eq(&b.source, &port.endpoints) && b.h2c == h2c {
                 return non_empty(b.clone(), &backend.service, port.port);
             }
         }
@@ -108,6 +129,7 @@ impl Balancers {
             label: format!("{}:{}", backend.service, port.port).into(),
             selector: Selector::build(&algorithm, &endpoints),
             algorithm,
+            h2c,
             endpoints,
             source: port.endpoints.clone(),
         });
@@ -116,7 +138,7 @@ impl Balancers {
             map.insert(key, built.clone());
             // Forget balancers of services that left the table, now and then.
             if map.len() > 64 && map.len() > 2 * table.services.len() {
-                map.retain(|(k, _), _| table.services.get(k).is_some());
+                map.retain(|(k, _, _), _| table.services.get(k).is_some());
                 drop(map);
                 self.health.prune();
             }
@@ -129,9 +151,17 @@ impl Balancers {
         self.map
             .write()
             .unwrap()
-            .retain(|(k, _), _| table.services.get(k).is_some());
+            .retain(|(k, _, _), _| table.services.get(k).is_some());
         self.health.prune();
     }
+}
+
+/// `appProtocol` values that mean cleartext HTTP/2.
+pub fn is_h2c_app_protocol(p: &str) -> bool {
+    matches!(
+        p.to_ascii_lowercase().as_str(),
+        "kubernetes.io/h2c" | "h2c" | "grpc"
+    )
 }
 
 fn non_empty(

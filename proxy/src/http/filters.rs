@@ -50,6 +50,44 @@ pub fn modify_headers(h: &mut impl HeaderEdit, m: &HeaderModifier) {
     }
 }
 
+/// `uri` with a new path and query, keeping its scheme and authority (HTTP/2 requests carry
+/// them in the URI; dropping them would lose the `:authority`).
+pub fn with_path_and_query(uri: &http::Uri, pq: &str) -> Result<http::Uri, http::Error> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse()?);
+    Ok(http::Uri::from_parts(parts)?)
+}
+
+/// RFC 3986 `remove_dot_segments` for a request path, also for percent-encoded dots (`%2e`);
+/// `None` when the path has no dot segment (the common case: nothing to rewrite).
+pub fn remove_dot_segments(path: &str) -> Option<String> {
+    let is_dot = |seg: &str| seg == "." || seg.eq_ignore_ascii_case("%2e");
+    let is_dotdot = |seg: &str| {
+        matches!(seg.len(), 2 | 4 | 6) && seg.to_ascii_lowercase().replace("%2e", ".").eq("..")
+    };
+    if !path.split('/').any(|s| is_dot(s) || is_dotdot(s)) {
+        return None;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        if is_dot(seg) {
+            if i == last {
+                out.push("");
+            }
+        } else if is_dotdot(seg) {
+            out.pop();
+            if i == last {
+                out.push("");
+            }
+        } else {
+            out.push(seg);
+        }
+    }
+    Some(format!("/{}", out.join("/")))
+}
+
 /// Replaces the matched `prefix` (element-wise, without trailing slash) of `path` with
 /// `replacement`: `/foo` → `/xyz` turns `/foo/bar` into `/xyz/bar`; `/foo` → `/` turns
 /// `/foo/bar` into `/bar` and `/foo` into `/`.
@@ -132,6 +170,35 @@ pub fn redirect_location(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_path_keeps_authority() {
+        let u: http::Uri = "http://a.test:8080/x/../y?q=1".parse().unwrap();
+        assert_eq!(
+            with_path_and_query(&u, "/y?q=1").unwrap().to_string(),
+            "http://a.test:8080/y?q=1"
+        );
+        let u: http::Uri = "/x".parse().unwrap();
+        assert_eq!(with_path_and_query(&u, "/z").unwrap().to_string(), "/z");
+    }
+
+    #[test]
+    fn dot_segments() {
+        assert_eq!(remove_dot_segments("/a/b"), None);
+        assert_eq!(remove_dot_segments("/a..b/c"), None);
+        assert_eq!(
+            remove_dot_segments("/api/../admin").as_deref(),
+            Some("/admin")
+        );
+        assert_eq!(
+            remove_dot_segments("/api/%2E%2e/admin").as_deref(),
+            Some("/admin")
+        );
+        assert_eq!(remove_dot_segments("/a/./b/").as_deref(), Some("/a/b/"));
+        assert_eq!(remove_dot_segments("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(remove_dot_segments("/../../x").as_deref(), Some("/x"));
+        assert_eq!(remove_dot_segments("/.").as_deref(), Some("/"));
+    }
 
     #[test]
     fn prefix_replacement() {

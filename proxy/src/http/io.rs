@@ -128,9 +128,37 @@ impl GetSocketDigest for Buffered {
     }
 }
 
+/// The HTTP/2 connection preface, the only thing pingora peeks for (h2c detection).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 #[async_trait]
 impl Peek for Buffered {
+    /// pingora peeks `buf.len()` (24) bytes on every plain connection to tell h2c from HTTP/1,
+    /// and its own peek waits for all of them: a shorter request (`GET / HTTP/1.0\r\n\r\n`, or
+    /// `OPTIONS / HTTP/1.0\r\n\r\n`, a common load-balancer health check) would never be
+    /// answered. Here the peek stops as soon as the bytes read stop matching the HTTP/2 preface;
+    /// whatever was read is put back for the HTTP/1 parser.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.0.get_mut().try_peek(buf).await
+        use tokio::io::AsyncReadExt;
+        let inner = self.0.get_mut();
+        let mut got = 0;
+        while got < buf.len() {
+            let n = inner.read(&mut buf[got..]).await?;
+            if n == 0 {
+                if got == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                break;
+            }
+            got += n;
+            let expect = &H2_PREFACE[..got.min(H2_PREFACE.len())];
+            if buf[..expect.len()] != *expect {
+                break;
+            }
+        }
+        inner.rewind(&buf[..got]);
+        // Bytes not read stay zero, so a short non-preface never equals the preface.
+        buf[got..].fill(0);
+        Ok(true)
     }
 }

@@ -12,8 +12,8 @@
 //!    hosts behave).
 //! 2. Within the host group, the first match in precedence order: Exact path, then regular
 //!    expression, then the longest prefix; then a method match; then more header matches; then
-//!    more query matches; then Ingress before HTTPRoute, source `namespace/name`, rule order,
-//!    match order.
+//!    more query matches; then the older source (creationTimestamp), Ingress before HTTPRoute,
+//!    source `namespace/name`, rule order, match order.
 //! 3. Nothing matched: an Ingress `defaultBackend` if any (the first by namespace/name), else 404.
 //!
 //! Host wildcards: Ingress `*.foo.com` covers exactly one label (`bar.foo.com`, not
@@ -194,14 +194,17 @@ struct Entry {
     prefix: Option<String>,
 }
 
+/// Precedence, best first: path kind, path length, method, header count, query count, then
+/// the older source (creation timestamp; none sorts last), then Ingress before HTTPRoute. Equal
+/// keys keep table order (namespace/name, rule, match).
 type SortKey = (
     u8,
     Reverse<usize>,
     bool,
     Reverse<usize>,
     Reverse<usize>,
+    (bool, Option<Arc<str>>),
     u8,
-    usize,
 );
 
 #[derive(Debug, Default)]
@@ -212,7 +215,7 @@ struct HostGroup {
 impl HostGroup {
     fn sort(&mut self) {
         // Stable: equal keys keep table order (source namespace/name, rule, match).
-        self.entries.sort_by_key(|e| e.0);
+        self.entries.sort_by(|a, b| a.0.cmp(&b.0));
     }
     fn find(&self, req: &RequestView<'_>) -> Option<&Entry> {
         self.entries
@@ -275,7 +278,7 @@ impl RouteIndex {
             let push = |group: &mut HostGroup| {
                 for (key, e) in &entries {
                     group.entries.push((
-                        *key,
+                        key.clone(),
                         Entry {
                             rule: e.rule.clone(),
                             check: e.check.clone(),
@@ -435,8 +438,8 @@ fn compile_matches(
             method.is_none(),
             Reverse(headers.len()),
             Reverse(query.len()),
+            (rule.created.is_none(), rule.created.clone()),
             kind_rank,
-            0,
         );
         out.push((
             key,
@@ -627,6 +630,19 @@ mod tests {
         assert_eq!(lookup(&ix, "r.test", "/v2/x", &[]), "re");
         assert_eq!(lookup(&ix, "r.test", "/v2", &[]), "404");
         assert_eq!(lookup(&ix, "r.test", "/z?a=b&debug=1", &[]), "q");
+    }
+
+    #[test]
+    fn older_route_wins_ties() {
+        let mut young = rule(Kind::HttpRoute, "a-young", &["t.test"], vec![]);
+        young.created = Some("2026-02-01T00:00:00Z".into());
+        let mut old = rule(Kind::HttpRoute, "b-old", &["t.test"], vec![]);
+        old.created = Some("2025-01-01T00:00:00Z".into());
+        let ix = RouteIndex::build(&HttpTable {
+            rules: vec![young, old],
+            ignored: vec![],
+        });
+        assert_eq!(lookup(&ix, "t.test", "/", &[]), "b-old");
     }
 
     #[test]

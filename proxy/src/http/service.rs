@@ -302,6 +302,21 @@ impl ProxyHttp for Ingress {
         let index = self.shared.route_index(&snapshot.routes.http);
         let (host, port) = request_host(session.req_header());
         ctx.host = host;
+        // Match and forward the path with dot segments resolved, so `/api/../admin` cannot
+        // reach a backend as `/admin` through the `/api` rule.
+        if let Some(clean) = filters::remove_dot_segments(session.req_header().uri.path()) {
+            let pq = match session.req_header().uri.query() {
+                Some(q) => format!("{clean}?{q}"),
+                None => clean,
+            };
+            match filters::with_path_and_query(&session.req_header().uri, &pq) {
+                Ok(uri) => session.req_header_mut().set_uri(uri),
+                Err(_) => {
+                    let body = "malformed request path\n".to_string();
+                    return self.respond(session, ctx, 400, body, None).await;
+                }
+            }
+        }
         let req = session.req_header();
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
@@ -366,9 +381,10 @@ impl ProxyHttp for Ingress {
                             Some(q) => format!("{new_path}?{q}"),
                             None => new_path,
                         };
-                        let uri: http::Uri = pq.parse().map_err(|e| {
-                            Error::because(ErrorType::InternalError, "rewritten path", e)
-                        })?;
+                        let uri = filters::with_path_and_query(&session.req_header().uri, &pq)
+                            .map_err(|e| {
+                                Error::because(ErrorType::InternalError, "rewritten path", e)
+                            })?;
                         session.req_header_mut().set_uri(uri);
                     }
                 }
@@ -380,7 +396,22 @@ impl ProxyHttp for Ingress {
             return self.respond(session, ctx, 500, body, None).await;
         };
         let backend = &rule.rule.backends[bi];
-        let balancer = match self.shared.balancers.get(&snapshot.routes, backend) {
+        // Gateway API: a backendRef into another namespace needs a ReferenceGrant there; the
+        // tables have none, so such references are invalid (500), never silently followed.
+        if rule.rule.source.kind == tables::Kind::HttpRoute
+            && backend.service.namespace != rule.rule.source.namespace
+        {
+            let body = format!(
+                "route {}: backendRef {} is in another namespace (ReferenceGrant not supported)\n",
+                rule.label, backend.service
+            );
+            return self.respond(session, ctx, 500, body, None).await;
+        }
+        let balancer = match self.shared.balancers.get(
+            &snapshot.routes,
+            backend,
+            rule.rule.lb_algorithm.as_deref(),
+        ) {
             Ok(b) => b,
             Err(e) => {
                 let body = format!("{e}\n");
@@ -449,6 +480,9 @@ impl ProxyHttp for Ingress {
                 .map(Duration::from_millis)
         });
         peer.options.read_timeout = rule_timeout.or(cfg.upstream_read_timeout);
+        if b.h2c {
+            peer.options.set_http_version(2, 2);
+        }
         ctx.current = Some(state);
         ctx.attempt_start = Some(Instant::now());
         Ok(Box::new(peer))

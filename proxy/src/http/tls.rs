@@ -201,3 +201,48 @@ pub fn dir_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, sub: &str, names: &[&str]) {
+        let ck = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("tls.crt"), ck.cert.pem()).unwrap();
+        std::fs::write(d.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+    }
+
+    #[test]
+    fn sni_exact_wildcard_and_default() {
+        let dir = tempfile::tempdir().unwrap();
+        write_pair(dir.path(), "a", &["a.test"]);
+        write_pair(dir.path(), "b", &["*.b.test", "b.test"]);
+        let store = CertStore::load_dir(dir.path()).unwrap();
+        assert_eq!(store.names, ["*.b.test", "a.test", "b.test"]);
+        let a = store.lookup(Some("a.test")).unwrap();
+        let b = store.lookup(Some("x.b.test")).unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&b, &store.lookup(Some("B.TEST.")).unwrap()));
+        // One label only for wildcards; unknown names and no SNI get the first pair (a).
+        assert!(Arc::ptr_eq(&a, &store.lookup(Some("y.x.b.test")).unwrap()));
+        assert!(Arc::ptr_eq(&a, &store.lookup(None).unwrap()));
+        assert_eq!(dir_fingerprint(dir.path()).len(), 4);
+    }
+
+    #[test]
+    fn empty_or_broken_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            CertStore::load_dir(dir.path()),
+            Err(TlsError::NoPairs(_))
+        ));
+        std::fs::write(dir.path().join("x.crt"), "not pem").unwrap();
+        std::fs::write(dir.path().join("x.key"), "not pem").unwrap();
+        assert!(CertStore::load_dir(dir.path()).is_err());
+    }
+}

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""The summary at the top of docs/benchmarks.md: switchboard's headline ratios against the best
+peer, read from the raw results of the last run of each part (target/bench/results/*.json)."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib as B  # noqa: E402
+
+
+def load(name):
+    try:
+        return json.loads((B.RESULTS / f"{name}.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def med(runs, key):
+    m = B.median_spread([r.get(key) for r in runs])
+    return m["median"] if m else None
+
+
+def ratio(a, b, digits=2):
+    return f"{a / b:.{digits}f}" if a and b else "–"
+
+
+def dns_rows(d):
+    rows = []
+    for cell in d["cells"].values():
+        srv = cell["servers"]
+        peers = {k: v for k, v in srv.items() if k not in ("switchboard", "sb-dns") and v["runs"]}
+        if not peers:
+            continue
+        best = max(peers, key=lambda k: med(peers[k]["runs"], "qps") or 0)
+        bq, bc = med(peers[best]["runs"], "qps"), med(peers[best]["runs"], "cpu_us_per_query")
+        for ours in ("switchboard", "sb-dns"):
+            e = srv.get(ours)
+            if not e:
+                continue
+            what = (f"DNS QPS, {cell['size']:,} services, {cell['threads']} thread"
+                    f"{'s' if cell['threads'] > 1 else ''}"
+                    f"{' (DNS server alone)' if ours == 'sb-dns' else ''}")
+            if e.get("skip") or not e["runs"]:
+                rows.append((what, e.get("skip", "no runs"), "", ""))
+                continue
+            q, c = med(e["runs"], "qps"), med(e["runs"], "cpu_us_per_query")
+            rows.append((what, f"{q:,.0f} vs {bq:,.0f} ({B.LABEL_OF.get(best, best)})",
+                         ratio(q, bq), f"{c:.1f} vs {bc:.1f} µs ({ratio(bc, c)}×)"))
+    return rows
+
+
+def http_rows(d):
+    rows = []
+    for workers, cell in d["cells"].items():
+        e = cell.get("switchboard")
+        peers = {k: v for k, v in cell.items() if k in ("haproxy", "nginx") and v["runs"]}
+        what = f"HTTP requests/s, {workers} worker{'s' if workers != '1' else ''}"
+        if not e or e.get("skip") or not e["runs"] or not peers:
+            rows.append((what, (e or {}).get("skip", "no runs"), "", ""))
+            continue
+        best = max(peers, key=lambda k: med(peers[k]["runs"], "rps") or 0)
+        q, bq = med(e["runs"], "rps"), med(peers[best]["runs"], "rps")
+        c, bc = med(e["runs"], "cpu_us_per_request"), med(peers[best]["runs"], "cpu_us_per_request")
+        rows.append((what, f"{q:,.0f} vs {bq:,.0f} ({B.LABEL_OF.get(best, best)})", ratio(q, bq),
+                     f"{c:.1f} vs {bc:.1f} µs ({ratio(bc, c)}×)"))
+    return rows
+
+
+def l4_rows(d):
+    rows = []
+    if "skip" in d:
+        return [("L4", d["skip"], "", "")]
+    for workers, cell in d["cells"].items():
+        e = cell.get("switchboard")
+
+        def v(t, kind):
+            runs = [r for r in cell.get(t, {}).get("runs", []) if r["kind"] == kind]
+            return med(runs, "value")
+
+        if not e or e.get("skip") or not e["runs"]:
+            rows.append((f"L4, {workers} worker", (e or {}).get("skip", "no runs"), "", ""))
+            continue
+        for kind, what, peer in (("conn", "TCP connections/s", "haproxy"),
+                                 ("tput", "TCP throughput (Gbit/s)", "haproxy"),
+                                 ("udp", "UDP datagrams/s", "nftables")):
+            ours, theirs, dnat = v("switchboard", kind), v(peer, kind), v("nftables", kind)
+            dg = 2 if kind == "tput" else 0
+            rows.append((f"L4 {what}, {workers} worker",
+                         f"{B.fmt_num(ours, dg)} vs {B.fmt_num(theirs, dg)} "
+                         f"({B.LABEL_OF.get(peer, peer)})", ratio(ours, theirs),
+                         f"× DNAT ceiling {ratio(ours, dnat)}"))
+    return rows
+
+
+def prop_rows(d):
+    rows = []
+    for src, runs in d["runs"].items():
+        ok = [r for r in runs if "dns" in r]
+        if not ok:
+            continue
+        p50 = med([r["dns"] for r in ok], "p50_ms")
+        p99 = med([r["dns"] for r in ok], "p99_ms")
+        t50 = med([r["tables"] for r in ok], "p50_ms")
+        rss = med(ok, "rss_end_kib")
+        model = ok[0]["coredns_model_mb"]
+        rows.append((f"Propagation ({src}), 10k services / 100k endpoints",
+                     f"DNS p50 {p50 or 0:.1f} ms, p99 {p99 or 0:.1f} ms; tables p50 {t50 or 0:.1f} ms",
+                     "", f"RSS {rss / 1024:.0f} MiB = {rss / 1024 * 1.048576 / model:.2f}× "
+                         f"CoreDNS's model ({model:.0f} MB)"))
+    return rows
+
+
+def main():
+    rows = []
+    dates = []
+    for name, fn in (("dns", dns_rows), ("propagation", prop_rows), ("http", http_rows),
+                     ("l4", l4_rows)):
+        d = load(name)
+        if d:
+            rows += fn(d)
+            dates.append(f"{name} {d['machine']['date'] if 'machine' in d else '?'}")
+    if not rows:
+        return
+    md = ["## Summary: switchboard against the best peer", "",
+          "From the sections below (runs: " + "; ".join(dates) + "). Ratio > 1 means "
+          "switchboard is ahead; CPU ratios are peer ÷ switchboard per query or request.", "",
+          "| what | switchboard vs best peer | ratio | CPU per op / notes |", "|---|---|---|---|"]
+    md += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    B.update_docs("summary", "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
