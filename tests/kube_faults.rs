@@ -69,17 +69,18 @@ async fn gone_410_relists_and_keeps_tables() {
     wait_watching(&api, 6).await;
     let lists_before = api.stats().lists;
 
-    // History is compacted and the watches drop: re-watching from the old resourceVersion
-    // gets 410 Gone, and the watcher must relist.
-    api.compact();
+    // The watches drop; while requests are held, `b` is written and history compacted, so
+    // re-watching from the old resourceVersion gets 410 Gone and the watcher must relist.
+    api.set_delay(Duration::from_millis(800));
+    api.drop_watches();
     api.apply_yaml(&svc("b", "10.0.0.2"));
     api.compact();
-    api.drop_watches();
     let t = sb.tables().await;
     assert!(
         t.contains("service default/a "),
         "kept while relisting:\n{t}"
     );
+    api.set_delay(Duration::ZERO);
     sb.wait_tables("b after relist", |t| {
         t.contains("service default/b ") && t.contains("service default/a ")
     })

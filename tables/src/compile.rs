@@ -129,8 +129,9 @@ pub fn compile_service(
 
     let mut out = CompiledService::default();
     let mut dns: BTreeMap<Arc<str>, Vec<DnsRecord>> = BTreeMap::new();
-    // The namespace exists as a name as long as it has a service.
-    dns.entry(ns_name.clone().into()).or_default();
+    // `<ns>.svc.<zone>` exists as long as the namespace has a service; `ClusterState` keeps that
+    // name by counting services per namespace (one entry shared by thousands of services would
+    // make every change cost O(services in the namespace)).
 
     match svc.service_type {
         ServiceType::ExternalName => {

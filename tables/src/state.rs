@@ -69,6 +69,8 @@ pub struct ClusterState {
     synced: bool,
     /// Publish on the next commit even if no table changed (readiness flipped).
     force_publish: bool,
+    /// Compiled services per namespace: `<ns>.svc.<zone>` exists while this is above zero.
+    services_per_ns: HashMap<Arc<str>, usize>,
     /// Effective objects per origin and kind, kept up to date by `changed`.
     counts: BTreeMap<(Origin, Kind), usize>,
     generation: u64,
@@ -89,6 +91,7 @@ impl ClusterState {
             http_dirty: false,
             synced: false,
             force_publish: false,
+            services_per_ns: HashMap::new(),
             counts: BTreeMap::new(),
             generation: 0,
             current,
@@ -288,6 +291,11 @@ impl ClusterState {
             _ => CompiledService::default(),
         };
         let old = self.compiled.remove(key).unwrap_or_default();
+        match (old.routes.is_some(), new.routes.is_some()) {
+            (false, true) => self.namespace_services(&key.namespace, 1),
+            (true, false) => self.namespace_services(&key.namespace, -1),
+            _ => {}
+        }
         if old == new {
             if new.routes.is_some() {
                 self.compiled.insert(key.clone(), new);
@@ -297,6 +305,36 @@ impl ClusterState {
         splice(&mut self.current, key, &old, &new);
         if new.routes.is_some() {
             self.compiled.insert(key.clone(), new);
+        }
+    }
+
+    /// Counts compiled services in a namespace and keeps its empty non-terminal
+    /// `<ns>.svc.<zone>` in the DNS names while the count is above zero.
+    fn namespace_services(&mut self, namespace: &Arc<str>, delta: isize) {
+        let count = self.services_per_ns.entry(namespace.clone()).or_default();
+        let before = *count;
+        *count = count.saturating_add_signed(delta);
+        let after = *count;
+        if after == 0 {
+            self.services_per_ns.remove(namespace);
+        }
+        let name: Arc<str> = format!(
+            "{}.svc.{}",
+            namespace.to_ascii_lowercase(),
+            normalize_name(&self.config.cluster_domain)
+        )
+        .into();
+        match (before, after) {
+            (0, n) if n > 0 => {
+                self.current
+                    .dns
+                    .names
+                    .insert(name, Arc::new(DnsEntry::default()));
+            }
+            (b, 0) if b > 0 => {
+                self.current.dns.names.remove(&*name);
+            }
+            _ => {}
         }
     }
 
