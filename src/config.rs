@@ -55,7 +55,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "ALGORITHM")]
     pub lb_algorithm: Option<String>,
     /// How long an HTTP endpoint is ejected after 5 failures in a row, in milliseconds
-    /// (longer on repeated ejections) [default: 30000].
+    /// (longer on repeated ejections; 0 disables ejection) [default: 30000].
     #[arg(long, value_name = "MS")]
     pub outlier_ejection_ms: Option<u64>,
     /// Admin listener: /metrics /healthz /readyz /debug/tables [default: 127.0.0.1:9153].

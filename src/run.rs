@@ -69,9 +69,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             })
             .context("starting the manifest watcher")?;
     }
+    let mut cfg = cfg;
     if cfg.kubernetes {
         let client = kubernetes::client(cfg.kubeconfig.as_deref()).await?;
         parts.extend(controller::parts_of(Origin::Kubernetes));
+        // Without --zone, the zone comes from this node's Node object, as kube-proxy does.
+        if cfg.l4 != L4Mode::Off && cfg.zone.is_none() {
+            if let Some(node) = cfg.node_name.clone() {
+                cfg.zone = kubernetes::node_zone(client.clone(), &node, Duration::from_secs(10)).await;
+                tracing::info!(node, zone = cfg.zone.as_deref().unwrap_or("-"), "node zone from the Node object");
+            }
+        }
         kubernetes::spawn(client, tx.clone(), metrics.clone());
     }
     drop(tx);

@@ -869,15 +869,15 @@ async fn idempotent_requests_are_retried_on_503_within_budget() {
         &service_yaml("default", "web", "10.96.9.1", &ready(&[&good, &busy])),
     );
     write(d, "ing.yaml", &simple_ingress("b.test", "web"));
-    // Ejection off the table (one very long threshold is not configurable, so a short
-    // ejection that re-admits quickly keeps the 503 endpoint in play).
+    // Ejection off (0): the 503 endpoint stays in the round robin, so every other request
+    // meets it.
     let sb = start(
         d,
         &[
             "--lb-algorithm",
             "round-robin",
             "--outlier-ejection-ms",
-            "1",
+            "0",
         ],
     );
     let proxy = sb.listener("http");
@@ -898,7 +898,7 @@ async fn idempotent_requests_are_retried_on_503_within_budget() {
     );
     // POST is not idempotent: its 503 reaches the client.
     let mut saw_503 = false;
-    for _ in 0..6 {
+    for _ in 0..10 {
         let a = request(&c, "POST", proxy, "b.test", "/", &[])
             .await
             .unwrap();

@@ -222,3 +222,39 @@ async fn gateway_crds_absent_then_installed() {
     assert!(t.contains("hosts=r.example"), "{t}");
     assert!(t.contains("via default/gw"), "{t}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_zone_comes_from_the_node_object() {
+    // As kube-proxy: without --zone, the L4 proxy's zone is the Node's topology label.
+    let api = ApiServer::start(Options::default()).await.unwrap();
+    api.apply_yaml(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {topology.kubernetes.io/zone: zone-b}\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kc).unwrap();
+    let sb = Switchboard::start(&[
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--node-name",
+        "n1",
+        "--l4",
+        "bind",
+    ]);
+    sb.wait_log("node zone from the Node object", Duration::from_secs(15)).await;
+    assert!(sb.log_contains("zone=\"zone-b\"") || sb.log_contains("zone=zone-b"), "{}", sb.log());
+
+    // An explicit --zone wins and the Node object is not read.
+    let sb2 = Switchboard::start(&[
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--node-name",
+        "n1",
+        "--l4",
+        "bind",
+        "--zone",
+        "zone-c",
+    ]);
+    sb2.wait_admin("/readyz", Duration::from_secs(15), "ready", |c, _| c == 200).await;
+    assert!(!sb2.log_contains("node zone from the Node object"));
+}

@@ -67,6 +67,36 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
     Ok(Client::try_from(config)?)
 }
 
+/// The label that names a node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// This node's zone from its Node object's `topology.kubernetes.io/zone` label, as kube-proxy
+/// reads it at start. Retries until `timeout`; `None` when the node or the label is absent or
+/// the API cannot be reached in time.
+pub async fn node_zone(client: Client, node: &str, timeout: std::time::Duration) -> Option<String> {
+    let api = Api::<core::Node>::all(client);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match api.get_opt(node).await {
+            Ok(Some(n)) => {
+                return n.metadata.labels.and_then(|l| l.get(ZONE_LABEL).cloned());
+            }
+            Ok(None) => {
+                tracing::warn!(node, "Node object not found; no zone for topology-aware routing");
+                return None;
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(node, error = %e, "reading the Node object; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                tracing::warn!(node, error = %e, "cannot read the Node object; no zone for topology-aware routing");
+                return None;
+            }
+        }
+    }
+}
+
 /// Starts one watcher task per kind; they run until `tx` closes.
 pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();

@@ -175,3 +175,114 @@ fn non_empty(
         Ok(b)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::balance::HashKey;
+    use std::collections::BTreeMap;
+    use tables::{Conditions, EndpointRoute, PortRoutes, Service, ServicePort, ServiceRoutes};
+
+    fn table(annotations: &[(&str, &str)], app_protocol: Option<&str>) -> RouteTable {
+        let ep = |a: &str, ready: bool| EndpointRoute {
+            addr: a.parse().unwrap(),
+            conditions: Conditions {
+                ready: Some(ready),
+                serving: Some(ready),
+                terminating: Some(false),
+            },
+            node_name: None,
+            zone: None,
+            hints_for_zones: vec![],
+            hints_for_nodes: vec![],
+            target: None,
+        };
+        let svc = Service {
+            namespace: "d".into(),
+            name: "web".into(),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: PortRef::Number(8080),
+                node_port: None,
+                app_protocol: app_protocol.map(str::to_string),
+            }],
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            ..Default::default()
+        };
+        let routes = ServiceRoutes {
+            key: ServiceKey::new("d", "web"),
+            service: Arc::new(svc),
+            ports: vec![PortRoutes {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: PortRef::Number(8080),
+                node_port: None,
+                endpoints: vec![ep("10.0.0.1:8080", true), ep("10.0.0.2:8080", false)].into(),
+            }],
+        };
+        let mut t = RouteTable::default();
+        t.services
+            .insert(ServiceKey::new("d", "web"), Arc::new(routes));
+        t
+    }
+
+    fn backend(port: Option<PortRef>) -> HttpBackend {
+        HttpBackend {
+            service: ServiceKey::new("d", "web"),
+            port,
+            weight: 1,
+        }
+    }
+
+    #[test]
+    fn resolves_ports_and_keeps_usable_endpoints() {
+        let b = Balancers::new(Algorithm::LeastRequest);
+        let t = table(&[], None);
+        for port in [
+            Some(PortRef::Number(80)),
+            Some(PortRef::Name("http".into())),
+            None,
+        ] {
+            let pb = b.get(&t, &backend(port), None).unwrap();
+            assert_eq!(&*pb.label, "d/web:80");
+            let addrs: Vec<_> = pb.endpoints.iter().map(|e| e.addr.to_string()).collect();
+            assert_eq!(addrs, ["10.0.0.1:8080"]);
+            assert!(!pb.h2c);
+        }
+        assert!(matches!(
+            b.get(&t, &backend(Some(PortRef::Number(81))), None),
+            Err(NoEndpoints::NoPort(..))
+        ));
+        let mut other = backend(None);
+        other.service = ServiceKey::new("d", "nope");
+        assert!(matches!(
+            b.get(&t, &other, None),
+            Err(NoEndpoints::NoService(_))
+        ));
+    }
+
+    #[test]
+    fn algorithm_route_then_service_then_default_and_cache() {
+        let b = Balancers::new(Algorithm::LeastRequest);
+        let t = table(&[(LB_ANNOTATION, "round-robin")], Some("kubernetes.io/h2c"));
+        let svc = b.get(&t, &backend(None), None).unwrap();
+        assert_eq!(svc.algorithm, Algorithm::RoundRobin);
+        assert!(svc.h2c);
+        let route = b.get(&t, &backend(None), Some("maglev")).unwrap();
+        assert_eq!(route.algorithm, Algorithm::Maglev(HashKey::ClientIp));
+        // A route value that does not parse falls back to the Service's.
+        let bad = b.get(&t, &backend(None), Some("fastest")).unwrap();
+        assert_eq!(bad.algorithm, Algorithm::RoundRobin);
+        // Same table, same algorithm: the cached balancer.
+        assert!(Arc::ptr_eq(&svc, &b.get(&t, &backend(None), None).unwrap()));
+        let plain = table(&[], None);
+        let d = b.get(&plain, &backend(None), None).unwrap();
+        assert_eq!(d.algorithm, Algorithm::LeastRequest);
+    }
+}

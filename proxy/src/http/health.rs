@@ -21,7 +21,7 @@ pub const DECAY_HALF_LIFE: Duration = Duration::from_secs(1);
 pub struct OutlierConfig {
     /// Failures in a row (connect failures or 5xx) that eject an endpoint; 0 disables ejection.
     pub consecutive_failures: u32,
-    /// The first ejection's length; later ones are multiples of it.
+    /// The first ejection's length; later ones are multiples of it. Zero disables ejection.
     pub base_ejection: Duration,
     /// At most this share of a service port's endpoints is ejected at once.
     pub max_ejected_percent: u32,
@@ -142,7 +142,11 @@ impl EndpointState {
         may_eject: impl FnOnce() -> bool,
     ) -> FailureOutcome {
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if cfg.consecutive_failures == 0 || n < cfg.consecutive_failures || self.is_ejected() {
+        if cfg.consecutive_failures == 0
+            || cfg.base_ejection.is_zero()
+            || n < cfg.consecutive_failures
+            || self.is_ejected()
+        {
             return FailureOutcome::Counted;
         }
         // A re-admitted endpoint that fails once more goes straight back out.
