@@ -43,11 +43,20 @@ struct Setup {
 }
 
 async fn setup(opts: Options) -> Setup {
+    setup_with(opts, &[], |_| {}).await
+}
+
+/// Starts the API server, lets `before` prepare it, then starts switchboard against it with
+/// `args` added.
+async fn setup_with(opts: Options, args: &[&str], before: impl FnOnce(&ApiServer)) -> Setup {
     let api = ApiServer::start(opts).await.unwrap();
+    before(&api);
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kc).unwrap();
-    let sb = Switchboard::start(&["--kubeconfig", kc.to_str().unwrap()]);
+    let mut all = vec!["--kubeconfig", kc.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let sb = Switchboard::start(&all);
     Setup { api, sb, _dir: dir }
 }
 
@@ -119,14 +128,12 @@ async fn dropped_watch_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_keep_tables_and_readiness_waits_for_first_list() {
-    let api = ApiServer::start(Options::default()).await.unwrap();
-    api.apply_yaml(&svc("a", "10.0.0.1"));
     // The first lists fail: not ready until every kind has listed.
-    api.fail_next(500, 8);
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kc).unwrap();
-    let sb = Switchboard::start(&["--kubeconfig", kc.to_str().unwrap()]);
+    let Setup { api, sb, .. } = setup_with(Options::default(), &[], |api| {
+        api.apply_yaml(&svc("a", "10.0.0.1"));
+        api.fail_next(500, 8);
+    })
+    .await;
     let (code, _) = sb.admin_get("/readyz").await;
     assert_eq!(code, 503, "not ready before the first complete list");
     sb.wait_admin(
@@ -226,25 +233,25 @@ async fn gateway_crds_absent_then_installed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_zone_comes_from_the_node_object() {
     // As kube-proxy: without --zone, the L4 proxy's zone is the Node's topology label.
-    let api = ApiServer::start(Options::default()).await.unwrap();
-    api.apply_yaml(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {topology.kubernetes.io/zone: zone-b}\n",
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {topology.kubernetes.io/zone: zone-b}\n";
+    let Setup { sb, api, _dir } = setup_with(
+        Options::default(),
+        &["--node-name", "n1", "--l4", "bind"],
+        |api| {
+            api.apply_yaml(node);
+        },
+    )
+    .await;
+    sb.wait_log("node zone from the Node object", Duration::from_secs(15))
+        .await;
+    assert!(
+        sb.log_contains("zone=\"zone-b\"") || sb.log_contains("zone=zone-b"),
+        "{}",
+        sb.log()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kc).unwrap();
-    let sb = Switchboard::start(&[
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "--node-name",
-        "n1",
-        "--l4",
-        "bind",
-    ]);
-    sb.wait_log("node zone from the Node object", Duration::from_secs(15)).await;
-    assert!(sb.log_contains("zone=\"zone-b\"") || sb.log_contains("zone=zone-b"), "{}", sb.log());
 
     // An explicit --zone wins and the Node object is not read.
+    let kc = _dir.path().join("kubeconfig");
     let sb2 = Switchboard::start(&[
         "--kubeconfig",
         kc.to_str().unwrap(),
@@ -255,6 +262,8 @@ async fn node_zone_comes_from_the_node_object() {
         "--zone",
         "zone-c",
     ]);
-    sb2.wait_admin("/readyz", Duration::from_secs(15), "ready", |c, _| c == 200).await;
+    sb2.wait_admin("/readyz", Duration::from_secs(15), "ready", |c, _| c == 200)
+        .await;
     assert!(!sb2.log_contains("node zone from the Node object"));
+    drop(api);
 }
