@@ -42,11 +42,12 @@ pub struct RunArgs {
     /// HTTP ingress listener (repeatable).
     #[arg(long, value_name = "ADDR")]
     pub http: Vec<SocketAddr>,
-    /// HTTPS ingress listener, certificates chosen by SNI from --tls-cert-dir (repeatable).
+    /// HTTPS ingress listener, certificates chosen by SNI from the kubernetes.io/tls Secrets
+    /// that Ingress tls entries and Gateway HTTPS listeners reference (repeatable).
     #[arg(long, value_name = "ADDR")]
     pub https: Vec<SocketAddr>,
-    /// Certificates for --https: subdirectories with tls.crt and tls.key (as mounted
-    /// kubernetes.io/tls Secrets), or NAME.crt + NAME.key pairs.
+    /// Fallback certificates for --https, for names no Secret covers: subdirectories with
+    /// tls.crt and tls.key (as mounted kubernetes.io/tls Secrets), or NAME.crt + NAME.key pairs.
     #[arg(long, value_name = "DIR")]
     pub tls_cert_dir: Option<PathBuf>,
     /// HTTP balancing where a Service has no switchboard.dev/lb-algorithm annotation:
@@ -275,9 +276,6 @@ impl Config {
         };
         let https = list(args.https, file.https);
         let tls_cert_dir = args.tls_cert_dir.or(file.tls_cert_dir);
-        if !https.is_empty() && tls_cert_dir.is_none() {
-            bail!("https listeners need tls-cert-dir");
-        }
         let axfr_allow_strs = if args.axfr_allow.is_empty() {
             file.axfr_allow.clone().unwrap_or_default()
         } else {

@@ -76,8 +76,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         // Without --zone, the zone comes from this node's Node object, as kube-proxy does.
         if cfg.l4 != L4Mode::Off && cfg.zone.is_none() {
             if let Some(node) = cfg.node_name.clone() {
-                cfg.zone = kubernetes::node_zone(client.clone(), &node, Duration::from_secs(10)).await;
-                tracing::info!(node, zone = cfg.zone.as_deref().unwrap_or("-"), "node zone from the Node object");
+                cfg.zone =
+                    kubernetes::node_zone(client.clone(), &node, Duration::from_secs(10)).await;
+                tracing::info!(
+                    node,
+                    zone = cfg.zone.as_deref().unwrap_or("-"),
+                    "node zone from the Node object"
+                );
             }
         }
         kubernetes::spawn(client, tx.clone(), metrics.clone());

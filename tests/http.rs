@@ -1138,6 +1138,151 @@ async fn h2c_and_tls_with_two_sni_names() {
     );
 }
 
+/// Standard base64 with padding (for Secret `data`).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A self-signed certificate for `name`: its PEM (written to `ca_dir/FILE` for curl's
+/// `--cacert`) and a `kubernetes.io/tls` Secret manifest carrying it.
+fn tls_secret(secret: &str, name: &str, ca_dir: &Path, file: &str) -> (String, std::path::PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let pem = ck.cert.pem();
+    let ca = ca_dir.join(file);
+    std::fs::write(&ca, &pem).unwrap();
+    let yaml = format!(
+        "apiVersion: v1
+kind: Secret
+metadata: {{name: {secret}, namespace: default}}
+type: kubernetes.io/tls
+data:
+  tls.crt: {}
+  tls.key: {}
+",
+        base64(pem.as_bytes()),
+        base64(ck.signing_key.serialize_pem().as_bytes())
+    );
+    (yaml, ca)
+}
+
+/// `curl https://NAME:PORT/PATH` trusting only `ca`, with NAME resolved to the listener.
+fn curl_tls(https: SocketAddr, name: &str, ca: &Path, path: &str) -> (bool, String) {
+    curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &format!("{name}:{}:127.0.0.1", https.port()),
+        &format!("https://{name}:{}{path}", https.port()),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificates_from_ingress_secrets() {
+    let a = Backend::start("site-a").await;
+    let b = Backend::start("site-b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cas = tempfile::tempdir().unwrap();
+    write(
+        d,
+        "a.yaml",
+        &service_yaml("default", "site-a", "10.96.5.1", &ready(&[&a])),
+    );
+    write(
+        d,
+        "b.yaml",
+        &service_yaml("default", "site-b", "10.96.5.2", &ready(&[&b])),
+    );
+    let (secret_a, ca_a) = tls_secret("cert-a", "a.test", cas.path(), "a1.crt");
+    let (secret_b, ca_b) = tls_secret("cert-b", "b.test", cas.path(), "b.crt");
+    write(d, "secret-a.yaml", &secret_a);
+    write(d, "secret-b.yaml", &secret_b);
+    write(
+        d,
+        "ingress.yaml",
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: secure, namespace: default}
+spec:
+  ingressClassName: switchboard
+  tls:
+  - hosts: [a.test]
+    secretName: cert-a
+  - hosts: [b.test]
+    secretName: cert-b
+  rules:
+  - host: a.test
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: site-a, port: {number: 80}}}}]
+  - host: b.test
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: site-b, port: {number: 80}}}}]
+",
+    );
+    // No --tls-cert-dir: every certificate comes from the Secrets.
+    let sb = start(d, &["--https", "127.0.0.1:0"]);
+    let c = client();
+    wait_get(&sb, &c, "a.test", "/", "served", |x| x.status == 200).await;
+    wait_get(&sb, &c, "b.test", "/", "served", |x| x.status == 200).await;
+    let https = sb.listener("https");
+
+    // Each name verifies against its own certificate only (each is its own CA), and the request
+    // reaches the backend the Ingress names.
+    for (name, site, ca, wrong) in [
+        ("a.test", "site-a", &ca_a, &ca_b),
+        ("b.test", "site-b", &ca_b, &ca_a),
+    ] {
+        let (ok, out) = curl_tls(https, name, ca, "/secret");
+        assert!(ok, "{name}: {out}");
+        assert_eq!(out, format!("{site} /secret\n"));
+        let (ok, out) = curl_tls(https, name, wrong, "/");
+        assert!(
+            !ok,
+            "{name} must not be served with the other certificate: {out}"
+        );
+    }
+    let hits_a = a.hits.load(Ordering::SeqCst);
+
+    // A new certificate in Secret cert-a is served without a restart.
+    let (secret_a2, ca_a2) = tls_secret("cert-a", "a.test", cas.path(), "a2.crt");
+    write(d, "secret-a.yaml", &secret_a2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out) = curl_tls(https, "a.test", &ca_a2, "/renewed");
+        if ok {
+            assert_eq!(out, "site-a /renewed\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new certificate for a.test not served: {out}\n{}",
+            sb.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.hits.load(Ordering::SeqCst) > hits_a);
+    let (ok, _) = curl_tls(https, "a.test", &ca_a, "/");
+    assert!(!ok, "the replaced certificate must no longer be served");
+    // b.test is untouched.
+    let (ok, out) = curl_tls(https, "b.test", &ca_b, "/still");
+    assert!(ok && out == "site-b /still\n", "{out}");
+}
+
 /// A backend that speaks only HTTP/2 without TLS (as gRPC servers do), answering its protocol
 /// version.
 async fn h2c_backend() -> SocketAddr {

@@ -82,7 +82,10 @@ pub async fn node_zone(client: Client, node: &str, timeout: std::time::Duration)
                 return n.metadata.labels.and_then(|l| l.get(ZONE_LABEL).cloned());
             }
             Ok(None) => {
-                tracing::warn!(node, "Node object not found; no zone for topology-aware routing");
+                tracing::warn!(
+                    node,
+                    "Node object not found; no zone for topology-aware routing"
+                );
                 return None;
             }
             Err(e) if tokio::time::Instant::now() < deadline => {

@@ -34,7 +34,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use pingora::listeners::tls::Acceptor;
 use pingora::server::configuration::ServerConf;
 use pingora::tls::ServerConfig;
@@ -54,9 +53,9 @@ use service::{Ingress, Shared};
 pub struct HttpConfig {
     /// Plain listeners (HTTP/1.1 and h2c).
     pub http: Vec<SocketAddr>,
-    /// TLS listeners (h2 and HTTP/1.1 by ALPN); need `tls_cert_dir`.
+    /// TLS listeners (h2 and HTTP/1.1 by ALPN); certificates from the snapshot's Secrets.
     pub https: Vec<SocketAddr>,
-    /// Certificates for `https` (see `tls`).
+    /// Fallback certificates for `https` (see `tls`).
     pub tls_cert_dir: Option<PathBuf>,
     /// Balancing algorithm where the Service has no `switchboard.dev/lb-algorithm` annotation.
     pub lb_algorithm: Algorithm,
@@ -100,8 +99,6 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("--https needs --tls-cert-dir (a directory of certificate pairs)")]
-    NoCertificates,
     #[error("TLS certificates: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("registering metrics: {0}")]
@@ -142,20 +139,21 @@ impl HttpServer {
         registry: &prometheus::Registry,
     ) -> Result<HttpServer, StartError> {
         let metrics = HttpMetrics::new(registry)?;
-        let tls_store = match (&config.https.is_empty(), &config.tls_cert_dir) {
-            (true, _) => None,
-            (false, None) => return Err(StartError::NoCertificates),
-            (false, Some(dir)) => {
-                pingora::tls::install_default_crypto_provider();
-                let store = tls::CertStore::load_dir(dir)?;
-                tracing::info!(dir = %dir.display(), names = ?store.names, "TLS certificates loaded");
-                Some((
-                    dir.clone(),
-                    Arc::new(tls::SniResolver {
-                        store: ArcSwap::from_pointee(store),
-                    }),
-                ))
-            }
+        let tls_store = if config.https.is_empty() {
+            None
+        } else {
+            pingora::tls::install_default_crypto_provider();
+            let dir_store = match &config.tls_cert_dir {
+                Some(dir) => {
+                    let store = tls::CertStore::load_dir(dir)?;
+                    tracing::info!(dir = %dir.display(), names = ?store.names, "TLS certificates loaded");
+                    store
+                }
+                None => tls::CertStore::default(),
+            };
+            let resolver = Arc::new(tls::SniResolver::new(Some(cell.clone()), dir_store));
+            resolver.refresh();
+            Some((config.tls_cert_dir.clone(), resolver))
         };
 
         let conf = Arc::new(ServerConf {
@@ -270,27 +268,31 @@ impl HttpServer {
     }
 }
 
+/// Every 2 s: rebuilds the Secrets' certificates if the snapshot changed them, and reloads the
+/// fallback directory if its files changed.
 async fn reload_certificates(
-    dir: PathBuf,
+    dir: Option<PathBuf>,
     resolver: Arc<tls::SniResolver>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut seen = tls::dir_fingerprint(&dir);
+    let mut seen = dir.as_deref().map(tls::dir_fingerprint);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => if *stop.borrow() { return } else { continue },
         }
-        let now = tls::dir_fingerprint(&dir);
+        resolver.refresh();
+        let Some(dir) = &dir else { continue };
+        let now = Some(tls::dir_fingerprint(dir));
         if now == seen {
             continue;
         }
         seen = now;
-        match tls::CertStore::load_dir(&dir) {
+        match tls::CertStore::load_dir(dir) {
             Ok(store) => {
                 tracing::info!(dir = %dir.display(), names = ?store.names, "TLS certificates reloaded");
-                resolver.store.store(Arc::new(store));
+                resolver.dir.store(Arc::new(store));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "TLS certificates not reloaded; keeping the old ones")
