@@ -1,7 +1,7 @@
 //! The cost of an nftables update at 10,000 services (root only): switchboard in a node
 //! namespace with 10,000 ClusterIP services, then one service changes. The update rewrites only
 //! the changed map element, in one transaction; its time is read from
-//! `switchboard_l4_sync_duration_seconds`.
+//! `switchboard_l4_sync_duration_seconds` and printed (not asserted: speed belongs in benchmarks).
 
 mod netns;
 
@@ -124,11 +124,10 @@ fn one_service_update_at_10k_services_is_fast() {
         );
         worst = worst.max(per);
     }
-    assert!(
-        // Release builds on an idle machine take a fraction of this; the bound leaves room
-        // for a debug build sharing two cores with the rest of the test suite.
-        worst < 0.25,
-        "a one-service update took {:.1} ms",
+    // Timing is reported, not asserted: speed is measured in benchmarks (docs/benchmarks.md),
+    // never as a pass/fail bound in tests.
+    eprintln!(
+        "l4 one-service update at 10,000 services: worst {:.1} ms per sync",
         worst * 1000.0
     );
 }
