@@ -218,10 +218,10 @@ def to_ms(s):
     return v / 1000 if m.group(2) == "us" else v if m.group(2) == "ms" else v * 1000
 
 
-def wrk(proc, addr, a):
+def wrk(proc, addr, a, helpers=()):
     cmd = ["wrk", "-t", "2", "-c", str(a.connections), "-d", f"{a.duration}s", "--latency",
            "-H", f"Host: {HOST}", f"http://{addr}/"]
-    cpu = B.CpuWindow(proc.pid if proc else None)
+    cpu = B.CpuWindow(proc.pid if proc else None, helpers)
     cpu.start()
     out, err, ticks, wall = B.run_timed(cmd, a.duration + 30)
     w = cpu.stop(ticks)
@@ -248,6 +248,7 @@ def wrk(proc, addr, a):
 def run(a):
     results = {"machine": B.machine(), "args": vars(a), "cells": {},
                "versions": {t: B.pkg_version(p) for t, p in PKG.items()}}
+    backends = None
     wd = B.WORK / "http"
     wd.mkdir(parents=True, exist_ok=True)
     help_text = B.switchboard_help()
@@ -279,7 +280,7 @@ def run(a):
             for t in order[k:] + order[:k]:
                 proc, addr = running[t]
                 with B.Alone(proc, [p for p, _ in running.values()]):
-                    r = wrk(proc, addr, a)
+                    r = wrk(proc, addr, a, [backends.pid])
                 cell[t]["runs"].append(r)
                 B.log(f"http {workers} worker(s) round {rnd + 1} {t}: {r['rps'] or 0:,.0f} req/s, "
                       f"p99 {r['p99_ms']} ms, {r.get('cpu_us_per_request', 0):.1f} µs CPU/req, "

@@ -249,7 +249,7 @@ def check(target):
     return None
 
 
-def load(target, kind, proc, a, data):
+def load(target, kind, proc, a, data, helpers=()):
     vip = VIP[target]
     if kind == "conn":
         cmd = ["wrk", "-t", "2", "-c", "32", "-d", f"{a.duration}s", "-H", "Connection: close",
@@ -259,7 +259,7 @@ def load(target, kind, proc, a, data):
     else:
         cmd = ["dnsperf", "-s", vip, "-p", "53", "-d", Path(data) / "queries.txt", "-l",
                a.duration, "-T", "2", "-c", "32", "-q", "256", "-t", "2"]
-    cpu = B.CpuWindow(proc.pid if proc else None)
+    cpu = B.CpuWindow(proc.pid if proc else None, helpers)
     cpu.start()
     out, err, ticks, wall = B.run_timed(["ip", "netns", "exec", CLIENT, *cmd], a.duration + 30)
     w = cpu.stop(ticks)
@@ -310,7 +310,7 @@ def run(a):
     help_text = B.switchboard_help()
     try:
         topology()
-        start_backends(wd, data)
+        backends = start_backends(wd, data)
         time.sleep(1.5)
         nft_peers(wd)
         for workers in [int(w) for w in a.workers.split(",")]:
@@ -347,7 +347,7 @@ def run(a):
                         if kind == "udp" and t == "haproxy":
                             continue
                         with B.Alone(running[t], list(running.values())):
-                            r = load(t, kind, running[t], a, data)
+                            r = load(t, kind, running[t], a, data, [b.pid for b in backends])
                         r["kind"] = kind
                         cell[t]["runs"].append(r)
                         B.log(f"l4 {workers}w round {rnd + 1} {t} {kind}: {r['value'] or 0:,.2f}, "

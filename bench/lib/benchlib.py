@@ -290,42 +290,53 @@ def tree_rss_kib(pid):
 
 
 def machine_ticks():
-    """(busy, total) jiffies over all CPUs."""
+    """(busy, total, irq + softirq) jiffies over all CPUs."""
     with open("/proc/stat") as f:
         vals = [int(v) for v in f.readline().split()[1:]]
     idle = vals[3] + vals[4]
     total = sum(vals[:8])
-    return total - idle, total
+    return total - idle, total, vals[5] + vals[6]
 
 
 class CpuWindow:
-    """CPU taken during a window by the server tree, the load generator tree and everything else.
-    Call `start()`, run the load, then `stop(loadgen_pid_or_ticks)`."""
+    """CPU taken during a window by the server tree, the load generator, the benchmark's own
+    helpers (`extra_pids`: backends), the kernel's interrupt and softirq work (where loopback and
+    veth packet processing is accounted), and everything else: the other processes on the
+    machine, the noise to record. Call `start()`, run the load, then `stop(loadgen_ticks)`."""
 
-    def __init__(self, server_pid):
+    def __init__(self, server_pid, extra_pids=()):
         self.server_pid = server_pid
+        self.extra_pids = [p for p in extra_pids if p]
 
     def start(self):
         self.pids = tree_pids(self.server_pid) if self.server_pid else []
+        self.xpids = [q for p in self.extra_pids for q in tree_pids(p)]
         self.s0 = tree_ticks(self.pids)
+        self.x0 = tree_ticks(self.xpids)
         self.m0 = machine_ticks()
         self.t0 = time.monotonic()
         self.load = open("/proc/loadavg").read().split()[0]
 
     def stop(self, loadgen_ticks=0):
         self.s1 = tree_ticks(self.pids)
+        x1 = tree_ticks(self.xpids)
         m1 = machine_ticks()
         secs = time.monotonic() - self.t0
         busy = (m1[0] - self.m0[0]) / TICK
+        irq = (m1[2] - self.m0[2]) / TICK
         server = (self.s1 - self.s0) / TICK
+        extra = (x1 - self.x0) / TICK
         loadgen = loadgen_ticks / TICK
         ncpu = os.cpu_count() or 1
+        pct = (lambda v: v / secs / ncpu * 100) if secs else (lambda v: 0)
         return {
             "seconds": secs,
             "server_cpu_s": server,
             "loadgen_cpu_s": loadgen,
-            "others_cpu_pct": max(0.0, (busy - server - loadgen)) / secs / ncpu * 100 if secs else 0,
-            "machine_busy_pct": busy / secs / ncpu * 100 if secs else 0,
+            "helpers_cpu_s": extra,
+            "softirq_pct": pct(irq),
+            "others_cpu_pct": max(0.0, pct(busy - irq - server - loadgen - extra)),
+            "machine_busy_pct": pct(busy),
             "loadavg_start": float(self.load),
         }
 
@@ -498,7 +509,9 @@ background work cannot slow the one under test. The load average at the start an
 *other* processes took during the runs are recorded with each table, since on a shared 2-core
 machine that noise can halve throughput; the CPU time per query or request of the server is the
 steadiest figure to compare. Raw results
-(every run) are in `target/bench/results/*.json` after a run. Benchmarks are not part of
+(every run) are in `target/bench/results/*.json` after a run. "Other processes' CPU" is the
+machine's busy time minus the server, the load generator, the benchmark's backends and the
+kernel's interrupt/softirq time (where loopback and veth packets are processed), in % of all cores. Benchmarks are not part of
 `cargo test` and never gate CI.
 """
 

@@ -37,8 +37,8 @@ def run(a):
                 r = {"error": (err or stdout)[-600:]}
                 B.log(f"propagation {src} failed:\n{r['error']}")
             # Everything here is our own (switchboard + bench-gen); the rest is other processes'.
-            r["others_cpu_pct"] = max(0.0, w["machine_busy_pct"] - ticks / B.TICK / wall / (
-                B.machine()["cores"] or 1) * 100)
+            r["others_cpu_pct"] = max(0.0, w["machine_busy_pct"] - w["softirq_pct"] - ticks / B.TICK
+                                      / wall / (B.machine()["cores"] or 1) * 100)
             r["loadavg_start"] = w["loadavg_start"]
             r["cmd"] = B.cmdline(cmd)
             results["runs"][src].append(r)
