@@ -258,6 +258,22 @@ async fn battery(src: &dyn Source, sb: &Switchboard) {
         c == 200
     })
     .await;
+
+    // 7. TLS: an Ingress `tls` entry takes its certificate from a kubernetes.io/tls Secret;
+    // other Secrets are never read; a reference to a missing Secret is reported.
+    src.put("tls.yaml", TLS);
+    let t = sb
+        .wait_tables("tls certificate", |t| {
+            t.contains("tls secure.local -> Secret default/demo-tls (from Ingress default/secure)")
+        })
+        .await;
+    assert!(
+        t.contains("tls-missing Secret default/absent-tls (from Ingress default/secure)"),
+        "{t}"
+    );
+    assert!(!t.contains("not-tls") && !t.contains("aHVudGVy"), "{t}");
+    src.remove("tls.yaml");
+    sb.wait_tables("tls removed", |t| !t.contains("tls ")).await;
 }
 
 /// Drops the endpoint with `addr` from an EndpointSlice YAML: the `- addresses:` item that

@@ -553,9 +553,7 @@ pub fn intersect_hostnames(listener: &str, route: &[String]) -> Vec<String> {
     }
     let mut out = Vec::new();
     for r in route {
-        let hit = if r == listener {
-            Some(r.clone())
-        } else if covers(listener, r) {
+        let hit = if r == listener || covers(listener, r) {
             Some(r.clone())
         } else if covers(r, listener) {
             Some(listener.to_string())
