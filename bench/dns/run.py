@@ -309,9 +309,11 @@ def summarize(results, a):
         "size and thread count. CPU µs/query: the server's CPU time (all its threads and "
         f"processes) per answered query in that run. Latency: separate run at a fixed {rate:,} "
         "QPS (⚠ saturated: the server answered below that rate, so the figure is queueing). "
-        "Threads: switchboard's tokio worker threads (`TOKIO_WORKER_THREADS`; the `serve` "
-        "example also gets `UDP_WORKERS`), Knot `udp-workers`, NSD `server-count`, Unbound "
-        "`num-threads`; dnsmasq has no worker threads and scans its `srv-host` list per query. "
+        "Threads: Knot `udp-workers`, NSD `server-count`, Unbound `num-threads`; the `serve` "
+        "example `UDP_WORKERS` and `TOKIO_WORKER_THREADS`; `switchboard run` only "
+        "`TOKIO_WORKER_THREADS`, since it has no flag for its DNS UDP worker threads, which "
+        "default to one per core (2 here) — so its 1-thread rows run 2 UDP workers. dnsmasq "
+        "has no worker threads and scans its `srv-host` list per query. "
         "Lost: queries with no answer within dnsperf's 2 s timeout (dropped, typically when "
         "the server's receive buffer overflows under the initial burst, or in flight at the "
         "end).",
@@ -333,7 +335,15 @@ def main():
     ap.add_argument("--latency-duration", type=int, default=4)
     ap.add_argument("--rate", type=int, default=10000, help="QPS of the latency run")
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the docs section from the last saved results")
     a = ap.parse_args()
+    if a.render:
+        results = json.loads((B.RESULTS / "dns.json").read_text())
+        md = summarize(results, a)
+        print(md)
+        B.update_docs("dns", md)
+        return
     results = run(a)
     md = summarize(results, a)
     print(md)

@@ -14,6 +14,7 @@ request. switchboard's workers are its tokio worker threads (TOKIO_WORKER_THREAD
 """
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -364,7 +365,15 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the docs section from the last saved results")
     a = ap.parse_args()
+    if a.render:
+        results = json.loads((B.RESULTS / "http.json").read_text())
+        md = summarize(results)
+        print(md)
+        B.update_docs("http", md)
+        return
     results = run(a)
     md = summarize(results)
     print(md)

@@ -23,6 +23,7 @@ when a run fails or is interrupted. Addresses exist only inside these namespaces
 """
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -428,7 +429,15 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=6)
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the docs section from the last saved results")
     a = ap.parse_args()
+    if a.render:
+        results = json.loads((B.RESULTS / "l4.json").read_text())
+        md = summarize(results)
+        print(md)
+        B.update_docs("l4", md)
+        return
     try:
         results = run(a)
     finally:

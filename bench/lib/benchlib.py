@@ -439,21 +439,31 @@ def machine():
 
 
 def build_info():
-    """Which switchboard was measured: commit, whether the tree had uncommitted changes, and
-    when the binary was built."""
+    """Which switchboard was measured: the commit (and whether the tree had uncommitted changes)
+    as `bench/run` recorded them when it built and copied the binary (BUILD next to it), else
+    as git says now; and when the binary was built."""
+    rev = None
+    stamp = BIN.parent / "BUILD"
     try:
-        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        rev, dirty = "?", ""
+        rev = stamp.read_text().strip() or None
+    except OSError:
+        pass
+    if rev is None:
+        try:
+            rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain",
+                                    "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            rev += " + uncommitted changes" if dirty else ""
+        except (OSError, subprocess.TimeoutExpired):
+            rev = "?"
     try:
         built = datetime.datetime.fromtimestamp(BIN.stat().st_mtime, datetime.timezone.utc)
         built = built.strftime("%Y-%m-%d %H:%M UTC")
     except OSError:
         built = "not built"
-    return f"switchboard release build of {rev}{' + uncommitted changes' if dirty else ''}, built {built}"
+    return f"switchboard release build of {rev}, built {built}"
 
 
 def machine_line(m, extra=""):
@@ -528,12 +538,21 @@ def update_docs(name, markdown):
         # Someone else started the file: put the header on top, in place of a bare title.
         body = text[len("# Benchmarks"):].lstrip("\n") if text.startswith("# Benchmarks") else text
         text = HEADER + "\n" + body
-    if begin in text and end in text:
+    if begin in text and text.find(end, text.index(begin)) >= 0:
         a = text.index(begin)
-        b = text.index(end) + len(end)
+        b = text.index(end, a) + len(end)
         if text[b:b + 1] == "\n":
             b += 1
         text = text[:a] + block + text[b:]
+        # A hand edit elsewhere can leave a second copy or a stray marker: keep one section.
+        rest = text[a + len(block):]
+        while begin in rest and rest.find(end, rest.index(begin)) >= 0:
+            i = rest.index(begin)
+            j = rest.index(end, i) + len(end)
+            rest = rest[:i] + rest[j + (1 if rest[j:j + 1] == "\n" else 0):]
+        rest = rest.replace(end + "\n", "").replace(begin + "\n", "")
+        head = text[:a].replace(end + "\n", "").replace(begin + "\n", "")
+        text = head + block + rest
     elif name == "summary" and "`cargo test` and never gate CI.\n" in text:
         pos = text.index("`cargo test` and never gate CI.\n") + len("`cargo test` and never gate CI.\n")
         text = text[:pos] + "\n" + block + text[pos:]
@@ -544,7 +563,7 @@ def update_docs(name, markdown):
         for other in order[: order.index(name)] if name in order else []:
             e = f"<!-- bench:{other}:end -->"
             if e in text:
-                pos = text.index(e) + len(e) + 1
+                pos = text.rindex(e) + len(e) + 1
         if pos is None:
             for other in order[order.index(name) + 1:] if name in order else []:
                 b = f"<!-- bench:{other}:begin -->"

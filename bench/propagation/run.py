@@ -136,7 +136,15 @@ def main():
     ap.add_argument("--sources", type=lambda s: s.split(","), default=["files", "api"])
     ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the docs section from the last saved results")
     a = ap.parse_args()
+    if a.render:
+        results = json.loads((B.RESULTS / "propagation.json").read_text())
+        md = summarize(results)
+        print(md)
+        B.update_docs("propagation", md)
+        return
     results = run(a)
     md = summarize(results)
     print(md)

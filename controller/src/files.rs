@@ -7,9 +7,10 @@
 //! Names starting with `.` are skipped, which also skips the `..data` directories of a mounted
 //! ConfigMap while following its symlinked files.
 //!
-//! Change detection: inotify (via `notify`) wakes a rescan within a few milliseconds; a rescan
-//! re-reads files that an event named or whose (mtime, size, inode) changed. A slow periodic
-//! rescan catches anything a filesystem does not report.
+//! Change detection: inotify (via `notify`) names the files that changed, and only those are
+//! re-read, so a change costs the files it touched, not the directory's size. Directory events
+//! (a directory created, renamed or deleted) and a slow periodic fallback walk the whole tree and
+//! compare each file's (mtime, size, inode), which catches anything a filesystem does not report.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -153,6 +154,63 @@ impl FileSource {
         }
     }
 
+    /// Whether `path` is a file this source reads: below the directory, no dot-name on the
+    /// way, a manifest extension.
+    fn is_ours(&self, path: &Path) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.dir) else {
+            return false;
+        };
+        is_manifest(path)
+            && !rel
+                .components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+    }
+
+    /// Handles the files an event named, without walking the directory: the cost of a change
+    /// is the files it touched. Returns `None` when the event needs a full rescan (a directory
+    /// appeared or vanished, or a path we cannot classify).
+    fn update_paths(&mut self, paths: &HashSet<PathBuf>) -> Option<bool> {
+        let mut work = Vec::new();
+        for path in paths {
+            match std::fs::metadata(path) {
+                Ok(md) if md.is_dir() => return None,
+                Ok(md) if md.is_file() => {
+                    if self.is_ours(path) {
+                        work.push(path.clone());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) if self.known.contains_key(path) => work.push(path.clone()),
+                // Gone and not a file we held: maybe a directory with files in it.
+                Err(_) if self.known.keys().any(|k| k.starts_with(path)) => return None,
+                Err(_) => {}
+            }
+        }
+        work.sort();
+        for path in work {
+            match stamp(&path) {
+                Some(st) => {
+                    self.known.insert(path.clone(), st);
+                    if !self.load(&path) {
+                        return Some(false);
+                    }
+                }
+                None => {
+                    self.known.remove(&path);
+                    tracing::info!(path = %path.display(), "manifest removed");
+                    if !self.send(Change::Reset {
+                        source: self.source_id(&path),
+                        objects: vec![],
+                        keep: vec![],
+                    }) {
+                        return Some(false);
+                    }
+                }
+            }
+        }
+        Some(true)
+    }
+
     /// Rescans the directory; `forced` paths are re-read even if their stamp is unchanged.
     fn rescan(&mut self, forced: &HashSet<PathBuf>) -> bool {
         let files = list_files(&self.dir);
@@ -233,9 +291,22 @@ impl FileSource {
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
             }
-            // Every rescan compares every file's stamp, so it also serves as the periodic one.
-            next_rescan = std::time::Instant::now() + RESCAN;
-            if self.tx.is_closed() || !self.rescan(&forced) {
+            if self.tx.is_closed() {
+                return Ok(());
+            }
+            // Events name their files: handle just those. A full walk (which compares every
+            // file's stamp) runs for directory events and as the periodic fallback.
+            let ok = match (!forced.is_empty())
+                .then(|| self.update_paths(&forced))
+                .flatten()
+            {
+                Some(ok) => ok,
+                None => {
+                    next_rescan = std::time::Instant::now() + RESCAN;
+                    self.rescan(&forced)
+                }
+            };
+            if !ok {
                 return Ok(());
             }
         }
