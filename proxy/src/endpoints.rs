@@ -14,35 +14,29 @@ use tables::{EndpointRoute, Service, ServiceType, TrafficPolicy};
 /// Endpoints eligible for new connections or requests, in table order. Empty means "no
 /// endpoints": TCP refuses, UDP answers ICMP unreachable, HTTP answers 503.
 pub fn usable(endpoints: &[EndpointRoute]) -> Vec<&EndpointRoute> {
-    let ready: Vec<&EndpointRoute> = endpoints
-        .iter()
-        .filter(|e| e.conditions.is_ready())
-        .collect();
-    if !ready.is_empty() {
-        return ready;
-    }
-    endpoints
-        .iter()
-        .filter(|e| e.conditions.is_serving() && e.conditions.is_terminating())
-        .collect()
+    eligible(endpoints.iter().collect())
 }
 
 /// As `usable`, restricted to one address family (a ClusterIP of one family routes to endpoints
 /// of the same family, as kube-proxy programs each family separately).
 pub fn usable_for_family(endpoints: &[EndpointRoute], family_of: IpAddr) -> Vec<&EndpointRoute> {
-    let filtered: Vec<&EndpointRoute> = endpoints
-        .iter()
-        .filter(|e| e.addr.ip().is_ipv4() == family_of.is_ipv4())
-        .collect();
-    let ready: Vec<&EndpointRoute> = filtered
-        .iter()
-        .copied()
-        .filter(|e| e.conditions.is_ready())
-        .collect();
-    if !ready.is_empty() {
-        return ready;
+    eligible(
+        endpoints
+            .iter()
+            .filter(|e| e.addr.ip().is_ipv4() == family_of.is_ipv4())
+            .collect(),
+    )
+}
+
+/// The rule itself: the ready ones; if none is ready, the serving and terminating ones.
+fn eligible(endpoints: Vec<&EndpointRoute>) -> Vec<&EndpointRoute> {
+    if endpoints.iter().any(|e| e.conditions.is_ready()) {
+        return endpoints
+            .into_iter()
+            .filter(|e| e.conditions.is_ready())
+            .collect();
     }
-    filtered
+    endpoints
         .into_iter()
         .filter(|e| e.conditions.is_serving() && e.conditions.is_terminating())
         .collect()
