@@ -20,6 +20,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 pub struct Switchboard {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// Where it runs, for the output printed when a test fails.
+    label: String,
     pub listeners: HashMap<String, Vec<SocketAddr>>,
     pub admin: SocketAddr,
 }
@@ -49,7 +51,27 @@ impl Switchboard {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Switchboard {
-        let mut cmd = Command::new(BIN);
+        Self::launch(&[], args, env, Duration::from_secs(20), "root namespace")
+    }
+
+    /// `PREFIX... switchboard run ARGS` (a prefix such as `ip netns exec NAME` runs it
+    /// elsewhere), waiting up to `startup` for the admin listener and `switchboard started`.
+    /// `env` is applied after the defaults, so it can override `RUST_LOG`.
+    pub fn launch(
+        prefix: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        startup: Duration,
+        label: &str,
+    ) -> Switchboard {
+        let mut cmd = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("run").args(args);
         if !args.contains(&"--admin") {
             cmd.args(["--admin", "127.0.0.1:0"]);
@@ -69,10 +91,11 @@ impl Switchboard {
         let mut sb = Switchboard {
             child,
             log,
+            label: label.to_string(),
             listeners: HashMap::new(),
             admin: "0.0.0.0:0".parse().unwrap(),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + startup;
         loop {
             sb.listeners.clear();
             for line in sb.log.lock().unwrap().iter() {
@@ -214,7 +237,11 @@ impl Drop for Switchboard {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- switchboard output ---\n{}\n--- end ---", self.log());
+            eprintln!(
+                "--- switchboard output ({}) ---\n{}\n--- end ---",
+                self.label,
+                self.log()
+            );
         }
     }
 }

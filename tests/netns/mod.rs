@@ -7,11 +7,15 @@
 //! addresses inside these namespaces, or on 127.0.0.0/8 for the unprivileged tests.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::Switchboard;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
@@ -383,78 +387,38 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 
 /// `switchboard run ARGS` inside `ns` (or here), killed on drop; its output is printed when a
 /// test fails.
+/// switchboard running in a namespace (or the root one): the common harness's process, with
+/// admin access from inside that namespace.
 pub struct Node {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    sb: Switchboard,
     pub admin: SocketAddr,
-    ns: Option<String>,
-}
-
-fn spawn_reader(stream: impl Read + Send + 'static, log: Arc<Mutex<Vec<String>>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            log.lock().unwrap().push(line);
-        }
-    });
 }
 
 impl Node {
     pub fn start(ns: Option<&Netns>, args: &[&str]) -> Node {
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name, BIN]);
-                c
-            }
-            None => Command::new(BIN),
+        let prefix: Vec<&str> = match ns {
+            Some(ns) => vec!["ip", "netns", "exec", &ns.name],
+            None => vec![],
         };
-        cmd.arg("run").args(args).args(["--admin", "127.0.0.1:0"]);
-        cmd.env("RUST_LOG", "info,proxy=debug,controller=info");
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start switchboard");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        spawn_reader(child.stdout.take().unwrap(), log.clone());
-        spawn_reader(child.stderr.take().unwrap(), log.clone());
-        let mut node = Node {
-            child,
-            log,
-            admin: "0.0.0.0:0".parse().unwrap(),
-            ns: ns.map(|n| n.name.clone()),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let admin = node.log.lock().unwrap().iter().find_map(|l| {
-                let rest = &l[l.find("listening on admin ")? + "listening on admin ".len()..];
-                rest.split_whitespace().next()?.parse().ok()
-            });
-            if let Some(a) = admin {
-                node.admin = a;
-                if node.log_contains("switchboard started") {
-                    return node;
-                }
-            }
-            if let Ok(Some(status)) = node.child.try_wait() {
-                panic!("switchboard exited early ({status}):\n{}", node.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "switchboard did not start:\n{}",
-                node.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        let sb = Switchboard::launch(
+            &prefix,
+            args,
+            &[("RUST_LOG", "info,proxy=debug,controller=info")],
+            Duration::from_secs(30),
+            ns.map_or("root namespace", |n| n.name.as_str()),
+        );
+        Node {
+            admin: sb.admin,
+            sb,
         }
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.sb.log()
     }
 
     pub fn log_contains(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        self.sb.log_contains(needle)
     }
 
     /// GET on the admin listener (from inside the node's namespace).
@@ -500,35 +464,7 @@ impl Node {
 
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no exit after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- switchboard output ({}) ---\n{}\n--- end ---",
-                self.ns.as_deref().unwrap_or("root namespace"),
-                self.log()
-            );
-        }
+        self.sb.terminate()
     }
 }
 
