@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// Entries in the cache of forwarded DNS answers [default: 10000].
     #[arg(long, value_name = "N")]
     pub cache_size: Option<usize>,
+    /// UDP receive threads per --dns listener, each on its own SO_REUSEPORT socket
+    /// [default: one per CPU].
+    #[arg(long, value_name = "N")]
+    pub dns_udp_workers: Option<usize>,
     /// On SIGTERM with --dns listeners: keep answering this long while /readyz says not
     /// ready, e.g. 5s or 500ms [default: 5s].
     #[arg(long, value_name = "DURATION")]
@@ -140,6 +144,7 @@ pub struct FileConfig {
     pub axfr_allow: Option<Vec<String>>,
     pub max_concurrent_forwards: Option<usize>,
     pub cache_size: Option<usize>,
+    pub dns_udp_workers: Option<usize>,
     pub lame_duck: Option<String>,
     pub l4: Option<L4Mode>,
     pub node_name: Option<String>,
@@ -179,6 +184,8 @@ pub struct Config {
     pub axfr_allow: Vec<dns::Cidr>,
     pub max_concurrent_forwards: usize,
     pub cache_size: usize,
+    /// DNS: UDP receive threads per listener.
+    pub dns_udp_workers: usize,
     pub lame_duck: std::time::Duration,
     pub l4: L4Mode,
     pub node_name: Option<String>,
@@ -303,6 +310,11 @@ impl Config {
                 .or(file.max_concurrent_forwards)
                 .unwrap_or(1000),
             cache_size: args.cache_size.or(file.cache_size).unwrap_or(10_000),
+            dns_udp_workers: match args.dns_udp_workers.or(file.dns_udp_workers) {
+                Some(0) => bail!("dns-udp-workers: must be at least 1"),
+                Some(n) => n,
+                None => dns::DnsConfig::default().udp_workers,
+            },
             lame_duck,
             https,
             tls_cert_dir,
@@ -388,6 +400,25 @@ mod tests {
         );
         assert_eq!(cfg.l4, L4Mode::Bind);
         assert!(!cfg.kubernetes);
+    }
+
+    #[test]
+    fn dns_udp_workers_flag_file_and_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "dns-udp-workers = 3\n").unwrap();
+        let resolve = |flag: Option<usize>| {
+            Config::resolve(RunArgs {
+                config: Some(path.clone()),
+                manifests: Some(dir.path().into()),
+                dns_udp_workers: flag,
+                ..Default::default()
+            })
+        };
+        assert_eq!(resolve(None).unwrap().dns_udp_workers, 3);
+        assert_eq!(resolve(Some(1)).unwrap().dns_udp_workers, 1);
+        let e = resolve(Some(0)).unwrap_err();
+        assert!(format!("{e:#}").contains("dns-udp-workers"), "{e:#}");
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             upstreams: cfg.upstream.clone(),
             max_concurrent_forwards: cfg.max_concurrent_forwards,
             cache_size: cfg.cache_size,
+            udp_workers: cfg.dns_udp_workers,
             ..Default::default()
         };
         Some(

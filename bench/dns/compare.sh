@@ -7,7 +7,7 @@
 # Servers:
 #   sb-dns  the DNS server alone over the same manifests, loaded once (`dns` example `serve`):
 #           the query path without the manifest watcher and controller threads
-#   sb      the `switchboard run --manifests` binary (one tokio worker thread)
+#   sb      the `switchboard run --manifests` binary (one tokio worker thread, one UDP worker)
 #   knot    Knot DNS serving bench-gen's zone files (udp-workers 1)
 # Needs: cargo build --release --bin switchboard --bin bench-gen -p dns --example serve
 # (or just run from the repo root: this script builds them), Debian packages dnsperf, knot, bc.
@@ -42,7 +42,7 @@ FIRST=$(grep -m1 ' A$' "$Q" | grep -v missing | cut -d' ' -f1 || head -1 "$Q" | 
 TOKIO_WORKER_THREADS=1 UDP_WORKERS=1 "$BIN/examples/serve" "$WD/c/manifests" 127.0.0.1:25361 >"$WD/sbdns.log" 2>&1 &
 PIDS+=($!); SBDNS=$!
 TOKIO_WORKER_THREADS=1 "$BIN/switchboard" run --manifests "$WD/c/manifests" --dns 127.0.0.1:25362 \
-  --admin 127.0.0.1:25369 --upstream 127.0.0.1:1 --log warn >"$WD/sb.log" 2>&1 &
+  --dns-udp-workers 1 --admin 127.0.0.1:25369 --upstream 127.0.0.1:1 --log warn >"$WD/sb.log" 2>&1 &
 PIDS+=($!); SB=$!
 mkdir -p "$WD/knot/db"
 cat >"$WD/knot/knot.conf" <<KNOT

@@ -11,7 +11,8 @@ round runs every server once, in rotated order, so drift in the machine's load h
 - latency: `dnsperf -l D2 -Q RATE -v` (fixed rate, below every peer's saturation, since `-v`
   caps dnsperf near 25-30k QPS), giving avg / p50 / p99 from the per-query lines.
 
-switchboard's DNS threads are its tokio worker threads (TOKIO_WORKER_THREADS=N); the peers use
+switchboard's DNS threads are its UDP workers (`--dns-udp-workers N`, the `serve` example's
+UDP_WORKERS) with TOKIO_WORKER_THREADS=N for the rest; the peers use
 their own worker settings (Knot udp-workers, NSD server-count, Unbound num-threads).
 """
 
@@ -88,7 +89,7 @@ def start(name, data, threads, wd):
             raise peers.Unsupported("target/release/switchboard not built")
         proc, ls = B.start_switchboard(
             ["--manifests", data / "manifests", "--dns", "127.0.0.1:0",
-             "--log", "warn,switchboard=info,dns=info"],
+             "--dns-udp-workers", str(threads), "--log", "warn,switchboard=info,dns=info"],
             name=f"switchboard-dns-{threads}", env={"TOKIO_WORKER_THREADS": str(threads)},
             timeout=300, logdir=wd)
         if "dns/udp" not in ls:
@@ -310,9 +311,8 @@ def summarize(results, a):
         f"processes) per answered query in that run. Latency: separate run at a fixed {rate:,} "
         "QPS (⚠ saturated: the server answered below that rate, so the figure is queueing). "
         "Threads: Knot `udp-workers`, NSD `server-count`, Unbound `num-threads`; the `serve` "
-        "example `UDP_WORKERS` and `TOKIO_WORKER_THREADS`; `switchboard run` only "
-        "`TOKIO_WORKER_THREADS`, since it has no flag for its DNS UDP worker threads, which "
-        "default to one per core (2 here) — so its 1-thread rows run 2 UDP workers. dnsmasq "
+        "example `UDP_WORKERS` and `TOKIO_WORKER_THREADS`; `switchboard run` "
+        "`--dns-udp-workers N` and `TOKIO_WORKER_THREADS=N`. dnsmasq "
         "has no worker threads and scans its `srv-host` list per query. "
         "Lost: queries with no answer within dnsperf's 2 s timeout (dropped, typically when "
         "the server's receive buffer overflows under the initial burst, or in flight at the "

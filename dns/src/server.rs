@@ -17,7 +17,7 @@
 //! tables. Nothing is cached before the first sync.
 
 use std::collections::HashMap;
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable};
-use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
 use tables::SnapshotCell;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -370,8 +372,9 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 
 /// One UDP receive loop on its own socket and its own OS thread (the model of Knot and NSD:
 /// a blocking `recvmmsg` takes up to `BATCH` queued datagrams per system call, no event loop in
-/// between). Cluster names are answered inline; forwarded queries become tasks on `rt` and
-/// answer through the same socket. Returns within `POLL` of `stop`.
+/// between, and the batch's answers leave in one `sendmmsg`, so the clients are woken once per
+/// batch rather than once per answer). Cluster names are answered inline; forwarded queries
+/// become tasks on `rt` and answer through the same socket. Returns within `POLL` of `stop`.
 pub fn udp_worker(
     shared: Arc<Shared>,
     sock: std::net::UdpSocket,
@@ -389,8 +392,11 @@ pub fn udp_worker(
     let mut templates = Templates::default();
     let mut bufs = vec![vec![0u8; RECV_BUF]; BATCH];
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut got: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
-    let mut out = Vec::with_capacity(4096);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut got: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
+    // Answers of one batch: `outs[..ready]` go to `to[..ready]`.
+    let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
+    let mut to: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
     while !stop.is_cancelled() {
         got.clear();
         {
@@ -407,7 +413,7 @@ pub fn udp_worker(
             ) {
                 Ok(results) => {
                     for m in results {
-                        got.push((m.bytes, m.address.as_ref().and_then(socket_addr)));
+                        got.push((m.bytes, m.address));
                     }
                 }
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
@@ -418,14 +424,19 @@ pub fn udp_worker(
                 }
             }
         }
-        for (i, &(n, src)) in got.iter().enumerate() {
-            let Some(src) = src else { continue };
+        to.clear();
+        let mut samples: [Option<Sample>; BATCH] = [None; BATCH];
+        let start = Instant::now();
+        for (i, &(n, addr)) in got.iter().enumerate() {
+            let Some(src) = addr.as_ref().and_then(socket_addr) else {
+                continue;
+            };
             let raw = &bufs[i][..n.min(RECV_BUF)];
-            let start = Instant::now();
-            match shared.handle(raw, src, false, &mut templates, &mut out) {
+            let out = &mut outs[to.len()];
+            match shared.handle(raw, src, false, &mut templates, out) {
                 Step::Reply(reply) => {
-                    let _ = sock.send_to(&out, src);
-                    rec.record(sample(reply, false, src, n, out.len(), start));
+                    samples[to.len()] = Some(sample(reply, false, src, n, out.len(), start));
+                    to.push(addr);
                 }
                 Step::Drop | Step::Xfr(..) => {}
                 step => {
@@ -447,6 +458,36 @@ pub fn udp_worker(
                         }
                     });
                 }
+            }
+        }
+        send_batch(fd, &mut send_headers, &outs[..to.len()], &to);
+        for s in samples.into_iter().flatten() {
+            rec.record(s);
+        }
+    }
+}
+
+/// Sends `outs[i]` to `to[i]` with as few `sendmmsg` calls as the kernel allows; a datagram the
+/// kernel refuses (e.g. an unreachable address) is skipped, not retried.
+fn send_batch(
+    fd: std::os::fd::RawFd,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    outs: &[Vec<u8>],
+    to: &[Option<SockaddrStorage>],
+) {
+    let mut from = 0;
+    while from < outs.len() {
+        let iovs: Vec<[IoSlice<'_>; 1]> = outs[from..].iter().map(|o| [IoSlice::new(o)]).collect();
+        let cmsgs: [ControlMessage<'_>; 0] = [];
+        match sendmmsg(fd, headers, &iovs, &to[from..], cmsgs, MsgFlags::empty()) {
+            Ok(sent) => {
+                let n = sent.count();
+                from += n.max(1);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "dns/udp send");
+                from += 1;
             }
         }
     }

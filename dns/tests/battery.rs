@@ -592,3 +592,48 @@ async fn ipv6_listener_udp_and_tcp() {
     assert_eq!(r.answers.len(), 1);
     assert!(s.metrics().contains("family=\"2\""));
 }
+
+/// Queries arriving together are taken in batches (`recvmmsg`) and answered in batches
+/// (`sendmmsg`): every query of a burst gets its own answer, to its own ID, with garbage
+/// datagrams in between dropped without disturbing the rest of the batch.
+#[tokio::test]
+async fn a_burst_of_queries_gets_every_answer_to_its_id() {
+    let c = Cluster::new(cases::FIXTURE, true);
+    let s = start(&c.cell, |cfg| cfg.udp_workers = 1).await;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let names = [
+        ("web.default.svc.cluster.local.", ResponseCode::NoError),
+        ("nope.default.svc.cluster.local.", ResponseCode::NXDomain),
+        ("dual.default.svc.cluster.local.", ResponseCode::NoError),
+    ];
+    let mut buf = vec![0u8; 2048];
+    // Waves small enough for any socket buffer, so nothing is lost to an overflow.
+    for wave in 0..10u16 {
+        let mut want = std::collections::HashMap::new();
+        for i in wave * 30..(wave + 1) * 30 {
+            if i % 10 == 5 {
+                // Too short to be a DNS header: dropped.
+                sock.send_to(&[0xde, 0xad], s.udp()).unwrap();
+            }
+            let (name, rcode) = names[usize::from(i) % names.len()];
+            let mut q = query_message(name, RecordType::A, i % 2 == 0);
+            q.metadata.id = i;
+            sock.send_to(&q.to_vec().unwrap(), s.udp()).unwrap();
+            want.insert(i, (name, rcode));
+        }
+        while !want.is_empty() {
+            let (n, _) = sock.recv_from(&mut buf).unwrap_or_else(|e| {
+                let mut ids: Vec<_> = want.keys().collect();
+                ids.sort();
+                panic!("{} answers missing ({ids:?}): {e}", want.len())
+            });
+            let r = hickory_proto::op::Message::from_vec(&buf[..n]).unwrap();
+            let (name, rcode) = want
+                .remove(&r.metadata.id)
+                .unwrap_or_else(|| panic!("unexpected or repeated answer id {}", r.metadata.id));
+            assert_eq!(r.metadata.response_code, rcode, "{name}");
+            assert_eq!(r.queries[0].name().to_ascii(), name);
+        }
+    }
+}
