@@ -205,6 +205,9 @@ impl Drop for DnsServer {
 
 /// One UDP socket with SO_REUSEPORT (so each UDP worker gets its own socket and the kernel
 /// spreads clients over them, instead of every worker waking for every packet).
+/// SO_RCVBUF asked for on every UDP socket.
+const UDP_RECV_BUFFER: usize = 4 << 20;
+
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -212,6 +215,11 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         s.set_only_v6(true)?;
     }
     s.set_reuse_port(true)?;
+    // Room for a burst (the kernel caps it at net.core.rmem_max): a full queue drops queries,
+    // which clients only retry after seconds. NSD asks for 1 MiB; this asks for up to 4 MiB.
+    if let Err(e) = s.set_recv_buffer_size(UDP_RECV_BUFFER) {
+        tracing::debug!(error = %e, "dns/udp: cannot set SO_RCVBUF");
+    }
     s.bind(&addr.into())?;
     Ok(s.into())
 }
