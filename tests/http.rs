@@ -35,6 +35,8 @@ struct Backend {
     hits: Arc<AtomicU64>,
     in_flight: Arc<AtomicUsize>,
     status: Arc<AtomicU16>,
+    /// Connections open now (the proxy's upstream connections to this pod).
+    conns: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
 }
 
@@ -115,9 +117,11 @@ impl Backend {
         let hits = Arc::new(AtomicU64::new(0));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let status = Arc::new(AtomicU16::new(200));
+        let conns = Arc::new(AtomicUsize::new(0));
         let (stop, mut stop_rx) = watch::channel(false);
         let n: Arc<str> = name.into();
         let (h, f, s) = (hits.clone(), in_flight.clone(), status.clone());
+        let open = conns.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -126,6 +130,8 @@ impl Backend {
                 };
                 let (n, h, f, s) = (n.clone(), h.clone(), f.clone(), s.clone());
                 let mut conn_stop = stop_rx.clone();
+                let open = open.clone();
+                open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         handle(n.clone(), h.clone(), f.clone(), s.clone(), req)
@@ -142,6 +148,7 @@ impl Backend {
                             let _ = conn.await;
                         }
                     }
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -151,8 +158,13 @@ impl Backend {
             hits,
             in_flight,
             status,
+            conns,
             stop,
         }
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
     }
 
     fn hits(&self) -> u64 {
@@ -1607,4 +1619,205 @@ async fn shutdown_drains_in_flight_requests() {
         .expect("the in-flight request finished");
     assert_eq!(a.status, 200);
     assert_eq!(a.body, "slow /slow\n");
+}
+
+/// Waits up to 5 s for `pred`, panicking with `what` and the log otherwise.
+async fn eventually(sb: &Switchboard, what: &str, pred: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pred() {
+        if Instant::now() > deadline {
+            panic!("never: {what}\n--- log:\n{}", sb.log());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// After an endpoint leaves the table: its idle pooled connections are closed at once (not after
+/// the 60 s pool idle timeout), a request in flight on it finishes, and its connection is closed
+/// when that request is done. The pool gauge shows the pooled connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
+    let old = Backend::start("old").await;
+    let new = Backend::start("new").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ing.yaml", &simple_ingress("pool.test", "web"));
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_yaml("default", "web", "10.96.7.1", &ready(&[&old])),
+    );
+    let sb = start(dir.path(), &[]);
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "pool.test", "/", "reached old", |a| {
+        a.backend() == "old"
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(get(&c, proxy, "pool.test", "/").await.backend(), "old");
+    }
+    assert!(old.conns() >= 1);
+    let gauge =
+        "switchboard_http_upstream_pool_connections{service=\"default/web:80\",state=\"idle\"}";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sb.metric(gauge).await.is_some_and(|v| v >= 1.0) {
+        assert!(Instant::now() < deadline, "{gauge} never >= 1");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A slow request holds the pooled connection; a second request meanwhile opens another,
+    // which then idles in the pool.
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            request(
+                &c,
+                "GET",
+                proxy,
+                "pool.test",
+                "/slow",
+                &[("x-delay-ms", "3000")],
+            )
+            .await
+        })
+    };
+    eventually(&sb, "the slow request reached old", || {
+        old.in_flight.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(get(&c, proxy, "pool.test", "/").await.backend(), "old");
+    assert!(old.conns() >= 2);
+
+    // old leaves the table.
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_yaml("default", "web", "10.96.7.1", &ready(&[&new])),
+    );
+    wait_get(&sb, &c, "pool.test", "/", "reached new", |a| {
+        a.backend() == "new"
+    })
+    .await;
+    eventually(&sb, "the idle connections to old closed", || {
+        old.conns() == 1
+    })
+    .await;
+    assert_eq!(
+        old.in_flight.load(Ordering::SeqCst),
+        1,
+        "the slow request is still in flight"
+    );
+    let a = slow.await.unwrap().expect("the in-flight request finishes");
+    assert_eq!((a.status, a.backend()), (200, "old"));
+    eventually(
+        &sb,
+        "the finished request's connection to old closed",
+        || old.conns() == 0,
+    )
+    .await;
+    assert!(new.conns() >= 1);
+    assert!(
+        sb.log().contains("closed idle upstream connections"),
+        "{}",
+        sb.log()
+    );
+}
+
+/// A backend that answers `GET /late` after 1.5 s and any other path at once with headers and
+/// then a 20-byte body one byte per 100 ms (2 s in all, each gap far below any read timeout).
+async fn trickling_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await;
+                if head.starts_with("GET /late") {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
+                        .await;
+                    return;
+                }
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                for _ in 0..20 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if s.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `timeouts.request` bounds the whole exchange: late headers get a 504 and a body that trickles
+/// past the deadline is cut off, both at the deadline, not at the end of the backend's answer.
+/// Without a timeout the same trickle completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_bounds_the_whole_exchange() {
+    let trickle = trickling_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "gw.yaml", GATEWAY);
+    write(
+        d,
+        "svc.yaml",
+        &service_yaml("default", "trickle", "10.96.8.1", &[(trickle, Cond::Ready)]),
+    );
+    write(
+        d,
+        "route.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: t, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [t.test]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /bounded}}]
+      timeouts: {request: 700ms}
+      backendRefs: [{name: trickle, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /late}}]
+      timeouts: {request: 700ms}
+      backendRefs: [{name: trickle, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /free}}]
+      backendRefs: [{name: trickle, port: 80}]
+",
+    );
+    let sb = start(d, &[]);
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "t.test", "/free", "served", |a| a.status == 200).await;
+
+    let t = Instant::now();
+    let a = get(&c, proxy, "t.test", "/late").await;
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert!(
+        t.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+
+    let t = Instant::now();
+    let r = request(&c, "GET", proxy, "t.test", "/bounded", &[]).await;
+    assert!(
+        r.is_err(),
+        "the trickling body must be cut off, got {:?}",
+        r.map(|a| (a.status, a.body))
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        t.elapsed()
+    );
+
+    let a = get(&c, proxy, "t.test", "/free").await;
+    assert_eq!((a.status, a.body.len()), (200, 20));
 }

@@ -17,6 +17,9 @@ pub const LB_ANNOTATION: &str = "switchboard.dev/lb-algorithm";
 pub struct PortBalancer {
     /// `ns/name:port`, the `service` label of metrics and the log.
     pub label: Arc<str>,
+    pub service: ServiceKey,
+    /// The service port number.
+    pub port: u16,
     pub algorithm: Algorithm,
     /// The service port's `appProtocol` asks for HTTP/2 without TLS (`kubernetes.io/h2c`, or
     /// `h2c`/`grpc`): endpoints are spoken to with HTTP/2 prior knowledge (gRPC backends).
@@ -127,6 +130,8 @@ impl Balancers {
             .collect();
         let built = Arc::new(PortBalancer {
             label: format!("{}:{}", backend.service, port.port).into(),
+            service: backend.service.clone(),
+            port: port.port,
             selector: Selector::build(&algorithm, &endpoints),
             algorithm,
             h2c,

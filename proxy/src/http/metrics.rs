@@ -16,6 +16,7 @@ pub struct HttpMetrics {
     pub ejections: IntCounterVec,
     pub active_connections: IntGaugeVec,
     pub upstream_connections: IntCounterVec,
+    pub upstream_pool: IntGaugeVec,
     pub route_index_build: Histogram,
 }
 
@@ -75,6 +76,13 @@ impl HttpMetrics {
                 ),
                 &["reused"],
             )?,
+            upstream_pool: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_http_upstream_pool_connections",
+                    "Open upstream connections by backend service: idle in the keep-alive pool, or busy with a request (refreshed every 2 s).",
+                ),
+                &["service", "state"],
+            )?,
             route_index_build: Histogram::with_opts(HistogramOpts::new(
                 "switchboard_http_route_index_build_seconds",
                 "Time to build the routing index after the HTTP rules changed.",
@@ -87,6 +95,7 @@ impl HttpMetrics {
         registry.register(Box::new(m.ejections.clone()))?;
         registry.register(Box::new(m.active_connections.clone()))?;
         registry.register(Box::new(m.upstream_connections.clone()))?;
+        registry.register(Box::new(m.upstream_pool.clone()))?;
         registry.register(Box::new(m.route_index_build.clone()))?;
         Ok(m)
     }

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod route;
 pub mod service;
 pub mod tls;
+pub mod upstreams;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -222,19 +223,32 @@ impl HttpServer {
                 shutdown_rx.clone(),
             )));
         }
-        // Now and then forget endpoint state nobody uses.
+        // After a table change, close idle pooled connections to endpoints that left it;
+        // now and then refresh the pool gauge and forget endpoint state nobody uses.
         {
             let shared = shared.clone();
             let mut stop = shutdown_rx.clone();
             server.tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut generation = shared.cell.load().generation;
+                let mut ticks: u64 = 0;
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => {
-                            let snap = shared.cell.load();
-                            shared.balancers.prune(&snap.routes);
-                        }
-                        _ = stop.changed() => if *stop.borrow() { break },
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => if *stop.borrow() { break } else { continue },
+                    }
+                    ticks += 1;
+                    let snap = shared.cell.load();
+                    if snap.generation != generation {
+                        generation = snap.generation;
+                        shared.close_removed(&snap.routes);
+                    }
+                    if ticks.is_multiple_of(40) {
+                        shared.update_pool_gauge();
+                    }
+                    if ticks.is_multiple_of(600) {
+                        shared.balancers.prune(&snap.routes);
                     }
                 }
             }));

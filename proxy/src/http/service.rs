@@ -25,7 +25,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use tables::{HttpRouteFilter, HttpTable, SnapshotCell};
+use tables::{HttpRouteFilter, HttpTable, RouteTable, SnapshotCell};
 
 use super::backend::{Balancers, PortBalancer};
 use super::balance::{key_hash, BackendIter, HashKey};
@@ -33,6 +33,7 @@ use super::filters::{self, RedirectFrom};
 use super::health::{EndpointState, FailureOutcome};
 use super::metrics::HttpMetrics;
 use super::route::{CompiledRule, RequestView, RouteIndex};
+use super::upstreams::{self, Target, UpstreamConns};
 use super::HttpConfig;
 
 /// A token bucket that lets retries (other than connect failures) add at most ~20% to the
@@ -80,6 +81,10 @@ pub struct Shared {
     pub metrics: HttpMetrics,
     pub balancers: Balancers,
     pub budget: RetryBudget,
+    /// Upstream connections seen, to close idle ones to removed endpoints.
+    pub upstreams: UpstreamConns,
+    /// Service labels the pool gauge has series for.
+    pool_labels: std::sync::Mutex<Vec<Arc<str>>>,
     index: ArcSwapOption<(Arc<HttpTable>, Arc<RouteIndex>)>,
 }
 
@@ -91,7 +96,41 @@ impl Shared {
             config,
             metrics,
             budget: RetryBudget::default(),
+            upstreams: UpstreamConns::default(),
+            pool_labels: Default::default(),
             index: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Shuts down idle upstream connections to endpoints no longer usable in `table`.
+    pub fn close_removed(&self, table: &RouteTable) {
+        let n = self
+            .upstreams
+            .close_idle(|t| upstreams::usable_in(table, t));
+        if n > 0 {
+            tracing::info!(
+                connections = n,
+                "closed idle upstream connections to endpoints that left the table"
+            );
+        }
+    }
+
+    /// Sets `switchboard_http_upstream_pool_connections` from the connections still open.
+    pub fn update_pool_gauge(&self) {
+        let counts = self.upstreams.sweep();
+        let gauge = &self.metrics.upstream_pool;
+        let mut labels = self.pool_labels.lock().unwrap();
+        for l in labels.iter() {
+            if !counts.contains_key(l) {
+                let _ = gauge.remove_label_values(&[l, "idle"]);
+                let _ = gauge.remove_label_values(&[l, "busy"]);
+            }
+        }
+        labels.clear();
+        for (l, c) in counts {
+            gauge.with_label_values(&[&*l, "idle"]).set(c.idle as i64);
+            gauge.with_label_values(&[&*l, "busy"]).set(c.busy as i64);
+            labels.push(l);
         }
     }
 
@@ -141,6 +180,10 @@ pub struct Ctx {
     /// Status answered by the proxy itself (404, 503, redirects), for the log.
     local_status: Option<u16>,
     response_recorded: bool,
+    /// Snapshot generation the request was routed in.
+    generation: u64,
+    /// The upstream connection this request holds (see `upstreams`).
+    upstream_fd: Option<std::os::fd::RawFd>,
 }
 
 impl Ctx {
@@ -280,6 +323,8 @@ impl ProxyHttp for Ingress {
             status_retry: false,
             local_status: None,
             response_recorded: false,
+            generation: 0,
+            upstream_fd: None,
         }
     }
 
@@ -299,6 +344,7 @@ impl ProxyHttp for Ingress {
                 .unwrap_or_else(new_request_id),
         );
         let snapshot = self.shared.cell.load();
+        ctx.generation = snapshot.generation;
         let index = self.shared.route_index(&snapshot.routes.http);
         let (host, port) = request_host(session.req_header());
         ctx.host = host;
@@ -473,13 +519,8 @@ impl ProxyHttp for Ingress {
         let cfg = &self.shared.config;
         peer.options.connection_timeout = Some(cfg.connect_timeout);
         peer.options.idle_timeout = Some(cfg.upstream_idle_timeout);
-        let rule_timeout = ctx.rule.as_ref().and_then(|r| {
-            r.rule
-                .backend_request_timeout_ms
-                .or(r.rule.request_timeout_ms)
-                .map(Duration::from_millis)
-        });
-        peer.options.read_timeout = rule_timeout.or(cfg.upstream_read_timeout);
+        // The route's timeouts bound whole exchanges (`upstream_deadline`); this one, each read.
+        peer.options.read_timeout = cfg.upstream_read_timeout;
         if b.h2c {
             peer.options.set_http_version(2, 2);
         }
@@ -562,16 +603,49 @@ impl ProxyHttp for Ingress {
         e
     }
 
+    /// Gateway API `timeouts`: `request` from the request's headers to the end of the response,
+    /// across retries; `backendRequest` for each attempt on an endpoint. Zero disables either.
+    fn upstream_deadline(&self, ctx: &Ctx) -> Option<Instant> {
+        let r = &ctx.rule.as_ref()?.rule;
+        let after = |from: Instant, ms: Option<u64>| {
+            ms.filter(|&ms| ms > 0)
+                .map(|ms| from + Duration::from_millis(ms))
+        };
+        let whole = after(ctx.start, r.request_timeout_ms);
+        let attempt = ctx
+            .attempt_start
+            .and_then(|t| after(t, r.backend_request_timeout_ms));
+        match (whole, attempt) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
         reused: bool,
         _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(prev) = ctx.upstream_fd.take() {
+            self.shared.upstreams.released(prev);
+        }
+        if let (Some(b), Some(state)) = (ctx.balancer.as_ref(), ctx.current.as_ref()) {
+            self.shared.upstreams.acquired(
+                fd,
+                Target {
+                    service: b.service.clone(),
+                    port: b.port,
+                    endpoint: state.addr,
+                    label: b.label.clone(),
+                },
+            );
+            ctx.upstream_fd = Some(fd);
+        }
         self.shared
             .metrics
             .upstream_connections
@@ -728,6 +802,17 @@ impl ProxyHttp for Ingress {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.finish_attempt();
+        if let Some(fd) = ctx.upstream_fd.take() {
+            // Back in the pool by now; if its endpoint left the table meanwhile, close it.
+            let snap = self.shared.cell.load();
+            if snap.generation == ctx.generation {
+                self.shared.upstreams.released(fd);
+            } else {
+                self.shared
+                    .upstreams
+                    .release_and_close_if(fd, |t| upstreams::usable_in(&snap.routes, t));
+            }
+        }
         let code = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -417,9 +417,35 @@ where
             Ok((client_session, client_reused)) => {
                 let (server_reused, error) = match client_session {
                     ClientSession::H1(mut h1) => {
-                        let (server_reused, client_reuse, error) = self
-                            .proxy_to_h1_upstream(session, &mut h1, client_reused, &peer, ctx)
-                            .await;
+                        // switchboard patch: the whole exchange within `upstream_deadline`.
+                        let (server_reused, client_reuse, error) =
+                            match self.inner.upstream_deadline(ctx) {
+                                None => {
+                                    self.proxy_to_h1_upstream(
+                                        session,
+                                        &mut h1,
+                                        client_reused,
+                                        &peer,
+                                        ctx,
+                                    )
+                                    .await
+                                }
+                                Some(deadline) => match time::timeout_at(
+                                    time::Instant::from_std(deadline),
+                                    self.proxy_to_h1_upstream(
+                                        session,
+                                        &mut h1,
+                                        client_reused,
+                                        &peer,
+                                        ctx,
+                                    ),
+                                )
+                                .await
+                                {
+                                    Ok(r) => r,
+                                    Err(_) => (false, false, Some(deadline_passed())),
+                                },
+                            };
                         if client_reuse {
                             let session = ClientSession::H1(h1);
                             self.client_upstream
@@ -429,9 +455,34 @@ where
                         (server_reused, error)
                     }
                     ClientSession::H2(mut h2) => {
-                        let (server_reused, mut error) = self
-                            .proxy_to_h2_upstream(session, &mut h2, client_reused, &peer, ctx)
-                            .await;
+                        // switchboard patch: the whole exchange within `upstream_deadline`.
+                        let (server_reused, mut error) = match self.inner.upstream_deadline(ctx) {
+                            None => {
+                                self.proxy_to_h2_upstream(
+                                    session,
+                                    &mut h2,
+                                    client_reused,
+                                    &peer,
+                                    ctx,
+                                )
+                                .await
+                            }
+                            Some(deadline) => match time::timeout_at(
+                                time::Instant::from_std(deadline),
+                                self.proxy_to_h2_upstream(
+                                    session,
+                                    &mut h2,
+                                    client_reused,
+                                    &peer,
+                                    ctx,
+                                ),
+                            )
+                            .await
+                            {
+                                Ok(r) => r,
+                                Err(_) => (false, Some(deadline_passed())),
+                            },
+                        };
                         let session = ClientSession::H2(h2);
                         self.client_upstream
                             .release_http_session(session, &*peer, peer.idle_timeout())
@@ -2627,4 +2678,12 @@ mod tests {
         .expect("read_request parked after shutdown");
         assert!(session.is_none());
     }
+}
+
+/// switchboard patch: the error for an exchange cut off at `ProxyHttp::upstream_deadline`.
+fn deadline_passed() -> Box<Error> {
+    let mut e = Error::explain(ReadTimedout, "request deadline passed");
+    e.esource = ErrorSource::Upstream;
+    e.set_retry(false);
+    e
 }

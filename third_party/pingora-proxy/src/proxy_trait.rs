@@ -689,6 +689,15 @@ pub trait ProxyHttp {
         error.is_some_and(|e| e.esource() == &ErrorSource::Upstream)
     }
 
+    /// switchboard patch: a deadline for the exchange with the upstream chosen by the last
+    /// `upstream_peer` call, from sending the request to the end of the response body. When it
+    /// passes, the exchange is abandoned with a `ReadTimedout` upstream error (a 504 from
+    /// `fail_to_proxy` when no response has started; otherwise the downstream connection is
+    /// closed), and neither connection is reused. `None` (the default): no deadline.
+    fn upstream_deadline(&self, _ctx: &Self::CTX) -> Option<std::time::Instant> {
+        None
+    }
+
     /// This filter is called when the request just established or reused a connection to the upstream
     ///
     /// This filter allows user to log timing and connection related info.
