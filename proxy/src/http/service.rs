@@ -643,6 +643,7 @@ impl ProxyHttp for Ingress {
                     endpoint: state.addr,
                     label: b.label.clone(),
                 },
+                reused,
             );
             ctx.upstream_fd = Some(fd);
         }

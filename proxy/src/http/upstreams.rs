@@ -103,13 +103,17 @@ fn close(fd: RawFd, c: &Conn) -> bool {
 }
 
 impl UpstreamConns {
-    /// A request got the connection `fd` to `target` (new or from the pool).
-    pub fn acquired(&self, fd: RawFd, target: Target) {
+    /// A request got the connection `fd` to `target`: new (`reused` false: pingora just opened
+    /// it, so any entry for this fd number is a closed connection's) or from the pool. Costs a
+    /// `getsockname` per new connection, none per reuse.
+    pub fn acquired(&self, fd: RawFd, target: Target, reused: bool) {
         let mut map = self.map.lock().unwrap();
-        if let Some(c) = map.get_mut(&fd) {
-            if c.target == target && same_socket(fd, c.local, target.endpoint) {
-                c.busy += 1;
-                return;
+        if reused {
+            if let Some(c) = map.get_mut(&fd) {
+                if c.target == target {
+                    c.busy += 1;
+                    return;
+                }
             }
         }
         let Some(local) = getsockname::<SockaddrStorage>(fd)
@@ -117,6 +121,7 @@ impl UpstreamConns {
             .as_ref()
             .and_then(addr_of)
         else {
+            map.remove(&fd);
             return;
         };
         map.insert(
@@ -206,8 +211,8 @@ mod tests {
         let (mut a_srv, _) = l.accept().unwrap();
         let (mut b_srv, _) = l.accept().unwrap();
         let reg = UpstreamConns::default();
-        reg.acquired(a.as_raw_fd(), target(ep));
-        reg.acquired(b.as_raw_fd(), target(ep));
+        reg.acquired(a.as_raw_fd(), target(ep), false);
+        reg.acquired(b.as_raw_fd(), target(ep), false);
         assert_eq!(reg.released(a.as_raw_fd()), Some(target(ep)));
         let counts = reg.sweep();
         assert_eq!(counts["default/web:80"], PoolCounts { idle: 1, busy: 1 });
@@ -235,7 +240,7 @@ mod tests {
         let (_a_srv, _) = l.accept().unwrap();
         let fd = a.as_raw_fd();
         let reg = UpstreamConns::default();
-        reg.acquired(fd, target(ep));
+        reg.acquired(fd, target(ep), false);
         reg.released(fd);
         drop(a);
         // Another connection now likely holds the same fd number.
