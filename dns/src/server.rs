@@ -394,7 +394,7 @@ pub fn udp_worker(
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut got: Vec<(usize, Option<SockaddrStorage>)> = Vec::with_capacity(BATCH);
-    // Answers of one batch: `outs[..ready]` go to `to[..ready]`.
+    // Answers of one batch: `outs[i]` goes to `to[i]`, for `i < to.len()`.
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
     let mut to: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
     while !stop.is_cancelled() {

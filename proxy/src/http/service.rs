@@ -806,13 +806,10 @@ impl ProxyHttp for Ingress {
         if let Some(fd) = ctx.upstream_fd.take() {
             // Back in the pool by now; if its endpoint left the table meanwhile, close it.
             let snap = self.shared.cell.load();
-            if snap.generation == ctx.generation {
-                self.shared.upstreams.released(fd);
-            } else {
-                self.shared
-                    .upstreams
-                    .release_and_close_if(fd, |t| upstreams::usable_in(&snap.routes, t));
-            }
+            let unchanged = snap.generation == ctx.generation;
+            self.shared
+                .upstreams
+                .release_and_close_if(fd, |t| unchanged || upstreams::usable_in(&snap.routes, t));
         }
         let code = session
             .response_written()
