@@ -37,6 +37,26 @@ impl PortBalancer {
         let ejected = self.endpoints.iter().filter(|e| e.is_ejected()).count();
         (ejected + 1) * 100 <= n * cfg.max_ejected_percent as usize
     }
+
+    /// The balancer's next endpoint for `hash` not in `tried`, skipping ejected ones unless
+    /// every untried endpoint is ejected (then one of those anyway, rather than fail: Envoy's
+    /// panic threshold). `None` when every endpoint was tried.
+    pub fn choose(&self, hash: u64, tried: &[usize]) -> Option<usize> {
+        use super::balance::BackendIter;
+        let mut it = self.selector.iter(hash);
+        let mut ejected_fallback = None;
+        while let Some(i) = it.next() {
+            if tried.contains(&i) {
+                continue;
+            }
+            if self.endpoints[i].is_ejected() {
+                ejected_fallback.get_or_insert(i);
+                continue;
+            }
+            return Some(i);
+        }
+        ejected_fallback
+    }
 }
 
 /// Why a backend has nowhere to send a request (the 503 body).

@@ -17,14 +17,15 @@ use std::time::Duration;
 
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::listeners::tls::Acceptor;
-use pingora::protocols::l4::listener::Listener;
-use pingora::protocols::Stream;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::proxy::HttpProxy;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use super::fast::{self, KEEPALIVE_IDLE};
 use super::io::Buffered;
-use super::service::Ingress;
+use super::service::{Ingress, Shared};
 
 pub type App = HttpProxy<Ingress>;
 
@@ -80,14 +81,24 @@ pub fn plain_options() -> HttpServerOptions {
     o
 }
 
-/// How long a client connection may sit idle waiting for its next request (as pingora's
-/// keep-alive timeout).
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Wraps an accepted TCP connection for pingora, with the socket digest its own listener sets
+/// (the client address comes from it).
+fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> L4Stream {
+    use std::os::fd::AsRawFd;
+    let mut s = L4Stream::from(tcp);
+    let digest = SocketDigest::from_raw_fd(s.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    s.set_socket_digest(digest);
+    s
+}
 
-/// Runs one accept loop until `shutdown` turns true.
+/// Runs one accept loop until `shutdown` turns true. Plain connections start on the HTTP/1.1
+/// fast path (`fast.rs`) and move to pingora for the first request it does not take; TLS
+/// connections are pingora's.
 pub fn spawn_accept_loop(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
+    shared: Arc<Shared>,
     tls: Option<Arc<Acceptor>>,
     shutdown: watch::Receiver<bool>,
     conns: Arc<Connections>,
@@ -95,7 +106,6 @@ pub fn spawn_accept_loop(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let local: Option<SocketAddr> = listener.local_addr().ok();
-        let listener = Listener::from(listener);
         let mut stop = shutdown.clone();
         loop {
             let accepted = tokio::select! {
@@ -105,7 +115,7 @@ pub fn spawn_accept_loop(
                     continue;
                 }
             };
-            let mut stream = match accepted {
+            let (tcp, peer) = match accepted {
                 Ok(s) => s,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -114,15 +124,18 @@ pub fn spawn_accept_loop(
                     continue;
                 }
             };
-            let _ = stream.set_nodelay();
+            let _ = tcp.set_nodelay(true);
             let guard = conns.enter(gauge.clone());
             let app = app.clone();
+            let shared = shared.clone();
             let tls = tls.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _guard = guard;
+                let mut stop = shutdown.clone();
                 let stream: Stream = match tls {
                     Some(acceptor) => {
+                        let stream = l4_stream(tcp, peer);
                         match tokio::time::timeout(
                             Duration::from_secs(10),
                             Box::pin(acceptor.tls_handshake(Buffered::new(stream))),
@@ -137,14 +150,19 @@ pub fn spawn_accept_loop(
                             Err(_) => return,
                         }
                     }
-                    None => Box::new(Buffered::new(stream)),
+                    None => match fast::serve(&shared, tcp, peer, &mut stop).await {
+                        fast::Served::Closed => return,
+                        fast::Served::Fallback(tcp, read) => {
+                            let mut stream = l4_stream(tcp, peer);
+                            stream.rewind(&read);
+                            Box::new(Buffered::new(stream))
+                        }
+                    },
                 };
                 // Memory per idle connection (`bench/run idle`): plain connections wait for
                 // their next request here, in this small future, and pingora's request future
-                // (and the TLS handshake's) are boxed so they do not size this task while idle:
-                // 13.5 -> 6.3 KiB per connection before its first request.
+                // (and the TLS handshake's) are boxed so they do not size this task while idle.
                 let mut next = Some(stream);
-                let mut stop = shutdown.clone();
                 while let Some(mut s) = next {
                     if (*s).as_any().is::<Buffered>() {
                         let mut b = s

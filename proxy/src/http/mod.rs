@@ -20,6 +20,7 @@
 
 pub mod backend;
 pub mod balance;
+pub mod fast;
 pub mod filters;
 pub mod health;
 pub mod io;
@@ -210,6 +211,7 @@ impl HttpServer {
             server.tasks.push(listener::spawn_accept_loop(
                 l,
                 app,
+                shared.clone(),
                 tls,
                 shutdown_rx.clone(),
                 server.conns.clone(),
@@ -245,6 +247,7 @@ impl HttpServer {
                         shared.close_removed(&snap.routes);
                     }
                     if ticks.is_multiple_of(40) {
+                        shared.fast.pool.expire(shared.config.upstream_idle_timeout);
                         shared.update_pool_gauge();
                     }
                     if ticks.is_multiple_of(600) {

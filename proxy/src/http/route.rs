@@ -125,7 +125,80 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub method: &'a http::Method,
-    pub headers: &'a http::HeaderMap,
+    pub headers: Headers<'a>,
+}
+
+/// The request's headers: pingora's parsed map, or the fast path's raw `httparse` headers.
+#[derive(Clone, Copy)]
+pub enum Headers<'a> {
+    Map(&'a http::HeaderMap),
+    Raw(&'a [httparse::Header<'a>]),
+}
+
+impl Headers<'_> {
+    /// Every value of `name` that is valid text, comma-joined (how several values of one header
+    /// are matched); `None` when the header is absent.
+    pub fn joined(&self, name: &http::HeaderName) -> Option<String> {
+        let mut out: Option<String> = None;
+        let mut add = |v: &str| {
+            let s = out.get_or_insert_with(String::new);
+            if !s.is_empty() {
+                s.push(',');
+            }
+            s.push_str(v);
+        };
+        match self {
+            Headers::Map(m) => {
+                let mut values = m.get_all(name).iter().peekable();
+                values.peek()?;
+                for v in values.filter_map(|v| v.to_str().ok()) {
+                    add(v);
+                }
+                Some(out.unwrap_or_default())
+            }
+            Headers::Raw(raw) => {
+                let mut seen = false;
+                for h in raw.iter().filter(|h| name.as_str().eq_ignore_ascii_case(h.name)) {
+                    seen = true;
+                    if let Some(v) = visible_text(h.value) {
+                        add(v);
+                    }
+                }
+                seen.then(|| out.unwrap_or_default())
+            }
+        }
+    }
+
+    /// The first value of `name`, as bytes.
+    pub fn first(&self, name: &str) -> Option<&[u8]> {
+        match self {
+            Headers::Map(m) => m.get(name).map(|v| v.as_bytes()),
+            Headers::Raw(raw) => raw
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value),
+        }
+    }
+
+    /// Every value of `name` that is valid text.
+    pub fn all<'s>(&'s self, name: &'s str) -> Box<dyn Iterator<Item = &'s str> + 's> {
+        match self {
+            Headers::Map(m) => Box::new(m.get_all(name).iter().filter_map(|v| v.to_str().ok())),
+            Headers::Raw(raw) => Box::new(
+                raw.iter()
+                    .filter(move |h| h.name.eq_ignore_ascii_case(name))
+                    .filter_map(|h| visible_text(h.value)),
+            ),
+        }
+    }
+}
+
+/// `v` as text if it is visible ASCII (and tabs), as `http::HeaderValue::to_str` accepts.
+fn visible_text(v: &[u8]) -> Option<&str> {
+    v.iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        .then(|| std::str::from_utf8(v).ok())
+        .flatten()
 }
 
 /// Whether `path` lies under `prefix` (without its trailing slash) element by element.
@@ -162,17 +235,9 @@ impl MatchCheck {
             }
         }
         for (name, check) in &self.headers {
-            let mut values = req.headers.get_all(name).iter().peekable();
-            if values.peek().is_none() {
-                return false;
-            }
-            // Several values of one header are matched as their comma-joined list.
-            let joined: String = values
-                .filter_map(|v| v.to_str().ok())
-                .collect::<Vec<_>>()
-                .join(",");
-            if !check.matches(&joined) {
-                return false;
+            match req.headers.joined(name) {
+                Some(v) if check.matches(&v) => {}
+                _ => return false,
             }
         }
         for (name, check) in &self.query {
@@ -510,7 +575,7 @@ mod tests {
             path: p,
             query: q,
             method: &http::Method::GET,
-            headers: &h,
+            headers: Headers::Map(&h),
         };
         index
             .find(host, &req)

@@ -28,11 +28,11 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use tables::{HttpRouteFilter, HttpTable, RouteTable, SnapshotCell};
 
 use super::backend::{Balancers, PortBalancer};
-use super::balance::{key_hash, BackendIter, HashKey};
+use super::balance::{key_hash, HashKey};
 use super::filters::{self, RedirectFrom};
 use super::health::{EndpointState, FailureOutcome};
 use super::metrics::HttpMetrics;
-use super::route::{CompiledRule, RequestView, RouteIndex};
+use super::route::{CompiledRule, Headers, RequestView, RouteIndex};
 use super::upstreams::{self, Target, UpstreamConns};
 use super::HttpConfig;
 
@@ -83,6 +83,8 @@ pub struct Shared {
     pub budget: RetryBudget,
     /// Upstream connections seen, to close idle ones to removed endpoints.
     pub upstreams: UpstreamConns,
+    /// The HTTP/1.1 fast path's upstream pool and metric handles.
+    pub fast: super::fast::FastState,
     /// Service labels the pool gauge has series for.
     pool_labels: std::sync::Mutex<Vec<Arc<str>>>,
     index: ArcSwapOption<(Arc<HttpTable>, Arc<RouteIndex>)>,
@@ -97,6 +99,7 @@ impl Shared {
             metrics,
             budget: RetryBudget::default(),
             upstreams: UpstreamConns::default(),
+            fast: Default::default(),
             pool_labels: Default::default(),
             index: ArcSwapOption::empty(),
         }
@@ -104,9 +107,8 @@ impl Shared {
 
     /// Shuts down idle upstream connections to endpoints no longer usable in `table`.
     pub fn close_removed(&self, table: &RouteTable) {
-        let n = self
-            .upstreams
-            .close_idle(|t| upstreams::usable_in(table, t));
+        let keep = |t: &Target| upstreams::usable_in(table, t);
+        let n = self.upstreams.close_idle(keep) + self.fast.pool.close_idle(keep);
         if n > 0 {
             tracing::info!(
                 connections = n,
@@ -117,7 +119,8 @@ impl Shared {
 
     /// Sets `switchboard_http_upstream_pool_connections` from the connections still open.
     pub fn update_pool_gauge(&self) {
-        let counts = self.upstreams.sweep();
+        let mut counts = self.upstreams.sweep();
+        self.fast.pool.count_into(&mut counts);
         let gauge = &self.metrics.upstream_pool;
         let mut labels = self.pool_labels.lock().unwrap();
         for l in labels.iter() {
@@ -215,7 +218,7 @@ fn request_host(req: &RequestHeader) -> (String, Option<u16>) {
     split_host_port(raw)
 }
 
-fn split_host_port(raw: &str) -> (String, Option<u16>) {
+pub(super) fn split_host_port(raw: &str) -> (String, Option<u16>) {
     let raw = raw.rsplit('@').next().unwrap_or(raw);
     let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
         match rest.split_once(']') {
@@ -236,11 +239,9 @@ fn split_host_port(raw: &str) -> (String, Option<u16>) {
     (host.trim_end_matches('.').to_ascii_lowercase(), port)
 }
 
-fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+fn cookie_value<'a>(headers: &'a Headers<'a>, name: &str) -> Option<&'a str> {
     headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .all("cookie")
         .flat_map(|v| v.split(';'))
         .find_map(|kv| {
             let (k, v) = kv.trim().split_once('=')?;
@@ -248,7 +249,26 @@ fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str>
         })
 }
 
-fn new_request_id() -> String {
+/// The consistent-hashing key of a request: its client IP, header or cookie (random when the
+/// request has none, so such requests spread).
+pub(super) fn request_hash(key: &HashKey, client_ip: Option<IpAddr>, headers: Headers<'_>) -> u64 {
+    match key {
+        HashKey::ClientIp => match client_ip {
+            Some(IpAddr::V4(ip)) => key_hash(&ip.octets()),
+            Some(IpAddr::V6(ip)) => key_hash(&ip.octets()),
+            None => fastrand::u64(..),
+        },
+        HashKey::Header(h) => headers
+            .first(h.as_str())
+            .map(key_hash)
+            .unwrap_or_else(|| fastrand::u64(..)),
+        HashKey::Cookie(c) => cookie_value(&headers, c)
+            .map(|v| key_hash(v.as_bytes()))
+            .unwrap_or_else(|| fastrand::u64(..)),
+    }
+}
+
+pub(super) fn new_request_id() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
@@ -370,7 +390,7 @@ impl ProxyHttp for Ingress {
             path: &path,
             query: query.as_deref(),
             method: &req.method,
-            headers: &req.headers,
+            headers: Headers::Map(&req.headers),
         };
         let Some(matched) = index.find(&ctx.host, &view) else {
             let body = format!("no route for host {:?} path {:?}\n", ctx.host, path);
@@ -465,21 +485,8 @@ impl ProxyHttp for Ingress {
             }
         };
         if let Some(key) = balancer.algorithm.hash_key() {
-            let headers = &session.req_header().headers;
-            ctx.hash = match key {
-                HashKey::ClientIp => match ctx.client_ip {
-                    Some(IpAddr::V4(ip)) => key_hash(&ip.octets()),
-                    Some(IpAddr::V6(ip)) => key_hash(&ip.octets()),
-                    None => fastrand::u64(..),
-                },
-                HashKey::Header(h) => headers
-                    .get(h)
-                    .map(|v| key_hash(v.as_bytes()))
-                    .unwrap_or_else(|| fastrand::u64(..)),
-                HashKey::Cookie(c) => cookie_value(headers, c)
-                    .map(|v| key_hash(v.as_bytes()))
-                    .unwrap_or_else(|| fastrand::u64(..)),
-            };
+            let headers = Headers::Map(&session.req_header().headers);
+            ctx.hash = request_hash(key, ctx.client_ip, headers);
         }
         ctx.balancer = Some(balancer);
         Ok(false)
@@ -491,22 +498,7 @@ impl ProxyHttp for Ingress {
             .balancer
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no backend chosen"))?;
-        let mut it = b.selector.iter(ctx.hash);
-        let mut chosen = None;
-        let mut ejected_fallback = None;
-        while let Some(i) = it.next() {
-            if ctx.tried.contains(&i) {
-                continue;
-            }
-            if b.endpoints[i].is_ejected() {
-                ejected_fallback.get_or_insert(i);
-                continue;
-            }
-            chosen = Some(i);
-            break;
-        }
-        // Every endpoint ejected: use one anyway rather than fail (Envoy's panic threshold).
-        let Some(i) = chosen.or(ejected_fallback) else {
+        let Some(i) = b.choose(ctx.hash, &ctx.tried) else {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(502),
                 format!("service {}: every endpoint was tried", b.label),
@@ -876,8 +868,13 @@ mod tests {
             http::header::COOKIE,
             "a=1; session=abc; b=2".parse().unwrap(),
         );
-        assert_eq!(cookie_value(&h, "session"), Some("abc"));
-        assert_eq!(cookie_value(&h, "c"), None);
+        assert_eq!(cookie_value(&Headers::Map(&h), "session"), Some("abc"));
+        assert_eq!(cookie_value(&Headers::Map(&h), "c"), None);
+        let raw = [httparse::Header {
+            name: "Cookie",
+            value: b"a=1; session=abc",
+        }];
+        assert_eq!(cookie_value(&Headers::Raw(&raw), "session"), Some("abc"));
     }
 
     #[test]

@@ -1,0 +1,1359 @@
+//! The HTTP/1.1 fast path: plain-listener requests without a body, routed to a rule without
+//! filters, proxied by switchboard's own code instead of pingora's generic HTTP proxy.
+//!
+//! Why: `perf` put pingora's per-request user time at ~12 µs (header maps, the downstream and
+//! upstream task pair, its pool's idle-watch task per request, a `getpeername` per reuse)
+//! against ~2 µs for nginx, which is the whole L7 gap (`docs/benchmarks.md`). This path parses
+//! with `httparse`, reuses the routing index, balancers, endpoint health, retry budget and
+//! metrics of `service.rs`, and keeps its own upstream keep-alive pool, so one request costs
+//! the four socket calls nginx makes and little else.
+//!
+//! What it takes: HTTP/1.1 requests on `--http` listeners with exactly one `Host`, an
+//! origin-form target without dot segments, no body (`Content-Length` absent or 0, no
+//! `Transfer-Encoding`), no `Upgrade`/`Expect`, whose rule has no filters and whose backend is
+//! an HTTP/1 service port with usable endpoints. Anything else (HTTP/1.0, h2c, bodies,
+//! WebSockets, 404/503/redirects, filters, malformed requests) is handed to pingora with the
+//! bytes read so far put back, and the connection stays on pingora from then on. Nothing has
+//! been sent upstream when that decision is made, so it is always safe.
+//!
+//! Behaviour is the pingora path's (`service.rs`): same endpoint choice and ejection, connect
+//! failures retried on another endpoint, idempotent requests retried on a reset or 502/503
+//! within the budget, a stale pooled connection retried once on a fresh one, `timeouts.request`
+//! / `backendRequest` deadlines and the upstream read timeout (504), X-Forwarded-*,
+//! `Forwarded`, X-Request-Id, hop-by-hop headers removed, the same metrics and access log.
+//! Responses are passed through with their framing (Content-Length, chunked, or
+//! close-delimited, which closes the client connection after it).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, IntCounter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::backend::PortBalancer;
+use super::filters;
+use super::health::{EndpointState, FailureOutcome};
+use super::route::{CompiledRule, Headers, RequestView};
+use super::service::{new_request_id, request_hash, split_host_port, Shared};
+use super::upstreams::{self, PoolCounts, Target};
+
+/// Most headers a request or response may have on this path (more: pingora's path).
+const MAX_HEADERS: usize = 64;
+/// Largest request head this path reads before handing the request to pingora.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+/// Largest upstream response head accepted (larger: 502).
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Idle connections kept per endpoint.
+const POOL_PER_ENDPOINT: usize = 256;
+/// How long a client connection may wait for its next request (as pingora's keep-alive).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// How a connection left the fast path.
+pub enum Served {
+    /// Closed (by either side, idle timeout, shutdown, or an error answered here).
+    Closed,
+    /// pingora takes over: the stream and the bytes already read from it.
+    Fallback(TcpStream, Vec<u8>),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream keep-alive pool
+// ---------------------------------------------------------------------------------------------
+
+struct Idle {
+    conn: TcpStream,
+    target: Target,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct PoolInner {
+    idle: HashMap<SocketAddr, Vec<Idle>>,
+    /// Connections a request holds now, by service label (the pool gauge).
+    busy: HashMap<Arc<str>, usize>,
+}
+
+/// The fast path's upstream keep-alive connections, by endpoint address. A connection is
+/// pooled only after a complete response and a read that found nothing more on it, so one that
+/// shows readable (or closed) in the pool has been closed or written to by the endpoint and is
+/// dropped instead of reused.
+#[derive(Default)]
+pub struct FastPool {
+    inner: Mutex<PoolInner>,
+}
+
+/// A connection a request holds; dropped (closed) unless given back with [`Lease::keep`].
+struct Lease<'p> {
+    pool: &'p FastPool,
+    conn: Option<TcpStream>,
+    target: Target,
+}
+
+impl Lease<'_> {
+    fn conn(&mut self) -> &mut TcpStream {
+        self.conn.as_mut().expect("held until kept or dropped")
+    }
+
+    /// Back to the pool.
+    fn keep(mut self) {
+        let conn = self.conn.take().expect("held until kept or dropped");
+        let mut p = self.pool.inner.lock().unwrap();
+        dec_busy(&mut p.busy, &self.target.label);
+        let v = p.idle.entry(self.target.endpoint).or_default();
+        if v.len() < POOL_PER_ENDPOINT {
+            v.push(Idle {
+                conn,
+                target: self.target.clone(),
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if self.conn.is_some() {
+            dec_busy(&mut self.pool.inner.lock().unwrap().busy, &self.target.label);
+        }
+    }
+}
+
+fn dec_busy(busy: &mut HashMap<Arc<str>, usize>, label: &Arc<str>) {
+    if let Some(n) = busy.get_mut(label) {
+        *n -= 1;
+        if *n == 0 {
+            busy.remove(label);
+        }
+    }
+}
+
+/// Whether the endpoint closed or wrote to an idle connection (readiness the runtime already
+/// has; no system call).
+fn disturbed(conn: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    let ready = std::pin::pin!(conn.ready(Interest::READABLE));
+    !matches!(ready.poll(&mut cx), Poll::Pending)
+}
+
+impl FastPool {
+    /// The most recently pooled live connection to `endpoint`.
+    fn take(&self, endpoint: SocketAddr, max_idle: Duration) -> Option<Lease<'_>> {
+        let mut p = self.inner.lock().unwrap();
+        let v = p.idle.get_mut(&endpoint)?;
+        while let Some(i) = v.pop() {
+            if i.since.elapsed() >= max_idle || disturbed(&i.conn) {
+                continue;
+            }
+            *p.busy.entry(i.target.label.clone()).or_default() += 1;
+            return Some(Lease {
+                pool: self,
+                conn: Some(i.conn),
+                target: i.target,
+            });
+        }
+        None
+    }
+
+    fn lease(&self, conn: TcpStream, target: Target) -> Lease<'_> {
+        *self
+            .inner
+            .lock()
+            .unwrap()
+            .busy
+            .entry(target.label.clone())
+            .or_default() += 1;
+        Lease {
+            pool: self,
+            conn: Some(conn),
+            target,
+        }
+    }
+
+    /// Closes idle connections whose target `keep` rejects; returns how many.
+    pub fn close_idle(&self, keep: impl Fn(&Target) -> bool) -> usize {
+        let mut p = self.inner.lock().unwrap();
+        let mut closed = 0;
+        for v in p.idle.values_mut() {
+            v.retain(|i| {
+                let k = keep(&i.target);
+                closed += usize::from(!k);
+                k
+            });
+        }
+        p.idle.retain(|_, v| !v.is_empty());
+        closed
+    }
+
+    /// Closes idle connections older than `max_idle` or closed by their endpoint.
+    pub fn expire(&self, max_idle: Duration) {
+        let mut p = self.inner.lock().unwrap();
+        for v in p.idle.values_mut() {
+            v.retain(|i| i.since.elapsed() < max_idle && !disturbed(&i.conn));
+        }
+        p.idle.retain(|_, v| !v.is_empty());
+    }
+
+    /// Open connections by service label, added into `out`.
+    pub fn count_into(&self, out: &mut HashMap<Arc<str>, PoolCounts>) {
+        let p = self.inner.lock().unwrap();
+        for i in p.idle.values().flatten() {
+            out.entry(i.target.label.clone()).or_default().idle += 1;
+        }
+        for (l, n) in &p.busy {
+            out.entry(l.clone()).or_default().busy += n;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics handles, cached per (route, service, code)
+// ---------------------------------------------------------------------------------------------
+
+/// `with_label_values` hashes its labels and takes a lock per call; the fast path keeps the
+/// handles of the series it has used.
+#[derive(Default)]
+pub struct SeriesCache {
+    map: Mutex<HashMap<(usize, usize, u16), Series>>,
+}
+
+struct Series {
+    route: Arc<str>,
+    service: Arc<str>,
+    requests: IntCounter,
+    duration: Histogram,
+}
+
+impl SeriesCache {
+    fn record(&self, shared: &Shared, route: &Arc<str>, service: &Arc<str>, code: u16, secs: f64) {
+        let key = (
+            Arc::as_ptr(route) as *const u8 as usize,
+            Arc::as_ptr(service) as *const u8 as usize,
+            code,
+        );
+        let mut map = self.map.lock().unwrap();
+        if let Some(s) = map.get(&key) {
+            // The cached Arcs keep these addresses from being reused by other labels.
+            if Arc::ptr_eq(&s.route, route) && Arc::ptr_eq(&s.service, service) {
+                s.requests.inc();
+                s.duration.observe(secs);
+                return;
+            }
+        }
+        if map.len() >= 4096 {
+            map.clear();
+        }
+        let m = &shared.metrics;
+        let s = Series {
+            route: route.clone(),
+            service: service.clone(),
+            requests: m
+                .requests
+                .with_label_values(&[&**route, &**service, &code.to_string()]),
+            duration: m.duration.with_label_values(&[&**route, &**service]),
+        };
+        s.requests.inc();
+        s.duration.observe(secs);
+        map.insert(key, s);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------------
+
+/// A request this path will proxy.
+struct Prepared {
+    head_len: usize,
+    method: http::Method,
+    host: String,
+    /// The request target as received (path and query).
+    target: String,
+    request_id: String,
+    /// The client asked to close after this request.
+    close: bool,
+    /// The head sent upstream (the same for every attempt).
+    upstream_head: Vec<u8>,
+    rule: Arc<CompiledRule>,
+    balancer: Arc<PortBalancer>,
+    hash: u64,
+    generation: u64,
+}
+
+enum Prep {
+    Ready(Box<Prepared>),
+    /// The head is not complete yet.
+    Partial,
+    /// pingora's.
+    Fallback,
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1), never forwarded.
+fn hop_by_hop(name: &str) -> bool {
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Headers this proxy sets itself on the upstream request.
+fn replaced_upstream(name: &str) -> bool {
+    [
+        "x-forwarded-for",
+        "forwarded",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The comma-separated tokens of a `Connection` header value, trimmed.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
+}
+
+/// Parses the head in `buf` and decides: proxy here, wait for more, or hand to pingora.
+fn prepare(shared: &Shared, buf: &[u8], client_ip: IpAddr) -> Prep {
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut hs);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => return Prep::Partial,
+        _ => return Prep::Fallback,
+    };
+    if req.version != Some(1) {
+        return Prep::Fallback;
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Prep::Fallback;
+    };
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+        return Prep::Fallback;
+    };
+    if method == http::Method::CONNECT || !target.starts_with('/') {
+        return Prep::Fallback;
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    if filters::remove_dot_segments(path).is_some() {
+        return Prep::Fallback;
+    }
+    let headers: &[httparse::Header<'_>] = req.headers;
+    let mut host = None;
+    let mut hosts = 0;
+    let mut close = false;
+    let mut conn_tokens: Vec<&[u8]> = Vec::new();
+    let (mut xff, mut fwd, mut id) = (None, None, None);
+    for h in headers {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            host = Some(h.value);
+        } else if n.eq_ignore_ascii_case("content-length") {
+            if h.value.trim_ascii() != b"0" {
+                return Prep::Fallback;
+            }
+        } else if ["transfer-encoding", "upgrade", "expect", "http2-settings"]
+            .iter()
+            .any(|x| n.eq_ignore_ascii_case(x))
+        {
+            return Prep::Fallback;
+        } else if n.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    return Prep::Fallback;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                    conn_tokens.push(t);
+                }
+            }
+        } else if n.eq_ignore_ascii_case("x-request-id") && id.is_none() {
+            id = Some(h.value);
+        } else if n.eq_ignore_ascii_case("x-forwarded-for") && xff.is_none() {
+            xff = Some(h.value);
+        } else if n.eq_ignore_ascii_case("forwarded") && fwd.is_none() {
+            fwd = Some(h.value);
+        }
+    }
+    let (1, Some(Ok(raw_host))) = (hosts, host.map(std::str::from_utf8)) else {
+        return Prep::Fallback;
+    };
+    let (host, _port) = split_host_port(raw_host);
+    if host.is_empty() {
+        return Prep::Fallback;
+    }
+
+    let snapshot = shared.cell.load();
+    let index = shared.route_index(&snapshot.routes.http);
+    let view = RequestView {
+        path,
+        query,
+        method: &method,
+        headers: Headers::Raw(headers),
+    };
+    let Some(matched) = index.find(&host, &view) else {
+        return Prep::Fallback;
+    };
+    let rule = matched.rule.clone();
+    if !rule.rule.filters.is_empty() {
+        return Prep::Fallback;
+    }
+    let Some(bi) = rule.pick_backend(fastrand::u64(..)) else {
+        return Prep::Fallback;
+    };
+    let backend = &rule.rule.backends[bi];
+    if rule.rule.source.kind == tables::Kind::HttpRoute
+        && backend.service.namespace != rule.rule.source.namespace
+    {
+        return Prep::Fallback;
+    }
+    let Ok(balancer) =
+        shared
+            .balancers
+            .get(&snapshot.routes, backend, rule.rule.lb_algorithm.as_deref())
+    else {
+        return Prep::Fallback;
+    };
+    if balancer.h2c {
+        return Prep::Fallback;
+    }
+    let hash = balancer
+        .algorithm
+        .hash_key()
+        .map(|k| request_hash(k, Some(client_ip), Headers::Raw(headers)))
+        .unwrap_or(0);
+
+    let request_id = id
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id);
+    let mut out = Vec::with_capacity(head_len + 256);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in headers {
+        if hop_by_hop(h.name)
+            || replaced_upstream(h.name)
+            || conn_tokens
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
+        {
+            continue;
+        }
+        put_header(&mut out, h.name, h.value);
+    }
+    let ip = client_ip.to_string();
+    let mut v = Vec::with_capacity(64);
+    if let Some(prev) = xff.filter(|p| !p.is_empty()) {
+        v.extend_from_slice(prev);
+        v.extend_from_slice(b", ");
+    }
+    v.extend_from_slice(ip.as_bytes());
+    put_header(&mut out, "x-forwarded-for", &v);
+    v.clear();
+    if let Some(prev) = fwd.filter(|p| !p.is_empty()) {
+        v.extend_from_slice(prev);
+        v.extend_from_slice(b", ");
+    }
+    match client_ip {
+        IpAddr::V6(_) => v.extend_from_slice(format!("for=\"[{ip}]\"").as_bytes()),
+        IpAddr::V4(_) => v.extend_from_slice(format!("for={ip}").as_bytes()),
+    }
+    v.extend_from_slice(b";proto=http;host=\"");
+    v.extend_from_slice(host.as_bytes());
+    v.push(b'"');
+    put_header(&mut out, "forwarded", &v);
+    put_header(&mut out, "x-forwarded-proto", b"http");
+    put_header(&mut out, "x-forwarded-host", host.as_bytes());
+    put_header(&mut out, "x-request-id", request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+
+    Prep::Ready(Box::new(Prepared {
+        head_len,
+        method,
+        host,
+        target: target.to_string(),
+        request_id,
+        close,
+        upstream_head: out,
+        rule,
+        balancer,
+        hash,
+        generation: snapshot.generation,
+    }))
+}
+
+/// Serves requests on an accepted plain connection until it closes or a request needs pingora.
+pub async fn serve(
+    shared: &Shared,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Served {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        // Wait for the next request holding no buffer: idle connections cost little.
+        if buf.is_empty() {
+            buf = Vec::new();
+            let ready = tokio::select! {
+                r = tokio::time::timeout(KEEPALIVE_IDLE, client.readable()) => matches!(r, Ok(Ok(()))),
+                _ = shutdown.wait_for(|s| *s) => false,
+            };
+            if !ready {
+                return Served::Closed;
+            }
+            buf.reserve(4096);
+        }
+        let prepared = loop {
+            if !buf.is_empty() {
+                match prepare(shared, &buf, peer.ip()) {
+                    Prep::Ready(p) => break p,
+                    Prep::Fallback => return Served::Fallback(client, buf),
+                    Prep::Partial => {}
+                }
+            }
+            if buf.len() == buf.capacity() {
+                buf.reserve(4096);
+            }
+            match client.try_read_buf(&mut buf) {
+                Ok(0) => return Served::Closed,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Served::Closed,
+            }
+            // The rest of a head that came in pieces: bounded like an idle wait.
+            match tokio::time::timeout(KEEPALIVE_IDLE, client.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Served::Closed,
+            }
+        };
+        buf.drain(..prepared.head_len);
+        // The request's state lives in its own allocation while it runs, not in this task.
+        let keep_open = Box::pin(exchange(shared, &mut client, peer.ip(), &prepared, shutdown))
+            .await;
+        if !keep_open {
+            return Served::Closed;
+        }
+    }
+}
+
+/// What went wrong with an attempt, for the response code, the retry decision and the log.
+#[derive(Debug)]
+enum Failure {
+    /// Nothing usable came back from the endpoint (reset, EOF, refused).
+    Io(&'static str),
+    /// A deadline or read timeout.
+    Timeout(&'static str),
+    /// The endpoint's answer was not HTTP/1 this path can pass on.
+    Invalid(&'static str),
+}
+
+impl Failure {
+    fn code(&self) -> u16 {
+        match self {
+            Failure::Timeout(_) => 504,
+            _ => 502,
+        }
+    }
+    fn what(&self) -> &'static str {
+        match self {
+            Failure::Io(w) | Failure::Timeout(w) | Failure::Invalid(w) => w,
+        }
+    }
+}
+
+/// The time limits of one attempt.
+#[derive(Clone, Copy)]
+struct Limits {
+    deadline: Option<tokio::time::Instant>,
+    per_read: Option<Duration>,
+}
+
+impl Limits {
+    async fn read(&self, conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Failure> {
+        let read = async {
+            match self.per_read {
+                Some(t) => tokio::time::timeout(t, conn.read_buf(buf))
+                    .await
+                    .map_err(|_| Failure::Timeout("ReadTimedout"))?,
+                None => conn.read_buf(buf).await,
+            }
+            .map_err(|_| Failure::Io("ReadError"))
+        };
+        match self.deadline {
+            Some(d) => tokio::time::timeout_at(d, read)
+                .await
+                .map_err(|_| Failure::Timeout("ReadTimedout"))?,
+            None => read.await,
+        }
+    }
+
+    async fn write(&self, conn: &mut TcpStream, data: &[u8]) -> Result<(), Failure> {
+        let write = async {
+            conn.write_all(data)
+                .await
+                .map_err(|_| Failure::Io("WriteError"))
+        };
+        match self.deadline {
+            Some(d) => tokio::time::timeout_at(d, write)
+                .await
+                .map_err(|_| Failure::Timeout("WriteTimedout"))?,
+            None => write.await,
+        }
+    }
+}
+
+/// The in-flight count of the endpoint an attempt went to, ended when the attempt is.
+struct InFlight(Arc<EndpointState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end_request();
+    }
+}
+
+/// How the response body is delimited (RFC 9112 6.3).
+#[derive(Debug, PartialEq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+/// A parsed upstream response head.
+struct Head {
+    len: usize,
+    code: u16,
+    /// The head to send the client (hop-by-hop headers removed, x-request-id set; without the
+    /// final CRLF, so `Connection: close` can still be added).
+    client_head: Vec<u8>,
+    framing: Framing,
+    /// The endpoint keeps the connection open after this response.
+    upstream_keepalive: bool,
+}
+
+fn parse_head(buf: &[u8], head_only: bool, request_id: &str) -> Result<Option<Head>, Failure> {
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut hs);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(None),
+        _ => return Err(Failure::Invalid("InvalidHTTPHeader")),
+    };
+    let code = resp.code.unwrap_or(0);
+    let version = resp.version.unwrap_or(0);
+    let mut keepalive = version == 1;
+    let mut conn_tokens: Vec<&[u8]> = Vec::new();
+    let mut te = None;
+    let mut length: Option<u64> = None;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    keepalive = false;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    keepalive = true;
+                } else {
+                    conn_tokens.push(t);
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(Failure::Invalid("InvalidHTTPHeader"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Failure::Invalid("InvalidHTTPHeader"));
+            }
+            length = Some(n);
+        }
+    }
+    let framing = if head_only || code < 200 || code == 204 || code == 304 {
+        Framing::None
+    } else if let Some(te) = te {
+        let last = te.rsplit(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
+        if last.eq_ignore_ascii_case(b"chunked") {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
+    let mut out = Vec::with_capacity(len + 64);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(code.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        if hop_by_hop(h.name)
+            || h.name.eq_ignore_ascii_case("x-request-id")
+            || (te.is_some() && h.name.eq_ignore_ascii_case("content-length"))
+            || conn_tokens
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
+        {
+            continue;
+        }
+        put_header(&mut out, h.name, h.value);
+    }
+    if code >= 200 {
+        put_header(&mut out, "x-request-id", request_id.as_bytes());
+    }
+    Ok(Some(Head {
+        len,
+        code,
+        client_head: out,
+        upstream_keepalive: keepalive && framing != Framing::Close,
+        framing,
+    }))
+}
+
+/// Finds the end of a chunked body in the bytes fed to it, across reads.
+#[derive(Debug, Default)]
+struct Chunked {
+    state: ChunkState,
+    size: u64,
+    digits: u32,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    EndLf,
+}
+
+impl Chunked {
+    /// Feeds `data`; `Ok(Some(n))` when the body ends after `n` of its bytes.
+    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, Failure> {
+        let bad = || Failure::Invalid("InvalidChunk");
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                ChunkState::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = (b as char).to_digit(16).expect("hex digit") as u64;
+                        self.digits += 1;
+                        if self.digits > 15 {
+                            return Err(bad());
+                        }
+                        self.size = self.size * 16 + d;
+                    }
+                    b';' | b' ' | b'\t' => self.state = ChunkState::Ext,
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    b'\n' => self.size_line_done().map_err(|_| bad())?,
+                    _ => return Err(bad()),
+                },
+                ChunkState::Ext => match b {
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    b'\n' => self.size_line_done().map_err(|_| bad())?,
+                    _ => {}
+                },
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(bad());
+                    }
+                    self.size_line_done().map_err(|_| bad())?;
+                }
+                ChunkState::Data => {
+                    let take = (self.size).min((data.len() - i) as u64) as usize;
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::DataCr => match b {
+                    b'\r' => self.state = ChunkState::DataLf,
+                    b'\n' => self.state = ChunkState::Size,
+                    _ => return Err(bad()),
+                },
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(bad());
+                    }
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::TrailerStart => match b {
+                    b'\r' => self.state = ChunkState::EndLf,
+                    b'\n' => return Ok(Some(i + 1)),
+                    _ => self.state = ChunkState::TrailerLine,
+                },
+                ChunkState::TrailerLine => {
+                    if b == b'\n' {
+                        self.state = ChunkState::TrailerStart;
+                    }
+                }
+                ChunkState::EndLf => {
+                    if b != b'\n' {
+                        return Err(bad());
+                    }
+                    return Ok(Some(i + 1));
+                }
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+
+    fn size_line_done(&mut self) -> Result<(), ()> {
+        if self.digits == 0 {
+            return Err(());
+        }
+        self.digits = 0;
+        self.state = if self.size == 0 {
+            ChunkState::TrailerStart
+        } else {
+            ChunkState::Data
+        };
+        Ok(())
+    }
+}
+
+/// Per-request bookkeeping for the log and metrics.
+struct Outcome {
+    code: u16,
+    retries: u32,
+    upstream: Option<SocketAddr>,
+    error: Option<&'static str>,
+}
+
+/// One request: attempts on endpoints until a response can be passed on, then the response.
+/// Returns whether the client connection stays open.
+async fn exchange(
+    shared: &Shared,
+    client: &mut TcpStream,
+    client_ip: IpAddr,
+    p: &Prepared,
+    shutdown: &watch::Receiver<bool>,
+) -> bool {
+    let start = Instant::now();
+    shared.budget.deposit();
+    let mut out = Outcome {
+        code: 0,
+        retries: 0,
+        upstream: None,
+        error: None,
+    };
+    let keep_open = attempts(shared, client, p, shutdown, start, &mut out).await;
+    log_request(shared, client_ip, p, start, &out);
+    keep_open
+}
+
+fn record_failure(shared: &Shared, b: &PortBalancer, state: &EndpointState) {
+    let cfg = &shared.config.outlier;
+    if state.record_failure(cfg, || b.may_eject(cfg)) == FailureOutcome::Ejected {
+        shared.metrics.ejections.with_label_values(&[&*b.label]).inc();
+        tracing::warn!(service = %b.label, endpoint = %state.addr, "endpoint ejected");
+    }
+}
+
+fn count_retry(shared: &Shared, b: &PortBalancer, reason: &str) {
+    shared
+        .metrics
+        .retries
+        .with_label_values(&[&*b.label, reason])
+        .inc();
+}
+
+async fn attempts(
+    shared: &Shared,
+    client: &mut TcpStream,
+    p: &Prepared,
+    shutdown: &watch::Receiver<bool>,
+    start: Instant,
+    out: &mut Outcome,
+) -> bool {
+    let cfg = &shared.config;
+    let b = &p.balancer;
+    let idempotent = p.method.is_idempotent();
+    let head_only = p.method == http::Method::HEAD;
+    let mut tried: Vec<usize> = Vec::new();
+    // After one stale pooled connection, the next attempt opens a fresh one.
+    let mut fresh_only = false;
+    let can_try_another =
+        |tried: &[usize], retries: u32| tried.len() < b.endpoints.len() && retries < cfg.max_retries;
+    let after = |from: Instant, ms: Option<u64>| {
+        ms.filter(|&ms| ms > 0)
+            .map(|ms| from + Duration::from_millis(ms))
+    };
+    let whole = after(start, p.rule.rule.request_timeout_ms);
+    loop {
+        let Some(i) = b.choose(p.hash, &tried) else {
+            return local_error(client, p, out, 502, "every endpoint was tried").await;
+        };
+        tried.push(i);
+        let state = b.endpoints[i].clone();
+        state.start_request();
+        let _in_flight = InFlight(state.clone());
+        out.upstream = Some(state.addr);
+        let attempt_start = Instant::now();
+        let deadline = match (whole, after(attempt_start, p.rule.rule.backend_request_timeout_ms)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let limits = Limits {
+            deadline: deadline.map(tokio::time::Instant::from_std),
+            per_read: cfg.upstream_read_timeout,
+        };
+
+        let pooled = if fresh_only {
+            None
+        } else {
+            shared.fast.pool.take(state.addr, cfg.upstream_idle_timeout)
+        };
+        let reused = pooled.is_some();
+        let mut lease = match pooled {
+            Some(l) => l,
+            None => match connect(shared, b, &state, &limits).await {
+                Ok(l) => l,
+                Err(f) => {
+                    shared
+                        .metrics
+                        .connect_errors
+                        .with_label_values(&[&*b.label])
+                        .inc();
+                    record_failure(shared, b, &state);
+                    if can_try_another(&tried, out.retries) {
+                        out.retries += 1;
+                        count_retry(shared, b, "connect");
+                        continue;
+                    }
+                    out.error = Some(f.what());
+                    return local_error(client, p, out, f.code(), f.what()).await;
+                }
+            },
+        };
+        shared
+            .metrics
+            .upstream_connections
+            .with_label_values(&[if reused { "true" } else { "false" }])
+            .inc();
+
+        // Send the request and read the response head.
+        let mut ubuf: Vec<u8> = Vec::with_capacity(8192);
+        let head = async {
+            limits.write(lease.conn(), &p.upstream_head).await?;
+            loop {
+                if ubuf.len() == ubuf.capacity() {
+                    ubuf.reserve(8192);
+                }
+                if limits.read(lease.conn(), &mut ubuf).await? == 0 {
+                    return Err(Failure::Io("ConnectionClosed"));
+                }
+                let Some(h) = parse_head(&ubuf, head_only, &p.request_id)? else {
+                    continue;
+                };
+                if h.code == 101 {
+                    return Err(Failure::Invalid("InvalidHTTPHeader"));
+                }
+                if h.code < 200 {
+                    // 103 Early Hints and the like: pass on, read the final answer.
+                    let mut info = h.client_head;
+                    info.extend_from_slice(b"\r\n");
+                    let _ = client.write_all(&info).await;
+                    ubuf.drain(..h.len);
+                    continue;
+                }
+                return Ok(h);
+            }
+        }
+        .await;
+        let head = match head {
+            Ok(h) => h,
+            Err(f) => {
+                drop(lease);
+                let stale = reused && ubuf.is_empty() && matches!(f, Failure::Io(_));
+                if matches!(f, Failure::Timeout(_)) {
+                    out.error = Some(f.what());
+                    return local_error(client, p, out, 504, f.what()).await;
+                }
+                if stale && idempotent && !fresh_only {
+                    // A pooled connection the endpoint had closed: says nothing about it.
+                    fresh_only = true;
+                    tried.pop();
+                    out.retries += 1;
+                    count_retry(shared, b, "reset");
+                    continue;
+                }
+                if !stale {
+                    record_failure(shared, b, &state);
+                }
+                if idempotent
+                    && matches!(f, Failure::Io(_))
+                    && can_try_another(&tried, out.retries)
+                    && shared.budget.try_withdraw()
+                {
+                    out.retries += 1;
+                    count_retry(shared, b, "reset");
+                    continue;
+                }
+                out.error = Some(f.what());
+                return local_error(client, p, out, f.code(), f.what()).await;
+            }
+        };
+        state.observe_latency(attempt_start.elapsed());
+        if head.code >= 500 {
+            record_failure(shared, b, &state);
+            if matches!(head.code, 502 | 503)
+                && idempotent
+                && can_try_another(&tried, out.retries)
+                && shared.budget.try_withdraw()
+            {
+                out.retries += 1;
+                count_retry(shared, b, "status");
+                continue;
+            }
+        } else {
+            state.record_success();
+        }
+        out.code = head.code;
+        return respond(shared, client, p, shutdown, head, lease, ubuf, &limits, out).await;
+    }
+}
+
+async fn connect<'s>(
+    shared: &'s Shared,
+    b: &PortBalancer,
+    state: &EndpointState,
+    limits: &Limits,
+) -> Result<Lease<'s>, Failure> {
+    let timeout = shared.config.connect_timeout;
+    let connect = tokio::time::timeout(timeout, TcpStream::connect(state.addr));
+    let conn = match limits.deadline {
+        Some(d) => tokio::time::timeout_at(d, connect)
+            .await
+            .map_err(|_| Failure::Timeout("ConnectTimedout"))?,
+        None => connect.await,
+    }
+    .map_err(|_| Failure::Timeout("ConnectTimedout"))?
+    .map_err(|e| {
+        Failure::Io(match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => "ConnectRefused",
+            _ => "ConnectError",
+        })
+    })?;
+    let _ = conn.set_nodelay(true);
+    let target = Target {
+        service: b.service.clone(),
+        port: b.port,
+        endpoint: state.addr,
+        label: b.label.clone(),
+    };
+    Ok(shared.fast.pool.lease(conn, target))
+}
+
+/// Passes the response on. Returns whether the client connection stays open.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    shared: &Shared,
+    client: &mut TcpStream,
+    p: &Prepared,
+    shutdown: &watch::Receiver<bool>,
+    head: Head,
+    mut lease: Lease<'_>,
+    mut ubuf: Vec<u8>,
+    limits: &Limits,
+    out: &mut Outcome,
+) -> bool {
+    let close = p.close || head.framing == Framing::Close || *shutdown.borrow();
+    let mut wbuf = head.client_head;
+    if close {
+        wbuf.extend_from_slice(b"connection: close\r\n");
+    }
+    wbuf.extend_from_slice(b"\r\n");
+    let body = &ubuf[head.len..];
+    let mut chunked = Chunked::default();
+    // Bytes of the body still to come (None: until the end marker or EOF).
+    let (mut left, mut done, extra) = match head.framing {
+        Framing::None => (0, true, !body.is_empty()),
+        Framing::Length(n) => {
+            let have = (body.len() as u64).min(n);
+            wbuf.extend_from_slice(&body[..have as usize]);
+            (n - have, have == n, body.len() as u64 > n)
+        }
+        Framing::Chunked => match chunked.feed(body) {
+            Ok(Some(end)) => {
+                wbuf.extend_from_slice(&body[..end]);
+                (0, true, end < body.len())
+            }
+            Ok(None) => {
+                wbuf.extend_from_slice(body);
+                (0, false, false)
+            }
+            Err(f) => {
+                out.error = Some(f.what());
+                return local_error(client, p, out, 502, f.what()).await;
+            }
+        },
+        Framing::Close => {
+            wbuf.extend_from_slice(body);
+            (0, false, false)
+        }
+    };
+    if client.write_all(&wbuf).await.is_err() {
+        out.error = Some("client gone");
+        return false;
+    }
+    drop(wbuf);
+    let mut reusable = !extra;
+    while !done {
+        ubuf.clear();
+        if ubuf.capacity() < 16 * 1024 {
+            ubuf.reserve(16 * 1024);
+        }
+        let n = match limits.read(lease.conn(), &mut ubuf).await {
+            Ok(n) => n,
+            Err(f) => {
+                // The response is cut short: the client sees its connection close.
+                out.error = Some(f.what());
+                return false;
+            }
+        };
+        if n == 0 {
+            if head.framing == Framing::Close {
+                break;
+            }
+            out.error = Some("ConnectionClosed");
+            return false;
+        }
+        let send = match head.framing {
+            Framing::Length(_) => {
+                let take = (n as u64).min(left);
+                left -= take;
+                done = left == 0;
+                // More than the response: the connection is not reused.
+                reusable &= (n as u64) == take;
+                &ubuf[..take as usize]
+            }
+            Framing::Chunked => match chunked.feed(&ubuf) {
+                Ok(Some(end)) => {
+                    done = true;
+                    &ubuf[..end]
+                }
+                Ok(None) => &ubuf[..],
+                Err(f) => {
+                    out.error = Some(f.what());
+                    return false;
+                }
+            },
+            _ => &ubuf[..],
+        };
+        if client.write_all(send).await.is_err() {
+            out.error = Some("client gone");
+            return false;
+        }
+    }
+    if done && head.upstream_keepalive && reusable && quiet(lease.conn()) {
+        // Keep it unless its endpoint left the table while the request ran.
+        let snap = shared.cell.load();
+        if snap.generation == p.generation || upstreams::usable_in(&snap.routes, &lease.target) {
+            lease.keep();
+        }
+    }
+    !close
+}
+
+/// Whether nothing more is waiting on an upstream connection after a complete response: one
+/// read that must find nothing, so the runtime's readiness is clear while it sits in the pool.
+fn quiet(conn: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(conn.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// Answers the client with an error of this proxy's own (no response has been sent yet).
+async fn local_error(
+    client: &mut TcpStream,
+    p: &Prepared,
+    out: &mut Outcome,
+    code: u16,
+    what: &str,
+) -> bool {
+    out.code = code;
+    let body = format!("service {}: {what}\n", p.balancer.label);
+    let reason = http::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|c| c.canonical_reason())
+        .unwrap_or("");
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len(),
+        p.request_id
+    );
+    let _ = client.write_all(head.as_bytes()).await;
+    // As pingora's path does after an error of its own: the connection is not reused.
+    false
+}
+
+fn log_request(shared: &Shared, client_ip: IpAddr, p: &Prepared, start: Instant, o: &Outcome) {
+    let elapsed = start.elapsed();
+    shared.fast.series.record(
+        shared,
+        &p.rule.label,
+        &p.balancer.label,
+        o.code,
+        elapsed.as_secs_f64(),
+    );
+    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        return;
+    }
+    let path = p.target.split('?').next().unwrap_or("");
+    tracing::info!(
+        target: "access",
+        client = %client_ip,
+        method = %p.method,
+        host = %p.host,
+        path,
+        status = o.code,
+        route = &*p.rule.label,
+        service = &*p.balancer.label,
+        upstream = o.upstream.map(|a| a.to_string()).as_deref().unwrap_or("-"),
+        retries = o.retries,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        request_id = p.request_id.as_str(),
+        error = o.error.unwrap_or(""),
+    );
+}
+
+/// The fast path's state in `Shared`.
+#[derive(Default)]
+pub struct FastState {
+    pub pool: FastPool,
+    series: SeriesCache,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(body: &[u8]) -> Result<Option<usize>, Failure> {
+        Chunked::default().feed(body)
+    }
+
+    #[test]
+    fn chunked_end_is_found_in_one_piece_and_byte_by_byte() {
+        let body = b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nX-Trailer: a\r\n\r\nGET /next";
+        let end = body.len() - b"GET /next".len();
+        assert_eq!(whole(body).unwrap(), Some(end));
+        let mut c = Chunked::default();
+        for (i, b) in body.iter().enumerate() {
+            match c.feed(std::slice::from_ref(b)).unwrap() {
+                Some(1) => {
+                    assert_eq!(i + 1, end);
+                    return;
+                }
+                Some(n) => panic!("ended after {n} of one byte"),
+                None => {}
+            }
+        }
+        panic!("end not found");
+    }
+
+    #[test]
+    fn chunked_without_trailers_and_malformed() {
+        assert_eq!(whole(b"0\r\n\r\n").unwrap(), Some(5));
+        assert_eq!(whole(b"A\r\n0123456789\r\n0\r\n\r\n").unwrap(), Some(20));
+        assert_eq!(whole(b"3\r\nabc\r\n").unwrap(), None);
+        assert!(whole(b"zz\r\n").is_err());
+        assert!(whole(b"\r\n").is_err(), "a size line needs digits");
+        assert!(whole(b"3\r\nabcX").is_err(), "data must end with CRLF");
+        assert!(whole(b"1000000000000000\r\n").is_err(), "size overflow");
+    }
+
+    #[test]
+    fn response_framing() {
+        let f = |head: &str, head_only| {
+            parse_head(head.as_bytes(), head_only, "id")
+                .unwrap()
+                .unwrap()
+                .framing
+        };
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false),
+            Framing::Length(5)
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true),
+            Framing::None
+        );
+        assert_eq!(f("HTTP/1.1 204 No Content\r\n\r\n", false), Framing::None);
+        assert_eq!(f("HTTP/1.1 304 Not Modified\r\n\r\n", false), Framing::None);
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n",
+                false
+            ),
+            Framing::Chunked
+        );
+        assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n", false), Framing::Close);
+        assert!(parse_head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            false,
+            "id"
+        )
+        .is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nconte", false, "id")
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn response_head_for_the_client() {
+        let h = parse_head(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: t=5\r\n\
+              X-Request-Id: theirs\r\nContent-Length: 2\r\nX-Kept: yes\r\n\r\nok",
+            false,
+            "ours",
+        )
+        .unwrap()
+        .unwrap();
+        let text = String::from_utf8(h.client_head).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("X-Kept: yes\r\n"), "{text}");
+        assert!(text.contains("Content-Length: 2\r\n"), "{text}");
+        assert!(text.contains("x-request-id: ours\r\n"), "{text}");
+        for gone in ["Connection", "X-Hop", "Keep-Alive", "theirs"] {
+            assert!(!text.contains(gone), "{gone} in {text}");
+        }
+        assert!(h.upstream_keepalive, "HTTP/1.0 with keep-alive");
+        let close = parse_head(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", false, "i")
+            .unwrap()
+            .unwrap();
+        assert!(!close.upstream_keepalive);
+    }
+}
