@@ -1821,3 +1821,213 @@ spec:
     let a = get(&c, proxy, "t.test", "/free").await;
     assert_eq!((a.status, a.body.len()), (200, 20));
 }
+
+/// A backend written byte by byte, for the response framings a hyper backend does not produce.
+/// By path: `/chunked` (chunked with a trailer), `/close` (no length: ends when the connection
+/// closes), `/nocontent` (204), `/hint` (103 Early Hints, then 200), `/drop` (answers, then
+/// closes the kept-alive connection 50 ms later without saying so, as a backend's idle timeout
+/// does), `/dropnow` (the same at once), `/then-close` (answers, then closes the connection
+/// when the next request arrives on it, unanswered); anything else echoes `METHOD PATH body=N conn=K` with Content-Length (no body for
+/// HEAD). Each accepted connection gets the next number K.
+async fn scripted_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut conn_no = 0u32;
+        while let Ok((mut s, _)) = l.accept().await {
+            conn_no += 1;
+            let k = conn_no;
+            tokio::spawn(async move {
+                let mut close_next = false;
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    if close_next {
+                        return;
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    if s.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let mut words = head.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    let out: Vec<u8> = match path {
+                        "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                            5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
+                            .to_vec(),
+                        "/close" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil ").await;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let _ = s.write_all(b"close").await;
+                            return;
+                        }
+                        "/nocontent" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+                        "/hint" => b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n\
+                            HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                            .to_vec(),
+                        _ => {
+                            let text = format!("{method} {path} body={len} conn={k}");
+                            let mut r = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                                text.len()
+                            )
+                            .into_bytes();
+                            if method != "HEAD" {
+                                r.extend_from_slice(text.as_bytes());
+                            }
+                            r
+                        }
+                    };
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    if path == "/drop" {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return;
+                    }
+                    if path == "/dropnow" {
+                        return;
+                    }
+                    close_next = path == "/then-close";
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads from `s` until `want` responses' worth of text has arrived (`done` says so) or 5 s.
+async fn read_until(s: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done(&String::from_utf8_lossy(&got)) {
+        let mut buf = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The plain-HTTP/1.1 fast path (`proxy/src/http/fast.rs`) passes every response framing on,
+/// answers pipelined requests in order, survives pooled connections the backend closed, and
+/// hands a connection to the general path for a request with a body, which is then served too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_framings_pipelining_stale_connections_and_handover() {
+    let backend = scripted_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "ing.yaml", &simple_ingress("fast.test", "raw"));
+    write(
+        dir.path(),
+        "svc.yaml",
+        &service_yaml("default", "raw", "10.96.9.1", &[(backend, Cond::Ready)]),
+    );
+    let sb = start(dir.path(), &[]);
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "fast.test", "/", "served", |a| a.status == 200).await;
+
+    let a = get(&c, proxy, "fast.test", "/chunked").await;
+    assert_eq!((a.status, a.body.as_str()), (200, "hello world"));
+    let a = get(&c, proxy, "fast.test", "/close").await;
+    assert_eq!((a.status, a.body.as_str()), (200, "until close"));
+    let a = get(&c, proxy, "fast.test", "/nocontent").await;
+    assert_eq!((a.status, a.body.as_str()), (204, ""));
+    let (ok, out) = curl(&["-i", "-H", "Host: fast.test", &format!("http://{proxy}/hint")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("HTTP/1.1 103"), "{out}");
+    assert!(out.contains("link: </s.css>"), "{out}");
+    assert!(out.ends_with("\r\n\r\nok"), "{out}");
+    let a = request(&c, "HEAD", proxy, "fast.test", "/h", &[]).await.unwrap();
+    // "HEAD /h body=0 conn=K": the length of the body a GET would get, and no body.
+    let len: usize = a.header("content-length").unwrap().parse().unwrap();
+    assert_eq!((a.status, a.body.as_str()), (200, ""));
+    assert!(len >= "HEAD /h body=0 conn=1".len(), "{len}");
+
+    // The backend closes each /drop connection after answering; the next requests find it in
+    // the pool and must still succeed.
+    for i in 0..10 {
+        let a = get(&c, proxy, "fast.test", "/drop").await;
+        assert_eq!(a.status, 200, "round {i}: {}", a.body);
+        tokio::time::sleep(Duration::from_millis(if i % 2 == 0 { 100 } else { 55 })).await;
+    }
+    // The pooled connection is closed as the next request arrives on it: that request is sent
+    // again on a fresh connection.
+    for i in 0..5 {
+        assert_eq!(get(&c, proxy, "fast.test", "/then-close").await.status, 200);
+        let a = get(&c, proxy, "fast.test", "/next").await;
+        assert_eq!((a.status, a.body.starts_with("GET /next")), (200, true), "round {i}: {}", a.body);
+    }
+    // Closed right after the answer: the next request races the close.
+    for i in 0..30 {
+        let a = get(&c, proxy, "fast.test", "/dropnow").await;
+        assert_eq!(a.status, 200, "round {i}: {}", a.body);
+    }
+
+    // Pipelined: three requests in one write, answered in order; then a request with a body
+    // moves the connection to the general path, and a last GET is served there.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(
+        b"GET /one HTTP/1.1\r\nHost: fast.test\r\n\r\n\
+          HEAD /two HTTP/1.1\r\nHost: fast.test\r\n\r\n\
+          GET /three HTTP/1.1\r\nHost: fast.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let out = read_until(&mut s, |t| t.contains("GET /three")).await;
+    let one = out.find("GET /one body=0").expect(&out);
+    let three = out.find("GET /three body=0").expect(&out);
+    assert!(one < three, "{out}");
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
+    assert!(!out.contains("HEAD /two"), "a HEAD answer has no body: {out}");
+    s.write_all(b"POST /form HTTP/1.1\r\nHost: fast.test\r\nContent-Length: 4\r\n\r\ndata")
+        .await
+        .unwrap();
+    let out = read_until(&mut s, |t| t.contains("POST /form body=4")).await;
+    assert!(out.contains("POST /form body=4"), "{out}");
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: fast.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut s, |t| t.contains("GET /after body=0")).await;
+    assert!(out.contains("GET /after body=0"), "{out}");
+
+    let proxied = sb
+        .metric("switchboard_http_fast_path_total{outcome=\"proxied\"}")
+        .await
+        .unwrap_or(0.0);
+    let handed = sb
+        .metric("switchboard_http_fast_path_total{outcome=\"handed_over\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(proxied >= 58.0, "fast path proxied {proxied}");
+    assert!(handed >= 1.0, "handed over {handed}");
+    // Requests on both paths land in the same series.
+    let metrics = sb.admin_get("/metrics").await.1;
+    let served: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("switchboard_http_requests_total{")
+                && l.contains("code=\"200\"")
+                && l.contains("service=\"default/raw:80\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(served >= 60.0, "{served} requests counted\n{metrics}");
+}

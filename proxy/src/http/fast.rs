@@ -526,7 +526,10 @@ pub async fn serve(
             if !buf.is_empty() {
                 match prepare(shared, &buf, peer.ip()) {
                     Prep::Ready(p) => break p,
-                    Prep::Fallback => return Served::Fallback(client, buf),
+                    Prep::Fallback => {
+                        shared.fast.handed_over.inc();
+                        return Served::Fallback(client, buf);
+                    }
                     Prep::Partial => {}
                 }
             }
@@ -863,6 +866,7 @@ async fn exchange(
 ) -> bool {
     let start = Instant::now();
     shared.budget.deposit();
+    shared.fast.proxied.inc();
     let mut out = Outcome {
         code: 0,
         retries: 0,
@@ -958,38 +962,39 @@ async fn attempts(
                 }
             },
         };
-        shared
-            .metrics
-            .upstream_connections
-            .with_label_values(&[if reused { "true" } else { "false" }])
-            .inc();
+        if reused {
+            shared.fast.reused_conn.inc();
+        } else {
+            shared.fast.new_conn.inc();
+        }
 
         // Send the request and read the response head.
         let mut ubuf: Vec<u8> = Vec::with_capacity(8192);
         let head = async {
             limits.write(lease.conn(), &p.upstream_head).await?;
             loop {
+                if !ubuf.is_empty() {
+                    if let Some(h) = parse_head(&ubuf, head_only, &p.request_id)? {
+                        if h.code == 101 {
+                            return Err(Failure::Invalid("InvalidHTTPHeader"));
+                        }
+                        if h.code >= 200 {
+                            return Ok(h);
+                        }
+                        // 103 Early Hints and the like: pass on, then the final answer.
+                        let mut info = h.client_head;
+                        info.extend_from_slice(b"\r\n");
+                        let _ = client.write_all(&info).await;
+                        ubuf.drain(..h.len);
+                        continue;
+                    }
+                }
                 if ubuf.len() == ubuf.capacity() {
                     ubuf.reserve(8192);
                 }
                 if limits.read(lease.conn(), &mut ubuf).await? == 0 {
                     return Err(Failure::Io("ConnectionClosed"));
                 }
-                let Some(h) = parse_head(&ubuf, head_only, &p.request_id)? else {
-                    continue;
-                };
-                if h.code == 101 {
-                    return Err(Failure::Invalid("InvalidHTTPHeader"));
-                }
-                if h.code < 200 {
-                    // 103 Early Hints and the like: pass on, read the final answer.
-                    let mut info = h.client_head;
-                    info.extend_from_slice(b"\r\n");
-                    let _ = client.write_all(&info).await;
-                    ubuf.drain(..h.len);
-                    continue;
-                }
-                return Ok(h);
             }
         }
         .await;
@@ -1251,10 +1256,27 @@ fn log_request(shared: &Shared, client_ip: IpAddr, p: &Prepared, start: Instant,
 }
 
 /// The fast path's state in `Shared`.
-#[derive(Default)]
 pub struct FastState {
     pub pool: FastPool,
     series: SeriesCache,
+    proxied: IntCounter,
+    handed_over: IntCounter,
+    /// `switchboard_http_upstream_connections_total` for new and reused connections.
+    new_conn: IntCounter,
+    reused_conn: IntCounter,
+}
+
+impl FastState {
+    pub fn new(m: &super::metrics::HttpMetrics) -> Self {
+        FastState {
+            pool: FastPool::default(),
+            series: SeriesCache::default(),
+            proxied: m.fast_path.with_label_values(&["proxied"]),
+            handed_over: m.fast_path.with_label_values(&["handed_over"]),
+            new_conn: m.upstream_connections.with_label_values(&["false"]),
+            reused_conn: m.upstream_connections.with_label_values(&["true"]),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub struct HttpMetrics {
     pub active_connections: IntGaugeVec,
     pub upstream_connections: IntCounterVec,
     pub upstream_pool: IntGaugeVec,
+    pub fast_path: IntCounterVec,
     pub route_index_build: Histogram,
 }
 
@@ -83,6 +84,13 @@ impl HttpMetrics {
                 ),
                 &["service", "state"],
             )?,
+            fast_path: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_http_fast_path_total",
+                    "Plain HTTP/1.1: requests proxied on the fast path, and connections handed over to the general path (pingora) for a request the fast path does not take.",
+                ),
+                &["outcome"],
+            )?,
             route_index_build: Histogram::with_opts(HistogramOpts::new(
                 "switchboard_http_route_index_build_seconds",
                 "Time to build the routing index after the HTTP rules changed.",
@@ -96,6 +104,7 @@ impl HttpMetrics {
         registry.register(Box::new(m.active_connections.clone()))?;
         registry.register(Box::new(m.upstream_connections.clone()))?;
         registry.register(Box::new(m.upstream_pool.clone()))?;
+        registry.register(Box::new(m.fast_path.clone()))?;
         registry.register(Box::new(m.route_index_build.clone()))?;
         Ok(m)
     }

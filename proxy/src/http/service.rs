@@ -96,10 +96,10 @@ impl Shared {
             cell,
             balancers: Balancers::new(config.lb_algorithm.clone()),
             config,
+            fast: super::fast::FastState::new(&metrics),
             metrics,
             budget: RetryBudget::default(),
             upstreams: UpstreamConns::default(),
-            fast: Default::default(),
             pool_labels: Default::default(),
             index: ArcSwapOption::empty(),
         }
