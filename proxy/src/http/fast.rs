@@ -25,14 +25,12 @@
 //! close-delimited, which closes the client connection after it).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, IntCounter};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -100,8 +98,8 @@ impl Lease<'_> {
         self.conn.as_mut().expect("held until kept or dropped")
     }
 
-    /// Back to the pool.
-    fn keep(mut self) {
+    /// Back to the pool, idle since `now`.
+    fn keep(mut self, now: Instant) {
         let conn = self.conn.take().expect("held until kept or dropped");
         let mut p = self.pool.inner.lock().unwrap();
         dec_busy(&mut p.busy, &self.target.label);
@@ -110,7 +108,7 @@ impl Lease<'_> {
             v.push(Idle {
                 conn,
                 target: self.target.clone(),
-                since: Instant::now(),
+                since: now,
             });
         }
     }
@@ -133,21 +131,21 @@ fn dec_busy(busy: &mut HashMap<Arc<str>, usize>, label: &Arc<str>) {
     }
 }
 
-/// Whether the endpoint closed or wrote to an idle connection (readiness the runtime already
-/// has; no system call).
+/// Whether the endpoint closed or wrote to an idle connection. Readiness was cleared when the
+/// connection was pooled (see `quiet`), so this read is a system call only if an event came
+/// since: EOF, a reset, or bytes nobody asked for.
 fn disturbed(conn: &TcpStream) -> bool {
-    let mut cx = Context::from_waker(Waker::noop());
-    let ready = std::pin::pin!(conn.ready(Interest::READABLE));
-    !matches!(ready.poll(&mut cx), Poll::Pending)
+    let mut b = [0u8; 1];
+    !matches!(conn.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 impl FastPool {
-    /// The most recently pooled live connection to `endpoint`.
-    fn take(&self, endpoint: SocketAddr, max_idle: Duration) -> Option<Lease<'_>> {
+    /// The most recently pooled live connection to `endpoint` (`now`: about the current time).
+    fn take(&self, endpoint: SocketAddr, max_idle: Duration, now: Instant) -> Option<Lease<'_>> {
         let mut p = self.inner.lock().unwrap();
         let v = p.idle.get_mut(&endpoint)?;
         while let Some(i) = v.pop() {
-            if i.since.elapsed() >= max_idle || disturbed(&i.conn) {
+            if now.saturating_duration_since(i.since) >= max_idle || disturbed(&i.conn) {
                 continue;
             }
             *p.busy.entry(i.target.label.clone()).or_default() += 1;
@@ -216,21 +214,34 @@ impl FastPool {
 // ---------------------------------------------------------------------------------------------
 
 /// `with_label_values` hashes its labels and takes a lock per call; the fast path keeps the
-/// handles of the series it has used.
+/// handles of the series it has used (and each connection its last one).
 #[derive(Default)]
 pub struct SeriesCache {
-    map: Mutex<HashMap<(usize, usize, u16), Series>>,
+    map: Mutex<HashMap<(usize, usize, u16), Arc<Series>>>,
 }
 
+/// `switchboard_http_requests_total` and `..._request_duration_seconds` for one route, service
+/// and code.
 struct Series {
     route: Arc<str>,
     service: Arc<str>,
+    code: u16,
     requests: IntCounter,
     duration: Histogram,
 }
 
+impl Series {
+    fn is(&self, route: &Arc<str>, service: &Arc<str>, code: u16) -> bool {
+        self.code == code && Arc::ptr_eq(&self.route, route) && Arc::ptr_eq(&self.service, service)
+    }
+    fn observe(&self, secs: f64) {
+        self.requests.inc();
+        self.duration.observe(secs);
+    }
+}
+
 impl SeriesCache {
-    fn record(&self, shared: &Shared, route: &Arc<str>, service: &Arc<str>, code: u16, secs: f64) {
+    fn get(&self, shared: &Shared, route: &Arc<str>, service: &Arc<str>, code: u16) -> Arc<Series> {
         let key = (
             Arc::as_ptr(route) as *const u8 as usize,
             Arc::as_ptr(service) as *const u8 as usize,
@@ -239,27 +250,25 @@ impl SeriesCache {
         let mut map = self.map.lock().unwrap();
         if let Some(s) = map.get(&key) {
             // The cached Arcs keep these addresses from being reused by other labels.
-            if Arc::ptr_eq(&s.route, route) && Arc::ptr_eq(&s.service, service) {
-                s.requests.inc();
-                s.duration.observe(secs);
-                return;
+            if s.is(route, service, code) {
+                return s.clone();
             }
         }
         if map.len() >= 4096 {
             map.clear();
         }
         let m = &shared.metrics;
-        let s = Series {
+        let s = Arc::new(Series {
             route: route.clone(),
             service: service.clone(),
+            code,
             requests: m
                 .requests
                 .with_label_values(&[&**route, &**service, &code.to_string()]),
             duration: m.duration.with_label_values(&[&**route, &**service]),
-        };
-        s.requests.inc();
-        s.duration.observe(secs);
-        map.insert(key, s);
+        });
+        map.insert(key, s.clone());
+        s
     }
 }
 
@@ -267,8 +276,41 @@ impl SeriesCache {
 // Requests
 // ---------------------------------------------------------------------------------------------
 
+/// What the fast path remembers about one client connection between its requests.
+struct ConnState {
+    ip: IpAddr,
+    /// The client address as X-Forwarded-For lists it.
+    xff: String,
+    /// Its `for=` element of `Forwarded`.
+    fwd_for: String,
+    /// The last (generation, rule, backend) → balancer lookup: the next request on a
+    /// connection usually takes the same rule, and `Balancers::get` hashes and locks.
+    balancer: Option<(u64, Arc<CompiledRule>, usize, Arc<PortBalancer>)>,
+    /// The last request's metric series.
+    series: Option<Arc<Series>>,
+}
+
+impl ConnState {
+    fn new(ip: IpAddr) -> Self {
+        let xff = ip.to_string();
+        let fwd_for = match ip {
+            IpAddr::V6(_) => format!("for=\"[{xff}]\""),
+            IpAddr::V4(_) => format!("for={xff}"),
+        };
+        ConnState {
+            ip,
+            xff,
+            fwd_for,
+            balancer: None,
+            series: None,
+        }
+    }
+}
+
 /// A request this path will proxy.
 struct Prepared {
+    /// When its head was complete.
+    start: Instant,
     head_len: usize,
     method: http::Method,
     host: String,
@@ -326,7 +368,8 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Parses the head in `buf` and decides: proxy here, wait for more, or hand to pingora.
-fn prepare(shared: &Shared, buf: &[u8], client_ip: IpAddr) -> Prep {
+fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep {
+    let client_ip = conn.ip;
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut hs);
     let head_len = match req.parse(buf) {
@@ -423,12 +466,23 @@ fn prepare(shared: &Shared, buf: &[u8], client_ip: IpAddr) -> Prep {
     {
         return Prep::Fallback;
     }
-    let Ok(balancer) =
-        shared
-            .balancers
-            .get(&snapshot.routes, backend, rule.rule.lb_algorithm.as_deref())
-    else {
-        return Prep::Fallback;
+    let balancer = match &conn.balancer {
+        Some((g, r, b, balancer))
+            if *g == snapshot.generation && Arc::ptr_eq(r, &rule) && *b == bi =>
+        {
+            balancer.clone()
+        }
+        _ => {
+            let Ok(balancer) =
+                shared
+                    .balancers
+                    .get(&snapshot.routes, backend, rule.rule.lb_algorithm.as_deref())
+            else {
+                return Prep::Fallback;
+            };
+            conn.balancer = Some((snapshot.generation, rule.clone(), bi, balancer.clone()));
+            balancer
+        }
     };
     if balancer.h2c {
         return Prep::Fallback;
@@ -460,23 +514,19 @@ fn prepare(shared: &Shared, buf: &[u8], client_ip: IpAddr) -> Prep {
         }
         put_header(&mut out, h.name, h.value);
     }
-    let ip = client_ip.to_string();
-    let mut v = Vec::with_capacity(64);
+    let mut v = Vec::with_capacity(128);
     if let Some(prev) = xff.filter(|p| !p.is_empty()) {
         v.extend_from_slice(prev);
         v.extend_from_slice(b", ");
     }
-    v.extend_from_slice(ip.as_bytes());
+    v.extend_from_slice(conn.xff.as_bytes());
     put_header(&mut out, "x-forwarded-for", &v);
     v.clear();
     if let Some(prev) = fwd.filter(|p| !p.is_empty()) {
         v.extend_from_slice(prev);
         v.extend_from_slice(b", ");
     }
-    match client_ip {
-        IpAddr::V6(_) => v.extend_from_slice(format!("for=\"[{ip}]\"").as_bytes()),
-        IpAddr::V4(_) => v.extend_from_slice(format!("for={ip}").as_bytes()),
-    }
+    v.extend_from_slice(conn.fwd_for.as_bytes());
     v.extend_from_slice(b";proto=http;host=\"");
     v.extend_from_slice(host.as_bytes());
     v.push(b'"');
@@ -487,6 +537,7 @@ fn prepare(shared: &Shared, buf: &[u8], client_ip: IpAddr) -> Prep {
     out.extend_from_slice(b"\r\n");
 
     Prep::Ready(Box::new(Prepared {
+        start: Instant::now(),
         head_len,
         method,
         host,
@@ -508,23 +559,42 @@ pub async fn serve(
     peer: SocketAddr,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Served {
+    let mut conn = ConnState::new(peer.ip());
     let mut buf: Vec<u8> = Vec::new();
+    // One timer and one shutdown wait for the connection's life, not one per request: the
+    // timer fires at most once per KEEPALIVE_IDLE and is pushed back if requests came since.
+    let mut stop = shutdown.clone();
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
+    let idle = tokio::time::sleep(KEEPALIVE_IDLE);
+    tokio::pin!(idle);
+    let mut last_active = Instant::now();
     loop {
         // Wait for the next request holding no buffer: idle connections cost little.
         if buf.is_empty() {
             buf = Vec::new();
-            let ready = tokio::select! {
-                r = tokio::time::timeout(KEEPALIVE_IDLE, client.readable()) => matches!(r, Ok(Ok(()))),
-                _ = shutdown.wait_for(|s| *s) => false,
-            };
-            if !ready {
-                return Served::Closed;
+            loop {
+                tokio::select! {
+                    biased;
+                    r = client.readable() => match r {
+                        Ok(()) => break,
+                        Err(_) => return Served::Closed,
+                    },
+                    _ = &mut idle => {
+                        if last_active.elapsed() >= KEEPALIVE_IDLE {
+                            return Served::Closed;
+                        }
+                        let at = tokio::time::Instant::from_std(last_active + KEEPALIVE_IDLE);
+                        idle.as_mut().reset(at);
+                    }
+                    _ = &mut stopped => return Served::Closed,
+                }
             }
             buf.reserve(4096);
         }
         let prepared = loop {
             if !buf.is_empty() {
-                match prepare(shared, &buf, peer.ip()) {
+                match prepare(shared, &buf, &mut conn) {
                     Prep::Ready(p) => break p,
                     Prep::Fallback => {
                         shared.fast.handed_over.inc();
@@ -549,9 +619,10 @@ pub async fn serve(
             }
         };
         buf.drain(..prepared.head_len);
+        last_active = prepared.start;
         // The request's state lives in its own allocation while it runs, not in this task.
-        let keep_open = Box::pin(exchange(shared, &mut client, peer.ip(), &prepared, shutdown))
-            .await;
+        let keep_open =
+            Box::pin(exchange(shared, &mut client, &mut conn, &prepared, shutdown)).await;
         if !keep_open {
             return Served::Closed;
         }
@@ -860,11 +931,10 @@ struct Outcome {
 async fn exchange(
     shared: &Shared,
     client: &mut TcpStream,
-    client_ip: IpAddr,
+    conn: &mut ConnState,
     p: &Prepared,
     shutdown: &watch::Receiver<bool>,
 ) -> bool {
-    let start = Instant::now();
     shared.budget.deposit();
     shared.fast.proxied.inc();
     let mut out = Outcome {
@@ -873,8 +943,8 @@ async fn exchange(
         upstream: None,
         error: None,
     };
-    let keep_open = attempts(shared, client, p, shutdown, start, &mut out).await;
-    log_request(shared, client_ip, p, start, &out);
+    let keep_open = attempts(shared, client, p, shutdown, &mut out).await;
+    log_request(shared, conn, p, &out);
     keep_open
 }
 
@@ -899,9 +969,9 @@ async fn attempts(
     client: &mut TcpStream,
     p: &Prepared,
     shutdown: &watch::Receiver<bool>,
-    start: Instant,
     out: &mut Outcome,
 ) -> bool {
+    let start = p.start;
     let cfg = &shared.config;
     let b = &p.balancer;
     let idempotent = p.method.is_idempotent();
@@ -925,7 +995,11 @@ async fn attempts(
         state.start_request();
         let _in_flight = InFlight(state.clone());
         out.upstream = Some(state.addr);
-        let attempt_start = Instant::now();
+        let attempt_start = if tried.len() == 1 {
+            start
+        } else {
+            Instant::now()
+        };
         let deadline = match (whole, after(attempt_start, p.rule.rule.backend_request_timeout_ms)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -938,7 +1012,10 @@ async fn attempts(
         let pooled = if fresh_only {
             None
         } else {
-            shared.fast.pool.take(state.addr, cfg.upstream_idle_timeout)
+            shared
+                .fast
+                .pool
+                .take(state.addr, cfg.upstream_idle_timeout, attempt_start)
         };
         let reused = pooled.is_some();
         let mut lease = match pooled {
@@ -1187,7 +1264,7 @@ async fn respond(
         // Keep it unless its endpoint left the table while the request ran.
         let snap = shared.cell.load();
         if snap.generation == p.generation || upstreams::usable_in(&snap.routes, &lease.target) {
-            lease.keep();
+            lease.keep(p.start);
         }
     }
     !close
@@ -1196,8 +1273,7 @@ async fn respond(
 /// Whether nothing more is waiting on an upstream connection after a complete response: one
 /// read that must find nothing, so the runtime's readiness is clear while it sits in the pool.
 fn quiet(conn: &mut TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(conn.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    !disturbed(conn)
 }
 
 /// Answers the client with an error of this proxy's own (no response has been sent yet).
@@ -1225,28 +1301,30 @@ async fn local_error(
     false
 }
 
-fn log_request(shared: &Shared, client_ip: IpAddr, p: &Prepared, start: Instant, o: &Outcome) {
-    let elapsed = start.elapsed();
-    shared.fast.series.record(
-        shared,
-        &p.rule.label,
-        &p.balancer.label,
-        o.code,
-        elapsed.as_secs_f64(),
-    );
+fn log_request(shared: &Shared, conn: &mut ConnState, p: &Prepared, o: &Outcome) {
+    let elapsed = p.start.elapsed();
+    let (route, service) = (&p.rule.label, &p.balancer.label);
+    match &conn.series {
+        Some(s) if s.is(route, service, o.code) => s.observe(elapsed.as_secs_f64()),
+        _ => {
+            let s = shared.fast.series.get(shared, route, service, o.code);
+            s.observe(elapsed.as_secs_f64());
+            conn.series = Some(s);
+        }
+    }
     if !tracing::enabled!(target: "access", tracing::Level::INFO) {
         return;
     }
     let path = p.target.split('?').next().unwrap_or("");
     tracing::info!(
         target: "access",
-        client = %client_ip,
+        client = %conn.ip,
         method = %p.method,
         host = %p.host,
         path,
         status = o.code,
-        route = &*p.rule.label,
-        service = &*p.balancer.label,
+        route = &**route,
+        service = &**service,
         upstream = o.upstream.map(|a| a.to_string()).as_deref().unwrap_or("-"),
         retries = o.retries,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
