@@ -1361,6 +1361,26 @@ impl FastState {
 mod tests {
     use super::*;
 
+    /// What an idle keep-alive connection costs is mostly this future (`bench/run idle`): it
+    /// must stay small, with request state boxed (`exchange`).
+    #[tokio::test]
+    async fn an_idle_connection_holds_a_small_future() {
+        let registry = prometheus::Registry::new();
+        let metrics = super::super::metrics::HttpMetrics::new(&registry).unwrap();
+        let shared = Shared::new(
+            tables::new_cell("cluster.local"),
+            super::super::HttpConfig::default(),
+            metrics,
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (_tx, mut rx) = watch::channel(false);
+        let fut = serve(&shared, client, addr, &mut rx);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1024, "fast::serve future is {size} bytes");
+    }
+
     fn whole(body: &[u8]) -> Result<Option<usize>, Failure> {
         Chunked::default().feed(body)
     }

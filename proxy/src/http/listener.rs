@@ -130,9 +130,11 @@ pub fn spawn_accept_loop(
             let shared = shared.clone();
             let tls = tls.clone();
             let shutdown = shutdown.clone();
+            // Memory per idle connection (`bench/run idle`): the task holds only the fast
+            // path's small state while a plain connection waits; the TLS handshake, pingora's
+            // keep-alive loop and its request futures are boxed.
             tokio::spawn(async move {
                 let _guard = guard;
-                let mut stop = shutdown.clone();
                 let stream: Stream = match tls {
                     Some(acceptor) => {
                         let stream = l4_stream(tcp, peer);
@@ -150,40 +152,47 @@ pub fn spawn_accept_loop(
                             Err(_) => return,
                         }
                     }
-                    None => match fast::serve(&shared, tcp, peer, &mut stop).await {
-                        fast::Served::Closed => return,
-                        fast::Served::Fallback(tcp, read) => {
-                            let mut stream = l4_stream(tcp, peer);
-                            stream.rewind(&read);
-                            Box::new(Buffered::new(stream))
-                        }
-                    },
-                };
-                // Memory per idle connection (`bench/run idle`): plain connections wait for
-                // their next request here, in this small future, and pingora's request future
-                // (and the TLS handshake's) are boxed so they do not size this task while idle.
-                let mut next = Some(stream);
-                while let Some(mut s) = next {
-                    if (*s).as_any().is::<Buffered>() {
-                        let mut b = s
-                            .into_any()
-                            .downcast::<Buffered>()
-                            .expect("type checked just above");
-                        let ready = tokio::select! {
-                            r = tokio::time::timeout(KEEPALIVE_IDLE, b.wait_for_request()) => {
-                                matches!(r, Ok(Ok(true)))
+                    None => {
+                        let mut stop = shutdown.clone();
+                        match fast::serve(&shared, tcp, peer, &mut stop).await {
+                            fast::Served::Closed => return,
+                            fast::Served::Fallback(tcp, read) => {
+                                let mut stream = l4_stream(tcp, peer);
+                                stream.rewind(&read);
+                                Box::new(Buffered::new(stream))
                             }
-                            _ = stop.wait_for(|s| *s) => false,
-                        };
-                        if !ready {
-                            break;
                         }
-                        s = b;
                     }
-                    next = Box::pin(app.process_new(s, &shutdown)).await;
-                }
+                };
+                Box::pin(pingora_loop(app, stream, shutdown)).await;
             });
         }
         tracing::debug!(listener = ?local, "accept loop stopped");
     })
+}
+
+/// pingora's keep-alive loop for one connection: plain connections wait for their next request
+/// outside pingora (`Buffered::wait_for_request`), and each request runs in a boxed future.
+async fn pingora_loop(app: Arc<App>, stream: Stream, shutdown: watch::Receiver<bool>) {
+    let mut stop = shutdown.clone();
+    let mut next = Some(stream);
+    while let Some(mut s) = next {
+        if (*s).as_any().is::<Buffered>() {
+            let mut b = s
+                .into_any()
+                .downcast::<Buffered>()
+                .expect("type checked just above");
+            let ready = tokio::select! {
+                r = tokio::time::timeout(KEEPALIVE_IDLE, b.wait_for_request()) => {
+                    matches!(r, Ok(Ok(true)))
+                }
+                _ = stop.wait_for(|s| *s) => false,
+            };
+            if !ready {
+                break;
+            }
+            s = b;
+        }
+        next = Box::pin(app.process_new(s, &shutdown)).await;
+    }
 }
