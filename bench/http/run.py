@@ -14,6 +14,7 @@ request. switchboard's workers are its tokio worker threads (TOKIO_WORKER_THREAD
 """
 
 import argparse
+import os
 import json
 import re
 import sys
@@ -219,8 +220,40 @@ def to_ms(s):
     return v / 1000 if m.group(2) == "us" else v if m.group(2) == "ms" else v * 1000
 
 
-def wrk(proc, addr, a, helpers=()):
-    cmd = ["wrk", "-t", "2", "-c", str(a.connections), "-d", f"{a.duration}s", "--latency",
+def pin_tree(pid, cpus):
+    """Sets the CPU affinity of every thread of `pid` and of its descendant processes."""
+    pids, grew = {pid}, True
+    while grew:
+        grew = False
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) in pids:
+                continue
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid in pids:
+                pids.add(int(d.name))
+                grew = True
+    for p in pids:
+        try:
+            for t in (Path("/proc") / str(p) / "task").iterdir():
+                os.sched_setaffinity(int(t.name), cpus)
+        except OSError:
+            pass
+
+
+def cell_label(workers):
+    """`1`, `2`: proxy workers sharing both cores with load and backends; `1p`: one worker with
+    the proxy on CPU 1 and wrk and the backends on CPU 0."""
+    if workers.endswith("p"):
+        return "1 proxy worker, pinned (wrk and backends on CPU 0, the proxy on CPU 1)"
+    return f"{workers} proxy worker{'s' if workers != '1' else ''}"
+
+
+def wrk(proc, addr, a, helpers=(), pinned=False):
+    cmd = ["taskset", "-c", "0"] if pinned else []
+    cmd += ["wrk", "-t", "2", "-c", str(a.connections), "-d", f"{a.duration}s", "--latency",
            "-H", f"Host: {HOST}", f"http://{addr}/"]
     cpu = B.CpuWindow(proc.pid if proc else None, helpers)
     cpu.start()
@@ -256,8 +289,12 @@ def run(a):
     bport = B.free_port()
     backends = nginx_backends(wd, bport)
     B.wait_for(lambda: _ok(f"{BACKENDS[0]}:{bport}"), 30, "the backends", backends)
-    for workers in [int(w) for w in a.workers.split(",")]:
-        cell = results["cells"][str(workers)] = {}
+    all_cpus = os.sched_getaffinity(0)
+    for key in a.workers.split(","):
+        pinned = key.endswith("p")
+        workers = int(key.rstrip("p"))
+        pin_tree(backends.pid, {0} if pinned else all_cpus)
+        cell = results["cells"][key] = {}
         running = {}
         for t in a.targets.split(","):
             e = cell[t] = {"runs": []}
@@ -267,6 +304,8 @@ def run(a):
                 e["skip"] = str(ex).splitlines()[0]
                 B.log(f"http {t}: {e['skip']}")
                 continue
+            if proc and pinned:
+                pin_tree(proc.pid, {1})
             problem = check(addr, t != "direct")
             if problem:
                 e["skip"] = f"failed check: {problem}"
@@ -281,9 +320,9 @@ def run(a):
             for t in order[k:] + order[:k]:
                 proc, addr = running[t]
                 with B.Alone(proc, [p for p, _ in running.values()]):
-                    r = wrk(proc, addr, a, [backends.pid])
+                    r = wrk(proc, addr, a, [backends.pid], pinned)
                 cell[t]["runs"].append(r)
-                B.log(f"http {workers} worker(s) round {rnd + 1} {t}: {r['rps'] or 0:,.0f} req/s, "
+                B.log(f"http {key} worker(s) round {rnd + 1} {t}: {r['rps'] or 0:,.0f} req/s, "
                       f"p99 {r['p99_ms']} ms, {r.get('cpu_us_per_request', 0):.1f} µs CPU/req, "
                       f"others' CPU {r['others_cpu_pct']:.0f}%")
                 time.sleep(0.5)
@@ -317,10 +356,12 @@ def summarize(results):
              "HAProxy `balance roundrobin` with `http-reuse always`; nginx `upstream` with "
              "`keepalive 128`, HTTP/1.1 and an empty `Connection` header) with upstream keep-alive. "
              "Every proxy is checked to answer 200 and reach all three backends before it is "
-             "timed. Load, proxy and backends share the 2 cores.", ""]
+             "timed. Load, proxy and backends share the 2 cores, except in the pinned table: there "
+             "wrk and the backends run on CPU 0 and the proxy on CPU 1 (CPU affinity of every "
+             "thread), so the load generator never takes the proxy's core.", ""]
     cmd = None
     for workers, cell in results["cells"].items():
-        lines += [f"### {workers} proxy worker{'s' if workers != '1' else ''}", "",
+        lines += [f"### {cell_label(workers)}", "",
                   "| target | requests/s | × best peer | × ceiling | CPU µs/request | p50 | p99 | "
                   "errors |", "|---|---|---|---|---|---|---|---|"]
         med = {t: B.median_spread([r["rps"] for r in e["runs"]]) for t, e in cell.items()}
@@ -359,7 +400,9 @@ def summarize(results):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--workers", default="1,2,1p",
+                    help="proxy worker counts; `1p`: one worker pinned to CPU 1, load and "
+                         "backends on CPU 0")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8)

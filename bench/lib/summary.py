@@ -56,7 +56,8 @@ def http_rows(d):
     for workers, cell in d["cells"].items():
         e = cell.get("switchboard")
         peers = {k: v for k, v in cell.items() if k in ("haproxy", "nginx") and v["runs"]}
-        what = f"HTTP requests/s, {workers} worker{'s' if workers != '1' else ''}"
+        what = ("HTTP requests/s, 1 worker pinned" if workers.endswith("p") else
+                f"HTTP requests/s, {workers} worker{'s' if workers != '1' else ''}")
         if not e or e.get("skip") or not e["runs"] or not peers:
             rows.append((what, (e or {}).get("skip", "no runs"), "", ""))
             continue
