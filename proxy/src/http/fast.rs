@@ -661,23 +661,25 @@ struct Limits {
     per_read: Option<Duration>,
 }
 
+/// Runs `f` until `deadline` (if any); past it, `Failure::Timeout(what)`.
+async fn until<T>(
+    deadline: Option<tokio::time::Instant>,
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f)
+            .await
+            .map_err(|_| Failure::Timeout(what))?,
+        None => f.await,
+    }
+}
+
 impl Limits {
     async fn read(&self, conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Failure> {
-        let read = async {
-            match self.per_read {
-                Some(t) => tokio::time::timeout(t, conn.read_buf(buf))
-                    .await
-                    .map_err(|_| Failure::Timeout("ReadTimedout"))?,
-                None => conn.read_buf(buf).await,
-            }
-            .map_err(|_| Failure::Io("ReadError"))
-        };
-        match self.deadline {
-            Some(d) => tokio::time::timeout_at(d, read)
-                .await
-                .map_err(|_| Failure::Timeout("ReadTimedout"))?,
-            None => read.await,
-        }
+        let per_read = self.per_read.map(|t| tokio::time::Instant::now() + t);
+        let read = async { conn.read_buf(buf).await.map_err(|_| Failure::Io("ReadError")) };
+        until(self.deadline, "ReadTimedout", until(per_read, "ReadTimedout", read)).await
     }
 
     async fn write(&self, conn: &mut TcpStream, data: &[u8]) -> Result<(), Failure> {
@@ -686,12 +688,7 @@ impl Limits {
                 .await
                 .map_err(|_| Failure::Io("WriteError"))
         };
-        match self.deadline {
-            Some(d) => tokio::time::timeout_at(d, write)
-                .await
-                .map_err(|_| Failure::Timeout("WriteTimedout"))?,
-            None => write.await,
-        }
+        until(self.deadline, "WriteTimedout", write).await
     }
 }
 
@@ -1135,21 +1132,21 @@ async fn connect<'s>(
     state: &EndpointState,
     limits: &Limits,
 ) -> Result<Lease<'s>, Failure> {
-    let timeout = shared.config.connect_timeout;
-    let connect = tokio::time::timeout(timeout, TcpStream::connect(state.addr));
-    let conn = match limits.deadline {
-        Some(d) => tokio::time::timeout_at(d, connect)
-            .await
-            .map_err(|_| Failure::Timeout("ConnectTimedout"))?,
-        None => connect.await,
-    }
-    .map_err(|_| Failure::Timeout("ConnectTimedout"))?
-    .map_err(|e| {
-        Failure::Io(match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => "ConnectRefused",
-            _ => "ConnectError",
+    let connect = async {
+        TcpStream::connect(state.addr).await.map_err(|e| {
+            Failure::Io(match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => "ConnectRefused",
+                _ => "ConnectError",
+            })
         })
-    })?;
+    };
+    let timeout = tokio::time::Instant::now() + shared.config.connect_timeout;
+    let conn = until(
+        limits.deadline,
+        "ConnectTimedout",
+        until(Some(timeout), "ConnectTimedout", connect),
+    )
+    .await?;
     let _ = conn.set_nodelay(true);
     let target = Target {
         service: b.service.clone(),
