@@ -1363,13 +1363,7 @@ mod tests {
     /// must stay small, with request state boxed (`exchange`).
     #[tokio::test]
     async fn an_idle_connection_holds_a_small_future() {
-        let registry = prometheus::Registry::new();
-        let metrics = super::super::metrics::HttpMetrics::new(&registry).unwrap();
-        let shared = Shared::new(
-            tables::new_cell("cluster.local"),
-            super::super::HttpConfig::default(),
-            metrics,
-        );
+        let shared = shared();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
@@ -1377,6 +1371,69 @@ mod tests {
         let fut = serve(&shared, client, addr, &mut rx);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1024, "fast::serve future is {size} bytes");
+    }
+
+    fn shared() -> Shared {
+        let registry = prometheus::Registry::new();
+        let metrics = super::super::metrics::HttpMetrics::new(&registry).unwrap();
+        Shared::new(
+            tables::new_cell("cluster.local"),
+            super::super::HttpConfig::default(),
+            metrics,
+        )
+    }
+
+    fn decide(shared: &Shared, req: &[u8]) -> &'static str {
+        let mut conn = ConnState::new("10.0.0.1".parse().unwrap());
+        match prepare(shared, req, &mut conn) {
+            Prep::Ready(_) => "ready",
+            Prep::Partial => "partial",
+            Prep::Fallback => "fallback",
+        }
+    }
+
+    /// Heads this path does not take go to pingora (which answers them), incomplete ones wait,
+    /// and no input makes it panic.
+    #[test]
+    fn requests_it_does_not_take_fall_back_and_garbage_is_harmless() {
+        let s = shared();
+        assert_eq!(decide(&s, b"GET / HTTP/1.1\r\nHost: a.test\r\n"), "partial");
+        // Nothing routes in an empty table: pingora answers 404.
+        assert_eq!(decide(&s, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), "fallback");
+        for req in [
+            &b"GET / HTTP/1.0\r\nHost: a.test\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            b"GET /a/../b HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+        ] {
+            assert_eq!(decide(&s, req), "fallback", "{:?}", String::from_utf8_lossy(req));
+        }
+        let mut big = b"GET / HTTP/1.1\r\nHost: a.test\r\nX: ".to_vec();
+        big.resize(MAX_REQUEST_HEAD + 10, b'a');
+        assert_eq!(decide(&s, &big), "fallback", "an over-long head is pingora's");
+        // Random bytes and random cuts of valid heads: an answer, never a panic.
+        let valid = b"GET /p?q=1 HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, x\r\nCookie: a=b\r\n\r\n";
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let mut b = valid.to_vec();
+            for _ in 0..rng.usize(0..4) {
+                let i = rng.usize(..b.len());
+                b[i] = rng.u8(..);
+            }
+            b.truncate(rng.usize(..=b.len()));
+            decide(&s, &b);
+            let noise: Vec<u8> = (0..rng.usize(0..64)).map(|_| rng.u8(..)).collect();
+            decide(&s, &noise);
+            let _ = Chunked::default().feed(&noise);
+            let _ = parse_head(&noise, false, "id");
+        }
     }
 
     fn whole(body: &[u8]) -> Result<Option<usize>, Failure> {
