@@ -334,21 +334,9 @@ def main():
     ap.add_argument("--duration", type=int, default=8, help="seconds per throughput run")
     ap.add_argument("--latency-duration", type=int, default=4)
     ap.add_argument("--rate", type=int, default=10000, help="QPS of the latency run")
-    ap.add_argument("--no-docs", action="store_true")
-    ap.add_argument("--render", action="store_true",
-                    help="only rewrite the docs section from the last saved results")
+    B.docs_args(ap)
     a = ap.parse_args()
-    if a.render:
-        results = json.loads((B.RESULTS / "dns.json").read_text())
-        md = summarize(results, a)
-        print(md)
-        B.update_docs("dns", md)
-        return
-    results = run(a)
-    md = summarize(results, a)
-    print(md)
-    if not a.no_docs:
-        B.update_docs("dns", md)
+    B.run_part("dns", a, run, lambda r: summarize(r, a))
 
 
 if __name__ == "__main__":

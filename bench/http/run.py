@@ -15,7 +15,6 @@ request. switchboard's workers are its tokio worker threads (TOKIO_WORKER_THREAD
 
 import argparse
 import os
-import json
 import re
 import sys
 import time
@@ -407,21 +406,9 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--no-docs", action="store_true")
-    ap.add_argument("--render", action="store_true",
-                    help="only rewrite the docs section from the last saved results")
+    B.docs_args(ap)
     a = ap.parse_args()
-    if a.render:
-        results = json.loads((B.RESULTS / "http.json").read_text())
-        md = summarize(results)
-        print(md)
-        B.update_docs("http", md)
-        return
-    results = run(a)
-    md = summarize(results)
-    print(md)
-    if not a.no_docs:
-        B.update_docs("http", md)
+    B.run_part("http", a, run, summarize)
 
 
 if __name__ == "__main__":

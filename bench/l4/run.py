@@ -23,7 +23,6 @@ when a run fails or is interrupted. Addresses exist only inside these namespaces
 """
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -422,30 +421,22 @@ def summarize(results):
     return "\n".join(lines)
 
 
+def run_and_clean_up(a):
+    try:
+        return run(a)
+    finally:
+        cleanup()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", default="1")
     ap.add_argument("--targets", default="switchboard,haproxy,nftables")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=6)
-    ap.add_argument("--no-docs", action="store_true")
-    ap.add_argument("--render", action="store_true",
-                    help="only rewrite the docs section from the last saved results")
+    B.docs_args(ap)
     a = ap.parse_args()
-    if a.render:
-        results = json.loads((B.RESULTS / "l4.json").read_text())
-        md = summarize(results)
-        print(md)
-        B.update_docs("l4", md)
-        return
-    try:
-        results = run(a)
-    finally:
-        cleanup()
-    md = summarize(results)
-    print(md)
-    if not a.no_docs:
-        B.update_docs("l4", md)
+    B.run_part("l4", a, run_and_clean_up, summarize)
 
 
 if __name__ == "__main__":

@@ -526,6 +526,23 @@ kernel's interrupt/softirq time (where loopback and veth packets are processed),
 """
 
 
+def docs_args(ap):
+    """The options every part has: --no-docs and --render."""
+    ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the docs section from the last saved results")
+
+
+def run_part(name, a, run, summarize):
+    """Runs a part (with --render: reloads its last saved results instead), prints its section
+    and writes it into docs/benchmarks.md unless --no-docs."""
+    results = json.loads((RESULTS / f"{name}.json").read_text()) if a.render else run(a)
+    md = summarize(results)
+    print(md)
+    if a.render or not a.no_docs:
+        update_docs(name, md)
+
+
 def update_docs(name, markdown):
     """Replaces the section between this part's markers in docs/benchmarks.md (appending it if
     it is not there yet, before the criterion section if that exists)."""

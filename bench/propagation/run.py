@@ -135,21 +135,9 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--sources", type=lambda s: s.split(","), default=["files", "api"])
     ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
-    ap.add_argument("--no-docs", action="store_true")
-    ap.add_argument("--render", action="store_true",
-                    help="only rewrite the docs section from the last saved results")
+    B.docs_args(ap)
     a = ap.parse_args()
-    if a.render:
-        results = json.loads((B.RESULTS / "propagation.json").read_text())
-        md = summarize(results)
-        print(md)
-        B.update_docs("propagation", md)
-        return
-    results = run(a)
-    md = summarize(results)
-    print(md)
-    if not a.no_docs:
-        B.update_docs("propagation", md)
+    B.run_part("propagation", a, run, summarize)
 
 
 if __name__ == "__main__":
