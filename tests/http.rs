@@ -220,6 +220,15 @@ fn ready(backends: &[&Backend]) -> Vec<(SocketAddr, Cond)> {
 }
 
 /// Writes a file atomically (rename), so the watcher never reads half a file.
+/// `NAME.yaml`: Service `default/NAME` with every backend ready.
+fn write_service(dir: &Path, name: &str, ip: &str, backends: &[&Backend]) {
+    write(
+        dir,
+        &format!("{name}.yaml"),
+        &service_yaml("default", name, ip, &ready(backends)),
+    );
+}
+
 fn write(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).unwrap();
@@ -381,16 +390,8 @@ async fn ingress_routing_404_503_and_readiness() {
             ],
         ),
     );
-    write(
-        d,
-        "api.yaml",
-        &service_yaml("default", "api", "10.96.0.2", &ready(&[&api])),
-    );
-    write(
-        d,
-        "wild.yaml",
-        &service_yaml("default", "wild", "10.96.0.3", &ready(&[&wild])),
-    );
+    write_service(d, "api", "10.96.0.2", &[&api]);
+    write_service(d, "wild", "10.96.0.3", &[&wild]);
     write(
         d,
         "empty.yaml",
@@ -566,21 +567,9 @@ async fn httproute_matches_filters_and_weights() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(d, "gw.yaml", GATEWAY);
-    write(
-        d,
-        "stable.yaml",
-        &service_yaml("default", "stable", "10.96.1.1", &ready(&[&stable])),
-    );
-    write(
-        d,
-        "canary.yaml",
-        &service_yaml("default", "canary", "10.96.1.2", &ready(&[&canary])),
-    );
-    write(
-        d,
-        "admin.yaml",
-        &service_yaml("default", "admin", "10.96.1.3", &ready(&[&admin])),
-    );
+    write_service(d, "stable", "10.96.1.1", &[&stable]);
+    write_service(d, "canary", "10.96.1.2", &[&canary]);
+    write_service(d, "admin", "10.96.1.3", &[&admin]);
     write(
         d,
         "route.yaml",
@@ -1378,11 +1367,7 @@ async fn websocket_survives_100_table_swaps() {
     let extra = Backend::start("extra").await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(
-        d,
-        "ws.yaml",
-        &service_yaml("default", "ws", "10.96.5.1", &ready(&[&ws])),
-    );
+    write_service(d, "ws", "10.96.5.1", &[&ws]);
     write(d, "ing.yaml", &simple_ingress("ws.test", "ws"));
     let sb = start(d, &[]);
     let c = client();
@@ -1635,7 +1620,11 @@ async fn generation(sb: &Switchboard) -> u64 {
 async fn wait_generation_after(sb: &Switchboard, before: u64) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while generation(sb).await <= before {
-        assert!(Instant::now() < deadline, "no new snapshot after {before}\n{}", sb.log());
+        assert!(
+            Instant::now() < deadline,
+            "no new snapshot after {before}\n{}",
+            sb.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -1968,12 +1957,19 @@ async fn fast_path_framings_pipelining_stale_connections_and_handover() {
     assert_eq!((a.status, a.body.as_str()), (200, "until close"));
     let a = get(&c, proxy, "fast.test", "/nocontent").await;
     assert_eq!((a.status, a.body.as_str()), (204, ""));
-    let (ok, out) = curl(&["-i", "-H", "Host: fast.test", &format!("http://{proxy}/hint")]);
+    let (ok, out) = curl(&[
+        "-i",
+        "-H",
+        "Host: fast.test",
+        &format!("http://{proxy}/hint"),
+    ]);
     assert!(ok, "{out}");
     assert!(out.contains("HTTP/1.1 103"), "{out}");
     assert!(out.contains("link: </s.css>"), "{out}");
     assert!(out.ends_with("\r\n\r\nok"), "{out}");
-    let a = request(&c, "HEAD", proxy, "fast.test", "/h", &[]).await.unwrap();
+    let a = request(&c, "HEAD", proxy, "fast.test", "/h", &[])
+        .await
+        .unwrap();
     // "HEAD /h body=0 conn=K": the length of the body a GET would get, and no body.
     let len: usize = a.header("content-length").unwrap().parse().unwrap();
     assert_eq!((a.status, a.body.as_str()), (200, ""));
@@ -1991,7 +1987,13 @@ async fn fast_path_framings_pipelining_stale_connections_and_handover() {
     for i in 0..5 {
         assert_eq!(get(&c, proxy, "fast.test", "/then-close").await.status, 200);
         let a = get(&c, proxy, "fast.test", "/next").await;
-        assert_eq!((a.status, a.body.starts_with("GET /next")), (200, true), "round {i}: {}", a.body);
+        assert_eq!(
+            (a.status, a.body.starts_with("GET /next")),
+            (200, true),
+            "round {i}: {}\n--- log:\n{}",
+            a.body,
+            sb.log()
+        );
     }
     // Closed right after the answer: the next request races the close.
     for i in 0..30 {
@@ -2014,7 +2016,10 @@ async fn fast_path_framings_pipelining_stale_connections_and_handover() {
     let three = out.find("GET /three body=0").expect(&out);
     assert!(one < three, "{out}");
     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
-    assert!(!out.contains("HEAD /two"), "a HEAD answer has no body: {out}");
+    assert!(
+        !out.contains("HEAD /two"),
+        "a HEAD answer has no body: {out}"
+    );
     s.write_all(b"POST /form HTTP/1.1\r\nHost: fast.test\r\nContent-Length: 4\r\n\r\ndata")
         .await
         .unwrap();

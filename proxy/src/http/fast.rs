@@ -117,7 +117,10 @@ impl Lease<'_> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if self.conn.is_some() {
-            dec_busy(&mut self.pool.inner.lock().unwrap().busy, &self.target.label);
+            dec_busy(
+                &mut self.pool.inner.lock().unwrap().busy,
+                &self.target.label,
+            );
         }
     }
 }
@@ -337,9 +340,16 @@ enum Prep {
 
 /// Hop-by-hop headers (RFC 9110 7.6.1), never forwarded.
 fn hop_by_hop(name: &str) -> bool {
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Headers this proxy sets itself on the upstream request.
@@ -364,7 +374,9 @@ fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 
 /// The comma-separated tokens of a `Connection` header value, trimmed.
 fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
+    v.split(|&b| b == b',')
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
 }
 
 /// Parses the head in `buf` and decides: proxy here, wait for more, or hand to pingora.
@@ -621,8 +633,14 @@ pub async fn serve(
         buf.drain(..prepared.head_len);
         last_active = prepared.start;
         // The request's state lives in its own allocation while it runs, not in this task.
-        let keep_open =
-            Box::pin(exchange(shared, &mut client, &mut conn, &prepared, shutdown)).await;
+        let keep_open = Box::pin(exchange(
+            shared,
+            &mut client,
+            &mut conn,
+            &prepared,
+            shutdown,
+        ))
+        .await;
         if !keep_open {
             return Served::Closed;
         }
@@ -678,8 +696,17 @@ async fn until<T>(
 impl Limits {
     async fn read(&self, conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Failure> {
         let per_read = self.per_read.map(|t| tokio::time::Instant::now() + t);
-        let read = async { conn.read_buf(buf).await.map_err(|_| Failure::Io("ReadError")) };
-        until(self.deadline, "ReadTimedout", until(per_read, "ReadTimedout", read)).await
+        let read = async {
+            conn.read_buf(buf)
+                .await
+                .map_err(|_| Failure::Io("ReadError"))
+        };
+        until(
+            self.deadline,
+            "ReadTimedout",
+            until(per_read, "ReadTimedout", read),
+        )
+        .await
     }
 
     async fn write(&self, conn: &mut TcpStream, data: &[u8]) -> Result<(), Failure> {
@@ -948,7 +975,11 @@ async fn exchange(
 fn record_failure(shared: &Shared, b: &PortBalancer, state: &EndpointState) {
     let cfg = &shared.config.outlier;
     if state.record_failure(cfg, || b.may_eject(cfg)) == FailureOutcome::Ejected {
-        shared.metrics.ejections.with_label_values(&[&*b.label]).inc();
+        shared
+            .metrics
+            .ejections
+            .with_label_values(&[&*b.label])
+            .inc();
         tracing::warn!(service = %b.label, endpoint = %state.addr, "endpoint ejected");
     }
 }
@@ -976,8 +1007,9 @@ async fn attempts(
     let mut tried: Vec<usize> = Vec::new();
     // After one stale pooled connection, the next attempt opens a fresh one.
     let mut fresh_only = false;
-    let can_try_another =
-        |tried: &[usize], retries: u32| tried.len() < b.endpoints.len() && retries < cfg.max_retries;
+    let can_try_another = |tried: &[usize], retries: u32| {
+        tried.len() < b.endpoints.len() && retries < cfg.max_retries
+    };
     let after = |from: Instant, ms: Option<u64>| {
         ms.filter(|&ms| ms > 0)
             .map(|ms| from + Duration::from_millis(ms))
@@ -998,7 +1030,10 @@ async fn attempts(
         } else {
             Instant::now()
         };
-        let deadline = match (whole, after(attempt_start, p.rule.rule.backend_request_timeout_ms)) {
+        let deadline = match (
+            whole,
+            after(attempt_start, p.rule.rule.backend_request_timeout_ms),
+        ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -1399,7 +1434,10 @@ mod tests {
         let s = shared();
         assert_eq!(decide(&s, b"GET / HTTP/1.1\r\nHost: a.test\r\n"), "partial");
         // Nothing routes in an empty table: pingora answers 404.
-        assert_eq!(decide(&s, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), "fallback");
+        assert_eq!(
+            decide(&s, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+            "fallback"
+        );
         for req in [
             &b"GET / HTTP/1.0\r\nHost: a.test\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc",
@@ -1413,11 +1451,20 @@ mod tests {
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
             b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
         ] {
-            assert_eq!(decide(&s, req), "fallback", "{:?}", String::from_utf8_lossy(req));
+            assert_eq!(
+                decide(&s, req),
+                "fallback",
+                "{:?}",
+                String::from_utf8_lossy(req)
+            );
         }
         let mut big = b"GET / HTTP/1.1\r\nHost: a.test\r\nX: ".to_vec();
         big.resize(MAX_REQUEST_HEAD + 10, b'a');
-        assert_eq!(decide(&s, &big), "fallback", "an over-long head is pingora's");
+        assert_eq!(
+            decide(&s, &big),
+            "fallback",
+            "an over-long head is pingora's"
+        );
         // Random bytes and random cuts of valid heads: an answer, never a panic.
         let valid = b"GET /p?q=1 HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, x\r\nCookie: a=b\r\n\r\n";
         let mut rng = fastrand::Rng::with_seed(7);
@@ -1526,9 +1573,13 @@ mod tests {
             assert!(!text.contains(gone), "{gone} in {text}");
         }
         assert!(h.upstream_keepalive, "HTTP/1.0 with keep-alive");
-        let close = parse_head(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", false, "i")
-            .unwrap()
-            .unwrap();
+        let close = parse_head(
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            false,
+            "i",
+        )
+        .unwrap()
+        .unwrap();
         assert!(!close.upstream_keepalive);
     }
 }

@@ -158,7 +158,10 @@ impl Headers<'_> {
             }
             Headers::Raw(raw) => {
                 let mut seen = false;
-                for h in raw.iter().filter(|h| name.as_str().eq_ignore_ascii_case(h.name)) {
+                for h in raw
+                    .iter()
+                    .filter(|h| name.as_str().eq_ignore_ascii_case(h.name))
+                {
                     seen = true;
                     if let Some(v) = visible_text(h.value) {
                         add(v);

@@ -272,7 +272,10 @@ pub(super) fn request_hash(key: &HashKey, client_ip: Option<IpAddr>, headers: He
 pub(super) fn new_request_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
-    for (half, n) in [fastrand::u64(..), fastrand::u64(..)].into_iter().enumerate() {
+    for (half, n) in [fastrand::u64(..), fastrand::u64(..)]
+        .into_iter()
+        .enumerate()
+    {
         for i in 0..16 {
             out[half * 16 + i] = HEX[((n >> ((15 - i) * 4)) & 0xf) as usize];
         }
@@ -889,7 +892,9 @@ mod tests {
     fn request_ids_are_32_hex_digits_and_differ() {
         let (a, b) = (new_request_id(), new_request_id());
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, b);
     }
 
