@@ -631,7 +631,6 @@ pub async fn serve(
             }
         };
         buf.drain(..prepared.head_len);
-        last_active = prepared.start;
         // The request's state lives in its own allocation while it runs, not in this task.
         let keep_open = Box::pin(exchange(
             shared,
@@ -644,6 +643,8 @@ pub async fn serve(
         if !keep_open {
             return Served::Closed;
         }
+        // Idle from the end of the answer: a long request (a long poll) does not count.
+        last_active = Instant::now();
     }
 }
 
