@@ -203,11 +203,11 @@ impl Drop for DnsServer {
     }
 }
 
-/// One UDP socket with SO_REUSEPORT (so each UDP worker gets its own socket and the kernel
-/// spreads clients over them, instead of every worker waking for every packet).
 /// SO_RCVBUF asked for on every UDP socket.
 const UDP_RECV_BUFFER: usize = 4 << 20;
 
+/// One UDP socket with SO_REUSEPORT (so each UDP worker gets its own socket and the kernel
+/// spreads clients over them, instead of every worker waking for every packet).
 fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;

@@ -38,6 +38,16 @@ impl PortBalancer {
         (ejected + 1) * 100 <= n * cfg.max_ejected_percent as usize
     }
 
+    /// What a connection to `endpoint` for this service port is, for the upstream registries.
+    pub fn target(&self, endpoint: std::net::SocketAddr) -> super::upstreams::Target {
+        super::upstreams::Target {
+            service: self.service.clone(),
+            port: self.port,
+            endpoint,
+            label: self.label.clone(),
+        }
+    }
+
     /// The balancer's next endpoint for `hash` not in `tried`, skipping ejected ones unless
     /// every untried endpoint is ejected (then one of those anyway, rather than fail: Envoy's
     /// panic threshold). `None` when every endpoint was tried.

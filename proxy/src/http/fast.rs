@@ -37,8 +37,8 @@ use tokio::sync::watch;
 use super::backend::PortBalancer;
 use super::filters;
 use super::health::{EndpointState, FailureOutcome};
-use super::route::{CompiledRule, Headers, RequestView};
-use super::service::{new_request_id, request_hash, split_host_port, Shared};
+use super::route::{visible_text, CompiledRule, Headers, RequestView};
+use super::service::{forwarded_for, request_hash, request_id, split_host_port, Shared};
 use super::upstreams::{self, PoolCounts, Target};
 
 /// Most headers a request or response may have on this path (more: pingora's path).
@@ -68,6 +68,14 @@ struct Idle {
     conn: TcpStream,
     target: Target,
     since: Instant,
+}
+
+impl Idle {
+    /// Still worth reusing at `now`: idle for less than `max_idle`, and left alone by its
+    /// endpoint.
+    fn usable(&self, now: Instant, max_idle: Duration) -> bool {
+        now.saturating_duration_since(self.since) < max_idle && !disturbed(&self.conn)
+    }
 }
 
 #[derive(Default)]
@@ -135,7 +143,7 @@ fn dec_busy(busy: &mut HashMap<Arc<str>, usize>, label: &Arc<str>) {
 }
 
 /// Whether the endpoint closed or wrote to an idle connection. Readiness was cleared when the
-/// connection was pooled (see `quiet`), so this read is a system call only if an event came
+/// connection was pooled (`respond` checks it once more then), so this read is a system call only if an event came
 /// since: EOF, a reset, or bytes nobody asked for.
 fn disturbed(conn: &TcpStream) -> bool {
     let mut b = [0u8; 1];
@@ -148,7 +156,7 @@ impl FastPool {
         let mut p = self.inner.lock().unwrap();
         let v = p.idle.get_mut(&endpoint)?;
         while let Some(i) = v.pop() {
-            if now.saturating_duration_since(i.since) >= max_idle || disturbed(&i.conn) {
+            if !i.usable(now, max_idle) {
                 continue;
             }
             *p.busy.entry(i.target.label.clone()).or_default() += 1;
@@ -193,9 +201,10 @@ impl FastPool {
 
     /// Closes idle connections older than `max_idle` or closed by their endpoint.
     pub fn expire(&self, max_idle: Duration) {
+        let now = Instant::now();
         let mut p = self.inner.lock().unwrap();
         for v in p.idle.values_mut() {
-            v.retain(|i| i.since.elapsed() < max_idle && !disturbed(&i.conn));
+            v.retain(|i| i.usable(now, max_idle));
         }
         p.idle.retain(|_, v| !v.is_empty());
     }
@@ -295,15 +304,10 @@ struct ConnState {
 
 impl ConnState {
     fn new(ip: IpAddr) -> Self {
-        let xff = ip.to_string();
-        let fwd_for = match ip {
-            IpAddr::V6(_) => format!("for=\"[{xff}]\""),
-            IpAddr::V4(_) => format!("for={xff}"),
-        };
         ConnState {
             ip,
-            xff,
-            fwd_for,
+            xff: ip.to_string(),
+            fwd_for: forwarded_for(ip),
             balancer: None,
             series: None,
         }
@@ -473,9 +477,7 @@ fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep {
         return Prep::Fallback;
     };
     let backend = &rule.rule.backends[bi];
-    if rule.rule.source.kind == tables::Kind::HttpRoute
-        && backend.service.namespace != rule.rule.source.namespace
-    {
+    if rule.crosses_namespace(backend) {
         return Prep::Fallback;
     }
     let balancer = match &conn.balancer {
@@ -505,11 +507,7 @@ fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep {
         .map(|k| request_hash(k, Some(client_ip), Headers::Raw(headers)))
         .unwrap_or(0);
 
-    let request_id = id
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .filter(|v| !v.is_empty() && v.len() <= 200)
-        .map(str::to_string)
-        .unwrap_or_else(new_request_id);
+    let request_id = request_id(id.and_then(visible_text));
     let mut out = Vec::with_capacity(head_len + 256);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -569,7 +567,7 @@ pub async fn serve(
     shared: &Shared,
     mut client: TcpStream,
     peer: SocketAddr,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &watch::Receiver<bool>,
 ) -> Served {
     let mut conn = ConnState::new(peer.ip());
     let mut buf: Vec<u8> = Vec::new();
@@ -1184,13 +1182,7 @@ async fn connect<'s>(
     )
     .await?;
     let _ = conn.set_nodelay(true);
-    let target = Target {
-        service: b.service.clone(),
-        port: b.port,
-        endpoint: state.addr,
-        label: b.label.clone(),
-    };
-    Ok(shared.fast.pool.lease(conn, target))
+    Ok(shared.fast.pool.lease(conn, b.target(state.addr)))
 }
 
 /// Passes the response on. Returns whether the client connection stays open.
@@ -1214,7 +1206,8 @@ async fn respond(
     wbuf.extend_from_slice(b"\r\n");
     let body = &ubuf[head.len..];
     let mut chunked = Chunked::default();
-    // Bytes of the body still to come (None: until the end marker or EOF).
+    // Body bytes still to come with a Content-Length, whether the body is complete, and whether
+    // the endpoint sent more than the response.
     let (mut left, mut done, extra) = match head.framing {
         Framing::None => (0, true, !body.is_empty()),
         Framing::Length(n) => {
@@ -1294,7 +1287,9 @@ async fn respond(
             return false;
         }
     }
-    if done && head.upstream_keepalive && reusable && quiet(lease.conn()) {
+    // Nothing more may wait on it: this read must find nothing, which also leaves the runtime's
+    // readiness clear while it sits in the pool.
+    if done && head.upstream_keepalive && reusable && !disturbed(lease.conn()) {
         // Keep it unless its endpoint left the table while the request ran.
         let snap = shared.cell.load();
         if snap.generation == p.generation || upstreams::usable_in(&snap.routes, &lease.target) {
@@ -1302,12 +1297,6 @@ async fn respond(
         }
     }
     !close
-}
-
-/// Whether nothing more is waiting on an upstream connection after a complete response: one
-/// read that must find nothing, so the runtime's readiness is clear while it sits in the pool.
-fn quiet(conn: &mut TcpStream) -> bool {
-    !disturbed(conn)
 }
 
 /// Answers the client with an error of this proxy's own (no response has been sent yet).
@@ -1403,8 +1392,8 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
-        let (_tx, mut rx) = watch::channel(false);
-        let fut = serve(&shared, client, addr, &mut rx);
+        let (_tx, rx) = watch::channel(false);
+        let fut = serve(&shared, client, addr, &rx);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1024, "fast::serve future is {size} bytes");
     }

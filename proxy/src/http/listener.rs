@@ -152,17 +152,14 @@ pub fn spawn_accept_loop(
                             Err(_) => return,
                         }
                     }
-                    None => {
-                        let mut stop = shutdown.clone();
-                        match fast::serve(&shared, tcp, peer, &mut stop).await {
-                            fast::Served::Closed => return,
-                            fast::Served::Fallback(tcp, read) => {
-                                let mut stream = l4_stream(tcp, peer);
-                                stream.rewind(&read);
-                                Box::new(Buffered::new(stream))
-                            }
+                    None => match fast::serve(&shared, tcp, peer, &shutdown).await {
+                        fast::Served::Closed => return,
+                        fast::Served::Fallback(tcp, read) => {
+                            let mut stream = l4_stream(tcp, peer);
+                            stream.rewind(&read);
+                            Box::new(Buffered::new(stream))
                         }
-                    }
+                    },
                 };
                 Box::pin(pingora_loop(app, stream, shutdown)).await;
             });

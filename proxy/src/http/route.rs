@@ -68,6 +68,13 @@ impl CompiledRule {
     }
 
     /// The filter types this data plane does not implement, if any (the rule answers 500).
+    /// Gateway API: a backendRef into another namespace needs a ReferenceGrant there; the
+    /// tables have none, so such references are invalid, never silently followed.
+    pub fn crosses_namespace(&self, backend: &tables::HttpBackend) -> bool {
+        self.rule.source.kind == tables::Kind::HttpRoute
+            && backend.service.namespace != self.rule.source.namespace
+    }
+
     pub fn unsupported_filter(&self) -> Option<&str> {
         self.rule.filters.iter().find_map(|f| match f {
             HttpRouteFilter::Unsupported(name) => Some(name.as_str()),
@@ -139,37 +146,13 @@ impl Headers<'_> {
     /// Every value of `name` that is valid text, comma-joined (how several values of one header
     /// are matched); `None` when the header is absent.
     pub fn joined(&self, name: &http::HeaderName) -> Option<String> {
-        let mut out: Option<String> = None;
-        let mut add = |v: &str| {
-            let s = out.get_or_insert_with(String::new);
-            if !s.is_empty() {
-                s.push(',');
-            }
-            s.push_str(v);
+        let present = match self {
+            Headers::Map(m) => m.contains_key(name),
+            Headers::Raw(raw) => raw
+                .iter()
+                .any(|h| name.as_str().eq_ignore_ascii_case(h.name)),
         };
-        match self {
-            Headers::Map(m) => {
-                let mut values = m.get_all(name).iter().peekable();
-                values.peek()?;
-                for v in values.filter_map(|v| v.to_str().ok()) {
-                    add(v);
-                }
-                Some(out.unwrap_or_default())
-            }
-            Headers::Raw(raw) => {
-                let mut seen = false;
-                for h in raw
-                    .iter()
-                    .filter(|h| name.as_str().eq_ignore_ascii_case(h.name))
-                {
-                    seen = true;
-                    if let Some(v) = visible_text(h.value) {
-                        add(v);
-                    }
-                }
-                seen.then(|| out.unwrap_or_default())
-            }
-        }
+        present.then(|| self.all(name.as_str()).collect::<Vec<_>>().join(","))
     }
 
     /// The first value of `name`, as bytes.
@@ -197,7 +180,7 @@ impl Headers<'_> {
 }
 
 /// `v` as text if it is visible ASCII (and tabs), as `http::HeaderValue::to_str` accepts.
-fn visible_text(v: &[u8]) -> Option<&str> {
+pub fn visible_text(v: &[u8]) -> Option<&str> {
     v.iter()
         .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
         .then(|| std::str::from_utf8(v).ok())

@@ -268,8 +268,26 @@ pub(super) fn request_hash(key: &HashKey, client_ip: Option<IpAddr>, headers: He
     }
 }
 
+/// The request id: the client's `X-Request-Id` if it is a usable one (non-empty text of at most
+/// 200 bytes), else a new one.
+pub(super) fn request_id(client: Option<&str>) -> String {
+    client
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id)
+}
+
+/// `for=…` of a `Forwarded` element for the client `ip` (an IPv6 address quoted in brackets,
+/// RFC 7239).
+pub(super) fn forwarded_for(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+        IpAddr::V4(ip) => format!("for={ip}"),
+    }
+}
+
 /// 32 random hex digits (written by hand: `format!` showed in the per-request profile).
-pub(super) fn new_request_id() -> String {
+fn new_request_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
     for (half, n) in [fastrand::u64(..), fastrand::u64(..)]
@@ -366,14 +384,11 @@ impl ProxyHttp for Ingress {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        ctx.request_id = Some(
+        ctx.request_id = Some(request_id(
             session
                 .get_header("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty() && v.len() <= 200)
-                .map(str::to_string)
-                .unwrap_or_else(new_request_id),
-        );
+                .and_then(|v| v.to_str().ok()),
+        ));
         let snapshot = self.shared.cell.load();
         ctx.generation = snapshot.generation;
         let index = self.shared.route_index(&snapshot.routes.http);
@@ -473,11 +488,7 @@ impl ProxyHttp for Ingress {
             return self.respond(session, ctx, 500, body, None).await;
         };
         let backend = &rule.rule.backends[bi];
-        // Gateway API: a backendRef into another namespace needs a ReferenceGrant there; the
-        // tables have none, so such references are invalid (500), never silently followed.
-        if rule.rule.source.kind == tables::Kind::HttpRoute
-            && backend.service.namespace != rule.rule.source.namespace
-        {
+        if rule.crosses_namespace(backend) {
             let body = format!(
                 "route {}: backendRef {} is in another namespace (ReferenceGrant not supported)\n",
                 rule.label, backend.service
@@ -638,16 +649,9 @@ impl ProxyHttp for Ingress {
             self.shared.upstreams.released(prev);
         }
         if let (Some(b), Some(state)) = (ctx.balancer.as_ref(), ctx.current.as_ref()) {
-            self.shared.upstreams.acquired(
-                fd,
-                Target {
-                    service: b.service.clone(),
-                    port: b.port,
-                    endpoint: state.addr,
-                    label: b.label.clone(),
-                },
-                reused,
-            );
+            self.shared
+                .upstreams
+                .acquired(fd, b.target(state.addr), reused);
             ctx.upstream_fd = Some(fd);
         }
         self.shared
@@ -671,14 +675,10 @@ impl ProxyHttp for Ingress {
                 .and_then(|v| v.to_str().ok())
             {
                 Some(prev) if !prev.is_empty() => format!("{prev}, {ip_s}"),
-                _ => ip_s.clone(),
+                _ => ip_s,
             };
             upstream.insert_header("x-forwarded-for", xff)?;
-            let for_ = match ip {
-                IpAddr::V6(_) => format!("\"[{ip_s}]\""),
-                IpAddr::V4(_) => ip_s,
-            };
-            let mut fwd = format!("for={for_};proto={}", self.scheme);
+            let mut fwd = format!("{};proto={}", forwarded_for(ip), self.scheme);
             if !ctx.host.is_empty() {
                 fwd.push_str(&format!(";host=\"{}\"", ctx.host));
             }
