@@ -106,8 +106,8 @@ impl Lease<'_> {
         self.conn.as_mut().expect("held until kept or dropped")
     }
 
-    /// Back to the pool, idle since `now`.
-    fn keep(mut self, now: Instant) {
+    /// Back to the pool, idle from now.
+    fn keep(mut self) {
         let conn = self.conn.take().expect("held until kept or dropped");
         let mut p = self.pool.inner.lock().unwrap();
         dec_busy(&mut p.busy, &self.target.label);
@@ -116,7 +116,7 @@ impl Lease<'_> {
             v.push(Idle {
                 conn,
                 target: self.target.clone(),
-                since: now,
+                since: Instant::now(),
             });
         }
     }
@@ -1293,7 +1293,7 @@ async fn respond(
         // Keep it unless its endpoint left the table while the request ran.
         let snap = shared.cell.load();
         if snap.generation == p.generation || upstreams::usable_in(&snap.routes, &lease.target) {
-            lease.keep(p.start);
+            lease.keep();
         }
     }
     !close
