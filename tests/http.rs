@@ -1284,25 +1284,37 @@ spec:
     assert!(ok && out == "site-b /still\n", "{out}");
 }
 
-/// A backend that speaks only HTTP/2 without TLS (as gRPC servers do), answering its protocol
-/// version.
-async fn h2c_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+/// A backend on 127.0.0.1 that hands each accepted connection, numbered from 1, to `serve`.
+async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream, u32) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let body = format!("h2c {:?} {}\n", req.version(), req.uri().path());
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+        let mut n = 0u32;
+        while let Ok((stream, _)) = l.accept().await {
+            n += 1;
+            tokio::spawn(serve(stream, n));
         }
     });
     addr
+}
+
+/// A backend that speaks only HTTP/2 without TLS (as gRPC servers do), answering its protocol
+/// version.
+async fn h2c_backend() -> SocketAddr {
+    raw_backend(|stream, _| async move {
+        let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let body = format!("h2c {:?} {}\n", req.version(), req.uri().path());
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1733,35 +1745,29 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
 /// A backend that answers `GET /late` after 1.5 s and any other path at once with headers and
 /// then a 20-byte body one byte per 100 ms (2 s in all, each gap far below any read timeout).
 async fn trickling_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let head = read_head(&mut s).await;
-                if head.starts_with("GET /late") {
-                    tokio::time::sleep(Duration::from_millis(1500)).await;
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
-                        .await;
-                    return;
-                }
-                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n")
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                for _ in 0..20 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    if s.write_all(b"x").await.is_err() {
-                        return;
-                    }
-                }
-            });
+    raw_backend(|mut s, _| async move {
+        let head = read_head(&mut s).await;
+        if head.starts_with("GET /late") {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
+                .await;
+            return;
         }
-    });
-    addr
+        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
 }
 
 /// `timeouts.request` bounds the whole exchange: late headers get a 504 and a body that trickles
@@ -1837,85 +1843,74 @@ spec:
 /// when the next request arrives on it, unanswered); anything else echoes `METHOD PATH body=N conn=K` with Content-Length (no body for
 /// HEAD). Each accepted connection gets the next number K.
 async fn scripted_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut conn_no = 0u32;
-        while let Ok((mut s, _)) = l.accept().await {
-            conn_no += 1;
-            let k = conn_no;
-            tokio::spawn(async move {
-                let mut close_next = false;
-                loop {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match s.read(&mut byte).await {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    if close_next {
-                        return;
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    let mut body = vec![0u8; len];
-                    if s.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    let mut words = head.split_whitespace();
-                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-                    let out: Vec<u8> = match path {
-                        "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
-                            5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
-                            .to_vec(),
-                        "/close" => {
-                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil ").await;
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            let _ = s.write_all(b"close").await;
-                            return;
-                        }
-                        "/nocontent" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
-                        "/hint" => b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n\
-                            HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-                            .to_vec(),
-                        _ => {
-                            let text = format!("{method} {path} body={len} conn={k}");
-                            let mut r = format!(
-                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
-                                text.len()
-                            )
-                            .into_bytes();
-                            if method != "HEAD" {
-                                r.extend_from_slice(text.as_bytes());
-                            }
-                            r
-                        }
-                    };
-                    if s.write_all(&out).await.is_err() {
-                        return;
-                    }
-                    if path == "/drop" {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        return;
-                    }
-                    if path == "/dropnow" {
-                        return;
-                    }
-                    close_next = path == "/then-close";
+    raw_backend(|mut s, k| async move {
+        let mut close_next = false;
+        loop {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read(&mut byte).await {
+                    Ok(1) => head.push(byte[0]),
+                    _ => return,
                 }
-            });
+            }
+            if close_next {
+                return;
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            if s.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            let mut words = head.split_whitespace();
+            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let out: Vec<u8> = match path {
+                "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                    5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
+                    .to_vec(),
+                "/close" => {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil ").await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _ = s.write_all(b"close").await;
+                    return;
+                }
+                "/nocontent" => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+                "/hint" => b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\n\
+                    HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                    .to_vec(),
+                _ => {
+                    let text = format!("{method} {path} body={len} conn={k}");
+                    let mut r =
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", text.len())
+                            .into_bytes();
+                    if method != "HEAD" {
+                        r.extend_from_slice(text.as_bytes());
+                    }
+                    r
+                }
+            };
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+            if path == "/drop" {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
+            if path == "/dropnow" {
+                return;
+            }
+            close_next = path == "/then-close";
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Reads from `s` until `want` responses' worth of text has arrived (`done` says so) or 5 s.
