@@ -73,6 +73,7 @@ fn demo_args(dir: &std::path::Path) -> anyhow::Result<RunArgs> {
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_unpark(proxy::http::fast::worker_unparked)
         .build()
 }
 
