@@ -1996,6 +1996,17 @@ async fn fast_path_framings_pipelining_stale_connections_and_handover() {
         assert_eq!(a.status, 200, "round {i}: {}", a.body);
     }
 
+    // A connection silent at first (the proxy sees a spurious wake-up on it at accept), then
+    // a head in two pieces: both waits end in an answer from the fast path.
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"GET /slow HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    s.write_all(b"st: fast.test\r\n\r\n").await.unwrap();
+    let out = read_until(&mut s, |t| t.contains("GET /slow body=0")).await;
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    drop(s);
+
     // Pipelined: three requests in one write, answered in order; then a request with a body
     // moves the connection to the general path, and a last GET is served there.
     let mut s = TcpStream::connect(proxy).await.unwrap();

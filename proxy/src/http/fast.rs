@@ -613,7 +613,7 @@ pub async fn serve(
     let idle = tokio::time::sleep(KEEPALIVE_IDLE);
     tokio::pin!(idle);
     let mut last_active = Instant::now();
-    loop {
+    'requests: loop {
         // Wait for the next request holding no buffer: idle connections cost little.
         if buf.is_empty() {
             buf = Vec::new();
@@ -653,6 +653,11 @@ pub async fn serve(
             match client.try_read_buf(&mut buf) {
                 Ok(0) => return Served::Closed,
                 Ok(_) => continue,
+                // `readable()` may wake with nothing to read (it does at once for a new
+                // connection): wait again without the buffer.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && buf.is_empty() => {
+                    continue 'requests;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Served::Closed,
             }
@@ -1428,7 +1433,10 @@ mod tests {
     #[test]
     fn a_worker_is_saturated_only_after_running_without_a_break() {
         let t = Instant::now();
-        assert!(!saturated(None, t + Duration::from_secs(5)), "no hook: never");
+        assert!(
+            !saturated(None, t + Duration::from_secs(5)),
+            "no hook: never"
+        );
         assert!(!saturated(Some(t), t));
         assert!(!saturated(Some(t), t + SATURATED_AFTER / 2));
         assert!(saturated(Some(t), t + SATURATED_AFTER));
