@@ -74,10 +74,10 @@ pub fn worker_unparked() {
 /// is read woke the backend for about 2.6 requests at a time, ~20k wake-ups (and IPIs) a
 /// second, against ~2k behind nginx. Yielding first lets the worker finish what its last
 /// `epoll_wait` returned, so requests reach a backend together. That took one worker from
-/// ~52k to ~65–73k requests/s on 2 shared cores (`proxy/src/http/STATUS.md`). When the worker
-/// has spare CPU (it parks between events) the yield only adds a zero-timeout `epoll_wait`
-/// per request and cost throughput in the pinned benchmark, so it is skipped. Without the
-/// hook installed this is always false.
+/// 46–53k to 59–73k requests/s on 2 shared cores (`proxy/src/http/STATUS.md`). When the
+/// worker has spare CPU (it parks between events) there is nothing to batch, and the yield
+/// would only add a zero-timeout `epoll_wait` and a little latency per request, so it is
+/// skipped. Without the hook installed this is always false.
 fn worker_saturated() -> bool {
     saturated(UNPARKED.with(|u| u.get()), Instant::now())
 }
