@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// (longer on repeated ejections; 0 disables ejection) [default: 30000].
     #[arg(long, value_name = "MS")]
     pub outlier_ejection_ms: Option<u64>,
+    /// Threads serving --http/--https connections, each with its own event loop and its own
+    /// SO_REUSEPORT socket per listener, as nginx's worker processes; 0 serves them on the
+    /// process's tokio runtime (TOKIO_WORKER_THREADS threads) [default: 0].
+    #[arg(long, value_name = "N")]
+    pub http_workers: Option<usize>,
     /// Admin listener: /metrics /healthz /readyz /debug/tables [default: 127.0.0.1:9153].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
@@ -136,6 +141,7 @@ pub struct FileConfig {
     pub tls_cert_dir: Option<PathBuf>,
     pub lb_algorithm: Option<String>,
     pub outlier_ejection_ms: Option<u64>,
+    pub http_workers: Option<usize>,
     pub admin: Option<SocketAddr>,
     pub cluster_domain: Option<String>,
     pub upstream: Option<Vec<String>>,
@@ -175,6 +181,8 @@ pub struct Config {
     pub tls_cert_dir: Option<PathBuf>,
     pub lb_algorithm: proxy::http::Algorithm,
     pub outlier_ejection_ms: u64,
+    /// HTTP: dedicated event-loop threads (0: the process runtime).
+    pub http_workers: usize,
     pub admin: SocketAddr,
     pub cluster_domain: String,
     pub upstream: Vec<SocketAddr>,
@@ -323,6 +331,7 @@ impl Config {
                 .outlier_ejection_ms
                 .or(file.outlier_ejection_ms)
                 .unwrap_or(30_000),
+            http_workers: args.http_workers.or(file.http_workers).unwrap_or(0),
             kubernetes: kubeconfig.is_some() || manifests.is_none(),
             manifests,
             kubeconfig,
@@ -419,6 +428,26 @@ mod tests {
         assert_eq!(resolve(Some(1)).unwrap().dns_udp_workers, 1);
         let e = resolve(Some(0)).unwrap_err();
         assert!(format!("{e:#}").contains("dns-udp-workers"), "{e:#}");
+    }
+
+    #[test]
+    fn http_workers_flag_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "http-workers = 2\n").unwrap();
+        let resolve = |config: Option<PathBuf>, flag: Option<usize>| {
+            Config::resolve(RunArgs {
+                config,
+                manifests: Some(dir.path().into()),
+                http_workers: flag,
+                ..Default::default()
+            })
+            .unwrap()
+            .http_workers
+        };
+        assert_eq!(resolve(None, None), 0);
+        assert_eq!(resolve(Some(path.clone()), None), 2);
+        assert_eq!(resolve(Some(path), Some(1)), 1);
     }
 
     #[test]

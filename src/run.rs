@@ -124,6 +124,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             https: cfg.https.clone(),
             tls_cert_dir: cfg.tls_cert_dir.clone(),
             lb_algorithm: cfg.lb_algorithm.clone(),
+            workers: cfg.http_workers,
             outlier: proxy::http::OutlierConfig {
                 base_ejection: Duration::from_millis(cfg.outlier_ejection_ms),
                 ..Default::default()

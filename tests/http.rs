@@ -1618,6 +1618,98 @@ async fn shutdown_drains_in_flight_requests() {
     assert_eq!(a.body, "slow /slow\n");
 }
 
+#[tokio::test]
+async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
+    let slow = Backend::start("slow").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "svc.yaml",
+        &service_yaml("default", "slow", "10.96.7.2", &ready(&[&slow])),
+    );
+    write(d, "ing.yaml", &simple_ingress("w.test", "slow"));
+    let mut sb = start(d, &["--http-workers", "2"]);
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "w.test", "/", "served", |x| x.status == 200).await;
+
+    // Two event-loop threads, each with its own socket on the one port.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", sb.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    for w in ["http-worker-1", "http-worker-2"] {
+        assert!(threads.iter().any(|t| t == w), "{threads:?}");
+    }
+
+    // New connections (the kernel spreads them over the two sockets): bodyless requests on
+    // the fast path, and requests with a body handed over to pingora, on either worker.
+    for i in 0..30 {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        let req = if i % 3 == 0 {
+            format!("POST /p{i} HTTP/1.1\r\nHost: w.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+        } else {
+            format!("GET /g{i} HTTP/1.1\r\nHost: w.test\r\nConnection: close\r\n\r\n")
+        };
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 200"),
+            "request {i}: {out}\n{}",
+            sb.log()
+        );
+        assert!(
+            out.ends_with(&format!(
+                "slow /{}{i}\n",
+                if i % 3 == 0 { "p" } else { "g" }
+            )),
+            "{out}"
+        );
+    }
+    let handed = sb
+        .metric("switchboard_http_fast_path_total{outcome=\"handed_over\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(handed >= 10.0, "handed over {handed}");
+
+    // SIGTERM with a request in flight on a worker: it finishes, then the process exits 0.
+    let c2 = c.clone();
+    let inflight = tokio::spawn(async move {
+        request(
+            &c2,
+            "GET",
+            proxy,
+            "w.test",
+            "/slow",
+            &[("x-delay-ms", "1500")],
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slow.in_flight.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let s = sb.terminate();
+        (s, sb)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{}", status.1.log());
+    let a = inflight
+        .await
+        .unwrap()
+        .expect("the in-flight request finished");
+    assert_eq!((a.status, a.body.as_str()), (200, "slow /slow\n"));
+}
+
 /// Waits up to 5 s for `pred`, panicking with `what` and the log otherwise.
 /// The published snapshot's generation (`/debug/tables`).
 async fn generation(sb: &Switchboard) -> u64 {

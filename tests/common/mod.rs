@@ -123,6 +123,10 @@ impl Switchboard {
     }
 
     /// The first address logged for listener `name` (e.g. `dns/udp`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn listener(&self, name: &str) -> SocketAddr {
         self.listeners
             .get(name)

@@ -62,6 +62,21 @@ thread_local! {
     static UNPARKED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
 }
 
+thread_local! {
+    /// Which HTTP worker's event loop this thread runs (`HttpConfig::workers`); 0 for the
+    /// process runtime's threads.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Called on an HTTP worker's thread before its event loop starts.
+pub fn set_worker(n: usize) {
+    WORKER.with(|w| w.set(n));
+}
+
+fn worker() -> usize {
+    WORKER.with(|w| w.get())
+}
+
 /// A runtime hook for `tokio::runtime::Builder::on_thread_unpark`: the worker had been idle.
 pub fn worker_unparked() {
     UNPARKED.with(|u| u.set(Some(Instant::now())));
@@ -114,7 +129,8 @@ impl Idle {
 
 #[derive(Default)]
 struct PoolInner {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+    /// By (event loop, endpoint): a socket is driven by the runtime it was registered on.
+    idle: HashMap<(usize, SocketAddr), Vec<Idle>>,
     /// Connections a request holds now, by service label (the pool gauge).
     busy: HashMap<Arc<str>, usize>,
 }
@@ -145,7 +161,7 @@ impl Lease<'_> {
         let conn = self.conn.take().expect("held until kept or dropped");
         let mut p = self.pool.inner.lock().unwrap();
         dec_busy(&mut p.busy, &self.target.label);
-        let v = p.idle.entry(self.target.endpoint).or_default();
+        let v = p.idle.entry((worker(), self.target.endpoint)).or_default();
         if v.len() < POOL_PER_ENDPOINT {
             v.push(Idle {
                 conn,
@@ -188,7 +204,7 @@ impl FastPool {
     /// The most recently pooled live connection to `endpoint` (`now`: about the current time).
     fn take(&self, endpoint: SocketAddr, max_idle: Duration, now: Instant) -> Option<Lease<'_>> {
         let mut p = self.inner.lock().unwrap();
-        let v = p.idle.get_mut(&endpoint)?;
+        let v = p.idle.get_mut(&(worker(), endpoint))?;
         while let Some(i) = v.pop() {
             if !i.usable(now, max_idle) {
                 continue;

@@ -73,6 +73,10 @@ pub struct HttpConfig {
     pub outlier: OutlierConfig,
     /// How long shutdown waits for in-flight requests.
     pub grace_period: Duration,
+    /// Threads that serve the listeners, each with its own event loop (a current-thread tokio
+    /// runtime) and its own SO_REUSEPORT socket per listener, as nginx's worker processes; the
+    /// kernel spreads new connections over them. 0: serve on the caller's runtime.
+    pub workers: usize,
 }
 
 impl Default for HttpConfig {
@@ -88,6 +92,7 @@ impl Default for HttpConfig {
             max_retries: 3,
             outlier: OutlierConfig::default(),
             grace_period: Duration::from_secs(5),
+            workers: 0,
         }
     }
 }
@@ -116,6 +121,9 @@ pub struct HttpServer {
     conns: Arc<Connections>,
     tasks: Vec<JoinHandle<()>>,
     grace: Duration,
+    /// With `workers`: their threads, and the signal that ends their event loops.
+    workers: Vec<std::thread::JoinHandle<()>>,
+    finish: watch::Sender<bool>,
 }
 
 fn build_app(shared: &Arc<Shared>, scheme: &'static str, conf: &Arc<ServerConf>) -> Arc<App> {
@@ -174,20 +182,27 @@ impl HttpServer {
             conns,
             tasks: vec![],
             grace,
+            workers: vec![],
+            finish: watch::channel(false).0,
         };
 
-        let mut listeners = Vec::new();
+        // One socket per listener, or with `workers` one SO_REUSEPORT socket per worker and
+        // listener (bound to the first one's port when asked for port 0).
+        let sockets = config.workers.max(1);
+        let mut listeners: Vec<(&'static str, Vec<std::net::TcpListener>)> = Vec::new();
         for (kind, addrs) in [("http", &config.http), ("https", &config.https)] {
             for &addr in addrs {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { kind, addr, source })?;
-                let local =
-                    l.local_addr()
-                        .map_err(|source| StartError::Bind { kind, addr, source })?;
-                tracing::info!("listening on {kind} {local}");
-                server.addrs.push((kind, local));
-                listeners.push((kind, l));
+                let bind_err = |source| StartError::Bind { kind, addr, source };
+                let mut bound = Vec::new();
+                let mut at = addr;
+                for _ in 0..sockets {
+                    let l = bind_listener(at, config.workers > 0).map_err(bind_err)?;
+                    at = l.local_addr().map_err(bind_err)?;
+                    bound.push(l);
+                }
+                tracing::info!("listening on {kind} {at}");
+                server.addrs.push((kind, at));
+                listeners.push((kind, bound));
             }
         }
 
@@ -201,22 +216,74 @@ impl HttpServer {
             sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             Arc::new(Acceptor::from_server_config(Arc::new(sc)))
         });
-        for (kind, l) in listeners {
+        // What one event loop serves: a socket of every listener.
+        let mut loops: Vec<Vec<AcceptLoop>> = (0..sockets).map(|_| Vec::new()).collect();
+        for (kind, bound) in listeners {
             let (app, tls) = if kind == "https" {
                 (secure.clone(), acceptor.clone())
             } else {
                 (plain.clone(), None)
             };
             let gauge = metrics.active_connections.with_label_values(&[kind]);
-            server.tasks.push(listener::spawn_accept_loop(
-                l,
-                app,
-                shared.clone(),
-                tls,
-                shutdown_rx.clone(),
-                server.conns.clone(),
-                gauge,
-            ));
+            for (i, l) in bound.into_iter().enumerate() {
+                loops[i].push(AcceptLoop {
+                    kind,
+                    listener: l,
+                    app: app.clone(),
+                    shared: shared.clone(),
+                    tls: tls.clone(),
+                    shutdown: shutdown_rx.clone(),
+                    conns: server.conns.clone(),
+                    gauge: gauge.clone(),
+                });
+            }
+        }
+        if config.workers == 0 {
+            for a in loops.into_iter().flatten() {
+                let kind = a.kind;
+                let task =
+                    a.spawn()
+                        .map_err(|(source, addr)| StartError::Bind { kind, addr, source })?;
+                server.tasks.push(task);
+            }
+        } else {
+            let finish = server.finish.subscribe();
+            for (i, accept) in loops.into_iter().enumerate() {
+                let worker = i + 1;
+                let mut finish = finish.clone();
+                let thread = std::thread::Builder::new()
+                    .name(format!("http-worker-{worker}"))
+                    .spawn(move || {
+                        fast::set_worker(worker);
+                        let rt = match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .on_thread_unpark(fast::worker_unparked)
+                            .build()
+                        {
+                            Ok(rt) => rt,
+                            Err(e) => {
+                                tracing::error!(worker, error = %e, "HTTP worker runtime");
+                                return;
+                            }
+                        };
+                        rt.block_on(async move {
+                            for a in accept {
+                                if let Err((e, addr)) = a.spawn() {
+                                    tracing::error!(worker, %addr, error = %e, "HTTP worker listener");
+                                }
+                            }
+                            // Until shutdown has drained what it could (`HttpServer::shutdown`);
+                            // dropping the runtime then ends what is left.
+                            let _ = finish.wait_for(|f| *f).await;
+                        });
+                    })
+                    .map_err(|source| StartError::Bind {
+                        kind: "http",
+                        addr: server.addrs[0].1,
+                        source,
+                    })?;
+                server.workers.push(thread);
+            }
         }
         if let Some((dir, resolver)) = tls_store {
             server.tasks.push(tokio::spawn(reload_certificates(
@@ -282,6 +349,58 @@ impl HttpServer {
         for t in self.tasks {
             t.abort();
         }
+        let _ = self.finish.send(true);
+        for w in self.workers {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+    }
+}
+
+/// A listening socket: SO_REUSEADDR as tokio's `TcpListener::bind`, and SO_REUSEPORT when
+/// several workers each take one.
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+/// One accept loop's parts, moved to the event loop that runs it.
+struct AcceptLoop {
+    kind: &'static str,
+    listener: std::net::TcpListener,
+    app: Arc<App>,
+    shared: Arc<Shared>,
+    tls: Option<Arc<Acceptor>>,
+    shutdown: watch::Receiver<bool>,
+    conns: Arc<Connections>,
+    gauge: prometheus::IntGauge,
+}
+
+impl AcceptLoop {
+    /// Registers the socket with the current runtime and spawns the loop on it.
+    fn spawn(self) -> Result<JoinHandle<()>, (std::io::Error, SocketAddr)> {
+        let addr = self
+            .listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let listener = tokio::net::TcpListener::from_std(self.listener).map_err(|e| (e, addr))?;
+        Ok(listener::spawn_accept_loop(
+            listener,
+            self.app,
+            self.shared,
+            self.tls,
+            self.shutdown,
+            self.conns,
+            self.gauge,
+        ))
     }
 }
 
