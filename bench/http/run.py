@@ -9,8 +9,10 @@ requests through each proxy must all be 200 and reach all three backends.
 
 Load: `wrk -t 2 -c 64 -d D --latency -H 'Host: bench.local'` (closed loop, keep-alive), giving
 requests/s and the latency distribution (p50, p99) under that load, and the proxy's CPU time per
-request. switchboard's workers are its tokio worker threads (TOKIO_WORKER_THREADS=N), HAProxy's
-`nbthread`, nginx's `worker_processes`.
+request. switchboard's workers are its HTTP event-loop threads (`--http-workers N`, each with its
+own SO_REUSEPORT socket; the rest of the process runs on one tokio thread), or where the binary
+has no such flag its tokio worker threads (TOKIO_WORKER_THREADS=N); HAProxy's `nbthread`,
+nginx's `worker_processes`.
 """
 
 import argparse
@@ -188,8 +190,10 @@ def start(target, wd, bport, workers, help_text):
         man = switchboard_manifests(wd, bport)
         proc, ls = B.start_switchboard(
             ["--manifests", man, "--http", "127.0.0.1:0", "--log", "warn,switchboard=info,proxy=info",
-             *(["--lb-algorithm", "round-robin"] if "--lb-algorithm" in help_text else [])],
-            name=f"switchboard-http-{workers}", env={"TOKIO_WORKER_THREADS": str(workers)},
+             *(["--lb-algorithm", "round-robin"] if "--lb-algorithm" in help_text else []),
+             *(["--http-workers", str(workers)] if "--http-workers" in help_text else [])],
+            name=f"switchboard-http-{workers}",
+            env={"TOKIO_WORKER_THREADS": "1" if "--http-workers" in help_text else str(workers)},
             logdir=wd)
         if "http" not in ls:
             proc.stop()
@@ -351,7 +355,8 @@ def summarize(results):
              f"duration={a['duration']} s, connections={a['connections']}).", "",
              "Three backends (one nginx worker answering `200 backend-N` on 127.0.0.2–4), the "
              "proxy in front balancing over them round robin (switchboard: an Ingress for host "
-             "`bench.local` and `--lb-algorithm round-robin`, its default being least-request; "
+             "`bench.local` and `--lb-algorithm round-robin`, its default being least-request, "
+             "and `--http-workers N` with N the cell's workers; "
              "HAProxy `balance roundrobin` with `http-reuse always`; nginx `upstream` with "
              "`keepalive 128`, HTTP/1.1 and an empty `Connection` header) with upstream keep-alive. "
              "Every proxy is checked to answer 200 and reach all three backends before it is "
