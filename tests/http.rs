@@ -1582,21 +1582,25 @@ async fn shutdown_drains_in_flight_requests() {
         &service_yaml("default", "slow", "10.96.7.1", &ready(&[&slow])),
     );
     write(d, "ing.yaml", &simple_ingress("slow.test", "slow"));
-    let mut sb = start(d, &[]);
+    let sb = start(d, &[]);
     let proxy = sb.listener("http");
     let c = client();
     wait_get(&sb, &c, "slow.test", "/", "served", |x| x.status == 200).await;
+    terminate_with_a_request_in_flight(sb, &c, &slow, proxy, "slow.test").await;
+}
+
+/// SIGTERMs switchboard while a 1.5 s request through `proxy` to `slow` is in flight: the
+/// request is answered in full and the process exits 0.
+async fn terminate_with_a_request_in_flight(
+    mut sb: Switchboard,
+    c: &HttpClient,
+    slow: &Backend,
+    proxy: SocketAddr,
+    host: &'static str,
+) {
     let c2 = c.clone();
     let inflight = tokio::spawn(async move {
-        request(
-            &c2,
-            "GET",
-            proxy,
-            "slow.test",
-            "/slow",
-            &[("x-delay-ms", "1500")],
-        )
-        .await
+        request(&c2, "GET", proxy, host, "/slow", &[("x-delay-ms", "1500")]).await
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     while slow.in_flight.load(Ordering::SeqCst) == 0 {
@@ -1614,8 +1618,7 @@ async fn shutdown_drains_in_flight_requests() {
         .await
         .unwrap()
         .expect("the in-flight request finished");
-    assert_eq!(a.status, 200);
-    assert_eq!(a.body, "slow /slow\n");
+    assert_eq!((a.status, a.body.as_str()), (200, "slow /slow\n"));
 }
 
 #[tokio::test]
@@ -1629,7 +1632,7 @@ async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
         &service_yaml("default", "slow", "10.96.7.2", &ready(&[&slow])),
     );
     write(d, "ing.yaml", &simple_ingress("w.test", "slow"));
-    let mut sb = start(d, &["--http-workers", "2"]);
+    let sb = start(d, &["--http-workers", "2"]);
     let proxy = sb.listener("http");
     let c = client();
     wait_get(&sb, &c, "w.test", "/", "served", |x| x.status == 200).await;
@@ -1679,35 +1682,7 @@ async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
     assert!(handed >= 10.0, "handed over {handed}");
 
     // SIGTERM with a request in flight on a worker: it finishes, then the process exits 0.
-    let c2 = c.clone();
-    let inflight = tokio::spawn(async move {
-        request(
-            &c2,
-            "GET",
-            proxy,
-            "w.test",
-            "/slow",
-            &[("x-delay-ms", "1500")],
-        )
-        .await
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while slow.in_flight.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let status = tokio::task::spawn_blocking(move || {
-        let s = sb.terminate();
-        (s, sb)
-    })
-    .await
-    .unwrap();
-    assert!(status.0.success(), "{}", status.1.log());
-    let a = inflight
-        .await
-        .unwrap()
-        .expect("the in-flight request finished");
-    assert_eq!((a.status, a.body.as_str()), (200, "slow /slow\n"));
+    terminate_with_a_request_in_flight(sb, &c, &slow, proxy, "w.test").await;
 }
 
 /// Waits up to 5 s for `pred`, panicking with `what` and the log otherwise.

@@ -92,10 +92,46 @@ fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> L4Stream {
     s
 }
 
-/// Runs one accept loop until `shutdown` turns true. Plain connections start on the HTTP/1.1
-/// fast path (`fast.rs`) and move to pingora for the first request it does not take; TLS
-/// connections are pingora's.
-pub fn spawn_accept_loop(
+/// One accept loop's parts, moved to the event loop that runs it.
+pub struct AcceptLoop {
+    /// "http" or "https", for errors.
+    pub kind: &'static str,
+    pub listener: std::net::TcpListener,
+    pub app: Arc<App>,
+    pub shared: Arc<Shared>,
+    pub tls: Option<Arc<Acceptor>>,
+    pub shutdown: watch::Receiver<bool>,
+    pub conns: Arc<Connections>,
+    pub gauge: prometheus::IntGauge,
+}
+
+impl AcceptLoop {
+    /// Registers the socket with the current runtime and runs the loop on it until
+    /// `shutdown` turns true. Plain connections start on the HTTP/1.1 fast path (`fast.rs`)
+    /// and move to pingora for the first request it does not take; TLS connections are
+    /// pingora's.
+    pub fn spawn(self) -> Result<JoinHandle<()>, (std::io::Error, SocketAddr)> {
+        let AcceptLoop {
+            kind: _,
+            listener,
+            app,
+            shared,
+            tls,
+            shutdown,
+            conns,
+            gauge,
+        } = self;
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| (e, addr))?;
+        Ok(accept_loop(
+            listener, app, shared, tls, shutdown, conns, gauge,
+        ))
+    }
+}
+
+fn accept_loop(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shared: Arc<Shared>,

@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 pub use balance::Algorithm;
 pub use health::OutlierConfig;
 
-use listener::{App, Connections};
+use listener::{AcceptLoop, App, Connections};
 use metrics::HttpMetrics;
 use service::{Ingress, Shared};
 
@@ -370,38 +370,6 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net
     }
     socket.bind(addr)?;
     socket.listen(1024)?.into_std()
-}
-
-/// One accept loop's parts, moved to the event loop that runs it.
-struct AcceptLoop {
-    kind: &'static str,
-    listener: std::net::TcpListener,
-    app: Arc<App>,
-    shared: Arc<Shared>,
-    tls: Option<Arc<Acceptor>>,
-    shutdown: watch::Receiver<bool>,
-    conns: Arc<Connections>,
-    gauge: prometheus::IntGauge,
-}
-
-impl AcceptLoop {
-    /// Registers the socket with the current runtime and spawns the loop on it.
-    fn spawn(self) -> Result<JoinHandle<()>, (std::io::Error, SocketAddr)> {
-        let addr = self
-            .listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let listener = tokio::net::TcpListener::from_std(self.listener).map_err(|e| (e, addr))?;
-        Ok(listener::spawn_accept_loop(
-            listener,
-            self.app,
-            self.shared,
-            self.tls,
-            self.shutdown,
-            self.conns,
-            self.gauge,
-        ))
-    }
 }
 
 /// Every 2 s: rebuilds the Secrets' certificates if the snapshot changed them, and reloads the
