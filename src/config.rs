@@ -61,7 +61,7 @@ pub struct RunArgs {
     pub outlier_ejection_ms: Option<u64>,
     /// Threads serving --http/--https connections, each with its own event loop and its own
     /// SO_REUSEPORT socket per listener, as nginx's worker processes; 0 serves them on the
-    /// process's tokio runtime (TOKIO_WORKER_THREADS threads) [default: 0].
+    /// process's tokio runtime (TOKIO_WORKER_THREADS threads) [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub http_workers: Option<usize>,
     /// Admin listener: /metrics /healthz /readyz /debug/tables [default: 127.0.0.1:9153].
@@ -219,6 +219,11 @@ pub fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// The `nameserver` lines of a resolv.conf.
+/// One HTTP worker per CPU, as nginx's `worker_processes auto`.
+fn default_http_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
@@ -331,7 +336,10 @@ impl Config {
                 .outlier_ejection_ms
                 .or(file.outlier_ejection_ms)
                 .unwrap_or(30_000),
-            http_workers: args.http_workers.or(file.http_workers).unwrap_or(0),
+            http_workers: args
+                .http_workers
+                .or(file.http_workers)
+                .unwrap_or_else(default_http_workers),
             kubernetes: kubeconfig.is_some() || manifests.is_none(),
             manifests,
             kubeconfig,
@@ -445,7 +453,7 @@ mod tests {
             .unwrap()
             .http_workers
         };
-        assert_eq!(resolve(None, None), 0);
+        assert_eq!(resolve(None, None), default_http_workers());
         assert_eq!(resolve(Some(path.clone()), None), 2);
         assert_eq!(resolve(Some(path), Some(1)), 1);
     }

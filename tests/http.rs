@@ -1582,7 +1582,8 @@ async fn shutdown_drains_in_flight_requests() {
         &service_yaml("default", "slow", "10.96.7.1", &ready(&[&slow])),
     );
     write(d, "ing.yaml", &simple_ingress("slow.test", "slow"));
-    let sb = start(d, &[]);
+    // Served on the process runtime, not on dedicated workers (the default): that mode's drain.
+    let sb = start(d, &["--http-workers", "0"]);
     let proxy = sb.listener("http");
     let c = client();
     wait_get(&sb, &c, "slow.test", "/", "served", |x| x.status == 200).await;
