@@ -218,12 +218,12 @@ pub fn parse_upstream(s: &str) -> anyhow::Result<SocketAddr> {
     }
 }
 
-/// The `nameserver` lines of a resolv.conf.
 /// One HTTP worker per CPU, as nginx's `worker_processes auto`.
 fn default_http_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The `nameserver` lines of a resolv.conf.
 pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))

@@ -60,9 +60,6 @@ thread_local! {
     /// When this runtime worker thread last woke from an idle park, if the runtime reports it
     /// (`worker_unparked`).
     static UNPARKED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
-}
-
-thread_local! {
     /// Which HTTP worker's event loop this thread runs (`HttpConfig::workers`); 0 for the
     /// process runtime's threads.
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -193,8 +190,8 @@ fn dec_busy(busy: &mut HashMap<Arc<str>, usize>, label: &Arc<str>) {
 }
 
 /// Whether the endpoint closed or wrote to an idle connection. Readiness was cleared when the
-/// connection was pooled (`respond` checks it once more then), so this read is a system call only if an event came
-/// since: EOF, a reset, or bytes nobody asked for.
+/// connection was pooled (`respond` checks it once more then), so this read is a system call
+/// only if an event came since: EOF, a reset, or bytes nobody asked for.
 fn disturbed(conn: &TcpStream) -> bool {
     let mut b = [0u8; 1];
     !matches!(conn.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)

@@ -121,87 +121,71 @@ impl AcceptLoop {
             conns,
             gauge,
         } = self;
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| (e, addr))?;
-        Ok(accept_loop(
-            listener, app, shared, tls, shutdown, conns, gauge,
-        ))
-    }
-}
-
-fn accept_loop(
-    listener: tokio::net::TcpListener,
-    app: Arc<App>,
-    shared: Arc<Shared>,
-    tls: Option<Arc<Acceptor>>,
-    shutdown: watch::Receiver<bool>,
-    conns: Arc<Connections>,
-    gauge: prometheus::IntGauge,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let local: Option<SocketAddr> = listener.local_addr().ok();
-        let mut stop = shutdown.clone();
-        loop {
-            let accepted = tokio::select! {
-                r = listener.accept() => r,
-                _ = stop.changed() => {
-                    if *stop.borrow() { break; }
-                    continue;
-                }
-            };
-            let (tcp, peer) = match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = ?local, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let guard = conns.enter(gauge.clone());
-            let app = app.clone();
-            let shared = shared.clone();
-            let tls = tls.clone();
-            let shutdown = shutdown.clone();
-            // Memory per idle connection (`bench/run idle`): the task holds only the fast
-            // path's small state while a plain connection waits; the TLS handshake, pingora's
-            // keep-alive loop and its request futures are boxed.
-            tokio::spawn(async move {
-                let _guard = guard;
-                let stream: Stream = match tls {
-                    Some(acceptor) => {
-                        let stream = l4_stream(tcp, peer);
-                        match tokio::time::timeout(
-                            Duration::from_secs(10),
-                            Box::pin(acceptor.tls_handshake(Buffered::new(stream))),
-                        )
-                        .await
-                        {
-                            Ok(Ok(s)) => Box::new(s),
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        }
+        let local = listener.local_addr().ok();
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| (e, local.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))))?;
+        Ok(tokio::spawn(async move {
+            let mut stop = shutdown.clone();
+            loop {
+                let accepted = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = stop.changed() => {
+                        if *stop.borrow() { break; }
+                        continue;
                     }
-                    None => match fast::serve(&shared, tcp, peer, &shutdown).await {
-                        fast::Served::Closed => return,
-                        fast::Served::Fallback(tcp, read) => {
-                            let mut stream = l4_stream(tcp, peer);
-                            stream.rewind(&read);
-                            Box::new(Buffered::new(stream))
-                        }
-                    },
                 };
-                Box::pin(pingora_loop(app, stream, shutdown)).await;
-            });
-        }
-        tracing::debug!(listener = ?local, "accept loop stopped");
-    })
+                let (tcp, peer) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(listener = ?local, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let guard = conns.enter(gauge.clone());
+                let app = app.clone();
+                let shared = shared.clone();
+                let tls = tls.clone();
+                let shutdown = shutdown.clone();
+                // Memory per idle connection (`bench/run idle`): the task holds only the fast
+                // path's small state while a plain connection waits; the TLS handshake, pingora's
+                // keep-alive loop and its request futures are boxed.
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let stream: Stream = match tls {
+                        Some(acceptor) => {
+                            let stream = l4_stream(tcp, peer);
+                            match tokio::time::timeout(
+                                Duration::from_secs(10),
+                                Box::pin(acceptor.tls_handshake(Buffered::new(stream))),
+                            )
+                            .await
+                            {
+                                Ok(Ok(s)) => Box::new(s),
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            }
+                        }
+                        None => match fast::serve(&shared, tcp, peer, &shutdown).await {
+                            fast::Served::Closed => return,
+                            fast::Served::Fallback(tcp, read) => {
+                                let mut stream = l4_stream(tcp, peer);
+                                stream.rewind(&read);
+                                Box::new(Buffered::new(stream))
+                            }
+                        },
+                    };
+                    Box::pin(pingora_loop(app, stream, shutdown)).await;
+                });
+            }
+            tracing::debug!(listener = ?local, "accept loop stopped");
+        }))
+    }
 }
 
 /// pingora's keep-alive loop for one connection: plain connections wait for their next request

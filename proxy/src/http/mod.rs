@@ -110,6 +110,11 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("starting HTTP worker {worker}: {source}")]
+    Worker {
+        worker: usize,
+        source: std::io::Error,
+    },
 }
 
 /// The running proxy.
@@ -251,6 +256,10 @@ impl HttpServer {
             for (i, accept) in loops.into_iter().enumerate() {
                 let worker = i + 1;
                 let mut finish = finish.clone();
+                let worker_err = |source| StartError::Worker { worker, source };
+                // The runtime is built on its thread, which says whether that worked, so that a
+                // failure stops start-up instead of leaving a worker out.
+                let (built, started) = tokio::sync::oneshot::channel();
                 let thread = std::thread::Builder::new()
                     .name(format!("http-worker-{worker}"))
                     .spawn(move || {
@@ -262,10 +271,11 @@ impl HttpServer {
                         {
                             Ok(rt) => rt,
                             Err(e) => {
-                                tracing::error!(worker, error = %e, "HTTP worker runtime");
+                                let _ = built.send(Err(e));
                                 return;
                             }
                         };
+                        let _ = built.send(Ok(()));
                         rt.block_on(async move {
                             for a in accept {
                                 if let Err((e, addr)) = a.spawn() {
@@ -277,12 +287,15 @@ impl HttpServer {
                             let _ = finish.wait_for(|f| *f).await;
                         });
                     })
-                    .map_err(|source| StartError::Bind {
-                        kind: "http",
-                        addr: server.addrs[0].1,
-                        source,
-                    })?;
+                    .map_err(worker_err)?;
                 server.workers.push(thread);
+                match started.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(worker_err(e)),
+                    Err(_) => {
+                        return Err(worker_err(std::io::Error::other("worker thread ended")));
+                    }
+                }
             }
         }
         if let Some((dir, resolver)) = tls_store {
