@@ -1682,6 +1682,55 @@ async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
         .unwrap_or(0.0);
     assert!(handed >= 10.0, "handed over {handed}");
 
+    // Connections held open stay even over the workers (`Spread`): the kernel's hash alone
+    // splits 40 connections further apart than 19/21 about two times in three. Each answers
+    // on whichever worker took it, on the fast path and through pingora.
+    let mut held = Vec::new();
+    for i in 0..40 {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        let req = if i % 4 == 0 {
+            format!("POST /k{i} HTTP/1.1\r\nHost: w.test\r\nContent-Length: 2\r\n\r\nhi")
+        } else {
+            format!("GET /k{i} HTTP/1.1\r\nHost: w.test\r\n\r\n")
+        };
+        s.write_all(req.as_bytes()).await.unwrap();
+        let want = format!("slow /k{i}\n");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).ends_with(&want) {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("held connection {i}: no answer\n{}", sb.log()))
+                .unwrap();
+            assert!(
+                n > 0,
+                "held connection {i} closed: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        held.push(s);
+    }
+    let per_worker = |w: u32| {
+        let sb = &sb;
+        async move {
+            sb.metric(&format!(
+                "switchboard_http_worker_connections{{worker=\"{w}\"}}"
+            ))
+            .await
+            .unwrap_or(0.0)
+        }
+    };
+    let (w1, w2) = (per_worker(1).await, per_worker(2).await);
+    assert!(w1 + w2 >= 40.0, "worker connections {w1} + {w2}");
+    assert!((w1 - w2).abs() <= 2.0, "uneven: {w1} and {w2}");
+    drop(held);
+
     // SIGTERM with a request in flight on a worker: it finishes, then the process exits 0.
     terminate_with_a_request_in_flight(sb, &c, &slow, proxy, "w.test").await;
 }

@@ -18,6 +18,8 @@ pub struct HttpMetrics {
     pub upstream_connections: IntCounterVec,
     pub upstream_pool: IntGaugeVec,
     pub fast_path: IntCounterVec,
+    pub worker_connections: IntGaugeVec,
+    pub worker_handoffs: IntCounterVec,
     pub route_index_build: Histogram,
 }
 
@@ -91,6 +93,20 @@ impl HttpMetrics {
                 ),
                 &["outcome"],
             )?,
+            worker_connections: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_http_worker_connections",
+                    "Open client connections by HTTP worker (--http-workers of 2 or more).",
+                ),
+                &["worker"],
+            )?,
+            worker_handoffs: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_http_worker_handoffs_total",
+                    "Accepted client connections a worker handed to the least busy worker to keep their counts even, by the worker that took them.",
+                ),
+                &["worker"],
+            )?,
             route_index_build: Histogram::with_opts(HistogramOpts::new(
                 "switchboard_http_route_index_build_seconds",
                 "Time to build the routing index after the HTTP rules changed.",
@@ -105,6 +121,8 @@ impl HttpMetrics {
         registry.register(Box::new(m.upstream_connections.clone()))?;
         registry.register(Box::new(m.upstream_pool.clone()))?;
         registry.register(Box::new(m.fast_path.clone()))?;
+        registry.register(Box::new(m.worker_connections.clone()))?;
+        registry.register(Box::new(m.worker_handoffs.clone()))?;
         registry.register(Box::new(m.route_index_build.clone()))?;
         Ok(m)
     }

@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 pub use balance::Algorithm;
 pub use health::OutlierConfig;
 
-use listener::{AcceptLoop, App, Connections};
+use listener::{AcceptLoop, App, Connections, ListenerCtx, Spread};
 use metrics::HttpMetrics;
 use service::{Ingress, Shared};
 
@@ -221,7 +221,14 @@ impl HttpServer {
             sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             Arc::new(Acceptor::from_server_config(Arc::new(sc)))
         });
-        // What one event loop serves: a socket of every listener.
+        // What one event loop serves: a socket of every listener; with several workers, also
+        // the connections the others hand over to keep their counts even.
+        let (spread, inboxes) = if config.workers > 1 {
+            let (spread, inboxes) = Spread::new(config.workers, &metrics);
+            (Some(spread), inboxes)
+        } else {
+            (None, vec![])
+        };
         let mut loops: Vec<Vec<AcceptLoop>> = (0..sockets).map(|_| Vec::new()).collect();
         for (kind, bound) in listeners {
             let (app, tls) = if kind == "https" {
@@ -229,20 +236,24 @@ impl HttpServer {
             } else {
                 (plain.clone(), None)
             };
-            let gauge = metrics.active_connections.with_label_values(&[kind]);
+            let ctx = Arc::new(ListenerCtx {
+                app,
+                shared: shared.clone(),
+                tls,
+                shutdown: shutdown_rx.clone(),
+                conns: server.conns.clone(),
+                gauge: metrics.active_connections.with_label_values(&[kind]),
+            });
             for (i, l) in bound.into_iter().enumerate() {
                 loops[i].push(AcceptLoop {
                     kind,
                     listener: l,
-                    app: app.clone(),
-                    shared: shared.clone(),
-                    tls: tls.clone(),
-                    shutdown: shutdown_rx.clone(),
-                    conns: server.conns.clone(),
-                    gauge: gauge.clone(),
+                    ctx: ctx.clone(),
+                    spread: spread.clone().map(|s| (i, s)),
                 });
             }
         }
+        let mut inboxes = inboxes.into_iter();
         if config.workers == 0 {
             for a in loops.into_iter().flatten() {
                 let kind = a.kind;
@@ -255,6 +266,8 @@ impl HttpServer {
             let finish = server.finish.subscribe();
             for (i, accept) in loops.into_iter().enumerate() {
                 let worker = i + 1;
+                let inbox = inboxes.next();
+                let stop = shutdown_rx.clone();
                 let mut finish = finish.clone();
                 let worker_err = |source| StartError::Worker { worker, source };
                 // The runtime is built on its thread, which says whether that worked, so that a
@@ -277,6 +290,9 @@ impl HttpServer {
                         };
                         let _ = built.send(Ok(()));
                         rt.block_on(async move {
+                            if let Some(inbox) = inbox {
+                                inbox.spawn(stop);
+                            }
                             for a in accept {
                                 if let Err((e, addr)) = a.spawn() {
                                     tracing::error!(worker, %addr, error = %e, "HTTP worker listener");
