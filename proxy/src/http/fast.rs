@@ -197,6 +197,22 @@ fn disturbed(conn: &TcpStream) -> bool {
     !matches!(conn.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
+/// One read that does not wait. Unlike `try_read_buf` it goes through tokio's `poll_read`,
+/// which marks the socket drained when a read comes back shorter than the room it was given
+/// (epoll is edge-triggered). After `try_read_buf` the socket stayed marked readable, so the
+/// wait for the next request on a keep-alive connection returned at once, and its read failed
+/// with EAGAIN: a third `recvfrom` per proxied request, beside the two that carry data.
+async fn read_now(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut read = std::pin::pin!(conn.read_buf(buf));
+    std::future::poll_fn(|cx| match std::future::Future::poll(read.as_mut(), cx) {
+        std::task::Poll::Pending => {
+            std::task::Poll::Ready(Err(std::io::ErrorKind::WouldBlock.into()))
+        }
+        ready => ready,
+    })
+    .await
+}
+
 impl FastPool {
     /// The most recently pooled live connection to `endpoint` (`now`: about the current time).
     fn take(&self, endpoint: SocketAddr, max_idle: Duration, now: Instant) -> Option<Lease<'_>> {
@@ -663,7 +679,7 @@ pub async fn serve(
             if buf.len() == buf.capacity() {
                 buf.reserve(4096);
             }
-            match client.try_read_buf(&mut buf) {
+            match read_now(&mut client, &mut buf).await {
                 Ok(0) => return Served::Closed,
                 Ok(_) => continue,
                 // `readable()` may wake with nothing to read (it does at once for a new
@@ -1442,6 +1458,45 @@ impl FastState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connected loopback pair: (our end, the peer's end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (l.accept().await.unwrap().0, peer)
+    }
+
+    async fn stays_quiet(conn: &TcpStream) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), conn.readable())
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn a_short_read_leaves_the_next_wait_asleep() {
+        let (mut ours, mut peer) = pair().await;
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        ours.readable().await.unwrap();
+        let mut buf = Vec::with_capacity(4096);
+        assert_eq!(read_now(&mut ours, &mut buf).await.unwrap(), 18);
+        assert!(
+            stays_quiet(&ours).await,
+            "the wait for the next request must sleep, not return to a read that fails"
+        );
+        // Nothing came: a read now does not wait either.
+        let e = read_now(&mut ours, &mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        // The next request wakes it.
+        peer.write_all(b"GET /2 HTTP/1.1\r\n\r\n").await.unwrap();
+        ours.readable().await.unwrap();
+        assert_eq!(read_now(&mut ours, &mut buf).await.unwrap(), 19);
+
+        // What it replaced: after `try_read_buf` the wait returns at once with nothing to read.
+        peer.write_all(b"x").await.unwrap();
+        ours.readable().await.unwrap();
+        assert_eq!(ours.try_read_buf(&mut buf).unwrap(), 1);
+        assert!(!stays_quiet(&ours).await);
+    }
 
     #[test]
     fn a_worker_is_saturated_only_after_running_without_a_break() {
