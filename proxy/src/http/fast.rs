@@ -142,8 +142,8 @@ impl Idle {
 
 #[derive(Default)]
 struct PoolInner {
-    /// By (event loop, endpoint): a socket is driven by the runtime it was registered on.
-    idle: HashMap<(usize, SocketAddr), Vec<Idle>>,
+    /// By endpoint.
+    idle: HashMap<SocketAddr, Vec<Idle>>,
     /// Connections a request holds now, by service label (the pool gauge).
     busy: HashMap<Arc<str>, usize>,
 }
@@ -152,14 +152,18 @@ struct PoolInner {
 /// pooled only after a complete response and a read that found nothing more on it, so one that
 /// shows readable (or closed) in the pool has been closed or written to by the endpoint and is
 /// dropped instead of reused.
-#[derive(Default)]
+///
+/// One shard per event loop (`worker()`: 0 for the process runtime, then each HTTP worker): a
+/// socket is driven by the runtime it was registered on, and a worker's requests then lock
+/// only its own shard. With one lock for all, the two workers of `--http-workers 2` took it
+/// twice per request each, and one preempted while holding it made the other sleep on it.
 pub struct FastPool {
-    inner: Mutex<PoolInner>,
+    shards: Vec<Mutex<PoolInner>>,
 }
 
 /// A connection a request holds; dropped (closed) unless given back with [`Lease::keep`].
 struct Lease<'p> {
-    pool: &'p FastPool,
+    shard: &'p Mutex<PoolInner>,
     conn: Option<TcpStream>,
     target: Target,
 }
@@ -172,9 +176,9 @@ impl Lease<'_> {
     /// Back to the pool, idle from now.
     fn keep(mut self) {
         let conn = self.conn.take().expect("held until kept or dropped");
-        let mut p = self.pool.inner.lock().unwrap();
+        let mut p = self.shard.lock().unwrap();
         dec_busy(&mut p.busy, &self.target.label);
-        let v = p.idle.entry((worker(), self.target.endpoint)).or_default();
+        let v = p.idle.entry(self.target.endpoint).or_default();
         if v.len() < POOL_PER_ENDPOINT {
             v.push(Idle {
                 conn,
@@ -188,10 +192,7 @@ impl Lease<'_> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if self.conn.is_some() {
-            dec_busy(
-                &mut self.pool.inner.lock().unwrap().busy,
-                &self.target.label,
-            );
+            dec_busy(&mut self.shard.lock().unwrap().busy, &self.target.label);
         }
     }
 }
@@ -230,17 +231,30 @@ async fn read_now(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<us
 }
 
 impl FastPool {
+    /// A pool for the process runtime and `workers` HTTP workers.
+    pub fn new(workers: usize) -> Self {
+        FastPool {
+            shards: (0..=workers).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// This event loop's shard.
+    fn shard(&self) -> &Mutex<PoolInner> {
+        &self.shards[worker() % self.shards.len()]
+    }
+
     /// The most recently pooled live connection to `endpoint` (`now`: about the current time).
     fn take(&self, endpoint: SocketAddr, max_idle: Duration, now: Instant) -> Option<Lease<'_>> {
-        let mut p = self.inner.lock().unwrap();
-        let v = p.idle.get_mut(&(worker(), endpoint))?;
+        let shard = self.shard();
+        let mut p = shard.lock().unwrap();
+        let v = p.idle.get_mut(&endpoint)?;
         while let Some(i) = v.pop() {
             if !i.usable(now, max_idle) {
                 continue;
             }
             *p.busy.entry(i.target.label.clone()).or_default() += 1;
             return Some(Lease {
-                pool: self,
+                shard,
                 conn: Some(i.conn),
                 target: i.target,
             });
@@ -249,15 +263,15 @@ impl FastPool {
     }
 
     fn lease(&self, conn: TcpStream, target: Target) -> Lease<'_> {
-        *self
-            .inner
+        let shard = self.shard();
+        *shard
             .lock()
             .unwrap()
             .busy
             .entry(target.label.clone())
             .or_default() += 1;
         Lease {
-            pool: self,
+            shard,
             conn: Some(conn),
             target,
         }
@@ -265,37 +279,43 @@ impl FastPool {
 
     /// Closes idle connections whose target `keep` rejects; returns how many.
     pub fn close_idle(&self, keep: impl Fn(&Target) -> bool) -> usize {
-        let mut p = self.inner.lock().unwrap();
         let mut closed = 0;
-        for v in p.idle.values_mut() {
-            v.retain(|i| {
-                let k = keep(&i.target);
-                closed += usize::from(!k);
-                k
-            });
+        for shard in &self.shards {
+            let mut p = shard.lock().unwrap();
+            for v in p.idle.values_mut() {
+                v.retain(|i| {
+                    let k = keep(&i.target);
+                    closed += usize::from(!k);
+                    k
+                });
+            }
+            p.idle.retain(|_, v| !v.is_empty());
         }
-        p.idle.retain(|_, v| !v.is_empty());
         closed
     }
 
     /// Closes idle connections older than `max_idle` or closed by their endpoint.
     pub fn expire(&self, max_idle: Duration) {
         let now = Instant::now();
-        let mut p = self.inner.lock().unwrap();
-        for v in p.idle.values_mut() {
-            v.retain(|i| i.usable(now, max_idle));
+        for shard in &self.shards {
+            let mut p = shard.lock().unwrap();
+            for v in p.idle.values_mut() {
+                v.retain(|i| i.usable(now, max_idle));
+            }
+            p.idle.retain(|_, v| !v.is_empty());
         }
-        p.idle.retain(|_, v| !v.is_empty());
     }
 
     /// Open connections by service label, added into `out`.
     pub fn count_into(&self, out: &mut HashMap<Arc<str>, PoolCounts>) {
-        let p = self.inner.lock().unwrap();
-        for i in p.idle.values().flatten() {
-            out.entry(i.target.label.clone()).or_default().idle += 1;
-        }
-        for (l, n) in &p.busy {
-            out.entry(l.clone()).or_default().busy += n;
+        for shard in &self.shards {
+            let p = shard.lock().unwrap();
+            for i in p.idle.values().flatten() {
+                out.entry(i.target.label.clone()).or_default().idle += 1;
+            }
+            for (l, n) in &p.busy {
+                out.entry(l.clone()).or_default().busy += n;
+            }
         }
     }
 }
@@ -1459,9 +1479,10 @@ pub struct FastState {
 }
 
 impl FastState {
-    pub fn new(m: &super::metrics::HttpMetrics) -> Self {
+    /// `workers`: the HTTP workers (`HttpConfig::workers`), one pool shard each.
+    pub fn new(m: &super::metrics::HttpMetrics, workers: usize) -> Self {
         FastState {
-            pool: FastPool::default(),
+            pool: FastPool::new(workers),
             series: SeriesCache::default(),
             proxied: m.fast_path.with_label_values(&["proxied"]),
             handed_over: m.fast_path.with_label_values(&["handed_over"]),

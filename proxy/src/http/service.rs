@@ -95,8 +95,8 @@ impl Shared {
         Shared {
             cell,
             balancers: Balancers::new(config.lb_algorithm.clone()),
+            fast: super::fast::FastState::new(&metrics, config.workers),
             config,
-            fast: super::fast::FastState::new(&metrics),
             metrics,
             budget: RetryBudget::default(),
             upstreams: UpstreamConns::default(),
