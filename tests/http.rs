@@ -1653,9 +1653,9 @@ async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
     for i in 0..30 {
         let mut s = TcpStream::connect(proxy).await.unwrap();
         let req = if i % 3 == 0 {
-            format!("POST /p{i} HTTP/1.1\r\nHost: w.test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+            w_request("POST", &format!("/p{i}"), "Connection: close\r\n")
         } else {
-            format!("GET /g{i} HTTP/1.1\r\nHost: w.test\r\nConnection: close\r\n\r\n")
+            w_request("GET", &format!("/g{i}"), "Connection: close\r\n")
         };
         s.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
@@ -1688,12 +1688,10 @@ async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
     let mut held = Vec::new();
     for i in 0..40 {
         let mut s = TcpStream::connect(proxy).await.unwrap();
-        let req = if i % 4 == 0 {
-            format!("POST /k{i} HTTP/1.1\r\nHost: w.test\r\nContent-Length: 2\r\n\r\nhi")
-        } else {
-            format!("GET /k{i} HTTP/1.1\r\nHost: w.test\r\n\r\n")
-        };
-        s.write_all(req.as_bytes()).await.unwrap();
+        let method = if i % 4 == 0 { "POST" } else { "GET" };
+        s.write_all(w_request(method, &format!("/k{i}"), "").as_bytes())
+            .await
+            .unwrap();
         let want = format!("slow /k{i}\n");
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
@@ -1735,7 +1733,18 @@ async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
     terminate_with_a_request_in_flight(sb, &c, &slow, proxy, "w.test").await;
 }
 
-/// Waits up to 5 s for `pred`, panicking with `what` and the log otherwise.
+/// A request to host `w.test`: a POST carries the body "hi" (so pingora takes it), a GET none
+/// (so the fast path does); `extra` are more header lines.
+fn w_request(method: &str, path: &str, extra: &str) -> String {
+    let body = if method == "POST" { "hi" } else { "" };
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    format!("{method} {path} HTTP/1.1\r\nHost: w.test\r\n{length}{extra}\r\n{body}")
+}
+
 /// The published snapshot's generation (`/debug/tables`).
 async fn generation(sb: &Switchboard) -> u64 {
     let body = sb.admin_get("/debug/tables").await.1;
@@ -1758,6 +1767,7 @@ async fn wait_generation_after(sb: &Switchboard, before: u64) {
     }
 }
 
+/// Waits up to 5 s for `pred`, panicking with `what` and the log otherwise.
 async fn eventually(sb: &Switchboard, what: &str, pred: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !pred() {
