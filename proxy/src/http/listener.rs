@@ -1,8 +1,9 @@
 //! Listeners: our own accept loops feeding pingora's HTTP server app.
 //!
 //! pingora's `Server` builds its own runtimes, binds its own sockets and cannot report a port-0
-//! address; so we bind with tokio, log the real address, accept in the process's runtime, and
-//! hand each connection to `HttpServerApp::process_new` of an `HttpProxy` built with
+//! address; so we bind with tokio, log the real address, accept on each HTTP worker's event loop
+//! (or the process's runtime with `--http-workers 0`), and serve each connection on the HTTP/1.1
+//! fast path or hand it to `HttpServerApp::process_new` of an `HttpProxy` built with
 //! `pingora::proxy::http_proxy` (the documented way to drive it from a custom accept loop).
 //! Plain listeners speak HTTP/1.1 and h2c (prior knowledge); TLS listeners negotiate h2 or
 //! http/1.1 by ALPN.
@@ -117,8 +118,9 @@ pub struct AcceptLoop {
 /// Keeps the workers' open client connections even (`--http-workers` of 2 or more).
 ///
 /// The kernel spreads new connections over the workers' SO_REUSEPORT sockets by a hash of the
-/// addresses: 64 connections land 25/39 as readily as 32/32, and a few long-lived ones (gRPC,
-/// WebSockets) may all land on one worker, leaving the others' cores unused for them. So a
+/// addresses: the bench's 64 connections were split 25/39 and 28/36 in two of four runs, and a
+/// few long-lived ones (gRPC, WebSockets) may all land on one worker, leaving the others' cores
+/// unused for them. So a
 /// worker that accepts a connection while it serves more than `SLACK` connections over the
 /// least busy worker hands it to that one, as Envoy's exact connection balancer does.
 /// Connections do not move once served.
