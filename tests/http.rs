@@ -1044,11 +1044,7 @@ async fn h2c_and_tls_with_two_sni_names() {
     // Two certificates, each trusted on its own by the client: the wrong one fails verification.
     let certs = tempfile::tempdir().unwrap();
     for name in ["a.test", "b.test"] {
-        let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-        let sub = certs.path().join(name);
-        std::fs::create_dir(&sub).unwrap();
-        std::fs::write(sub.join("tls.crt"), ck.cert.pem()).unwrap();
-        std::fs::write(sub.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+        cert_dir_entry(certs.path(), name);
     }
     let sb = start(
         d,
@@ -1731,6 +1727,112 @@ async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
 
     // SIGTERM with a request in flight on a worker: it finishes, then the process exits 0.
     terminate_with_a_request_in_flight(sb, &c, &slow, proxy, "w.test").await;
+}
+
+/// A self-signed certificate for `name`, written as `dir/NAME/tls.crt` and `tls.key` (the
+/// `--tls-cert-dir` layout).
+fn cert_dir_entry(dir: &Path, name: &str) -> rcgen::CertifiedKey<rcgen::KeyPair> {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let sub = dir.join(name);
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("tls.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(sub.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+    ck
+}
+
+/// TLS connections handed from one worker to the other finish their handshake and are served
+/// there: raw connections are opened and held until the `Spread` hands one over (the counter
+/// moves), and that very connection then speaks TLS.
+#[tokio::test]
+async fn tls_connections_handed_between_workers_are_served() {
+    use tokio_rustls::rustls;
+    let site = Backend::start("site").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "svc.yaml",
+        &service_yaml("default", "site", "10.96.7.3", &ready(&[&site])),
+    );
+    write(d, "ing.yaml", &simple_ingress("h.test", "site"));
+    let certs = tempfile::tempdir().unwrap();
+    let ck = cert_dir_entry(certs.path(), "h.test");
+    let sb = start(
+        d,
+        &[
+            "--http-workers",
+            "2",
+            "--https",
+            "127.0.0.1:0",
+            "--tls-cert-dir",
+            certs.path().to_str().unwrap(),
+        ],
+    );
+    wait_get(&sb, &client(), "h.test", "/", "served", |x| x.status == 200).await;
+    let https = sb.listener("https");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let sum = |series: &'static str| {
+        let sb = &sb;
+        async move {
+            let mut n = 0.0;
+            for w in 1..=2 {
+                n += sb
+                    .metric(&format!("{series}{{worker=\"{w}\"}}"))
+                    .await
+                    .unwrap_or(0.0);
+            }
+            n
+        }
+    };
+    let handoffs = || sum("switchboard_http_worker_handoffs_total");
+    let open = || sum("switchboard_http_worker_connections");
+
+    let (handed_before, open_before) = (handoffs().await, open().await);
+    let mut held = Vec::new();
+    let handed = loop {
+        assert!(
+            held.len() < 200,
+            "no hand-over in 200 connections\n{}",
+            sb.log()
+        );
+        let s = TcpStream::connect(https).await.unwrap();
+        // Accepting is asynchronous: wait until the new connection is counted somewhere.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while open().await < open_before + (held.len() + 1) as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "connection not counted\n{}",
+                sb.log()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if handoffs().await > handed_before {
+            break s;
+        }
+        held.push(s);
+    };
+    let name = rustls::pki_types::ServerName::try_from("h.test").unwrap();
+    let mut s = tls.connect(name, handed).await.expect("TLS handshake");
+    s.write_all(b"GET /handed HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .expect("answered in time")
+        .ok();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{}", sb.log());
+    assert!(out.ends_with("site /handed\n"), "{out}");
 }
 
 /// A request to host `w.test`: a POST carries the body "hi" (so pingora takes it), a GET none
