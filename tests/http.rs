@@ -1710,17 +1710,7 @@ async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
         );
         held.push(s);
     }
-    let per_worker = |w: u32| {
-        let sb = &sb;
-        async move {
-            sb.metric(&format!(
-                "switchboard_http_worker_connections{{worker=\"{w}\"}}"
-            ))
-            .await
-            .unwrap_or(0.0)
-        }
-    };
-    let (w1, w2) = (per_worker(1).await, per_worker(2).await);
+    let [w1, w2] = per_worker(&sb, "switchboard_http_worker_connections").await;
     assert!(w1 + w2 >= 40.0, "worker connections {w1} + {w2}");
     assert!((w1 - w2).abs() <= 2.0, "uneven: {w1} and {w2}");
     drop(held);
@@ -1781,19 +1771,8 @@ async fn tls_connections_handed_between_workers_are_served() {
     .with_root_certificates(roots)
     .with_no_client_auth();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let sum = |series: &'static str| {
-        let sb = &sb;
-        async move {
-            let mut n = 0.0;
-            for w in 1..=2 {
-                n += sb
-                    .metric(&format!("{series}{{worker=\"{w}\"}}"))
-                    .await
-                    .unwrap_or(0.0);
-            }
-            n
-        }
-    };
+    let sb_ref = &sb;
+    let sum = |series| async move { per_worker(sb_ref, series).await.iter().sum::<f64>() };
     let handoffs = || sum("switchboard_http_worker_handoffs_total");
     let open = || sum("switchboard_http_worker_connections");
 
@@ -1833,6 +1812,17 @@ async fn tls_connections_handed_between_workers_are_served() {
         .ok();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}\n{}", sb.log());
     assert!(out.ends_with("site /handed\n"), "{out}");
+}
+
+/// A per-worker series of a switchboard run with `--http-workers 2`: worker 1's and worker 2's
+/// values (0 where not exported yet).
+async fn per_worker(sb: &Switchboard, series: &str) -> [f64; 2] {
+    let mut v = [0.0; 2];
+    for (w, x) in v.iter_mut().enumerate() {
+        let name = format!("{series}{{worker=\"{}\"}}", w + 1);
+        *x = sb.metric(&name).await.unwrap_or(0.0);
+    }
+    v
 }
 
 /// A request to host `w.test`: a POST carries the body "hi" (so pingora takes it), a GET none
