@@ -84,13 +84,18 @@ pub fn worker_unparked() {
 ///
 /// Why: on cores shared with load and backends, sending each request upstream the moment it
 /// is read woke the backend for about 2.6 requests at a time, ~20k wake-ups (and IPIs) a
-/// second, against ~2k behind nginx. Yielding first lets the worker finish what its last
-/// `epoll_wait` returned (`requeue`), so requests reach a backend together. That took one worker from
-/// 46–53k to 59–73k requests/s on 2 shared cores (`proxy/src/http/STATUS.md`). When the
-/// worker has spare CPU (it parks between events) there is nothing to batch, and the yield
-/// would only add a little latency per request, so it is skipped. Without the hook installed this is always false.
+/// second, against ~2k behind nginx. Requeueing first (`requeue`) lets the worker finish what
+/// its last `epoll_wait` returned, so requests reach a backend together. That took one worker
+/// from 46–53k to 59–73k requests/s on 2 shared cores (`proxy/src/http/STATUS.md`). When the
+/// worker has spare CPU (it parks between events) there is nothing to batch, and the requeue
+/// would only add a little latency per request, so it is skipped. Without the hook installed
+/// this is always false.
 fn worker_saturated() -> bool {
     saturated(UNPARKED.with(|u| u.get()), Instant::now())
+}
+
+fn saturated(unparked: Option<Instant>, now: Instant) -> bool {
+    unparked.is_some_and(|t| now.saturating_duration_since(t) >= SATURATED_AFTER)
 }
 
 /// Goes to the back of the event loop's run queue once: the tasks already woken run first.
@@ -108,10 +113,6 @@ async fn requeue() {
         std::task::Poll::Pending
     })
     .await
-}
-
-fn saturated(unparked: Option<Instant>, now: Instant) -> bool {
-    unparked.is_some_and(|t| now.saturating_duration_since(t) >= SATURATED_AFTER)
 }
 
 /// How a connection left the fast path.

@@ -75,7 +75,8 @@ pub struct HttpConfig {
     pub grace_period: Duration,
     /// Threads that serve the listeners, each with its own event loop (a current-thread tokio
     /// runtime) and its own SO_REUSEPORT socket per listener, as nginx's worker processes; the
-    /// kernel spreads new connections over them. 0: serve on the caller's runtime.
+    /// kernel spreads new connections over them and `listener::Spread` keeps their counts
+    /// even. 0: serve on the caller's runtime.
     pub workers: usize,
 }
 
