@@ -122,11 +122,12 @@ impl Switchboard {
         }
     }
 
-    /// The first address logged for listener `name` (e.g. `dns/udp`).
+    /// The process id of the running switchboard.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// The first address logged for listener `name` (e.g. `dns/udp`).
     pub fn listener(&self, name: &str) -> SocketAddr {
         self.listeners
             .get(name)
