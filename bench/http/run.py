@@ -188,12 +188,13 @@ def start(target, wd, bport, workers, help_text):
         if "--http" not in help_text:
             raise LookupError("not yet implemented (no --http flag)")
         man = switchboard_manifests(wd, bport)
+        has_workers = "--http-workers" in help_text
         proc, ls = B.start_switchboard(
             ["--manifests", man, "--http", "127.0.0.1:0", "--log", "warn,switchboard=info,proxy=info",
              *(["--lb-algorithm", "round-robin"] if "--lb-algorithm" in help_text else []),
-             *(["--http-workers", str(workers)] if "--http-workers" in help_text else [])],
+             *(["--http-workers", str(workers)] if has_workers else [])],
             name=f"switchboard-http-{workers}",
-            env={"TOKIO_WORKER_THREADS": "1" if "--http-workers" in help_text else str(workers)},
+            env={"TOKIO_WORKER_THREADS": "1" if has_workers else str(workers)},
             logdir=wd)
         if "http" not in ls:
             proc.stop()
