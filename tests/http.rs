@@ -2279,3 +2279,186 @@ async fn fast_path_framings_pipelining_stale_connections_and_handover() {
         .sum();
     assert!(served >= 60.0, "{served} requests counted\n{metrics}");
 }
+
+/// A backend that keeps connections alive but does not handle pipelining: when one read brings
+/// more than one request, it answers the first and closes the connection. `saw` is set then.
+async fn unpipelined_backend(saw: Arc<AtomicBool>) -> SocketAddr {
+    raw_backend(move |mut s, _| {
+        let saw = saw.clone();
+        async move {
+            let mut buf = vec![0u8; 16384];
+            loop {
+                let n = match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = got.split_whitespace().nth(1).unwrap_or("").to_string();
+                let text = format!("unpiped {path}");
+                let r = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                    text.len()
+                );
+                if s.write_all(r.as_bytes()).await.is_err() {
+                    return;
+                }
+                if got.matches("\r\n\r\n").count() > 1 {
+                    saw.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// A Service manifest with `switchboard.dev/upstream-pipelining: VALUE`.
+fn pipelined_service(name: &str, ip: &str, endpoint: SocketAddr, value: &str) -> String {
+    service_yaml("default", name, ip, &[(endpoint, Cond::Ready)]).replacen(
+        &format!("metadata: {{name: {name}, namespace: default}}"),
+        &format!(
+            "metadata: {{name: {name}, namespace: default, annotations: \
+             {{switchboard.dev/upstream-pipelining: \"{value}\"}}}}"
+        ),
+        1,
+    )
+}
+
+/// Rounds of one request on each of `conns` keep-alive connections, written back to back so
+/// that the proxy's workers read several in one pass, until `pipelined` requests have been
+/// counted past `before` and at least `min_rounds` are done (at most 200 rounds). Each answer
+/// must be the one `expect` describes for its connection and round; returns the requests sent.
+async fn pipelining_rounds(
+    sb: &Switchboard,
+    host: &str,
+    conns: usize,
+    min_rounds: usize,
+    request: impl Fn(usize, usize) -> String,
+    expect: impl Fn(usize, usize, &str) -> bool,
+    done: impl Fn(usize, usize, &str) -> bool,
+) -> usize {
+    let series = "switchboard_http_fast_path_total{outcome=\"pipelined\"}";
+    let before = sb.metric(series).await.unwrap_or(0.0);
+    let proxy = sb.listener("http");
+    let mut socks = Vec::new();
+    for _ in 0..conns {
+        socks.push(TcpStream::connect(proxy).await.unwrap());
+    }
+    let mut sent = 0;
+    for round in 0..200 {
+        for (i, s) in socks.iter_mut().enumerate() {
+            let r = request(i, round).replace("HOST", host);
+            s.write_all(r.as_bytes()).await.unwrap();
+            sent += 1;
+        }
+        for (i, s) in socks.iter_mut().enumerate() {
+            let out = read_until(s, |t| done(i, round, t)).await;
+            assert!(
+                expect(i, round, &out),
+                "connection {i}, round {round}: {out:?}\n--- log:\n{}",
+                sb.log()
+            );
+        }
+        let now = sb.metric(series).await.unwrap_or(0.0);
+        if round + 1 >= min_rounds && now > before {
+            return sent;
+        }
+    }
+    panic!("no request was pipelined in 200 rounds of {conns}");
+}
+
+/// With `switchboard.dev/upstream-pipelining`, GET and HEAD requests read in one pass go to an
+/// endpoint in one write on one pooled connection, and each client still gets its own answer
+/// in every framing (length, chunked, none, 103 before the answer); an endpoint that drops
+/// what came after the first request costs retries, never an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_pipelining_answers_each_client_and_survives_an_endpoint_without_it() {
+    let good = scripted_backend().await;
+    let saw = Arc::new(AtomicBool::new(false));
+    let bad = unpipelined_backend(saw.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "raw.yaml",
+        &pipelined_service("raw", "10.96.9.5", good, "true"),
+    );
+    write(
+        d,
+        "bad.yaml",
+        &pipelined_service("bad", "10.96.9.6", bad, "4"),
+    );
+    write(d, "ing-raw.yaml", &simple_ingress("pipe.test", "raw"));
+    write(d, "ing-bad.yaml", &simple_ingress("bad.test", "bad"));
+    let sb = start(d, &["--http-workers", "2"]);
+    let c = client();
+    wait_get(&sb, &c, "pipe.test", "/", "served", |a| a.status == 200).await;
+    wait_get(&sb, &c, "bad.test", "/", "served", |a| a.status == 200).await;
+
+    // Five kinds of request, by connection: each answer is whole and is its own.
+    let request = |i: usize, r: usize| match i % 5 {
+        0 => format!("GET /x?c={i}&r={r} HTTP/1.1\r\nHost: HOST\r\n\r\n"),
+        1 => format!("HEAD /h?c={i}&r={r} HTTP/1.1\r\nHost: HOST\r\n\r\n"),
+        2 => "GET /chunked HTTP/1.1\r\nHost: HOST\r\n\r\n".to_string(),
+        3 => "GET /nocontent HTTP/1.1\r\nHost: HOST\r\n\r\n".to_string(),
+        _ => "GET /hint HTTP/1.1\r\nHost: HOST\r\n\r\n".to_string(),
+    };
+    let done = |i: usize, r: usize, t: &str| match i % 5 {
+        0 => t.contains(&format!("GET /x?c={i}&r={r} body=0")),
+        1 | 3 => t.ends_with("\r\n\r\n"),
+        2 => t.contains(" world\r\n0\r\n") && t.ends_with("\r\n\r\n"),
+        _ => t.ends_with("\r\n\r\nok"),
+    };
+    let expect = |i: usize, r: usize, t: &str| {
+        let one = |status: &str| t.starts_with(status) && t.matches("HTTP/1.1 ").count() == 1;
+        match i % 5 {
+            0 => {
+                one("HTTP/1.1 200 OK")
+                    && t.contains(&format!("\r\n\r\nGET /x?c={i}&r={r} body=0 conn="))
+            }
+            // The length a GET would get, and no body.
+            1 => {
+                let want = format!("HEAD /h?c={i}&r={r} body=0").len();
+                one("HTTP/1.1 200 OK")
+                    && t.to_ascii_lowercase().contains("content-length: ")
+                    && t.ends_with("\r\n\r\n")
+                    && t.len() > want
+                    && !t.contains("HEAD /h")
+            }
+            2 => one("HTTP/1.1 200 OK") && t.ends_with("0\r\nx-trailer: t\r\n\r\n"),
+            3 => one("HTTP/1.1 204"),
+            _ => {
+                t.starts_with("HTTP/1.1 103")
+                    && t.matches("HTTP/1.1 ").count() == 2
+                    && t.ends_with("\r\n\r\nok")
+            }
+        }
+    };
+    pipelining_rounds(&sb, "pipe.test", 20, 20, request, expect, done).await;
+
+    // The endpoint that cannot take it: it answers the first request of a write and closes,
+    // and the requests behind it are sent again.
+    let simple = |i: usize, r: usize| format!("GET /y?c={i}&r={r} HTTP/1.1\r\nHost: HOST\r\n\r\n");
+    let answered = |i: usize, r: usize, t: &str| t.ends_with(&format!("unpiped /y?c={i}&r={r}"));
+    let exact = |i: usize, r: usize, t: &str| {
+        t.starts_with("HTTP/1.1 200 OK") && t.matches("HTTP/1.1 ").count() == 1 && answered(i, r, t)
+    };
+    for _ in 0..20 {
+        pipelining_rounds(&sb, "bad.test", 20, 1, simple, exact, answered).await;
+        if saw.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    assert!(
+        saw.load(Ordering::SeqCst),
+        "no pipelined write reached the endpoint"
+    );
+    let retried = sb
+        .metric("switchboard_http_retries_total{reason=\"pipeline\",service=\"default/bad:80\"}")
+        .await
+        .unwrap_or(0.0)
+        + sb.metric("switchboard_http_retries_total{reason=\"reset\",service=\"default/bad:80\"}")
+            .await
+            .unwrap_or(0.0);
+    assert!(retried > 0.0, "{}", sb.admin_get("/metrics").await.1);
+}

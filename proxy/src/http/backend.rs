@@ -13,6 +13,30 @@ use super::health::{EndpointState, HealthRegistry, OutlierConfig};
 /// The per-Service annotation that chooses the balancing algorithm (see `balance::Algorithm`).
 pub const LB_ANNOTATION: &str = "switchboard.dev/lb-algorithm";
 
+/// The per-Service annotation that lets the fast path pipeline GET and HEAD requests to its
+/// endpoints (HTTP/1.1 pipelining, RFC 9112 9.3.2): `"true"` (up to `PIPELINE_DEPTH` requests
+/// in one write), a number of requests from 2 to 64, or `"false"`. See `fast::Batch`.
+pub const PIPELINING_ANNOTATION: &str = "switchboard.dev/upstream-pipelining";
+
+/// Requests one upstream write may carry for `switchboard.dev/upstream-pipelining: "true"`.
+pub const PIPELINE_DEPTH: usize = 8;
+
+/// The pipelining depth an annotation value asks for: 0 (off) unless `true` or 2–64.
+pub fn pipelining_depth(value: &str) -> Option<usize> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("true") {
+        return Some(PIPELINE_DEPTH);
+    }
+    if v.eq_ignore_ascii_case("false") {
+        return Some(0);
+    }
+    match v.parse::<usize>() {
+        Ok(n) if (2..=64).contains(&n) => Some(n),
+        Ok(0 | 1) => Some(0),
+        _ => None,
+    }
+}
+
 /// The usable endpoints of one service port with their balancer.
 pub struct PortBalancer {
     /// `ns/name:port`, the `service` label of metrics and the log.
@@ -24,6 +48,9 @@ pub struct PortBalancer {
     /// The service port's `appProtocol` asks for HTTP/2 without TLS (`kubernetes.io/h2c`, or
     /// `h2c`/`grpc`): endpoints are spoken to with HTTP/2 prior knowledge (gRPC backends).
     pub h2c: bool,
+    /// Most requests one pipelined write to an endpoint may carry (`PIPELINING_ANNOTATION`);
+    /// 0: no pipelining.
+    pub pipelining: usize,
     pub endpoints: Vec<Arc<EndpointState>>,
     pub selector: Selector,
     /// The table's endpoint list this was built from (pointer identity = unchanged).
@@ -148,9 +175,21 @@ impl Balancers {
             .find(|p| p.port == port.port && p.protocol == Protocol::Tcp)
             .and_then(|p| p.app_protocol.as_deref())
             .is_some_and(is_h2c_app_protocol);
+        let pipelining = svc
+            .service
+            .annotations
+            .get(PIPELINING_ANNOTATION)
+            .and_then(|v| {
+                pipelining_depth(v).or_else(|| {
+                    tracing::debug!(service = %backend.service, value = %v, "ignoring annotation {PIPELINING_ANNOTATION}");
+                    None
+                })
+            })
+            .unwrap_or(0);
         let key = (backend.service.clone(), port.port, algorithm.clone());
         if let Some(b) = self.map.read().unwrap().get(&key) {
-            if Arc::ptr_eq(&b.source, &port.endpoints) && b.h2c == h2c {
+            if Arc::ptr_eq(&b.source, &port.endpoints) && b.h2c == h2c && b.pipelining == pipelining
+            {
                 return non_empty(b.clone(), &backend.service, port.port);
             }
         }
@@ -165,6 +204,7 @@ impl Balancers {
             selector: Selector::build(&algorithm, &endpoints),
             algorithm,
             h2c,
+            pipelining,
             endpoints,
             source: port.endpoints.clone(),
         });
@@ -273,6 +313,17 @@ mod tests {
             port,
             weight: 1,
         }
+    }
+
+    #[test]
+    fn pipelining_annotation_values() {
+        assert_eq!(pipelining_depth("true"), Some(PIPELINE_DEPTH));
+        assert_eq!(pipelining_depth(" True "), Some(PIPELINE_DEPTH));
+        assert_eq!(pipelining_depth("false"), Some(0));
+        assert_eq!(pipelining_depth("16"), Some(16));
+        assert_eq!(pipelining_depth("1"), Some(0));
+        assert_eq!(pipelining_depth("65"), None);
+        assert_eq!(pipelining_depth("yes"), None);
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! Responses are passed through with their framing (Content-Length, chunked, or
 //! close-delimited, which closes the client connection after it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, IntCounter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::backend::PortBalancer;
 use super::filters;
@@ -159,17 +159,17 @@ struct PoolInner {
 /// only its own shard. With one lock for all, the two workers of `--http-workers 2` took it
 /// twice per request each, and one preempted while holding it made the other sleep on it.
 pub struct FastPool {
-    shards: Vec<Mutex<PoolInner>>,
+    shards: Vec<Arc<Mutex<PoolInner>>>,
 }
 
 /// A connection a request holds; dropped (closed) unless given back with [`Lease::keep`].
-struct Lease<'p> {
-    shard: &'p Mutex<PoolInner>,
+struct Lease {
+    shard: Arc<Mutex<PoolInner>>,
     conn: Option<TcpStream>,
     target: Target,
 }
 
-impl Lease<'_> {
+impl Lease {
     fn conn(&mut self) -> &mut TcpStream {
         self.conn.as_mut().expect("held until kept or dropped")
     }
@@ -190,7 +190,7 @@ impl Lease<'_> {
     }
 }
 
-impl Drop for Lease<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
         if self.conn.is_some() {
             dec_busy(&mut self.shard.lock().unwrap().busy, &self.target.label);
@@ -231,21 +231,120 @@ async fn read_now(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<us
     .await
 }
 
+// ---------------------------------------------------------------------------------------------
+// Upstream pipelining (Services annotated `switchboard.dev/upstream-pipelining: "true"`)
+// ---------------------------------------------------------------------------------------------
+
+/// Requests that go upstream behind a leader's on its pooled connection, gathered while the
+/// leader waits for the rest of its event-loop pass (`requeue`), then written with the
+/// leader's head in one send. Each response is read, in order, by its own request's task: the
+/// connection goes down the line as a [`Relay`].
+#[derive(Default)]
+struct Batch {
+    heads: Vec<u8>,
+    followers: VecDeque<oneshot::Sender<Relay>>,
+}
+
+/// A pipelined connection handed to the next request once the response before its own has
+/// been read: with the bytes read past that response and the requests after it. Dropping it
+/// closes the connection, and the requests after it (their senders dropped) send again.
+struct Relay {
+    lease: Lease,
+    buf: Vec<u8>,
+    rest: VecDeque<oneshot::Sender<Relay>>,
+}
+
+thread_local! {
+    /// The batches open on this thread, by endpoint. Only HTTP workers batch (`worker() > 0`):
+    /// each runs one current-thread runtime, so a leader resumes on the thread it opened on.
+    static BATCHES: std::cell::RefCell<Vec<(SocketAddr, Batch)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A batch a leader holds open; dropped unclosed (the leader's task went away), it takes the
+/// batch with it and the followers send again.
+struct OpenBatch(SocketAddr);
+
+impl OpenBatch {
+    /// Opens the batch for `endpoint`, unless one is open already.
+    fn open(endpoint: SocketAddr) -> Option<OpenBatch> {
+        BATCHES.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.iter().any(|(e, _)| *e == endpoint) {
+                return None;
+            }
+            b.push((endpoint, Batch::default()));
+            Some(OpenBatch(endpoint))
+        })
+    }
+
+    /// Closes it: the requests that joined.
+    fn close(self) -> Batch {
+        let batch = take_batch(self.0);
+        std::mem::forget(self);
+        batch
+    }
+}
+
+impl Drop for OpenBatch {
+    fn drop(&mut self) {
+        drop(take_batch(self.0));
+    }
+}
+
+fn take_batch(endpoint: SocketAddr) -> Batch {
+    BATCHES.with(|b| {
+        let mut b = b.borrow_mut();
+        match b.iter().position(|(e, _)| *e == endpoint) {
+            Some(i) => b.swap_remove(i).1,
+            None => Batch::default(),
+        }
+    })
+}
+
+/// Joins the batch open for `endpoint` if it holds fewer than `depth` requests: the connection
+/// comes on the receiver.
+fn join_batch(endpoint: SocketAddr, depth: usize, head: &[u8]) -> Option<oneshot::Receiver<Relay>> {
+    BATCHES.with(|b| {
+        let mut b = b.borrow_mut();
+        let (_, batch) = b.iter_mut().find(|(e, _)| *e == endpoint)?;
+        if batch.followers.len() + 1 >= depth {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        batch.heads.extend_from_slice(head);
+        batch.followers.push_back(tx);
+        Some(rx)
+    })
+}
+
+/// Passes the connection to the next pipelined request (if there is one and it still waits);
+/// otherwise the connection and the rest of the line are dropped.
+fn relay(lease: Lease, buf: Vec<u8>, mut followers: VecDeque<oneshot::Sender<Relay>>) {
+    if let Some(next) = followers.pop_front() {
+        let _ = next.send(Relay {
+            lease,
+            buf,
+            rest: followers,
+        });
+    }
+}
+
 impl FastPool {
     /// A pool for the process runtime and `workers` HTTP workers.
     pub fn new(workers: usize) -> Self {
         FastPool {
-            shards: (0..=workers).map(|_| Mutex::default()).collect(),
+            shards: (0..=workers).map(|_| Arc::default()).collect(),
         }
     }
 
     /// This event loop's shard.
-    fn shard(&self) -> &Mutex<PoolInner> {
+    fn shard(&self) -> &Arc<Mutex<PoolInner>> {
         &self.shards[worker() % self.shards.len()]
     }
 
     /// The most recently pooled live connection to `endpoint` (`now`: about the current time).
-    fn take(&self, endpoint: SocketAddr, max_idle: Duration, now: Instant) -> Option<Lease<'_>> {
+    fn take(&self, endpoint: SocketAddr, max_idle: Duration, now: Instant) -> Option<Lease> {
         let shard = self.shard();
         let mut p = shard.lock().unwrap();
         let v = p.idle.get_mut(&endpoint)?;
@@ -254,8 +353,9 @@ impl FastPool {
                 continue;
             }
             *p.busy.entry(i.target.label.clone()).or_default() += 1;
+            drop(p);
             return Some(Lease {
-                shard,
+                shard: shard.clone(),
                 conn: Some(i.conn),
                 target: i.target,
             });
@@ -263,7 +363,7 @@ impl FastPool {
         None
     }
 
-    fn lease(&self, conn: TcpStream, target: Target) -> Lease<'_> {
+    fn lease(&self, conn: TcpStream, target: Target) -> Lease {
         let shard = self.shard();
         *shard
             .lock()
@@ -272,7 +372,7 @@ impl FastPool {
             .entry(target.label.clone())
             .or_default() += 1;
         Lease {
-            shard,
+            shard: shard.clone(),
             conn: Some(conn),
             target,
         }
@@ -1111,6 +1211,8 @@ async fn attempts(
     let mut tried: Vec<usize> = Vec::new();
     // After one stale pooled connection, the next attempt opens a fresh one.
     let mut fresh_only = false;
+    // After a pipelined connection failed ahead of this request, it is sent on its own.
+    let mut unpipelined = false;
     let can_try_another = |tried: &[usize], retries: u32| {
         tried.len() < b.endpoints.len() && retries < cfg.max_retries
     };
@@ -1146,53 +1248,126 @@ async fn attempts(
             per_read: cfg.upstream_read_timeout,
         };
 
-        let pooled = if fresh_only {
-            None
+        // A request that may go upstream behind another on one connection: an idempotent
+        // bodyless request to a Service that allows it, on an HTTP worker's event loop.
+        let pipelinable = b.pipelining > 1
+            && worker() > 0
+            && !fresh_only
+            && !unpipelined
+            && out.retries == 0
+            && matches!(p.method, http::Method::GET | http::Method::HEAD);
+        let mut ubuf: Vec<u8> = Vec::new();
+        let mut followers = VecDeque::new();
+        let joined = if pipelinable {
+            join_batch(state.addr, b.pipelining, &p.upstream_head)
         } else {
-            shared
-                .fast
-                .pool
-                .take(state.addr, cfg.upstream_idle_timeout, attempt_start)
+            None
         };
-        let reused = pooled.is_some();
-        let mut lease = match pooled {
-            Some(l) => l,
-            None => match connect(shared, b, &state, &limits).await {
-                Ok(l) => l,
-                Err(f) => {
-                    shared
-                        .metrics
-                        .connect_errors
-                        .with_label_values(&[&*b.label])
-                        .inc();
-                    record_failure(shared, b, &state);
-                    if can_try_another(&tried, out.retries) {
-                        out.retries += 1;
-                        count_retry(shared, b, "connect");
+        let relayed = match joined {
+            Some(rx) => {
+                let wait = async { rx.await.map_err(|_| Failure::Io("PipelineBroken")) };
+                let per_read = limits.per_read.map(|t| tokio::time::Instant::now() + t);
+                match until(
+                    limits.deadline,
+                    "ReadTimedout",
+                    until(per_read, "ReadTimedout", wait),
+                )
+                .await
+                {
+                    Ok(r) => Some(r),
+                    Err(Failure::Timeout(what)) => {
+                        out.error = Some(what);
+                        return local_error(client, p, out, 504, what).await;
+                    }
+                    Err(_) => {
+                        // The connection ahead failed before this request's answer: send it
+                        // again on a connection of its own (it is idempotent).
+                        unpipelined = true;
+                        tried.pop();
+                        count_retry(shared, b, "pipeline");
                         continue;
                     }
-                    out.error = Some(f.what());
-                    return local_error(client, p, out, f.code(), f.what()).await;
                 }
-            },
-        };
-        if reused {
-            shared.fast.reused_conn.inc();
-        } else {
-            shared.fast.new_conn.inc();
-        }
-
-        // Send the request and read the response head.
-        let mut ubuf: Vec<u8> = Vec::with_capacity(8192);
-        let head = async {
-            if worker_saturated() {
-                // Let the worker finish the events it already has before this request goes
-                // upstream: the requests read in one pass then reach a backend together and
-                // it answers them in one wake-up, instead of one wake-up (and, on another
-                // core, one IPI) each. See `worker_saturated`.
-                requeue().await;
             }
-            limits.write(lease.conn(), &p.upstream_head).await?;
+            None => None,
+        };
+        let sent = relayed.is_some();
+        let mut reused = sent;
+        let mut lease = match relayed {
+            Some(r) => {
+                shared.fast.pipelined.inc();
+                ubuf = r.buf;
+                followers = r.rest;
+                r.lease
+            }
+            None => {
+                let pooled = if fresh_only {
+                    None
+                } else {
+                    shared
+                        .fast
+                        .pool
+                        .take(state.addr, cfg.upstream_idle_timeout, attempt_start)
+                };
+                reused = pooled.is_some();
+                if reused {
+                    shared.fast.reused_conn.inc();
+                } else {
+                    shared.fast.new_conn.inc();
+                }
+                match pooled {
+                    Some(l) => l,
+                    None => match connect(shared, b, &state, &limits).await {
+                        Ok(l) => l,
+                        Err(f) => {
+                            shared
+                                .metrics
+                                .connect_errors
+                                .with_label_values(&[&*b.label])
+                                .inc();
+                            record_failure(shared, b, &state);
+                            if can_try_another(&tried, out.retries) {
+                                out.retries += 1;
+                                count_retry(shared, b, "connect");
+                                continue;
+                            }
+                            out.error = Some(f.what());
+                            return local_error(client, p, out, f.code(), f.what()).await;
+                        }
+                    },
+                }
+            }
+        };
+
+        // Send the request (unless it went in a batch) and read the response head.
+        if ubuf.capacity() < 8192 {
+            ubuf.reserve(8192 - ubuf.len());
+        }
+        let head = async {
+            if !sent {
+                // Requests that join this one's batch while it waits (a pooled connection only:
+                // one known to keep alive).
+                let batch = (pipelinable && reused)
+                    .then(|| OpenBatch::open(state.addr))
+                    .flatten();
+                if batch.is_some() || worker_saturated() {
+                    // Let the worker finish the events it already has before this request goes
+                    // upstream: the requests read in one pass then reach a backend together
+                    // and it answers them in one wake-up, instead of one wake-up (and, on
+                    // another core, one IPI) each. See `worker_saturated`.
+                    requeue().await;
+                }
+                match batch.map(OpenBatch::close) {
+                    Some(batch) if !batch.followers.is_empty() => {
+                        let mut w = Vec::with_capacity(p.upstream_head.len() + batch.heads.len());
+                        w.extend_from_slice(&p.upstream_head);
+                        w.extend_from_slice(&batch.heads);
+                        followers = batch.followers;
+                        limits.write(lease.conn(), &w).await?;
+                    }
+                    _ => limits.write(lease.conn(), &p.upstream_head).await?,
+                }
+            }
             loop {
                 if !ubuf.is_empty() {
                     if let Some(h) = parse_head(&ubuf, head_only, &p.request_id)? {
@@ -1223,6 +1398,7 @@ async fn attempts(
             Ok(h) => h,
             Err(f) => {
                 drop(lease);
+                drop(followers);
                 let stale = reused && ubuf.is_empty() && matches!(f, Failure::Io(_));
                 if matches!(f, Failure::Timeout(_)) {
                     out.error = Some(f.what());
@@ -1268,16 +1444,21 @@ async fn attempts(
             state.record_success();
         }
         out.code = head.code;
-        return respond(shared, client, p, shutdown, head, lease, ubuf, &limits, out).await;
+        let upstream = Upstream {
+            lease,
+            buf: ubuf,
+            followers,
+        };
+        return respond(shared, client, p, shutdown, head, upstream, &limits, out).await;
     }
 }
 
-async fn connect<'s>(
-    shared: &'s Shared,
+async fn connect(
+    shared: &Shared,
     b: &PortBalancer,
     state: &EndpointState,
     limits: &Limits,
-) -> Result<Lease<'s>, Failure> {
+) -> Result<Lease, Failure> {
     let connect = async {
         TcpStream::connect(state.addr).await.map_err(|e| {
             Failure::Io(match e.kind() {
@@ -1297,6 +1478,14 @@ async fn connect<'s>(
     Ok(shared.fast.pool.lease(conn, b.target(state.addr)))
 }
 
+/// The upstream side of a response: its connection, what was read from it so far, and the
+/// pipelined requests waiting behind it there.
+struct Upstream {
+    lease: Lease,
+    buf: Vec<u8>,
+    followers: VecDeque<oneshot::Sender<Relay>>,
+}
+
 /// Passes the response on. Returns whether the client connection stays open.
 #[allow(clippy::too_many_arguments)]
 async fn respond(
@@ -1305,11 +1494,17 @@ async fn respond(
     p: &Prepared,
     shutdown: &watch::Receiver<bool>,
     head: Head,
-    mut lease: Lease<'_>,
-    mut ubuf: Vec<u8>,
+    up: Upstream,
     limits: &Limits,
     out: &mut Outcome,
 ) -> bool {
+    let Upstream {
+        mut lease,
+        buf: mut ubuf,
+        followers,
+    } = up;
+    // Pipelined requests behind this one: the connection goes on to them, not to the pool.
+    let mut followers = Some(followers).filter(|f| !f.is_empty());
     let close = p.close || head.framing == Framing::Close || *shutdown.borrow();
     let mut wbuf = head.client_head;
     if close {
@@ -1318,23 +1513,24 @@ async fn respond(
     wbuf.extend_from_slice(b"\r\n");
     let body = &ubuf[head.len..];
     let mut chunked = Chunked::default();
-    // Body bytes still to come with a Content-Length, whether the body is complete, and whether
-    // the endpoint sent more than the response.
-    let (mut left, mut done, extra) = match head.framing {
-        Framing::None => (0, true, !body.is_empty()),
+    // Body bytes still to come with a Content-Length, whether the body is complete, and how
+    // much of what was read is this response's (the rest: the next pipelined response's, or
+    // bytes nobody asked for).
+    let (mut left, mut done, end) = match head.framing {
+        Framing::None => (0, true, 0),
         Framing::Length(n) => {
             let have = (body.len() as u64).min(n);
             wbuf.extend_from_slice(&body[..have as usize]);
-            (n - have, have == n, body.len() as u64 > n)
+            (n - have, have == n, have as usize)
         }
         Framing::Chunked => match chunked.feed(body) {
             Ok(Some(end)) => {
                 wbuf.extend_from_slice(&body[..end]);
-                (0, true, end < body.len())
+                (0, true, end)
             }
             Ok(None) => {
                 wbuf.extend_from_slice(body);
-                (0, false, false)
+                (0, false, body.len())
             }
             Err(f) => {
                 out.error = Some(f.what());
@@ -1343,15 +1539,29 @@ async fn respond(
         },
         Framing::Close => {
             wbuf.extend_from_slice(body);
-            (0, false, false)
+            (0, false, body.len())
         }
     };
+    let mut rest = body[end..].to_vec();
+    if done {
+        if let Some(f) = followers.take() {
+            // The whole response is here: the next request reads its own before this one's
+            // client has taken this one.
+            if head.upstream_keepalive {
+                relay(lease, rest, f);
+            }
+            if client.write_all(&wbuf).await.is_err() {
+                out.error = Some("client gone");
+                return false;
+            }
+            return !close;
+        }
+    }
     if client.write_all(&wbuf).await.is_err() {
         out.error = Some("client gone");
         return false;
     }
     drop(wbuf);
-    let mut reusable = !extra;
     while !done {
         ubuf.clear();
         if ubuf.capacity() < 16 * 1024 {
@@ -1372,36 +1582,41 @@ async fn respond(
             out.error = Some("ConnectionClosed");
             return false;
         }
-        let send = match head.framing {
+        let take = match head.framing {
             Framing::Length(_) => {
                 let take = (n as u64).min(left);
                 left -= take;
                 done = left == 0;
-                // More than the response: the connection is not reused.
-                reusable &= (n as u64) == take;
-                &ubuf[..take as usize]
+                take as usize
             }
             Framing::Chunked => match chunked.feed(&ubuf) {
                 Ok(Some(end)) => {
                     done = true;
-                    &ubuf[..end]
+                    end
                 }
-                Ok(None) => &ubuf[..],
+                Ok(None) => n,
                 Err(f) => {
                     out.error = Some(f.what());
                     return false;
                 }
             },
-            _ => &ubuf[..],
+            _ => n,
         };
-        if client.write_all(send).await.is_err() {
+        rest.extend_from_slice(&ubuf[take..]);
+        if client.write_all(&ubuf[..take]).await.is_err() {
             out.error = Some("client gone");
             return false;
         }
     }
-    // Nothing more may wait on it: this read must find nothing, which also leaves the runtime's
-    // readiness clear while it sits in the pool.
-    if done && head.upstream_keepalive && reusable && !disturbed(lease.conn()) {
+    if let Some(f) = followers {
+        if done && head.upstream_keepalive {
+            relay(lease, rest, f);
+        }
+        return !close;
+    }
+    // Nothing more may wait on it: nothing read past the response, and this read must find
+    // nothing, which also leaves the runtime's readiness clear while it sits in the pool.
+    if done && head.upstream_keepalive && rest.is_empty() && !disturbed(lease.conn()) {
         // Keep it unless its endpoint left the table while the request ran.
         let snap = shared.cell.load();
         if snap.generation == p.generation || upstreams::usable_in(&snap.routes, &lease.target) {
@@ -1474,6 +1689,8 @@ pub struct FastState {
     series: SeriesCache,
     proxied: IntCounter,
     handed_over: IntCounter,
+    /// Requests written upstream behind another request on one connection (`Batch`).
+    pipelined: IntCounter,
     /// `switchboard_http_upstream_connections_total` for new and reused connections.
     new_conn: IntCounter,
     reused_conn: IntCounter,
@@ -1487,6 +1704,7 @@ impl FastState {
             series: SeriesCache::default(),
             proxied: m.fast_path.with_label_values(&["proxied"]),
             handed_over: m.fast_path.with_label_values(&["handed_over"]),
+            pipelined: m.fast_path.with_label_values(&["pipelined"]),
             new_conn: m.upstream_connections.with_label_values(&["false"]),
             reused_conn: m.upstream_connections.with_label_values(&["true"]),
         }
@@ -1571,6 +1789,49 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// One batch per endpoint at a time; it takes requests up to the depth, gives them to the
+    /// leader in order when closed, and, dropped unclosed, lets the waiting requests know.
+    #[tokio::test]
+    async fn a_batch_takes_followers_up_to_its_depth_and_lets_them_go_when_dropped() {
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        assert!(join_batch(a, 3, b"x").is_none(), "no batch open");
+        let open = OpenBatch::open(a).unwrap();
+        assert!(OpenBatch::open(a).is_none(), "one per endpoint");
+        let other = OpenBatch::open(b).unwrap();
+        let mut r1 = join_batch(a, 3, b"one;").unwrap();
+        let _r2 = join_batch(a, 3, b"two;").unwrap();
+        assert!(
+            join_batch(a, 3, b"three;").is_none(),
+            "leader + 2 = depth 3"
+        );
+        let batch = open.close();
+        assert_eq!(batch.heads, b"one;two;");
+        assert_eq!(batch.followers.len(), 2);
+        assert!(join_batch(a, 3, b"x").is_none(), "closed");
+        // The first follower gets the connection; the others stay in line behind it.
+        let (ours, _peer) = pair().await;
+        let lease = FastPool::new(0).lease(ours, test_target(a));
+        relay(lease, b"rest".to_vec(), batch.followers);
+        let got = r1.try_recv().unwrap();
+        assert_eq!((got.buf.as_slice(), got.rest.len()), (&b"rest"[..], 1));
+
+        // A leader that goes away without closing its batch drops the followers' line.
+        let r3 = join_batch(b, 3, b"x").unwrap();
+        drop(other);
+        assert!(r3.await.is_err());
+        assert!(join_batch(b, 3, b"x").is_none());
+    }
+
+    fn test_target(endpoint: SocketAddr) -> Target {
+        Target {
+            service: tables::ServiceKey::new("d", "web"),
+            port: 80,
+            endpoint,
+            label: "d/web:80".into(),
+        }
     }
 
     /// What an idle keep-alive connection costs is mostly this future (`bench/run idle`): it

@@ -89,7 +89,7 @@ impl HttpMetrics {
             fast_path: IntCounterVec::new(
                 Opts::new(
                     "switchboard_http_fast_path_total",
-                    "Plain HTTP/1.1: requests proxied on the fast path, and connections handed over to the general path (pingora) for a request the fast path does not take.",
+                    "Plain HTTP/1.1: requests proxied on the fast path, and connections handed over to the general path (pingora) for a request the fast path does not take; `pipelined`: requests sent behind another on one upstream connection (switchboard.dev/upstream-pipelining).",
                 ),
                 &["outcome"],
             )?,
