@@ -7,6 +7,9 @@ port), each answering `200 backend-N`. Every proxy balances over the three (roun
 default), keeps upstream connections alive, and logs nothing per request. Before timing, 30
 requests through each proxy must all be 200 and reach all three backends.
 
+switchboard runs twice: as is, and with the backend Service annotated
+`switchboard.dev/upstream-pipelining: "true"` (target `switchboard-pipelined`).
+
 Load: `wrk -t 2 -c 64 -d D --latency -H 'Host: bench.local'` (closed loop, keep-alive), giving
 requests/s and the latency distribution (p50, p99) under that load, and the proxy's CPU time per
 request. switchboard's workers are its HTTP event-loop threads (`--http-workers N`, each with its
@@ -27,8 +30,10 @@ import benchlib as B  # noqa: E402
 
 HOST = "bench.local"
 BACKENDS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
-TARGETS = ["switchboard", "haproxy", "nginx", "direct"]
-LABEL = {"switchboard": "switchboard", "haproxy": "HAProxy (http mode)",
+TARGETS = ["switchboard", "switchboard-pipelined", "haproxy", "nginx", "direct"]
+LABEL = {"switchboard": "switchboard",
+         "switchboard-pipelined": "switchboard, Service annotated `upstream-pipelining: \"true\"`",
+         "haproxy": "HAProxy (http mode)",
          "nginx": "nginx (upstream keepalive)", "direct": "direct to one backend (ceiling)"}
 PKG = {"haproxy": "haproxy", "nginx": "nginx", "direct": "nginx"}
 
@@ -110,15 +115,18 @@ backend web
                   wd / f"haproxy-{workers}.out")
 
 
-def switchboard_manifests(wd, bport):
-    d = wd / "manifests"
+def switchboard_manifests(wd, bport, pipelining=False):
+    d = wd / ("manifests-pipelined" if pipelining else "manifests")
     d.mkdir(parents=True, exist_ok=True)
     eps = "\n".join(f"""  - addresses: ["{ip}"]
     conditions: {{ ready: true, serving: true, terminating: false }}
     targetRef: {{ kind: Pod, namespace: bench, name: web-{i + 1} }}""" for i, ip in enumerate(BACKENDS))
+    notes = ('\n  annotations: { switchboard.dev/upstream-pipelining: "true" }' if pipelining else "")
     (d / "web.yaml").write_text(f"""apiVersion: v1
 kind: Service
-metadata: {{ name: web, namespace: bench }}
+metadata:
+  name: web
+  namespace: bench{notes}
 spec:
   clusterIP: 10.96.200.1
   ports: [{{ name: http, protocol: TCP, port: 80, targetPort: {bport} }}]
@@ -182,18 +190,18 @@ def start(target, wd, bport, workers, help_text):
     """(Proc or None, address)."""
     if target == "direct":
         return None, f"{BACKENDS[0]}:{bport}"
-    if target == "switchboard":
+    if target.startswith("switchboard"):
         if not B.BIN.exists():
             raise RuntimeError("target/release/switchboard not built")
         if "--http" not in help_text:
             raise LookupError("not yet implemented (no --http flag)")
-        man = switchboard_manifests(wd, bport)
+        man = switchboard_manifests(wd, bport, target == "switchboard-pipelined")
         has_workers = "--http-workers" in help_text
         proc, ls = B.start_switchboard(
             ["--manifests", man, "--http", "127.0.0.1:0", "--log", "warn,switchboard=info,proxy=info",
              *(["--lb-algorithm", "round-robin"] if "--lb-algorithm" in help_text else []),
              *(["--http-workers", str(workers)] if has_workers else [])],
-            name=f"switchboard-http-{workers}",
+            name=f"{target}-http-{workers}",
             env={"TOKIO_WORKER_THREADS": "1" if has_workers else str(workers)},
             logdir=wd)
         if "http" not in ls:
@@ -360,6 +368,10 @@ def summarize(results):
              "and `--http-workers N` with N the cell's workers; "
              "HAProxy `balance roundrobin` with `http-reuse always`; nginx `upstream` with "
              "`keepalive 128`, HTTP/1.1 and an empty `Connection` header) with upstream keep-alive. "
+             "The second switchboard row is the same with the backend Service annotated "
+             "`switchboard.dev/upstream-pipelining: \"true\"`: GETs read in one pass and balanced "
+             "to the same backend go upstream in one write (HTTP/1.1 pipelining, up to 8; off "
+             "unless a Service asks for it, see `docs/http.md`); neither peer has an equivalent. "
              "Every proxy is checked to answer 200 and reach all three backends before it is "
              "timed. Load, proxy and backends share the 2 cores, except in the pinned table: there "
              "wrk and the backends run on CPU 0 and the proxy on CPU 1 (CPU affinity of every "

@@ -54,18 +54,24 @@ def dns_rows(d):
 def http_rows(d):
     rows = []
     for workers, cell in d["cells"].items():
-        e = cell.get("switchboard")
         peers = {k: v for k, v in cell.items() if k in ("haproxy", "nginx") and v["runs"]}
-        what = ("HTTP requests/s, 1 worker pinned" if workers.endswith("p") else
-                f"HTTP requests/s, {workers} worker{'s' if workers != '1' else ''}")
-        if not e or e.get("skip") or not e["runs"] or not peers:
-            rows.append((what, (e or {}).get("skip", "no runs"), "", ""))
-            continue
-        best = max(peers, key=lambda k: med(peers[k]["runs"], "rps") or 0)
-        q, bq = med(e["runs"], "rps"), med(peers[best]["runs"], "rps")
-        c, bc = med(e["runs"], "cpu_us_per_request"), med(peers[best]["runs"], "cpu_us_per_request")
-        rows.append((what, f"{q:,.0f} vs {bq:,.0f} ({B.LABEL_OF.get(best, best)})", ratio(q, bq),
-                     f"{c:.1f} vs {bc:.1f} µs ({ratio(bc, c)}×)"))
+        for ours, note in (("switchboard", ""), ("switchboard-pipelined", ", upstream pipelining")):
+            e = cell.get(ours)
+            if ours != "switchboard" and not e:
+                continue
+            what = ("HTTP requests/s, 1 worker pinned" if workers.endswith("p") else
+                    f"HTTP requests/s, {workers} worker{'s' if workers != '1' else ''}") + note
+            if not e or e.get("skip") or not e["runs"] or not peers:
+                rows.append((what, (e or {}).get("skip", "no runs"), "", ""))
+                continue
+            best = max(peers, key=lambda k: med(peers[k]["runs"], "rps") or 0)
+            q, bq = med(e["runs"], "rps"), med(peers[best]["runs"], "rps")
+            c = med(e["runs"], "cpu_us_per_request")
+            bc = med(peers[best]["runs"], "cpu_us_per_request")
+            p, bp = med(e["runs"], "p99_ms"), med(peers[best]["runs"], "p99_ms")
+            rows.append((what, f"{q:,.0f} vs {bq:,.0f} ({B.LABEL_OF.get(best, best)})",
+                         ratio(q, bq),
+                         f"{c:.1f} vs {bc:.1f} µs ({ratio(bc, c)}×); p99 {p:.2f} vs {bp:.2f} ms"))
     return rows
 
 
