@@ -255,27 +255,28 @@ struct Relay {
 }
 
 thread_local! {
-    /// The batches open on this thread, by endpoint. Only HTTP workers batch (`worker() > 0`):
-    /// each runs one current-thread runtime, so a leader resumes on the thread it opened on.
-    static BATCHES: std::cell::RefCell<Vec<(SocketAddr, Batch)>> =
+    /// The batches open on this thread: id, endpoint, batch. Only HTTP workers batch
+    /// (`worker() > 0`): each runs one current-thread runtime, so a leader resumes on the
+    /// thread it opened on.
+    static BATCHES: std::cell::RefCell<Vec<(u64, SocketAddr, Batch)>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    static NEXT_BATCH: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// A batch a leader holds open; dropped unclosed (the leader's task went away), it takes the
 /// batch with it and the followers send again.
-struct OpenBatch(SocketAddr);
+struct OpenBatch(u64);
 
 impl OpenBatch {
-    /// Opens the batch for `endpoint`, unless one is open already.
-    fn open(endpoint: SocketAddr) -> Option<OpenBatch> {
-        BATCHES.with(|b| {
-            let mut b = b.borrow_mut();
-            if b.iter().any(|(e, _)| *e == endpoint) {
-                return None;
-            }
-            b.push((endpoint, Batch::default()));
-            Some(OpenBatch(endpoint))
-        })
+    /// Opens a batch for `endpoint`. A leader opens one after failing to join one, so any other
+    /// batch open for the endpoint is full: requests past a batch's depth start the next.
+    fn open(endpoint: SocketAddr) -> OpenBatch {
+        let id = NEXT_BATCH.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        });
+        BATCHES.with(|b| b.borrow_mut().push((id, endpoint, Batch::default())));
+        OpenBatch(id)
     }
 
     /// Closes it: the requests that joined.
@@ -292,25 +293,24 @@ impl Drop for OpenBatch {
     }
 }
 
-fn take_batch(endpoint: SocketAddr) -> Batch {
+fn take_batch(id: u64) -> Batch {
     BATCHES.with(|b| {
         let mut b = b.borrow_mut();
-        match b.iter().position(|(e, _)| *e == endpoint) {
-            Some(i) => b.swap_remove(i).1,
+        match b.iter().position(|(i, _, _)| *i == id) {
+            Some(i) => b.swap_remove(i).2,
             None => Batch::default(),
         }
     })
 }
 
-/// Joins the batch open for `endpoint` if it holds fewer than `depth` requests: the connection
+/// Joins a batch open for `endpoint` that holds fewer than `depth` requests: the connection
 /// comes on the receiver.
 fn join_batch(endpoint: SocketAddr, depth: usize, head: &[u8]) -> Option<oneshot::Receiver<Relay>> {
     BATCHES.with(|b| {
         let mut b = b.borrow_mut();
-        let (_, batch) = b.iter_mut().find(|(e, _)| *e == endpoint)?;
-        if batch.followers.len() + 1 >= depth {
-            return None;
-        }
+        let (_, _, batch) = b
+            .iter_mut()
+            .find(|(_, e, batch)| *e == endpoint && batch.followers.len() + 1 < depth)?;
         let (tx, rx) = oneshot::channel();
         batch.heads.extend_from_slice(head);
         batch.followers.push_back(tx);
@@ -1347,9 +1347,7 @@ async fn attempts(
             if !sent {
                 // Requests that join this one's batch while it waits (a pooled connection only:
                 // one known to keep alive).
-                let batch = (pipelinable && reused)
-                    .then(|| OpenBatch::open(state.addr))
-                    .flatten();
+                let batch = (pipelinable && reused).then(|| OpenBatch::open(state.addr));
                 if batch.is_some() || worker_saturated() {
                     // Let the worker finish the events it already has before this request goes
                     // upstream: the requests read in one pass then reach a backend together
@@ -1791,25 +1789,32 @@ mod tests {
         .unwrap();
     }
 
-    /// One batch per endpoint at a time; it takes requests up to the depth, gives them to the
-    /// leader in order when closed, and, dropped unclosed, lets the waiting requests know.
+    /// A batch takes requests up to its depth (the next request then leads a batch of its
+    /// own), gives them to the leader in order when closed, and, dropped unclosed, lets the
+    /// waiting requests know.
     #[tokio::test]
     async fn a_batch_takes_followers_up_to_its_depth_and_lets_them_go_when_dropped() {
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
         assert!(join_batch(a, 3, b"x").is_none(), "no batch open");
-        let open = OpenBatch::open(a).unwrap();
-        assert!(OpenBatch::open(a).is_none(), "one per endpoint");
-        let other = OpenBatch::open(b).unwrap();
+        let open = OpenBatch::open(a);
+        let other = OpenBatch::open(b);
         let mut r1 = join_batch(a, 3, b"one;").unwrap();
         let _r2 = join_batch(a, 3, b"two;").unwrap();
         assert!(
             join_batch(a, 3, b"three;").is_none(),
             "leader + 2 = depth 3"
         );
+        let next = OpenBatch::open(a);
+        let _r3 = join_batch(a, 3, b"four;").unwrap();
         let batch = open.close();
         assert_eq!(batch.heads, b"one;two;");
         assert_eq!(batch.followers.len(), 2);
+        let batch2 = next.close();
+        assert_eq!(
+            (batch2.heads.as_slice(), batch2.followers.len()),
+            (&b"four;"[..], 1)
+        );
         assert!(join_batch(a, 3, b"x").is_none(), "closed");
         // The first follower gets the connection; the others stay in line behind it.
         let (ours, _peer) = pair().await;
@@ -1819,9 +1824,9 @@ mod tests {
         assert_eq!((got.buf.as_slice(), got.rest.len()), (&b"rest"[..], 1));
 
         // A leader that goes away without closing its batch drops the followers' line.
-        let r3 = join_batch(b, 3, b"x").unwrap();
+        let r4 = join_batch(b, 3, b"x").unwrap();
         drop(other);
-        assert!(r3.await.is_err());
+        assert!(r4.await.is_err());
         assert!(join_batch(b, 3, b"x").is_none());
     }
 
