@@ -23,6 +23,10 @@
 //! `Forwarded`, X-Request-Id, hop-by-hop headers removed, the same metrics and access log.
 //! Responses are passed through with their framing (Content-Length, chunked, or
 //! close-delimited, which closes the client connection after it).
+//!
+//! Services annotated `switchboard.dev/upstream-pipelining` get GETs and HEADs read in one
+//! event-loop pass sent to an endpoint together, pipelined on one pooled connection (`Batch`,
+//! `Relay`; `docs/http.md`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
