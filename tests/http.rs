@@ -2110,7 +2110,8 @@ async fn scripted_backend() -> SocketAddr {
                     let mut r =
                         format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", text.len())
                             .into_bytes();
-                    if method != "HEAD" {
+                    // `/hb...`: a body even for HEAD, as some servers do.
+                    if method != "HEAD" || path.starts_with("/hb") {
                         r.extend_from_slice(text.as_bytes());
                     }
                     r
@@ -2395,10 +2396,12 @@ async fn upstream_pipelining_answers_each_client_and_survives_an_endpoint_withou
     wait_get(&sb, &c, "pipe.test", "/", "served", |a| a.status == 200).await;
     wait_get(&sb, &c, "bad.test", "/", "served", |a| a.status == 200).await;
 
-    // Five kinds of request, by connection: each answer is whole and is its own.
+    // Five kinds of request, by connection: each answer is whole and is its own. The HEADs go
+    // to a path where the backend wrongly sends a body too: a request pipelined behind one
+    // finds that body where its answer should start, and is sent again on its own.
     let request = |i: usize, r: usize| match i % 5 {
         0 => format!("GET /x?c={i}&r={r} HTTP/1.1\r\nHost: HOST\r\n\r\n"),
-        1 => format!("HEAD /h?c={i}&r={r} HTTP/1.1\r\nHost: HOST\r\n\r\n"),
+        1 => format!("HEAD /hb?c={i}&r={r} HTTP/1.1\r\nHost: HOST\r\n\r\n"),
         2 => "GET /chunked HTTP/1.1\r\nHost: HOST\r\n\r\n".to_string(),
         3 => "GET /nocontent HTTP/1.1\r\nHost: HOST\r\n\r\n".to_string(),
         _ => "GET /hint HTTP/1.1\r\nHost: HOST\r\n\r\n".to_string(),
@@ -2418,12 +2421,12 @@ async fn upstream_pipelining_answers_each_client_and_survives_an_endpoint_withou
             }
             // The length a GET would get, and no body.
             1 => {
-                let want = format!("HEAD /h?c={i}&r={r} body=0").len();
+                let want = format!("HEAD /hb?c={i}&r={r} body=0").len();
                 one("HTTP/1.1 200 OK")
                     && t.to_ascii_lowercase().contains("content-length: ")
                     && t.ends_with("\r\n\r\n")
                     && t.len() > want
-                    && !t.contains("HEAD /h")
+                    && !t.contains("HEAD /hb")
             }
             2 => one("HTTP/1.1 200 OK") && t.ends_with("0\r\nx-trailer: t\r\n\r\n"),
             3 => one("HTTP/1.1 204"),

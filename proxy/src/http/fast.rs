@@ -1406,6 +1406,15 @@ async fn attempts(
                     out.error = Some(f.what());
                     return local_error(client, p, out, 504, f.what()).await;
                 }
+                if sent && matches!(f, Failure::Invalid(_)) {
+                    // What came before this request's answer was not where it should end (an
+                    // endpoint that sent a body with a HEAD, 204 or 304 answer): the line lost
+                    // its place. Send it again on its own connection.
+                    unpipelined = true;
+                    tried.pop();
+                    count_retry(shared, b, "pipeline");
+                    continue;
+                }
                 if stale && idempotent && !fresh_only {
                     // A pooled connection the endpoint had closed: says nothing about it.
                     fresh_only = true;
