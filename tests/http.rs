@@ -1439,13 +1439,39 @@ async fn websocket_survives_100_table_swaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_replacement_under_load_fails_no_request() {
+    rolling_replacement(None, 4).await;
+}
+
+/// The same with the Service's requests pipelined to its endpoints: requests waiting behind
+/// another on a connection to a pod that goes away are sent again, and none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_replacement_with_upstream_pipelining_fails_no_request() {
+    rolling_replacement(Some("true"), 12).await;
+}
+
+/// Replaces all three pods of a Service one by one under the load of `clients` looping
+/// clients, with `pipelining` as the Service's `switchboard.dev/upstream-pipelining`.
+async fn rolling_replacement(pipelining: Option<&str>, clients: usize) {
     let mut pods: Vec<Backend> = Vec::new();
     for i in 0..3 {
         pods.push(Backend::start(&format!("old{i}")).await);
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let svc = |eps: &[(SocketAddr, Cond)]| service_yaml("default", "web", "10.96.6.1", eps);
+    let svc = |eps: &[(SocketAddr, Cond)]| {
+        let yaml = service_yaml("default", "web", "10.96.6.1", eps);
+        match pipelining {
+            Some(v) => yaml.replacen(
+                "metadata: {name: web, namespace: default}",
+                &format!(
+                    "metadata: {{name: web, namespace: default, annotations: \
+                     {{switchboard.dev/upstream-pipelining: \"{v}\"}}}}"
+                ),
+                1,
+            ),
+            None => yaml,
+        }
+    };
     write(
         d,
         "svc.yaml",
@@ -1457,12 +1483,12 @@ async fn rolling_replacement_under_load_fails_no_request() {
     let c = client();
     wait_get(&sb, &c, "roll.test", "/", "served", |x| x.status == 200).await;
 
-    // Load: 4 clients, each a bounded loop of GETs (some slow) until told to stop.
+    // Load: the clients, each a bounded loop of GETs (some slow) until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let served = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
     let mut load = Vec::new();
-    for w in 0..4 {
+    for w in 0..clients {
         let (stop, failures, served) = (stop.clone(), failures.clone(), served.clone());
         load.push(tokio::spawn(async move {
             let c = client();
@@ -1550,8 +1576,8 @@ async fn rolling_replacement_under_load_fails_no_request() {
     for l in load {
         l.await.unwrap();
     }
-    let failures = failures.lock().unwrap();
-    let served = served.lock().unwrap();
+    let failures = std::mem::take(&mut *failures.lock().unwrap());
+    let served = std::mem::take(&mut *served.lock().unwrap());
     assert!(
         failures.is_empty(),
         "{} failed requests: {:?}\nserved: {served:?}",
@@ -1562,6 +1588,13 @@ async fn rolling_replacement_under_load_fails_no_request() {
     assert!(total > 300, "load too small: {served:?}");
     for b in &current {
         assert!(served.get(&b.name).copied().unwrap_or(0) > 0, "{served:?}");
+    }
+    if pipelining.is_some() {
+        let pipelined = sb
+            .metric("switchboard_http_fast_path_total{outcome=\"pipelined\"}")
+            .await
+            .unwrap_or(0.0);
+        assert!(pipelined > 0.0, "no request was pipelined (of {total})");
     }
 }
 
