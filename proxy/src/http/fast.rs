@@ -1262,37 +1262,25 @@ async fn attempts(
             && matches!(p.method, http::Method::GET | http::Method::HEAD);
         let mut ubuf: Vec<u8> = Vec::new();
         let mut followers = VecDeque::new();
-        let joined = if pipelinable {
-            join_batch(state.addr, b.pipelining, &p.upstream_head)
-        } else {
-            None
-        };
+        let joined = pipelinable
+            .then(|| join_batch(state.addr, b.pipelining, &p.upstream_head))
+            .flatten();
         let relayed = match joined {
-            Some(rx) => {
-                let wait = async { rx.await.map_err(|_| Failure::Io("PipelineBroken")) };
-                let per_read = limits.per_read.map(|t| tokio::time::Instant::now() + t);
-                match until(
-                    limits.deadline,
-                    "ReadTimedout",
-                    until(per_read, "ReadTimedout", wait),
-                )
-                .await
-                {
-                    Ok(r) => Some(r),
-                    Err(Failure::Timeout(what)) => {
-                        out.error = Some(what);
-                        return local_error(client, p, out, 504, what).await;
-                    }
-                    Err(_) => {
-                        // The connection ahead failed before this request's answer: send it
-                        // again on a connection of its own (it is idempotent).
-                        unpipelined = true;
-                        tried.pop();
-                        count_retry(shared, b, "pipeline");
-                        continue;
-                    }
+            Some(rx) => match wait_for_relay(rx, &limits).await {
+                Ok(r) => Some(r),
+                Err(Failure::Timeout(what)) => {
+                    out.error = Some(what);
+                    return local_error(client, p, out, 504, what).await;
                 }
-            }
+                Err(_) => {
+                    // The connection ahead failed before this request's answer: send it again
+                    // on a connection of its own (it is idempotent).
+                    unpipelined = true;
+                    tried.pop();
+                    count_retry(shared, b, "pipeline");
+                    continue;
+                }
+            },
             None => None,
         };
         let sent = relayed.is_some();
@@ -1349,26 +1337,9 @@ async fn attempts(
         }
         let head = async {
             if !sent {
-                // Requests that join this one's batch while it waits (a pooled connection only:
-                // one known to keep alive).
-                let batch = (pipelinable && reused).then(|| OpenBatch::open(state.addr));
-                if batch.is_some() || worker_saturated() {
-                    // Let the worker finish the events it already has before this request goes
-                    // upstream: the requests read in one pass then reach a backend together
-                    // and it answers them in one wake-up, instead of one wake-up (and, on
-                    // another core, one IPI) each. See `worker_saturated`.
-                    requeue().await;
-                }
-                match batch.map(OpenBatch::close) {
-                    Some(batch) if !batch.followers.is_empty() => {
-                        let mut w = Vec::with_capacity(p.upstream_head.len() + batch.heads.len());
-                        w.extend_from_slice(&p.upstream_head);
-                        w.extend_from_slice(&batch.heads);
-                        followers = batch.followers;
-                        limits.write(lease.conn(), &w).await?;
-                    }
-                    _ => limits.write(lease.conn(), &p.upstream_head).await?,
-                }
+                // A batch only on a pooled connection: one known to keep alive.
+                let lead = (pipelinable && reused).then_some(state.addr);
+                followers = send_request(lease.conn(), p, lead, &limits).await?;
             }
             loop {
                 if !ubuf.is_empty() {
@@ -1462,6 +1433,51 @@ async fn attempts(
         };
         return respond(shared, client, p, shutdown, head, upstream, &limits, out).await;
     }
+}
+
+/// Sends the request's head. With `lead` (the endpoint; pipelining allowed) it first opens a
+/// batch there, and the requests that join it while the rest of the pass runs go in the same
+/// write: they are returned, in order.
+async fn send_request(
+    conn: &mut TcpStream,
+    p: &Prepared,
+    lead: Option<SocketAddr>,
+    limits: &Limits,
+) -> Result<VecDeque<oneshot::Sender<Relay>>, Failure> {
+    let batch = lead.map(OpenBatch::open);
+    if batch.is_some() || worker_saturated() {
+        // Let the worker finish the events it already has before this request goes upstream:
+        // the requests read in one pass then reach a backend together and it answers them in
+        // one wake-up, instead of one wake-up (and, on another core, one IPI) each. See
+        // `worker_saturated`.
+        requeue().await;
+    }
+    match batch.map(OpenBatch::close) {
+        Some(batch) if !batch.followers.is_empty() => {
+            let mut w = Vec::with_capacity(p.upstream_head.len() + batch.heads.len());
+            w.extend_from_slice(&p.upstream_head);
+            w.extend_from_slice(&batch.heads);
+            limits.write(conn, &w).await?;
+            Ok(batch.followers)
+        }
+        _ => {
+            limits.write(conn, &p.upstream_head).await?;
+            Ok(VecDeque::new())
+        }
+    }
+}
+
+/// Waits for the connection a joined batch went out on, within the attempt's limits (the wait
+/// is for the answers ahead of this one). `Io` if the line broke before it.
+async fn wait_for_relay(rx: oneshot::Receiver<Relay>, limits: &Limits) -> Result<Relay, Failure> {
+    let wait = async { rx.await.map_err(|_| Failure::Io("PipelineBroken")) };
+    let per_read = limits.per_read.map(|t| tokio::time::Instant::now() + t);
+    until(
+        limits.deadline,
+        "ReadTimedout",
+        until(per_read, "ReadTimedout", wait),
+    )
+    .await
 }
 
 async fn connect(
@@ -1700,7 +1716,8 @@ pub struct FastState {
     series: SeriesCache,
     proxied: IntCounter,
     handed_over: IntCounter,
-    /// Requests written upstream behind another request on one connection (`Batch`).
+    /// Requests sent upstream behind another on one connection that read their answer from it
+    /// (`Batch`, `Relay`).
     pipelined: IntCounter,
     /// `switchboard_http_upstream_connections_total` for new and reused connections.
     new_conn: IntCounter,
