@@ -215,6 +215,20 @@ fn service_yaml(ns: &str, name: &str, ip: &str, endpoints: &[(SocketAddr, Cond)]
     out
 }
 
+/// `yaml`, a `service_yaml` manifest of Service `default/NAME`, with the Service annotated
+/// `KEY: "VALUE"`.
+fn annotated(yaml: &str, name: &str, key: &str, value: &str) -> String {
+    let plain = format!("metadata: {{name: {name}, namespace: default}}");
+    assert!(yaml.contains(&plain), "no Service default/{name} in {yaml}");
+    yaml.replacen(
+        &plain,
+        &format!(
+            "metadata: {{name: {name}, namespace: default, annotations: {{{key}: \"{value}\"}}}}"
+        ),
+        1,
+    )
+}
+
 fn ready(backends: &[&Backend]) -> Vec<(SocketAddr, Cond)> {
     backends.iter().map(|b| (b.addr, Cond::Ready)).collect()
 }
@@ -718,11 +732,17 @@ async fn consistent_hashing_chosen_by_service_annotation() {
     write(
         d,
         "svc.yaml",
-        &service_yaml("default", "sticky", "10.96.8.1", &ready(&pods.iter().collect::<Vec<_>>()))
-            .replace(
-                "metadata: {name: sticky, namespace: default}",
-                "metadata:\n  name: sticky\n  namespace: default\n  annotations: {switchboard.dev/lb-algorithm: 'maglev:header:x-user'}",
+        &annotated(
+            &service_yaml(
+                "default",
+                "sticky",
+                "10.96.8.1",
+                &ready(&pods.iter().collect::<Vec<_>>()),
             ),
+            "sticky",
+            "switchboard.dev/lb-algorithm",
+            "maglev:header:x-user",
+        ),
     );
     write(d, "ing.yaml", &simple_ingress("sticky.test", "sticky"));
     let sb = start(d, &[]);
@@ -1461,14 +1481,7 @@ async fn rolling_replacement(pipelining: Option<&str>, clients: usize) {
     let svc = |eps: &[(SocketAddr, Cond)]| {
         let yaml = service_yaml("default", "web", "10.96.6.1", eps);
         match pipelining {
-            Some(v) => yaml.replacen(
-                "metadata: {name: web, namespace: default}",
-                &format!(
-                    "metadata: {{name: web, namespace: default, annotations: \
-                     {{switchboard.dev/upstream-pipelining: \"{v}\"}}}}"
-                ),
-                1,
-            ),
+            Some(v) => annotated(&yaml, "web", "switchboard.dev/upstream-pipelining", v),
             None => yaml,
         }
     };
@@ -2348,14 +2361,8 @@ async fn unpipelined_backend(saw: Arc<AtomicBool>) -> SocketAddr {
 
 /// A Service manifest with `switchboard.dev/upstream-pipelining: VALUE`.
 fn pipelined_service(name: &str, ip: &str, endpoint: SocketAddr, value: &str) -> String {
-    service_yaml("default", name, ip, &[(endpoint, Cond::Ready)]).replacen(
-        &format!("metadata: {{name: {name}, namespace: default}}"),
-        &format!(
-            "metadata: {{name: {name}, namespace: default, annotations: \
-             {{switchboard.dev/upstream-pipelining: \"{value}\"}}}}"
-        ),
-        1,
-    )
+    let yaml = service_yaml("default", name, ip, &[(endpoint, Cond::Ready)]);
+    annotated(&yaml, name, "switchboard.dev/upstream-pipelining", value)
 }
 
 /// Rounds of one request on each of `conns` keep-alive connections, written back to back so
