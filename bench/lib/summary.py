@@ -55,6 +55,7 @@ def http_rows(d):
     rows = []
     for workers, cell in d["cells"].items():
         peers = {k: v for k, v in cell.items() if k in ("haproxy", "nginx") and v["runs"]}
+        best = max(peers, key=lambda k: med(peers[k]["runs"], "rps") or 0, default=None)
         for ours, note in (("switchboard", ""), ("switchboard-pipelined", ", upstream pipelining")):
             e = cell.get(ours)
             if ours != "switchboard" and not e:
@@ -64,7 +65,6 @@ def http_rows(d):
             if not e or e.get("skip") or not e["runs"] or not peers:
                 rows.append((what, (e or {}).get("skip", "no runs"), "", ""))
                 continue
-            best = max(peers, key=lambda k: med(peers[k]["runs"], "rps") or 0)
             q, bq = med(e["runs"], "rps"), med(peers[best]["runs"], "rps")
             c = med(e["runs"], "cpu_us_per_request")
             bc = med(peers[best]["runs"], "cpu_us_per_request")
