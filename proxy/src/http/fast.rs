@@ -26,7 +26,7 @@
 //!
 //! Services annotated `switchboard.dev/upstream-pipelining` get GETs and HEADs read in one
 //! event-loop pass sent to an endpoint together, pipelined on one pooled connection (`Batch`,
-//! `Relay`; `docs/http.md`).
+//! `Upstream`; `docs/http.md`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -242,21 +242,16 @@ async fn read_now(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<us
 /// Requests that go upstream behind a leader's on its pooled connection, gathered while the
 /// leader waits for the rest of its event-loop pass (`requeue`), then written with the
 /// leader's head in one send. Each response is read, in order, by its own request's task: the
-/// connection goes down the line as a [`Relay`].
+/// connection goes down the line as an [`Upstream`].
 #[derive(Default)]
 struct Batch {
     heads: Vec<u8>,
-    followers: VecDeque<oneshot::Sender<Relay>>,
+    followers: Followers,
 }
 
-/// A pipelined connection handed to the next request once the response before its own has
-/// been read: with the bytes read past that response and the requests after it. Dropping it
-/// closes the connection, and the requests after it (their senders dropped) send again.
-struct Relay {
-    lease: Lease,
-    buf: Vec<u8>,
-    rest: VecDeque<oneshot::Sender<Relay>>,
-}
+/// The requests pipelined behind one on its connection, in order: each waits for the
+/// connection (`relay`), and one whose sender is dropped sends again on its own.
+type Followers = VecDeque<oneshot::Sender<Upstream>>;
 
 thread_local! {
     /// The batches open on this thread: id, endpoint, batch. Only HTTP workers batch
@@ -309,7 +304,11 @@ fn take_batch(id: u64) -> Batch {
 
 /// Joins a batch open for `endpoint` that holds fewer than `depth` requests: the connection
 /// comes on the receiver.
-fn join_batch(endpoint: SocketAddr, depth: usize, head: &[u8]) -> Option<oneshot::Receiver<Relay>> {
+fn join_batch(
+    endpoint: SocketAddr,
+    depth: usize,
+    head: &[u8],
+) -> Option<oneshot::Receiver<Upstream>> {
     BATCHES.with(|b| {
         let mut b = b.borrow_mut();
         let (_, _, batch) = b
@@ -322,14 +321,15 @@ fn join_batch(endpoint: SocketAddr, depth: usize, head: &[u8]) -> Option<oneshot
     })
 }
 
-/// Passes the connection to the next pipelined request (if there is one and it still waits);
-/// otherwise the connection and the rest of the line are dropped.
-fn relay(lease: Lease, buf: Vec<u8>, mut followers: VecDeque<oneshot::Sender<Relay>>) {
+/// Passes the connection, with the bytes read past the response before, to the next pipelined
+/// request (if there is one and it still waits); otherwise the connection and the rest of the
+/// line are dropped.
+fn relay(lease: Lease, buf: Vec<u8>, mut followers: Followers) {
     if let Some(next) = followers.pop_front() {
-        let _ = next.send(Relay {
+        let _ = next.send(Upstream {
             lease,
             buf,
-            rest: followers,
+            followers,
         });
     }
 }
@@ -903,16 +903,25 @@ async fn until<T>(
 
 impl Limits {
     async fn read(&self, conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, Failure> {
-        let per_read = self.per_read.map(|t| tokio::time::Instant::now() + t);
-        let read = async {
+        self.awaiting_answer(async {
             conn.read_buf(buf)
                 .await
                 .map_err(|_| Failure::Io("ReadError"))
-        };
+        })
+        .await
+    }
+
+    /// Runs `f`, a wait for the endpoint's answer, within the attempt's deadline and one
+    /// upstream read timeout.
+    async fn awaiting_answer<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        let per_read = self.per_read.map(|t| tokio::time::Instant::now() + t);
         until(
             self.deadline,
             "ReadTimedout",
-            until(per_read, "ReadTimedout", read),
+            until(per_read, "ReadTimedout", f),
         )
         .await
     }
@@ -1266,7 +1275,11 @@ async fn attempts(
             .then(|| join_batch(state.addr, b.pipelining, &p.upstream_head))
             .flatten();
         let relayed = match joined {
-            Some(rx) => match wait_for_relay(rx, &limits).await {
+            // The wait is for the answers ahead of this one.
+            Some(rx) => match limits
+                .awaiting_answer(async { rx.await.map_err(|_| Failure::Io("PipelineBroken")) })
+                .await
+            {
                 Ok(r) => Some(r),
                 Err(Failure::Timeout(what)) => {
                     out.error = Some(what);
@@ -1289,7 +1302,7 @@ async fn attempts(
             Some(r) => {
                 shared.fast.pipelined.inc();
                 ubuf = r.buf;
-                followers = r.rest;
+                followers = r.followers;
                 r.lease
             }
             None => {
@@ -1443,7 +1456,7 @@ async fn send_request(
     p: &Prepared,
     lead: Option<SocketAddr>,
     limits: &Limits,
-) -> Result<VecDeque<oneshot::Sender<Relay>>, Failure> {
+) -> Result<Followers, Failure> {
     let batch = lead.map(OpenBatch::open);
     if batch.is_some() || worker_saturated() {
         // Let the worker finish the events it already has before this request goes upstream:
@@ -1465,19 +1478,6 @@ async fn send_request(
             Ok(VecDeque::new())
         }
     }
-}
-
-/// Waits for the connection a joined batch went out on, within the attempt's limits (the wait
-/// is for the answers ahead of this one). `Io` if the line broke before it.
-async fn wait_for_relay(rx: oneshot::Receiver<Relay>, limits: &Limits) -> Result<Relay, Failure> {
-    let wait = async { rx.await.map_err(|_| Failure::Io("PipelineBroken")) };
-    let per_read = limits.per_read.map(|t| tokio::time::Instant::now() + t);
-    until(
-        limits.deadline,
-        "ReadTimedout",
-        until(per_read, "ReadTimedout", wait),
-    )
-    .await
 }
 
 async fn connect(
@@ -1506,11 +1506,12 @@ async fn connect(
 }
 
 /// The upstream side of a response: its connection, what was read from it so far, and the
-/// pipelined requests waiting behind it there.
+/// pipelined requests waiting behind it there. A pipelined request gets its own from the one
+/// ahead (`relay`); dropped, it closes the connection and the requests behind send again.
 struct Upstream {
     lease: Lease,
     buf: Vec<u8>,
-    followers: VecDeque<oneshot::Sender<Relay>>,
+    followers: Followers,
 }
 
 /// Passes the response on. Returns whether the client connection stays open.
@@ -1717,7 +1718,7 @@ pub struct FastState {
     proxied: IntCounter,
     handed_over: IntCounter,
     /// Requests sent upstream behind another on one connection that read their answer from it
-    /// (`Batch`, `Relay`).
+    /// (`Batch`, `Upstream`).
     pipelined: IntCounter,
     /// `switchboard_http_upstream_connections_total` for new and reused connections.
     new_conn: IntCounter,
@@ -1851,7 +1852,7 @@ mod tests {
         let lease = FastPool::new(0).lease(ours, test_target(a));
         relay(lease, b"rest".to_vec(), batch.followers);
         let got = r1.try_recv().unwrap();
-        assert_eq!((got.buf.as_slice(), got.rest.len()), (&b"rest"[..], 1));
+        assert_eq!((got.buf.as_slice(), got.followers.len()), (&b"rest"[..], 1));
 
         // A leader that goes away without closing its batch drops the followers' line.
         let r4 = join_batch(b, 3, b"x").unwrap();
