@@ -233,7 +233,6 @@ fn ready(backends: &[&Backend]) -> Vec<(SocketAddr, Cond)> {
     backends.iter().map(|b| (b.addr, Cond::Ready)).collect()
 }
 
-/// Writes a file atomically (rename), so the watcher never reads half a file.
 /// `NAME.yaml`: Service `default/NAME` with every backend ready.
 fn write_service(dir: &Path, name: &str, ip: &str, backends: &[&Backend]) {
     write(
@@ -243,6 +242,7 @@ fn write_service(dir: &Path, name: &str, ip: &str, backends: &[&Backend]) {
     );
 }
 
+/// Writes a file atomically (rename), so the watcher never reads half a file.
 fn write(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).unwrap();
@@ -884,11 +884,7 @@ async fn idempotent_requests_are_retried_on_503_within_budget() {
     busy.status.store(503, Ordering::SeqCst);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(
-        d,
-        "svc.yaml",
-        &service_yaml("default", "web", "10.96.9.1", &ready(&[&good, &busy])),
-    );
+    write_service(d, "web", "10.96.9.1", &[&good, &busy]);
     write(d, "ing.yaml", &simple_ingress("b.test", "web"));
     // Ejection off (0): the 503 endpoint stays in the round robin, so every other request
     // meets it.
@@ -1618,11 +1614,7 @@ async fn shutdown_drains_in_flight_requests() {
     let slow = Backend::start("slow").await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(
-        d,
-        "svc.yaml",
-        &service_yaml("default", "slow", "10.96.7.1", &ready(&[&slow])),
-    );
+    write_service(d, "slow", "10.96.7.1", &[&slow]);
     write(d, "ing.yaml", &simple_ingress("slow.test", "slow"));
     // Served on the process runtime, not on dedicated workers (the default): that mode's drain.
     let sb = start(d, &["--http-workers", "0"]);
@@ -1669,11 +1661,7 @@ async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
     let slow = Backend::start("slow").await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(
-        d,
-        "svc.yaml",
-        &service_yaml("default", "slow", "10.96.7.2", &ready(&[&slow])),
-    );
+    write_service(d, "slow", "10.96.7.2", &[&slow]);
     write(d, "ing.yaml", &simple_ingress("w.test", "slow"));
     let sb = start(d, &["--http-workers", "2"]);
     let proxy = sb.listener("http");
@@ -1785,11 +1773,7 @@ async fn tls_connections_handed_between_workers_are_served() {
     let site = Backend::start("site").await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(
-        d,
-        "svc.yaml",
-        &service_yaml("default", "site", "10.96.7.3", &ready(&[&site])),
-    );
+    write_service(d, "site", "10.96.7.3", &[&site]);
     write(d, "ing.yaml", &simple_ingress("h.test", "site"));
     let certs = tempfile::tempdir().unwrap();
     let ck = cert_dir_entry(certs.path(), "h.test");
@@ -1925,11 +1909,7 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
     let new = Backend::start("new").await;
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "ing.yaml", &simple_ingress("pool.test", "web"));
-    write(
-        dir.path(),
-        "svc.yaml",
-        &service_yaml("default", "web", "10.96.7.1", &ready(&[&old])),
-    );
+    write_service(dir.path(), "web", "10.96.7.1", &[&old]);
     let sb = start(dir.path(), &[]);
     let proxy = sb.listener("http");
     let c = client();
@@ -1973,11 +1953,7 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
     assert!(old.conns() >= 2);
 
     // old leaves the table.
-    write(
-        dir.path(),
-        "svc.yaml",
-        &service_yaml("default", "web", "10.96.7.1", &ready(&[&new])),
-    );
+    write_service(dir.path(), "web", "10.96.7.1", &[&new]);
     wait_get(&sb, &c, "pool.test", "/", "reached new", |a| {
         a.backend() == "new"
     })
