@@ -56,12 +56,13 @@ def http_rows(d):
     for workers, cell in d["cells"].items():
         peers = {k: v for k, v in cell.items() if k in ("haproxy", "nginx") and v["runs"]}
         best = max(peers, key=lambda k: med(peers[k]["runs"], "rps") or 0, default=None)
+        cell_name = ("HTTP requests/s, 1 worker pinned" if workers.endswith("p") else
+                     f"HTTP requests/s, {workers} worker{'s' if workers != '1' else ''}")
         for ours, note in (("switchboard", ""), ("switchboard-pipelined", ", upstream pipelining")):
             e = cell.get(ours)
             if ours != "switchboard" and not e:
                 continue
-            what = ("HTTP requests/s, 1 worker pinned" if workers.endswith("p") else
-                    f"HTTP requests/s, {workers} worker{'s' if workers != '1' else ''}") + note
+            what = cell_name + note
             if not e or e.get("skip") or not e["runs"] or not peers:
                 rows.append((what, (e or {}).get("skip", "no runs"), "", ""))
                 continue

@@ -120,10 +120,9 @@ pub struct AcceptLoop {
 /// The kernel spreads new connections over the workers' SO_REUSEPORT sockets by a hash of the
 /// addresses: the bench's 64 connections were split 25/39 and 28/36 in two of four runs, and a
 /// few long-lived ones (gRPC, WebSockets) may all land on one worker, leaving the others' cores
-/// unused for them. So a
-/// worker that accepts a connection while it serves more than `SLACK` connections over the
-/// least busy worker hands it to that one, as Envoy's exact connection balancer does.
-/// Connections do not move once served.
+/// unused for them. So a worker that accepts a connection while it serves more than `SLACK`
+/// connections over the least busy worker hands it to that one, as Envoy's exact connection
+/// balancer does. Connections do not move once served.
 pub struct Spread {
     /// Open connections per worker, the `switchboard_http_worker_connections` gauges.
     open: Vec<prometheus::IntGauge>,
