@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz` (503 until every
-//! source has synced once), `/debug/tables` (the text dump of the published snapshot).
+//! source has synced once; then 200, naming in its body any source serving stale objects),
+//! `/debug/tables` (the text dump of the published snapshot).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,6 +21,8 @@ pub struct AdminState {
     pub cell: SnapshotCell,
     /// Checks `/healthz` runs; any `Err` makes it answer 503 with the reasons.
     pub health_checks: HealthChecks,
+    /// What the sources report of their reads: `/readyz` names the failing ones.
+    pub sources: controller::SourceHealth,
     /// Set on shutdown: `/readyz` answers 503 while the DNS server's lame-duck period runs.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -88,7 +91,14 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
                     "not ready: shutting down\n",
                 )
             } else if snap.synced {
-                text(StatusCode::OK, "ready\n")
+                // Still serving the last good state: stay ready, say what is stale.
+                let stale: String = state
+                    .sources
+                    .problems()
+                    .into_iter()
+                    .map(|(part, problem)| format!("stale {part}: {problem}\n"))
+                    .collect();
+                text(StatusCode::OK, format!("ready\n{stale}"))
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,

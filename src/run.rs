@@ -45,6 +45,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding admin listener {}", cfg.admin))?;
     tracing::info!("listening on admin {}", admin_listener.local_addr()?);
     let health_checks = admin::HealthChecks::default();
+    let sources = controller::SourceHealth::default();
     let draining = Arc::new(AtomicBool::new(false));
     tokio::spawn(admin::serve(
         admin_listener,
@@ -52,6 +53,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             registry: registry.clone(),
             cell: cell.clone(),
             health_checks: health_checks.clone(),
+            sources: sources.clone(),
             draining: draining.clone(),
         },
     ));
@@ -94,7 +96,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ingress_class: cfg.ingress_class.clone(),
         gateway_controller: cfg.gateway_controller.clone(),
     });
-    tokio::spawn(Controller::new(state, cell.clone(), metrics, parts).run(rx));
+    tokio::spawn(Controller::new(state, cell.clone(), metrics, parts, sources).run(rx));
 
     let dns = if cfg.dns.is_empty() {
         None

@@ -16,6 +16,7 @@
 pub mod convert;
 pub mod files;
 pub mod gateway_api;
+pub mod health;
 pub mod kubernetes;
 pub mod metrics;
 pub mod parse;
@@ -26,6 +27,7 @@ use std::time::Instant;
 use tables::{ClusterState, Kind, Object, ObjectKey, Origin, SnapshotCell, SourceId};
 use tokio::sync::mpsc;
 
+pub use health::SourceHealth;
 pub use metrics::Metrics;
 
 /// One change reported by a source.
@@ -50,6 +52,13 @@ pub enum Change {
     /// complete state.
     Synced {
         part: String,
+    },
+    /// Whether a part can read its source right now: `problem` is `None` after a complete,
+    /// error-free read. A failing part keeps its last good objects; this only makes the
+    /// staleness visible (log, metrics, `/readyz` detail).
+    Health {
+        part: String,
+        problem: Option<String>,
     },
 }
 
@@ -93,21 +102,25 @@ pub struct Controller {
     cell: SnapshotCell,
     metrics: Metrics,
     pending: BTreeSet<String>,
+    health: SourceHealth,
 }
 
 impl Controller {
-    /// `parts` are the source parts that must report `Synced` before the snapshot is ready.
+    /// `parts` are the source parts that must report `Synced` before the snapshot is ready;
+    /// `health` receives what the sources report of their reads (the admin listener shows it).
     pub fn new(
         state: ClusterState,
         cell: SnapshotCell,
         metrics: Metrics,
         parts: Vec<String>,
+        health: SourceHealth,
     ) -> Self {
         Controller {
             state,
             cell,
             metrics,
             pending: parts.into_iter().collect(),
+            health,
         }
     }
 
@@ -141,6 +154,40 @@ impl Controller {
                     self.state.set_synced(true);
                 }
             }
+            Change::Health { part, problem } => self.report_health(&part, problem),
+        }
+    }
+
+    /// Records a part's health, exports it, and logs the start and the end of each outage once.
+    fn report_health(&mut self, part: &str, problem: Option<String>) {
+        let now = std::time::SystemTime::now();
+        let up = problem.is_none();
+        match self.health.report(part, problem.clone(), now) {
+            health::Transition::Same => {}
+            health::Transition::Failing => tracing::warn!(
+                %part,
+                problem = problem.as_deref().unwrap_or(""),
+                "source cannot be read; serving its last good objects"
+            ),
+            health::Transition::Recovered(after) => tracing::info!(
+                %part,
+                after_s = after.as_secs_f64(),
+                "source reads again"
+            ),
+        }
+        self.metrics
+            .source_up
+            .with_label_values(&[part])
+            .set(up as i64);
+        if up {
+            let secs = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            self.metrics
+                .source_last_sync
+                .with_label_values(&[part])
+                .set(secs);
         }
     }
 

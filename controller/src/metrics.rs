@@ -2,7 +2,8 @@
 //! listener serves.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 #[derive(Clone)]
@@ -14,6 +15,8 @@ pub struct Metrics {
     pub watch_restarts: IntCounterVec,
     pub source_errors: IntCounterVec,
     pub ready: IntGauge,
+    pub source_up: IntGaugeVec,
+    pub source_last_sync: GaugeVec,
 }
 
 impl Metrics {
@@ -59,6 +62,20 @@ impl Metrics {
                 "switchboard_ready",
                 "1 once every source has delivered its first complete state.",
             )?,
+            source_up: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_source_up",
+                    "1 while a source part reads its source without error; 0 while it serves its last good objects.",
+                ),
+                &["part"],
+            )?,
+            source_last_sync: GaugeVec::new(
+                Opts::new(
+                    "switchboard_source_last_sync_timestamp_seconds",
+                    "Unix time of a source part's last complete, error-free read.",
+                ),
+                &["part"],
+            )?,
         };
         registry.register(Box::new(m.generation.clone()))?;
         registry.register(Box::new(m.publishes.clone()))?;
@@ -67,6 +84,8 @@ impl Metrics {
         registry.register(Box::new(m.watch_restarts.clone()))?;
         registry.register(Box::new(m.source_errors.clone()))?;
         registry.register(Box::new(m.ready.clone()))?;
+        registry.register(Box::new(m.source_up.clone()))?;
+        registry.register(Box::new(m.source_last_sync.clone()))?;
         Ok(m)
     }
 }
