@@ -4,6 +4,7 @@
 #   dnsutils   dig, for the DNS tests
 #   iproute2   ip netns / veth, for the network-namespace tests
 #   nftables   nft, for the kube-proxy (L4) tests
+#   conntrack  conntrack, which the L4 kernel path uses to delete stale UDP entries
 #   curl       HTTP tests and the README's examples
 # Debian/Ubuntu. Runs apt-get as root, or through sudo.
 set -euo pipefail
@@ -13,6 +14,7 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v dig >/dev/null || need+=(dnsutils)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
+command -v conntrack >/dev/null || need+=(conntrack)
 command -v curl >/dev/null || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -19,8 +19,20 @@ pub enum L4Mode {
     Off,
     /// One listener per service VIP:port, for VIPs that are local addresses.
     Bind,
-    /// An nftables table steering VIP traffic to one redirect/tproxy listener.
+    /// An nftables table: Service traffic DNATed in the kernel (or, per Service, steered to
+    /// the userspace relay).
     Nftables,
+}
+
+/// The data path of a Service under `--l4 nftables`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum L4DataPath {
+    /// DNAT in the kernel, as kube-proxy's nftables mode.
+    #[default]
+    Kernel,
+    /// The userspace relay (PROXY protocol, per-connection metrics).
+    Proxy,
 }
 
 /// `switchboard run` flags.
@@ -111,6 +123,18 @@ pub struct RunArgs {
     /// With --l4 nftables: remove the nftables table and its policy routing on exit.
     #[arg(long)]
     pub cleanup_on_exit: bool,
+    /// The pod network, CIDR (repeatable): with --l4 nftables, traffic from elsewhere to a
+    /// ClusterIP is masqueraded, and pods reach `externalTrafficPolicy: Local` services
+    /// through every endpoint (kube-proxy's --cluster-cidr) [default: none].
+    #[arg(long, value_name = "CIDR")]
+    pub cluster_cidr: Vec<String>,
+    /// With --l4 nftables: masquerade all Service traffic (kube-proxy's --masquerade-all).
+    #[arg(long)]
+    pub masquerade_all: bool,
+    /// With --l4 nftables: the data path of Services without a `switchboard.dev/l4-mode`
+    /// annotation: kernel (DNAT in nftables) or proxy (the userspace relay) [default: kernel].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub l4_default_mode: Option<L4DataPath>,
     /// Forget a UDP flow after this many seconds without a datagram [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub udp_idle_timeout: Option<u64>,
@@ -156,6 +180,9 @@ pub struct FileConfig {
     pub node_name: Option<String>,
     pub zone: Option<String>,
     pub cleanup_on_exit: Option<bool>,
+    pub cluster_cidr: Option<Vec<String>>,
+    pub masquerade_all: Option<bool>,
+    pub l4_default_mode: Option<L4DataPath>,
     pub udp_idle_timeout: Option<u64>,
     pub l4_sync_timeout: Option<u64>,
     pub ingress_class: Option<String>,
@@ -199,6 +226,10 @@ pub struct Config {
     pub node_name: Option<String>,
     pub zone: Option<String>,
     pub cleanup_on_exit: bool,
+    /// The pod network, for the kernel path's masquerading.
+    pub cluster_cidrs: Vec<proxy::l4::kernel::IpNet>,
+    pub masquerade_all: bool,
+    pub l4_default_mode: L4DataPath,
     pub udp_idle_timeout: std::time::Duration,
     pub l4_sync_timeout: std::time::Duration,
     pub ingress_class: String,
@@ -314,7 +345,26 @@ impl Config {
             Some(s) => dns::parse_duration(&s).context("lame-duck")?,
             None => std::time::Duration::from_secs(5),
         };
+        let cluster_cidr_strs = if args.cluster_cidr.is_empty() {
+            file.cluster_cidr.clone().unwrap_or_default()
+        } else {
+            args.cluster_cidr.clone()
+        };
+        let cluster_cidrs = cluster_cidr_strs
+            .iter()
+            .map(|s| {
+                s.parse::<proxy::l4::kernel::IpNet>()
+                    .map(|n| n.trunc())
+                    .with_context(|| format!("cluster-cidr {s:?}: want a CIDR like 10.244.0.0/16"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Config {
+            cluster_cidrs,
+            masquerade_all: args.masquerade_all || file.masquerade_all.unwrap_or(false),
+            l4_default_mode: args
+                .l4_default_mode
+                .or(file.l4_default_mode)
+                .unwrap_or_default(),
             ttl: args.ttl.or(file.ttl).unwrap_or(30),
             pods,
             axfr_allow,

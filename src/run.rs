@@ -155,6 +155,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 udp_idle_timeout: cfg.udp_idle_timeout,
                 sync_timeout: cfg.l4_sync_timeout,
                 cleanup_on_exit: cfg.cleanup_on_exit,
+                kernel: proxy::l4::kernel::KernelConfig {
+                    cluster_cidrs: cfg.cluster_cidrs.clone(),
+                    masquerade_all: cfg.masquerade_all,
+                    default_relay: cfg.l4_default_mode == crate::config::L4DataPath::Proxy,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             let l4 = proxy::l4::L4::start(l4_cfg, cell.clone(), &registry)

@@ -606,10 +606,23 @@ pub struct Cluster {
     pub outside: Netns,
     pub node_ns: Vec<Netns>,
     pub dir: tempfile::TempDir,
+    /// Flags every node starts with.
+    pub node_args: Vec<String>,
 }
 
 impl Cluster {
+    /// Nodes whose Services go to the userspace relay (`--l4-default-mode proxy`): the tests
+    /// of what the relay does.
     pub fn new() -> Cluster {
+        Self::with_node_args(&["--l4-default-mode", "proxy"])
+    }
+
+    /// Nodes on the default kernel path (DNAT in nftables).
+    pub fn kernel() -> Cluster {
+        Self::with_node_args(&[])
+    }
+
+    fn with_node_args(node_args: &[&str]) -> Cluster {
         let node_ns = vec![Netns::new("node1"), Netns::new("node2")];
         let outside = Netns::new("out");
         for (i, n) in node_ns.iter().enumerate() {
@@ -643,6 +656,7 @@ impl Cluster {
             outside,
             node_ns,
             dir: tempfile::tempdir().unwrap(),
+            node_args: node_args.iter().map(|a| a.to_string()).collect(),
         }
     }
 
@@ -653,6 +667,10 @@ impl Cluster {
         let ifname = format!("p{host}");
         veth(n, &ifname, &ns, "eth0");
         n.ip(&format!("link set {ifname} master br0"));
+        // As the CNI bridge plugin's hairpinMode (and kubelet's hairpin-veth): with
+        // br_netfilter, a pod's packet DNATed back to the pod itself is bridged out of the port
+        // it came in on, which a bridge only does with hairpin on.
+        n.ip(&format!("link set {ifname} type bridge_slave hairpin on"));
         ns.ip(&format!("addr add 10.244.{node}.{host}/24 dev eth0"));
         ns.ip(&format!(
             "-6 addr add fd00:244:{node}::{host}/64 dev eth0 nodad"
@@ -722,6 +740,7 @@ impl Cluster {
             "--node-name",
             &name,
         ];
+        args.extend(self.node_args.iter().map(String::as_str));
         args.extend(extra);
         self.nodes[node - 1] = Some(Node::start(Some(&self.node_ns[node - 1]), &args));
     }
@@ -742,5 +761,60 @@ impl Cluster {
     /// `nft list tables` inside node `node`.
     pub fn nft_tables(&self, node: usize) -> String {
         self.node_netns(node).exec(&["nft", "list", "tables"])
+    }
+}
+
+// ---- backends that say who called ----
+
+impl Backend {
+    /// A TCP backend that greets each connection with `NAME SOURCE-IP\n` (then echoes), and a
+    /// UDP one on the same address answering `NAME SOURCE-IP`: what the pod sees as the client.
+    pub fn whoami(ns: Option<&Netns>, addr: SocketAddr, name: &str) -> Vec<Backend> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener =
+            within(ns, || TcpListener::bind(addr)).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        listener.set_nonblocking(true).unwrap();
+        let sock =
+            within(ns, || UdpSocket::bind(addr)).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let (tcp_hits, udp_hits) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let (s, h, n) = (stop.clone(), tcp_hits.clone(), name.to_string());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, from)) => {
+                        h.fetch_add(1, Ordering::Relaxed);
+                        let _ = conn.write_all(format!("{n} {}\n", from.ip()).as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        let (s, h, n) = (stop.clone(), udp_hits.clone(), name.to_string());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((_, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                h.fetch_add(1, Ordering::Relaxed);
+                let _ = sock.send_to(format!("{n} {}", from.ip()).as_bytes(), from);
+            }
+        });
+        vec![
+            Backend {
+                name: name.into(),
+                addr,
+                stop: stop.clone(),
+                hits: tcp_hits,
+            },
+            Backend {
+                name: name.into(),
+                addr,
+                stop,
+                hits: udp_hits,
+            },
+        ]
     }
 }

@@ -98,8 +98,8 @@ impl BindListeners {
         let mut closed = 0;
         for c in changes {
             let (before, after) = (
-                self.wanted(c.old, &c.element),
-                self.wanted(c.new, &c.element),
+                self.wanted(c.old_verdict(), &c.element),
+                self.wanted(c.new_verdict(), &c.element),
             );
             let Some(key) = addr_of(&c.element) else {
                 continue;

@@ -27,7 +27,9 @@
 //! address set the annotation `switchboard.dev/proxy-protocol: v2`.
 
 mod bind;
+mod conntrack;
 mod health;
+pub mod kernel;
 pub mod metrics;
 pub mod nft;
 pub mod proxy_protocol;
@@ -78,6 +80,8 @@ pub struct L4Config {
     /// Upstream connect timeout per attempt.
     pub connect_timeout: Duration,
     pub nft: NftConfig,
+    /// The kernel path's masquerading choices (`--cluster-cidr`, `--masquerade-all`).
+    pub kernel: kernel::KernelConfig,
 }
 
 impl Default for L4Config {
@@ -91,6 +95,7 @@ impl Default for L4Config {
             cleanup_on_exit: false,
             connect_timeout: Duration::from_secs(3),
             nft: NftConfig::default(),
+            kernel: kernel::KernelConfig::default(),
         }
     }
 }

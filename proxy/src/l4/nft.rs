@@ -28,9 +28,11 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use tables::Protocol;
 
+use super::kernel::ChainOps;
 use super::select::Verdict;
 
 /// Names and marks of the table.
@@ -42,6 +44,8 @@ pub struct NftConfig {
     pub tproxy_mark: u32,
     /// Packet mark bit for TCP to be redirected.
     pub redirect_mark: u32,
+    /// Packet mark bit asking nat postrouting to masquerade (kernel path).
+    pub masquerade_mark: u32,
     /// Routing table with `local default dev lo` for tproxied packets.
     pub route_table: u32,
 }
@@ -52,6 +56,7 @@ impl Default for NftConfig {
             table: "switchboard".into(),
             tproxy_mark: 0x0040_0000,
             redirect_mark: 0x0080_0000,
+            masquerade_mark: 0x0020_0000,
             route_table: 1456,
         }
     }
@@ -96,16 +101,47 @@ impl Element {
         }
     }
 
-    fn map(&self) -> &'static str {
+    /// The map holding this element: the filter-hook maps for the relay, reject and drop; the
+    /// nat-hook maps for the kernel path's DNAT chains.
+    fn map(&self, v: Verdict) -> &'static str {
+        let kernel = v == Verdict::Kernel;
+        match (*self, kernel) {
+            (
+                Element::Service {
+                    ip: IpAddr::V4(_), ..
+                },
+                false,
+            ) => "services4",
+            (
+                Element::Service {
+                    ip: IpAddr::V6(_), ..
+                },
+                false,
+            ) => "services6",
+            (Element::NodePort { v6: false, .. }, false) => "nodeports4",
+            (Element::NodePort { v6: true, .. }, false) => "nodeports6",
+            (
+                Element::Service {
+                    ip: IpAddr::V4(_), ..
+                },
+                true,
+            ) => "kernel4",
+            (
+                Element::Service {
+                    ip: IpAddr::V6(_), ..
+                },
+                true,
+            ) => "kernel6",
+            (Element::NodePort { v6: false, .. }, true) => "kernel-nodeports4",
+            (Element::NodePort { v6: true, .. }, true) => "kernel-nodeports6",
+        }
+    }
+
+    /// Whether this element is of the IPv6 family.
+    pub fn v6(&self) -> bool {
         match *self {
-            Element::Service {
-                ip: IpAddr::V4(_), ..
-            } => "services4",
-            Element::Service {
-                ip: IpAddr::V6(_), ..
-            } => "services6",
-            Element::NodePort { v6: false, .. } => "nodeports4",
-            Element::NodePort { v6: true, .. } => "nodeports6",
+            Element::Service { ip, .. } => ip.is_ipv6(),
+            Element::NodePort { v6, .. } => v6,
         }
     }
 
@@ -124,49 +160,88 @@ impl Element {
     }
 }
 
-fn verdict_text(protocol: Protocol, v: Verdict) -> &'static str {
-    match (protocol, v) {
+/// What a map element does: its verdict and, on the kernel path, the chain it jumps to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub verdict: Verdict,
+    pub chain: Option<Arc<str>>,
+}
+
+impl Target {
+    pub fn new(verdict: Verdict, chain: Option<Arc<str>>) -> Self {
+        Target { verdict, chain }
+    }
+}
+
+fn verdict_text(out: &mut String, protocol: Protocol, t: &Target) {
+    let text = match (protocol, t.verdict) {
         (Protocol::Udp, Verdict::Proxy) => "jump udp-tproxy",
         (_, Verdict::Proxy) => "jump tcp-redirect",
         (_, Verdict::Reject) => "jump no-endpoints",
         (_, Verdict::Drop) => "jump no-local-endpoints",
-    }
+        (_, Verdict::Kernel) => {
+            let _ = write!(out, "goto {}", quoted(t.chain.as_deref().unwrap_or("")));
+            return;
+        }
+    };
+    out.push_str(text);
 }
 
-const MAPS: [&str; 4] = ["services4", "services6", "nodeports4", "nodeports6"];
+/// A chain name as nft reads it. Service chain names (`svc-default/web/tcp/80/int4`) are made
+/// of DNS labels, digits and `/`, which nft takes unquoted (and refuses quoted).
+fn quoted(name: &str) -> &str {
+    name
+}
+
+const MAPS: [&str; 8] = [
+    "services4",
+    "services6",
+    "nodeports4",
+    "nodeports6",
+    "kernel4",
+    "kernel6",
+    "kernel-nodeports4",
+    "kernel-nodeports6",
+];
 
 /// Writes `add element` commands for `elems`, grouped by map, a few thousand per command.
 fn add_elements<'a>(
     out: &mut String,
     table: &str,
-    elems: impl Iterator<Item = (&'a Element, &'a Verdict)>,
+    elems: impl Iterator<Item = (&'a Element, &'a Target)>,
 ) {
-    let mut by_map: BTreeMap<&str, Vec<(&Element, &Verdict)>> = BTreeMap::new();
-    for (e, v) in elems {
-        by_map.entry(e.map()).or_default().push((e, v));
+    let mut by_map: BTreeMap<&str, Vec<(&Element, &Target)>> = BTreeMap::new();
+    for (e, t) in elems {
+        by_map.entry(e.map(t.verdict)).or_default().push((e, t));
     }
-    for (map, list) in by_map {
+    for (map, mut list) in by_map {
+        list.sort_by_key(|(e, _)| **e);
         for chunk in list.chunks(4096) {
             let _ = write!(out, "add element inet {table} {map} {{ ");
-            for (i, (e, v)) in chunk.iter().enumerate() {
+            for (i, (e, t)) in chunk.iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
                 e.key(out);
                 out.push_str(" : ");
-                out.push_str(verdict_text(e.protocol(), **v));
+                verdict_text(out, e.protocol(), t);
             }
             out.push_str(" }\n");
         }
     }
 }
 
-fn delete_elements<'a>(out: &mut String, table: &str, elems: impl Iterator<Item = &'a Element>) {
+fn delete_elements<'a>(
+    out: &mut String,
+    table: &str,
+    elems: impl Iterator<Item = (&'a Element, &'a Target)>,
+) {
     let mut by_map: BTreeMap<&str, Vec<&Element>> = BTreeMap::new();
-    for e in elems {
-        by_map.entry(e.map()).or_default().push(e);
+    for (e, t) in elems {
+        by_map.entry(e.map(t.verdict)).or_default().push(e);
     }
-    for (map, list) in by_map {
+    for (map, mut list) in by_map {
+        list.sort();
         for chunk in list.chunks(4096) {
             let _ = write!(out, "delete element inet {table} {map} {{ ");
             for (i, e) in chunk.iter().enumerate() {
@@ -180,11 +255,47 @@ fn delete_elements<'a>(out: &mut String, table: &str, elems: impl Iterator<Item 
     }
 }
 
-/// The script that replaces the whole table with one holding `elements`.
-pub fn full_script(cfg: &NftConfig, ports: &Ports, elements: &HashMap<Element, Verdict>) -> String {
+/// The kernel path's chains and hairpin addresses, for a full table.
+#[derive(Default)]
+pub struct KernelChains<'a> {
+    pub chains: Vec<super::kernel::ChainRules<'a>>,
+    pub hairpin: Vec<IpAddr>,
+}
+
+fn write_rules(out: &mut String, table: &str, chain: &str, rules: &[String]) {
+    for r in rules {
+        let _ = writeln!(out, "add rule inet {table} {} {r}", quoted(chain));
+    }
+}
+
+fn hairpin_elements(out: &mut String, table: &str, verb: &str, ips: &[IpAddr]) {
+    for v6 in [false, true] {
+        let list: Vec<String> = ips
+            .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .map(|ip| format!("{ip} . {ip}"))
+            .collect();
+        for chunk in list.chunks(4096) {
+            let set = if v6 { "hairpin6" } else { "hairpin4" };
+            let _ = writeln!(
+                out,
+                "{verb} element inet {table} {set} {{ {} }}",
+                chunk.join(", ")
+            );
+        }
+    }
+}
+
+/// The script that replaces the whole table with one holding `elements` and `kernel`'s chains.
+pub fn full_script(
+    cfg: &NftConfig,
+    ports: &Ports,
+    elements: &HashMap<Element, Target>,
+    kernel: &KernelChains<'_>,
+) -> String {
     let t = &cfg.table;
-    let (tm, rm) = (cfg.tproxy_mark, cfg.redirect_mark);
-    let mut s = String::with_capacity(4096 + elements.len() * 48);
+    let (tm, rm, mm) = (cfg.tproxy_mark, cfg.redirect_mark, cfg.masquerade_mark);
+    let mut s = String::with_capacity(4096 + elements.len() * 48 + kernel.chains.len() * 160);
     let _ = writeln!(s, "table inet {t} {{}}\ndelete table inet {t}");
     let _ = writeln!(s, "table inet {t} {{");
     for (map, key) in [
@@ -192,9 +303,17 @@ pub fn full_script(cfg: &NftConfig, ports: &Ports, elements: &HashMap<Element, V
         ("services6", "ipv6_addr . inet_proto . inet_service"),
         ("nodeports4", "inet_proto . inet_service"),
         ("nodeports6", "inet_proto . inet_service"),
+        ("kernel4", "ipv4_addr . inet_proto . inet_service"),
+        ("kernel6", "ipv6_addr . inet_proto . inet_service"),
+        ("kernel-nodeports4", "inet_proto . inet_service"),
+        ("kernel-nodeports6", "inet_proto . inet_service"),
     ] {
         let _ = writeln!(s, "  map {map} {{\n    type {key} : verdict\n  }}");
     }
+    let _ = writeln!(
+        s,
+        "  set hairpin4 {{\n    type ipv4_addr . ipv4_addr\n  }}\n  set hairpin6 {{\n    type ipv6_addr . ipv6_addr\n  }}"
+    );
     let _ = writeln!(s, "  counter no-endpoints {{\n  }}");
     let _ = writeln!(
         s,
@@ -212,10 +331,17 @@ pub fn full_script(cfg: &NftConfig, ports: &Ports, elements: &HashMap<Element, V
         s,
         "  chain no-local-endpoints {{\n    meta l4proto tcp ct state new counter name \"no-endpoints\" drop\n    meta l4proto udp counter name \"no-endpoints\" drop\n  }}"
     );
-    let _ = writeln!(
-        s,
-        "  chain services {{\n    ip daddr . meta l4proto . th dport vmap @services4\n    ip6 daddr . meta l4proto . th dport vmap @services6\n    fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @nodeports4\n    fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @nodeports6\n  }}"
-    );
+    for (chain, prefix) in [("services", ""), ("kernel-services", "kernel-")] {
+        let (v4, v6) = if prefix.is_empty() {
+            ("services4", "services6")
+        } else {
+            ("kernel4", "kernel6")
+        };
+        let _ = writeln!(
+            s,
+            "  chain {chain} {{\n    ip daddr . meta l4proto . th dport vmap @{v4}\n    ip6 daddr . meta l4proto . th dport vmap @{v6}\n    fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @{prefix}nodeports4\n    fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @{prefix}nodeports6\n  }}"
+        );
+    }
     let _ = writeln!(
         s,
         "  chain prerouting {{\n    type filter hook prerouting priority mangle; policy accept;\n    ct direction original jump services"
@@ -252,48 +378,82 @@ pub fn full_script(cfg: &NftConfig, ports: &Ports, elements: &HashMap<Element, V
                 "    meta mark & {rm:#x} == {rm:#x} meta nfproto ipv6 meta l4proto tcp redirect to :{p}"
             );
         }
-        let _ = writeln!(s, "  }}");
+        let _ = writeln!(s, "    jump kernel-services\n  }}");
     }
+    let _ = writeln!(
+        s,
+        "  chain nat-postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ct status dnat ip saddr . ip daddr @hairpin4 masquerade\n    ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade\n    meta mark & {mm:#x} == {mm:#x} meta mark set meta mark ^ {mm:#x} masquerade\n  }}"
+    );
     let _ = writeln!(s, "}}");
+    for (name, rules) in &kernel.chains {
+        let _ = writeln!(s, "add chain inet {t} {}", quoted(name));
+        write_rules(&mut s, t, name, rules);
+    }
     add_elements(&mut s, t, elements.iter());
+    hairpin_elements(&mut s, t, "add", &kernel.hairpin);
     s
 }
 
-/// One element whose verdict changed between two snapshots (`None`: absent).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One element whose target changed between two snapshots (`None`: absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     pub element: Element,
-    pub old: Option<Verdict>,
-    pub new: Option<Verdict>,
+    pub old: Option<Target>,
+    pub new: Option<Target>,
 }
 
-/// The script that applies `changes`: elements that went away or changed verdict are deleted,
-/// new and changed ones added, all in one transaction. `None` when nothing changed.
-pub fn change_script(cfg: &NftConfig, changes: &[Change]) -> Option<String> {
+impl Change {
+    pub fn old_verdict(&self) -> Option<Verdict> {
+        self.old.as_ref().map(|t| t.verdict)
+    }
+
+    pub fn new_verdict(&self) -> Option<Verdict> {
+        self.new.as_ref().map(|t| t.verdict)
+    }
+}
+
+/// The script that applies `changes` and the kernel chains' `ops`, in one transaction:
+/// elements that went away or changed are deleted, new chains added and changed chains
+/// rewritten, new and changed elements added, then chains nothing jumps to any more deleted.
+/// `None` when nothing changed.
+pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Option<String> {
+    let t = &cfg.table;
     let real = || changes.iter().filter(|c| c.old != c.new);
     let mut s = String::new();
     delete_elements(
         &mut s,
-        &cfg.table,
-        real().filter(|c| c.old.is_some()).map(|c| &c.element),
+        t,
+        real().filter_map(|c| c.old.as_ref().map(|o| (&c.element, o))),
     );
+    for name in &ops.add {
+        let _ = writeln!(s, "add chain inet {t} {}", quoted(name));
+    }
+    for (name, rules) in &ops.rewrite {
+        let _ = writeln!(s, "flush chain inet {t} {}", quoted(name));
+        write_rules(&mut s, t, name, rules);
+    }
     add_elements(
         &mut s,
-        &cfg.table,
+        t,
         real().filter_map(|c| c.new.as_ref().map(|v| (&c.element, v))),
     );
+    for name in &ops.delete {
+        let _ = writeln!(s, "delete chain inet {t} {}", quoted(name));
+    }
+    hairpin_elements(&mut s, t, "delete", &ops.hairpin_delete);
+    hairpin_elements(&mut s, t, "add", &ops.hairpin_add);
     (!s.is_empty()).then_some(s)
 }
 
 /// The changes that turn `old` into `new`.
-pub fn diff(old: &HashMap<Element, Verdict>, new: &HashMap<Element, Verdict>) -> Vec<Change> {
+pub fn diff(old: &HashMap<Element, Target>, new: &HashMap<Element, Target>) -> Vec<Change> {
     let mut out: Vec<Change> = old
         .iter()
         .filter(|(k, v)| new.get(*k) != Some(*v))
         .map(|(k, v)| Change {
             element: *k,
-            old: Some(*v),
-            new: new.get(k).copied(),
+            old: Some(v.clone()),
+            new: new.get(k).cloned(),
         })
         .collect();
     out.extend(
@@ -302,7 +462,7 @@ pub fn diff(old: &HashMap<Element, Verdict>, new: &HashMap<Element, Verdict>) ->
             .map(|(k, v)| Change {
                 element: *k,
                 old: None,
-                new: Some(*v),
+                new: Some(v.clone()),
             }),
     );
     out
@@ -427,7 +587,7 @@ pub fn rejected_packets(cfg: &NftConfig) -> Option<u64> {
 }
 
 /// Names the maps (for tests and debugging).
-pub fn maps() -> [&'static str; 4] {
+pub fn maps() -> [&'static str; 8] {
     MAPS
 }
 
@@ -443,16 +603,21 @@ mod tests {
         }
     }
 
+    fn t(v: Verdict) -> Target {
+        Target::new(v, None)
+    }
+
     #[test]
     fn diff_touches_only_changed_elements() {
         let cfg = NftConfig::default();
+        let none = ChainOps::default();
         let mut old = HashMap::new();
-        old.insert(svc("10.96.0.1", Protocol::Tcp, 80), Verdict::Proxy);
-        old.insert(svc("10.96.0.2", Protocol::Udp, 53), Verdict::Proxy);
-        old.insert(svc("fd00::1", Protocol::Tcp, 80), Verdict::Proxy);
+        old.insert(svc("10.96.0.1", Protocol::Tcp, 80), t(Verdict::Proxy));
+        old.insert(svc("10.96.0.2", Protocol::Udp, 53), t(Verdict::Proxy));
+        old.insert(svc("fd00::1", Protocol::Tcp, 80), t(Verdict::Proxy));
         let mut new = old.clone();
-        assert_eq!(change_script(&cfg, &diff(&old, &new)), None);
-        new.insert(svc("10.96.0.2", Protocol::Udp, 53), Verdict::Reject);
+        assert_eq!(change_script(&cfg, &diff(&old, &new), &none), None);
+        new.insert(svc("10.96.0.2", Protocol::Udp, 53), t(Verdict::Reject));
         new.remove(&svc("fd00::1", Protocol::Tcp, 80));
         new.insert(
             Element::NodePort {
@@ -460,31 +625,32 @@ mod tests {
                 protocol: Protocol::Tcp,
                 port: 30080,
             },
-            Verdict::Drop,
+            t(Verdict::Drop),
         );
-        let s = change_script(&cfg, &diff(&old, &new)).unwrap();
-        assert!(
-            s.contains("delete element inet switchboard services4 { 10.96.0.2 . udp . 53 }"),
-            "{s}"
-        );
-        assert!(
-            s.contains("delete element inet switchboard services6 { fd00::1 . tcp . 80 }"),
-            "{s}"
-        );
-        assert!(s.contains("add element inet switchboard services4 { 10.96.0.2 . udp . 53 : jump no-endpoints }"), "{s}");
-        assert!(
-            s.contains(
-                "add element inet switchboard nodeports4 { tcp . 30080 : jump no-local-endpoints }"
-            ),
-            "{s}"
-        );
-        assert!(!s.contains("10.96.0.1"), "{s}");
+        let kernel = Target::new(Verdict::Kernel, Some("svc-default/web/tcp/80/int4".into()));
+        new.insert(svc("10.96.0.1", Protocol::Tcp, 80), kernel);
+        let s = change_script(&cfg, &diff(&old, &new), &none).unwrap();
+        let want = [
+            // From the relay to the kernel (10.96.0.1): out of the filter map, into the nat map.
+            "delete element inet switchboard services4 { 10.96.0.1 . tcp . 80, 10.96.0.2 . udp . 53 }",
+            "delete element inet switchboard services6 { fd00::1 . tcp . 80 }",
+            "add element inet switchboard services4 { 10.96.0.2 . udp . 53 : jump no-endpoints }",
+            "add element inet switchboard nodeports4 { tcp . 30080 : jump no-local-endpoints }",
+            "add element inet switchboard kernel4 { 10.96.0.1 . tcp . 80 : goto svc-default/web/tcp/80/int4 }",
+        ];
+        let missing: Vec<_> = want.iter().filter(|w| !s.contains(*w)).collect();
+        assert!(missing.is_empty(), "missing {missing:#?} in\n{s}");
     }
 
     #[test]
     fn full_script_replaces_the_table_in_one_go() {
         let mut e = HashMap::new();
-        e.insert(svc("10.96.0.1", Protocol::Udp, 53), Verdict::Proxy);
+        e.insert(svc("10.96.0.1", Protocol::Udp, 53), t(Verdict::Proxy));
+        let rules = vec!["meta l4proto tcp dnat ip to 10.0.0.1:80".to_string()];
+        let kernel = KernelChains {
+            chains: vec![("svc-a/b/tcp/80/int4".into(), rules.as_slice())],
+            hairpin: vec!["10.0.0.1".parse().unwrap()],
+        };
         let s = full_script(
             &NftConfig::default(),
             &Ports {
@@ -494,12 +660,20 @@ mod tests {
                 udp6: None,
             },
             &e,
+            &kernel,
         );
         assert!(s.starts_with("table inet switchboard {}\ndelete table inet switchboard\n"));
-        assert!(s.contains("redirect to :1000"));
-        assert!(s.contains("redirect to :1001"));
-        assert!(s.contains("tproxy ip to :1002"));
+        for want in [
+            "redirect to :1000",
+            "redirect to :1001",
+            "tproxy ip to :1002",
+            "10.96.0.1 . udp . 53 : jump udp-tproxy",
+            "add chain inet switchboard svc-a/b/tcp/80/int4",
+            "add rule inet switchboard svc-a/b/tcp/80/int4 meta l4proto tcp dnat ip to 10.0.0.1:80",
+            "add element inet switchboard hairpin4 { 10.0.0.1 . 10.0.0.1 }",
+        ] {
+            assert!(s.contains(want), "{want} in\n{s}");
+        }
         assert!(!s.contains("tproxy ip6"));
-        assert!(s.contains("10.96.0.1 . udp . 53 : jump udp-tproxy"));
     }
 }

@@ -29,25 +29,35 @@ pub enum Pick {
 /// The verdict for a frontend as a whole, for the nftables maps and the `bind` listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verdict {
-    /// Proxy it.
+    /// Proxy it in userspace (the relay).
     Proxy,
+    /// DNAT it in the kernel (`--l4 nftables`' default path): the element jumps to the chain
+    /// of its service port (`kernel.rs`).
+    Kernel,
     /// No endpoints: reject new connections.
     Reject,
     /// Local policy and no local endpoint: drop.
     Drop,
 }
 
-/// The verdict for traffic of `kind` to `target`, for a frontend of `family`.
+/// The verdict for traffic of `kind` to `target`, for a frontend of `family`. With `kernel`
+/// (the kernel path's configuration), traffic with endpoints is DNATed in the kernel unless
+/// the Service goes to the relay (`kernel::relay_reason`).
 pub fn verdict(
     target: &FrontendTarget,
     kind: TrafficKind,
     family: IpAddr,
     node: &NodeTopology,
+    kernel: Option<&super::kernel::KernelConfig>,
 ) -> Verdict {
     let svc = &target.service.service;
     let c = categorize(&target.port().endpoints, svc, node, Some(family));
     if !c.for_traffic(svc, kind).is_empty() {
-        Verdict::Proxy
+        if kernel.is_some_and(|k| super::kernel::relay_reason(svc, k).is_none()) {
+            Verdict::Kernel
+        } else {
+            Verdict::Proxy
+        }
     } else if c.has_any {
         Verdict::Drop
     } else {

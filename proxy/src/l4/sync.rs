@@ -17,83 +17,98 @@ use tables::{Protocol, ServiceRoutes, Snapshot};
 use tokio::task::JoinHandle;
 
 use super::bind::BindListeners;
+use super::conntrack;
 use super::health::HealthServers;
-use super::nft::{self, Change, Element, Ports};
+use super::kernel::{chain_body, chain_name, ChainOps, Chains, KernelConfig};
+use super::nft::{self, Change, Element, Ports, Target};
 use super::select::{verdict, Verdict};
 use super::{redirect, traffic_kind, L4Error, Mode, Shared};
 use crate::endpoints::{NodeTopology, TrafficKind};
 
 /// The verdict of every frontend as of the last snapshot, with the service it was computed
-/// from, so the next snapshot recomputes only frontends whose `ServiceRoutes` changed.
+/// from, so the next snapshot recomputes only frontends whose `ServiceRoutes` changed; and,
+/// for the kernel path, the chains those verdicts jump to.
 #[derive(Default)]
 pub(crate) struct VerdictCache {
     entries: HashMap<Element, Entry>,
+    chains: Chains,
     stamp: u64,
 }
 
 struct Entry {
     service: Arc<ServiceRoutes>,
     port_index: usize,
-    verdict: Verdict,
+    target: Target,
     stamp: u64,
 }
 
 impl VerdictCache {
-    /// Brings the cache to `snap`; returns the elements whose verdict changed (appeared,
-    /// changed, went away). One pass over the frontend maps with a pointer compare per
-    /// frontend; categorisation only for changed services.
-    pub fn update(&mut self, snap: &Snapshot, node: &NodeTopology) -> Vec<Change> {
+    /// Brings the cache to `snap`; returns the elements whose target changed (appeared,
+    /// changed, went away) and what the kernel chains need. One pass over the frontend maps
+    /// with a pointer compare per frontend; categorisation only for changed services. `kernel`
+    /// is the kernel path's configuration, `None` where traffic always goes to the relay.
+    pub fn update(
+        &mut self,
+        snap: &Snapshot,
+        node: &NodeTopology,
+        kernel: Option<&KernelConfig>,
+    ) -> (Vec<Change>, ChainOps) {
         self.stamp += 1;
         let stamp = self.stamp;
         let mut changes = Vec::new();
         let mut seen = 0usize;
         let entries = &mut self.entries;
+        let mut batch = self.chains.batch();
         let mut one = |element: Element,
                        target: &tables::FrontendTarget,
                        kind: TrafficKind,
                        family: IpAddr| {
             seen += 1;
-            match entries.get_mut(&element) {
+            let old = match entries.get_mut(&element) {
                 Some(e)
                     if Arc::ptr_eq(&e.service, &target.service)
                         && e.port_index == target.port_index =>
                 {
                     e.stamp = stamp;
+                    return;
                 }
-                Some(e) => {
-                    let v = verdict(target, kind, family, node);
-                    if v != e.verdict {
-                        changes.push(Change {
-                            element,
-                            old: Some(e.verdict),
-                            new: Some(v),
-                        });
+                Some(e) => Some(e.target.clone()),
+                None => None,
+            };
+            let v = verdict(target, kind, family, node, kernel);
+            let chain = match (v, kernel) {
+                (Verdict::Kernel, Some(cfg)) => {
+                    let name = chain_name(target, kind, family.is_ipv6());
+                    if let Some(body) = chain_body(target, kind, family.is_ipv6(), node, cfg) {
+                        batch.set_body(&name, body);
                     }
-                    *e = Entry {
-                        service: target.service.clone(),
-                        port_index: target.port_index,
-                        verdict: v,
-                        stamp,
-                    };
+                    Some(name)
                 }
-                None => {
-                    let v = verdict(target, kind, family, node);
-                    changes.push(Change {
-                        element,
-                        old: None,
-                        new: Some(v),
-                    });
-                    entries.insert(
-                        element,
-                        Entry {
-                            service: target.service.clone(),
-                            port_index: target.port_index,
-                            verdict: v,
-                            stamp,
-                        },
-                    );
-                }
+                _ => None,
+            };
+            let new = Target::new(v, chain);
+            if let Some(name) = old.as_ref().and_then(|t| t.chain.as_ref()) {
+                batch.release(name);
             }
+            if let Some(name) = &new.chain {
+                batch.reference(name);
+            }
+            if old.as_ref() != Some(&new) {
+                changes.push(Change {
+                    element,
+                    old,
+                    new: Some(new.clone()),
+                });
+            }
+            entries.insert(
+                element,
+                Entry {
+                    service: target.service.clone(),
+                    port_index: target.port_index,
+                    target: new,
+                    stamp,
+                },
+            );
         };
         for (fe, target) in snap.routes.frontends.iter() {
             if fe.protocol == Protocol::Sctp {
@@ -128,24 +143,36 @@ impl VerdictCache {
                 if e.stamp == stamp {
                     return true;
                 }
+                if let Some(name) = &e.target.chain {
+                    batch.release(name);
+                }
                 changes.push(Change {
                     element: *element,
-                    old: Some(e.verdict),
+                    old: Some(e.target.clone()),
                     new: None,
                 });
                 false
             });
         }
-        changes
+        let ops = batch.finish();
+        (changes, ops)
     }
 
-    /// Every element with its verdict.
-    pub fn verdicts(&self) -> HashMap<Element, Verdict> {
-        self.entries.iter().map(|(k, e)| (*k, e.verdict)).collect()
+    /// Every element with its target.
+    pub fn targets(&self) -> HashMap<Element, Target> {
+        self.entries
+            .iter()
+            .map(|(k, e)| (*k, e.target.clone()))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The kernel chains, for a full table.
+    pub fn chains(&self) -> &Chains {
+        &self.chains
     }
 }
 
@@ -222,6 +249,13 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, L4
 }
 
 impl Syncer {
+    fn kernel_config(&self) -> KernelConfig {
+        KernelConfig {
+            masquerade_mark: self.shared.cfg.nft.masquerade_mark,
+            ..self.shared.cfg.kernel.clone()
+        }
+    }
+
     async fn run(mut self) {
         let mut tick = tokio::time::interval(self.shared.cfg.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -256,7 +290,15 @@ impl Syncer {
     async fn sync(&mut self, snap: &Arc<Snapshot>) -> Result<(), nft::NftError> {
         let seen = Instant::now();
         self.shared.health.pending();
-        let changes = self.cache.update(snap, &self.shared.cfg.node);
+        let kernel = match self.plane {
+            Plane::Nft { .. } => Some(self.kernel_config()),
+            Plane::Bind(_) => None,
+        };
+        let (changes, ops) = self
+            .cache
+            .update(snap, &self.shared.cfg.node, kernel.as_ref());
+        // The nft commands of this sync (one transaction), for the debug log.
+        let mut commands = 0usize;
         let result = match &mut self.plane {
             Plane::Bind(listeners) => {
                 let (opened, closed) = listeners.reconcile(&self.shared, &changes);
@@ -281,10 +323,13 @@ impl Syncer {
                 sockets.reconcile(&self.shared, &changes);
                 let cfg = &self.shared.cfg.nft;
                 let script = if *full {
-                    Some(nft::full_script(cfg, ports, &self.cache.verdicts()))
+                    let (chains, hairpin) = self.cache.chains().all();
+                    let kernel = nft::KernelChains { chains, hairpin };
+                    Some(nft::full_script(cfg, ports, &self.cache.targets(), &kernel))
                 } else {
-                    nft::change_script(cfg, &changes)
+                    nft::change_script(cfg, &changes, &ops)
                 };
+                commands = script.as_ref().map_or(0, |s| s.lines().count());
                 let r = match script {
                     None => Ok(()),
                     Some(script) => tokio::task::spawn_blocking(move || nft::apply(&script))
@@ -294,6 +339,7 @@ impl Syncer {
                 match r {
                     Ok(()) => {
                         *full = false;
+                        conntrack::forget_udp(&ops.endpoints_gone).await;
                         self.shared.metrics.frontends.set(self.cache.len() as i64);
                         Ok(())
                     }
@@ -318,7 +364,13 @@ impl Syncer {
                 self.generation = Some(snap.generation);
                 self.retry_at = None;
                 self.shared.health.applied(snap.generation);
-                tracing::debug!(generation = snap.generation, seconds = took, "l4: synced");
+                tracing::debug!(
+                    generation = snap.generation,
+                    seconds = took,
+                    commands,
+                    chains = self.cache.chains().len(),
+                    "l4: synced"
+                );
             }
             Err(e) => {
                 m.syncs.with_label_values(&["error"]).inc();

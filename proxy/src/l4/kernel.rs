@@ -1,0 +1,397 @@
+//! The kernel data path of `--l4 nftables`: a chain per service port that picks an endpoint
+//! in the kernel and DNATs to it, as kube-proxy's nftables mode does, so the backend sees the
+//! client's address and no byte crosses switchboard's process.
+//!
+//! ```text
+//!  nat prerouting / output (dstnat):
+//!    ip daddr . l4proto . dport vmap @kernel4 ─┐    (ClusterIP, externalIP, LoadBalancer IP)
+//!    fib daddr type local: l4proto . dport     ├─> goto svc-NS/NAME/PROTO/PORT/{int,ext}{4,6}
+//!                          vmap @kernel-nodeports4/6
+//!  svc-… chain:  [masquerade mark where kube-proxy masquerades]
+//!                dnat to numgen random mod N map { 0 : ep0 . port, 1 : ep1 . port, … }
+//!  nat postrouting (srcnat):
+//!    ct status dnat  saddr . daddr @hairpin4/6   masquerade   (a pod reaching itself)
+//!    meta mark & MASQ                             masquerade   (marked above)
+//! ```
+//!
+//! One chain per service port, traffic kind (internal: ClusterIP; external: NodePort,
+//! externalIP, LoadBalancer IP) and address family; no chain per endpoint. The endpoint choice
+//! is one anonymous map in one rule, so an EndpointSlice change rewrites that one chain
+//! (`flush chain` + `add rule`) in the same transaction as any map elements that changed.
+//! The candidate endpoints come from `endpoints::categorize`, the same function the relay uses,
+//! so both paths pick from the same set (ready, else serving+terminating; topology; policies).
+//!
+//! Masquerading follows kube-proxy: traffic reaching a ClusterIP from outside `--cluster-cidr`
+//! (when given), external traffic under `externalTrafficPolicy: Cluster`, node-local clients of
+//! a `Local` external service, hairpin, and everything with `--masquerade-all`. Under
+//! `externalTrafficPolicy: Local`, pods (inside `--cluster-cidr`) and the node itself use the
+//! cluster-wide endpoints, as kube-proxy's short-circuit does; other clients only this node's.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use ipnet::IpNet;
+use tables::{FrontendTarget, Protocol, Service};
+
+use crate::endpoints::{categorize, policy_local, NodeTopology, TrafficKind};
+
+/// Annotation choosing the data path of one Service: `switchboard.dev/l4-mode: proxy` (the
+/// userspace relay) or `kernel`.
+pub const MODE_ANNOTATION: &str = "switchboard.dev/l4-mode";
+
+/// What the kernel path needs to know beyond the tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// The pod network (`--cluster-cidr`, repeatable): tells pod traffic from outside traffic.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Masquerade all Service traffic (`--masquerade-all`).
+    pub masquerade_all: bool,
+    /// The packet mark bit that asks postrouting to masquerade.
+    pub masquerade_mark: u32,
+    /// Services without the annotation go to the relay (`--l4-default-mode proxy`, for a
+    /// gradual move from the relay to the kernel path).
+    pub default_relay: bool,
+}
+
+/// Why a Service's traffic goes to the userspace relay instead of the kernel, if it does.
+pub fn relay_reason(svc: &Service, cfg: &KernelConfig) -> Option<&'static str> {
+    let asked = svc.annotations.get(MODE_ANNOTATION).map(String::as_str);
+    if asked == Some("proxy") {
+        Some("annotation l4-mode: proxy")
+    } else if svc
+        .annotations
+        .contains_key(super::proxy_protocol::ANNOTATION)
+    {
+        Some("PROXY protocol")
+    } else if svc.session_affinity_timeout.is_some() {
+        // ClientIP affinity is kept by the relay's affinity table until the kernel path
+        // grows per-endpoint affinity sets (docs/l4.md, "What the kernel path does not do").
+        Some("sessionAffinity ClientIP")
+    } else if cfg.default_relay && asked != Some("kernel") {
+        Some("--l4-default-mode proxy")
+    } else {
+        None
+    }
+}
+
+/// The name of the chain for one service port, traffic kind and family, readable in
+/// `nft list table` (`svc-default/web/tcp/80/int4`).
+pub fn chain_name(target: &FrontendTarget, kind: TrafficKind, v6: bool) -> Arc<str> {
+    let port = target.port();
+    let key = &target.service.key;
+    let proto = proto_name(port.protocol);
+    let kind = match kind {
+        TrafficKind::Internal => "int",
+        TrafficKind::External => "ext",
+    };
+    let fam = if v6 { 6 } else { 4 };
+    format!(
+        "svc-{}/{}/{proto}/{}/{kind}{fam}",
+        key.namespace, key.name, port.port
+    )
+    .into()
+}
+
+pub fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// The rules of one chain, and the endpoint addresses they DNAT to (for hairpin and
+/// conntrack cleanup).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainBody {
+    pub rules: Vec<String>,
+    pub endpoints: Vec<IpAddr>,
+}
+
+fn dnat_rule(out: &mut String, proto: &str, v6: bool, eps: &[std::net::SocketAddr]) {
+    let fam = if v6 { "ip6" } else { "ip" };
+    let _ = write!(out, "meta l4proto {proto} dnat {fam} to ");
+    let addr = |out: &mut String, a: &IpAddr| {
+        let _ = if v6 {
+            write!(out, "[{a}]")
+        } else {
+            write!(out, "{a}")
+        };
+    };
+    if let [one] = eps {
+        addr(out, &one.ip());
+        let _ = write!(out, ":{}", one.port());
+        return;
+    }
+    let _ = write!(out, "numgen random mod {} map {{ ", eps.len());
+    for (i, e) in eps.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{i} : {} . {}", e.ip(), e.port());
+    }
+    out.push_str(" }");
+}
+
+/// The body of the chain for traffic of `kind` to `target` in family `v6`; `None` when no
+/// endpoint may take that traffic (the verdict is then reject or drop, not this chain).
+pub fn chain_body(
+    target: &FrontendTarget,
+    kind: TrafficKind,
+    v6: bool,
+    node: &NodeTopology,
+    cfg: &KernelConfig,
+) -> Option<ChainBody> {
+    let svc = &target.service.service;
+    let family = if v6 {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    };
+    let c = categorize(&target.port().endpoints, svc, node, Some(family));
+    let chosen = c.for_traffic(svc, kind);
+    if chosen.is_empty() {
+        return None;
+    }
+    let proto = proto_name(target.port().protocol);
+    let fam = if v6 { "ip6" } else { "ip" };
+    let m = cfg.masquerade_mark;
+    let mark = format!("meta mark set meta mark | {m:#x}");
+    let cidrs: Vec<String> = cfg
+        .cluster_cidrs
+        .iter()
+        .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+        .map(|n| n.to_string())
+        .collect();
+    let cidr_set = (!cidrs.is_empty()).then(|| format!("{{ {} }}", cidrs.join(", ")));
+    let mut rules = Vec::new();
+    let local_external = kind == TrafficKind::External && policy_local(svc, kind);
+    if cfg.masquerade_all {
+        rules.push(mark.clone());
+    } else {
+        match (kind, local_external) {
+            (TrafficKind::Internal, _) => {
+                if let Some(set) = &cidr_set {
+                    rules.push(format!("{fam} saddr != {set} {mark}"));
+                }
+            }
+            (TrafficKind::External, false) => rules.push(mark.clone()),
+            (TrafficKind::External, true) => {
+                // kube-proxy's short-circuit: the node itself and pods use every endpoint.
+                let cluster: Vec<_> = c.cluster.iter().map(|e| e.addr).collect();
+                if !cluster.is_empty() {
+                    let mut r = format!("fib saddr type local {mark} ");
+                    dnat_rule(&mut r, proto, v6, &cluster);
+                    rules.push(r);
+                    if let Some(set) = &cidr_set {
+                        let mut r = format!("{fam} saddr {set} ");
+                        dnat_rule(&mut r, proto, v6, &cluster);
+                        rules.push(r);
+                    }
+                }
+            }
+        }
+    }
+    let addrs: Vec<_> = chosen.iter().map(|e| e.addr).collect();
+    let mut r = String::new();
+    dnat_rule(&mut r, proto, v6, &addrs);
+    rules.push(r);
+    let mut endpoints: Vec<IpAddr> = c
+        .cluster
+        .iter()
+        .chain(chosen.iter())
+        .map(|e| e.addr.ip())
+        .collect();
+    if !local_external {
+        endpoints = addrs.iter().map(|a| a.ip()).collect();
+    }
+    endpoints.sort();
+    endpoints.dedup();
+    Some(ChainBody { rules, endpoints })
+}
+
+/// A chain as programmed: its body and how many map elements jump to it.
+#[derive(Debug)]
+struct Programmed {
+    body: ChainBody,
+    refs: usize,
+}
+
+/// The kernel chains and hairpin set as last programmed, and the operations that bring them to
+/// the next snapshot.
+#[derive(Default, Debug)]
+pub struct Chains {
+    chains: HashMap<Arc<str>, Programmed>,
+    /// Endpoint address → how many chains DNAT to it (one `a . a` hairpin element each).
+    hairpin: HashMap<IpAddr, usize>,
+}
+
+/// What to do to the table's chains and hairpin sets, in a transaction's order.
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct ChainOps {
+    /// New chains (`add chain`), with their rules in `rewrite`.
+    pub add: Vec<Arc<str>>,
+    /// Chains whose rules are replaced (`flush chain` + `add rule`), new ones included.
+    pub rewrite: Vec<(Arc<str>, Vec<String>)>,
+    /// Chains no element jumps to any more (deleted after the elements).
+    pub delete: Vec<Arc<str>>,
+    pub hairpin_add: Vec<IpAddr>,
+    pub hairpin_delete: Vec<IpAddr>,
+    /// Endpoints a chain stopped using: UDP conntrack entries towards them are stale.
+    pub endpoints_gone: Vec<(Arc<str>, IpAddr)>,
+}
+
+impl ChainOps {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty()
+            && self.rewrite.is_empty()
+            && self.delete.is_empty()
+            && self.hairpin_add.is_empty()
+            && self.hairpin_delete.is_empty()
+    }
+}
+
+impl Chains {
+    /// Starts a batch of changes. `reference` and `release` count map elements that jump to a
+    /// chain; `set_body` records a chain's (possibly unchanged) rules. `finish` returns the
+    /// operations, each chain at most once.
+    pub fn batch(&mut self) -> Batch<'_> {
+        Batch {
+            chains: self,
+            ops: ChainOps::default(),
+            bodies: HashMap::new(),
+            released: Vec::new(),
+        }
+    }
+
+    /// Every chain with its rules, and the hairpin addresses (for a full table).
+    pub fn all(&self) -> (Vec<ChainRules<'_>>, Vec<IpAddr>) {
+        let mut chains: Vec<_> = self
+            .chains
+            .iter()
+            .map(|(n, p)| (n.clone(), p.body.rules.as_slice()))
+            .collect();
+        chains.sort();
+        let mut hairpin: Vec<IpAddr> = self.hairpin.keys().copied().collect();
+        hairpin.sort();
+        (chains, hairpin)
+    }
+
+    pub fn len(&self) -> usize {
+        self.chains.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty()
+    }
+}
+
+/// A chain's name and rules.
+pub type ChainRules<'a> = (Arc<str>, &'a [String]);
+
+/// One update's worth of chain changes.
+pub struct Batch<'a> {
+    chains: &'a mut Chains,
+    ops: ChainOps,
+    /// Bodies seen in this batch (new or rewritten chains).
+    bodies: HashMap<Arc<str>, ChainBody>,
+    /// Chains that lost a reference in this batch: the only ones that may have none left.
+    released: Vec<Arc<str>>,
+}
+
+impl Batch<'_> {
+    /// The chain's rules as of this snapshot (called for every element whose target changed).
+    pub fn set_body(&mut self, name: &Arc<str>, body: ChainBody) {
+        self.bodies.entry(name.clone()).or_insert(body);
+    }
+
+    pub fn reference(&mut self, name: &Arc<str>) {
+        match self.chains.chains.get_mut(name) {
+            Some(p) => p.refs += 1,
+            None => {
+                self.chains.chains.insert(
+                    name.clone(),
+                    Programmed {
+                        body: ChainBody {
+                            rules: vec![],
+                            endpoints: vec![],
+                        },
+                        refs: 1,
+                    },
+                );
+                self.ops.add.push(name.clone());
+            }
+        }
+    }
+
+    pub fn release(&mut self, name: &Arc<str>) {
+        if let Some(p) = self.chains.chains.get_mut(name) {
+            p.refs = p.refs.saturating_sub(1);
+            self.released.push(name.clone());
+        }
+    }
+
+    fn hairpin_ref(&mut self, ip: IpAddr, up: bool) {
+        let n = self.chains.hairpin.entry(ip).or_insert(0);
+        if up {
+            *n += 1;
+            if *n == 1 {
+                self.ops.hairpin_add.push(ip);
+            }
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.chains.hairpin.remove(&ip);
+                self.ops.hairpin_delete.push(ip);
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> ChainOps {
+        let bodies = std::mem::take(&mut self.bodies);
+        for (name, body) in bodies {
+            let Some(p) = self.chains.chains.get(&name) else {
+                continue;
+            };
+            if p.body == body {
+                continue;
+            }
+            let old = p.body.endpoints.clone();
+            for ip in old.iter().filter(|ip| !body.endpoints.contains(ip)) {
+                self.hairpin_ref(*ip, false);
+                self.ops.endpoints_gone.push((name.clone(), *ip));
+            }
+            for ip in body.endpoints.iter().filter(|ip| !old.contains(ip)) {
+                self.hairpin_ref(*ip, true);
+            }
+            self.ops.rewrite.push((name.clone(), body.rules.clone()));
+            self.chains.chains.get_mut(&name).expect("checked").body = body;
+        }
+        let mut released = std::mem::take(&mut self.released);
+        released.sort();
+        released.dedup();
+        for name in released {
+            if self.chains.chains.get(&name).is_none_or(|p| p.refs > 0) {
+                continue;
+            }
+            let p = self.chains.chains.remove(&name).expect("checked");
+            for ip in p.body.endpoints {
+                self.hairpin_ref(ip, false);
+                self.ops.endpoints_gone.push((name.clone(), ip));
+            }
+            // A chain added and dropped in the same batch never reaches the kernel.
+            if let Some(i) = self.ops.add.iter().position(|n| *n == name) {
+                self.ops.add.remove(i);
+                self.ops.rewrite.retain(|(n, _)| *n != name);
+            } else {
+                self.ops.delete.push(name);
+            }
+        }
+        self.ops.add.sort();
+        self.ops.rewrite.sort();
+        self.ops.delete.sort();
+        self.ops
+    }
+}

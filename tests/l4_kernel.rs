@@ -1,0 +1,233 @@
+//! The kernel data path of `--l4 nftables` (issue #15), in network namespaces playing nodes and
+//! pods (root only): Service traffic DNATed by nftables, the client pod's address kept, hairpin
+//! and external traffic masqueraded as kube-proxy does, a Service moved to the relay and back,
+//! endpoint changes rewriting one chain, and a UDP flow moving off a removed endpoint.
+
+mod netns;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use netns::*;
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// (backend name, source address it saw) of each answer; any error fails the test.
+fn whoami_all(results: Vec<std::io::Result<String>>, what: &str) -> Vec<(String, String)> {
+    results
+        .into_iter()
+        .map(|r| {
+            let line = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+            let (name, src) = line
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("{what}: answer {line:?}"));
+            (name.to_string(), src.to_string())
+        })
+        .collect()
+}
+
+fn names(answers: &[(String, String)]) -> HashSet<String> {
+    answers.iter().map(|(n, _)| n.clone()).collect()
+}
+
+fn sources(answers: &[(String, String)]) -> HashSet<String> {
+    answers.iter().map(|(_, s)| s.clone()).collect()
+}
+
+fn set(v: &[&str]) -> HashSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+const PORTS: &[(&str, &str, u16, u16, Option<u16>)] = &[
+    ("http", "TCP", 80, 8080, Some(30080)),
+    ("dns", "UDP", 53, 8080, None),
+];
+
+fn web(annotations: &[(&str, &str)], eps: &[Ep]) -> String {
+    service_yaml(
+        "web",
+        "10.96.0.10",
+        "  type: NodePort\n",
+        annotations,
+        PORTS,
+        eps,
+    )
+}
+
+#[test]
+fn kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_moves_udp_flows() {
+    if skip_unless_root(
+        "kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_moves_udp_flows",
+    ) {
+        return;
+    }
+    let mut c = Cluster::kernel();
+    let a = c.pod(1, 11);
+    let b = c.pod(1, 12);
+    let client = c.pod(1, 100);
+    for (i, name) in [(a, "a"), (b, "b")] {
+        let addr = SocketAddr::new(c.pods[i].v4, 8080);
+        let backends = Backend::whoami(Some(&c.pods[i].ns), addr, name);
+        c.backends.extend(backends);
+    }
+    let both = [
+        Ep::ready("10.244.1.11").on("node1"),
+        Ep::ready("10.244.1.12").on("node1"),
+    ];
+    c.manifest("web.yaml", &web(&[], &both));
+    c.start_node(1, &["--cluster-cidr", "10.244.0.0/16"]);
+    c.wait_applied(1, "web", |t| t.contains("10.96.0.10"));
+    let n1 = c.node_netns(1);
+    let table = n1.exec(&["nft", "list", "table", "inet", "switchboard"]);
+    for want in [
+        "10.96.0.10 . tcp . 80 : goto svc-default/web/tcp/80/int4",
+        "10.96.0.10 . udp . 53 : goto svc-default/web/udp/53/int4",
+        "tcp . 30080 : goto svc-default/web/tcp/80/ext4",
+        "numgen random mod 2 map { 0 : 10.244.1.11 . 8080, 1 : 10.244.1.12 . 8080 }",
+    ] {
+        assert!(table.contains(want), "{want:?} not in\n{table}");
+    }
+
+    // Pod → ClusterIP: in the kernel, both endpoints, and the backend sees the pod's address.
+    let pod = &c.pods[client].ns;
+    let tcp = whoami_all(
+        pod.enter(|| {
+            (0..30)
+                .map(|_| tcp_hello(sa("10.96.0.10:80"), None))
+                .collect()
+        }),
+        "pod → ClusterIP TCP",
+    );
+    assert_eq!(names(&tcp), set(&["a", "b"]), "{tcp:?}");
+    assert_eq!(sources(&tcp), set(&["10.244.1.100"]), "{tcp:?}");
+    let udp = whoami_all(
+        pod.enter(|| {
+            (0..30)
+                .map(|i| udp_ask(sa("10.96.0.10:53"), &i.to_string(), Duration::from_secs(2)))
+                .collect()
+        }),
+        "pod → ClusterIP UDP",
+    );
+    assert_eq!(names(&udp), set(&["a", "b"]), "{udp:?}");
+    assert_eq!(sources(&udp), set(&["10.244.1.100"]), "{udp:?}");
+    let node = c.node(1);
+    assert_eq!(
+        node.metric(Some(n1), "switchboard_l4_connections_total"),
+        0.0,
+        "no connection crossed the relay"
+    );
+
+    // Hairpin: pod a reaching itself through the Service is masqueraded (else its own reply
+    // would never match the connection); reaching b, it keeps its address.
+    let hair = whoami_all(
+        c.pods[a].ns.enter(|| {
+            (0..40)
+                .map(|_| tcp_hello(sa("10.96.0.10:80"), None))
+                .collect()
+        }),
+        "hairpin",
+    );
+    let seen: HashMap<String, HashSet<String>> =
+        hair.iter().fold(HashMap::new(), |mut m, (n, s)| {
+            m.entry(n.clone()).or_default().insert(s.clone());
+            m
+        });
+    assert_eq!(seen.get("a"), Some(&set(&["10.244.1.1"])), "{hair:?}");
+    assert_eq!(seen.get("b"), Some(&set(&["10.244.1.11"])), "{hair:?}");
+
+    // From outside to the NodePort (externalTrafficPolicy Cluster): masqueraded to the node.
+    let outside = whoami_all(
+        c.outside.enter(|| {
+            (0..10)
+                .map(|_| tcp_hello(sa("10.250.1.1:30080"), None))
+                .collect()
+        }),
+        "outside → NodePort",
+    );
+    assert_eq!(sources(&outside), set(&["10.244.1.1"]), "{outside:?}");
+
+    // One flow (one client socket) on a; a leaves the Service: the flow moves to b with the
+    // next datagram after the update (its conntrack entry is deleted), none lost after that.
+    let sock = pod.enter(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    let first = pod
+        .enter(|| udp_ask_on(&sock, sa("10.96.0.10:53"), "hello", Duration::from_secs(2)))
+        .expect("first datagram answered");
+    let (first_name, _) = first.split_once(' ').unwrap();
+    let (stay, gone_ip) = if first_name == "a" {
+        (Ep::ready("10.244.1.12").on("node1"), "10.244.1.11")
+    } else {
+        (Ep::ready("10.244.1.11").on("node1"), "10.244.1.12")
+    };
+    let other = if first_name == "a" { "b" } else { "a" };
+    c.manifest("web.yaml", &web(&[], &[stay]));
+    c.wait_applied(1, "one endpoint left", |t| !t.contains(gone_ip));
+    let after: Vec<String> = (0..20)
+        .map(|i| {
+            pod.enter(|| {
+                udp_ask_on(
+                    &sock,
+                    sa("10.96.0.10:53"),
+                    &i.to_string(),
+                    Duration::from_secs(2),
+                )
+            })
+            .unwrap_or_else(|e| panic!("datagram {i} after the update lost: {e}"))
+        })
+        .collect();
+    assert!(
+        after.iter().all(|r| r.starts_with(&format!("{other} "))),
+        "the flow moved to {other}: {after:?}"
+    );
+    let table = n1.exec(&["nft", "list", "table", "inet", "switchboard"]);
+    assert!(!table.contains(gone_ip), "{table}");
+
+    // The Service moved to the relay by annotation: redirected, the backend sees the node.
+    let both = [
+        Ep::ready("10.244.1.11").on("node1"),
+        Ep::ready("10.244.1.12").on("node1"),
+    ];
+    c.manifest(
+        "web.yaml",
+        &web(&[("switchboard.dev/l4-mode", "proxy")], &both),
+    );
+    c.wait_applied(1, "relay", |t| t.contains("10.244.1.12"));
+    let table = n1.exec(&["nft", "list", "table", "inet", "switchboard"]);
+    assert!(
+        table.contains("10.96.0.10 . tcp . 80 : jump tcp-redirect"),
+        "{table}"
+    );
+    assert!(
+        !table.contains("svc-default/web"),
+        "chains deleted: {table}"
+    );
+    let relayed = whoami_all(
+        pod.enter(|| {
+            (0..10)
+                .map(|_| tcp_hello(sa("10.96.0.10:80"), None))
+                .collect()
+        }),
+        "relay",
+    );
+    assert_eq!(sources(&relayed), set(&["10.244.1.1"]), "{relayed:?}");
+    assert!(
+        c.node(1)
+            .metric(Some(n1), "switchboard_l4_connections_total")
+            >= 10.0
+    );
+
+    // And back to the kernel.
+    c.manifest("web.yaml", &web(&[], &both));
+    c.wait_applied(1, "kernel again", |t| !t.contains("l4-mode"));
+    let back = whoami_all(
+        pod.enter(|| {
+            (0..10)
+                .map(|_| tcp_hello(sa("10.96.0.10:80"), None))
+                .collect()
+        }),
+        "kernel again",
+    );
+    assert_eq!(sources(&back), set(&["10.244.1.100"]), "{back:?}");
+}
