@@ -4,7 +4,10 @@
 //! objects (`Reset`) and reports the kind synced; `Apply`/`Delete` change one object. A relist
 //! (after 410 Gone, a dropped watch or a restarted API server) builds a fresh buffer and only
 //! replaces the published state when complete, so nothing is unpublished in between. Errors are
-//! logged and counted; the watcher retries with exponential backoff, forever.
+//! counted; the watcher retries with a short capped backoff ([`Retry`]: 100 ms doubling to
+//! 1.5 s), forever, and relists at once after 410 Gone. Each outage is logged once when it
+//! starts and once when it ends (`Change::Health`), with `/readyz` naming the stale kinds
+//! meanwhile.
 //!
 //! Secrets are watched with the field selector `type=kubernetes.io/tls`, so other Secrets never
 //! reach this process.
@@ -14,13 +17,13 @@
 
 use std::fmt::Debug;
 use std::path::Path;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as networking;
 use kube::runtime::watcher::{self, Event as WEvent};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tables::{Kind, Object, ObjectKey, Origin, SourceId};
@@ -97,6 +100,43 @@ pub async fn node_zone(client: Client, node: &str, timeout: std::time::Duration)
                 return None;
             }
         }
+    }
+}
+
+/// The delay before the next attempt after a watch error: 100 ms doubling to `MAX`, plus up
+/// to 10% jitter. client-go's reflector (and kube-runtime's default) back off to 30 s with up to
+/// 100% jitter, which after an outage left changes unseen for up to a minute; with a 1.5 s cap a
+/// node sees the API again within about 1.6 s of its return. Failed attempts against an API
+/// server that is down are cheap (a refused connection); the cap bounds the load of every node
+/// retrying at ~0.7 requests/s per kind.
+pub struct Retry {
+    next: Duration,
+}
+
+impl Retry {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_millis(1500);
+
+    pub fn new() -> Self {
+        Retry { next: Self::MIN }
+    }
+
+    /// The delay before the next attempt; each call doubles the following one up to `MAX`.
+    pub fn delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        d + d.mul_f64(fastrand::f64() * 0.1)
+    }
+
+    /// After a success: the next error retries quickly again.
+    pub fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -227,7 +267,10 @@ async fn watch_kind<K>(
     let source = SourceId::new(Origin::Kubernetes, kind.as_str());
     let part = format!("kubernetes/{}", kind.as_str());
     let send = |change: Change| tx.send(Event::now(change)).is_ok();
-    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    // No StreamBackoff: the loop below sleeps after errors itself, so that a 410 relists at once.
+    let mut stream = watcher::watcher(api, config).boxed();
+    let mut retry = Retry::new();
+    let mut failing = false;
     let mut buffer: Vec<Object> = Vec::new();
     let mut keep: Vec<ObjectKey> = Vec::new();
     let mut lists = 0u64;
@@ -244,6 +287,17 @@ async fn watch_kind<K>(
         );
     };
     while let Some(item) = stream.next().await {
+        if item.is_ok() {
+            retry.reset();
+            if std::mem::take(&mut failing)
+                && !send(Change::Health {
+                    part: part.clone(),
+                    problem: None,
+                })
+            {
+                return;
+            }
+        }
         let ok = match item {
             Ok(WEvent::Init) => {
                 buffer.clear();
@@ -280,6 +334,10 @@ async fn watch_kind<K>(
                     objects: std::mem::take(&mut buffer),
                     keep: std::mem::take(&mut keep),
                 }) && send(Change::Synced { part: part.clone() })
+                    && send(Change::Health {
+                        part: part.clone(),
+                        problem: None,
+                    })
             }
             Ok(WEvent::Apply(obj)) => match conv(&obj) {
                 Ok(Some(o)) => send(Change::Apply {
@@ -323,8 +381,19 @@ async fn watch_kind<K>(
                     .source_errors
                     .with_label_values(&["kubernetes", "api"])
                     .inc();
-                tracing::warn!(%kind, error = %e, "watch failed; keeping the last state and retrying with backoff");
-                true
+                // The outage is logged once by the controller (Change::Health); each retry
+                // only at debug.
+                tracing::debug!(%kind, error = %e, "watch failed; keeping the last state and retrying");
+                failing = true;
+                let sent = send(Change::Health {
+                    part: part.clone(),
+                    problem: Some(format!("{reason}: {e}")),
+                });
+                // After 410 Gone the watcher relists on the next poll: no reason to wait.
+                if reason != "gone" {
+                    tokio::time::sleep(retry.delay()).await;
+                }
+                sent
             }
         };
         if !ok {
