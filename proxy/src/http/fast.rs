@@ -41,8 +41,9 @@ use tokio::sync::{oneshot, watch};
 use super::backend::PortBalancer;
 use super::filters;
 use super::health::{EndpointState, FailureOutcome};
+use super::request::{forwarded_for, request_hash, request_id, split_host_port};
 use super::route::{visible_text, CompiledRule, Headers, RequestView};
-use super::service::{forwarded_for, request_hash, request_id, split_host_port, Shared};
+use super::service::Shared;
 use super::upstreams::{self, PoolCounts, Target};
 
 /// Most headers a request or response may have on this path (more: pingora's path).

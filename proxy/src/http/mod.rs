@@ -26,6 +26,7 @@ pub mod health;
 pub mod io;
 pub mod listener;
 pub mod metrics;
+pub mod request;
 pub mod route;
 pub mod service;
 pub mod tls;
