@@ -40,8 +40,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::backend::PortBalancer;
 use super::filters;
-use super::health::{EndpointState, FailureOutcome};
+use super::health::EndpointState;
 use super::request::{forwarded_for, request_hash, request_id, split_host_port};
+use super::retry;
 use super::route::{visible_text, CompiledRule, Headers, RequestView};
 use super::service::Shared;
 use super::upstreams::{self, PoolCounts, Target};
@@ -1191,23 +1192,11 @@ async fn exchange(
 }
 
 fn record_failure(shared: &Shared, b: &PortBalancer, state: &EndpointState) {
-    let cfg = &shared.config.outlier;
-    if state.record_failure(cfg, || b.may_eject(cfg)) == FailureOutcome::Ejected {
-        shared
-            .metrics
-            .ejections
-            .with_label_values(&[&*b.label])
-            .inc();
-        tracing::warn!(service = %b.label, endpoint = %state.addr, "endpoint ejected");
-    }
+    retry::record_failure(&shared.config.outlier, &shared.metrics, b, state);
 }
 
 fn count_retry(shared: &Shared, b: &PortBalancer, reason: &str) {
-    shared
-        .metrics
-        .retries
-        .with_label_values(&[&*b.label, reason])
-        .inc();
+    retry::count_retry(&shared.metrics, &b.label, reason);
 }
 
 async fn attempts(
@@ -1228,13 +1217,9 @@ async fn attempts(
     // After a pipelined connection failed ahead of this request, it is sent on its own.
     let mut unpipelined = false;
     let can_try_another = |tried: &[usize], retries: u32| {
-        tried.len() < b.endpoints.len() && retries < cfg.max_retries
+        retry::can_try_another(b, tried.len(), retries, cfg.max_retries)
     };
-    let after = |from: Instant, ms: Option<u64>| {
-        ms.filter(|&ms| ms > 0)
-            .map(|ms| from + Duration::from_millis(ms))
-    };
-    let whole = after(start, p.rule.rule.request_timeout_ms);
+    let whole = retry::request_deadline(&p.rule.rule, start);
     loop {
         let Some(i) = b.choose(p.hash, &tried) else {
             return local_error(client, p, out, 502, "every endpoint was tried").await;
@@ -1250,13 +1235,7 @@ async fn attempts(
         } else {
             Instant::now()
         };
-        let deadline = match (
-            whole,
-            after(attempt_start, p.rule.rule.backend_request_timeout_ms),
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = retry::attempt_deadline(&p.rule.rule, whole, Some(attempt_start));
         let limits = Limits {
             deadline: deadline.map(tokio::time::Instant::from_std),
             per_read: cfg.upstream_read_timeout,
@@ -1411,11 +1390,12 @@ async fn attempts(
                 if !stale {
                     record_failure(shared, b, &state);
                 }
-                if idempotent
-                    && matches!(f, Failure::Io(_))
-                    && can_try_another(&tried, out.retries)
-                    && shared.budget.try_withdraw()
-                {
+                if retry::retry_on_reset(
+                    idempotent && matches!(f, Failure::Io(_)),
+                    can_try_another(&tried, out.retries),
+                    false,
+                    &shared.budget,
+                ) {
                     out.retries += 1;
                     count_retry(shared, b, "reset");
                     continue;
@@ -1427,11 +1407,12 @@ async fn attempts(
         state.observe_latency(attempt_start.elapsed());
         if head.code >= 500 {
             record_failure(shared, b, &state);
-            if matches!(head.code, 502 | 503)
-                && idempotent
-                && can_try_another(&tried, out.retries)
-                && shared.budget.try_withdraw()
-            {
+            if retry::retry_on_status(
+                head.code,
+                idempotent,
+                can_try_another(&tried, out.retries),
+                &shared.budget,
+            ) {
                 out.retries += 1;
                 count_retry(shared, b, "status");
                 continue;

@@ -27,6 +27,7 @@ pub mod io;
 pub mod listener;
 pub mod metrics;
 pub mod request;
+pub mod retry;
 pub mod route;
 pub mod service;
 pub mod tls;

@@ -14,9 +14,8 @@
 //! - `logging`: metrics and the `access` log line.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -29,50 +28,13 @@ use tables::{HttpRouteFilter, HttpTable, RouteTable, SnapshotCell};
 
 use super::backend::{Balancers, PortBalancer};
 use super::filters::{self, RedirectFrom};
-use super::health::{EndpointState, FailureOutcome};
+use super::health::EndpointState;
 use super::metrics::HttpMetrics;
 use super::request::{forwarded_for, request_hash, request_host, request_id};
+use super::retry::{self, RetryBudget};
 use super::route::{CompiledRule, Headers, RequestView, RouteIndex};
 use super::upstreams::{self, Target, UpstreamConns};
 use super::HttpConfig;
-
-/// A token bucket that lets retries (other than connect failures) add at most ~20% to the
-/// request rate, with a floor of 10 so a quiet proxy can still retry.
-pub struct RetryBudget {
-    /// Thousandths of a retry.
-    tokens: AtomicI64,
-}
-
-impl Default for RetryBudget {
-    fn default() -> Self {
-        RetryBudget {
-            tokens: AtomicI64::new(10_000),
-        }
-    }
-}
-
-impl RetryBudget {
-    const PER_REQUEST: i64 = 200;
-    const PER_RETRY: i64 = 1000;
-    const CAP: i64 = 100_000;
-
-    pub fn deposit(&self) {
-        let t = self.tokens.fetch_add(Self::PER_REQUEST, Ordering::Relaxed);
-        if t > Self::CAP {
-            self.tokens.fetch_sub(Self::PER_REQUEST, Ordering::Relaxed);
-        }
-    }
-
-    pub fn try_withdraw(&self) -> bool {
-        let prev = self.tokens.fetch_sub(Self::PER_RETRY, Ordering::Relaxed);
-        if prev >= Self::PER_RETRY {
-            true
-        } else {
-            self.tokens.fetch_add(Self::PER_RETRY, Ordering::Relaxed);
-            false
-        }
-    }
-}
 
 /// State shared by the http and https instances of the proxy.
 pub struct Shared {
@@ -234,23 +196,24 @@ impl Ingress {
         let (Some(state), Some(b)) = (ctx.current.as_ref(), ctx.balancer.as_ref()) else {
             return;
         };
-        let cfg = &self.shared.config.outlier;
-        if state.record_failure(cfg, || b.may_eject(cfg)) == FailureOutcome::Ejected {
-            self.shared
-                .metrics
-                .ejections
-                .with_label_values(&[&*b.label])
-                .inc();
-            tracing::warn!(service = %b.label, endpoint = %state.addr, "endpoint ejected");
-        }
+        let s = &self.shared;
+        retry::record_failure(&s.config.outlier, &s.metrics, b, state);
     }
 
     /// Whether another attempt may go to an endpoint not tried yet.
     fn can_try_another(&self, ctx: &Ctx) -> bool {
-        ctx.balancer
-            .as_ref()
-            .is_some_and(|b| ctx.tried.len() < b.endpoints.len())
-            && ctx.retries < self.shared.config.max_retries
+        ctx.balancer.as_ref().is_some_and(|b| {
+            retry::can_try_another(
+                b,
+                ctx.tried.len(),
+                ctx.retries,
+                self.shared.config.max_retries,
+            )
+        })
+    }
+
+    fn count_retry(&self, ctx: &Ctx, reason: &str) {
+        retry::count_retry(&self.shared.metrics, ctx.service_label(), reason);
     }
 }
 
@@ -460,11 +423,7 @@ impl ProxyHttp for Ingress {
         self.record_failure(ctx);
         if self.can_try_another(ctx) {
             ctx.retries += 1;
-            self.shared
-                .metrics
-                .retries
-                .with_label_values(&[ctx.service_label(), "connect"])
-                .inc();
+            self.count_retry(ctx, "connect");
             e.set_retry(true);
         } else {
             e.set_retry(false);
@@ -504,16 +463,15 @@ impl ProxyHttp for Ingress {
             && !timed_out;
         // A reused connection closed under us is retried like a failed connect; anything else
         // only within the budget.
-        let retry = idempotent
-            && self.can_try_another(ctx)
-            && (client_reused || self.shared.budget.try_withdraw());
+        let retry = retry::retry_on_reset(
+            idempotent,
+            self.can_try_another(ctx),
+            client_reused,
+            &self.shared.budget,
+        );
         if retry {
             ctx.retries += 1;
-            self.shared
-                .metrics
-                .retries
-                .with_label_values(&[ctx.service_label(), "reset"])
-                .inc();
+            self.count_retry(ctx, "reset");
         }
         e.set_retry(retry);
         e
@@ -523,18 +481,8 @@ impl ProxyHttp for Ingress {
     /// across retries; `backendRequest` for each attempt on an endpoint. Zero disables either.
     fn upstream_deadline(&self, ctx: &Ctx) -> Option<Instant> {
         let r = &ctx.rule.as_ref()?.rule;
-        let after = |from: Instant, ms: Option<u64>| {
-            ms.filter(|&ms| ms > 0)
-                .map(|ms| from + Duration::from_millis(ms))
-        };
-        let whole = after(ctx.start, r.request_timeout_ms);
-        let attempt = ctx
-            .attempt_start
-            .and_then(|t| after(t, r.backend_request_timeout_ms));
-        match (whole, attempt) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let whole = retry::request_deadline(r, ctx.start);
+        retry::attempt_deadline(r, whole, ctx.attempt_start)
     }
 
     async fn connected_to_upstream(
@@ -623,17 +571,14 @@ impl ProxyHttp for Ingress {
             self.record_failure(ctx);
             let idempotent = session.req_header().method.is_idempotent()
                 && !session.as_ref().retry_buffer_truncated();
-            if matches!(code, 502 | 503)
-                && idempotent
-                && self.can_try_another(ctx)
-                && self.shared.budget.try_withdraw()
-            {
+            if retry::retry_on_status(
+                code,
+                idempotent,
+                self.can_try_another(ctx),
+                &self.shared.budget,
+            ) {
                 ctx.retries += 1;
-                self.shared
-                    .metrics
-                    .retries
-                    .with_label_values(&[ctx.service_label(), "status"])
-                    .inc();
+                self.count_retry(ctx, "status");
                 let mut e = Error::explain(
                     ErrorType::HTTPStatus(code),
                     format!("endpoint answered {code}, retrying"),
@@ -756,26 +701,5 @@ impl ProxyHttp for Ingress {
             request_id = ctx.request_id.as_deref().unwrap_or("-"),
             error = %e.map(|e| e.to_string()).unwrap_or_default(),
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budget() {
-        let b = RetryBudget::default();
-        let mut n = 0;
-        while b.try_withdraw() {
-            n += 1;
-        }
-        assert_eq!(n, 10);
-        // Five requests earn one retry.
-        for _ in 0..5 {
-            b.deposit();
-        }
-        assert!(b.try_withdraw());
-        assert!(!b.try_withdraw());
     }
 }
