@@ -41,11 +41,14 @@ use tokio::sync::{oneshot, watch};
 use super::backend::PortBalancer;
 use super::filters;
 use super::health::EndpointState;
+use super::pool::{disturbed, FastPool, Lease};
 use super::request::{forwarded_for, request_hash, request_id, split_host_port};
 use super::retry;
 use super::route::{visible_text, CompiledRule, Headers, RequestView};
 use super::service::Shared;
-use super::upstreams::{self, PoolCounts, Target};
+use super::upstreams;
+use super::worker::{requeue, worker, worker_saturated};
+pub use super::worker::{set_worker, worker_unparked};
 
 /// Most headers a request or response may have on this path (more: pingora's path).
 const MAX_HEADERS: usize = 64;
@@ -53,73 +56,8 @@ const MAX_HEADERS: usize = 64;
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Largest upstream response head accepted (larger: 502).
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Idle connections kept per endpoint.
-const POOL_PER_ENDPOINT: usize = 256;
 /// How long a client connection may wait for its next request (as pingora's keep-alive).
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-
-/// How long a worker thread must have run without going idle before requests wait for the
-/// rest of its pass to be sent upstream (`worker_saturated`).
-const SATURATED_AFTER: Duration = Duration::from_millis(1);
-
-thread_local! {
-    /// When this runtime worker thread last woke from an idle park, if the runtime reports it
-    /// (`worker_unparked`).
-    static UNPARKED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
-    /// Which HTTP worker's event loop this thread runs (`HttpConfig::workers`); 0 for the
-    /// process runtime's threads.
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Called on an HTTP worker's thread before its event loop starts.
-pub fn set_worker(n: usize) {
-    WORKER.with(|w| w.set(n));
-}
-
-fn worker() -> usize {
-    WORKER.with(|w| w.get())
-}
-
-/// A runtime hook for `tokio::runtime::Builder::on_thread_unpark`: the worker had been idle.
-pub fn worker_unparked() {
-    UNPARKED.with(|u| u.set(Some(Instant::now())));
-}
-
-/// Whether this worker has been busy without a break for `SATURATED_AFTER`: its CPU is the
-/// limit, and the requests it reads should leave in batches.
-///
-/// Why: on cores shared with load and backends, sending each request upstream the moment it
-/// is read woke the backend for about 2.6 requests at a time, ~20k wake-ups (and IPIs) a
-/// second, against ~2k behind nginx. Requeueing first (`requeue`) lets the worker finish what
-/// its last `epoll_wait` returned, so requests reach a backend together. That took one worker
-/// from 46–53k to 59–73k requests/s on 2 shared cores (`proxy/src/http/STATUS.md`). When the
-/// worker has spare CPU (it parks between events) there is nothing to batch, and the requeue
-/// would only add a little latency per request, so it is skipped. Without the hook installed
-/// this is always false.
-fn worker_saturated() -> bool {
-    saturated(UNPARKED.with(|u| u.get()), Instant::now())
-}
-
-fn saturated(unparked: Option<Instant>, now: Instant) -> bool {
-    unparked.is_some_and(|t| now.saturating_duration_since(t) >= SATURATED_AFTER)
-}
-
-/// Goes to the back of the event loop's run queue once: the tasks already woken run first.
-/// Unlike `tokio::task::yield_now`, which defers the task until the runtime has polled epoll
-/// again, this adds no `epoll_wait`: A/B on 2 shared cores, 4 rounds each, 1 worker 60–63k
-/// requests/s at p99 3.1–3.4 ms against 58–63k at 3.3–3.6 ms with `yield_now`.
-async fn requeue() {
-    let mut once = false;
-    std::future::poll_fn(|cx| {
-        if once {
-            return std::task::Poll::Ready(());
-        }
-        once = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await
-}
 
 /// How a connection left the fast path.
 pub enum Served {
@@ -127,98 +65,6 @@ pub enum Served {
     Closed,
     /// pingora takes over: the stream and the bytes already read from it.
     Fallback(TcpStream, Vec<u8>),
-}
-
-// ---------------------------------------------------------------------------------------------
-// Upstream keep-alive pool
-// ---------------------------------------------------------------------------------------------
-
-struct Idle {
-    conn: TcpStream,
-    target: Target,
-    since: Instant,
-}
-
-impl Idle {
-    /// Still worth reusing at `now`: idle for less than `max_idle`, and left alone by its
-    /// endpoint.
-    fn usable(&self, now: Instant, max_idle: Duration) -> bool {
-        now.saturating_duration_since(self.since) < max_idle && !disturbed(&self.conn)
-    }
-}
-
-#[derive(Default)]
-struct PoolInner {
-    /// By endpoint.
-    idle: HashMap<SocketAddr, Vec<Idle>>,
-    /// Connections a request holds now, by service label (the pool gauge).
-    busy: HashMap<Arc<str>, usize>,
-}
-
-/// The fast path's upstream keep-alive connections, by endpoint address. A connection is
-/// pooled only after a complete response and a read that found nothing more on it, so one that
-/// shows readable (or closed) in the pool has been closed or written to by the endpoint and is
-/// dropped instead of reused.
-///
-/// One shard per event loop (`worker()`: 0 for the process runtime, then each HTTP worker): a
-/// socket is driven by the runtime it was registered on, and a worker's requests then lock
-/// only its own shard. With one lock for all, the two workers of `--http-workers 2` took it
-/// twice per request each, and one preempted while holding it made the other sleep on it.
-pub struct FastPool {
-    shards: Vec<Arc<Mutex<PoolInner>>>,
-}
-
-/// A connection a request holds; dropped (closed) unless given back with [`Lease::keep`].
-struct Lease {
-    shard: Arc<Mutex<PoolInner>>,
-    conn: Option<TcpStream>,
-    target: Target,
-}
-
-impl Lease {
-    fn conn(&mut self) -> &mut TcpStream {
-        self.conn.as_mut().expect("held until kept or dropped")
-    }
-
-    /// Back to the pool, idle from now.
-    fn keep(mut self) {
-        let conn = self.conn.take().expect("held until kept or dropped");
-        let mut p = self.shard.lock().unwrap();
-        dec_busy(&mut p.busy, &self.target.label);
-        let v = p.idle.entry(self.target.endpoint).or_default();
-        if v.len() < POOL_PER_ENDPOINT {
-            v.push(Idle {
-                conn,
-                target: self.target.clone(),
-                since: Instant::now(),
-            });
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.conn.is_some() {
-            dec_busy(&mut self.shard.lock().unwrap().busy, &self.target.label);
-        }
-    }
-}
-
-fn dec_busy(busy: &mut HashMap<Arc<str>, usize>, label: &Arc<str>) {
-    if let Some(n) = busy.get_mut(label) {
-        *n -= 1;
-        if *n == 0 {
-            busy.remove(label);
-        }
-    }
-}
-
-/// Whether the endpoint closed or wrote to an idle connection. Readiness was cleared when the
-/// connection was pooled (`respond` checks it once more then), so this read is a system call
-/// only if an event came since: EOF, a reset, or bytes nobody asked for.
-fn disturbed(conn: &TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    !matches!(conn.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// One read that does not wait. Unlike `try_read_buf` it goes through tokio's `poll_read`,
@@ -333,97 +179,6 @@ fn relay(lease: Lease, buf: Vec<u8>, mut followers: Followers) {
             buf,
             followers,
         });
-    }
-}
-
-impl FastPool {
-    /// A pool for the process runtime and `workers` HTTP workers.
-    pub fn new(workers: usize) -> Self {
-        FastPool {
-            shards: (0..=workers).map(|_| Arc::default()).collect(),
-        }
-    }
-
-    /// This event loop's shard.
-    fn shard(&self) -> &Arc<Mutex<PoolInner>> {
-        &self.shards[worker() % self.shards.len()]
-    }
-
-    /// The most recently pooled live connection to `endpoint` (`now`: about the current time).
-    fn take(&self, endpoint: SocketAddr, max_idle: Duration, now: Instant) -> Option<Lease> {
-        let shard = self.shard();
-        let mut p = shard.lock().unwrap();
-        let v = p.idle.get_mut(&endpoint)?;
-        while let Some(i) = v.pop() {
-            if !i.usable(now, max_idle) {
-                continue;
-            }
-            *p.busy.entry(i.target.label.clone()).or_default() += 1;
-            drop(p);
-            return Some(Lease {
-                shard: shard.clone(),
-                conn: Some(i.conn),
-                target: i.target,
-            });
-        }
-        None
-    }
-
-    fn lease(&self, conn: TcpStream, target: Target) -> Lease {
-        let shard = self.shard();
-        *shard
-            .lock()
-            .unwrap()
-            .busy
-            .entry(target.label.clone())
-            .or_default() += 1;
-        Lease {
-            shard: shard.clone(),
-            conn: Some(conn),
-            target,
-        }
-    }
-
-    /// Closes idle connections whose target `keep` rejects; returns how many.
-    pub fn close_idle(&self, keep: impl Fn(&Target) -> bool) -> usize {
-        let mut closed = 0;
-        for shard in &self.shards {
-            let mut p = shard.lock().unwrap();
-            for v in p.idle.values_mut() {
-                v.retain(|i| {
-                    let k = keep(&i.target);
-                    closed += usize::from(!k);
-                    k
-                });
-            }
-            p.idle.retain(|_, v| !v.is_empty());
-        }
-        closed
-    }
-
-    /// Closes idle connections older than `max_idle` or closed by their endpoint.
-    pub fn expire(&self, max_idle: Duration) {
-        let now = Instant::now();
-        for shard in &self.shards {
-            let mut p = shard.lock().unwrap();
-            for v in p.idle.values_mut() {
-                v.retain(|i| i.usable(now, max_idle));
-            }
-            p.idle.retain(|_, v| !v.is_empty());
-        }
-    }
-
-    /// Open connections by service label, added into `out`.
-    pub fn count_into(&self, out: &mut HashMap<Arc<str>, PoolCounts>) {
-        for shard in &self.shards {
-            let p = shard.lock().unwrap();
-            for i in p.idle.values().flatten() {
-                out.entry(i.target.label.clone()).or_default().idle += 1;
-            }
-            for (l, n) in &p.busy {
-                out.entry(l.clone()).or_default().busy += n;
-            }
-        }
     }
 }
 
@@ -1724,6 +1479,7 @@ impl FastState {
 
 #[cfg(test)]
 mod tests {
+    use super::super::upstreams::Target;
     use super::*;
 
     /// A connected loopback pair: (our end, the peer's end).
@@ -1737,22 +1493,6 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(50), conn.readable())
             .await
             .is_err()
-    }
-
-    #[tokio::test]
-    async fn requeue_lets_the_woken_tasks_run_first() {
-        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log =
-            |o: &std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>, s| o.lock().unwrap().push(s);
-        let (o1, o2) = (order.clone(), order.clone());
-        let a = tokio::spawn(async move {
-            log(&o1, "a reads");
-            requeue().await;
-            log(&o1, "a sends");
-        });
-        let b = tokio::spawn(async move { log(&o2, "b reads") });
-        let (_, _) = (a.await.unwrap(), b.await.unwrap());
-        assert_eq!(*order.lock().unwrap(), ["a reads", "b reads", "a sends"]);
     }
 
     #[tokio::test]
@@ -1779,27 +1519,6 @@ mod tests {
         ours.readable().await.unwrap();
         assert_eq!(ours.try_read_buf(&mut buf).unwrap(), 1);
         assert!(!stays_quiet(&ours).await);
-    }
-
-    #[test]
-    fn a_worker_is_saturated_only_after_running_without_a_break() {
-        let t = Instant::now();
-        assert!(
-            !saturated(None, t + Duration::from_secs(5)),
-            "no hook: never"
-        );
-        assert!(!saturated(Some(t), t));
-        assert!(!saturated(Some(t), t + SATURATED_AFTER / 2));
-        assert!(saturated(Some(t), t + SATURATED_AFTER));
-        // The thread-local the runtime hook sets.
-        std::thread::spawn(|| {
-            assert!(!worker_saturated(), "a thread without the hook");
-            worker_unparked();
-            std::thread::sleep(SATURATED_AFTER * 2);
-            assert!(worker_saturated());
-        })
-        .join()
-        .unwrap();
     }
 
     /// A batch takes requests up to its depth (the next request then leads a batch of its

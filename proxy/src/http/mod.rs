@@ -26,12 +26,14 @@ pub mod health;
 pub mod io;
 pub mod listener;
 pub mod metrics;
+pub mod pool;
 pub mod request;
 pub mod retry;
 pub mod route;
 pub mod service;
 pub mod tls;
 pub mod upstreams;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -279,10 +281,10 @@ impl HttpServer {
                 let thread = std::thread::Builder::new()
                     .name(format!("http-worker-{worker}"))
                     .spawn(move || {
-                        fast::set_worker(worker);
+                        worker::set_worker(worker);
                         let rt = match tokio::runtime::Builder::new_current_thread()
                             .enable_all()
-                            .on_thread_unpark(fast::worker_unparked)
+                            .on_thread_unpark(worker::worker_unparked)
                             .build()
                         {
                             Ok(rt) => rt,
