@@ -28,12 +28,11 @@
 //! event-loop pass sent to an endpoint together, pipelined on one pooled connection (`Batch`,
 //! `Upstream`; `docs/http.md`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus::{Histogram, IntCounter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
@@ -41,11 +40,12 @@ use tokio::sync::{oneshot, watch};
 use super::backend::PortBalancer;
 use super::filters;
 use super::health::EndpointState;
-use super::pool::{disturbed, FastPool, Lease};
+use super::metrics::Series;
+use super::pool::{disturbed, Lease};
 use super::request::{forwarded_for, request_hash, request_id, split_host_port};
 use super::retry;
 use super::route::{visible_text, CompiledRule, Headers, RequestView};
-use super::service::Shared;
+use super::shared::Shared;
 use super::upstreams;
 use super::worker::{requeue, worker, worker_saturated};
 pub use super::worker::{set_worker, worker_unparked};
@@ -179,69 +179,6 @@ fn relay(lease: Lease, buf: Vec<u8>, mut followers: Followers) {
             buf,
             followers,
         });
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Metrics handles, cached per (route, service, code)
-// ---------------------------------------------------------------------------------------------
-
-/// `with_label_values` hashes its labels and takes a lock per call; the fast path keeps the
-/// handles of the series it has used (and each connection its last one).
-#[derive(Default)]
-pub struct SeriesCache {
-    map: Mutex<HashMap<(usize, usize, u16), Arc<Series>>>,
-}
-
-/// `switchboard_http_requests_total` and `..._request_duration_seconds` for one route, service
-/// and code.
-struct Series {
-    route: Arc<str>,
-    service: Arc<str>,
-    code: u16,
-    requests: IntCounter,
-    duration: Histogram,
-}
-
-impl Series {
-    fn is(&self, route: &Arc<str>, service: &Arc<str>, code: u16) -> bool {
-        self.code == code && Arc::ptr_eq(&self.route, route) && Arc::ptr_eq(&self.service, service)
-    }
-    fn observe(&self, secs: f64) {
-        self.requests.inc();
-        self.duration.observe(secs);
-    }
-}
-
-impl SeriesCache {
-    fn get(&self, shared: &Shared, route: &Arc<str>, service: &Arc<str>, code: u16) -> Arc<Series> {
-        let key = (
-            Arc::as_ptr(route) as *const u8 as usize,
-            Arc::as_ptr(service) as *const u8 as usize,
-            code,
-        );
-        let mut map = self.map.lock().unwrap();
-        if let Some(s) = map.get(&key) {
-            // The cached Arcs keep these addresses from being reused by other labels.
-            if s.is(route, service, code) {
-                return s.clone();
-            }
-        }
-        if map.len() >= 4096 {
-            map.clear();
-        }
-        let m = &shared.metrics;
-        let s = Arc::new(Series {
-            route: route.clone(),
-            service: service.clone(),
-            code,
-            requests: m
-                .requests
-                .with_label_values(&[&**route, &**service, &code.to_string()]),
-            duration: m.duration.with_label_values(&[&**route, &**service]),
-        });
-        map.insert(key, s.clone());
-        s
     }
 }
 
@@ -1422,7 +1359,10 @@ fn log_request(shared: &Shared, conn: &mut ConnState, p: &Prepared, o: &Outcome)
     match &conn.series {
         Some(s) if s.is(route, service, o.code) => s.observe(elapsed.as_secs_f64()),
         _ => {
-            let s = shared.fast.series.get(shared, route, service, o.code);
+            let s = shared
+                .fast
+                .series
+                .get(&shared.metrics, route, service, o.code);
             s.observe(elapsed.as_secs_f64());
             conn.series = Some(s);
         }
@@ -1448,37 +1388,9 @@ fn log_request(shared: &Shared, conn: &mut ConnState, p: &Prepared, o: &Outcome)
     );
 }
 
-/// The fast path's state in `Shared`.
-pub struct FastState {
-    pub pool: FastPool,
-    series: SeriesCache,
-    proxied: IntCounter,
-    handed_over: IntCounter,
-    /// Requests sent upstream behind another on one connection that read their answer from it
-    /// (`Batch`, `Upstream`).
-    pipelined: IntCounter,
-    /// `switchboard_http_upstream_connections_total` for new and reused connections.
-    new_conn: IntCounter,
-    reused_conn: IntCounter,
-}
-
-impl FastState {
-    /// `workers`: the HTTP workers (`HttpConfig::workers`), one pool shard each.
-    pub fn new(m: &super::metrics::HttpMetrics, workers: usize) -> Self {
-        FastState {
-            pool: FastPool::new(workers),
-            series: SeriesCache::default(),
-            proxied: m.fast_path.with_label_values(&["proxied"]),
-            handed_over: m.fast_path.with_label_values(&["handed_over"]),
-            pipelined: m.fast_path.with_label_values(&["pipelined"]),
-            new_conn: m.upstream_connections.with_label_values(&["false"]),
-            reused_conn: m.upstream_connections.with_label_values(&["true"]),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::pool::FastPool;
     use super::super::upstreams::Target;
     use super::*;
 

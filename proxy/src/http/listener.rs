@@ -27,7 +27,8 @@ use tokio::task::JoinHandle;
 use super::fast::{self, KEEPALIVE_IDLE};
 use super::io::Buffered;
 use super::metrics::HttpMetrics;
-use super::service::{Ingress, Shared};
+use super::service::Ingress;
+use super::shared::Shared;
 
 pub type App = HttpProxy<Ingress>;
 

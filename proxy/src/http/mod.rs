@@ -31,6 +31,7 @@ pub mod request;
 pub mod retry;
 pub mod route;
 pub mod service;
+pub mod shared;
 pub mod tls;
 pub mod upstreams;
 pub mod worker;
@@ -52,7 +53,8 @@ pub use health::OutlierConfig;
 
 use listener::{AcceptLoop, App, Connections, ListenerCtx, Spread};
 use metrics::HttpMetrics;
-use service::{Ingress, Shared};
+use service::Ingress;
+use shared::Shared;
 
 /// Settings of the L7 proxy.
 #[derive(Clone, Debug)]
