@@ -292,7 +292,7 @@ impl AcceptLoop {
 }
 
 /// Serves one accepted connection on the current event loop. Plain connections start on the
-/// HTTP/1.1 fast path (`fast.rs`) and move to pingora for the first request it does not take;
+/// HTTP/1.1 fast path (`fast/`) and move to pingora for the first request it does not take;
 /// TLS connections are pingora's.
 fn serve(
     ctx: Arc<ListenerCtx>,
