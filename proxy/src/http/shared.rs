@@ -10,12 +10,12 @@ use prometheus::IntCounter;
 use tables::{HttpTable, RouteTable, SnapshotCell};
 
 use super::backend::Balancers;
+use super::config::HttpConfig;
 use super::metrics::{HttpMetrics, SeriesCache};
 use super::pool::FastPool;
 use super::retry::RetryBudget;
 use super::route::RouteIndex;
 use super::upstreams::{self, Target, UpstreamConns};
-use super::HttpConfig;
 
 /// State shared by the http and https instances of the proxy.
 pub struct Shared {
