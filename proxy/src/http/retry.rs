@@ -138,4 +138,73 @@ mod tests {
         assert!(b.try_withdraw());
         assert!(!b.try_withdraw());
     }
+
+    fn rule(request_ms: Option<u64>, backend_ms: Option<u64>) -> HttpRule {
+        HttpRule {
+            source: tables::ObjectKey::new(tables::Kind::HttpRoute, "d", "r"),
+            rule_index: 0,
+            hostnames: vec![],
+            matches: vec![],
+            filters: vec![],
+            backends: vec![],
+            request_timeout_ms: request_ms,
+            backend_request_timeout_ms: backend_ms,
+            attachments: vec![],
+            lb_algorithm: None,
+            created: None,
+            is_default: false,
+        }
+    }
+
+    /// `timeouts.request` runs from the request's start across attempts, `backendRequest` from
+    /// each attempt's; the earlier one wins, and zero or none is no limit.
+    #[test]
+    fn deadlines() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let attempt = Some(t0 + ms(300));
+        let at = |r: &HttpRule, attempt| attempt_deadline(r, request_deadline(r, t0), attempt);
+        let both = rule(Some(1000), Some(200));
+        assert_eq!(request_deadline(&both, t0), Some(t0 + ms(1000)));
+        assert_eq!(at(&both, attempt), Some(t0 + ms(500)));
+        assert_eq!(at(&rule(Some(400), Some(200)), attempt), Some(t0 + ms(400)));
+        assert_eq!(at(&both, None), Some(t0 + ms(1000)), "no attempt yet");
+        assert_eq!(at(&rule(None, Some(200)), attempt), Some(t0 + ms(500)));
+        assert_eq!(at(&rule(Some(0), Some(0)), attempt), None, "zero disables");
+        assert_eq!(at(&rule(None, None), attempt), None);
+    }
+
+    /// The budget is drawn on only when everything else allows the retry.
+    #[test]
+    fn retry_decisions_withdraw_only_when_allowed() {
+        let empty = RetryBudget::default();
+        while empty.try_withdraw() {}
+        assert!(!retry_on_status(503, true, true, &empty));
+        assert!(
+            retry_on_reset(true, true, true, &empty),
+            "free: no budget needed"
+        );
+        assert!(!retry_on_reset(true, true, false, &empty));
+
+        let b = RetryBudget::default(); // 10 retries
+        for (code, idempotent, another) in [
+            (500, true, true),
+            (504, true, true),
+            (502, false, true),
+            (503, true, false),
+        ] {
+            assert!(!retry_on_status(code, idempotent, another, &b), "{code}");
+        }
+        assert!(!retry_on_reset(false, true, false, &b));
+        assert!(!retry_on_reset(true, false, false, &b));
+        assert!(retry_on_status(502, true, true, &b));
+        assert!(retry_on_status(503, true, true, &b));
+        assert!(retry_on_reset(true, true, false, &b));
+        // Three withdrawn above, none by the refused ones.
+        let mut left = 0;
+        while b.try_withdraw() {
+            left += 1;
+        }
+        assert_eq!(left, 7);
+    }
 }
