@@ -14,6 +14,12 @@
 //!  endpoint (pingora keep-alive pool)
 //! ```
 //!
+//! Plain connections start on the HTTP/1.1 fast path (`fast/`, own pool in `pool.rs`) and move
+//! to pingora and `service.rs` for the first request it does not take. The two paths never
+//! import each other: what both use is in `shared.rs` (the state), `request.rs` (host, hash key,
+//! request id, `Forwarded`), `retry.rs` (budget, failure accounting, deadlines), `worker.rs`
+//! (which event loop a thread runs) and `config.rs` (`HttpConfig`).
+//!
 //! Start with [`HttpServer::start`] from inside a tokio runtime; it binds every listener before
 //! returning (and logs `listening on http ADDR` / `listening on https ADDR` with the bound
 //! address), then serves until [`HttpServer::shutdown`].
