@@ -125,7 +125,7 @@ fn shared() -> Shared {
     let metrics = crate::http::metrics::HttpMetrics::new(&registry).unwrap();
     Shared::new(
         tables::new_cell("cluster.local"),
-        crate::http::HttpConfig::default(),
+        crate::http::config::HttpConfig::default(),
         metrics,
     )
 }
