@@ -15,7 +15,7 @@ pub const LB_ANNOTATION: &str = "switchboard.dev/lb-algorithm";
 
 /// The per-Service annotation that lets the fast path pipeline GET and HEAD requests to its
 /// endpoints (HTTP/1.1 pipelining, RFC 9112 9.3.2): `"true"` (up to `PIPELINE_DEPTH` requests
-/// in one write), a number of requests from 2 to 64, or `"false"`. See `fast::Batch`.
+/// in one write), a number of requests from 2 to 64, or `"false"`. See `fast::pipeline::Batch`.
 pub const PIPELINING_ANNOTATION: &str = "switchboard.dev/upstream-pipelining";
 
 /// Requests one upstream write may carry for `switchboard.dev/upstream-pipelining: "true"`.

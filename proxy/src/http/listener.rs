@@ -27,7 +27,8 @@ use tokio::task::JoinHandle;
 use super::fast::{self, KEEPALIVE_IDLE};
 use super::io::Buffered;
 use super::metrics::HttpMetrics;
-use super::service::{Ingress, Shared};
+use super::service::Ingress;
+use super::shared::Shared;
 
 pub type App = HttpProxy<Ingress>;
 
@@ -291,7 +292,7 @@ impl AcceptLoop {
 }
 
 /// Serves one accepted connection on the current event loop. Plain connections start on the
-/// HTTP/1.1 fast path (`fast.rs`) and move to pingora for the first request it does not take;
+/// HTTP/1.1 fast path (`fast/`) and move to pingora for the first request it does not take;
 /// TLS connections are pingora's.
 fn serve(
     ctx: Arc<ListenerCtx>,

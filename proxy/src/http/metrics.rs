@@ -3,8 +3,11 @@
 //! Labels: `route` is the rule (`HTTPRoute ns/name#0`, or `-` when nothing matched), `service`
 //! the backend `ns/name:port` (or `-`).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 #[derive(Clone)]
@@ -125,5 +128,69 @@ impl HttpMetrics {
         registry.register(Box::new(m.worker_handoffs.clone()))?;
         registry.register(Box::new(m.route_index_build.clone()))?;
         Ok(m)
+    }
+}
+
+/// `with_label_values` hashes its labels and takes a lock per call; the fast path keeps the
+/// handles of the series it has used (and each connection its last one).
+#[derive(Default)]
+pub struct SeriesCache {
+    map: Mutex<HashMap<(usize, usize, u16), Arc<Series>>>,
+}
+
+/// `switchboard_http_requests_total` and `..._request_duration_seconds` for one route, service
+/// and code.
+pub(super) struct Series {
+    route: Arc<str>,
+    service: Arc<str>,
+    code: u16,
+    requests: IntCounter,
+    duration: Histogram,
+}
+
+impl Series {
+    pub(super) fn is(&self, route: &Arc<str>, service: &Arc<str>, code: u16) -> bool {
+        self.code == code && Arc::ptr_eq(&self.route, route) && Arc::ptr_eq(&self.service, service)
+    }
+    pub(super) fn observe(&self, secs: f64) {
+        self.requests.inc();
+        self.duration.observe(secs);
+    }
+}
+
+impl SeriesCache {
+    pub(super) fn get(
+        &self,
+        m: &HttpMetrics,
+        route: &Arc<str>,
+        service: &Arc<str>,
+        code: u16,
+    ) -> Arc<Series> {
+        let key = (
+            Arc::as_ptr(route) as *const u8 as usize,
+            Arc::as_ptr(service) as *const u8 as usize,
+            code,
+        );
+        let mut map = self.map.lock().unwrap();
+        if let Some(s) = map.get(&key) {
+            // The cached Arcs keep these addresses from being reused by other labels.
+            if s.is(route, service, code) {
+                return s.clone();
+            }
+        }
+        if map.len() >= 4096 {
+            map.clear();
+        }
+        let s = Arc::new(Series {
+            route: route.clone(),
+            service: service.clone(),
+            code,
+            requests: m
+                .requests
+                .with_label_values(&[&**route, &**service, &code.to_string()]),
+            duration: m.duration.with_label_values(&[&**route, &**service]),
+        });
+        map.insert(key, s.clone());
+        s
     }
 }

@@ -14,22 +14,34 @@
 //!  endpoint (pingora keep-alive pool)
 //! ```
 //!
+//! Plain connections start on the HTTP/1.1 fast path (`fast/`, own pool in `pool.rs`) and move
+//! to pingora and `service.rs` for the first request it does not take. The two paths never
+//! import each other: what both use is in `shared.rs` (the state), `request.rs` (host, hash key,
+//! request id, `Forwarded`), `retry.rs` (budget, failure accounting, deadlines), `worker.rs`
+//! (which event loop a thread runs) and `config.rs` (`HttpConfig`).
+//!
 //! Start with [`HttpServer::start`] from inside a tokio runtime; it binds every listener before
 //! returning (and logs `listening on http ADDR` / `listening on https ADDR` with the bound
 //! address), then serves until [`HttpServer::shutdown`].
 
 pub mod backend;
 pub mod balance;
+pub mod config;
 pub mod fast;
 pub mod filters;
 pub mod health;
 pub mod io;
 pub mod listener;
 pub mod metrics;
+pub mod pool;
+pub mod request;
+pub mod retry;
 pub mod route;
 pub mod service;
+pub mod shared;
 pub mod tls;
 pub mod upstreams;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,59 +56,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use balance::Algorithm;
+pub use config::HttpConfig;
 pub use health::OutlierConfig;
 
 use listener::{AcceptLoop, App, Connections, ListenerCtx, Spread};
 use metrics::HttpMetrics;
-use service::{Ingress, Shared};
-
-/// Settings of the L7 proxy.
-#[derive(Clone, Debug)]
-pub struct HttpConfig {
-    /// Plain listeners (HTTP/1.1 and h2c).
-    pub http: Vec<SocketAddr>,
-    /// TLS listeners (h2 and HTTP/1.1 by ALPN); certificates from the snapshot's Secrets.
-    pub https: Vec<SocketAddr>,
-    /// Fallback certificates for `https` (see `tls`).
-    pub tls_cert_dir: Option<PathBuf>,
-    /// Balancing algorithm where the Service has no `switchboard.dev/lb-algorithm` annotation.
-    pub lb_algorithm: Algorithm,
-    /// Upstream TCP connect timeout.
-    pub connect_timeout: Duration,
-    /// Upstream read timeout where the route sets none (None = no limit, for long polls and
-    /// streams).
-    pub upstream_read_timeout: Option<Duration>,
-    /// Idle upstream keep-alive connections are closed after this.
-    pub upstream_idle_timeout: Duration,
-    /// Attempts after the first, per request (connect failures and budgeted retries).
-    pub max_retries: u32,
-    pub outlier: OutlierConfig,
-    /// How long shutdown waits for in-flight requests.
-    pub grace_period: Duration,
-    /// Threads that serve the listeners, each with its own event loop (a current-thread tokio
-    /// runtime) and its own SO_REUSEPORT socket per listener, as nginx's worker processes; the
-    /// kernel spreads new connections over them and `listener::Spread` keeps their counts
-    /// even. 0: serve on the caller's runtime.
-    pub workers: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            http: vec![],
-            https: vec![],
-            tls_cert_dir: None,
-            lb_algorithm: Algorithm::default(),
-            connect_timeout: Duration::from_secs(2),
-            upstream_read_timeout: None,
-            upstream_idle_timeout: Duration::from_secs(60),
-            max_retries: 3,
-            outlier: OutlierConfig::default(),
-            grace_period: Duration::from_secs(5),
-            workers: 0,
-        }
-    }
-}
+use service::Ingress;
+use shared::Shared;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -277,10 +243,10 @@ impl HttpServer {
                 let thread = std::thread::Builder::new()
                     .name(format!("http-worker-{worker}"))
                     .spawn(move || {
-                        fast::set_worker(worker);
+                        worker::set_worker(worker);
                         let rt = match tokio::runtime::Builder::new_current_thread()
                             .enable_all()
-                            .on_thread_unpark(fast::worker_unparked)
+                            .on_thread_unpark(worker::worker_unparked)
                             .build()
                         {
                             Ok(rt) => rt,

@@ -14,149 +14,25 @@
 //! - `logging`: metrics and the `access` log line.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use tables::{HttpRouteFilter, HttpTable, RouteTable, SnapshotCell};
+use tables::HttpRouteFilter;
 
-use super::backend::{Balancers, PortBalancer};
-use super::balance::{key_hash, HashKey};
+use super::backend::PortBalancer;
 use super::filters::{self, RedirectFrom};
-use super::health::{EndpointState, FailureOutcome};
-use super::metrics::HttpMetrics;
-use super::route::{CompiledRule, Headers, RequestView, RouteIndex};
-use super::upstreams::{self, Target, UpstreamConns};
-use super::HttpConfig;
-
-/// A token bucket that lets retries (other than connect failures) add at most ~20% to the
-/// request rate, with a floor of 10 so a quiet proxy can still retry.
-pub struct RetryBudget {
-    /// Thousandths of a retry.
-    tokens: AtomicI64,
-}
-
-impl Default for RetryBudget {
-    fn default() -> Self {
-        RetryBudget {
-            tokens: AtomicI64::new(10_000),
-        }
-    }
-}
-
-impl RetryBudget {
-    const PER_REQUEST: i64 = 200;
-    const PER_RETRY: i64 = 1000;
-    const CAP: i64 = 100_000;
-
-    pub fn deposit(&self) {
-        let t = self.tokens.fetch_add(Self::PER_REQUEST, Ordering::Relaxed);
-        if t > Self::CAP {
-            self.tokens.fetch_sub(Self::PER_REQUEST, Ordering::Relaxed);
-        }
-    }
-
-    pub fn try_withdraw(&self) -> bool {
-        let prev = self.tokens.fetch_sub(Self::PER_RETRY, Ordering::Relaxed);
-        if prev >= Self::PER_RETRY {
-            true
-        } else {
-            self.tokens.fetch_add(Self::PER_RETRY, Ordering::Relaxed);
-            false
-        }
-    }
-}
-
-/// State shared by the http and https instances of the proxy.
-pub struct Shared {
-    pub cell: SnapshotCell,
-    pub config: HttpConfig,
-    pub metrics: HttpMetrics,
-    pub balancers: Balancers,
-    pub budget: RetryBudget,
-    /// Upstream connections seen, to close idle ones to removed endpoints.
-    pub upstreams: UpstreamConns,
-    /// The HTTP/1.1 fast path's upstream pool and metric handles.
-    pub fast: super::fast::FastState,
-    /// Service labels the pool gauge has series for.
-    pool_labels: std::sync::Mutex<Vec<Arc<str>>>,
-    index: ArcSwapOption<(Arc<HttpTable>, Arc<RouteIndex>)>,
-}
-
-impl Shared {
-    pub fn new(cell: SnapshotCell, config: HttpConfig, metrics: HttpMetrics) -> Self {
-        Shared {
-            cell,
-            balancers: Balancers::new(config.lb_algorithm.clone()),
-            fast: super::fast::FastState::new(&metrics, config.workers),
-            config,
-            metrics,
-            budget: RetryBudget::default(),
-            upstreams: UpstreamConns::default(),
-            pool_labels: Default::default(),
-            index: ArcSwapOption::empty(),
-        }
-    }
-
-    /// Shuts down idle upstream connections to endpoints no longer usable in `table`.
-    pub fn close_removed(&self, table: &RouteTable) {
-        let keep = |t: &Target| upstreams::usable_in(table, t);
-        let n = self.upstreams.close_idle(keep) + self.fast.pool.close_idle(keep);
-        if n > 0 {
-            tracing::info!(
-                connections = n,
-                "closed idle upstream connections to endpoints that left the table"
-            );
-        }
-    }
-
-    /// Sets `switchboard_http_upstream_pool_connections` from the connections still open.
-    pub fn update_pool_gauge(&self) {
-        let mut counts = self.upstreams.sweep();
-        self.fast.pool.count_into(&mut counts);
-        let gauge = &self.metrics.upstream_pool;
-        let mut labels = self.pool_labels.lock().unwrap();
-        for l in labels.iter() {
-            if !counts.contains_key(l) {
-                let _ = gauge.remove_label_values(&[l, "idle"]);
-                let _ = gauge.remove_label_values(&[l, "busy"]);
-            }
-        }
-        labels.clear();
-        for (l, c) in counts {
-            gauge.with_label_values(&[&*l, "idle"]).set(c.idle as i64);
-            gauge.with_label_values(&[&*l, "busy"]).set(c.busy as i64);
-            labels.push(l);
-        }
-    }
-
-    /// The routing index for `table`, built on first use after the HTTP rules change.
-    pub fn route_index(&self, table: &Arc<HttpTable>) -> Arc<RouteIndex> {
-        if let Some(cached) = self.index.load().as_ref() {
-            if Arc::ptr_eq(&cached.0, table) {
-                return cached.1.clone();
-            }
-        }
-        let start = Instant::now();
-        let index = Arc::new(RouteIndex::build(table));
-        self.metrics
-            .route_index_build
-            .observe(start.elapsed().as_secs_f64());
-        for (rule, why) in &index.refused {
-            tracing::warn!(rule = %rule, reason = %why, "HTTP rule not served");
-        }
-        self.index
-            .store(Some(Arc::new((table.clone(), index.clone()))));
-        index
-    }
-}
+use super::health::EndpointState;
+use super::request::{forwarded_for, request_hash, request_host, request_id};
+use super::retry;
+use super::route::{CompiledRule, Headers, RequestView};
+use super::shared::Shared;
+use super::upstreams;
 
 /// The proxy for one listener kind (plain or TLS).
 pub struct Ingress {
@@ -203,104 +79,6 @@ impl Ctx {
     }
 }
 
-/// `Host` (or the HTTP/2 authority) without port, lower-case, and the port if one was given.
-fn request_host(req: &RequestHeader) -> (String, Option<u16>) {
-    let raw = req
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok())
-        })
-        .unwrap_or("");
-    split_host_port(raw)
-}
-
-pub(super) fn split_host_port(raw: &str) -> (String, Option<u16>) {
-    let raw = raw.rsplit('@').next().unwrap_or(raw);
-    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
-        match rest.split_once(']') {
-            Some((h, p)) => (
-                format!("[{h}]"),
-                p.strip_prefix(':').and_then(|p| p.parse().ok()),
-            ),
-            None => (raw.to_string(), None),
-        }
-    } else {
-        match raw.rsplit_once(':') {
-            Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => {
-                (h.to_string(), p.parse().ok())
-            }
-            _ => (raw.to_string(), None),
-        }
-    };
-    (host.trim_end_matches('.').to_ascii_lowercase(), port)
-}
-
-fn cookie_value<'a>(headers: &'a Headers<'a>, name: &str) -> Option<&'a str> {
-    headers
-        .all("cookie")
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
-}
-
-/// The consistent-hashing key of a request: its client IP, header or cookie (random when the
-/// request has none, so such requests spread).
-pub(super) fn request_hash(key: &HashKey, client_ip: Option<IpAddr>, headers: Headers<'_>) -> u64 {
-    match key {
-        HashKey::ClientIp => match client_ip {
-            Some(IpAddr::V4(ip)) => key_hash(&ip.octets()),
-            Some(IpAddr::V6(ip)) => key_hash(&ip.octets()),
-            None => fastrand::u64(..),
-        },
-        HashKey::Header(h) => headers
-            .first(h.as_str())
-            .map(key_hash)
-            .unwrap_or_else(|| fastrand::u64(..)),
-        HashKey::Cookie(c) => cookie_value(&headers, c)
-            .map(|v| key_hash(v.as_bytes()))
-            .unwrap_or_else(|| fastrand::u64(..)),
-    }
-}
-
-/// The request id: the client's `X-Request-Id` if it is a usable one (non-empty text of at most
-/// 200 bytes), else a new one.
-pub(super) fn request_id(client: Option<&str>) -> String {
-    client
-        .filter(|v| !v.is_empty() && v.len() <= 200)
-        .map(str::to_string)
-        .unwrap_or_else(new_request_id)
-}
-
-/// `for=…` of a `Forwarded` element for the client `ip` (an IPv6 address quoted in brackets,
-/// RFC 7239).
-pub(super) fn forwarded_for(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
-        IpAddr::V4(ip) => format!("for={ip}"),
-    }
-}
-
-/// 32 random hex digits (written by hand: `format!` showed in the per-request profile).
-fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 32];
-    for (half, n) in [fastrand::u64(..), fastrand::u64(..)]
-        .into_iter()
-        .enumerate()
-    {
-        for i in 0..16 {
-            out[half * 16 + i] = HEX[((n >> ((15 - i) * 4)) & 0xf) as usize];
-        }
-    }
-    String::from_utf8(out.to_vec()).expect("hex digits")
-}
-
 impl Ingress {
     async fn respond(
         &self,
@@ -332,23 +110,24 @@ impl Ingress {
         let (Some(state), Some(b)) = (ctx.current.as_ref(), ctx.balancer.as_ref()) else {
             return;
         };
-        let cfg = &self.shared.config.outlier;
-        if state.record_failure(cfg, || b.may_eject(cfg)) == FailureOutcome::Ejected {
-            self.shared
-                .metrics
-                .ejections
-                .with_label_values(&[&*b.label])
-                .inc();
-            tracing::warn!(service = %b.label, endpoint = %state.addr, "endpoint ejected");
-        }
+        let s = &self.shared;
+        retry::record_failure(&s.config.outlier, &s.metrics, b, state);
     }
 
     /// Whether another attempt may go to an endpoint not tried yet.
     fn can_try_another(&self, ctx: &Ctx) -> bool {
-        ctx.balancer
-            .as_ref()
-            .is_some_and(|b| ctx.tried.len() < b.endpoints.len())
-            && ctx.retries < self.shared.config.max_retries
+        ctx.balancer.as_ref().is_some_and(|b| {
+            retry::can_try_another(
+                b,
+                ctx.tried.len(),
+                ctx.retries,
+                self.shared.config.max_retries,
+            )
+        })
+    }
+
+    fn count_retry(&self, ctx: &Ctx, reason: &str) {
+        retry::count_retry(&self.shared.metrics, ctx.service_label(), reason);
     }
 }
 
@@ -558,11 +337,7 @@ impl ProxyHttp for Ingress {
         self.record_failure(ctx);
         if self.can_try_another(ctx) {
             ctx.retries += 1;
-            self.shared
-                .metrics
-                .retries
-                .with_label_values(&[ctx.service_label(), "connect"])
-                .inc();
+            self.count_retry(ctx, "connect");
             e.set_retry(true);
         } else {
             e.set_retry(false);
@@ -602,16 +377,15 @@ impl ProxyHttp for Ingress {
             && !timed_out;
         // A reused connection closed under us is retried like a failed connect; anything else
         // only within the budget.
-        let retry = idempotent
-            && self.can_try_another(ctx)
-            && (client_reused || self.shared.budget.try_withdraw());
+        let retry = retry::retry_on_reset(
+            idempotent,
+            self.can_try_another(ctx),
+            client_reused,
+            &self.shared.budget,
+        );
         if retry {
             ctx.retries += 1;
-            self.shared
-                .metrics
-                .retries
-                .with_label_values(&[ctx.service_label(), "reset"])
-                .inc();
+            self.count_retry(ctx, "reset");
         }
         e.set_retry(retry);
         e
@@ -621,18 +395,8 @@ impl ProxyHttp for Ingress {
     /// across retries; `backendRequest` for each attempt on an endpoint. Zero disables either.
     fn upstream_deadline(&self, ctx: &Ctx) -> Option<Instant> {
         let r = &ctx.rule.as_ref()?.rule;
-        let after = |from: Instant, ms: Option<u64>| {
-            ms.filter(|&ms| ms > 0)
-                .map(|ms| from + Duration::from_millis(ms))
-        };
-        let whole = after(ctx.start, r.request_timeout_ms);
-        let attempt = ctx
-            .attempt_start
-            .and_then(|t| after(t, r.backend_request_timeout_ms));
-        match (whole, attempt) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let whole = retry::request_deadline(r, ctx.start);
+        retry::attempt_deadline(r, whole, ctx.attempt_start)
     }
 
     async fn connected_to_upstream(
@@ -721,17 +485,14 @@ impl ProxyHttp for Ingress {
             self.record_failure(ctx);
             let idempotent = session.req_header().method.is_idempotent()
                 && !session.as_ref().retry_buffer_truncated();
-            if matches!(code, 502 | 503)
-                && idempotent
-                && self.can_try_another(ctx)
-                && self.shared.budget.try_withdraw()
-            {
+            if retry::retry_on_status(
+                code,
+                idempotent,
+                self.can_try_another(ctx),
+                &self.shared.budget,
+            ) {
                 ctx.retries += 1;
-                self.shared
-                    .metrics
-                    .retries
-                    .with_label_values(&[ctx.service_label(), "status"])
-                    .inc();
+                self.count_retry(ctx, "status");
                 let mut e = Error::explain(
                     ErrorType::HTTPStatus(code),
                     format!("endpoint answered {code}, retrying"),
@@ -854,63 +615,5 @@ impl ProxyHttp for Ingress {
             request_id = ctx.request_id.as_deref().unwrap_or("-"),
             error = %e.map(|e| e.to_string()).unwrap_or_default(),
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_and_port() {
-        assert_eq!(
-            split_host_port("A.Test:8080"),
-            ("a.test".into(), Some(8080))
-        );
-        assert_eq!(split_host_port("a.test."), ("a.test".into(), None));
-        assert_eq!(split_host_port("[::1]:80"), ("[::1]".into(), Some(80)));
-        assert_eq!(split_host_port("[::1]"), ("[::1]".into(), None));
-    }
-
-    #[test]
-    fn cookies() {
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            http::header::COOKIE,
-            "a=1; session=abc; b=2".parse().unwrap(),
-        );
-        assert_eq!(cookie_value(&Headers::Map(&h), "session"), Some("abc"));
-        assert_eq!(cookie_value(&Headers::Map(&h), "c"), None);
-        let raw = [httparse::Header {
-            name: "Cookie",
-            value: b"a=1; session=abc",
-        }];
-        assert_eq!(cookie_value(&Headers::Raw(&raw), "session"), Some("abc"));
-    }
-
-    #[test]
-    fn request_ids_are_32_hex_digits_and_differ() {
-        let (a, b) = (new_request_id(), new_request_id());
-        assert_eq!(a.len(), 32);
-        assert!(a
-            .bytes()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
-        assert_ne!(a, b);
-    }
-
-    #[test]
-    fn budget() {
-        let b = RetryBudget::default();
-        let mut n = 0;
-        while b.try_withdraw() {
-            n += 1;
-        }
-        assert_eq!(n, 10);
-        // Five requests earn one retry.
-        for _ in 0..5 {
-            b.deposit();
-        }
-        assert!(b.try_withdraw());
-        assert!(!b.try_withdraw());
     }
 }

@@ -1,0 +1,56 @@
+//! The L7 proxy's settings (`HttpConfig`), set by the binary (`src/run.rs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::balance::Algorithm;
+use super::health::OutlierConfig;
+
+/// Settings of the L7 proxy.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Plain listeners (HTTP/1.1 and h2c).
+    pub http: Vec<SocketAddr>,
+    /// TLS listeners (h2 and HTTP/1.1 by ALPN); certificates from the snapshot's Secrets.
+    pub https: Vec<SocketAddr>,
+    /// Fallback certificates for `https` (see `tls`).
+    pub tls_cert_dir: Option<PathBuf>,
+    /// Balancing algorithm where the Service has no `switchboard.dev/lb-algorithm` annotation.
+    pub lb_algorithm: Algorithm,
+    /// Upstream TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream read timeout where the route sets none (None = no limit, for long polls and
+    /// streams).
+    pub upstream_read_timeout: Option<Duration>,
+    /// Idle upstream keep-alive connections are closed after this.
+    pub upstream_idle_timeout: Duration,
+    /// Attempts after the first, per request (connect failures and budgeted retries).
+    pub max_retries: u32,
+    pub outlier: OutlierConfig,
+    /// How long shutdown waits for in-flight requests.
+    pub grace_period: Duration,
+    /// Threads that serve the listeners, each with its own event loop (a current-thread tokio
+    /// runtime) and its own SO_REUSEPORT socket per listener, as nginx's worker processes; the
+    /// kernel spreads new connections over them and `listener::Spread` keeps their counts
+    /// even. 0: serve on the caller's runtime.
+    pub workers: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            http: vec![],
+            https: vec![],
+            tls_cert_dir: None,
+            lb_algorithm: Algorithm::default(),
+            connect_timeout: Duration::from_secs(2),
+            upstream_read_timeout: None,
+            upstream_idle_timeout: Duration::from_secs(60),
+            max_retries: 3,
+            outlier: OutlierConfig::default(),
+            grace_period: Duration::from_secs(5),
+            workers: 0,
+        }
+    }
+}

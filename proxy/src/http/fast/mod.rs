@@ -1,0 +1,158 @@
+//! The HTTP/1.1 fast path: plain-listener requests without a body, routed to a rule without
+//! filters, proxied by switchboard's own code instead of pingora's generic HTTP proxy.
+//!
+//! Why: `perf` put pingora's per-request user time at ~12 µs (header maps, the downstream and
+//! upstream task pair, its pool's idle-watch task per request, a `getpeername` per reuse)
+//! against ~2 µs for nginx, which is the whole L7 gap (`docs/benchmarks.md`). This path parses
+//! with `httparse`, reuses the routing index, balancers, endpoint health, retry budget and
+//! metrics the pingora path (`service.rs`) uses (`shared.rs`, `retry.rs`), and keeps its own
+//! upstream keep-alive pool (`pool.rs`), so one request costs the four socket calls nginx
+//! makes and little else.
+//!
+//! What it takes: HTTP/1.1 requests on `--http` listeners with exactly one `Host`, an
+//! origin-form target without dot segments, no body (`Content-Length` absent or 0, no
+//! `Transfer-Encoding`), no `Upgrade`/`Expect`, whose rule has no filters and whose backend is
+//! an HTTP/1 service port with usable endpoints. Anything else (HTTP/1.0, h2c, bodies,
+//! WebSockets, 404/503/redirects, filters, malformed requests) is handed to pingora with the
+//! bytes read so far put back, and the connection stays on pingora from then on. Nothing has
+//! been sent upstream when that decision is made, so it is always safe.
+//!
+//! Behaviour is the pingora path's (`service.rs`): same endpoint choice and ejection, connect
+//! failures retried on another endpoint, idempotent requests retried on a reset or 502/503
+//! within the budget, a stale pooled connection retried once on a fresh one, `timeouts.request`
+//! / `backendRequest` deadlines and the upstream read timeout (504), X-Forwarded-*,
+//! `Forwarded`, X-Request-Id, hop-by-hop headers removed, the same metrics and access log.
+//! Responses are passed through with their framing (Content-Length, chunked, or
+//! close-delimited, which closes the client connection after it).
+//!
+//! Services annotated `switchboard.dev/upstream-pipelining` get GETs and HEADs read in one
+//! event-loop pass sent to an endpoint together, pipelined on one pooled connection
+//! (`pipeline.rs`; `docs/http.md`).
+//!
+//! Files, each using only those above it: `io.rs` (timed socket waits), `h1.rs` (framing),
+//! `prepare.rs` (request head → routed request or pingora), `pipeline.rs` (batches on one
+//! upstream connection), `respond.rs` (the answer, errors, log), `exchange.rs` (attempts and
+//! retries), and here the connection loop. The pool is `../pool.rs`, retries `../retry.rs`.
+
+mod exchange;
+mod h1;
+mod io;
+mod pipeline;
+mod prepare;
+mod respond;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::http::shared::Shared;
+use exchange::exchange;
+use io::read_now;
+use prepare::{prepare, ConnState, Prep};
+
+pub use crate::http::worker::{set_worker, worker_unparked};
+
+/// How long a client connection may wait for its next request (as pingora's keep-alive).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// How a connection left the fast path.
+pub enum Served {
+    /// Closed (by either side, idle timeout, shutdown, or an error answered here).
+    Closed,
+    /// pingora takes over: the stream and the bytes already read from it.
+    Fallback(TcpStream, Vec<u8>),
+}
+
+/// Serves requests on an accepted plain connection until it closes or a request needs pingora.
+pub async fn serve(
+    shared: &Shared,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    shutdown: &watch::Receiver<bool>,
+) -> Served {
+    let mut conn = ConnState::new(peer.ip());
+    let mut buf: Vec<u8> = Vec::new();
+    // One timer and one shutdown wait for the connection's life, not one per request: the
+    // timer fires at most once per KEEPALIVE_IDLE and is pushed back if requests came since.
+    let mut stop = shutdown.clone();
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
+    let idle = tokio::time::sleep(KEEPALIVE_IDLE);
+    tokio::pin!(idle);
+    let mut last_active = Instant::now();
+    'requests: loop {
+        // Wait for the next request holding no buffer: idle connections cost little.
+        if buf.is_empty() {
+            buf = Vec::new();
+            loop {
+                tokio::select! {
+                    biased;
+                    r = client.readable() => match r {
+                        Ok(()) => break,
+                        Err(_) => return Served::Closed,
+                    },
+                    _ = &mut idle => {
+                        if last_active.elapsed() >= KEEPALIVE_IDLE {
+                            return Served::Closed;
+                        }
+                        let at = tokio::time::Instant::from_std(last_active + KEEPALIVE_IDLE);
+                        idle.as_mut().reset(at);
+                    }
+                    _ = &mut stopped => return Served::Closed,
+                }
+            }
+            buf.reserve(4096);
+        }
+        let prepared = loop {
+            if !buf.is_empty() {
+                match prepare(shared, &buf, &mut conn) {
+                    Prep::Ready(p) => break p,
+                    Prep::Fallback => {
+                        shared.fast.handed_over.inc();
+                        return Served::Fallback(client, buf);
+                    }
+                    Prep::Partial => {}
+                }
+            }
+            if buf.len() == buf.capacity() {
+                buf.reserve(4096);
+            }
+            match read_now(&mut client, &mut buf).await {
+                Ok(0) => return Served::Closed,
+                Ok(_) => continue,
+                // `readable()` may wake with nothing to read (it does at once for a new
+                // connection): wait again without the buffer.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && buf.is_empty() => {
+                    continue 'requests;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Served::Closed,
+            }
+            // The rest of a head that came in pieces: bounded like an idle wait.
+            match tokio::time::timeout(KEEPALIVE_IDLE, client.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Served::Closed,
+            }
+        };
+        buf.drain(..prepared.head_len);
+        // The request's state lives in its own allocation while it runs, not in this task.
+        let keep_open = Box::pin(exchange(
+            shared,
+            &mut client,
+            &mut conn,
+            &prepared,
+            shutdown,
+        ))
+        .await;
+        if !keep_open {
+            return Served::Closed;
+        }
+        // Idle from the end of the answer: a long request (a long poll) does not count.
+        last_active = Instant::now();
+    }
+}

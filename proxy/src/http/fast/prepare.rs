@@ -1,0 +1,263 @@
+//! A request head read on the fast path, parsed and routed: proxied here (the head to send
+//! upstream), wait for more bytes, or hand the connection to pingora.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::h1::{hop_by_hop, put_header, tokens, MAX_HEADERS};
+use crate::http::backend::PortBalancer;
+use crate::http::filters;
+use crate::http::metrics::Series;
+use crate::http::request::{forwarded_for, request_hash, request_id, split_host_port};
+use crate::http::route::{visible_text, CompiledRule, Headers, RequestView};
+use crate::http::shared::Shared;
+
+/// Largest request head this path reads before handing the request to pingora.
+pub(super) const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// What the fast path remembers about one client connection between its requests.
+pub(super) struct ConnState {
+    pub(super) ip: IpAddr,
+    /// The client address as X-Forwarded-For lists it.
+    xff: String,
+    /// Its `for=` element of `Forwarded`.
+    fwd_for: String,
+    /// The last (generation, rule, backend) → balancer lookup: the next request on a
+    /// connection usually takes the same rule, and `Balancers::get` hashes and locks.
+    balancer: Option<(u64, Arc<CompiledRule>, usize, Arc<PortBalancer>)>,
+    /// The last request's metric series.
+    pub(super) series: Option<Arc<Series>>,
+}
+
+impl ConnState {
+    pub(super) fn new(ip: IpAddr) -> Self {
+        ConnState {
+            ip,
+            xff: ip.to_string(),
+            fwd_for: forwarded_for(ip),
+            balancer: None,
+            series: None,
+        }
+    }
+}
+
+/// A request this path will proxy.
+pub(super) struct Prepared {
+    /// When its head was complete.
+    pub(super) start: Instant,
+    pub(super) head_len: usize,
+    pub(super) method: http::Method,
+    pub(super) host: String,
+    /// The request target as received (path and query).
+    pub(super) target: String,
+    pub(super) request_id: String,
+    /// The client asked to close after this request.
+    pub(super) close: bool,
+    /// The head sent upstream (the same for every attempt).
+    pub(super) upstream_head: Vec<u8>,
+    pub(super) rule: Arc<CompiledRule>,
+    pub(super) balancer: Arc<PortBalancer>,
+    pub(super) hash: u64,
+    pub(super) generation: u64,
+}
+
+pub(super) enum Prep {
+    Ready(Box<Prepared>),
+    /// The head is not complete yet.
+    Partial,
+    /// pingora's.
+    Fallback,
+}
+
+/// Headers this proxy sets itself on the upstream request.
+fn replaced_upstream(name: &str) -> bool {
+    [
+        "x-forwarded-for",
+        "forwarded",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Parses the head in `buf` and decides: proxy here, wait for more, or hand to pingora.
+pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep {
+    let client_ip = conn.ip;
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut hs);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => return Prep::Partial,
+        _ => return Prep::Fallback,
+    };
+    if req.version != Some(1) {
+        return Prep::Fallback;
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Prep::Fallback;
+    };
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+        return Prep::Fallback;
+    };
+    if method == http::Method::CONNECT || !target.starts_with('/') {
+        return Prep::Fallback;
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    if filters::remove_dot_segments(path).is_some() {
+        return Prep::Fallback;
+    }
+    let headers: &[httparse::Header<'_>] = req.headers;
+    let mut host = None;
+    let mut hosts = 0;
+    let mut close = false;
+    let mut conn_tokens: Vec<&[u8]> = Vec::new();
+    let (mut xff, mut fwd, mut id) = (None, None, None);
+    for h in headers {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            host = Some(h.value);
+        } else if n.eq_ignore_ascii_case("content-length") {
+            if h.value.trim_ascii() != b"0" {
+                return Prep::Fallback;
+            }
+        } else if ["transfer-encoding", "upgrade", "expect", "http2-settings"]
+            .iter()
+            .any(|x| n.eq_ignore_ascii_case(x))
+        {
+            return Prep::Fallback;
+        } else if n.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    return Prep::Fallback;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                    conn_tokens.push(t);
+                }
+            }
+        } else if n.eq_ignore_ascii_case("x-request-id") && id.is_none() {
+            id = Some(h.value);
+        } else if n.eq_ignore_ascii_case("x-forwarded-for") && xff.is_none() {
+            xff = Some(h.value);
+        } else if n.eq_ignore_ascii_case("forwarded") && fwd.is_none() {
+            fwd = Some(h.value);
+        }
+    }
+    let (1, Some(Ok(raw_host))) = (hosts, host.map(std::str::from_utf8)) else {
+        return Prep::Fallback;
+    };
+    let (host, _port) = split_host_port(raw_host);
+    if host.is_empty() {
+        return Prep::Fallback;
+    }
+
+    let snapshot = shared.cell.load();
+    let index = shared.route_index(&snapshot.routes.http);
+    let view = RequestView {
+        path,
+        query,
+        method: &method,
+        headers: Headers::Raw(headers),
+    };
+    let Some(matched) = index.find(&host, &view) else {
+        return Prep::Fallback;
+    };
+    let rule = matched.rule.clone();
+    if !rule.rule.filters.is_empty() {
+        return Prep::Fallback;
+    }
+    let Some(bi) = rule.pick_backend(fastrand::u64(..)) else {
+        return Prep::Fallback;
+    };
+    let backend = &rule.rule.backends[bi];
+    if rule.crosses_namespace(backend) {
+        return Prep::Fallback;
+    }
+    let balancer = match &conn.balancer {
+        Some((g, r, b, balancer))
+            if *g == snapshot.generation && Arc::ptr_eq(r, &rule) && *b == bi =>
+        {
+            balancer.clone()
+        }
+        _ => {
+            let Ok(balancer) =
+                shared
+                    .balancers
+                    .get(&snapshot.routes, backend, rule.rule.lb_algorithm.as_deref())
+            else {
+                return Prep::Fallback;
+            };
+            conn.balancer = Some((snapshot.generation, rule.clone(), bi, balancer.clone()));
+            balancer
+        }
+    };
+    if balancer.h2c {
+        return Prep::Fallback;
+    }
+    let hash = balancer
+        .algorithm
+        .hash_key()
+        .map(|k| request_hash(k, Some(client_ip), Headers::Raw(headers)))
+        .unwrap_or(0);
+
+    let request_id = request_id(id.and_then(visible_text));
+    let mut out = Vec::with_capacity(head_len + 256);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in headers {
+        if hop_by_hop(h.name)
+            || replaced_upstream(h.name)
+            || conn_tokens
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
+        {
+            continue;
+        }
+        put_header(&mut out, h.name, h.value);
+    }
+    let mut v = Vec::with_capacity(128);
+    if let Some(prev) = xff.filter(|p| !p.is_empty()) {
+        v.extend_from_slice(prev);
+        v.extend_from_slice(b", ");
+    }
+    v.extend_from_slice(conn.xff.as_bytes());
+    put_header(&mut out, "x-forwarded-for", &v);
+    v.clear();
+    if let Some(prev) = fwd.filter(|p| !p.is_empty()) {
+        v.extend_from_slice(prev);
+        v.extend_from_slice(b", ");
+    }
+    v.extend_from_slice(conn.fwd_for.as_bytes());
+    v.extend_from_slice(b";proto=http;host=\"");
+    v.extend_from_slice(host.as_bytes());
+    v.push(b'"');
+    put_header(&mut out, "forwarded", &v);
+    put_header(&mut out, "x-forwarded-proto", b"http");
+    put_header(&mut out, "x-forwarded-host", host.as_bytes());
+    put_header(&mut out, "x-request-id", request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+
+    Prep::Ready(Box::new(Prepared {
+        start: Instant::now(),
+        head_len,
+        method,
+        host,
+        target: target.to_string(),
+        request_id,
+        close,
+        upstream_head: out,
+        rule,
+        balancer,
+        hash,
+        generation: snapshot.generation,
+    }))
+}
