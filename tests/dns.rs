@@ -348,7 +348,10 @@ async fn refused_over_the_in_flight_limit() {
         &["--upstream", &up_arg, "--max-concurrent-forwards", "1"],
     );
     ready(&sb).await;
-    up.set_delay(Duration::from_millis(500));
+    // The upstream holds its answers until told: slow1 keeps the only slot for as long as the
+    // test needs, and the upstream having received slow1 shows it took the slot (the permit is
+    // taken before the query is forwarded).
+    up.set_held(true);
     let dns = sb.listener("dns/udp");
     let slow = tokio::spawn(async move {
         ask(
@@ -360,14 +363,17 @@ async fn refused_over_the_in_flight_limit() {
         .metadata
         .response_code
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    up.wait_count("slow1.example.", 1, Duration::from_secs(10))
+        .await;
     let r = ask(
         dns,
         &query_message("slow2.example.", RecordType::A, false),
         false,
     )
     .await;
+    up.set_held(false);
     assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(up.count("slow2.example."), 0, "slow2 was not forwarded");
     assert_eq!(slow.await.unwrap(), ResponseCode::NXDomain);
     // Cluster names are not forwarded and never refused.
     let r = ask(
