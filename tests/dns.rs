@@ -418,6 +418,10 @@ async fn forwarding_to_itself_is_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lame_duck_not_ready_but_answering() {
+    // The lame duck is far longer than the checks below take, so they run inside it however
+    // slow the machine is; each step waits on evidence, and the test checks that the process
+    // was still draining when they finished (had it already stopped, the answer could not
+    // have come from the lame duck).
     let dir = manifests(cases::FIXTURE);
     let mut sb = Switchboard::start(&[
         "--manifests",
@@ -427,13 +431,13 @@ async fn lame_duck_not_ready_but_answering() {
         "--upstream",
         "127.0.0.1:1",
         "--lame-duck",
-        "2s",
+        "10s",
     ]);
     ready(&sb).await;
     let dns = sb.listener("dns/udp");
     let pid = pid_of(dir.path());
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    sb.wait_log("lame duck", Duration::from_secs(5)).await;
+    sb.wait_log("lame duck", Duration::from_secs(10)).await;
     assert_eq!(
         sb.admin_get("/readyz").await.0,
         503,
@@ -443,8 +447,15 @@ async fn lame_duck_not_ready_but_answering() {
         dig(dns, &["+short", "web.default.svc.cluster.local"]).trim(),
         "10.96.0.10"
     );
-    let status = sb.terminate();
+    assert!(
+        !sb.exited() && !sb.log_contains("stopped"),
+        "the checks must run inside the lame duck:\n{}",
+        sb.log()
+    );
+    // Then it stops by itself, cleanly (the first SIGTERM is the only one).
+    let status = sb.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{status}");
+    assert!(sb.log_contains("stopped"), "{}", sb.log());
 }
 
 /// The PID of the switchboard whose command line names `dir` (the harness keeps its child

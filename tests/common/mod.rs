@@ -222,14 +222,24 @@ impl Switchboard {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; panics if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s;
             }
             assert!(
                 Instant::now() < deadline,
-                "no exit after SIGTERM:\n{}",
+                "no exit within {timeout:?}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(10));
