@@ -421,6 +421,31 @@ impl Node {
         self.sb.log_contains(needle)
     }
 
+    /// Waits (up to 20 s) until a log line contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log_contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the bind-mode listener for `frontend` (`tcp`/`udp`, `ADDR:PORT`) is open: the
+    /// `listening on l4/PROTO ADDR` line, logged once the socket is bound and accepting.
+    pub fn wait_listening(&self, proto: &str, frontend: &str) {
+        let line = format!("listening on l4/{proto} {frontend}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The address ends the line: `…:80` must not match `…:8080`.
+        while !self.log().lines().any(|l| l.ends_with(&line)) {
+            assert!(Instant::now() < deadline, "never {line:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// GET on the admin listener (from inside the node's namespace).
     pub fn admin_get(&self, ns: Option<&Netns>, path: &str) -> (u16, String) {
         let admin = self.admin;
