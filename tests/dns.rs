@@ -515,18 +515,12 @@ impl Drop for Proc {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 #[test]
-fn glibc_resolver_in_a_pod_namespace() {
-    if !is_root() {
-        eprintln!("skipped: glibc_resolver_in_a_pod_namespace needs root (network namespaces)");
+fn needs_root_glibc_resolver_in_a_pod_namespace() {
+    if common::skip_unless_root(
+        "needs_root_glibc_resolver_in_a_pod_namespace",
+        &["ip", "getent"],
+    ) {
         return;
     }
     let ns = Netns {

@@ -53,8 +53,8 @@ const PORTS: &[(&str, &str, u16, u16, Option<u16>)] =
     &[("t", "TCP", 80, 8080, None), ("u", "UDP", 53, 8080, None)];
 
 #[test]
-fn clusterip_tcp_udp_ipv6_reject_and_cleanup() {
-    if skip_unless_root("clusterip_tcp_udp_ipv6_reject_and_cleanup") {
+fn needs_root_clusterip_tcp_udp_ipv6_reject_and_cleanup() {
+    if skip_unless_root("needs_root_clusterip_tcp_udp_ipv6_reject_and_cleanup") {
         return;
     }
     let mut c = Cluster::new();
@@ -203,8 +203,8 @@ fn clusterip_tcp_udp_ipv6_reject_and_cleanup() {
 }
 
 #[test]
-fn nodeport_local_policies_and_health_check() {
-    if skip_unless_root("nodeport_local_policies_and_health_check") {
+fn needs_root_nodeport_local_policies_and_health_check() {
+    if skip_unless_root("needs_root_nodeport_local_policies_and_health_check") {
         return;
     }
     let mut c = Cluster::new();
@@ -356,8 +356,8 @@ fn nodeport_local_policies_and_health_check() {
 }
 
 #[test]
-fn affinity_topology_and_endpoint_changes_under_load() {
-    if skip_unless_root("affinity_topology_and_endpoint_changes_under_load") {
+fn needs_root_affinity_topology_and_endpoint_changes_under_load() {
+    if skip_unless_root("needs_root_affinity_topology_and_endpoint_changes_under_load") {
         return;
     }
     let mut c = Cluster::new();

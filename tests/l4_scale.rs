@@ -19,8 +19,8 @@ fn sync_stats(node: &Node, ns: &Netns) -> (f64, f64) {
 }
 
 #[test]
-fn one_service_update_at_10k_services_is_fast() {
-    if skip_unless_root("one_service_update_at_10k_services_is_fast") {
+fn needs_root_one_service_update_at_10k_services_is_fast() {
+    if skip_unless_root("needs_root_one_service_update_at_10k_services_is_fast") {
         return;
     }
     let ns = Netns::new("scale");

@@ -22,27 +22,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// True (after printing why) when this test cannot run here: not root, or no `ip`/`nft`.
+/// True when this test cannot run here (not root, or no `ip`/`nft`): says so on the terminal,
+/// or fails the test when `SWITCHBOARD_REQUIRE_ROOT=1` (see `common::skip_unless_root`).
 pub fn skip_unless_root(test: &str) -> bool {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(String::from))
-        })
-        .unwrap_or_default();
-    if uid != "0" {
-        eprintln!("skipping {test}: needs root for network namespaces and nftables (uid {uid})");
-        return true;
-    }
-    for tool in ["ip", "nft"] {
-        if Command::new(tool).arg("-V").output().is_err() {
-            eprintln!("skipping {test}: `{tool}` is not installed (iproute2, nftables)");
-            return true;
-        }
-    }
-    false
+    common::skip_unless_root(test, &["ip", "nft"])
 }
 
 fn unique() -> String {
