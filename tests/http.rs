@@ -956,14 +956,17 @@ spec:
         paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]
 ",
     );
-    let ejection = Duration::from_secs(3);
+    // Long enough that the 30 GETs below always run inside it (they take well under a second);
+    // the test fails, rather than skip the check, if they somehow do not.
+    let ejection = Duration::from_secs(10);
+    let ejection_ms = ejection.as_millis().to_string();
     let sb = start(
         d,
         &[
             "--lb-algorithm",
             "round-robin",
             "--outlier-ejection-ms",
-            "3000",
+            &ejection_ms,
         ],
     );
     let proxy = sb.listener("http");
@@ -972,6 +975,8 @@ spec:
     // POST is not retried, so the 500s reach the client and count toward ejection.
     let series = "switchboard_http_ejections_total{service=\"default/web:80\"}";
     let mut sent = 0;
+    // The ejection starts after the last POST was sent: it lasts at least until then + ejection.
+    let mut last_post = Instant::now();
     while sb.metric(series).await.unwrap_or(0.0) < 1.0 {
         sent += 1;
         assert!(
@@ -979,19 +984,22 @@ spec:
             "never ejected after {sent} requests:\n{}",
             sb.log()
         );
+        last_post = Instant::now();
         let _ = request(&c, "POST", proxy, "e.test", "/", &[])
             .await
             .unwrap();
     }
-    // Ejected: the next requests avoid it (checked only if they ran within the ejection time).
-    let t = Instant::now();
+    // Ejected: the next requests avoid it.
     let before = bad.hits();
     for _ in 0..30 {
         assert_eq!(get(&c, proxy, "e.test", "/").await.status, 200);
     }
-    if t.elapsed() < ejection {
-        assert_eq!(bad.hits(), before, "an ejected endpoint got requests");
-    }
+    assert!(
+        last_post.elapsed() < ejection,
+        "the 30 GETs outlasted the {ejection:?} ejection ({:?}): the check below would not hold",
+        last_post.elapsed()
+    );
+    assert_eq!(bad.hits(), before, "an ejected endpoint got requests");
     // Healthy again: re-admitted once the ejection ends.
     bad.status.store(200, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(30);
