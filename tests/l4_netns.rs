@@ -18,18 +18,6 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn names(results: &[std::io::Result<String>]) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for r in results {
-        let name = match r {
-            Ok(s) => s.split([' ', ':']).next().unwrap_or("").to_string(),
-            Err(e) => format!("error: {e}"),
-        };
-        *m.entry(name).or_default() += 1;
-    }
-    m
-}
-
 fn set(v: &[&str]) -> HashSet<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -465,15 +453,9 @@ fn needs_root_affinity_topology_and_endpoint_changes_under_load() {
     });
     // The removed endpoint's server goes away only after the table no longer has it.
     c.stop_backend(removed);
-    let failures = results.iter().filter(|r| r.is_err()).count();
-    let seen = names(&results);
     assert!(results.len() > 50, "load ran: {}", results.len());
-    assert_eq!(
-        failures,
-        0,
-        "{failures} of {} connections failed: {seen:?}",
-        results.len()
-    );
+    // No connection failed (names fails the test on any error).
+    let seen = names(&results);
     assert!(
         seen.contains_key("d"),
         "the added endpoint took traffic: {seen:?}"
@@ -494,5 +476,5 @@ fn needs_root_affinity_topology_and_endpoint_changes_under_load() {
             .map(|_| tcp_hello(sa("10.96.0.32:80"), None))
             .collect::<Vec<_>>()
     }));
-    assert!(!after.keys().any(|k| k.starts_with("error")), "{after:?}");
+    assert_eq!(after.values().sum::<usize>(), 20, "{after:?}");
 }

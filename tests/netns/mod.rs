@@ -346,6 +346,28 @@ pub fn udp_ask_on(
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// How many answers came from each backend, by name (the answers' first word, before a space
+/// or a colon). Any failed connection or datagram fails the test: an error is not a backend,
+/// and ten identical errors must not pass as "sticks to one backend".
+pub fn names(results: &[std::io::Result<String>]) -> std::collections::HashMap<String, usize> {
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} of {} connections failed: {errors:?}",
+        errors.len(),
+        results.len()
+    );
+    let mut m = std::collections::HashMap::new();
+    for s in results.iter().flatten() {
+        *m.entry(s.split([' ', ':']).next().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    m
+}
+
 /// A plain HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
