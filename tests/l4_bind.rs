@@ -116,6 +116,8 @@ fn tcp_and_udp_reach_only_ready_backends_and_empty_services_refuse() {
             "bind",
             "--node-name",
             "n1",
+            "--udp-idle-timeout",
+            "600",
         ],
     );
     node.wait_applied(None, "svc endpoints", |t| {
@@ -158,8 +160,20 @@ fn tcp_and_udp_reach_only_ready_backends_and_empty_services_refuse() {
     );
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 
-    assert!(node.metric(None, "switchboard_l4_connections_total") >= 40.0);
-    assert!(node.metric(None, "switchboard_l4_active_flows") >= 1.0);
+    // Exactly the 40 TCP connections proxied, and the 40 UDP flows (one per client socket,
+    // none idle long enough to expire) tracked; the refused ones to `empty` are neither.
+    let svc = "{port=\"8080\",service=\"default/svc\"}";
+    assert_eq!(
+        node.metric(None, &format!("switchboard_l4_connections_total{svc}")),
+        40.0
+    );
+    let svc = "{port=\"5353\",service=\"default/svc\"}";
+    assert_eq!(
+        node.metric(None, &format!("switchboard_l4_active_flows{svc}")),
+        40.0
+    );
+    assert_eq!(node.metric(None, "switchboard_l4_connections_total"), 40.0);
+    assert_eq!(node.metric(None, "switchboard_l4_active_flows"), 40.0);
     let (code, _) = node.admin_get(None, "/healthz");
     assert_eq!(code, 200);
 }

@@ -149,7 +149,17 @@ fn needs_root_clusterip_tcp_udp_ipv6_reject_and_cleanup() {
             "{table}"
         );
         let node = c.node(1);
-        assert!(node.metric(Some(n1), "switchboard_l4_connections_total") >= 60.0);
+        // Exactly the 30 + 30 connections above; the refused one to `empty` is not proxied.
+        for svc in ["web", "web6"] {
+            let series = format!(
+                "switchboard_l4_connections_total{{port=\"80\",service=\"default/{svc}\"}}"
+            );
+            assert_eq!(node.metric(Some(n1), &series), 30.0, "{series}");
+        }
+        assert_eq!(
+            node.metric(Some(n1), "switchboard_l4_connections_total"),
+            60.0
+        );
         assert_eq!(node.admin_get(Some(n1), "/healthz").0, 200);
     }
 
