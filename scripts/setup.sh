@@ -5,7 +5,7 @@
 #   iproute2   ip netns / veth, for the network-namespace tests
 #   nftables   nft, for the kube-proxy (L4) tests
 #   conntrack  conntrack, which the L4 kernel path uses to delete stale UDP entries
-#   curl       HTTP tests and the README's examples
+#   curl       HTTP tests (with HTTP/2 support, checked) and the README's examples
 # Debian/Ubuntu. Runs apt-get as root, or through sudo.
 set -euo pipefail
 
@@ -16,10 +16,17 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v curl >/dev/null || need+=(curl)
-[ ${#need[@]} -eq 0 ] && exit 0
 
-if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
-export DEBIAN_FRONTEND=noninteractive
-echo "installing: ${need[*]}" >&2
-"${sudo[@]}" apt-get update -qq
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi
+    export DEBIAN_FRONTEND=noninteractive
+    echo "installing: ${need[*]}" >&2
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The HTTP tests speak HTTP/2 through curl: a curl built without it fails them obscurely.
+if ! curl -V | grep -qw HTTP2; then
+    echo "setup: this curl has no HTTP/2 support (curl -V lists no HTTP2 feature); the HTTP tests need it" >&2
+    exit 1
+fi

@@ -348,7 +348,10 @@ async fn refused_over_the_in_flight_limit() {
         &["--upstream", &up_arg, "--max-concurrent-forwards", "1"],
     );
     ready(&sb).await;
-    up.set_delay(Duration::from_millis(500));
+    // The upstream holds its answers until told: slow1 keeps the only slot for as long as the
+    // test needs, and the upstream having received slow1 shows it took the slot (the permit is
+    // taken before the query is forwarded).
+    up.set_held(true);
     let dns = sb.listener("dns/udp");
     let slow = tokio::spawn(async move {
         ask(
@@ -360,14 +363,17 @@ async fn refused_over_the_in_flight_limit() {
         .metadata
         .response_code
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    up.wait_count("slow1.example.", 1, Duration::from_secs(10))
+        .await;
     let r = ask(
         dns,
         &query_message("slow2.example.", RecordType::A, false),
         false,
     )
     .await;
+    up.set_held(false);
     assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(up.count("slow2.example."), 0, "slow2 was not forwarded");
     assert_eq!(slow.await.unwrap(), ResponseCode::NXDomain);
     // Cluster names are not forwarded and never refused.
     let r = ask(
@@ -412,6 +418,10 @@ async fn forwarding_to_itself_is_detected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lame_duck_not_ready_but_answering() {
+    // The lame duck is far longer than the checks below take, so they run inside it however
+    // slow the machine is; each step waits on evidence, and the test checks that the process
+    // was still draining when they finished (had it already stopped, the answer could not
+    // have come from the lame duck).
     let dir = manifests(cases::FIXTURE);
     let mut sb = Switchboard::start(&[
         "--manifests",
@@ -421,13 +431,13 @@ async fn lame_duck_not_ready_but_answering() {
         "--upstream",
         "127.0.0.1:1",
         "--lame-duck",
-        "2s",
+        "10s",
     ]);
     ready(&sb).await;
     let dns = sb.listener("dns/udp");
     let pid = pid_of(dir.path());
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    sb.wait_log("lame duck", Duration::from_secs(5)).await;
+    sb.wait_log("lame duck", Duration::from_secs(10)).await;
     assert_eq!(
         sb.admin_get("/readyz").await.0,
         503,
@@ -437,8 +447,15 @@ async fn lame_duck_not_ready_but_answering() {
         dig(dns, &["+short", "web.default.svc.cluster.local"]).trim(),
         "10.96.0.10"
     );
-    let status = sb.terminate();
+    assert!(
+        !sb.exited() && !sb.log_contains("stopped"),
+        "the checks must run inside the lame duck:\n{}",
+        sb.log()
+    );
+    // Then it stops by itself, cleanly (the first SIGTERM is the only one).
+    let status = sb.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{status}");
+    assert!(sb.log_contains("stopped"), "{}", sb.log());
 }
 
 /// The PID of the switchboard whose command line names `dir` (the harness keeps its child
@@ -498,18 +515,12 @@ impl Drop for Proc {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 #[test]
-fn glibc_resolver_in_a_pod_namespace() {
-    if !is_root() {
-        eprintln!("skipped: glibc_resolver_in_a_pod_namespace needs root (network namespaces)");
+fn needs_root_glibc_resolver_in_a_pod_namespace() {
+    if common::skip_unless_root(
+        "needs_root_glibc_resolver_in_a_pod_namespace",
+        &["ip", "getent"],
+    ) {
         return;
     }
     let ns = Netns {

@@ -956,14 +956,17 @@ spec:
         paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]
 ",
     );
-    let ejection = Duration::from_secs(3);
+    // Long enough that the 30 GETs below always run inside it (they take well under a second);
+    // the test fails, rather than skip the check, if they somehow do not.
+    let ejection = Duration::from_secs(10);
+    let ejection_ms = ejection.as_millis().to_string();
     let sb = start(
         d,
         &[
             "--lb-algorithm",
             "round-robin",
             "--outlier-ejection-ms",
-            "3000",
+            &ejection_ms,
         ],
     );
     let proxy = sb.listener("http");
@@ -972,6 +975,8 @@ spec:
     // POST is not retried, so the 500s reach the client and count toward ejection.
     let series = "switchboard_http_ejections_total{service=\"default/web:80\"}";
     let mut sent = 0;
+    // The ejection starts after the last POST was sent: it lasts at least until then + ejection.
+    let mut last_post = Instant::now();
     while sb.metric(series).await.unwrap_or(0.0) < 1.0 {
         sent += 1;
         assert!(
@@ -979,19 +984,22 @@ spec:
             "never ejected after {sent} requests:\n{}",
             sb.log()
         );
+        last_post = Instant::now();
         let _ = request(&c, "POST", proxy, "e.test", "/", &[])
             .await
             .unwrap();
     }
-    // Ejected: the next requests avoid it (checked only if they ran within the ejection time).
-    let t = Instant::now();
+    // Ejected: the next requests avoid it.
     let before = bad.hits();
     for _ in 0..30 {
         assert_eq!(get(&c, proxy, "e.test", "/").await.status, 200);
     }
-    if t.elapsed() < ejection {
-        assert_eq!(bad.hits(), before, "an ejected endpoint got requests");
-    }
+    assert!(
+        last_post.elapsed() < ejection,
+        "the 30 GETs outlasted the {ejection:?} ejection ({:?}): the check below would not hold",
+        last_post.elapsed()
+    );
+    assert_eq!(bad.hits(), before, "an ejected endpoint got requests");
     // Healthy again: re-admitted once the ejection ends.
     bad.status.store(200, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1710,7 +1718,8 @@ async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
         .metric("switchboard_http_fast_path_total{outcome=\"handed_over\"}")
         .await
         .unwrap_or(0.0);
-    assert!(handed >= 10.0, "handed over {handed}");
+    // Exactly the 10 POSTs (every third of the 30); the GETs stay on the fast path.
+    assert_eq!(handed, 10.0, "handed over {handed}");
 
     // Connections held open stay even over the workers (`Spread`): the kernel's hash alone
     // splits 40 connections further apart than 19/21 about two times in three. Each answers
@@ -1983,47 +1992,100 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
     );
 }
 
-/// A backend that answers `GET /late` after 1.5 s and any other path at once with headers and
-/// then a 20-byte body one byte per 100 ms (2 s in all, each gap far below any read timeout).
-async fn trickling_backend() -> SocketAddr {
-    raw_backend(|mut s, _| async move {
-        let head = read_head(&mut s).await;
-        if head.starts_with("GET /late") {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
-                .await;
-            return;
-        }
-        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\n")
-            .await
-            .is_err()
-        {
-            return;
-        }
-        for _ in 0..20 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if s.write_all(b"x").await.is_err() {
-                return;
+/// The backend of the request-timeout test, answering by path. `GET /late`: headers only once
+/// the test calls `release` (so a 504 cannot come from the backend's answer). `GET /bounded`:
+/// headers, then a body one byte per 100 ms that does not end on its own (for 10 000 s; only a
+/// proxy cutting it ends it). Any other path: headers and a 20-byte body, one byte per 100 ms
+/// (2 s in all, each gap far below any read timeout).
+struct Trickle {
+    addr: SocketAddr,
+    /// `/late` requests received.
+    late_seen: Arc<AtomicUsize>,
+    /// `/late` answers sent.
+    late_answered: Arc<AtomicUsize>,
+    /// `/bounded` bodies whose connection was closed before the body ended.
+    bounded_cut: Arc<AtomicUsize>,
+    release: watch::Sender<bool>,
+}
+
+impl Trickle {
+    async fn start() -> Trickle {
+        let late_seen = Arc::new(AtomicUsize::new(0));
+        let late_answered = Arc::new(AtomicUsize::new(0));
+        let bounded_cut = Arc::new(AtomicUsize::new(0));
+        let (release, _) = watch::channel(false);
+        let (seen, answered, cut, rel) = (
+            late_seen.clone(),
+            late_answered.clone(),
+            bounded_cut.clone(),
+            release.clone(),
+        );
+        let addr = raw_backend(move |mut s, _| {
+            let (seen, answered, cut) = (seen.clone(), answered.clone(), cut.clone());
+            let mut released = rel.subscribe();
+            async move {
+                let head = read_head(&mut s).await;
+                if head.starts_with("GET /late") {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let _ = released.wait_for(|r| *r).await;
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
+                        .await
+                        .is_ok()
+                    {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    return;
+                }
+                let len = if head.starts_with("GET /bounded") {
+                    100_000
+                } else {
+                    20
+                };
+                let headers = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+                if s.write_all(headers.as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..len {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if s.write_all(b"x").await.is_err() {
+                        if len > 20 {
+                            cut.fetch_add(1, Ordering::SeqCst);
+                        }
+                        return;
+                    }
+                }
             }
+        })
+        .await;
+        Trickle {
+            addr,
+            late_seen,
+            late_answered,
+            bounded_cut,
+            release,
         }
-    })
-    .await
+    }
 }
 
 /// `timeouts.request` bounds the whole exchange: late headers get a 504 and a body that trickles
-/// past the deadline is cut off, both at the deadline, not at the end of the backend's answer.
-/// Without a timeout the same trickle completes.
+/// past the deadline is cut off. Neither can be the backend's doing: the late answer is held
+/// until the 504 has arrived, and the trickle does not end on its own. Without a timeout a
+/// 20-byte trickle (2 s, longer than the 700 ms timeouts) completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_timeout_bounds_the_whole_exchange() {
-    let trickle = trickling_backend().await;
+    let trickle = Trickle::start().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(d, "gw.yaml", GATEWAY);
     write(
         d,
         "svc.yaml",
-        &service_yaml("default", "trickle", "10.96.8.1", &[(trickle, Cond::Ready)]),
+        &service_yaml(
+            "default",
+            "trickle",
+            "10.96.8.1",
+            &[(trickle.addr, Cond::Ready)],
+        ),
     );
     write(
         d,
@@ -2050,27 +2112,40 @@ spec:
     let c = client();
     wait_get(&sb, &c, "t.test", "/free", "served", |a| a.status == 200).await;
 
-    let t = Instant::now();
+    // The backend holds its answer until the 504 is here: a proxy that waited for it would
+    // never answer (the client gives up after 10 s and the test fails).
     let a = get(&c, proxy, "t.test", "/late").await;
     assert_eq!(a.status, 504, "{}", a.body);
-    assert!(
-        t.elapsed() < Duration::from_millis(1400),
-        "{:?}",
-        t.elapsed()
+    assert_eq!(
+        trickle.late_seen.load(Ordering::SeqCst),
+        1,
+        "reached the backend"
     );
+    assert_eq!(
+        trickle.late_answered.load(Ordering::SeqCst),
+        0,
+        "the 504 came before the backend answered"
+    );
+    trickle.release.send_replace(true);
 
-    let t = Instant::now();
-    let r = request(&c, "GET", proxy, "t.test", "/bounded", &[]).await;
+    // The body never ends on its own: only the proxy can end this exchange, with an error (the
+    // 30 s bound is for a proxy that does not, far beyond the 700 ms timeout).
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        request(&c, "GET", proxy, "t.test", "/bounded", &[]),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the trickling body was never cut off:\n{}", sb.log()));
     assert!(
         r.is_err(),
         "the trickling body must be cut off, got {:?}",
         r.map(|a| (a.status, a.body))
     );
-    assert!(
-        t.elapsed() < Duration::from_millis(1800),
-        "{:?}",
-        t.elapsed()
-    );
+    // The proxy closed the upstream connection too.
+    eventually(&sb, "the backend saw its body cut off", || {
+        trickle.bounded_cut.load(Ordering::SeqCst) == 1
+    })
+    .await;
 
     let a = get(&c, proxy, "t.test", "/free").await;
     assert_eq!((a.status, a.body.len()), (200, 20));

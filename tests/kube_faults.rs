@@ -60,6 +60,10 @@ async fn setup_with(opts: Options, args: &[&str], before: impl FnOnce(&ApiServer
     Setup { api, sb, _dir: dir }
 }
 
+/// The kinds switchboard watches: Service, EndpointSlice, Ingress, Secret, GatewayClass,
+/// Gateway, HTTPRoute.
+const KINDS: usize = 7;
+
 async fn wait_watching(api: &ApiServer, n: usize) {
     assert!(
         api.wait_until(Duration::from_secs(15), |s| s.active_watches >= n)
@@ -128,14 +132,24 @@ async fn dropped_watch_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_keep_tables_and_readiness_waits_for_first_list() {
-    // The first lists fail: not ready until every kind has listed.
+    // The lists fail until the test lifts the fault: not ready until every kind has listed.
+    // (A fixed number of failures would leave it to the retry backoff whether the first
+    // look at /readyz comes before the lists succeed.)
     let Setup { api, sb, .. } = setup_with(Options::default(), &[], |api| {
         api.apply_yaml(&svc("a", "10.0.0.1"));
-        api.fail_next(500, 8);
+        api.fail_next(500, usize::MAX);
     })
     .await;
+    assert!(
+        api.wait_until(Duration::from_secs(15), |s| s.errors_injected
+            >= KINDS as u64)
+            .await,
+        "every kind's first list failed: {:?}",
+        api.stats()
+    );
     let (code, _) = sb.admin_get("/readyz").await;
     assert_eq!(code, 503, "not ready before the first complete list");
+    api.fail_next(500, 0);
     sb.wait_admin(
         "/readyz",
         Duration::from_secs(30),
@@ -148,15 +162,35 @@ async fn server_errors_keep_tables_and_readiness_waits_for_first_list() {
         sb.metric("switchboard_source_errors_total{reason=\"api\",source=\"kubernetes\"}")
             .await
             .unwrap_or(0.0)
-            >= 1.0,
-        "API errors counted"
+            >= KINDS as f64,
+        "API errors counted (at least one failed list per kind)"
     );
 
     // Later 503s on every request, with the watches dropped: tables and readiness stay.
-    wait_watching(&api, 6).await;
+    // Every kind's watch is open first, so the drop reaches all of them and the failures go to
+    // their re-watches; then the test waits until all six failures were served (not for a
+    // guessed time) before looking, and until every kind watches again before writing `c`.
+    wait_watching(&api, KINDS).await;
+    let before = api.stats();
     api.fail_next(503, 6);
     api.drop_watches();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        api.wait_until(Duration::from_secs(15), |s| s.errors_injected
+            == before.errors_injected + 6)
+            .await,
+        "the re-watches got the 503s: {:?}",
+        api.stats()
+    );
+    assert!(sb.tables().await.contains("service default/a "));
+    assert_eq!(sb.admin_get("/readyz").await.0, 200);
+    assert!(
+        api.wait_until(Duration::from_secs(30), |s| s.watches
+            >= before.watches + KINDS as u64
+            && s.active_watches >= KINDS)
+            .await,
+        "every kind watches again after the errors: {:?}",
+        api.stats()
+    );
     assert!(sb.tables().await.contains("service default/a "));
     assert_eq!(sb.admin_get("/readyz").await.0, 200);
     api.apply_yaml(&svc("c", "10.0.0.3"));

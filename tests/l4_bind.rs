@@ -4,7 +4,7 @@
 
 mod netns;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -65,18 +65,6 @@ fn backends(net: &str, hosts: &[(u8, &str)], udp: bool, proxy: bool) -> (Vec<Bac
     (out, tport, uport)
 }
 
-fn names(results: &[std::io::Result<String>]) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for r in results {
-        let name = match r {
-            Ok(s) => s.split([' ', ':']).next().unwrap_or("").to_string(),
-            Err(e) => format!("error: {e}"),
-        };
-        *m.entry(name).or_default() += 1;
-    }
-    m
-}
-
 #[test]
 fn tcp_and_udp_reach_only_ready_backends_and_empty_services_refuse() {
     let net = subnet();
@@ -128,21 +116,15 @@ fn tcp_and_udp_reach_only_ready_backends_and_empty_services_refuse() {
             "bind",
             "--node-name",
             "n1",
+            "--udp-idle-timeout",
+            "600",
         ],
     );
     node.wait_applied(None, "svc endpoints", |t| {
         t.contains(&format!("{net}.12:{tport}"))
     });
-    assert!(
-        node.log_contains(&format!("listening on l4/tcp {vip}:8080")),
-        "{}",
-        node.log()
-    );
-    assert!(
-        node.log_contains(&format!("listening on l4/udp {vip}:5353")),
-        "{}",
-        node.log()
-    );
+    node.wait_listening("tcp", &format!("{vip}:8080"));
+    node.wait_listening("udp", &format!("{vip}:5353"));
 
     let tcp: Vec<_> = (0..40)
         .map(|_| tcp_hello(sa(&format!("{vip}:8080")), None))
@@ -178,8 +160,20 @@ fn tcp_and_udp_reach_only_ready_backends_and_empty_services_refuse() {
     );
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 
-    assert!(node.metric(None, "switchboard_l4_connections_total") >= 40.0);
-    assert!(node.metric(None, "switchboard_l4_active_flows") >= 1.0);
+    // Exactly the 40 TCP connections proxied, and the 40 UDP flows (one per client socket,
+    // none idle long enough to expire) tracked; the refused ones to `empty` are neither.
+    let svc = "{port=\"8080\",service=\"default/svc\"}";
+    assert_eq!(
+        node.metric(None, &format!("switchboard_l4_connections_total{svc}")),
+        40.0
+    );
+    let svc = "{port=\"5353\",service=\"default/svc\"}";
+    assert_eq!(
+        node.metric(None, &format!("switchboard_l4_active_flows{svc}")),
+        40.0
+    );
+    assert_eq!(node.metric(None, "switchboard_l4_connections_total"), 40.0);
+    assert_eq!(node.metric(None, "switchboard_l4_active_flows"), 40.0);
     let (code, _) = node.admin_get(None, "/healthz");
     assert_eq!(code, 200);
 }
@@ -239,7 +233,21 @@ fn affinity_policies_topology_and_proxy_protocol() {
             "z2",
         ],
     );
-    node.wait_applied(None, "all services", |t| t.contains(&format!("{net}.5:80")));
+    // Every frontend in the applied tables, and every listener open: waiting for one service
+    // says nothing about the others (a listener may open a generation later).
+    let frontends: Vec<(&str, String)> = (1..=5)
+        .map(|h| ("TCP", format!("{net}.{h}:80")))
+        .chain([("UDP", format!("{net}.5:53"))])
+        .collect();
+    node.wait_applied(None, "all services", |t| {
+        frontends
+            .iter()
+            .all(|(p, f)| t.contains(&format!("frontend {p} {f} ")))
+            && t.matches(&format!("endpoint {net}.1")).count() == 12
+    });
+    for (p, f) in &frontends {
+        node.wait_listening(&p.to_lowercase(), f);
+    }
     let ask = |host: u8, client: u8| {
         tcp_hello(
             sa(&format!("{net}.{host}:80")),
@@ -382,15 +390,9 @@ fn endpoints_change_under_load_without_failed_connections() {
         stop.store(true, Ordering::Relaxed);
         (load.join().unwrap(), ())
     });
-    let failures: Vec<_> = results.iter().filter(|r| r.is_err()).collect();
-    let seen = names(&results);
     assert!(results.len() > 50, "load ran: {}", results.len());
-    assert!(
-        failures.is_empty(),
-        "{} of {} connections failed: {seen:?}",
-        failures.len(),
-        results.len()
-    );
+    // No connection failed (names fails the test on any error).
+    let seen = names(&results);
     assert!(
         seen.contains_key("c"),
         "the added endpoint took traffic: {seen:?}"

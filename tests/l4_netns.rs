@@ -18,18 +18,6 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn names(results: &[std::io::Result<String>]) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for r in results {
-        let name = match r {
-            Ok(s) => s.split([' ', ':']).next().unwrap_or("").to_string(),
-            Err(e) => format!("error: {e}"),
-        };
-        *m.entry(name).or_default() += 1;
-    }
-    m
-}
-
 fn set(v: &[&str]) -> HashSet<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -53,8 +41,8 @@ const PORTS: &[(&str, &str, u16, u16, Option<u16>)] =
     &[("t", "TCP", 80, 8080, None), ("u", "UDP", 53, 8080, None)];
 
 #[test]
-fn clusterip_tcp_udp_ipv6_reject_and_cleanup() {
-    if skip_unless_root("clusterip_tcp_udp_ipv6_reject_and_cleanup") {
+fn needs_root_clusterip_tcp_udp_ipv6_reject_and_cleanup() {
+    if skip_unless_root("needs_root_clusterip_tcp_udp_ipv6_reject_and_cleanup") {
         return;
     }
     let mut c = Cluster::new();
@@ -161,7 +149,17 @@ fn clusterip_tcp_udp_ipv6_reject_and_cleanup() {
             "{table}"
         );
         let node = c.node(1);
-        assert!(node.metric(Some(n1), "switchboard_l4_connections_total") >= 60.0);
+        // Exactly the 30 + 30 connections above; the refused one to `empty` is not proxied.
+        for svc in ["web", "web6"] {
+            let series = format!(
+                "switchboard_l4_connections_total{{port=\"80\",service=\"default/{svc}\"}}"
+            );
+            assert_eq!(node.metric(Some(n1), &series), 30.0, "{series}");
+        }
+        assert_eq!(
+            node.metric(Some(n1), "switchboard_l4_connections_total"),
+            60.0
+        );
         assert_eq!(node.admin_get(Some(n1), "/healthz").0, 200);
     }
 
@@ -203,8 +201,8 @@ fn clusterip_tcp_udp_ipv6_reject_and_cleanup() {
 }
 
 #[test]
-fn nodeport_local_policies_and_health_check() {
-    if skip_unless_root("nodeport_local_policies_and_health_check") {
+fn needs_root_nodeport_local_policies_and_health_check() {
+    if skip_unless_root("needs_root_nodeport_local_policies_and_health_check") {
         return;
     }
     let mut c = Cluster::new();
@@ -356,8 +354,8 @@ fn nodeport_local_policies_and_health_check() {
 }
 
 #[test]
-fn affinity_topology_and_endpoint_changes_under_load() {
-    if skip_unless_root("affinity_topology_and_endpoint_changes_under_load") {
+fn needs_root_affinity_topology_and_endpoint_changes_under_load() {
+    if skip_unless_root("needs_root_affinity_topology_and_endpoint_changes_under_load") {
         return;
     }
     let mut c = Cluster::new();
@@ -465,15 +463,9 @@ fn affinity_topology_and_endpoint_changes_under_load() {
     });
     // The removed endpoint's server goes away only after the table no longer has it.
     c.stop_backend(removed);
-    let failures = results.iter().filter(|r| r.is_err()).count();
-    let seen = names(&results);
     assert!(results.len() > 50, "load ran: {}", results.len());
-    assert_eq!(
-        failures,
-        0,
-        "{failures} of {} connections failed: {seen:?}",
-        results.len()
-    );
+    // No connection failed (names fails the test on any error).
+    let seen = names(&results);
     assert!(
         seen.contains_key("d"),
         "the added endpoint took traffic: {seen:?}"
@@ -494,5 +486,5 @@ fn affinity_topology_and_endpoint_changes_under_load() {
             .map(|_| tcp_hello(sa("10.96.0.32:80"), None))
             .collect::<Vec<_>>()
     }));
-    assert!(!after.keys().any(|k| k.starts_with("error")), "{after:?}");
+    assert_eq!(after.values().sum::<usize>(), 20, "{after:?}");
 }

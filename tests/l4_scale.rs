@@ -33,8 +33,8 @@ fn last_commands(node: &Node) -> usize {
 }
 
 #[test]
-fn one_service_update_at_10k_services_is_fast() {
-    if skip_unless_root("one_service_update_at_10k_services_is_fast") {
+fn needs_root_one_service_update_at_10k_services_is_fast() {
+    if skip_unless_root("needs_root_one_service_update_at_10k_services_is_fast") {
         return;
     }
     let ns = Netns::new("scale");

@@ -17,6 +17,54 @@ use hyper_util::rt::TokioExecutor;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
+/// Set to `1` (as `.ci/run` does) to make a root-only test fail instead of skipping.
+pub const REQUIRE_ROOT: &str = "SWITCHBOARD_REQUIRE_ROOT";
+
+/// Why a test that needs root and `tools` cannot run here, if it cannot.
+pub fn root_unavailable(tools: &[&str]) -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(String::from))
+        })
+        .unwrap_or_default();
+    if uid != "0" {
+        return Some(format!(
+            "needs root for network namespaces and nftables (uid {uid})"
+        ));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for tool in tools {
+        if !std::env::split_paths(&path).any(|d| d.join(tool).is_file()) {
+            return Some(format!(
+                "`{tool}` is not installed (scripts/setup.sh installs it)"
+            ));
+        }
+    }
+    None
+}
+
+/// For a test that needs root and `tools`: true when it must skip here. A skip is never
+/// silent: the reason is written straight to the terminal's stderr (not through `eprintln!`,
+/// which the test harness captures and shows only for failures), so it shows in plain
+/// `cargo test` output. With `SWITCHBOARD_REQUIRE_ROOT=1` a skip is a failure instead.
+pub fn skip_unless_root(test: &str, tools: &[&str]) -> bool {
+    use std::io::Write;
+    let Some(why) = root_unavailable(tools) else {
+        return false;
+    };
+    if std::env::var(REQUIRE_ROOT).is_ok_and(|v| v == "1") {
+        panic!("{test} cannot run: {why} ({REQUIRE_ROOT}=1 makes this a failure, not a skip)");
+    }
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED {test}: {why} (the test passes without running; {REQUIRE_ROOT}=1 makes this a failure)"
+    );
+    true
+}
+
 pub struct Switchboard {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
@@ -222,14 +270,24 @@ impl Switchboard {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; panics if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s;
             }
             assert!(
                 Instant::now() < deadline,
-                "no exit after SIGTERM:\n{}",
+                "no exit within {timeout:?}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(10));

@@ -22,27 +22,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// True (after printing why) when this test cannot run here: not root, or no `ip`/`nft`.
+/// True when this test cannot run here (not root, or no `ip`/`nft`): says so on the terminal,
+/// or fails the test when `SWITCHBOARD_REQUIRE_ROOT=1` (see `common::skip_unless_root`).
 pub fn skip_unless_root(test: &str) -> bool {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(String::from))
-        })
-        .unwrap_or_default();
-    if uid != "0" {
-        eprintln!("skipping {test}: needs root for network namespaces and nftables (uid {uid})");
-        return true;
-    }
-    for tool in ["ip", "nft"] {
-        if Command::new(tool).arg("-V").output().is_err() {
-            eprintln!("skipping {test}: `{tool}` is not installed (iproute2, nftables)");
-            return true;
-        }
-    }
-    false
+    common::skip_unless_root(test, &["ip", "nft"])
 }
 
 fn unique() -> String {
@@ -363,6 +346,28 @@ pub fn udp_ask_on(
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// How many answers came from each backend, by name (the answers' first word, before a space
+/// or a colon). Any failed connection or datagram fails the test: an error is not a backend,
+/// and ten identical errors must not pass as "sticks to one backend".
+pub fn names(results: &[std::io::Result<String>]) -> std::collections::HashMap<String, usize> {
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} of {} connections failed: {errors:?}",
+        errors.len(),
+        results.len()
+    );
+    let mut m = std::collections::HashMap::new();
+    for s in results.iter().flatten() {
+        *m.entry(s.split([' ', ':']).next().unwrap_or("").to_string())
+            .or_default() += 1;
+    }
+    m
+}
+
 /// A plain HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
@@ -419,6 +424,31 @@ impl Node {
 
     pub fn log_contains(&self, needle: &str) -> bool {
         self.sb.log_contains(needle)
+    }
+
+    /// Waits (up to 20 s) until a log line contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log_contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the bind-mode listener for `frontend` (`tcp`/`udp`, `ADDR:PORT`) is open: the
+    /// `listening on l4/PROTO ADDR` line, logged once the socket is bound and accepting.
+    pub fn wait_listening(&self, proto: &str, frontend: &str) {
+        let line = format!("listening on l4/{proto} {frontend}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The address ends the line: `…:80` must not match `…:8080`.
+        while !self.log().lines().any(|l| l.ends_with(&line)) {
+            assert!(Instant::now() < deadline, "never {line:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// GET on the admin listener (from inside the node's namespace).

@@ -8,8 +8,10 @@
 //! - anything else: NXDOMAIN with an SOA whose MINIMUM is 60
 //!
 //! Knobs: `set_dead(true)` stops answering (queries are counted and dropped), `set_delay`
-//! holds every answer, `set_servfail(true)` answers SERVFAIL. `count(name)` says how many
-//! queries for a name arrived (UDP and TCP).
+//! holds every answer, `set_servfail(true)` answers SERVFAIL, `set_held(true)` holds every
+//! answer until `set_held(false)` (for tests that need a query in flight for as long as they
+//! say, not for a guessed time). `count(name)` says how many queries for a name arrived (UDP
+//! and TCP); `wait_count` waits for one.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -24,12 +26,25 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-#[derive(Default)]
 struct State {
     dead: AtomicBool,
     servfail: AtomicBool,
     delay_ms: AtomicU64,
+    /// True while answers are held (see `set_held`).
+    held: tokio::sync::watch::Sender<bool>,
     counts: Mutex<HashMap<String, usize>>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            dead: AtomicBool::new(false),
+            servfail: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
+            held: tokio::sync::watch::Sender::new(false),
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -168,9 +183,26 @@ impl FakeUpstream {
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
+    /// While true, every answer (including ones already waiting) is held back; false releases
+    /// them.
+    pub fn set_held(&self, held: bool) {
+        self.state.held.send_replace(held);
+    }
     /// Queries received for `name` (lower case, with trailing dot).
     pub fn count(&self, name: &str) -> usize {
         *self.state.counts.lock().unwrap().get(name).unwrap_or(&0)
+    }
+    /// Waits until at least `n` queries for `name` arrived; panics after `timeout`.
+    pub async fn wait_count(&self, name: &str, n: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.count(name) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the upstream never got {n} queries for {name} within {timeout:?} (got {})",
+                self.count(name)
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -187,6 +219,7 @@ impl State {
         if self.dead.load(Ordering::SeqCst) {
             return None;
         }
+        let _ = self.held.subscribe().wait_for(|held| !held).await;
         let delay = self.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
