@@ -58,7 +58,7 @@ fn web(annotations: &[(&str, &str)], eps: &[Ep]) -> String {
 }
 
 #[test]
-fn kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_moves_udp_flows() {
+fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_moves_udp_flows() {
     if skip_unless_root(
         "kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_moves_udp_flows",
     ) {
