@@ -193,7 +193,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         "web.yaml",
         &web(&[("switchboard.dev/l4-mode", "proxy")], &both),
     );
-    c.wait_applied(1, "relay", |t| t.contains("10.244.1.12"));
+    c.wait_applied(1, "relay", |t| t.contains("l4-mode"));
     let table = n1.exec(&["nft", "list", "table", "inet", "switchboard"]);
     assert!(
         table.contains("10.96.0.10 . tcp . 80 : jump tcp-redirect"),
@@ -230,4 +230,137 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         "kernel again",
     );
     assert_eq!(sources(&back), set(&["10.244.1.100"]), "{back:?}");
+}
+
+#[test]
+fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
+    if skip_unless_root("needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject") {
+        return;
+    }
+    let mut c = Cluster::kernel();
+    let a = c.pod(1, 11);
+    let client = c.pod(1, 100);
+    for ip in [c.pods[a].v4, c.pods[a].v6] {
+        let backends = Backend::whoami(Some(&c.pods[a].ns), SocketAddr::new(ip, 8080), "a");
+        c.backends.extend(backends);
+    }
+    let tcp = &[("http", "TCP", 80, 8080, Some(30090))];
+    c.manifest(
+        "loc.yaml",
+        &service_yaml(
+            "loc",
+            "10.96.0.20",
+            "  type: NodePort\n  externalTrafficPolicy: Local\n",
+            &[],
+            tcp,
+            &[Ep::ready("10.244.1.11").on("node1")],
+        ),
+    );
+    c.manifest(
+        "web6.yaml",
+        &service_yaml(
+            "web6",
+            "fd00:96::20",
+            "",
+            &[],
+            &[("http", "TCP", 80, 8080, None)],
+            &[Ep::ready("fd00:244:1::11").on("node1")],
+        ),
+    );
+    c.manifest(
+        "none.yaml",
+        &service_yaml(
+            "none",
+            "10.96.0.21",
+            "",
+            &[],
+            &[("http", "TCP", 80, 8080, None)],
+            &[],
+        ),
+    );
+    for node in [1, 2] {
+        c.start_node(node, &["--cluster-cidr", "10.244.0.0/16"]);
+        c.wait_applied(node, "all three", |t| {
+            t.contains("10.96.0.20") && t.contains("fd00:96::20") && t.contains("10.96.0.21")
+        });
+    }
+
+    // externalTrafficPolicy Local, from outside: the client's own address reaches the pod.
+    let kept = whoami_all(
+        c.outside.enter(|| {
+            (0..5)
+                .map(|_| tcp_hello(sa("10.250.1.1:30090"), None))
+                .collect()
+        }),
+        "outside → NodePort (Local) on node1",
+    );
+    assert_eq!(sources(&kept), set(&["10.250.1.2"]), "{kept:?}");
+    // Node 2 has no local endpoint: dropped (no answer, no reset), and counted.
+    let dropped = c.outside.enter(|| tcp_hello(sa("10.250.2.1:30090"), None));
+    assert_eq!(
+        dropped.as_ref().map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::TimedOut),
+        "{dropped:?}"
+    );
+    let n2 = c.node_netns(2);
+    assert_eq!(
+        c.node(2).metric(
+            Some(n2),
+            "switchboard_l4_no_local_endpoints{traffic=\"external\"}"
+        ),
+        1.0
+    );
+    // The pod network short-circuit: a pod on node 2 reaches the Local service through node 2
+    // (every endpoint, as kube-proxy).
+    let p2 = c.pod(2, 50);
+    let via2 = whoami_all(
+        c.pods[p2].ns.enter(|| {
+            (0..3)
+                .map(|_| tcp_hello(sa("10.250.2.1:30090"), None))
+                .collect()
+        }),
+        "pod on node2 → NodePort (Local) on node2",
+    );
+    assert_eq!(names(&via2), set(&["a"]), "{via2:?}");
+
+    // IPv6 ClusterIP from a pod: DNATed in the kernel, the pod's address kept.
+    let six = whoami_all(
+        c.pods[client].ns.enter(|| {
+            (0..5)
+                .map(|_| tcp_hello(sa("[fd00:96::20]:80"), None))
+                .collect()
+        }),
+        "pod → IPv6 ClusterIP",
+    );
+    assert_eq!(sources(&six), set(&["fd00:244:1::100"]), "{six:?}");
+
+    // A hostNetwork client (the node itself) through the output hook; a node has a default
+    // route, which is what takes a ClusterIP to the output hook at all.
+    let n1 = c.node_netns(1);
+    n1.ip("route add default via 10.250.1.2");
+    let host = whoami_all(
+        n1.enter(|| {
+            (0..3)
+                .map(|_| tcp_hello(sa("10.96.0.20:80"), None))
+                .collect()
+        }),
+        "node → ClusterIP",
+    );
+    assert_eq!(names(&host), set(&["a"]), "{host:?}");
+
+    // No endpoints: refused (TCP reset), not left hanging.
+    let refused = c.pods[client]
+        .ns
+        .enter(|| tcp_hello(sa("10.96.0.21:80"), None));
+    assert_eq!(
+        refused.as_ref().map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "{refused:?}"
+    );
+    assert!(c.node(1).metric(Some(n1), "switchboard_l4_kernel_chains") >= 3.0);
+    assert!(
+        c.node(1)
+            .metric(Some(n1), "switchboard_l4_last_sync_timestamp_seconds")
+            > 1.0e9
+    );
 }

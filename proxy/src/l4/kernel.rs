@@ -152,7 +152,10 @@ pub fn chain_body(
     };
     let c = categorize(&target.port().endpoints, svc, node, Some(family));
     let chosen = c.for_traffic(svc, kind);
-    if chosen.is_empty() {
+    let local_external = kind == TrafficKind::External && policy_local(svc, kind);
+    // Under an external Local policy with no endpoint on this node, the chain still serves the
+    // node itself and pods (kube-proxy's short-circuit) and drops everyone else.
+    if chosen.is_empty() && (!local_external || c.cluster.is_empty()) {
         return None;
     }
     let proto = proto_name(target.port().protocol);
@@ -167,37 +170,43 @@ pub fn chain_body(
         .collect();
     let cidr_set = (!cidrs.is_empty()).then(|| format!("{{ {} }}", cidrs.join(", ")));
     let mut rules = Vec::new();
-    let local_external = kind == TrafficKind::External && policy_local(svc, kind);
     if cfg.masquerade_all {
         rules.push(mark.clone());
-    } else {
-        match (kind, local_external) {
-            (TrafficKind::Internal, _) => {
-                if let Some(set) = &cidr_set {
-                    rules.push(format!("{fam} saddr != {set} {mark}"));
-                }
+    }
+    match (kind, local_external) {
+        (TrafficKind::Internal, _) => {
+            if let (false, Some(set)) = (cfg.masquerade_all, &cidr_set) {
+                rules.push(format!("{fam} saddr != {set} {mark}"));
             }
-            (TrafficKind::External, false) => rules.push(mark.clone()),
-            (TrafficKind::External, true) => {
-                // kube-proxy's short-circuit: the node itself and pods use every endpoint.
-                let cluster: Vec<_> = c.cluster.iter().map(|e| e.addr).collect();
-                if !cluster.is_empty() {
-                    let mut r = format!("fib saddr type local {mark} ");
+        }
+        (TrafficKind::External, false) => {
+            if !cfg.masquerade_all {
+                rules.push(mark.clone());
+            }
+        }
+        (TrafficKind::External, true) => {
+            // kube-proxy's short-circuit: the node itself and pods use every endpoint.
+            let cluster: Vec<_> = c.cluster.iter().map(|e| e.addr).collect();
+            if !cluster.is_empty() {
+                let mut r = format!("fib saddr type local {mark} ");
+                dnat_rule(&mut r, proto, v6, &cluster);
+                rules.push(r);
+                if let Some(set) = &cidr_set {
+                    let mut r = format!("{fam} saddr {set} ");
                     dnat_rule(&mut r, proto, v6, &cluster);
                     rules.push(r);
-                    if let Some(set) = &cidr_set {
-                        let mut r = format!("{fam} saddr {set} ");
-                        dnat_rule(&mut r, proto, v6, &cluster);
-                        rules.push(r);
-                    }
                 }
             }
         }
     }
     let addrs: Vec<_> = chosen.iter().map(|e| e.addr).collect();
-    let mut r = String::new();
-    dnat_rule(&mut r, proto, v6, &addrs);
-    rules.push(r);
+    if addrs.is_empty() {
+        rules.push("jump no-local-endpoints".into());
+    } else {
+        let mut r = String::new();
+        dnat_rule(&mut r, proto, v6, &addrs);
+        rules.push(r);
+    }
     let mut endpoints: Vec<IpAddr> = c
         .cluster
         .iter()

@@ -23,6 +23,14 @@ pub struct Metrics {
     /// label: the kernel counts them in one counter).
     pub nft_rejects: IntCounter,
     pub last_applied_generation: IntGauge,
+    /// Unix time of the last successful sync (kube-proxy's
+    /// `sync_proxy_rules_last_timestamp_seconds`).
+    pub last_sync: prometheus::Gauge,
+    /// Service ports whose Local traffic policy finds no endpoint on this node, by traffic
+    /// (kube-proxy's `sync_proxy_rules_no_local_endpoints_total`).
+    pub no_local_endpoints: IntGaugeVec,
+    /// Service-port chains on the kernel path.
+    pub kernel_chains: IntGauge,
     /// UDP datagrams from clients by the socket they arrived on: `tproxy` (the one listener) or
     /// `frontend` (a socket bound to the frontend: `bind` mode, or `nftables` mode when a
     /// bridge with br_netfilter dropped the tproxy assignment).
@@ -105,12 +113,30 @@ impl Metrics {
                 ),
                 &["path"],
             )?,
+            last_sync: prometheus::Gauge::new(
+                "switchboard_l4_last_sync_timestamp_seconds",
+                "Unix time of the last successful L4 data plane sync.",
+            )?,
+            no_local_endpoints: IntGaugeVec::new(
+                Opts::new(
+                    "switchboard_l4_no_local_endpoints",
+                    "Service ports whose Local traffic policy finds no endpoint on this node (their traffic is dropped).",
+                ),
+                &["traffic"],
+            )?,
+            kernel_chains: IntGauge::new(
+                "switchboard_l4_kernel_chains",
+                "Service-port chains programmed on the kernel path.",
+            )?,
             last_applied_generation: IntGauge::new(
                 "switchboard_l4_applied_generation",
                 "Snapshot generation last applied to the L4 data plane.",
             )?,
         };
         registry.register(Box::new(m.sync_duration.clone()))?;
+        registry.register(Box::new(m.last_sync.clone()))?;
+        registry.register(Box::new(m.no_local_endpoints.clone()))?;
+        registry.register(Box::new(m.kernel_chains.clone()))?;
         registry.register(Box::new(m.programming_latency.clone()))?;
         registry.register(Box::new(m.syncs.clone()))?;
         registry.register(Box::new(m.frontends.clone()))?;

@@ -50,19 +50,40 @@ pub fn verdict(
     node: &NodeTopology,
     kernel: Option<&super::kernel::KernelConfig>,
 ) -> Verdict {
+    verdict_and_no_local(target, kind, family, node, kernel).0
+}
+
+/// The verdict, and whether a Local traffic policy finds no endpoint on this node while some
+/// exist elsewhere (kube-proxy's "no local endpoints").
+pub fn verdict_and_no_local(
+    target: &FrontendTarget,
+    kind: TrafficKind,
+    family: IpAddr,
+    node: &NodeTopology,
+    kernel: Option<&super::kernel::KernelConfig>,
+) -> (Verdict, bool) {
     let svc = &target.service.service;
     let c = categorize(&target.port().endpoints, svc, node, Some(family));
-    if !c.for_traffic(svc, kind).is_empty() {
-        if kernel.is_some_and(|k| super::kernel::relay_reason(svc, k).is_none()) {
+    let chosen = c.for_traffic(svc, kind);
+    let local = crate::endpoints::policy_local(svc, kind);
+    let no_local = local && chosen.is_empty() && c.has_any;
+    let in_kernel = kernel.is_some_and(|k| super::kernel::relay_reason(svc, k).is_none());
+    let v = if !chosen.is_empty() {
+        if in_kernel {
             Verdict::Kernel
         } else {
             Verdict::Proxy
         }
+    } else if in_kernel && local && kind == TrafficKind::External && !c.cluster.is_empty() {
+        // The node itself and pods still reach every endpoint (kube-proxy's short-circuit);
+        // the chain drops the rest.
+        Verdict::Kernel
     } else if c.has_any {
         Verdict::Drop
     } else {
         Verdict::Reject
-    }
+    };
+    (v, no_local)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -21,7 +21,7 @@ use super::conntrack;
 use super::health::HealthServers;
 use super::kernel::{chain_body, chain_name, ChainOps, Chains, KernelConfig};
 use super::nft::{self, Change, Element, Ports, Target};
-use super::select::{verdict, Verdict};
+use super::select::{verdict_and_no_local, Verdict};
 use super::{redirect, traffic_kind, L4Error, Mode, Shared};
 use crate::endpoints::{NodeTopology, TrafficKind};
 
@@ -38,6 +38,9 @@ pub(crate) struct VerdictCache {
 struct Entry {
     service: Arc<ServiceRoutes>,
     port_index: usize,
+    kind: TrafficKind,
+    /// A Local policy finds no endpoint on this node (for the metric).
+    no_local: bool,
     target: Target,
     stamp: u64,
 }
@@ -75,7 +78,7 @@ impl VerdictCache {
                 Some(e) => Some(e.target.clone()),
                 None => None,
             };
-            let v = verdict(target, kind, family, node, kernel);
+            let (v, no_local) = verdict_and_no_local(target, kind, family, node, kernel);
             let chain = match (v, kernel) {
                 (Verdict::Kernel, Some(cfg)) => {
                     let name = chain_name(target, kind, family.is_ipv6());
@@ -105,6 +108,8 @@ impl VerdictCache {
                 Entry {
                     service: target.service.clone(),
                     port_index: target.port_index,
+                    kind,
+                    no_local,
                     target: new,
                     stamp,
                 },
@@ -168,6 +173,22 @@ impl VerdictCache {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Service ports (not elements: a NodePort has one per family) whose traffic of each kind
+    /// is dropped for want of a local endpoint: (internal, external).
+    pub fn no_local_endpoints(&self) -> (usize, usize) {
+        let mut seen = std::collections::HashSet::new();
+        for e in self.entries.values() {
+            if e.no_local {
+                seen.insert((Arc::as_ptr(&e.service), e.port_index, e.kind));
+            }
+        }
+        let internal = seen
+            .iter()
+            .filter(|(_, _, k)| *k == TrafficKind::Internal)
+            .count();
+        (internal, seen.len() - internal)
     }
 
     /// The kernel chains, for a full table.
@@ -361,6 +382,20 @@ impl Syncer {
                 m.programming_latency.observe(since_event);
                 m.syncs.with_label_values(&["ok"]).inc();
                 m.last_applied_generation.set(snap.generation as i64);
+                m.last_sync.set(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64(),
+                );
+                m.kernel_chains.set(self.cache.chains().len() as i64);
+                let (internal, external) = self.cache.no_local_endpoints();
+                m.no_local_endpoints
+                    .with_label_values(&["internal"])
+                    .set(internal as i64);
+                m.no_local_endpoints
+                    .with_label_values(&["external"])
+                    .set(external as i64);
                 self.generation = Some(snap.generation);
                 self.retry_at = None;
                 self.shared.health.applied(snap.generation);
