@@ -123,9 +123,89 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
     }
 }
 
-/// Serves the admin endpoints on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, state: AdminState) {
+/// Limits of the admin listener: probes and a Prometheus scraper need a handful of connections;
+/// anything beyond these is a client to shed, not to serve (issue #14.4: 2,000 half-sent requests
+/// once held it, and its descriptors, for a minute).
+pub struct AdminLimits {
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Connections open at once from one source address.
+    pub max_per_client: usize,
+    /// A request head must arrive whole within this (also the keep-alive idle time).
+    pub header_timeout: std::time::Duration,
+    /// No connection lives longer than this.
+    pub max_lifetime: std::time::Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_connections: 64,
+            max_per_client: 16,
+            header_timeout: std::time::Duration::from_secs(5),
+            max_lifetime: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counts open connections per source address; a slot is released on drop.
+#[derive(Default)]
+struct Slots {
+    per_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+}
+
+struct Slot {
+    slots: Arc<Slots>,
+    ip: std::net::IpAddr,
+}
+
+impl Slots {
+    fn take(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        limits: &AdminLimits,
+    ) -> Result<Slot, &'static str> {
+        let mut per = self.per_client.lock().unwrap();
+        if self.total.load(std::sync::atomic::Ordering::Relaxed) >= limits.max_connections {
+            return Err("connections");
+        }
+        let n = per.entry(ip).or_insert(0);
+        if *n >= limits.max_per_client {
+            return Err("per_client");
+        }
+        *n += 1;
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per = self.slots.per_client.lock().unwrap();
+        if let Some(n) = per.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.ip);
+            }
+        }
+        self.slots
+            .total
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Serves the admin endpoints on `listener` until the task is dropped, within `limits`.
+pub async fn serve(listener: TcpListener, state: AdminState, limits: AdminLimits) {
     let state = Arc::new(state);
+    let limits = Arc::new(limits);
+    let slots = Arc::new(Slots::default());
+    let mut shed_logged = std::time::Instant::now() - std::time::Duration::from_secs(60);
+    let mut shed = 0u64;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -135,17 +215,38 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
                 continue;
             }
         };
+        let slot = match slots.take(peer.ip(), &limits) {
+            Ok(slot) => slot,
+            Err(limit) => {
+                // Closed at once; logged at most every 10 s with the count since.
+                shed += 1;
+                if shed_logged.elapsed() >= std::time::Duration::from_secs(10) {
+                    tracing::warn!(%peer, limit, shed, "admin connection limit reached; closing new connections");
+                    shed_logged = std::time::Instant::now();
+                    shed = 0;
+                }
+                drop(stream);
+                continue;
+            }
+        };
         let state = state.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req: Request<Incoming>| {
                 let resp = handle(&state, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(limits.max_lifetime, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "admin connection ended with an error")
+                }
+                Err(_) => tracing::debug!(%peer, "admin connection closed at its lifetime limit"),
             }
         });
     }

@@ -31,8 +31,41 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// SIGHUP, SIGUSR1 and SIGUSR2 would end the process at once (their default action) with no
+/// log: they are logged and ignored instead. Sources are re-read as they change, so there is
+/// nothing for SIGHUP to reload; flags and the config file take a restart.
+pub fn ignore_stray_signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    for (kind, name) in [
+        (SignalKind::hangup(), "SIGHUP"),
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::user_defined2(), "SIGUSR2"),
+    ] {
+        match signal(kind) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        tracing::info!(signal = name, "signal ignored: sources are re-read as they change; restart to change flags or the config file");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(signal = name, error = %e, "cannot handle signal"),
+        }
+    }
+}
+
+/// After the first SIGTERM/SIGINT starts a graceful shutdown, a second one exits at once.
+fn exit_on_second_signal() {
+    tokio::spawn(async {
+        shutdown_signal().await;
+        tracing::warn!("second shutdown signal: exiting at once");
+        std::process::exit(130);
+    });
+}
+
 /// Runs until a shutdown signal.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    ignore_stray_signals();
     let registry = Registry::new();
     let metrics = Metrics::new(&registry).context("registering metrics")?;
     let cell = tables::new_cell(&cfg.cluster_domain);
@@ -56,6 +89,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             sources: sources.clone(),
             draining: draining.clone(),
         },
+        admin::AdminLimits::default(),
     ));
 
     if let Some(dir) = &cfg.manifests {
@@ -179,6 +213,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
 
     shutdown_signal().await;
+    exit_on_second_signal();
     if let Some(dns) = dns {
         // Lame duck: not ready (load balancers drain us) but still answering.
         draining.store(true, Ordering::Relaxed);

@@ -346,6 +346,26 @@ fn daemon_set_runs_with_the_mounted_config() {
         assert_eq!(get.path.as_deref(), Some(path));
         assert_eq!(get.port, IntOrString::Int(9153));
     }
+    // The probes reach the admin listener on the pod IP (the node's, under hostNetwork).
+    let args = container.args.as_deref().unwrap_or_default();
+    let admin = args
+        .iter()
+        .position(|a| a == "--admin")
+        .and_then(|i| args.get(i + 1));
+    assert_eq!(
+        admin.map(String::as_str),
+        Some("$(POD_IP):9153"),
+        "{args:?}"
+    );
+    let pod_ip = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "POD_IP")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(pod_ip, Some("status.podIP"));
 }
 
 #[test]
@@ -385,10 +405,11 @@ fn config_map_holds_an_accepted_config() {
     for key in table.keys() {
         assert!(known.contains(&key.as_str()), "unknown config key {key}");
     }
-    assert_eq!(
-        table["admin"].as_str(),
-        Some("0.0.0.0:9153"),
-        "probes use 9153"
+    // The admin listener is bound by the DaemonSet's --admin $(POD_IP):9153, not here on
+    // every address (#14.4).
+    assert!(
+        !table.contains_key("admin"),
+        "admin belongs on the pod IP (--admin in daemonset.yaml), not in the config file"
     );
     assert_eq!(table["l4"].as_str(), Some("nftables"));
 

@@ -45,6 +45,27 @@ async fn assert_resolves(dns: SocketAddr, name: &str, ip: &str, when: &str, sb: 
     );
 }
 
+/// A TCP connection to `to` from the local address `from` (any of 127.0.0.0/8).
+async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(from.parse().unwrap(), 0))?;
+    sock.connect(to).await
+}
+
+/// Waits until the server closes `s` (a read returns end of stream or an error), up to `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
 fn start(dir: &Path, prefix: &[&str]) -> Switchboard {
     Switchboard::launch(
         prefix,
@@ -146,16 +167,18 @@ async fn deleted_directory_keeps_its_objects_and_is_watched_again_when_recreated
 async fn out_of_file_descriptors_keeps_every_name() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.yaml"), service("a", "10.0.0.1")).unwrap();
-    // A limit well above what switchboard needs to start, well below the clients we open.
-    let sb = start(dir.path(), &["prlimit", "--nofile=96:96", "--"]);
+    // A limit above what switchboard needs to start, below what the admin listener may hold
+    // (64 connections).
+    let sb = start(dir.path(), &["prlimit", "--nofile=64:64", "--"]);
     let dns = sb.listener("dns/udp");
     sb.wait_admin("/readyz", Duration::from_secs(20), "ready", |c, _| c == 200)
         .await;
 
-    // Idle clients: as many as the process has descriptors, so accept() fails for the rest.
+    // Idle clients from several addresses (16 per address are held): together more than the
+    // process has descriptors, so accept() fails for the rest.
     let mut idle = Vec::new();
-    for _ in 0..160 {
-        if let Ok(s) = tokio::net::TcpStream::connect(sb.admin).await {
+    for i in 0..160u32 {
+        if let Ok(s) = connect_from(&format!("127.0.0.{}", 1 + i % 10), sb.admin).await {
             idle.push(s);
         }
     }
@@ -194,4 +217,128 @@ async fn out_of_file_descriptors_keeps_every_name() {
         &sb,
     )
     .await;
+}
+
+/// #14.4: the admin listener had no timeouts and no connection limit (2,000 half-sent requests
+/// held for 60 s). Now one address holds at most 16 connections, others are still served, and a
+/// request head that never completes is closed within the header timeout (5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_sheds_greedy_clients_and_slow_heads() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), service("a", "10.0.0.1")).unwrap();
+    let sb = start(dir.path(), &[]);
+    sb.wait_admin("/readyz", Duration::from_secs(20), "ready", |c, _| c == 200)
+        .await;
+
+    // Twenty half-sent requests from one address: sixteen are held, four closed at once.
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let mut s = connect_from("127.0.0.1", sb.admin).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        conns.push(s);
+    }
+    let mut shed = 0;
+    for s in conns.iter_mut().skip(16) {
+        if closed_within(s, Duration::from_secs(2)).await {
+            shed += 1;
+        }
+    }
+    assert_eq!(
+        shed, 4,
+        "connections past 16 from one address are closed at once"
+    );
+    sb.wait_log("admin connection limit reached", Duration::from_secs(5))
+        .await;
+    // Another address is still served meanwhile.
+    let mut other = connect_from("127.0.0.2", sb.admin).await.unwrap();
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_string(&mut other, &mut answer),
+    )
+    .await
+    .expect("answered in time")
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The held half-sent requests are closed by the header timeout, not kept.
+    for (i, s) in conns.iter_mut().take(16).enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(15)).await,
+            "half-sent request {i} still open after 15 s"
+        );
+    }
+}
+
+fn kill(sb: &Switchboard, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &sb.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal}");
+}
+
+/// #14 "Signals": SIGHUP, SIGUSR1 and SIGUSR2 killed the process at once with no log (exit
+/// 129/138/140). Now each is logged and ignored; and during the lame duck that the first
+/// SIGTERM starts, a second one exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_signals_are_survived_and_a_second_sigterm_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), service("a", "10.0.0.1")).unwrap();
+    let mut sb = Switchboard::launch(
+        &[],
+        &[
+            "--manifests",
+            dir.path().to_str().unwrap(),
+            "--dns",
+            "127.0.0.1:0",
+            "--lame-duck",
+            "60s",
+        ],
+        &[],
+        Duration::from_secs(20),
+        "root namespace",
+    );
+    let dns = sb.listener("dns/udp");
+    sb.wait_admin("/readyz", Duration::from_secs(20), "ready", |c, _| c == 200)
+        .await;
+    for signal in ["HUP", "USR1", "USR2"] {
+        kill(&sb, signal);
+        sb.wait_log(&format!("signal=\"SIG{signal}\""), Duration::from_secs(5))
+            .await;
+    }
+    assert!(!sb.exited(), "still running:\n{}", sb.log());
+    assert_resolves(
+        dns,
+        "a.default.svc.cluster.local.",
+        "10.0.0.1",
+        "after the signals",
+        &sb,
+    )
+    .await;
+
+    kill(&sb, "TERM");
+    sb.wait_log("SIGTERM received", Duration::from_secs(5))
+        .await;
+    // Lame duck: still answering, not yet gone (it would last 60 s).
+    assert_resolves(
+        dns,
+        "a.default.svc.cluster.local.",
+        "10.0.0.1",
+        "lame duck",
+        &sb,
+    )
+    .await;
+    assert!(!sb.exited());
+    kill(&sb, "TERM");
+    let status = sb.wait_exit(Duration::from_secs(20));
+    assert!(sb.log_contains("second shutdown signal"), "{}", sb.log());
+    assert!(!status.success(), "{status}");
 }
