@@ -151,6 +151,11 @@ pub struct RunArgs {
     /// Log filter, as RUST_LOG [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// Start even if another process (e.g. the switchboard being replaced) listens on the same
+    /// --http, --https or --dns addresses: both serve until the old one is stopped. Without it,
+    /// such a start is refused.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -188,6 +193,7 @@ pub struct FileConfig {
     pub ingress_class: Option<String>,
     pub gateway_controller: Option<String>,
     pub log: Option<String>,
+    pub takeover: Option<bool>,
 }
 
 /// Parses the TOML config file's text.
@@ -235,6 +241,8 @@ pub struct Config {
     pub ingress_class: String,
     pub gateway_controller: String,
     pub log: String,
+    /// Share listening addresses with another process (a hand-over restart).
+    pub takeover: bool,
 }
 
 /// `IP` or `IP:PORT` (port 53 by default); IPv6 may be bracketed.
@@ -426,6 +434,7 @@ impl Config {
                 .or(file.gateway_controller)
                 .unwrap_or_else(|| "switchboard.dev/gateway".into()),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+            takeover: args.takeover || file.takeover.unwrap_or(false),
         })
     }
 }

@@ -63,9 +63,51 @@ fn exit_on_second_signal() {
     });
 }
 
+/// Refuses to start where another process already listens on one of the --http, --https or
+/// --dns addresses (#14.7). switchboard's listeners use SO_REUSEPORT (one socket per worker), so
+/// a second instance would otherwise bind beside the first and the kernel would split the
+/// traffic between two processes with different tables. A plain bind (no SO_REUSEPORT) of each
+/// address fails exactly when something listens there. `--takeover` skips the check for a
+/// hand-over restart: the new process binds beside the old one, which drains on SIGTERM.
+fn check_addresses_free(cfg: &Config) -> anyhow::Result<()> {
+    if cfg.takeover {
+        return Ok(());
+    }
+    let in_use = |what: &str, addr: &std::net::SocketAddr| {
+        anyhow::anyhow!(
+            "{what} {addr} is already in use by another process (perhaps a running switchboard); \
+             refusing to share it, which would split its traffic between two processes. \
+             Stop the other one first, or pass --takeover for a hand-over restart"
+        )
+    };
+    let fixed = |a: &&std::net::SocketAddr| a.port() != 0;
+    for addr in cfg
+        .http
+        .iter()
+        .chain(&cfg.https)
+        .chain(&cfg.dns)
+        .filter(fixed)
+    {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Err(in_use("TCP", addr));
+            }
+        }
+    }
+    for addr in cfg.dns.iter().filter(fixed) {
+        if let Err(e) = std::net::UdpSocket::bind(addr) {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                return Err(in_use("UDP", addr));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs until a shutdown signal.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ignore_stray_signals();
+    check_addresses_free(&cfg)?;
     let registry = Registry::new();
     let metrics = Metrics::new(&registry).context("registering metrics")?;
     let cell = tables::new_cell(&cfg.cluster_domain);

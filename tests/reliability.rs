@@ -342,3 +342,50 @@ async fn stray_signals_are_survived_and_a_second_sigterm_exits_at_once() {
     assert!(sb.log_contains("second shutdown signal"), "{}", sb.log());
     assert!(!status.success(), "{status}");
 }
+
+/// #14.7: a second instance on the same --http address started silently and served half the
+/// requests from its own tables (SO_REUSEPORT); on --dns it failed late, at the TCP bind. Now
+/// both are refused at once with a clear error, unless --takeover asks for a hand-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_the_same_addresses_is_refused_unless_taking_over() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), service("a", "10.0.0.1")).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let http = format!("127.0.0.1:{}", cases::free_port());
+    let dns = format!("127.0.0.1:{}", cases::free_port());
+    let _first = Switchboard::start(&["--manifests", d, "--http", &http, "--dns", &dns]);
+    let other_http = format!("127.0.0.1:{}", cases::free_port());
+    let other_dns = format!("127.0.0.1:{}", cases::free_port());
+    let cases: &[(&str, &str, &str)] = &[("http", &http, &other_dns), ("dns", &other_http, &dns)];
+    let mut failures = Vec::new();
+    for (what, h, n) in cases {
+        let (code, out) = common::run_to_end(&[
+            "run",
+            "--manifests",
+            d,
+            "--http",
+            h,
+            "--dns",
+            n,
+            "--admin",
+            "127.0.0.1:0",
+        ]);
+        if code == 0 || !out.contains("already in use by another process") {
+            failures.push(format!(
+                "second instance on the same {what}: exit {code}\n{out}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // A hand-over restart says so, and starts.
+    let second = Switchboard::start(&[
+        "--manifests",
+        d,
+        "--http",
+        &http,
+        "--dns",
+        &dns,
+        "--takeover",
+    ]);
+    assert!(second.log_contains("switchboard started"));
+}

@@ -233,6 +233,9 @@ fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
         s.set_only_v6(true)?;
     }
     s.set_reuse_address(true)?;
+    // As the UDP sockets: a `--takeover` restart binds beside the process it replaces (a start
+    // without it is refused first when the address is in use: src/run.rs).
+    s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(1024)?;
