@@ -389,3 +389,21 @@ async fn a_second_instance_on_the_same_addresses_is_refused_unless_taking_over()
     ]);
     assert!(second.log_contains("switchboard started"));
 }
+
+/// #14.9: a duplicate object in another file silently replaced the first. The rule stays (the
+/// lowest-sorting source wins, docs/sources.md), but it is now said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_defined_in_two_files_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), service("a", "10.0.0.1")).unwrap();
+    let sb = start(dir.path(), &[]);
+    sb.wait_admin("/readyz", Duration::from_secs(20), "ready", |c, _| c == 200)
+        .await;
+    std::fs::write(dir.path().join("b.yaml"), service("a", "10.0.0.2")).unwrap();
+    sb.wait_log(
+        "Service default/a is defined by both manifests:a.yaml and manifests:b.yaml; serving the copy from manifests:a.yaml",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(sb.tables().await.contains("clusterIPs=10.0.0.1\n"));
+}

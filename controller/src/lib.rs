@@ -132,6 +132,14 @@ impl Controller {
             for event in batch.drain(..) {
                 self.apply(event.change);
             }
+            for (key, served, also) in self.state.take_conflicts() {
+                tracing::warn!(
+                    object = %key,
+                    %served,
+                    %also,
+                    "{key} is defined by both {served} and {also}; serving the copy from {served} (the lowest-sorting source)"
+                );
+            }
             self.publish(earliest);
         }
     }

@@ -69,6 +69,9 @@ pub struct ClusterState {
     synced: bool,
     /// Publish on the next commit even if no table changed (readiness flipped).
     force_publish: bool,
+    /// Objects a second source began to define since the last `take_conflicts`: (object, the
+    /// source whose copy is served, the source that also defines it).
+    conflicts: Vec<(ObjectKey, SourceId, SourceId)>,
     /// Compiled services per namespace: `<ns>.svc.<zone>` exists while this is above zero.
     services_per_ns: HashMap<Arc<str>, usize>,
     /// Effective objects per origin and kind, kept up to date by `changed`.
@@ -91,6 +94,7 @@ impl ClusterState {
             http_dirty: false,
             synced: false,
             force_publish: false,
+            conflicts: Vec::new(),
             services_per_ns: HashMap::new(),
             counts: BTreeMap::new(),
             generation: 0,
@@ -122,13 +126,30 @@ impl ClusterState {
         let obj = Arc::new(obj);
         match claims.binary_search_by(|(s, _)| s.cmp(source)) {
             Ok(pos) => claims[pos].1 = obj,
-            Err(pos) => claims.insert(pos, (source.clone(), obj)),
+            Err(pos) => {
+                claims.insert(pos, (source.clone(), obj));
+                if claims.len() > 1 {
+                    let served = claims[0].0.clone();
+                    let also = if served == *source {
+                        claims[1].0.clone()
+                    } else {
+                        source.clone()
+                    };
+                    self.conflicts.push((key.clone(), served, also));
+                }
+            }
         }
         self.by_source
             .entry(source.clone())
             .or_default()
             .insert(key.clone());
         self.changed(&key, before);
+    }
+
+    /// The objects that a second source began to define since the last call: (object, the
+    /// source whose copy is served — the lowest-sorting one —, the other source).
+    pub fn take_conflicts(&mut self) -> Vec<(ObjectKey, SourceId, SourceId)> {
+        std::mem::take(&mut self.conflicts)
     }
 
     /// Removes `source`'s copy of one object.
