@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """L4: TCP connections/s, TCP throughput and UDP datagrams/s to a Service VIP through switchboard
-(`--l4 nftables`), HAProxy (tcp mode) and plain nftables DNAT (the kernel-forwarding ceiling), in
-a network-namespace topology like the kube-proxy tests (root needed).
+(`--l4 nftables`: its kernel path, and its userspace relay for a Service annotated
+`switchboard.dev/l4-mode: proxy`), HAProxy (tcp mode) and plain nftables DNAT (the
+kernel-forwarding ceiling), in a network-namespace topology like the kube-proxy tests (root
+needed).
 
 ```
  client pod ─veth─ br-c 10.244.1.1 ┐ node namespace                 ┌ br-b 10.244.2.1 ─veth─ backend pods
  10.244.1.100                      │  VIP 10.96.0.10 → switchboard    │   10.244.2.11-13: nginx :8080
+                                   │    (kernel path: DNAT)           │
+                                   │  VIP 10.96.0.13 → switchboard    │
+                                   │    (relay, l4-mode: proxy)       │
                                    │  VIP 10.96.0.11 → HAProxy (nft   │   (/ → 200, /big → 1 MiB)
                                    │     redirect to its port)        │   knotd :5353 (UDP answers)
                                    └  VIP 10.96.0.12 → nft DNAT ──────┘
@@ -39,8 +44,10 @@ import peers  # noqa: E402
 PREFIX = f"sbl4{os.getpid()}"
 NODE, CLIENT = f"{PREFIX}node", f"{PREFIX}cli"
 BACKENDS = [("b1", "10.244.2.11"), ("b2", "10.244.2.12"), ("b3", "10.244.2.13")]
-VIP = {"switchboard": "10.96.0.10", "haproxy": "10.96.0.11", "nftables": "10.96.0.12"}
-LABEL = {"switchboard": "switchboard (--l4 nftables)", "haproxy": "HAProxy (tcp mode)",
+VIP = {"switchboard": "10.96.0.10", "relay": "10.96.0.13", "haproxy": "10.96.0.11",
+       "nftables": "10.96.0.12"}
+LABEL = {"switchboard": "switchboard kernel path (--l4 nftables)",
+         "relay": "switchboard relay (l4-mode: proxy)", "haproxy": "HAProxy (tcp mode)",
          "nftables": "nftables DNAT (ceiling)"}
 HAPROXY_PORT = 20080
 _namespaces = []
@@ -137,11 +144,16 @@ def service_manifest(d):
     conditions: {{ ready: true, serving: true, terminating: false }}
     nodeName: node-1
     targetRef: {{ kind: Pod, namespace: bench, name: web-{name} }}""" for name, ip in BACKENDS)
-    (d / "web.yaml").write_text(f"""apiVersion: v1
+    for svc, vip, annotations in (
+            ("web", VIP["switchboard"], ""),
+            ("web-relay", VIP["relay"], "\n  annotations: { switchboard.dev/l4-mode: proxy }")):
+        (d / f"{svc}.yaml").write_text(f"""apiVersion: v1
 kind: Service
-metadata: {{ name: web, namespace: bench }}
+metadata:
+  name: {svc}
+  namespace: bench{annotations}
 spec:
-  clusterIP: {VIP['switchboard']}
+  clusterIP: {vip}
   ports:
   - {{ name: http, protocol: TCP, port: 80, targetPort: 8080 }}
   - {{ name: dns, protocol: UDP, port: 53, targetPort: 5353 }}
@@ -149,9 +161,9 @@ spec:
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: web-1
+  name: {svc}-1
   namespace: bench
-  labels: {{ kubernetes.io/service-name: web }}
+  labels: {{ kubernetes.io/service-name: {svc} }}
 addressType: IPv4
 ports:
 - {{ name: http, protocol: TCP, port: 8080 }}
@@ -320,8 +332,10 @@ def run(a):
                 e = cell[t] = {"runs": []}
                 proc = None
                 try:
-                    if t == "switchboard":
-                        proc = start_switchboard(wd, workers, help_text)
+                    if t in ("switchboard", "relay"):
+                        # One process serves both VIPs: the kernel path and the relay.
+                        proc = next((running[k] for k in ("switchboard", "relay") if k in running),
+                                    None) or start_switchboard(wd, workers, help_text)
                     elif t == "haproxy":
                         if not B.which("haproxy"):
                             raise LookupError(B.not_installed("haproxy", "haproxy"))
@@ -353,9 +367,8 @@ def run(a):
                         B.log(f"l4 {workers}w round {rnd + 1} {t} {kind}: {r['value'] or 0:,.2f}, "
                               f"others' CPU {r['others_cpu_pct']:.0f}%")
                         time.sleep(0.5)
-            for p in running.values():
-                if p:
-                    p.stop()
+            for p in {id(p): p for p in running.values() if p}.values():
+                p.stop()
             B.save_results("l4", results)
     finally:
         cleanup()
@@ -375,9 +388,11 @@ def summarize(results):
              f"duration={a['duration']} s).", "",
              "A client pod namespace reaches a Service VIP through a node namespace; three "
              "backend pod namespaces run nginx (TCP 8080) and Knot DNS (UDP 5353). Each target "
-             "has its own VIP (switchboard's nftables redirect/tproxy, an nftables redirect to "
-             "HAProxy, plain nftables DNAT) and is checked to reach all three backends before it "
-             "is timed. Client, node, backends and load share the 2 cores.", ""]
+             "has its own VIP (switchboard's kernel path: DNAT chains it programs; switchboard's "
+             "relay: a Service annotated `switchboard.dev/l4-mode: proxy` in the same process, "
+             "nftables redirect/tproxy to it; an nftables redirect to HAProxy; plain nftables "
+             "DNAT written by hand) and is checked to reach all three backends before it is "
+             "timed. Client, node, backends and load share the 2 cores.", ""]
     cmds = {}
     for workers, cell in results["cells"].items():
         lines += [f"### {workers} proxy worker{'s' if workers != '1' else ''}", "",
@@ -413,7 +428,8 @@ def summarize(results):
     lines += ["Median (min–max) of the rounds. TCP connections/s: one HTTP request per "
               "connection. Throughput: 1 MiB responses over keep-alive connections. UDP: DNS "
               "queries and answers relayed to the Knot backends (dnsperf QPS). CPU: the proxy "
-              "process's CPU time per connection or per query; DNAT runs in the kernel and has "
+              "process's CPU time per connection or per query (for the kernel path, switchboard's "
+              "own process, which only programs the table); DNAT runs in the kernel and has "
               "no process.", ""]
     if cmds:
         lines += ["Exact load commands (run in the client namespace, VIP per target):", "", "```",
@@ -431,7 +447,7 @@ def run_and_clean_up(a):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", default="1")
-    ap.add_argument("--targets", default="switchboard,haproxy,nftables")
+    ap.add_argument("--targets", default="switchboard,relay,haproxy,nftables")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=6)
     B.docs_args(ap)
