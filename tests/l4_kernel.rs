@@ -232,6 +232,24 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
     assert_eq!(sources(&back), set(&["10.244.1.100"]), "{back:?}");
 }
 
+/// A LoadBalancer Service with one LoadBalancer IP (10.96.100.1) and `ranges` as its
+/// `loadBalancerSourceRanges`, over pod a.
+fn lb_service(ranges: &str) -> String {
+    let yaml = service_yaml(
+        "lb",
+        "10.96.0.22",
+        &format!("  type: LoadBalancer\n  loadBalancerSourceRanges: [\"{ranges}\"]\n"),
+        &[],
+        &[("http", "TCP", 80, 8080, Some(30091))],
+        &[Ep::ready("10.244.1.11").on("node1")],
+    );
+    yaml.replacen(
+        "---\n",
+        "status:\n  loadBalancer:\n    ingress: [{ip: 10.96.100.1}]\n---\n",
+        1,
+    )
+}
+
 #[test]
 fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
     if skip_unless_root("needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject") {
@@ -278,12 +296,39 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
             &[],
         ),
     );
+    c.manifest("lb.yaml", &lb_service("192.0.2.0/24"));
     for node in [1, 2] {
         c.start_node(node, &["--cluster-cidr", "10.244.0.0/16"]);
-        c.wait_applied(node, "all three", |t| {
-            t.contains("10.96.0.20") && t.contains("fd00:96::20") && t.contains("10.96.0.21")
+        c.wait_applied(node, "all four", |t| {
+            t.contains("10.96.0.20")
+                && t.contains("fd00:96::20")
+                && t.contains("10.96.0.21")
+                && t.contains("loadBalancerSourceRanges=192.0.2.0/24")
         });
     }
+
+    // loadBalancerSourceRanges: the outside client is not in 192.0.2.0/24, so its traffic to
+    // the LoadBalancer IP is dropped; once the range includes it, it gets through.
+    c.outside.ip("route add 10.96.100.1 via 10.250.1.1");
+    let denied = c.outside.enter(|| tcp_hello(sa("10.96.100.1:80"), None));
+    assert_eq!(
+        denied.as_ref().map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::TimedOut),
+        "{denied:?}"
+    );
+    c.manifest("lb.yaml", &lb_service("10.250.1.0/24"));
+    c.wait_applied(1, "wider range", |t| {
+        t.contains("loadBalancerSourceRanges=10.250.1.0/24")
+    });
+    let allowed = whoami_all(
+        c.outside.enter(|| {
+            (0..3)
+                .map(|_| tcp_hello(sa("10.96.100.1:80"), None))
+                .collect()
+        }),
+        "outside → LoadBalancer IP within the source ranges",
+    );
+    assert_eq!(names(&allowed), set(&["a"]), "{allowed:?}");
 
     // externalTrafficPolicy Local, from outside: the client's own address reaches the pod.
     let kept = whoami_all(

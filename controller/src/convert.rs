@@ -222,6 +222,21 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<m::Servic
             load_balancer_ips.push(ip(&format!("status.loadBalancer.ingress[{i}].ip"), s)?);
         }
     }
+    let mut load_balancer_source_ranges = Vec::new();
+    for (i, s) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        let net = s.trim().parse::<ipnet::IpNet>().map_err(|_| {
+            err(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                format!("{s:?} is not a CIDR"),
+            )
+        })?;
+        load_balancer_source_ranges.push(net.trunc());
+    }
     let external_name = if service_type == m::ServiceType::ExternalName {
         Some(
             spec.external_name
@@ -253,6 +268,7 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<m::Servic
         publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
         external_ips,
         load_balancer_ips,
+        load_balancer_source_ranges,
         health_check_node_port: spec
             .health_check_node_port
             .map(|p| port("spec.healthCheckNodePort", p))

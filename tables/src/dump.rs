@@ -85,6 +85,14 @@ pub fn dump(snap: &Snapshot) -> String {
         if s.publish_not_ready_addresses {
             out.push_str(" publishNotReadyAddresses");
         }
+        if !s.load_balancer_source_ranges.is_empty() {
+            let ranges: Vec<String> = s
+                .load_balancer_source_ranges
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            let _ = write!(out, " loadBalancerSourceRanges={}", ranges.join(","));
+        }
         for (k, v) in &s.annotations {
             let _ = write!(out, " {k}={v}");
         }

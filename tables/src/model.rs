@@ -267,6 +267,9 @@ pub struct Service {
     pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress[].ip`.
     pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges`: when set, traffic to the LoadBalancer IPs from other
+    /// sources is dropped.
+    pub load_balancer_source_ranges: Vec<ipnet::IpNet>,
     pub health_check_node_port: Option<u16>,
     /// Only annotations under `switchboard.dev/` are kept.
     pub annotations: BTreeMap<String, String>,

@@ -135,6 +135,42 @@ fn dnat_rule(out: &mut String, proto: &str, v6: bool, eps: &[std::net::SocketAdd
     out.push_str(" }");
 }
 
+/// For a LoadBalancer Service with `loadBalancerSourceRanges`: drop traffic to its LoadBalancer
+/// IPs (of this family) from anywhere else, as kube-proxy's firewall chain does. NodePort and
+/// externalIP traffic, which shares the chain, is not affected.
+fn source_range_rule(svc: &Service, v6: bool) -> Option<String> {
+    if svc.load_balancer_source_ranges.is_empty()
+        || svc.service_type != tables::ServiceType::LoadBalancer
+    {
+        return None;
+    }
+    let fam = if v6 { "ip6" } else { "ip" };
+    let ips: Vec<String> = svc
+        .load_balancer_ips
+        .iter()
+        .filter(|ip| ip.is_ipv6() == v6)
+        .map(|ip| ip.to_string())
+        .collect();
+    if ips.is_empty() {
+        return None;
+    }
+    let ranges: Vec<String> = svc
+        .load_balancer_source_ranges
+        .iter()
+        .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+        .map(|n| n.to_string())
+        .collect();
+    let ips = ips.join(", ");
+    Some(if ranges.is_empty() {
+        format!("{fam} daddr {{ {ips} }} drop")
+    } else {
+        format!(
+            "{fam} daddr {{ {ips} }} {fam} saddr != {{ {} }} drop",
+            ranges.join(", ")
+        )
+    })
+}
+
 /// The body of the chain for traffic of `kind` to `target` in family `v6`; `None` when no
 /// endpoint may take that traffic (the verdict is then reject or drop, not this chain).
 pub fn chain_body(
@@ -170,6 +206,11 @@ pub fn chain_body(
         .collect();
     let cidr_set = (!cidrs.is_empty()).then(|| format!("{{ {} }}", cidrs.join(", ")));
     let mut rules = Vec::new();
+    if kind == TrafficKind::External {
+        if let Some(r) = source_range_rule(svc, v6) {
+            rules.push(r);
+        }
+    }
     if cfg.masquerade_all {
         rules.push(mark.clone());
     }

@@ -86,6 +86,15 @@ pub fn verdict_and_no_local(
     (v, no_local)
 }
 
+/// Whether `client` may use `target`: traffic to a LoadBalancer IP must come from the
+/// Service's `loadBalancerSourceRanges` when it has any (kube-proxy drops the rest).
+pub fn source_allowed(target: &FrontendTarget, client: IpAddr) -> bool {
+    let ranges = &target.service.service.load_balancer_source_ranges;
+    target.kind != tables::FrontendKind::LoadBalancer
+        || ranges.is_empty()
+        || ranges.iter().any(|n| n.contains(&super::canonical(client)))
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct AffinityKey {
     service: ServiceKey,
@@ -257,6 +266,63 @@ mod tests {
     }
 
     const V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 1));
+
+    #[test]
+    fn load_balancer_source_ranges_apply_to_load_balancer_traffic_only() {
+        let with = |kind: FrontendKind, ranges: &[&str]| {
+            let mut t = target(&["10.0.0.1:80"], None);
+            let mut svc = (*t.service.service).clone();
+            svc.load_balancer_source_ranges = ranges.iter().map(|r| r.parse().unwrap()).collect();
+            let mut routes = (*t.service).clone();
+            routes.service = Arc::new(svc);
+            t.service = Arc::new(routes);
+            t.kind = kind;
+            t
+        };
+        let cases: &[(FrontendKind, &[&str], &str, bool)] = &[
+            (
+                FrontendKind::LoadBalancer,
+                &["192.0.2.0/24"],
+                "192.0.2.7",
+                true,
+            ),
+            (
+                FrontendKind::LoadBalancer,
+                &["192.0.2.0/24"],
+                "198.51.100.7",
+                false,
+            ),
+            (
+                FrontendKind::LoadBalancer,
+                &["192.0.2.0/24"],
+                "::ffff:192.0.2.7",
+                true,
+            ),
+            (FrontendKind::LoadBalancer, &[], "198.51.100.7", true),
+            (
+                FrontendKind::NodePort,
+                &["192.0.2.0/24"],
+                "198.51.100.7",
+                true,
+            ),
+            (
+                FrontendKind::ExternalIp,
+                &["192.0.2.0/24"],
+                "198.51.100.7",
+                true,
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (kind, ranges, client, want) in cases {
+            let got = source_allowed(&with(*kind, ranges), client.parse().unwrap());
+            if got != *want {
+                failures.push(format!(
+                    "{kind:?} {ranges:?} from {client}: {got}, want {want}"
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
 
     #[test]
     fn affinity_sticks_per_client_and_follows_removal() {

@@ -33,6 +33,10 @@ pub(crate) async fn serve(
         return;
     };
     drop(snap);
+    if !super::select::source_allowed(&res.target, peer.ip()) {
+        tracing::debug!(%peer, %dst, "l4/tcp: source outside loadBalancerSourceRanges, dropped");
+        return;
+    }
     let svc_label = res.target.service.key.to_string();
     let port_label = res.target.port().port.to_string();
     let labels = [svc_label.as_str(), port_label.as_str()];

@@ -155,6 +155,9 @@ pub(crate) async fn datagram(
     let Some(res) = resolve(&snap.routes, Protocol::Udp, dst) else {
         return;
     };
+    if !super::select::source_allowed(&res.target, client.ip()) {
+        return;
+    }
     let svc = res.target.service.key.to_string();
     let port = res.target.port().port.to_string();
     let endpoint = match shared.picker.pick(
