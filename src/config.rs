@@ -131,6 +131,11 @@ pub struct RunArgs {
     /// With --l4 nftables: masquerade all Service traffic (kube-proxy's --masquerade-all).
     #[arg(long)]
     pub masquerade_all: bool,
+    /// With --l4 nftables: NodePorts answer only on local addresses inside this CIDR
+    /// (repeatable; kube-proxy's --nodeport-addresses) [default: every local address but
+    /// loopback].
+    #[arg(long, value_name = "CIDR")]
+    pub nodeport_addresses: Vec<String>,
     /// With --l4 nftables: the data path of Services without a `switchboard.dev/l4-mode`
     /// annotation: kernel (DNAT in nftables) or proxy (the userspace relay) [default: kernel].
     #[arg(long, value_enum, value_name = "MODE")]
@@ -187,6 +192,7 @@ pub struct FileConfig {
     pub cleanup_on_exit: Option<bool>,
     pub cluster_cidr: Option<Vec<String>>,
     pub masquerade_all: Option<bool>,
+    pub nodeport_addresses: Option<Vec<String>>,
     pub l4_default_mode: Option<L4DataPath>,
     pub udp_idle_timeout: Option<u64>,
     pub l4_sync_timeout: Option<u64>,
@@ -235,6 +241,8 @@ pub struct Config {
     /// The pod network, for the kernel path's masquerading.
     pub cluster_cidrs: Vec<proxy::l4::kernel::IpNet>,
     pub masquerade_all: bool,
+    /// NodePorts only on local addresses inside these (empty: all but loopback).
+    pub nodeport_addresses: Vec<proxy::l4::kernel::IpNet>,
     pub l4_default_mode: L4DataPath,
     pub udp_idle_timeout: std::time::Duration,
     pub l4_sync_timeout: std::time::Duration,
@@ -353,21 +361,29 @@ impl Config {
             Some(s) => dns::parse_duration(&s).context("lame-duck")?,
             None => std::time::Duration::from_secs(5),
         };
-        let cluster_cidr_strs = if args.cluster_cidr.is_empty() {
-            file.cluster_cidr.clone().unwrap_or_default()
-        } else {
-            args.cluster_cidr.clone()
+        let cidrs = |key: &str, flag: &[String], file: &Option<Vec<String>>| {
+            let strs = if flag.is_empty() {
+                file.clone().unwrap_or_default()
+            } else {
+                flag.to_vec()
+            };
+            strs.iter()
+                .map(|s| {
+                    s.parse::<proxy::l4::kernel::IpNet>()
+                        .map(|n| n.trunc())
+                        .with_context(|| format!("{key} {s:?}: want a CIDR like 10.244.0.0/16"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
         };
-        let cluster_cidrs = cluster_cidr_strs
-            .iter()
-            .map(|s| {
-                s.parse::<proxy::l4::kernel::IpNet>()
-                    .map(|n| n.trunc())
-                    .with_context(|| format!("cluster-cidr {s:?}: want a CIDR like 10.244.0.0/16"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let cluster_cidrs = cidrs("cluster-cidr", &args.cluster_cidr, &file.cluster_cidr)?;
+        let nodeport_addresses = cidrs(
+            "nodeport-addresses",
+            &args.nodeport_addresses,
+            &file.nodeport_addresses,
+        )?;
         Ok(Config {
             cluster_cidrs,
+            nodeport_addresses,
             masquerade_all: args.masquerade_all || file.masquerade_all.unwrap_or(false),
             l4_default_mode: args
                 .l4_default_mode

@@ -231,6 +231,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 udp_idle_timeout: cfg.udp_idle_timeout,
                 sync_timeout: cfg.l4_sync_timeout,
                 cleanup_on_exit: cfg.cleanup_on_exit,
+                nft: proxy::l4::NftConfig {
+                    nodeport_addresses: cfg.nodeport_addresses.clone(),
+                    ..Default::default()
+                },
                 kernel: proxy::l4::kernel::KernelConfig {
                     cluster_cidrs: cfg.cluster_cidrs.clone(),
                     masquerade_all: cfg.masquerade_all,

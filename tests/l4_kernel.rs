@@ -78,7 +78,15 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         Ep::ready("10.244.1.12").on("node1"),
     ];
     c.manifest("web.yaml", &web(&[], &both));
-    c.start_node(1, &["--cluster-cidr", "10.244.0.0/16"]);
+    c.start_node(
+        1,
+        &[
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--nodeport-addresses",
+            "10.250.0.0/16",
+        ],
+    );
     c.wait_applied(1, "web", |t| t.contains("10.96.0.10"));
     let n1 = c.node_netns(1);
     let table = n1.exec(&["nft", "list", "table", "inet", "switchboard"]);
@@ -148,6 +156,14 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         "outside → NodePort",
     );
     assert_eq!(sources(&outside), set(&["10.244.1.1"]), "{outside:?}");
+    // --nodeport-addresses 10.250.0.0/16: the node's pod-bridge address serves no NodePort
+    // (nothing listens there, so the node's own stack refuses).
+    let not_there = pod.enter(|| tcp_hello(sa("10.244.1.1:30080"), None));
+    assert_eq!(
+        not_there.as_ref().map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "{not_there:?}"
+    );
 
     // One flow (one client socket) on a; a leaves the Service: the flow moves to b with the
     // next datagram after the update (its conntrack entry is deleted), none lost after that.

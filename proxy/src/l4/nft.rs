@@ -48,6 +48,9 @@ pub struct NftConfig {
     pub masquerade_mark: u32,
     /// Routing table with `local default dev lo` for tproxied packets.
     pub route_table: u32,
+    /// `--nodeport-addresses`: NodePorts answer only on local addresses inside these; empty
+    /// means every local address but loopback.
+    pub nodeport_addresses: Vec<ipnet::IpNet>,
 }
 
 impl Default for NftConfig {
@@ -58,6 +61,7 @@ impl Default for NftConfig {
             redirect_mark: 0x0080_0000,
             masquerade_mark: 0x0020_0000,
             route_table: 1456,
+            nodeport_addresses: Vec::new(),
         }
     }
 }
@@ -331,6 +335,25 @@ pub fn full_script(
         s,
         "  chain no-local-endpoints {{\n    meta l4proto tcp ct state new counter name \"no-endpoints\" drop\n    meta l4proto udp counter name \"no-endpoints\" drop\n  }}"
     );
+    // Which local addresses NodePorts answer on, per family (`None`: none of that family).
+    let nodeport_match = |v6: bool| -> Option<String> {
+        let (fam, lo) = if v6 {
+            ("ip6", "::1")
+        } else {
+            ("ip", "127.0.0.0/8")
+        };
+        if cfg.nodeport_addresses.is_empty() {
+            return Some(format!("fib daddr type local {fam} daddr != {lo}"));
+        }
+        let nets: Vec<String> = cfg
+            .nodeport_addresses
+            .iter()
+            .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+            .map(|n| n.to_string())
+            .collect();
+        (!nets.is_empty())
+            .then(|| format!("fib daddr type local {fam} daddr {{ {} }}", nets.join(", ")))
+    };
     for (chain, prefix) in [("services", ""), ("kernel-services", "kernel-")] {
         let (v4, v6) = if prefix.is_empty() {
             ("services4", "services6")
@@ -339,8 +362,14 @@ pub fn full_script(
         };
         let _ = writeln!(
             s,
-            "  chain {chain} {{\n    ip daddr . meta l4proto . th dport vmap @{v4}\n    ip6 daddr . meta l4proto . th dport vmap @{v6}\n    fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @{prefix}nodeports4\n    fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @{prefix}nodeports6\n  }}"
+            "  chain {chain} {{\n    ip daddr . meta l4proto . th dport vmap @{v4}\n    ip6 daddr . meta l4proto . th dport vmap @{v6}"
         );
+        for (v6, map) in [(false, "nodeports4"), (true, "nodeports6")] {
+            if let Some(m) = nodeport_match(v6) {
+                let _ = writeln!(s, "    {m} meta l4proto . th dport vmap @{prefix}{map}");
+            }
+        }
+        let _ = writeln!(s, "  }}");
     }
     let _ = writeln!(
         s,
@@ -675,5 +704,26 @@ mod tests {
             assert!(s.contains(want), "{want} in\n{s}");
         }
         assert!(!s.contains("tproxy ip6"));
+        assert!(s.contains(
+            "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @kernel-nodeports4"
+        ));
+
+        // --nodeport-addresses: only those addresses, and no NodePorts of a family not named.
+        let cfg = NftConfig {
+            nodeport_addresses: vec!["10.250.0.0/16".parse().unwrap()],
+            ..NftConfig::default()
+        };
+        let ports = Ports {
+            tcp4: 1000,
+            tcp6: None,
+            udp4: 1002,
+            udp6: None,
+        };
+        let s = full_script(&cfg, &ports, &e, &kernel);
+        assert!(s.contains(
+            "fib daddr type local ip daddr { 10.250.0.0/16 } meta l4proto . th dport vmap @kernel-nodeports4"
+        ), "{s}");
+        assert!(!s.contains("vmap @kernel-nodeports6"), "{s}");
+        assert!(!s.contains("vmap @nodeports6"), "{s}");
     }
 }
