@@ -176,7 +176,8 @@ impl DnsServer {
         })
     }
 
-    /// True once the loop probe has come back (forwarding is then off).
+    /// True once an upstream was found to send our own queries back to us (it is then not
+    /// asked any more; with none left, names outside the zone get SERVFAIL).
     pub fn loop_detected(&self) -> bool {
         self.forwarder.loop_detected()
     }

@@ -39,8 +39,8 @@ use crate::config::Cidr;
 use crate::forward::{self, Forwarder};
 use crate::metrics::{Metrics, Plugin, Recorder, Sample};
 use crate::parse::{classify, NameKind};
-use crate::wire::{self, Reject, CLASS_IN, RCODE_REFUSED, RCODE_SERVFAIL};
 use crate::tcplimit::{ConnTable, Limit, Slot};
+use crate::wire::{self, Reject, CLASS_IN, RCODE_REFUSED, RCODE_SERVFAIL};
 use crate::xfr;
 use crate::zone::{self, ZoneAnswer, ZoneSettings, T_AXFR, T_IXFR};
 
@@ -217,7 +217,10 @@ impl Shared {
                     qtype: q.qtype,
                 });
             }
-            if let Some(t) = tcp.then(|| self.tcp_templates.get(snap.generation, key)).flatten() {
+            if let Some(t) = tcp
+                .then(|| self.tcp_templates.get(snap.generation, key))
+                .flatten()
+            {
                 wire::finish(out, &t, &q, raw, limit);
                 return Step::Reply(Reply {
                     rcode: u16::from(t[3] & 0xF),
@@ -234,7 +237,7 @@ impl Shared {
             NameKind::Outside => false,
         };
         if !local {
-            self.forwarder.observe(&name);
+            self.forwarder.observe(&name, q.qtype, q.id, src);
             return Step::Forward { raw: raw.to_vec() };
         }
         if q.qclass != CLASS_IN && q.qclass != 255 {

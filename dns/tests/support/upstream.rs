@@ -8,8 +8,11 @@
 //! - anything else: NXDOMAIN with an SOA whose MINIMUM is 60
 //!
 //! Knobs: `set_dead(true)` stops answering (queries are counted and dropped), `set_delay`
-//! holds every answer, `set_servfail(true)` answers SERVFAIL. `count(name)` says how many
-//! queries for a name arrived (UDP and TCP).
+//! holds every answer, `set_servfail(true)` answers SERVFAIL, `set_relay(Some(addr), keep_id)`
+//! forwards every query to `addr` over UDP and relays its answer (a forwarder: with `keep_id`
+//! it keeps the query ID, as CoreDNS's `forward`; without, it picks a new one, as dnsmasq).
+//! `count(name)` says how many queries for a name arrived (UDP and TCP), `count_suffix`
+//! how many for names ending in a suffix.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -30,6 +33,7 @@ struct State {
     servfail: AtomicBool,
     delay_ms: AtomicU64,
     counts: Mutex<HashMap<String, usize>>,
+    relay: Mutex<Option<(SocketAddr, bool)>>,
 }
 
 #[derive(Clone)]
@@ -168,6 +172,20 @@ impl FakeUpstream {
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
+    pub fn set_relay(&self, to: Option<SocketAddr>, keep_id: bool) {
+        *self.state.relay.lock().unwrap() = to.map(|a| (a, keep_id));
+    }
+    /// Queries received for names ending in `suffix` (lower case, with trailing dot).
+    pub fn count_suffix(&self, suffix: &str) -> usize {
+        self.state
+            .counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.ends_with(suffix))
+            .map(|(_, v)| *v)
+            .sum()
+    }
     /// Queries received for `name` (lower case, with trailing dot).
     pub fn count(&self, name: &str) -> usize {
         *self.state.counts.lock().unwrap().get(name).unwrap_or(&0)
@@ -186,6 +204,23 @@ impl State {
         }
         if self.dead.load(Ordering::SeqCst) {
             return None;
+        }
+        let relay = *self.relay.lock().unwrap();
+        if let Some((to, keep_id)) = relay {
+            let mut fwd = q.clone();
+            if !keep_id {
+                fwd.metadata.id = fastrand::u16(..);
+            }
+            let sock = UdpSocket::bind("127.0.0.1:0").await.ok()?;
+            sock.send_to(&fwd.to_vec().ok()?, to).await.ok()?;
+            let mut buf = vec![0u8; 65535];
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            let mut answer = Message::from_vec(&buf[..n]).ok()?;
+            answer.metadata.id = q.metadata.id;
+            return answer.to_vec().ok();
         }
         let delay = self.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
