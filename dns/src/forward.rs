@@ -28,7 +28,8 @@
 //!    every PROBE_EVERY until U answers it, at most PROBE_FOR (CoreDNS `loop`: 30 s)
 //!    started: at start, for every upstream;
 //!             when a query arrives from U's address for a name we are forwarding to U;
-//!             when a query to U times out
+//!             when a query to U times out;
+//!             when FANOUT_PROBE queries for one name are in flight to U at once
 //!  the probe name of U arrives at our listener LOOP_THRESHOLD times ─────────┐
 //!  a query arrives with the ID, name and type of one we have in flight to U,  ├─> U loops
 //!    LOOP_THRESHOLD times within RETURN_WINDOW ─────────────────────────────┘
@@ -39,9 +40,10 @@
 //! CoreDNS's `loop` probes only at start and exits the process; a loop that forms later (an
 //! upstream that did not answer at start) multiplies every forwarded query until timeouts. Here
 //! a returning query is recognised after a few hops, whether the middle server keeps our query
-//! ID (then the ID gives it away) or not (then it comes from the upstream's address, which
-//! starts a probe burst, and the probe gives it away); the process keeps serving the cluster
-//! zone.
+//! ID (then the ID gives it away) or not (then it comes from the upstream's address, or piles
+//! up as FANOUT_PROBE forwards of one name, either of which starts a probe, and the probe gives
+//! it away); the process keeps serving the cluster zone. The suspicions only start probes: only
+//! our own random probe name or our own query IDs coming back mark an upstream as looping.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -71,6 +73,11 @@ const RETURN_WINDOW: Duration = Duration::from_secs(10);
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// ...until one is answered, for at most this long (CoreDNS `loop`: 30 s).
 const PROBE_FOR: Duration = Duration::from_secs(30);
+/// Forwards of one name to one upstream in flight at once that start a probe (a loop adds one
+/// per hop; a burst of clients asking one uncached name costs at most a probe).
+const FANOUT_PROBE: usize = 8;
+/// Probes sent out of turn (a burst is running and another query came back) at most this often.
+const POKE_EVERY: Duration = Duration::from_millis(100);
 /// Suffix of every probe name (without the trailing dot).
 const PROBE_SUFFIX: &str = ".switchboard-loop-check";
 
@@ -85,6 +92,8 @@ struct Upstream {
     probe_seen: AtomicU32,
     /// A probe burst is running.
     probing: AtomicBool,
+    /// When a probe was last sent out of turn (see `start_probe`).
+    last_poke: Mutex<Option<Instant>>,
     /// When forwarded queries to it came back to us (within `RETURN_WINDOW`).
     returns: Mutex<VecDeque<Instant>>,
 }
@@ -164,9 +173,10 @@ pub struct Forwarder {
     /// Forwarded queries in flight by name, to recognise one coming back.
     in_flight_names: Mutex<HashMap<String, Vec<InFlight>>>,
     in_flight_count: AtomicUsize,
-    /// Probe bursts to start (upstream index), taken by `run_background`.
-    probe_tx: tokio::sync::mpsc::UnboundedSender<usize>,
-    probe_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<usize>>>,
+    /// Probes to send (upstream index; `true`: one probe of the running burst, now; `false`: a
+    /// new burst), taken by `run_background`.
+    probe_tx: tokio::sync::mpsc::UnboundedSender<(usize, bool)>,
+    probe_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(usize, bool)>>>,
 }
 
 impl Forwarder {
@@ -184,6 +194,7 @@ impl Forwarder {
                     probe: Mutex::new(probe_name()),
                     probe_seen: AtomicU32::new(0),
                     probing: AtomicBool::new(false),
+                    last_poke: Mutex::new(None),
                     returns: Mutex::new(VecDeque::new()),
                 })
                 .collect(),
@@ -277,15 +288,37 @@ impl Forwarder {
         }
     }
 
-    /// Asks `run_background` for a probe burst to upstream `i`, unless one is running.
+    /// Asks `run_background` for a probe burst to upstream `i`. If one is running (it may be
+    /// waiting seconds for an unanswered probe while a loop spins), one probe of it is sent at
+    /// once instead, at most every `POKE_EVERY`.
     fn start_probe(&self, i: usize) {
         let up = &self.upstreams[i];
         if !self.loop_detect || up.looped.load(Ordering::Relaxed) {
             return;
         }
-        if !up.probing.swap(true, Ordering::AcqRel) && self.probe_tx.send(i).is_err() {
-            up.probing.store(false, Ordering::Release);
+        if !up.probing.swap(true, Ordering::AcqRel) {
+            if self.probe_tx.send((i, false)).is_err() {
+                up.probing.store(false, Ordering::Release);
+            }
+            return;
         }
+        let mut last = up.last_poke.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < POKE_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let _ = self.probe_tx.send((i, true));
+    }
+
+    /// One probe of the running burst of upstream `i`, out of turn.
+    async fn probe_now(self: Arc<Self>, i: usize) {
+        let up = &self.upstreams[i];
+        let name = up.probe.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let probe = Query::query(
+            Name::from_ascii(format!("{name}.")).expect("probe name is valid"),
+            RecordType::HINFO,
+        );
+        let _ = exchange(up.addr, &probe, fastrand::u16(..), false, self.timeout).await;
     }
 
     fn mark_looped(&self, i: usize, how: &str) {
@@ -493,12 +526,18 @@ impl Forwarder {
             .in_flight_names
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        names.entry(name.clone()).or_default().push(InFlight {
+        let list = names.entry(name.clone()).or_default();
+        list.push(InFlight {
             qtype: u16::from(question.query_type()),
             id,
             upstream,
         });
+        let fanout = list.iter().filter(|f| f.upstream == upstream).count();
+        drop(names);
         self.in_flight_count.fetch_add(1, Ordering::Relaxed);
+        if fanout >= FANOUT_PROBE {
+            self.start_probe(upstream);
+        }
         Some(name)
     }
 
@@ -566,18 +605,24 @@ impl Forwarder {
             let stop2 = stop.clone();
             tokio::spawn(async move {
                 loop {
-                    let i = tokio::select! {
+                    let (i, now) = tokio::select! {
                         _ = stop2.cancelled() => return,
-                        i = rx.recv() => match i {
-                            Some(i) => i,
+                        m = rx.recv() => match m {
+                            Some(m) => m,
                             None => return,
                         },
                     };
                     let stop3 = stop2.clone();
-                    let burst = me.clone().probe_burst(i);
+                    let me = me.clone();
                     tokio::spawn(async move {
                         tokio::select! {
-                            _ = burst => {}
+                            _ = async {
+                                if now {
+                                    me.probe_now(i).await
+                                } else {
+                                    me.probe_burst(i).await
+                                }
+                            } => {}
                             _ = stop3.cancelled() => {}
                         }
                     });

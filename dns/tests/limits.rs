@@ -276,11 +276,16 @@ async fn a_client_that_never_reads_is_dropped() {
 /// A loop that forms after start: the upstream answers at first (so the start probe is
 /// answered and the probe burst ends), then starts forwarding every query back to us. One
 /// client query must cost a handful of upstream queries, not thousands, whether the forwarder
-/// keeps our query IDs or not; the upstream is then not asked again.
+/// keeps our query IDs or not, and whether it sends them back from the address we ask or from
+/// another; the upstream is then not asked again.
 #[tokio::test]
 async fn a_loop_formed_after_start_is_detected_and_bounded() {
-    for keep_id in [true, false] {
+    // (keep_id, other_source)
+    for (keep_id, other_source) in [(true, false), (false, false), (true, true), (false, true)] {
         let up = FakeUpstream::start().await;
+        if other_source {
+            up.set_relay_source(Some([127, 0, 0, 3].into()));
+        }
         let cell = cell_of(cases::FIXTURE);
         let s = start(&cell, |cfg| {
             cfg.upstreams = vec![up.addr];
@@ -321,7 +326,9 @@ async fn a_loop_formed_after_start_is_detected_and_bounded() {
         s.wait_metric(&series, 1.0, Duration::from_secs(20)).await;
         assert!(s.server.loop_detected());
         let n = up.count("late.example.");
-        eprintln!("keep_id={keep_id}: late.example. reached the upstream {n} times");
+        eprintln!(
+            "keep_id={keep_id} other_source={other_source}: late.example. reached the upstream {n} times"
+        );
         assert!(
             n < 20,
             "keep_id={keep_id}: one query became {n} upstream queries"

@@ -34,6 +34,7 @@ struct State {
     delay_ms: AtomicU64,
     counts: Mutex<HashMap<String, usize>>,
     relay: Mutex<Option<(SocketAddr, bool)>>,
+    relay_from: Mutex<Option<std::net::IpAddr>>,
 }
 
 #[derive(Clone)]
@@ -175,6 +176,10 @@ impl FakeUpstream {
     pub fn set_relay(&self, to: Option<SocketAddr>, keep_id: bool) {
         *self.state.relay.lock().unwrap() = to.map(|a| (a, keep_id));
     }
+    /// The address relayed queries leave from [default: 127.0.0.1].
+    pub fn set_relay_source(&self, from: Option<std::net::IpAddr>) {
+        *self.state.relay_from.lock().unwrap() = from;
+    }
     /// Queries received for names ending in `suffix` (lower case, with trailing dot).
     pub fn count_suffix(&self, suffix: &str) -> usize {
         self.state
@@ -211,7 +216,12 @@ impl State {
             if !keep_id {
                 fwd.metadata.id = fastrand::u16(..);
             }
-            let sock = UdpSocket::bind("127.0.0.1:0").await.ok()?;
+            let from = self
+                .relay_from
+                .lock()
+                .unwrap()
+                .unwrap_or([127, 0, 0, 1].into());
+            let sock = UdpSocket::bind(SocketAddr::new(from, 0)).await.ok()?;
             sock.send_to(&fwd.to_vec().ok()?, to).await.ok()?;
             let mut buf = vec![0u8; 65535];
             let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
