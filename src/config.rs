@@ -574,8 +574,9 @@ mod tests {
             Config::resolve(args)
         };
         let secs = std::time::Duration::from_secs;
+        type SetArgs = fn(&mut RunArgs);
         // (file?, flags, max connections, per client, idle, write)
-        type Case = (bool, fn(&mut RunArgs), usize, usize, u64, u64);
+        type Case = (bool, SetArgs, usize, usize, u64, u64);
         let cases: [Case; 4] = [
             (false, |_| {}, 1000, 64, 10, 10),
             (true, |_| {}, 1000, 8, 3, 10),
@@ -613,7 +614,7 @@ mod tests {
                 "case {i}"
             );
         }
-        let bad: [(fn(&mut RunArgs), &str); 3] = [
+        let bad: [(SetArgs, &str); 3] = [
             (
                 |a| a.dns_tcp_max_connections = Some(0),
                 "dns-tcp-max-connections",

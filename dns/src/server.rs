@@ -64,8 +64,11 @@ const TCP_TEMPLATE_BYTES: usize = 32 << 20;
 /// encoded once per generation.
 #[derive(Default)]
 pub struct TcpTemplates {
-    inner: std::sync::Mutex<(u64, usize, HashMap<Box<[u8]>, Arc<[u8]>>)>,
+    inner: std::sync::Mutex<SharedTemplates>,
 }
+
+/// (generation, bytes held, answers by key)
+type SharedTemplates = (u64, usize, HashMap<Box<[u8]>, Arc<[u8]>>);
 
 impl TcpTemplates {
     fn get(&self, generation: u64, key: &[u8]) -> Option<Arc<[u8]>> {
