@@ -292,6 +292,12 @@ impl Forwarder {
     /// waiting seconds for an unanswered probe while a loop spins), one probe of it is sent at
     /// once instead, at most every `POKE_EVERY`.
     fn start_probe(&self, i: usize) {
+        self.suspect(i, true);
+    }
+
+    /// `start_probe`, or with `poke` false only a new burst (an upstream timeout: a dead
+    /// upstream is not probed faster than the burst does).
+    fn suspect(&self, i: usize, poke: bool) {
         let up = &self.upstreams[i];
         if !self.loop_detect || up.looped.load(Ordering::Relaxed) {
             return;
@@ -300,6 +306,9 @@ impl Forwarder {
             if self.probe_tx.send((i, false)).is_err() {
                 up.probing.store(false, Ordering::Release);
             }
+            return;
+        }
+        if !poke {
             return;
         }
         let mut last = up.last_poke.lock().unwrap_or_else(|e| e.into_inner());
@@ -482,7 +491,7 @@ impl Forwarder {
                 self.untrack(&name, id, i);
             }
             if matches!(result, Err(ExchangeError::Timeout)) {
-                self.start_probe(i);
+                self.suspect(i, false);
             }
             match result {
                 Ok(msg) => {

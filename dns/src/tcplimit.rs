@@ -262,3 +262,65 @@ impl Drop for Slot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(max_connections: usize, max_per_client: usize) -> Arc<ConnTable> {
+        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+        ConnTable::new(
+            TcpLimits {
+                max_connections,
+                max_per_client,
+                idle_timeout: Duration::from_secs(10),
+                write_timeout: Duration::from_secs(10),
+            },
+            metrics,
+        )
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn per_client_cap_then_eviction_of_the_oldest_idle() {
+        let t = table(3, 2);
+        let a1 = t.admit(ip("10.0.0.1")).unwrap();
+        // IPv4-mapped IPv6 is the same client.
+        let a2 = t.admit(ip("::ffff:10.0.0.1")).unwrap();
+        assert_eq!(t.admit(ip("10.0.0.1")).err(), Some(Limit::PerClient));
+        let b1 = t.admit(ip("10.0.0.2")).unwrap();
+        // Full: a1 is the oldest idle one, but busy; a2 goes.
+        a1.busy();
+        std::thread::sleep(Duration::from_millis(2));
+        b1.idle();
+        let c1 = t.admit(ip("10.0.0.3")).unwrap();
+        assert!(a2.conn.kill.is_cancelled());
+        assert!(!a1.conn.kill.is_cancelled() && !b1.conn.kill.is_cancelled());
+        assert_eq!(t.len(), 3);
+        // Full again (a1 busy, b1 idle, c1 idle): b1 is older than c1 and goes.
+        let d1 = t.admit(ip("10.0.0.4")).unwrap();
+        assert!(b1.conn.kill.is_cancelled());
+        assert!(!c1.conn.kill.is_cancelled());
+        // Every connection busy: the new one is refused.
+        c1.busy();
+        d1.busy();
+        assert_eq!(t.admit(ip("10.0.0.5")).err(), Some(Limit::MaxConnections));
+        // Evicted slots were freed at eviction; dropping their handles changes nothing.
+        drop((a2, b1));
+        assert_eq!(t.len(), 3);
+        drop((a1, c1, d1));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn no_per_client_cap_with_zero() {
+        let t = table(100, 0);
+        let slots: Vec<Slot> = (0..100).map(|_| t.admit(ip("10.0.0.1")).unwrap()).collect();
+        assert_eq!(t.len(), 100);
+        drop(slots);
+        assert!(t.is_empty());
+    }
+}
