@@ -107,6 +107,21 @@ pub struct RunArgs {
     /// [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub dns_udp_workers: Option<usize>,
+    /// DNS over TCP: connections served at once per --dns listener; when full, the connection
+    /// idle the longest is closed for a new one [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub dns_tcp_max_connections: Option<usize>,
+    /// DNS over TCP: connections at once from one client address per --dns listener; 0 for no
+    /// cap [default: 64].
+    #[arg(long, value_name = "N")]
+    pub dns_tcp_max_per_client: Option<usize>,
+    /// DNS over TCP: close a connection with no query for this long, e.g. 10s [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub dns_tcp_idle_timeout: Option<String>,
+    /// DNS over TCP: close a connection whose answer cannot be written for this long (a client
+    /// that does not read) [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub dns_tcp_write_timeout: Option<String>,
     /// On SIGTERM with --dns listeners: keep answering this long while /readyz says not
     /// ready, e.g. 5s or 500ms [default: 5s].
     #[arg(long, value_name = "DURATION")]
@@ -185,6 +200,10 @@ pub struct FileConfig {
     pub max_concurrent_forwards: Option<usize>,
     pub cache_size: Option<usize>,
     pub dns_udp_workers: Option<usize>,
+    pub dns_tcp_max_connections: Option<usize>,
+    pub dns_tcp_max_per_client: Option<usize>,
+    pub dns_tcp_idle_timeout: Option<String>,
+    pub dns_tcp_write_timeout: Option<String>,
     pub lame_duck: Option<String>,
     pub l4: Option<L4Mode>,
     pub node_name: Option<String>,
@@ -233,6 +252,11 @@ pub struct Config {
     pub cache_size: usize,
     /// DNS: UDP receive threads per listener.
     pub dns_udp_workers: usize,
+    /// DNS over TCP limits (see `dns::DnsConfig`).
+    pub dns_tcp_max_connections: usize,
+    pub dns_tcp_max_per_client: usize,
+    pub dns_tcp_idle_timeout: std::time::Duration,
+    pub dns_tcp_write_timeout: std::time::Duration,
     pub lame_duck: std::time::Duration,
     pub l4: L4Mode,
     pub node_name: Option<String>,
@@ -361,6 +385,45 @@ impl Config {
             Some(s) => dns::parse_duration(&s).context("lame-duck")?,
             None => std::time::Duration::from_secs(5),
         };
+        let dns_defaults = dns::DnsConfig::default();
+        let dns_duration = |flag: Option<String>,
+                            file: Option<String>,
+                            name: &str,
+                            default: std::time::Duration|
+         -> anyhow::Result<std::time::Duration> {
+            let d = match flag.or(file) {
+                Some(s) => dns::parse_duration(&s).with_context(|| name.to_string())?,
+                None => default,
+            };
+            if d.is_zero() {
+                bail!("{name}: must be more than 0");
+            }
+            Ok(d)
+        };
+        let dns_tcp_idle_timeout = dns_duration(
+            args.dns_tcp_idle_timeout.clone(),
+            file.dns_tcp_idle_timeout.clone(),
+            "dns-tcp-idle-timeout",
+            dns_defaults.tcp_idle_timeout,
+        )?;
+        let dns_tcp_write_timeout = dns_duration(
+            args.dns_tcp_write_timeout.clone(),
+            file.dns_tcp_write_timeout.clone(),
+            "dns-tcp-write-timeout",
+            dns_defaults.tcp_write_timeout,
+        )?;
+        let dns_tcp_max_connections = match args
+            .dns_tcp_max_connections
+            .or(file.dns_tcp_max_connections)
+        {
+            Some(0) => bail!("dns-tcp-max-connections: must be at least 1"),
+            Some(n) => n,
+            None => dns_defaults.tcp_max_connections,
+        };
+        let dns_tcp_max_per_client = args
+            .dns_tcp_max_per_client
+            .or(file.dns_tcp_max_per_client)
+            .unwrap_or(dns_defaults.tcp_max_per_client);
         let cidrs = |key: &str, flag: &[String], file: &Option<Vec<String>>| {
             let strs = if flag.is_empty() {
                 file.clone().unwrap_or_default()
@@ -402,6 +465,10 @@ impl Config {
                 Some(n) => n,
                 None => dns::DnsConfig::default().udp_workers,
             },
+            dns_tcp_max_connections,
+            dns_tcp_max_per_client,
+            dns_tcp_idle_timeout,
+            dns_tcp_write_timeout,
             lame_duck,
             https,
             tls_cert_dir,
@@ -511,6 +578,85 @@ mod tests {
         assert_eq!(resolve(Some(1)).unwrap().dns_udp_workers, 1);
         let e = resolve(Some(0)).unwrap_err();
         assert!(format!("{e:#}").contains("dns-udp-workers"), "{e:#}");
+    }
+
+    #[test]
+    fn dns_tcp_limits_flags_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "dns-tcp-max-per-client = 8\ndns-tcp-idle-timeout = \"3s\"\n",
+        )
+        .unwrap();
+        let resolve = |file: bool, f: fn(&mut RunArgs)| {
+            let mut args = RunArgs {
+                config: file.then(|| path.clone()),
+                manifests: Some(dir.path().into()),
+                ..Default::default()
+            };
+            f(&mut args);
+            Config::resolve(args)
+        };
+        let secs = std::time::Duration::from_secs;
+        type SetArgs = fn(&mut RunArgs);
+        // (file?, flags, max connections, per client, idle, write)
+        type Case = (bool, SetArgs, usize, usize, u64, u64);
+        let cases: [Case; 4] = [
+            (false, |_| {}, 1000, 64, 10, 10),
+            (true, |_| {}, 1000, 8, 3, 10),
+            (
+                true,
+                |a| {
+                    a.dns_tcp_max_per_client = Some(0);
+                    a.dns_tcp_max_connections = Some(50);
+                    a.dns_tcp_write_timeout = Some("2s".into());
+                },
+                50,
+                0,
+                3,
+                2,
+            ),
+            (
+                false,
+                |a| a.dns_tcp_idle_timeout = Some("1m".into()),
+                1000,
+                64,
+                60,
+                10,
+            ),
+        ];
+        for (i, (file, f, max, per, idle, write)) in cases.into_iter().enumerate() {
+            let c = resolve(file, f).unwrap();
+            assert_eq!(
+                (
+                    c.dns_tcp_max_connections,
+                    c.dns_tcp_max_per_client,
+                    c.dns_tcp_idle_timeout,
+                    c.dns_tcp_write_timeout
+                ),
+                (max, per, secs(idle), secs(write)),
+                "case {i}"
+            );
+        }
+        let bad: [(SetArgs, &str); 3] = [
+            (
+                |a| a.dns_tcp_max_connections = Some(0),
+                "dns-tcp-max-connections",
+            ),
+            (
+                |a| a.dns_tcp_idle_timeout = Some("0s".into()),
+                "dns-tcp-idle-timeout",
+            ),
+            (
+                |a| a.dns_tcp_write_timeout = Some("soon".into()),
+                "dns-tcp-write-timeout",
+            ),
+        ];
+        for (f, name) in bad {
+            let e = resolve(false, f).unwrap_err();
+            assert!(format!("{e:#}").contains(name), "{e:#}");
+        }
     }
 
     #[test]

@@ -186,6 +186,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             max_concurrent_forwards: cfg.max_concurrent_forwards,
             cache_size: cfg.cache_size,
             udp_workers: cfg.dns_udp_workers,
+            tcp_max_connections: cfg.dns_tcp_max_connections,
+            tcp_max_per_client: cfg.dns_tcp_max_per_client,
+            tcp_idle_timeout: cfg.dns_tcp_idle_timeout,
+            tcp_write_timeout: cfg.dns_tcp_write_timeout,
             ..Default::default()
         };
         Some(

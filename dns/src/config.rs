@@ -144,8 +144,21 @@ pub struct DnsConfig {
     pub stale_ttl: u32,
     /// Time to wait for one upstream before trying the next.
     pub forward_timeout: Duration,
-    /// Send a probe through the upstreams at start and stop forwarding if it comes back.
+    /// Loop detection: probe every upstream at start (until the first answered probe, at most
+    /// 30 s, as CoreDNS's `loop`), re-probe an upstream when one of our own forwarded queries
+    /// seems to come back from it, and stop forwarding to an upstream that loops.
     pub loop_detect: bool,
+    /// TCP connections served at once per listener. When full, the connection idle the longest
+    /// is closed to admit the new one (Knot, Unbound); with none idle the new one is closed.
+    pub tcp_max_connections: usize,
+    /// TCP connections at once from one client address (per listener); 0 = no per-client cap.
+    pub tcp_max_per_client: usize,
+    /// A TCP connection with no query for this long is closed (also the limit for reading the
+    /// rest of a started query).
+    pub tcp_idle_timeout: Duration,
+    /// A TCP answer that cannot be written for this long (the client does not read) closes the
+    /// connection.
+    pub tcp_write_timeout: Duration,
     /// UDP sockets per listener (SO_REUSEPORT), each served by its own task with its own
     /// pre-encoded answer cache.
     pub udp_workers: usize,
@@ -168,6 +181,10 @@ impl Default for DnsConfig {
             stale_ttl: 30,
             forward_timeout: Duration::from_secs(2),
             loop_detect: true,
+            tcp_max_connections: 1000,
+            tcp_max_per_client: 64,
+            tcp_idle_timeout: Duration::from_secs(10),
+            tcp_write_timeout: Duration::from_secs(10),
             udp_workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)

@@ -19,14 +19,36 @@
 //!
 //! Health: an upstream with `MAX_FAILS` consecutive failures is "down": it is tried only after
 //! the healthy ones, and a background check (`. IN NS` every second) brings it back when it
-//! answers. Loop detection: at start a probe name (`<random>.<random>.switchboard-loop-check.`,
-//! type HINFO) is sent upstream; if that name reaches this server `LOOP_THRESHOLD` times, our
-//! upstreams send our own queries back to us: it logs an error and stops forwarding (every
-//! forwarded name then gets SERVFAIL) instead of multiplying queries until the in-flight limit.
+//! answers.
+//!
+//! Loops (our upstream sends our own queries back to us, directly or through other servers):
+//!
+//! ```text
+//!  probe burst for upstream U: HINFO <random>.<random>.switchboard-loop-check. to U,
+//!    every PROBE_EVERY until U answers it, at most PROBE_FOR (CoreDNS `loop`: 30 s)
+//!    started: at start, for every upstream;
+//!             when a query arrives from U's address for a name we are forwarding to U;
+//!             when a query to U times out;
+//!             when FANOUT_PROBE queries for one name are in flight to U at once
+//!  the probe name of U arrives at our listener LOOP_THRESHOLD times ─────────┐
+//!  a query arrives with the ID, name and type of one we have in flight to U,  ├─> U loops
+//!    LOOP_THRESHOLD times within RETURN_WINDOW ─────────────────────────────┘
+//!  U loops: logged once (error, with U's address), switchboard_dns_forward_loop_detected{to=U}
+//!           = 1, U is never asked again; with no upstream left, forwarded names get SERVFAIL.
+//! ```
+//!
+//! CoreDNS's `loop` probes only at start and exits the process; a loop that forms later (an
+//! upstream that did not answer at start) multiplies every forwarded query until timeouts. Here
+//! a returning query is recognised after a few hops, whether the middle server keeps our query
+//! ID (then the ID gives it away) or not (then it comes from the upstream's address, or piles
+//! up as FANOUT_PROBE forwards of one name, either of which starts a probe, and the probe gives
+//! it away); the process keeps serving the cluster zone. The suspicions only start probes: only
+//! our own random probe name or our own query IDs coming back mark an upstream as looping.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
@@ -42,13 +64,62 @@ use crate::metrics::{rcode_label, Metrics, Plugin};
 
 /// Consecutive failures after which an upstream counts as down.
 const MAX_FAILS: u32 = 2;
-/// Receipts of our own probe that prove a loop.
+/// Receipts of our own probe (or of our own forwarded queries) that prove a loop (CoreDNS:
+/// "seen more than twice").
 const LOOP_THRESHOLD: u32 = 3;
+/// Returned forwarded queries count toward `LOOP_THRESHOLD` within this window.
+const RETURN_WINDOW: Duration = Duration::from_secs(10);
+/// A probe burst sends one probe this often...
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// ...until one is answered, for at most this long (CoreDNS `loop`: 30 s).
+const PROBE_FOR: Duration = Duration::from_secs(30);
+/// Forwards of one name to one upstream in flight at once that start a probe (a loop adds one
+/// per hop; a burst of clients asking one uncached name costs at most a probe).
+const FANOUT_PROBE: usize = 8;
+/// Probes sent out of turn (a burst is running and another query came back) at most this often.
+const POKE_EVERY: Duration = Duration::from_millis(100);
+/// Suffix of every probe name (without the trailing dot).
+const PROBE_SUFFIX: &str = ".switchboard-loop-check";
 
 struct Upstream {
     addr: SocketAddr,
     label: String,
     fails: AtomicU32,
+    /// Our queries came back through it: never asked again.
+    looped: AtomicBool,
+    /// The probe name of the current burst (lower case, no trailing dot).
+    probe: Mutex<String>,
+    probe_seen: AtomicU32,
+    /// A probe burst is running.
+    probing: AtomicBool,
+    /// When a probe was last sent out of turn (see `start_probe`).
+    last_poke: Mutex<Option<Instant>>,
+    /// When forwarded queries to it came back to us (within `RETURN_WINDOW`).
+    returns: Mutex<VecDeque<Instant>>,
+}
+
+fn probe_name() -> String {
+    format!(
+        "{:016x}.{:016x}{PROBE_SUFFIX}",
+        fastrand::u64(..),
+        fastrand::u64(..)
+    )
+}
+
+/// A forwarded query waiting for an upstream.
+struct InFlight {
+    qtype: u16,
+    id: u16,
+    upstream: usize,
+}
+
+/// Lower-case name without the trailing dot, as `wire::Query::name_lower` gives it.
+fn name_key(name: &Name) -> String {
+    let mut s = name.to_lowercase().to_ascii();
+    if s.len() > 1 && s.ends_with('.') {
+        s.pop();
+    }
+    s
 }
 
 impl Upstream {
@@ -98,13 +169,19 @@ pub struct Forwarder {
     metrics: Metrics,
     /// `server` label of the cache metrics (the first listener).
     server: String,
-    probe: String,
-    probe_seen: AtomicU32,
-    loop_detected: AtomicBool,
+    loop_detect: bool,
+    /// Forwarded queries in flight by name, to recognise one coming back.
+    in_flight_names: Mutex<HashMap<String, Vec<InFlight>>>,
+    in_flight_count: AtomicUsize,
+    /// Probes to send (upstream index; `true`: one probe of the running burst, now; `false`: a
+    /// new burst), taken by `run_background`.
+    probe_tx: tokio::sync::mpsc::UnboundedSender<(usize, bool)>,
+    probe_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(usize, bool)>>>,
 }
 
 impl Forwarder {
     pub fn new(cfg: &DnsConfig, metrics: Metrics, server: String) -> Forwarder {
+        let (probe_tx, probe_rx) = tokio::sync::mpsc::unbounded_channel();
         Forwarder {
             upstreams: cfg
                 .upstreams
@@ -113,6 +190,12 @@ impl Forwarder {
                     addr,
                     label: addr.to_string(),
                     fails: AtomicU32::new(0),
+                    looped: AtomicBool::new(false),
+                    probe: Mutex::new(probe_name()),
+                    probe_seen: AtomicU32::new(0),
+                    probing: AtomicBool::new(false),
+                    last_poke: Mutex::new(None),
+                    returns: Mutex::new(VecDeque::new()),
                 })
                 .collect(),
             in_flight: Arc::new(Semaphore::new(cfg.max_concurrent_forwards)),
@@ -127,13 +210,11 @@ impl Forwarder {
             stale_ttl: cfg.stale_ttl,
             metrics,
             server,
-            probe: format!(
-                "{:016x}.{:016x}.switchboard-loop-check",
-                fastrand::u64(..),
-                fastrand::u64(..)
-            ),
-            probe_seen: AtomicU32::new(0),
-            loop_detected: AtomicBool::new(false),
+            loop_detect: cfg.loop_detect,
+            in_flight_names: Mutex::new(HashMap::new()),
+            in_flight_count: AtomicUsize::new(0),
+            probe_tx,
+            probe_rx: Mutex::new(Some(probe_rx)),
         }
     }
 
@@ -141,24 +222,154 @@ impl Forwarder {
         !self.upstreams.is_empty()
     }
 
-    /// Notes a query name arriving at a listener; detects our own probe coming back.
-    pub fn observe(&self, name_lower: &str) {
-        if name_lower != self.probe {
+    /// Notes a query for a name outside the zone arriving at a listener from `src`: our own
+    /// probe coming back, or one of our forwarded queries coming back (see the module doc).
+    pub fn observe(&self, name_lower: &str, qtype: u16, id: u16, src: SocketAddr) {
+        if !self.loop_detect {
             return;
         }
-        let seen = self.probe_seen.fetch_add(1, Ordering::Relaxed) + 1;
-        if seen >= LOOP_THRESHOLD && !self.loop_detected.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                probe = %self.probe,
-                upstreams = ?self.upstreams.iter().map(|u| u.addr).collect::<Vec<_>>(),
-                "forwarding loop detected: our upstreams send our own queries back to us; \
-                 forwarding is disabled (names outside the cluster zone get SERVFAIL) until restart"
-            );
+        if name_lower.ends_with(PROBE_SUFFIX) {
+            for (i, up) in self.upstreams.iter().enumerate() {
+                if *up.probe.lock().unwrap_or_else(|e| e.into_inner()) == name_lower {
+                    let seen = up.probe_seen.fetch_add(1, Ordering::Relaxed) + 1;
+                    if seen >= LOOP_THRESHOLD {
+                        self.mark_looped(i, "our loop probe came back");
+                    }
+                }
+            }
+            return;
+        }
+        if self.in_flight_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut by_id = None;
+        let mut by_addr = None;
+        {
+            let names = self
+                .in_flight_names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let Some(list) = names.get(name_lower) else {
+                return;
+            };
+            for f in list.iter().filter(|f| f.qtype == qtype) {
+                if f.id == id {
+                    by_id = Some(f.upstream);
+                } else if self.upstreams[f.upstream].addr.ip() == src.ip() {
+                    by_addr = Some(f.upstream);
+                }
+            }
+        }
+        if let Some(i) = by_id {
+            // Our own query (same ID, name and type) while it is still in flight.
+            let now = Instant::now();
+            let n = {
+                let mut r = self.upstreams[i]
+                    .returns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                while r
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > RETURN_WINDOW)
+                {
+                    r.pop_front();
+                }
+                r.push_back(now);
+                r.len()
+            };
+            if n as u32 >= LOOP_THRESHOLD {
+                self.mark_looped(i, "our forwarded queries came back with their IDs");
+            } else {
+                self.start_probe(i);
+            }
+        } else if let Some(i) = by_addr {
+            // A name we are asking this upstream about, asked of us by its address: probe it.
+            self.start_probe(i);
         }
     }
 
+    /// Asks `run_background` for a probe burst to upstream `i`. If one is running (it may be
+    /// waiting seconds for an unanswered probe while a loop spins), one probe of it is sent at
+    /// once instead, at most every `POKE_EVERY`.
+    fn start_probe(&self, i: usize) {
+        self.suspect(i, true);
+    }
+
+    /// `start_probe`, or with `poke` false only a new burst (an upstream timeout: a dead
+    /// upstream is not probed faster than the burst does).
+    fn suspect(&self, i: usize, poke: bool) {
+        let up = &self.upstreams[i];
+        if !self.loop_detect || up.looped.load(Ordering::Relaxed) {
+            return;
+        }
+        if !up.probing.swap(true, Ordering::AcqRel) {
+            if self.probe_tx.send((i, false)).is_err() {
+                up.probing.store(false, Ordering::Release);
+            }
+            return;
+        }
+        if !poke {
+            return;
+        }
+        let mut last = up.last_poke.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < POKE_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let _ = self.probe_tx.send((i, true));
+    }
+
+    /// One probe of the running burst of upstream `i`, out of turn.
+    async fn probe_now(self: Arc<Self>, i: usize) {
+        let up = &self.upstreams[i];
+        let name = up.probe.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let probe = Query::query(
+            Name::from_ascii(format!("{name}.")).expect("probe name is valid"),
+            RecordType::HINFO,
+        );
+        let _ = exchange(up.addr, &probe, fastrand::u16(..), false, self.timeout).await;
+    }
+
+    fn mark_looped(&self, i: usize, how: &str) {
+        let up = &self.upstreams[i];
+        if up.looped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.metrics
+            .forward_loop_detected
+            .with_label_values(&[&up.label])
+            .set(1);
+        let left = self
+            .upstreams
+            .iter()
+            .filter(|u| !u.looped.load(Ordering::Relaxed))
+            .count();
+        tracing::error!(
+            upstream = %up.addr,
+            detected_by = how,
+            upstreams_left = left,
+            "forwarding loop detected: upstream {} sends our own queries back to us; \
+             it is not asked again until restart{}",
+            up.addr,
+            if left == 0 {
+                " (no upstream left: names outside the cluster zone get SERVFAIL)"
+            } else {
+                ""
+            }
+        );
+    }
+
+    /// True once any upstream was found to loop (it is then not asked any more).
     pub fn loop_detected(&self) -> bool {
-        self.loop_detected.load(Ordering::Relaxed)
+        self.upstreams
+            .iter()
+            .any(|u| u.looped.load(Ordering::Relaxed))
+    }
+
+    fn all_looped(&self) -> bool {
+        self.upstreams
+            .iter()
+            .all(|u| u.looped.load(Ordering::Relaxed))
     }
 
     /// Resolves one question: cache, then upstreams, then stale cache. `Err(())` means the
@@ -190,7 +401,7 @@ impl Forwarder {
             .cache_misses
             .with_label_values(&[&self.server, zones])
             .inc();
-        if self.loop_detected() || self.upstreams.is_empty() {
+        if self.upstreams.is_empty() || self.all_looped() {
             return Ok(Resolved::servfail());
         }
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -249,16 +460,40 @@ impl Forwarder {
     /// Tries the upstreams in order (healthy first). Returns the first good answer, else the
     /// last error answer (SERVFAIL, REFUSED, ...) if any upstream gave one.
     async fn ask_upstreams(&self, question: &Query, dnssec_ok: bool) -> Option<Message> {
-        let mut order: Vec<&Upstream> = self.upstreams.iter().filter(|u| !u.down()).collect();
-        order.extend(self.upstreams.iter().filter(|u| u.down()));
+        let usable = |u: &&Upstream| !u.looped.load(Ordering::Relaxed);
+        let mut order: Vec<(usize, &Upstream)> = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| usable(u) && !u.down())
+            .collect();
+        order.extend(
+            self.upstreams
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| usable(u) && u.down()),
+        );
         let mut last = None;
-        for up in order {
+        for (i, up) in order {
+            // Checked again: the loop may have been found while we waited for the previous one.
+            if up.looped.load(Ordering::Relaxed) {
+                continue;
+            }
             let start = Instant::now();
             self.metrics
                 .forward_requests
                 .with_label_values(&[&up.label])
                 .inc();
-            match exchange(up.addr, question, dnssec_ok, self.timeout).await {
+            let id = fastrand::u16(..);
+            let tracked = self.track(question, id, i);
+            let result = exchange(up.addr, question, id, dnssec_ok, self.timeout).await;
+            if let Some(name) = tracked {
+                self.untrack(&name, id, i);
+            }
+            if matches!(result, Err(ExchangeError::Timeout)) {
+                self.suspect(i, false);
+            }
+            match result {
                 Ok(msg) => {
                     let rcode = u16::from(msg.metadata.response_code);
                     let label = rcode_label(rcode);
@@ -290,20 +525,116 @@ impl Forwarder {
         last
     }
 
+    /// Registers a forwarded query so that `observe` recognises it coming back.
+    fn track(&self, question: &Query, id: u16, upstream: usize) -> Option<String> {
+        if !self.loop_detect {
+            return None;
+        }
+        let name = name_key(question.name());
+        let mut names = self
+            .in_flight_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let list = names.entry(name.clone()).or_default();
+        list.push(InFlight {
+            qtype: u16::from(question.query_type()),
+            id,
+            upstream,
+        });
+        let fanout = list.iter().filter(|f| f.upstream == upstream).count();
+        drop(names);
+        self.in_flight_count.fetch_add(1, Ordering::Relaxed);
+        if fanout >= FANOUT_PROBE {
+            self.start_probe(upstream);
+        }
+        Some(name)
+    }
+
+    fn untrack(&self, name: &str, id: u16, upstream: usize) {
+        let mut names = self
+            .in_flight_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = names.get_mut(name) {
+            if let Some(p) = list
+                .iter()
+                .position(|f| f.id == id && f.upstream == upstream)
+            {
+                list.swap_remove(p);
+                self.in_flight_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            if list.is_empty() {
+                names.remove(name);
+            }
+        }
+    }
+
+    /// One probe burst to upstream `i` (CoreDNS `loop`): a fresh probe name, sent every
+    /// `PROBE_EVERY` until the upstream answers it or `PROBE_FOR` has passed. The loop itself is
+    /// noticed by `observe` when the probe arrives at our listener.
+    async fn probe_burst(self: Arc<Self>, i: usize) {
+        let up = &self.upstreams[i];
+        let name = probe_name();
+        *up.probe.lock().unwrap_or_else(|e| e.into_inner()) = name.clone();
+        up.probe_seen.store(0, Ordering::Relaxed);
+        let probe = Query::query(
+            Name::from_ascii(format!("{name}.")).expect("probe name is valid"),
+            RecordType::HINFO,
+        );
+        let until = Instant::now() + PROBE_FOR;
+        let mut sent = 0u32;
+        while !up.looped.load(Ordering::Relaxed) && Instant::now() < until {
+            sent += 1;
+            let id = fastrand::u16(..);
+            let answered = exchange(up.addr, &probe, id, false, self.timeout)
+                .await
+                .is_ok();
+            if answered || up.looped.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+        tracing::debug!(upstream = %up.addr, probes = sent, looped = up.looped.load(Ordering::Relaxed), "dns: loop probe burst done");
+        up.probing.store(false, Ordering::Release);
+    }
+
     /// Background work until `stop`: health checks of down upstreams, the cache-size gauges,
-    /// and the loop probe at start.
+    /// and the loop probes (at start for every upstream, later when `observe` or a timeout asks).
     pub async fn run_background(self: Arc<Self>, loop_detect: bool, stop: CancellationToken) {
-        if loop_detect && !self.upstreams.is_empty() {
+        let rx = self
+            .probe_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (true, Some(mut rx)) = (loop_detect && self.loop_detect, rx) {
+            for i in 0..self.upstreams.len() {
+                self.start_probe(i);
+            }
             let me = self.clone();
             let stop2 = stop.clone();
             tokio::spawn(async move {
-                let probe = Query::query(
-                    Name::from_ascii(format!("{}.", me.probe)).expect("probe name is valid"),
-                    RecordType::HINFO,
-                );
-                tokio::select! {
-                    _ = me.ask_upstreams(&probe, false) => {}
-                    _ = stop2.cancelled() => {}
+                loop {
+                    let (i, now) = tokio::select! {
+                        _ = stop2.cancelled() => return,
+                        m = rx.recv() => match m {
+                            Some(m) => m,
+                            None => return,
+                        },
+                    };
+                    let stop3 = stop2.clone();
+                    let me = me.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = async {
+                                if now {
+                                    me.probe_now(i).await
+                                } else {
+                                    me.probe_burst(i).await
+                                }
+                            } => {}
+                            _ = stop3.cancelled() => {}
+                        }
+                    });
                 }
             });
         }
@@ -323,9 +654,16 @@ impl Forwarder {
                 .cache_entries
                 .with_label_values(&[&self.server, "denial", "."])
                 .set(neg as i64);
-            for up in self.upstreams.iter().filter(|u| u.down()) {
+            for up in self
+                .upstreams
+                .iter()
+                .filter(|u| u.down() && !u.looped.load(Ordering::Relaxed))
+            {
                 let q = Query::query(Name::root(), RecordType::NS);
-                if exchange(up.addr, &q, false, self.timeout).await.is_ok() {
+                if exchange(up.addr, &q, fastrand::u16(..), false, self.timeout)
+                    .await
+                    .is_ok()
+                {
                     tracing::info!(upstream = %up.addr, "upstream healthy again");
                     up.fails.store(0, Ordering::Relaxed);
                 }
@@ -334,8 +672,7 @@ impl Forwarder {
     }
 }
 
-fn query_message(question: &Query, dnssec_ok: bool) -> (u16, Vec<u8>) {
-    let id = fastrand::u16(..);
+fn query_message(question: &Query, id: u16, dnssec_ok: bool) -> (u16, Vec<u8>) {
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.add_query(question.clone());
@@ -359,11 +696,12 @@ fn check_response(msg: &Message, id: u16, question: &Query) -> bool {
 async fn exchange(
     addr: SocketAddr,
     question: &Query,
+    id: u16,
     dnssec_ok: bool,
     timeout: Duration,
 ) -> Result<Message, ExchangeError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let (id, bytes) = query_message(question, dnssec_ok);
+    let (id, bytes) = query_message(question, id, dnssec_ok);
     let bind: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0".parse().expect("static address")
     } else {
@@ -398,7 +736,7 @@ async fn exchange_tcp(
     question: &Query,
     dnssec_ok: bool,
 ) -> Result<Message, ExchangeError> {
-    let (id, bytes) = query_message(question, dnssec_ok);
+    let (id, bytes) = query_message(question, fastrand::u16(..), dnssec_ok);
     let mut stream = TcpStream::connect(addr).await?;
     let mut framed = Vec::with_capacity(bytes.len() + 2);
     framed.extend_from_slice(&(bytes.len() as u16).to_be_bytes());

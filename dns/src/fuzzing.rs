@@ -112,6 +112,7 @@ impl Harness {
                 axfr_allow: cfg.axfr_allow.clone(),
                 forwarder: Arc::new(Forwarder::new(&cfg, metrics.clone(), "dns://fuzz".into())),
                 metrics,
+                tcp_templates: Default::default(),
             },
             templates: Templates::default(),
             out: Vec::new(),

@@ -24,6 +24,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod parse;
 pub mod server;
+pub mod tcplimit;
 pub mod wire;
 pub mod xfr;
 pub mod zone;
@@ -121,7 +122,14 @@ impl DnsServer {
             axfr_allow: cfg.axfr_allow.clone(),
             forwarder: forwarder.clone(),
             metrics,
+            tcp_templates: Default::default(),
         });
+        let tcp_limits = tcplimit::TcpLimits {
+            max_connections: cfg.tcp_max_connections,
+            max_per_client: cfg.tcp_max_per_client,
+            idle_timeout: cfg.tcp_idle_timeout,
+            write_timeout: cfg.tcp_write_timeout,
+        };
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut threads = Vec::new();
@@ -140,11 +148,13 @@ impl DnsServer {
                     })?;
                 threads.push(thread);
             }
+            let table = tcplimit::ConnTable::new(tcp_limits, shared.metrics.clone());
             tasks.push(tokio::spawn(server::tcp_acceptor(
                 shared.clone(),
                 tcp,
                 server_label(tcp_addr),
                 stop.clone(),
+                table,
             )));
             listeners.push(Listener {
                 udp: udp_addr,
@@ -166,7 +176,8 @@ impl DnsServer {
         })
     }
 
-    /// True once the loop probe has come back (forwarding is then off).
+    /// True once an upstream was found to send our own queries back to us (it is then not
+    /// asked any more; with none left, names outside the zone get SERVFAIL).
     pub fn loop_detected(&self) -> bool {
         self.forwarder.loop_detected()
     }

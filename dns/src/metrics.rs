@@ -35,6 +35,15 @@ pub struct Metrics {
     pub forward_max_concurrent_rejects: IntCounter,
     pub forward_in_flight: IntGauge,
     pub served_stale: IntCounterVec,
+    /// `switchboard_dns_tcp_limit_hits_total{limit}`: `per_client` (new connection closed: its
+    /// address holds its share), `max_connections` (closed: all slots busy), `evicted` (an idle
+    /// connection closed to admit a new one), `write_timeout` (a client that does not read).
+    pub tcp_limit_hits: IntCounterVec,
+    /// `switchboard_dns_tcp_connections`: TCP connections open now (all listeners).
+    pub tcp_connections: IntGauge,
+    /// `switchboard_dns_forward_loop_detected{to}`: 1 once our queries came back through `to`
+    /// (forwarding to it is then off until restart).
+    pub forward_loop_detected: IntGaugeVec,
 }
 
 fn size_buckets() -> Vec<f64> {
@@ -116,6 +125,18 @@ impl Metrics {
                 Opts::new("coredns_cache_served_stale_total", "The number of requests served from stale cache entries."),
                 &["server", "zones"],
             )?,
+            tcp_limit_hits: IntCounterVec::new(
+                Opts::new("switchboard_dns_tcp_limit_hits_total", "DNS over TCP connections closed by a limit: per_client, max_connections, evicted (idle, to admit a new one), write_timeout."),
+                &["limit"],
+            )?,
+            tcp_connections: IntGauge::new(
+                "switchboard_dns_tcp_connections",
+                "DNS over TCP connections open now.",
+            )?,
+            forward_loop_detected: IntGaugeVec::new(
+                Opts::new("switchboard_dns_forward_loop_detected", "1 if queries forwarded to this upstream came back to us (forwarding to it is off)."),
+                &["to"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.responses.clone()))?;
@@ -132,6 +153,9 @@ impl Metrics {
         registry.register(Box::new(m.forward_max_concurrent_rejects.clone()))?;
         registry.register(Box::new(m.forward_in_flight.clone()))?;
         registry.register(Box::new(m.served_stale.clone()))?;
+        registry.register(Box::new(m.tcp_limit_hits.clone()))?;
+        registry.register(Box::new(m.tcp_connections.clone()))?;
+        registry.register(Box::new(m.forward_loop_detected.clone()))?;
         Ok(m)
     }
 }

@@ -39,22 +39,56 @@ use crate::config::Cidr;
 use crate::forward::{self, Forwarder};
 use crate::metrics::{Metrics, Plugin, Recorder, Sample};
 use crate::parse::{classify, NameKind};
+use crate::tcplimit::{ConnTable, Limit, Slot};
 use crate::wire::{self, Reject, CLASS_IN, RCODE_REFUSED, RCODE_SERVFAIL};
 use crate::xfr;
 use crate::zone::{self, ZoneAnswer, ZoneSettings, T_AXFR, T_IXFR};
 
 /// Templates kept per worker before the map is cleared (bounds memory under random names).
 const MAX_TEMPLATES: usize = 200_000;
-/// A TCP connection with no query for this long is closed.
-const TCP_IDLE: Duration = Duration::from_secs(10);
-/// TCP connections served at once per listener; more are closed on accept.
-const MAX_TCP_CONNECTIONS: usize = 1000;
 
 /// Pre-encoded answers of one worker, for one snapshot generation.
 #[derive(Default)]
 pub struct Templates {
     generation: u64,
     map: HashMap<Box<[u8]>, Box<[u8]>>,
+}
+
+/// Bytes of answers kept in `TcpTemplates` before it is cleared.
+const TCP_TEMPLATE_BYTES: usize = 32 << 20;
+
+/// Pre-encoded answers shared by every TCP connection of the process, for one snapshot
+/// generation. A TCP connection usually carries one query, so a per-connection `Templates` would
+/// encode every answer again: for a Service with 10,000 ports, each SRV query would build and
+/// encode ~10,000 records (tens of ms of CPU) only to be cut at 65,535 bytes. Here it is
+/// encoded once per generation.
+#[derive(Default)]
+pub struct TcpTemplates {
+    inner: std::sync::Mutex<SharedTemplates>,
+}
+
+/// (generation, bytes held, answers by key)
+type SharedTemplates = (u64, usize, HashMap<Box<[u8]>, Arc<[u8]>>);
+
+impl TcpTemplates {
+    fn get(&self, generation: u64, key: &[u8]) -> Option<Arc<[u8]>> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 != generation {
+            return None;
+        }
+        g.2.get(key).cloned()
+    }
+
+    fn insert(&self, generation: u64, key: &[u8], template: &[u8]) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 != generation || g.1 + template.len() > TCP_TEMPLATE_BYTES {
+            g.2.clear();
+            g.0 = generation;
+            g.1 = 0;
+        }
+        g.1 += template.len();
+        g.2.insert(key.into(), template.into());
+    }
 }
 
 /// What the metrics need to know about an answer.
@@ -91,6 +125,7 @@ pub struct Shared {
     pub axfr_allow: Vec<Cidr>,
     pub forwarder: Arc<Forwarder>,
     pub metrics: Metrics,
+    pub tcp_templates: TcpTemplates,
 }
 
 /// Encodes a response with ID 0 whose question is `key` (lower-case wire name + QTYPE).
@@ -185,6 +220,17 @@ impl Shared {
                     qtype: q.qtype,
                 });
             }
+            if let Some(t) = tcp
+                .then(|| self.tcp_templates.get(snap.generation, key))
+                .flatten()
+            {
+                wire::finish(out, &t, &q, raw, limit);
+                return Step::Reply(Reply {
+                    rcode: u16::from(t[3] & 0xF),
+                    plugin: Plugin::Kubernetes,
+                    qtype: q.qtype,
+                });
+            }
         }
 
         let name = q.name_lower();
@@ -194,7 +240,7 @@ impl Shared {
             NameKind::Outside => false,
         };
         if !local {
-            self.forwarder.observe(&name);
+            self.forwarder.observe(&name, q.qtype, q.id, src);
             return Step::Forward { raw: raw.to_vec() };
         }
         if q.qclass != CLASS_IN && q.qclass != 255 {
@@ -244,6 +290,9 @@ impl Shared {
         };
         wire::finish(out, &tpl, &q, raw, limit);
         if snap.synced && q.qclass == CLASS_IN {
+            if tcp {
+                self.tcp_templates.insert(snap.generation, key, &tpl);
+            }
             templates.map.insert(key.into(), tpl.into());
         }
         Step::Reply(Reply {
@@ -493,14 +542,14 @@ fn send_batch(
     }
 }
 
-/// Accepts TCP connections until `stop`.
+/// Accepts TCP connections until `stop`, within the limits of `table` (see `tcplimit.rs`).
 pub async fn tcp_acceptor(
     shared: Arc<Shared>,
     listener: TcpListener,
     server: String,
     stop: CancellationToken,
+    table: Arc<ConnTable>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let (stream, src) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -513,50 +562,83 @@ pub async fn tcp_acceptor(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(client = %src, "dns/tcp: too many connections, closing");
+        // Refused connections are closed at once (dropping `stream`).
+        let Ok(slot) = table.admit(src.ip()) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = tcp_connection(shared.clone(), stream, src, server.clone(), stop.clone());
-        tokio::spawn(async move {
-            conn.await;
-            drop(slot);
-        });
+        tokio::spawn(tcp_connection(
+            shared.clone(),
+            stream,
+            src,
+            server.clone(),
+            stop.clone(),
+            slot,
+        ));
     }
 }
 
-async fn write_frame(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes one length-prefixed message; `Err` on an I/O error or after `timeout` (a client
+/// that does not read its answers).
+async fn write_frame(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), Option<std::io::Error>> {
     let mut framed = Vec::with_capacity(bytes.len() + 2);
     framed.extend_from_slice(&(bytes.len().min(65535) as u16).to_be_bytes());
     framed.extend_from_slice(&bytes[..bytes.len().min(65535)]);
-    stream.write_all(&framed).await
+    match tokio::time::timeout(timeout, stream.write_all(&framed)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Some(e)),
+        Err(_) => Err(None),
+    }
 }
 
-/// Serves the queries of one TCP connection, one at a time, until EOF, idle timeout or stop.
+/// Serves the queries of one TCP connection, one at a time, until EOF, idle timeout, write
+/// timeout, eviction or stop.
 async fn tcp_connection(
     shared: Arc<Shared>,
     mut stream: TcpStream,
     src: SocketAddr,
     server: String,
     stop: CancellationToken,
+    slot: Slot,
 ) {
+    let limits = slot.table().limits;
     let mut rec = Recorder::new(shared.metrics.clone(), server);
     let mut templates = Templates::default();
     let mut out = Vec::new();
+    // A write that times out: count it, log it (rate-limited) and close.
+    let write_failed = |e: Option<std::io::Error>| {
+        if e.is_none() {
+            slot.table().hit(Limit::WriteTimeout, src.ip());
+        }
+    };
     loop {
-        let len = tokio::select! {
+        slot.idle();
+        let read = async {
+            let len = tokio::time::timeout(limits.idle_timeout, stream.read_u16())
+                .await
+                .ok()?
+                .ok()? as usize;
+            let mut buf = vec![0u8; len];
+            tokio::time::timeout(limits.idle_timeout, stream.read_exact(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            Some(buf)
+        };
+        let buf = tokio::select! {
             _ = stop.cancelled() => return,
-            r = tokio::time::timeout(TCP_IDLE, stream.read_u16()) => match r {
-                Ok(Ok(n)) => n as usize,
-                _ => return,
+            _ = slot.evicted() => return,
+            r = read => match r {
+                Some(b) => b,
+                None => return,
             },
         };
-        let mut buf = vec![0u8; len];
-        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf)).await {
-            Ok(Ok(_)) => {}
-            _ => return,
-        }
+        slot.busy();
+        let len = buf.len();
         let start = Instant::now();
         let (bytes, reply) = match shared.handle(&buf, src, true, &mut templates, &mut out) {
             Step::Reply(reply) => (std::mem::take(&mut out), reply),
@@ -565,7 +647,8 @@ async fn tcp_connection(
                 let mut total = 0;
                 for m in &messages {
                     total += m.len();
-                    if write_frame(&mut stream, m).await.is_err() {
+                    if let Err(e) = write_frame(&mut stream, m, limits.write_timeout).await {
+                        write_failed(e);
                         return;
                     }
                 }
@@ -577,7 +660,8 @@ async fn tcp_connection(
                 None => continue,
             },
         };
-        if write_frame(&mut stream, &bytes).await.is_err() {
+        if let Err(e) = write_frame(&mut stream, &bytes, limits.write_timeout).await {
+            write_failed(e);
             return;
         }
         rec.record(sample(reply, true, src, len, bytes.len(), start));

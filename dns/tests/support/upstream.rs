@@ -10,8 +10,11 @@
 //! Knobs: `set_dead(true)` stops answering (queries are counted and dropped), `set_delay`
 //! holds every answer, `set_servfail(true)` answers SERVFAIL, `set_held(true)` holds every
 //! answer until `set_held(false)` (for tests that need a query in flight for as long as they
-//! say, not for a guessed time). `count(name)` says how many queries for a name arrived (UDP
-//! and TCP); `wait_count` waits for one.
+//! say, not for a guessed time), `set_relay(Some(addr), keep_id)` forwards every query to
+//! `addr` over UDP and relays its answer (a forwarder: with `keep_id` it keeps the query ID, as
+//! CoreDNS's `forward`; without, it picks a new one, as dnsmasq). `count(name)` says how many
+//! queries for a name arrived (UDP and TCP), `wait_count` waits for one, `count_suffix` counts
+//! names ending in a suffix.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -33,6 +36,8 @@ struct State {
     /// True while answers are held (see `set_held`).
     held: tokio::sync::watch::Sender<bool>,
     counts: Mutex<HashMap<String, usize>>,
+    relay: Mutex<Option<(SocketAddr, bool)>>,
+    relay_from: Mutex<Option<std::net::IpAddr>>,
 }
 
 impl Default for State {
@@ -43,6 +48,8 @@ impl Default for State {
             delay_ms: AtomicU64::new(0),
             held: tokio::sync::watch::Sender::new(false),
             counts: Mutex::new(HashMap::new()),
+            relay: Mutex::new(None),
+            relay_from: Mutex::new(None),
         }
     }
 }
@@ -188,6 +195,24 @@ impl FakeUpstream {
     pub fn set_held(&self, held: bool) {
         self.state.held.send_replace(held);
     }
+    pub fn set_relay(&self, to: Option<SocketAddr>, keep_id: bool) {
+        *self.state.relay.lock().unwrap() = to.map(|a| (a, keep_id));
+    }
+    /// The address relayed queries leave from [default: 127.0.0.1].
+    pub fn set_relay_source(&self, from: Option<std::net::IpAddr>) {
+        *self.state.relay_from.lock().unwrap() = from;
+    }
+    /// Queries received for names ending in `suffix` (lower case, with trailing dot).
+    pub fn count_suffix(&self, suffix: &str) -> usize {
+        self.state
+            .counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.ends_with(suffix))
+            .map(|(_, v)| *v)
+            .sum()
+    }
     /// Queries received for `name` (lower case, with trailing dot).
     pub fn count(&self, name: &str) -> usize {
         *self.state.counts.lock().unwrap().get(name).unwrap_or(&0)
@@ -220,6 +245,28 @@ impl State {
             return None;
         }
         let _ = self.held.subscribe().wait_for(|held| !held).await;
+        let relay = *self.relay.lock().unwrap();
+        if let Some((to, keep_id)) = relay {
+            let mut fwd = q.clone();
+            if !keep_id {
+                fwd.metadata.id = fastrand::u16(..);
+            }
+            let from = self
+                .relay_from
+                .lock()
+                .unwrap()
+                .unwrap_or([127, 0, 0, 1].into());
+            let sock = UdpSocket::bind(SocketAddr::new(from, 0)).await.ok()?;
+            sock.send_to(&fwd.to_vec().ok()?, to).await.ok()?;
+            let mut buf = vec![0u8; 65535];
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            let mut answer = Message::from_vec(&buf[..n]).ok()?;
+            answer.metadata.id = q.metadata.id;
+            return answer.to_vec().ok();
+        }
         let delay = self.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
