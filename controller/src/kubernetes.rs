@@ -5,15 +5,19 @@
 //! (after 410 Gone, a dropped watch or a restarted API server) builds a fresh buffer and only
 //! replaces the published state when complete, so nothing is unpublished in between. Errors are
 //! counted; the watcher retries with a short capped backoff ([`Retry`]: 100 ms doubling to
-//! 1.5 s), forever, and relists at once after 410 Gone. Each outage is logged once when it
-//! starts and once when it ends (`Change::Health`), with `/readyz` naming the stale kinds
-//! meanwhile.
+//! 1.5 s), forever, and relists at once after 410 Gone. After any error the kind is listed
+//! again before it is watched: a resumed watch says nothing when it starts, so a kind with no
+//! changes would otherwise look stale until its next change; the completed list is what ends
+//! the outage. Each outage is logged once when it starts and once when it ends
+//! (`Change::Health`), with `/readyz` naming the stale kinds meanwhile. `Init` (emitted before
+//! each list request) is not a successful read: it neither ends an outage nor resets the backoff.
 //!
 //! Secrets are watched with the field selector `type=kubernetes.io/tls`, so other Secrets never
 //! reach this process.
 //!
 //! The Gateway API kinds are CRDs: when the API answers 404 for them, that is logged once, the
-//! kind counts as synced with no objects, and the backoff keeps checking until they appear.
+//! kind counts as synced with no objects (the API answered, so it is not stale either), and the
+//! backoff keeps checking until they appear.
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -268,7 +272,7 @@ async fn watch_kind<K>(
     let part = format!("kubernetes/{}", kind.as_str());
     let send = |change: Change| tx.send(Event::now(change)).is_ok();
     // No StreamBackoff: the loop below sleeps after errors itself, so that a 410 relists at once.
-    let mut stream = watcher::watcher(api, config).boxed();
+    let mut stream = watcher::watcher(api.clone(), config.clone()).boxed();
     let mut retry = Retry::new();
     let mut failing = false;
     let mut buffer: Vec<Object> = Vec::new();
@@ -287,7 +291,8 @@ async fn watch_kind<K>(
         );
     };
     while let Some(item) = stream.next().await {
-        if item.is_ok() {
+        // `Init` comes before the list request is even sent: only what the API answered counts.
+        if matches!(&item, Ok(e) if !matches!(e, WEvent::Init)) {
             retry.reset();
             if std::mem::take(&mut failing)
                 && !send(Change::Health {
@@ -302,13 +307,6 @@ async fn watch_kind<K>(
             Ok(WEvent::Init) => {
                 buffer.clear();
                 keep.clear();
-                if lists > 0 {
-                    metrics
-                        .watch_restarts
-                        .with_label_values(&[kind.as_str(), "relist"])
-                        .inc();
-                    tracing::info!(%kind, "relisting");
-                }
                 true
             }
             Ok(WEvent::InitApply(obj)) => {
@@ -323,6 +321,13 @@ async fn watch_kind<K>(
                 true
             }
             Ok(WEvent::InitDone) => {
+                if lists > 0 {
+                    metrics
+                        .watch_restarts
+                        .with_label_values(&[kind.as_str(), "relist"])
+                        .inc();
+                    tracing::info!(%kind, objects = buffer.len(), "relisted");
+                }
                 lists += 1;
                 if crd_missing {
                     tracing::info!(%kind, "Gateway API CRD found; serving its objects");
@@ -355,7 +360,16 @@ async fn watch_kind<K>(
                 key: key_of(kind, &obj),
             }),
             Err(e) if is_crd && is_not_found(&e) => {
-                if !crd_missing {
+                // The API answered: not an outage (and the end of one, if there was one).
+                if std::mem::take(&mut failing)
+                    && !send(Change::Health {
+                        part: part.clone(),
+                        problem: None,
+                    })
+                {
+                    return;
+                }
+                let sent = if !crd_missing {
                     tracing::warn!(
                         %kind,
                         "Gateway API CRD not installed; serving everything else and checking again with backoff"
@@ -369,7 +383,10 @@ async fn watch_kind<K>(
                     }) && send(Change::Synced { part: part.clone() })
                 } else {
                     true
-                }
+                };
+                // Checking again with the backoff, not in a loop as fast as the API answers.
+                tokio::time::sleep(retry.delay()).await;
+                sent
             }
             Err(e) => {
                 let reason = reason_of(&e);
@@ -393,6 +410,10 @@ async fn watch_kind<K>(
                 if reason != "gone" {
                     tokio::time::sleep(retry.delay()).await;
                 }
+                // List again, then watch: the completed list ends the outage (a resumed watch
+                // reports nothing until the kind's next change). The list is buffered as any
+                // relist is, so nothing is unpublished meanwhile.
+                stream = watcher::watcher(api.clone(), config.clone()).boxed();
                 sent
             }
         };
