@@ -600,34 +600,35 @@ async fn write_timeout_drops_a_client_that_never_reads() {
     }
 }
 
-/// Issue 14 item 9, HTTP parts: HTTP/1.1 without Host is 400; `Connection: host` is 400 on
-/// both paths and never reaches the backend without its Host; `Content-Length: 5, 5` goes
-/// upstream as `Content-Length: 5`; the access log quotes client-chosen values, so they
-/// cannot forge fields; a request pipelined behind one pingora answered is answered too.
+/// A request to the proxy on a new connection: the first whole response.
+async fn ask(proxy: SocketAddr, req: &str) -> String {
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(req.as_bytes()).await.unwrap();
+    read_response(&mut c).await
+}
+
+/// HTTP/1.1 without Host is 400 (RFC 9112 3.2); before: 404. HTTP/1.0 needs none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_checks_log_escaping_and_pipelining_after_pingora() {
+async fn http11_without_host_is_400() {
     let s = setup(&[]).await;
-    let ask = |req: &'static str| {
-        let proxy = s.proxy;
-        async move {
-            let mut c = TcpStream::connect(proxy).await.unwrap();
-            c.write_all(req.as_bytes()).await.unwrap();
-            read_response(&mut c).await
-        }
-    };
-
-    let r = ask("GET / HTTP/1.1\r\n\r\n").await;
+    let r = ask(s.proxy, "GET / HTTP/1.1\r\n\r\n").await;
     assert_eq!(status_of(&r), "400", "HTTP/1.1 without Host: {r}");
-    let r = ask("GET / HTTP/1.0\r\n\r\n").await;
+    let r = ask(s.proxy, "GET / HTTP/1.0\r\n\r\n").await;
     assert_ne!(status_of(&r), "400", "HTTP/1.0 needs no Host: {r}");
+}
 
+/// `Connection: host` is 400 on both paths (HTTP/1.0 is pingora's) and never reaches the
+/// backend; before, the fast path removed Host and forwarded the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_naming_host_is_400_on_both_paths() {
+    let s = setup(&[]).await;
     let seen = s.heads.lock().unwrap().len();
     for req in [
         "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: host\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, Host\r\n\r\n",
         "GET / HTTP/1.0\r\nHost: a.test\r\nConnection: host\r\n\r\n",
     ] {
-        let r = ask(req).await;
+        let r = ask(s.proxy, req).await;
         assert_eq!(status_of(&r), "400", "{req:?}: {r}");
     }
     assert_eq!(
@@ -635,12 +636,18 @@ async fn request_checks_log_escaping_and_pipelining_after_pingora() {
         seen,
         "a request whose Connection header names Host reached the backend"
     );
+}
 
+/// `Content-Length: 5, 5` and two `Content-Length: 5` lines go upstream as one
+/// `Content-Length: 5`; differing values are 400. Before: forwarded as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_lists_are_normalised() {
+    let s = setup(&[]).await;
     for req in [
         "POST /cl HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5, 5\r\n\r\nhello",
         "POST /cl HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
     ] {
-        let r = ask(req).await;
+        let r = ask(s.proxy, req).await;
         assert_eq!(status_of(&r), "200", "{req:?}: {r}");
         let head = s.heads.lock().unwrap().last().cloned().unwrap();
         let lengths: Vec<&str> = head
@@ -650,13 +657,30 @@ async fn request_checks_log_escaping_and_pipelining_after_pingora() {
         assert_eq!(lengths.len(), 1, "{req:?} went upstream as:\n{head}");
         assert_eq!(lengths[0].split_once(':').unwrap().1.trim(), "5", "{head}");
     }
-    let r = ask("POST /cl HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5, 6\r\n\r\nhello").await;
+    let r = ask(
+        s.proxy,
+        "POST /cl HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5, 6\r\n\r\nhello",
+    )
+    .await;
     assert_eq!(status_of(&r), "400", "{r}");
+}
 
-    // Access log: the host (pingora's line) and the request id (the fast path's) as sent.
-    let r = ask("GET / HTTP/1.1\r\nHost: x.test status=599 forged=1\r\n\r\n").await;
+/// The access log quotes client-chosen values (the host on pingora's line, the request id on
+/// the fast path's), so they cannot forge fields. Before: written as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_cannot_be_forged() {
+    let s = setup(&[]).await;
+    let r = ask(
+        s.proxy,
+        "GET / HTTP/1.1\r\nHost: x.test status=599 forged=1\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&r), "404", "{r}");
-    let r = ask("GET /id HTTP/1.1\r\nHost: a.test\r\nX-Request-Id: r1 status=598\r\n\r\n").await;
+    let r = ask(
+        s.proxy,
+        "GET /id HTTP/1.1\r\nHost: a.test\r\nX-Request-Id: r1 status=598\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&r), "200", "{r}");
     s.sb.wait_log(
         "host=\"x.test status=599 forged=1\"",
@@ -670,9 +694,14 @@ async fn request_checks_log_escaping_and_pipelining_after_pingora() {
         !log.contains("host=x.test status=599") && !log.contains("request_id=r1 status=598"),
         "unquoted client values in the access log:\n{log}"
     );
+}
 
-    // Two requests in one write: the first is pingora's (no route: 404), the second comes
-    // behind it and must be answered on the same connection.
+/// A request pipelined behind one pingora answers (no route: 404) is answered on the same
+/// connection, and so is one behind a POST with a body. Before: the connection closed after
+/// the first answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_pipelined_behind_pingora_answers_are_served() {
+    let s = setup(&[]).await;
     let mut c = TcpStream::connect(s.proxy).await.unwrap();
     c.write_all(
         b"GET /x HTTP/1.1\r\nHost: nothing.test\r\n\r\nGET /second HTTP/1.1\r\nHost: a.test\r\n\r\n",
@@ -683,7 +712,6 @@ async fn request_checks_log_escaping_and_pipelining_after_pingora() {
     assert_eq!(status_of(&first), "404", "{first}");
     let second = read_response(&mut c).await;
     assert_eq!(status_of(&second), "200", "{second}");
-    // And a third behind a POST with a body.
     c.write_all(
         b"POST /p HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhiGET /third HTTP/1.1\r\nHost: a.test\r\n\r\n",
     )
