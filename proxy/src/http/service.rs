@@ -642,10 +642,11 @@ impl ProxyHttp for Ingress {
 ///   forward the request as received (pingora and Envoy refuse it too).
 fn malformed(session: &Session) -> Option<&'static str> {
     let req = session.req_header();
-    if !session.is_http2() && req.version == http::Version::HTTP_11 {
-        if req.headers.get(http::header::HOST).is_none() {
-            return Some("HTTP/1.1 request without a Host header");
-        }
+    if !session.is_http2()
+        && req.version == http::Version::HTTP_11
+        && req.headers.get(http::header::HOST).is_none()
+    {
+        return Some("HTTP/1.1 request without a Host header");
     }
     let nominates_protected = req
         .headers

@@ -15,7 +15,9 @@
 //! an HTTP/1 service port with usable endpoints. Anything else (HTTP/1.0, h2c, bodies,
 //! WebSockets, 404/503/redirects, filters, malformed requests) is handed to pingora with the
 //! bytes read so far put back, and the connection stays on pingora from then on. Nothing has
-//! been sent upstream when that decision is made, so it is always safe.
+//! been sent upstream when that decision is made, so it is always safe. Heads over the size
+//! limit or not whole within the header timeout are refused here (431/414, 408; `HttpConfig::
+//! client`), never handed over.
 //!
 //! Behaviour is the pingora path's (`service.rs`): same endpoint choice and ejection, connect
 //! failures retried on another endpoint, idempotent requests retried on a reset or 502/503
