@@ -76,6 +76,31 @@ pub struct RunArgs {
     /// process's tokio runtime (TOKIO_WORKER_THREADS threads) [default: one per CPU].
     #[arg(long, value_name = "N")]
     pub http_workers: Option<usize>,
+    /// HTTP/HTTPS: a request head must be whole within this of its first byte (a new
+    /// connection's first head: of the accept; the TLS handshake too), else 408 and the
+    /// connection is closed, e.g. 10s or 500ms [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub http_header_timeout: Option<String>,
+    /// HTTP/HTTPS: largest request head (request line and headers) in bytes; larger: 431, or
+    /// 414 for a request line that does not end within it [default: 32768].
+    #[arg(long, value_name = "BYTES")]
+    pub http_max_header_bytes: Option<usize>,
+    /// HTTP/HTTPS: a keep-alive connection with no request for this long is closed
+    /// [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub http_idle_timeout: Option<String>,
+    /// HTTP/HTTPS: a client that takes none of a response for this long is dropped
+    /// [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub http_write_timeout: Option<String>,
+    /// HTTP/HTTPS: open client connections over all listeners; beyond it new connections are
+    /// closed at once [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub http_max_connections: Option<usize>,
+    /// HTTP/HTTPS: open client connections from one IP address; 0 for no such limit
+    /// [default: an eighth of --http-max-connections].
+    #[arg(long, value_name = "N")]
+    pub http_max_connections_per_client: Option<usize>,
     /// Admin listener: /metrics /healthz /readyz /debug/tables [default: 127.0.0.1:9153].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
@@ -191,6 +216,12 @@ pub struct FileConfig {
     pub lb_algorithm: Option<String>,
     pub outlier_ejection_ms: Option<u64>,
     pub http_workers: Option<usize>,
+    pub http_header_timeout: Option<String>,
+    pub http_max_header_bytes: Option<usize>,
+    pub http_idle_timeout: Option<String>,
+    pub http_write_timeout: Option<String>,
+    pub http_max_connections: Option<usize>,
+    pub http_max_connections_per_client: Option<usize>,
     pub admin: Option<SocketAddr>,
     pub cluster_domain: Option<String>,
     pub upstream: Option<Vec<String>>,
@@ -241,6 +272,8 @@ pub struct Config {
     pub outlier_ejection_ms: u64,
     /// HTTP: dedicated event-loop threads (0: the process runtime).
     pub http_workers: usize,
+    /// HTTP: client limits (head deadline and size, idle and write timeouts, connections).
+    pub http_limits: proxy::http::ClientLimits,
     pub admin: SocketAddr,
     pub cluster_domain: String,
     pub upstream: Vec<SocketAddr>,
@@ -312,6 +345,64 @@ fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
     parse_file_config(&text).with_context(|| format!("config {}", path.display()))
 }
 
+/// The HTTP client limits from flags over the file over defaults.
+fn http_limits(args: &RunArgs, file: &FileConfig) -> anyhow::Result<proxy::http::ClientLimits> {
+    let d = proxy::http::ClientLimits::default();
+    let duration = |name: &str, flag: &Option<String>, file: &Option<String>, default| match flag
+        .clone()
+        .or(file.clone())
+    {
+        Some(s) => {
+            let v = dns::parse_duration(&s).with_context(|| name.to_string())?;
+            if v.is_zero() {
+                bail!("{name}: must be more than 0");
+            }
+            Ok(v)
+        }
+        None => Ok(default),
+    };
+    let max_connections = args
+        .http_max_connections
+        .or(file.http_max_connections)
+        .unwrap_or(d.max_connections);
+    if max_connections == 0 {
+        bail!("http-max-connections: must be at least 1");
+    }
+    let max_header_bytes = args
+        .http_max_header_bytes
+        .or(file.http_max_header_bytes)
+        .unwrap_or(d.max_header_bytes);
+    if max_header_bytes < 1024 {
+        bail!("http-max-header-bytes: must be at least 1024");
+    }
+    Ok(proxy::http::ClientLimits {
+        header_timeout: duration(
+            "http-header-timeout",
+            &args.http_header_timeout,
+            &file.http_header_timeout,
+            d.header_timeout,
+        )?,
+        max_header_bytes,
+        idle_timeout: duration(
+            "http-idle-timeout",
+            &args.http_idle_timeout,
+            &file.http_idle_timeout,
+            d.idle_timeout,
+        )?,
+        write_timeout: duration(
+            "http-write-timeout",
+            &args.http_write_timeout,
+            &file.http_write_timeout,
+            d.write_timeout,
+        )?,
+        max_connections,
+        max_connections_per_client: args
+            .http_max_connections_per_client
+            .or(file.http_max_connections_per_client)
+            .unwrap_or((max_connections / 8).max(1)),
+    })
+}
+
 impl Config {
     /// Merges flags over the config file (if any) over defaults.
     pub fn resolve(args: RunArgs) -> anyhow::Result<Config> {
@@ -319,6 +410,7 @@ impl Config {
             Some(p) => read_file_config(p)?,
             None => FileConfig::default(),
         };
+        let http_limits = http_limits(&args, &file)?;
         let list = |flag: Vec<SocketAddr>, file: Option<Vec<SocketAddr>>| {
             if flag.is_empty() {
                 file.unwrap_or_default()
@@ -481,6 +573,7 @@ impl Config {
                 .http_workers
                 .or(file.http_workers)
                 .unwrap_or_else(default_http_workers),
+            http_limits,
             kubernetes: kubeconfig.is_some() || manifests.is_none(),
             manifests,
             kubeconfig,
@@ -677,6 +770,49 @@ mod tests {
         assert_eq!(resolve(None, None), default_http_workers());
         assert_eq!(resolve(Some(path.clone()), None), 2);
         assert_eq!(resolve(Some(path), Some(1)), 1);
+    }
+
+    #[test]
+    fn http_limits_flags_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "http-header-timeout = \"2s\"\nhttp-max-connections = 800\nhttp-write-timeout = \"1500ms\"\n",
+        )
+        .unwrap();
+        let resolve = |args: RunArgs| {
+            Config::resolve(RunArgs {
+                manifests: Some(dir.path().into()),
+                ..args
+            })
+        };
+        let d = resolve(RunArgs::default()).unwrap().http_limits;
+        assert_eq!(d.header_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(d.max_header_bytes, 32 * 1024);
+        assert_eq!(
+            (d.max_connections, d.max_connections_per_client),
+            (10_000, 1250)
+        );
+        let l = resolve(RunArgs {
+            config: Some(path.clone()),
+            http_header_timeout: Some("500ms".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .http_limits;
+        assert_eq!(l.header_timeout, std::time::Duration::from_millis(500));
+        assert_eq!(l.write_timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(
+            (l.max_connections, l.max_connections_per_client),
+            (800, 100)
+        );
+        let e = resolve(RunArgs {
+            http_idle_timeout: Some("0s".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("http-idle-timeout"), "{e:#}");
     }
 
     #[test]

@@ -207,6 +207,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tls_cert_dir: cfg.tls_cert_dir.clone(),
             lb_algorithm: cfg.lb_algorithm.clone(),
             workers: cfg.http_workers,
+            client: cfg.http_limits.clone(),
             outlier: proxy::http::OutlierConfig {
                 base_ejection: Duration::from_millis(cfg.outlier_ejection_ms),
                 ..Default::default()

@@ -35,6 +35,44 @@ pub struct HttpConfig {
     /// kernel spreads new connections over them and `listener::Spread` keeps their counts
     /// even. 0: serve on the caller's runtime.
     pub workers: usize,
+    /// Client limits (`docs/reliability.md`, HTTP): what one client connection may hold.
+    pub client: ClientLimits,
+}
+
+/// Bounds on what one client connection, and one client address, may hold.
+#[derive(Clone, Debug)]
+pub struct ClientLimits {
+    /// A request head must be whole within this of its first byte (a new connection's first
+    /// head: of the accept; on TLS, the handshake is bounded by it too). Past it: 408 if any
+    /// of the head came, and the connection is closed (nginx `client_header_timeout`, HAProxy
+    /// `timeout http-request`).
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers). Larger: 431, or 414 when the request
+    /// line alone does not end within it; the connection is closed.
+    pub max_header_bytes: usize,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// A write to the client that makes no progress for this long closes the connection (a
+    /// client that never reads).
+    pub write_timeout: Duration,
+    /// Open client connections over all HTTP and HTTPS listeners; beyond it new connections
+    /// are closed at once.
+    pub max_connections: usize,
+    /// Open client connections per client IP address (0: no such limit).
+    pub max_connections_per_client: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_connections_per_client: 10_000 / 8,
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -51,6 +89,7 @@ impl Default for HttpConfig {
             outlier: OutlierConfig::default(),
             grace_period: Duration::from_secs(5),
             workers: 0,
+            client: ClientLimits::default(),
         }
     }
 }

@@ -38,20 +38,6 @@ impl Buffered {
     fn inner(&self) -> &L4Stream {
         self.0.get_ref()
     }
-
-    /// Waits until the client sends the next request's first bytes (`Ok(false)`: it closed).
-    /// The bytes are put back (pingora's `rewind`) for the h2c peek and the HTTP/1 parser.
-    pub async fn wait_for_request(&mut self) -> io::Result<bool> {
-        use tokio::io::AsyncReadExt;
-        let mut buf = [0u8; 2048];
-        let inner = self.0.get_mut();
-        let n = inner.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(false);
-        }
-        inner.rewind(&buf[..n]);
-        Ok(true)
-    }
 }
 
 impl AsyncRead for Buffered {

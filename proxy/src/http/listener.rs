@@ -11,47 +11,109 @@
 //! Shutdown: accept loops stop, pingora is told (keep-alive connections close after their
 //! current request, idle ones at once), and in-flight connections get the grace period to finish.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ServerApp};
 use pingora::listeners::tls::Acceptor;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora::protocols::{GetSocketDigest, SocketDigest, Ssl, Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::fast::{self, KEEPALIVE_IDLE};
+use super::fast;
+use super::guard::{Guarded, Start};
 use super::io::Buffered;
+use super::limits::Limit;
 use super::metrics::HttpMetrics;
 use super::service::Ingress;
 use super::shared::Shared;
 
 pub type App = HttpProxy<Ingress>;
 
-/// Counts open client connections; wakes the shutdown when the last one closes.
-#[derive(Default)]
+/// Counts open client connections, in all and per client address, within their limits; wakes
+/// the shutdown when the last one closes.
 pub struct Connections {
     open: AtomicUsize,
     idle: Notify,
+    max: usize,
+    per_client: usize,
+    by_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections::new(usize::MAX, 0)
+    }
 }
 
 pub struct ConnGuard {
     conns: Arc<Connections>,
     gauge: prometheus::IntGauge,
+    client: Option<IpAddr>,
 }
 
 impl Connections {
-    pub fn enter(self: &Arc<Self>, gauge: prometheus::IntGauge) -> ConnGuard {
-        self.open.fetch_add(1, Ordering::SeqCst);
+    /// At most `max` connections, and `per_client` from one address (0: no such limit).
+    pub fn new(max: usize, per_client: usize) -> Self {
+        Connections {
+            open: AtomicUsize::new(0),
+            idle: Notify::new(),
+            max,
+            per_client,
+            by_client: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A new connection from `client`, or the limit it is over.
+    pub fn enter(
+        self: &Arc<Self>,
+        client: IpAddr,
+        gauge: prometheus::IntGauge,
+    ) -> Result<ConnGuard, Limit> {
+        if self.open.fetch_add(1, Ordering::SeqCst) >= self.max {
+            self.leave();
+            return Err(Limit::Connections);
+        }
+        let mut tracked = None;
+        if self.per_client > 0 {
+            let mut by = self.by_client.lock().unwrap();
+            let n = by.entry(client).or_insert(0);
+            if *n >= self.per_client {
+                drop(by);
+                self.leave();
+                return Err(Limit::PerClient);
+            }
+            *n += 1;
+            tracked = Some(client);
+        }
         gauge.inc();
-        ConnGuard {
+        Ok(ConnGuard {
             conns: self.clone(),
             gauge,
+            client: tracked,
+        })
+    }
+
+    fn leave(&self) {
+        if self.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
         }
+    }
+
+    /// Open connections from `client` (tests).
+    pub fn from_client(&self, client: IpAddr) -> usize {
+        self.by_client
+            .lock()
+            .unwrap()
+            .get(&client)
+            .copied()
+            .unwrap_or(0)
     }
     pub fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
@@ -71,9 +133,16 @@ impl Connections {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.gauge.dec();
-        if self.conns.open.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.conns.idle.notify_waiters();
+        if let Some(client) = self.client {
+            let mut by = self.conns.by_client.lock().unwrap();
+            if let Some(n) = by.get_mut(&client) {
+                *n -= 1;
+                if *n == 0 {
+                    by.remove(&client);
+                }
+            }
         }
+        self.conns.leave();
     }
 }
 
@@ -257,8 +326,16 @@ impl AcceptLoop {
                         continue;
                     }
                 };
+                let guard = match ctx.conns.enter(peer.ip(), ctx.gauge.clone()) {
+                    Ok(g) => g,
+                    Err(limit) => {
+                        // Over a limit: closed at once, before anything is read or allocated.
+                        ctx.shared.limits.hit(limit, Some(peer.ip()));
+                        drop(tcp);
+                        continue;
+                    }
+                };
                 let _ = tcp.set_nodelay(true);
-                let guard = ctx.conns.enter(ctx.gauge.clone());
                 let Some((me, spread)) = &spread else {
                     serve(ctx.clone(), tcp, peer, guard, None);
                     continue;
@@ -306,16 +383,22 @@ fn serve(
     // its request futures are boxed.
     tokio::spawn(async move {
         let _guard = (guard, seat);
-        let stream: Stream = match &ctx.tls {
+        let limits = &ctx.shared.config.client;
+        let (stream, h2, head_by): (Stream, bool, tokio::time::Instant) = match &ctx.tls {
             Some(acceptor) => {
                 let stream = l4_stream(tcp, peer);
+                // The handshake is bounded like a request head (nginx: client_header_timeout).
                 match tokio::time::timeout(
-                    Duration::from_secs(10),
+                    limits.header_timeout,
                     Box::pin(acceptor.tls_handshake(Buffered::new(stream))),
                 )
                 .await
                 {
-                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Ok(s)) => {
+                        let h2 = matches!(s.selected_alpn_proto(), Some(ALPN::H2));
+                        let by = tokio::time::Instant::now() + limits.header_timeout;
+                        (Box::new(s), h2, by)
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
                         return;
@@ -325,40 +408,63 @@ fn serve(
             }
             None => match fast::serve(&ctx.shared, tcp, peer, &ctx.shutdown).await {
                 fast::Served::Closed => return,
-                fast::Served::Fallback(tcp, read) => {
+                fast::Served::Fallback(tcp, read, head_by) => {
+                    // The fast path read the head; the h2c preface is the one thing it fails
+                    // on that is not HTTP/1.
+                    let h2 = read.starts_with(b"PRI * HTTP/2");
                     let mut stream = l4_stream(tcp, peer);
                     stream.rewind(&read);
-                    Box::new(Buffered::new(stream))
+                    (Box::new(Buffered::new(stream)), h2, head_by)
                 }
             },
         };
-        Box::pin(pingora_loop(ctx.app.clone(), stream, ctx.shutdown.clone())).await;
+        let start = if h2 { Start::Off } else { Start::Head(head_by) };
+        let stream: Stream = Box::new(Guarded::new(stream, ctx.shared.clone(), peer.ip(), start));
+        if h2 {
+            Box::pin(ctx.app.process_new(stream, &ctx.shutdown)).await;
+        } else {
+            let idle = limits.idle_timeout;
+            Box::pin(h1_loop(ctx.app.clone(), stream, ctx.shutdown.clone(), idle)).await;
+        }
     });
 }
 
-/// pingora's keep-alive loop for one connection: plain connections wait for their next request
-/// outside pingora (`Buffered::wait_for_request`), and each request runs in a boxed future.
-async fn pingora_loop(app: Arc<App>, stream: Stream, shutdown: watch::Receiver<bool>) {
-    let mut stop = shutdown.clone();
-    let mut next = Some(stream);
-    while let Some(mut s) = next {
-        if (*s).as_any().is::<Buffered>() {
-            let mut b = s
-                .into_any()
-                .downcast::<Buffered>()
-                .expect("type checked just above");
-            let ready = tokio::select! {
-                r = tokio::time::timeout(KEEPALIVE_IDLE, b.wait_for_request()) => {
-                    matches!(r, Ok(Ok(true)))
-                }
-                _ = stop.wait_for(|s| *s) => false,
-            };
-            if !ready {
-                break;
+/// pingora's HTTP/1 keep-alive loop for one connection (what `ServerApp::process_new` runs), with
+/// the connection's guard armed before each request, so that pingora only ever reads whole
+/// heads within the limits (`guard.rs`). Pipelining is on: a request that came behind another
+/// is served after it (RFC 9112 9.3.2) instead of the connection being closed with it unread.
+async fn h1_loop(
+    app: Arc<App>,
+    mut stream: Stream,
+    shutdown: watch::Receiver<bool>,
+    idle: Duration,
+) {
+    let mut settings: Option<HttpPersistentSettings> = None;
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) {
+            if let Some(g) = Guarded::of(&stream) {
+                g.arm();
             }
-            s = b;
         }
-        next = Box::pin(app.process_new(s, &shutdown)).await;
+        let mut session = ServerSession::new_http1(stream);
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        } else {
+            session.set_keepalive(Some(idle.as_secs().max(1)));
+        }
+        session.set_pipelining_enabled(true);
+        if let Some(s) = settings.take() {
+            s.apply_to_session(&mut session);
+        }
+        match Box::pin(app.process_new_http(session, &shutdown)).await {
+            Some(reused) => {
+                let (s, st) = reused.consume();
+                stream = s;
+                settings = st;
+            }
+            None => return,
+        }
     }
 }
 

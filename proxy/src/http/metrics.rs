@@ -23,6 +23,7 @@ pub struct HttpMetrics {
     pub fast_path: IntCounterVec,
     pub worker_connections: IntGaugeVec,
     pub worker_handoffs: IntCounterVec,
+    pub limit_hits: IntCounterVec,
     pub route_index_build: Histogram,
 }
 
@@ -110,6 +111,13 @@ impl HttpMetrics {
                 ),
                 &["worker"],
             )?,
+            limit_hits: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_http_limit_hits_total",
+                    "Client limits hit on the HTTP and HTTPS listeners: head_timeout (request head not whole within --http-header-timeout), head_size (larger than --http-max-header-bytes), connections (--http-max-connections reached), per_client (--http-max-connections-per-client reached), write_timeout (client not reading within --http-write-timeout).",
+                ),
+                &["limit"],
+            )?,
             route_index_build: Histogram::with_opts(HistogramOpts::new(
                 "switchboard_http_route_index_build_seconds",
                 "Time to build the routing index after the HTTP rules changed.",
@@ -126,6 +134,7 @@ impl HttpMetrics {
         registry.register(Box::new(m.fast_path.clone()))?;
         registry.register(Box::new(m.worker_connections.clone()))?;
         registry.register(Box::new(m.worker_handoffs.clone()))?;
+        registry.register(Box::new(m.limit_hits.clone()))?;
         registry.register(Box::new(m.route_index_build.clone()))?;
         Ok(m)
     }

@@ -29,8 +29,10 @@ pub mod balance;
 pub mod config;
 pub mod fast;
 pub mod filters;
+pub mod guard;
 pub mod health;
 pub mod io;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
@@ -56,7 +58,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use balance::Algorithm;
-pub use config::HttpConfig;
+pub use config::{ClientLimits, HttpConfig};
 pub use health::OutlierConfig;
 
 use listener::{AcceptLoop, App, Connections, ListenerCtx, Spread};
@@ -106,9 +108,19 @@ fn build_app(shared: &Arc<Shared>, scheme: &'static str, conf: &Arc<ServerConf>)
             scheme,
         },
     );
-    if scheme == "http" {
-        app.server_options = Some(listener::plain_options());
-    }
+    let limits = &shared.config.client;
+    let mut options = if scheme == "http" {
+        listener::plain_options()
+    } else {
+        pingora::apps::HttpServerOptions::default()
+    };
+    // An h2 connection without streams closes like an idle HTTP/1 one.
+    options.h2_idle_timeout = Some(limits.idle_timeout);
+    app.server_options = Some(options);
+    // pingora's defaults, with the header list bounded as an HTTP/1 head.
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
+    app.h2_options = Some(h2);
     Arc::new(app)
 }
 
@@ -146,7 +158,10 @@ impl HttpServer {
         let grace = config.grace_period;
         let shared = Arc::new(Shared::new(cell, config.clone(), metrics.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let conns = Arc::new(Connections::default());
+        let conns = Arc::new(Connections::new(
+            config.client.max_connections,
+            config.client.max_connections_per_client,
+        ));
         let mut server = HttpServer {
             addrs: vec![],
             shutdown,

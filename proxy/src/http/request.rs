@@ -92,6 +92,26 @@ pub(super) fn forwarded_for(ip: IpAddr) -> String {
     }
 }
 
+/// A value the client chose (host, path, method, request id), as an access log field: as is
+/// when it is printable ASCII without quotes, backslashes or `=`, else quoted with Rust string
+/// escapes, so it can neither end the line nor pass for another field (`host="a status=200"`).
+pub struct LogSafe<'a>(pub &'a str);
+
+impl std::fmt::Display for LogSafe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = !self.0.is_empty()
+            && self
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'='));
+        if plain {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
 /// 32 random hex digits (written by hand: `format!` showed in the per-request profile).
 fn new_request_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -136,6 +156,18 @@ mod tests {
             value: b"a=1; session=abc",
         }];
         assert_eq!(cookie_value(&Headers::Raw(&raw), "session"), Some("abc"));
+    }
+
+    #[test]
+    fn log_fields_cannot_forge_fields_or_lines() {
+        let show = |s: &str| LogSafe(s).to_string();
+        assert_eq!(show("a.test"), "a.test");
+        assert_eq!(show("/p/a-b_c.~%20"), "/p/a-b_c.~%20");
+        assert_eq!(show("a status=200"), "\"a status=200\"");
+        assert_eq!(show("a\nb"), "\"a\\nb\"");
+        assert_eq!(show("a\"b"), "\"a\\\"b\"");
+        assert_eq!(show("é"), "\"é\"");
+        assert_eq!(show(""), "\"\"");
     }
 
     #[test]

@@ -27,8 +27,9 @@ use tables::HttpRouteFilter;
 
 use super::backend::PortBalancer;
 use super::filters::{self, RedirectFrom};
+use super::guard::Guarded;
 use super::health::EndpointState;
-use super::request::{forwarded_for, request_hash, request_host, request_id};
+use super::request::{forwarded_for, request_hash, request_host, request_id, LogSafe};
 use super::retry;
 use super::route::{CompiledRule, Headers, RequestView};
 use super::shared::Shared;
@@ -98,7 +99,8 @@ impl Ingress {
         if let Some(id) = &ctx.request_id {
             resp.insert_header("x-request-id", id.as_str())?;
         }
-        session.set_keepalive(Some(60));
+        let idle = self.shared.config.client.idle_timeout;
+        session.set_keepalive(Some(idle.as_secs().max(1)));
         session.write_response_header(Box::new(resp), false).await?;
         session
             .write_response_body(Some(Bytes::from(body)), true)
@@ -156,6 +158,14 @@ impl ProxyHttp for Ingress {
         }
     }
 
+    /// The head is parsed: the connection's guard lets reads through (`guard.rs`).
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        if let Some(g) = session.stream().and_then(Guarded::of) {
+            g.head_done();
+        }
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.start = Instant::now();
         self.shared.budget.deposit();
@@ -168,6 +178,11 @@ impl ProxyHttp for Ingress {
                 .get_header("x-request-id")
                 .and_then(|v| v.to_str().ok()),
         ));
+        if let Some(why) = malformed(session) {
+            return self
+                .respond(session, ctx, 400, format!("{why}\n"), None)
+                .await;
+        }
         let snapshot = self.shared.cell.load();
         ctx.generation = snapshot.generation;
         let index = self.shared.route_index(&snapshot.routes.http);
@@ -455,6 +470,7 @@ impl ProxyHttp for Ingress {
             };
             upstream.insert_header("forwarded", fwd)?;
         }
+        normalise_content_length(upstream)?;
         upstream.insert_header("x-forwarded-proto", self.scheme)?;
         if !ctx.host.is_empty() {
             upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
@@ -603,17 +619,88 @@ impl ProxyHttp for Ingress {
         tracing::info!(
             target: "access",
             client = %ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-            method = %req.method,
-            host = %ctx.host,
-            path = %req.uri.path(),
+            method = %LogSafe(req.method.as_str()),
+            host = %LogSafe(&ctx.host),
+            path = %LogSafe(req.uri.path()),
             status = code,
             route,
             service,
             upstream = upstream.as_deref().unwrap_or("-"),
             retries = ctx.retries,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            request_id = ctx.request_id.as_deref().unwrap_or("-"),
-            error = %e.map(|e| e.to_string()).unwrap_or_default(),
+            request_id = %LogSafe(ctx.request_id.as_deref().unwrap_or("-")),
+            error = %LogSafe(&e.map(|e| e.to_string()).unwrap_or_default()),
         );
     }
+}
+
+/// What makes a request one this proxy answers 400 before routing, the same on both paths (the
+/// fast path hands such requests here):
+/// - HTTP/1.1 without `Host` (RFC 9112 3.2: a server MUST answer 400);
+/// - a `Connection` option naming `Host` or an `X-Forwarded-*` header this proxy sets: RFC 9110
+///   7.6.1 would have the proxy remove that header, which it cannot do and still route or
+///   forward the request as received (pingora and Envoy refuse it too).
+fn malformed(session: &Session) -> Option<&'static str> {
+    let req = session.req_header();
+    if !session.is_http2()
+        && req.version == http::Version::HTTP_11
+        && req.headers.get(http::header::HOST).is_none()
+    {
+        return Some("HTTP/1.1 request without a Host header");
+    }
+    let nominates_protected = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .any(|t| {
+            [
+                &b"host"[..],
+                b"x-forwarded-for",
+                b"x-forwarded-host",
+                b"x-forwarded-proto",
+            ]
+            .iter()
+            .any(|h| t.eq_ignore_ascii_case(h))
+        });
+    nominates_protected.then_some("Connection header names a header the proxy needs or sets")
+}
+
+/// `Content-Length: 5, 5` or two `Content-Length: 5` lines, which pingora accepts when the
+/// values agree (RFC 9110 8.6), go upstream as one `Content-Length: 5`: a backend that takes
+/// the list form differently from this proxy cannot disagree with it on where the body ends.
+fn normalise_content_length(req: &mut RequestHeader) -> Result<()> {
+    let values: Vec<&http::HeaderValue> = req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .collect();
+    let listed = values.len() > 1 || values.iter().any(|v| v.as_bytes().contains(&b','));
+    if !listed {
+        return Ok(());
+    }
+    let mut n: Option<u64> = None;
+    for t in values
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+    {
+        let v = std::str::from_utf8(t.trim_ascii())
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok());
+        match (v, n) {
+            (Some(v), None) => n = Some(v),
+            (Some(v), Some(m)) if v == m => {}
+            _ => {
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "Content-Length values differ",
+                ))
+            }
+        }
+    }
+    if let Some(n) = n {
+        req.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
+    }
+    Ok(())
 }

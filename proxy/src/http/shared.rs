@@ -11,6 +11,7 @@ use tables::{HttpTable, RouteTable, SnapshotCell};
 
 use super::backend::Balancers;
 use super::config::HttpConfig;
+use super::limits::LimitHits;
 use super::metrics::{HttpMetrics, SeriesCache};
 use super::pool::FastPool;
 use super::retry::RetryBudget;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub upstreams: UpstreamConns,
     /// The HTTP/1.1 fast path's upstream pool and metric handles.
     pub fast: FastState,
+    /// Client limits hit (counter and rate-limited log).
+    pub limits: LimitHits,
     /// Service labels the pool gauge has series for.
     pool_labels: std::sync::Mutex<Vec<Arc<str>>>,
     index: ArcSwapOption<(Arc<HttpTable>, Arc<RouteIndex>)>,
@@ -39,6 +42,7 @@ impl Shared {
             cell,
             balancers: Balancers::new(config.lb_algorithm.clone()),
             fast: FastState::new(&metrics, config.workers),
+            limits: LimitHits::new(&metrics.limit_hits),
             config,
             metrics,
             budget: RetryBudget::default(),

@@ -5,12 +5,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::h1::parse_head;
-use super::io::{until, Failure, Limits};
+use super::io::{until, write_client, Failure, Limits};
 use super::pipeline::{join_batch, send_request, Upstream};
 use super::prepare::{ConnState, Prepared};
 use super::respond::{local_error, log_request, respond, Outcome};
@@ -83,7 +82,7 @@ async fn attempts(
     let whole = retry::request_deadline(&p.rule.rule, start);
     loop {
         let Some(i) = b.choose(p.hash, &tried) else {
-            return local_error(client, p, out, 502, "every endpoint was tried").await;
+            return local_error(shared, client, p, out, 502, "every endpoint was tried").await;
         };
         tried.push(i);
         let state = b.endpoints[i].clone();
@@ -124,7 +123,7 @@ async fn attempts(
                 Ok(r) => Some(r),
                 Err(Failure::Timeout(what)) => {
                     out.error = Some(what);
-                    return local_error(client, p, out, 504, what).await;
+                    return local_error(shared, client, p, out, 504, what).await;
                 }
                 Err(_) => {
                     // The connection ahead failed before this request's answer: send it again
@@ -178,7 +177,7 @@ async fn attempts(
                                 continue;
                             }
                             out.error = Some(f.what());
-                            return local_error(client, p, out, f.code(), f.what()).await;
+                            return local_error(shared, client, p, out, f.code(), f.what()).await;
                         }
                     },
                 }
@@ -207,7 +206,7 @@ async fn attempts(
                         // 103 Early Hints and the like: pass on, then the final answer.
                         let mut info = h.client_head;
                         info.extend_from_slice(b"\r\n");
-                        let _ = client.write_all(&info).await;
+                        let _ = write_client(shared, client, &info).await;
                         ubuf.drain(..h.len);
                         continue;
                     }
@@ -229,7 +228,7 @@ async fn attempts(
                 let stale = reused && ubuf.is_empty() && matches!(f, Failure::Io(_));
                 if matches!(f, Failure::Timeout(_)) {
                     out.error = Some(f.what());
-                    return local_error(client, p, out, 504, f.what()).await;
+                    return local_error(shared, client, p, out, 504, f.what()).await;
                 }
                 if sent && matches!(f, Failure::Invalid(_)) {
                     // What came before this request's answer was not where it should end (an
@@ -262,7 +261,7 @@ async fn attempts(
                     continue;
                 }
                 out.error = Some(f.what());
-                return local_error(client, p, out, f.code(), f.what()).await;
+                return local_error(shared, client, p, out, f.code(), f.what()).await;
             }
         };
         state.observe_latency(attempt_start.elapsed());

@@ -6,6 +6,49 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::http::guard::{refusal, LINGER, LINGER_BYTES};
+use crate::http::limits::Limit;
+use crate::http::shared::Shared;
+
+/// Writes all of `data` to the client. A client that does not take it within the write
+/// timeout fails it (counted as `write_timeout`), as one that closed would.
+pub(super) async fn write_client(
+    shared: &Shared,
+    client: &mut TcpStream,
+    data: &[u8],
+) -> std::io::Result<()> {
+    match tokio::time::timeout(shared.config.client.write_timeout, client.write_all(data)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let ip = client.peer_addr().ok().map(|a| a.ip());
+            shared.limits.hit(Limit::WriteTimeout, ip);
+            Err(std::io::ErrorKind::TimedOut.into())
+        }
+    }
+}
+
+/// Refuses a request head (408, 414 or 431, counted as `limit`): the answer, the write side
+/// shut, then what the client still sends read and dropped for a moment so that it reads the
+/// answer rather than a reset (nginx's lingering close).
+pub(super) async fn refuse(shared: &Shared, client: &mut TcpStream, code: u16, limit: Limit) {
+    let ip = client.peer_addr().ok().map(|a| a.ip());
+    shared.limits.hit(limit, ip);
+    let linger = async {
+        client.write_all(refusal(code)).await?;
+        client.shutdown().await?;
+        let mut scratch = vec![0u8; 4096];
+        let mut discarded = 0;
+        while discarded <= LINGER_BYTES {
+            match client.read(&mut scratch).await? {
+                0 => break,
+                n => discarded += n,
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(LINGER, linger).await;
+}
+
 /// One read that does not wait. Unlike `try_read_buf` it goes through tokio's `poll_read`,
 /// which marks the socket drained when a read comes back shorter than the room it was given
 /// (epoll is edge-triggered). After `try_read_buf` the socket stayed marked readable, so the

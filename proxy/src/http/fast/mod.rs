@@ -15,7 +15,9 @@
 //! an HTTP/1 service port with usable endpoints. Anything else (HTTP/1.0, h2c, bodies,
 //! WebSockets, 404/503/redirects, filters, malformed requests) is handed to pingora with the
 //! bytes read so far put back, and the connection stays on pingora from then on. Nothing has
-//! been sent upstream when that decision is made, so it is always safe.
+//! been sent upstream when that decision is made, so it is always safe. Heads over the size
+//! limit or not whole within the header timeout are refused here (431/414, 408; `HttpConfig::
+//! client`), never handed over.
 //!
 //! Behaviour is the pingora path's (`service.rs`): same endpoint choice and ejection, connect
 //! failures retried on another endpoint, idempotent requests retried on a reset or 502/503
@@ -44,47 +46,55 @@ mod respond;
 mod tests;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::http::limits::Limit;
 use crate::http::shared::Shared;
 use exchange::exchange;
-use io::read_now;
+use io::{read_now, refuse};
 use prepare::{prepare, ConnState, Prep};
 
 pub use crate::http::worker::{set_worker, worker_unparked};
 
-/// How long a client connection may wait for its next request (as pingora's keep-alive).
-pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-
 /// How a connection left the fast path.
 pub enum Served {
-    /// Closed (by either side, idle timeout, shutdown, or an error answered here).
+    /// Closed (by either side, idle timeout, shutdown, a refused head, or an error answered
+    /// here).
     Closed,
-    /// pingora takes over: the stream and the bytes already read from it.
-    Fallback(TcpStream, Vec<u8>),
+    /// pingora takes over: the stream, the bytes already read from it, and when the head they
+    /// start must be whole (the header timeout).
+    Fallback(TcpStream, Vec<u8>, tokio::time::Instant),
 }
 
 /// Serves requests on an accepted plain connection until it closes or a request needs pingora.
+///
+/// Client limits (`HttpConfig::client`): a new connection's first head must be whole within
+/// the header timeout of the accept, a later one within the header timeout of its first byte;
+/// between requests the connection may idle for the idle timeout; a head over the size limit
+/// is refused (431/414) as soon as that many bytes came, one not whole in time gets 408.
 pub async fn serve(
     shared: &Shared,
     mut client: TcpStream,
     peer: SocketAddr,
     shutdown: &watch::Receiver<bool>,
 ) -> Served {
+    let limits = &shared.config.client;
     let mut conn = ConnState::new(peer.ip());
     let mut buf: Vec<u8> = Vec::new();
     // One timer and one shutdown wait for the connection's life, not one per request: the
-    // timer fires at most once per KEEPALIVE_IDLE and is pushed back if requests came since.
+    // timer fires at most once per idle timeout and is pushed back if requests came since.
     let mut stop = shutdown.clone();
     let stopped = stop.wait_for(|s| *s);
     tokio::pin!(stopped);
-    let idle = tokio::time::sleep(KEEPALIVE_IDLE);
+    let mut head_by = tokio::time::Instant::now() + limits.header_timeout;
+    let idle = tokio::time::sleep_until(head_by);
     tokio::pin!(idle);
-    let mut last_active = Instant::now();
+    // None until the first request: until then the wait is bounded by the header timeout.
+    let mut last_active: Option<Instant> = None;
     'requests: loop {
         // Wait for the next request holding no buffer: idle connections cost little.
         if buf.is_empty() {
@@ -97,24 +107,36 @@ pub async fn serve(
                         Err(_) => return Served::Closed,
                     },
                     _ = &mut idle => {
-                        if last_active.elapsed() >= KEEPALIVE_IDLE {
+                        let until = match last_active {
+                            Some(t) => tokio::time::Instant::from_std(t + limits.idle_timeout),
+                            None => head_by,
+                        };
+                        if tokio::time::Instant::now() >= until {
                             return Served::Closed;
                         }
-                        let at = tokio::time::Instant::from_std(last_active + KEEPALIVE_IDLE);
-                        idle.as_mut().reset(at);
+                        idle.as_mut().reset(until);
                     }
                     _ = &mut stopped => return Served::Closed,
                 }
             }
             buf.reserve(4096);
         }
+        let mut head_started = false;
         let prepared = loop {
             if !buf.is_empty() {
+                if !std::mem::replace(&mut head_started, true) && last_active.is_some() {
+                    head_by = tokio::time::Instant::now() + limits.header_timeout;
+                }
                 match prepare(shared, &buf, &mut conn) {
                     Prep::Ready(p) => break p,
                     Prep::Fallback => {
                         shared.fast.handed_over.inc();
-                        return Served::Fallback(client, buf);
+                        return Served::Fallback(client, buf, head_by);
+                    }
+                    Prep::TooLarge(code) => {
+                        drop(buf);
+                        Box::pin(refuse(shared, &mut client, code, Limit::HeadSize)).await;
+                        return Served::Closed;
                     }
                     Prep::Partial => {}
                 }
@@ -133,10 +155,15 @@ pub async fn serve(
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Served::Closed,
             }
-            // The rest of a head that came in pieces: bounded like an idle wait.
-            match tokio::time::timeout(KEEPALIVE_IDLE, client.read_buf(&mut buf)).await {
+            // The rest of a head that came in pieces: whole by the header deadline.
+            match tokio::time::timeout_at(head_by, client.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return Served::Closed,
+                Ok(_) => return Served::Closed,
+                Err(_) => {
+                    drop(buf);
+                    Box::pin(refuse(shared, &mut client, 408, Limit::HeadTimeout)).await;
+                    return Served::Closed;
+                }
             }
         };
         buf.drain(..prepared.head_len);
@@ -153,6 +180,6 @@ pub async fn serve(
             return Served::Closed;
         }
         // Idle from the end of the answer: a long request (a long poll) does not count.
-        last_active = Instant::now();
+        last_active = Some(Instant::now());
     }
 }

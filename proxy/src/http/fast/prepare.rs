@@ -8,13 +8,11 @@ use std::time::Instant;
 use super::h1::{hop_by_hop, put_header, tokens, MAX_HEADERS};
 use crate::http::backend::PortBalancer;
 use crate::http::filters;
+use crate::http::guard::too_large_code;
 use crate::http::metrics::Series;
 use crate::http::request::{forwarded_for, request_hash, request_id, split_host_port};
 use crate::http::route::{visible_text, CompiledRule, Headers, RequestView};
 use crate::http::shared::Shared;
-
-/// Largest request head this path reads before handing the request to pingora.
-pub(super) const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// What the fast path remembers about one client connection between its requests.
 pub(super) struct ConnState {
@@ -68,6 +66,29 @@ pub(super) enum Prep {
     Partial,
     /// pingora's.
     Fallback,
+    /// Over the head size limit: refused with this code (431, or 414 for a request line that
+    /// does not end within it).
+    TooLarge(u16),
+}
+
+/// Headers a `Connection` option may not name: the proxy cannot remove them as RFC 9110 7.6.1
+/// would have it (Host) or sets them itself. pingora answers such a request 400 (as Envoy),
+/// and so the fast path hands it there.
+fn protected(token: &[u8]) -> bool {
+    [
+        &b"host"[..],
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+    ]
+    .iter()
+    .any(|h| token.eq_ignore_ascii_case(h))
+}
+
+/// An HTTP `token` (RFC 9110 5.6.2): what a `Connection` option must be.
+fn is_token(t: &[u8]) -> bool {
+    t.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Headers this proxy sets itself on the upstream request.
@@ -88,10 +109,13 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
     let client_ip = conn.ip;
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut hs);
+    let max = shared.config.client.max_header_bytes;
     let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => return Prep::Partial,
-        _ => return Prep::Fallback,
+        Ok(httparse::Status::Complete(n)) if n <= max => n,
+        Ok(httparse::Status::Complete(_)) => return Prep::TooLarge(431),
+        Ok(httparse::Status::Partial) if buf.len() <= max => return Prep::Partial,
+        Ok(httparse::Status::Partial) => return Prep::TooLarge(too_large_code(buf)),
+        Err(_) => return Prep::Fallback,
     };
     if req.version != Some(1) {
         return Prep::Fallback;
@@ -117,6 +141,7 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
     let mut hosts = 0;
     let mut close = false;
     let mut conn_tokens: Vec<&[u8]> = Vec::new();
+    let mut nominations = 0;
     let (mut xff, mut fwd, mut id) = (None, None, None);
     for h in headers {
         let n = h.name;
@@ -134,6 +159,11 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
             return Prep::Fallback;
         } else if n.eq_ignore_ascii_case("connection") {
             for t in tokens(h.value) {
+                nominations += 1;
+                // What pingora refuses (400), it answers.
+                if nominations >= 10 || protected(t) || !is_token(t) {
+                    return Prep::Fallback;
+                }
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if t.eq_ignore_ascii_case(b"upgrade") {

@@ -3,15 +3,15 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::h1::{Chunked, Framing, Head};
-use super::io::Limits;
+use super::io::{write_client, Limits};
 use super::pipeline::{relay, Upstream};
 use super::prepare::{ConnState, Prepared};
 use crate::http::pool::disturbed;
+use crate::http::request::LogSafe;
 use crate::http::shared::Shared;
 use crate::http::upstreams;
 
@@ -71,7 +71,7 @@ pub(super) async fn respond(
             }
             Err(f) => {
                 out.error = Some(f.what());
-                return local_error(client, p, out, 502, f.what()).await;
+                return local_error(shared, client, p, out, 502, f.what()).await;
             }
         },
         Framing::Close => {
@@ -87,14 +87,14 @@ pub(super) async fn respond(
             if head.upstream_keepalive {
                 relay(lease, rest, f);
             }
-            if client.write_all(&wbuf).await.is_err() {
+            if write_client(shared, client, &wbuf).await.is_err() {
                 out.error = Some("client gone");
                 return false;
             }
             return !close;
         }
     }
-    if client.write_all(&wbuf).await.is_err() {
+    if write_client(shared, client, &wbuf).await.is_err() {
         out.error = Some("client gone");
         return false;
     }
@@ -140,7 +140,7 @@ pub(super) async fn respond(
             _ => n,
         };
         rest.extend_from_slice(&ubuf[take..]);
-        if client.write_all(&ubuf[..take]).await.is_err() {
+        if write_client(shared, client, &ubuf[..take]).await.is_err() {
             out.error = Some("client gone");
             return false;
         }
@@ -165,6 +165,7 @@ pub(super) async fn respond(
 
 /// Answers the client with an error of this proxy's own (no response has been sent yet).
 pub(super) async fn local_error(
+    shared: &Shared,
     client: &mut TcpStream,
     p: &Prepared,
     out: &mut Outcome,
@@ -183,7 +184,7 @@ pub(super) async fn local_error(
         body.len(),
         p.request_id
     );
-    let _ = client.write_all(head.as_bytes()).await;
+    let _ = write_client(shared, client, head.as_bytes()).await;
     // As pingora's path does after an error of its own: the connection is not reused.
     false
 }
@@ -209,16 +210,16 @@ pub(super) fn log_request(shared: &Shared, conn: &mut ConnState, p: &Prepared, o
     tracing::info!(
         target: "access",
         client = %conn.ip,
-        method = %p.method,
-        host = %p.host,
-        path,
+        method = %LogSafe(p.method.as_str()),
+        host = %LogSafe(&p.host),
+        path = %LogSafe(path),
         status = o.code,
         route = &**route,
         service = &**service,
         upstream = o.upstream.map(|a| a.to_string()).as_deref().unwrap_or("-"),
         retries = o.retries,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
-        request_id = p.request_id.as_str(),
+        request_id = %LogSafe(&p.request_id),
         error = o.error.unwrap_or(""),
     );
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::h1::{parse_head, Chunked, Framing};
 use super::io::{read_now, Failure};
 use super::pipeline::{join_batch, relay, OpenBatch};
-use super::prepare::{prepare, ConnState, Prep, MAX_REQUEST_HEAD};
+use super::prepare::{prepare, ConnState, Prep};
 use super::serve;
 use crate::http::pool::FastPool;
 use crate::http::shared::Shared;
@@ -136,6 +136,9 @@ fn decide(shared: &Shared, req: &[u8]) -> &'static str {
         Prep::Ready(_) => "ready",
         Prep::Partial => "partial",
         Prep::Fallback => "fallback",
+        Prep::TooLarge(431) => "431",
+        Prep::TooLarge(414) => "414",
+        Prep::TooLarge(_) => "too large",
     }
 }
 
@@ -170,13 +173,19 @@ fn requests_it_does_not_take_fall_back_and_garbage_is_harmless() {
             String::from_utf8_lossy(req)
         );
     }
+    // Heads over the limit are refused here, as soon as that much came.
+    let max = s.config.client.max_header_bytes;
     let mut big = b"GET / HTTP/1.1\r\nHost: a.test\r\nX: ".to_vec();
-    big.resize(MAX_REQUEST_HEAD + 10, b'a');
-    assert_eq!(
-        decide(&s, &big),
-        "fallback",
-        "an over-long head is pingora's"
-    );
+    big.resize(max, b'a');
+    assert_eq!(decide(&s, &big), "partial", "at the limit: may still end");
+    big.push(b'a');
+    assert_eq!(decide(&s, &big), "431", "over the limit");
+    let mut whole = big.clone();
+    whole.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(decide(&s, &whole), "431", "complete but over the limit");
+    let mut line = b"GET /".to_vec();
+    line.resize(max + 1, b'a');
+    assert_eq!(decide(&s, &line), "414", "a request line that does not end");
     // Random bytes and random cuts of valid heads: an answer, never a panic.
     let valid =
         b"GET /p?q=1 HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, x\r\nCookie: a=b\r\n\r\n";
