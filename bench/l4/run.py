@@ -96,6 +96,15 @@ def topology():
         nsx(ns, "ip", "route", "add", "default", "via", gw)
 
     pod(CLIENT, "10.244.1.100", "brc", "10.244.1.1", "vcli")
+    # Each target's load comes from its own client address. Targets that keep the client's
+    # address (switchboard's kernel path, plain DNAT) otherwise meet the backends' TIME_WAIT
+    # sockets of the target timed before them: same 4-tuple, but TCP timestamps from another
+    # per-destination offset, so the SYNs are refused for a second each (seen: 27k → 80
+    # connections/s for whichever ran second).
+    for i, (t, vip) in enumerate(sorted(VIP.items())):
+        src = f"10.244.1.{110 + i}"
+        nsx(CLIENT, "ip", "addr", "add", f"{src}/24", "dev", "eth0")
+        nsx(CLIENT, "ip", "route", "add", f"{vip}/32", "via", "10.244.1.1", "src", src)
     for name, ip in BACKENDS:
         netns(f"{PREFIX}{name}")
         pod(f"{PREFIX}{name}", ip, "brb", "10.244.2.1", f"v{name}")
@@ -271,6 +280,11 @@ def load(target, kind, proc, a, data, helpers=()):
     else:
         cmd = ["dnsperf", "-s", vip, "-p", "53", "-d", Path(data) / "queries.txt", "-l",
                a.duration, "-T", "2", "-c", "32", "-q", "256", "-t", "2"]
+    # Every target starts from an empty conntrack table: a run of short connections leaves ~100k
+    # TIME_WAIT entries, and the targets timed after it would otherwise meet a full table
+    # (nf_conntrack_max) and lose SYNs.
+    for ns in [NODE, CLIENT] + [f"{PREFIX}{name}" for name, _ in BACKENDS]:
+        nsx(ns, "conntrack", "-F", check=False)
     cpu = B.CpuWindow(proc.pid if proc else None, helpers)
     cpu.start()
     out, err, ticks, wall = B.run_timed(["ip", "netns", "exec", CLIENT, *cmd], a.duration + 30)
