@@ -37,6 +37,7 @@
 //! retries), and here the connection loop. The pool is `../pool.rs`, retries `../retry.rs`.
 
 mod exchange;
+pub mod fuzzing;
 mod h1;
 mod io;
 mod pipeline;
