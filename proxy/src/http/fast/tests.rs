@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use super::h1::{parse_head, Chunked, Framing};
 use super::io::{read_now, Failure};
 use super::pipeline::{join_batch, relay, OpenBatch};
-use super::prepare::{prepare, ConnState, Prep};
 use super::serve;
 use crate::http::pool::FastPool;
 use crate::http::shared::Shared;
@@ -130,23 +129,15 @@ fn shared() -> Shared {
     )
 }
 
-fn decide(shared: &Shared, req: &[u8]) -> &'static str {
-    let mut conn = ConnState::new("10.0.0.1".parse().unwrap());
-    match prepare(shared, req, &mut conn) {
-        Prep::Ready(_) => "ready",
-        Prep::Partial => "partial",
-        Prep::Fallback => "fallback",
-        Prep::TooLarge(431) => "431",
-        Prep::TooLarge(414) => "414",
-        Prep::TooLarge(_) => "too large",
-    }
+fn decide(h: &super::fuzzing::Harness, req: &[u8]) -> &'static str {
+    h.request(req)
 }
 
 /// Heads this path does not take go to pingora (which answers them), incomplete ones wait,
 /// and no input makes it panic.
 #[test]
 fn requests_it_does_not_take_fall_back_and_garbage_is_harmless() {
-    let s = shared();
+    let s = super::fuzzing::Harness::new(tables::new_cell("cluster.local"));
     assert_eq!(decide(&s, b"GET / HTTP/1.1\r\nHost: a.test\r\n"), "partial");
     // Nothing routes in an empty table: pingora answers 404.
     assert_eq!(
@@ -174,7 +165,9 @@ fn requests_it_does_not_take_fall_back_and_garbage_is_harmless() {
         );
     }
     // Heads over the limit are refused here, as soon as that much came.
-    let max = s.config.client.max_header_bytes;
+    let max = crate::http::config::HttpConfig::default()
+        .client
+        .max_header_bytes;
     let mut big = b"GET / HTTP/1.1\r\nHost: a.test\r\nX: ".to_vec();
     big.resize(max, b'a');
     assert_eq!(decide(&s, &big), "partial", "at the limit: may still end");
