@@ -104,10 +104,60 @@ fn check_addresses_free(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fits the client connection limits into the open files limit (#14: idle clients could take
+/// every descriptor, and then the manifest source could not read its directory). The soft limit
+/// is raised to the hard one first; then a reserve — a quarter of it, at least 64 and at most
+/// 1,024 descriptors — stays for upstream connections, the manifest watcher, the L4 proxy and the
+/// process itself, and what is left is shared by the admin listener (at most a sixteenth of the
+/// limit), the DNS TCP listeners and the HTTP connections (each holding a client and an upstream
+/// descriptor). Limits that do not fit are lowered in proportion, with one warning naming them.
+fn fit_connection_limits(cfg: &mut Config) -> admin::AdminLimits {
+    let soft = proxy::l4::raise_fd_limit();
+    let mut admin = admin::AdminLimits::default();
+    if soft == u64::MAX {
+        return admin;
+    }
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    let reserve = (soft / 4).clamp(64, 1024);
+    let budget = soft.saturating_sub(reserve);
+    admin.max_connections = admin.max_connections.min((soft / 16).max(1));
+    admin.max_per_client = admin.max_per_client.min(admin.max_connections);
+    let dns = cfg.dns.len() * cfg.dns_tcp_max_connections;
+    let http = if cfg.http.is_empty() && cfg.https.is_empty() {
+        0
+    } else {
+        2 * cfg.http_limits.max_connections
+    };
+    let want = admin.max_connections + dns + http;
+    if want <= budget {
+        return admin;
+    }
+    let room = budget.saturating_sub(admin.max_connections);
+    let scale = |n: usize| ((n as u128 * room as u128 / (dns + http) as u128) as usize).max(1);
+    cfg.dns_tcp_max_connections = scale(cfg.dns_tcp_max_connections);
+    cfg.dns_tcp_max_per_client = cfg.dns_tcp_max_per_client.min(cfg.dns_tcp_max_connections);
+    let limits = &mut cfg.http_limits;
+    limits.max_connections = scale(limits.max_connections);
+    limits.max_connections_per_client = limits
+        .max_connections_per_client
+        .min(limits.max_connections);
+    tracing::warn!(
+        open_files = soft,
+        reserved = reserve,
+        admin_max_connections = admin.max_connections,
+        dns_tcp_max_connections = cfg.dns_tcp_max_connections,
+        http_max_connections = cfg.http_limits.max_connections,
+        "the open files limit is too low for the connection limits: lowered them so that {reserve} descriptors stay for upstreams, the manifest watcher and the L4 proxy"
+    );
+    admin
+}
+
 /// Runs until a shutdown signal.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ignore_stray_signals();
     check_addresses_free(&cfg)?;
+    let mut cfg = cfg;
+    let admin_limits = fit_connection_limits(&mut cfg);
     let registry = Registry::new();
     let metrics = Metrics::new(&registry).context("registering metrics")?;
     let cell = tables::new_cell(&cfg.cluster_domain);
@@ -131,7 +181,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             sources: sources.clone(),
             draining: draining.clone(),
         },
-        admin::AdminLimits::default(),
+        admin_limits,
     ));
 
     if let Some(dir) = &cfg.manifests {
@@ -147,7 +197,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             })
             .context("starting the manifest watcher")?;
     }
-    let mut cfg = cfg;
     if cfg.kubernetes {
         let client = kubernetes::client(cfg.kubeconfig.as_deref()).await?;
         parts.extend(controller::parts_of(Origin::Kubernetes));

@@ -261,21 +261,25 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// Every proxied connection holds two descriptors and every UDP frontend one: raise the soft
-/// limit on open files to the hard limit, as HAProxy and nginx do.
-fn raise_fd_limit() {
+/// limit on open files to the hard limit, as HAProxy and nginx do. Returns the soft limit in
+/// force afterwards (`u64::MAX` when it cannot be read).
+pub fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                Ok(()) => {
-                    tracing::debug!(from = soft, to = hard, "l4: raised the open files limit")
-                }
-                Err(e) => {
-                    tracing::warn!(soft, hard, error = %e, "l4: cannot raise the open files limit")
-                }
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return u64::MAX;
+    };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::debug!(from = soft, to = hard, "raised the open files limit");
+                return hard;
+            }
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit")
             }
         }
     }
+    soft
 }
 
 /// The running L4 proxy. Dropping it stops the sync task and listeners; call `shutdown` for an
@@ -295,7 +299,7 @@ impl L4 {
         registry: &prometheus::Registry,
     ) -> Result<L4, L4Error> {
         let metrics = Metrics::new(registry)?;
-        raise_fd_limit();
+        let _ = raise_fd_limit();
         let health = Health::new(cfg.sync_timeout);
         let shared = Arc::new(Shared {
             picker: select::Picker::new(cfg.node.clone()),
