@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// Admin listener: /metrics /healthz /readyz /debug/tables [default: 127.0.0.1:9153].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
+    /// No admin listener at all (no metrics, probes or table dump).
+    #[arg(long, conflicts_with = "admin")]
+    pub no_admin: bool,
     /// The cluster DNS domain [default: cluster.local].
     #[arg(long, value_name = "DOMAIN")]
     pub cluster_domain: Option<String>,
@@ -223,6 +226,7 @@ pub struct FileConfig {
     pub http_max_connections: Option<usize>,
     pub http_max_connections_per_client: Option<usize>,
     pub admin: Option<SocketAddr>,
+    pub no_admin: Option<bool>,
     pub cluster_domain: Option<String>,
     pub upstream: Option<Vec<String>>,
     pub ttl: Option<u32>,
@@ -275,6 +279,8 @@ pub struct Config {
     /// HTTP: client limits (head deadline and size, idle and write timeouts, connections).
     pub http_limits: proxy::http::ClientLimits,
     pub admin: SocketAddr,
+    /// No admin listener (`--no-admin`).
+    pub no_admin: bool,
     pub cluster_domain: String,
     pub upstream: Vec<SocketAddr>,
     /// DNS: TTL of cluster-zone records.
@@ -579,6 +585,7 @@ impl Config {
             kubeconfig,
             dns: list(args.dns, file.dns),
             http: list(args.http, file.http),
+            no_admin: args.no_admin || file.no_admin.unwrap_or(false),
             admin: args
                 .admin
                 .or(file.admin)

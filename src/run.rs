@@ -165,24 +165,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut parts = Vec::new();
 
     // Bind the admin listener first, so probes answer (not ready) while sources start.
-    let admin_listener = TcpListener::bind(cfg.admin)
-        .await
-        .with_context(|| format!("binding admin listener {}", cfg.admin))?;
-    tracing::info!("listening on admin {}", admin_listener.local_addr()?);
     let health_checks = admin::HealthChecks::default();
     let sources = controller::SourceHealth::default();
     let draining = Arc::new(AtomicBool::new(false));
-    tokio::spawn(admin::serve(
-        admin_listener,
-        AdminState {
-            registry: registry.clone(),
-            cell: cell.clone(),
-            health_checks: health_checks.clone(),
-            sources: sources.clone(),
-            draining: draining.clone(),
-        },
-        admin_limits,
-    ));
+    if cfg.no_admin {
+        tracing::info!(
+            "no admin listener (--no-admin): no /metrics, /healthz, /readyz or /debug/tables"
+        );
+    } else {
+        let admin_listener = TcpListener::bind(cfg.admin)
+            .await
+            .with_context(|| format!("binding admin listener {}", cfg.admin))?;
+        tracing::info!("listening on admin {}", admin_listener.local_addr()?);
+        tokio::spawn(admin::serve(
+            admin_listener,
+            AdminState {
+                registry: registry.clone(),
+                cell: cell.clone(),
+                health_checks: health_checks.clone(),
+                sources: sources.clone(),
+                draining: draining.clone(),
+            },
+            admin_limits,
+        ));
+    }
 
     if let Some(dir) = &cfg.manifests {
         parts.extend(controller::parts_of(Origin::Manifests));

@@ -402,3 +402,56 @@ async fn an_object_defined_in_two_files_is_reported() {
     .await;
     assert!(sb.tables().await.contains("clusterIPs=10.0.0.1\n"));
 }
+
+/// #14.4: the admin listener "can be disabled". With `--no-admin` nothing listens for it, and
+/// the rest still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_can_be_disabled() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), service("a", "10.0.0.1")).unwrap();
+    let mut child = std::process::Command::new(common::BIN)
+        .args([
+            "run",
+            "--no-admin",
+            "--dns",
+            "127.0.0.1:0",
+            "--lame-duck",
+            "0s",
+        ])
+        .arg("--manifests")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("switchboard started"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no start within 20 s:\n{}", log.join("\n"));
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = log.join("\n");
+    assert!(text.contains("no admin listener (--no-admin)"), "{text}");
+    assert!(!text.contains("listening on admin"), "{text}");
+    assert!(text.contains("listening on dns/udp"), "{text}");
+}
