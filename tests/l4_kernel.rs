@@ -313,10 +313,29 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
         ),
     );
     c.manifest("lb.yaml", &lb_service("192.0.2.0/24"));
+    // Only a terminating endpoint that still serves: kube-proxy's fallback uses it.
+    let draining = Ep {
+        ready: false,
+        serving: true,
+        terminating: true,
+        ..Ep::ready("10.244.1.11").on("node1")
+    };
+    c.manifest(
+        "term.yaml",
+        &service_yaml(
+            "term",
+            "10.96.0.23",
+            "",
+            &[],
+            &[("http", "TCP", 80, 8080, None)],
+            &[draining],
+        ),
+    );
     for node in [1, 2] {
         c.start_node(node, &["--cluster-cidr", "10.244.0.0/16"]);
-        c.wait_applied(node, "all four", |t| {
-            t.contains("10.96.0.20")
+        c.wait_applied(node, "all five", |t| {
+            t.contains("10.96.0.23")
+                && t.contains("10.96.0.20")
                 && t.contains("fd00:96::20")
                 && t.contains("10.96.0.21")
                 && t.contains("loadBalancerSourceRanges=192.0.2.0/24")
@@ -408,6 +427,17 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
         "node → ClusterIP",
     );
     assert_eq!(names(&host), set(&["a"]), "{host:?}");
+
+    // Serving and terminating only: still reached, through the kernel chain.
+    let fallback = whoami_all(
+        c.pods[client].ns.enter(|| {
+            (0..3)
+                .map(|_| tcp_hello(sa("10.96.0.23:80"), None))
+                .collect()
+        }),
+        "pod → Service whose only endpoint is terminating",
+    );
+    assert_eq!(names(&fallback), set(&["a"]), "{fallback:?}");
 
     // No endpoints: refused (TCP reset), not left hanging.
     let refused = c.pods[client]
