@@ -57,6 +57,26 @@ fn web(annotations: &[(&str, &str)], eps: &[Ep]) -> String {
     )
 }
 
+/// The lines of `/debug/tables` about one service (`default/web`).
+fn service_block(tables: &str, service: &str) -> String {
+    tables
+        .split("service ")
+        .filter(|b| b.starts_with(&format!("{service} ")))
+        .collect()
+}
+
+/// A ClusterIP Service with ClientIP affinity (timeout 60 s) over `eps`.
+fn sticky(eps: &[Ep]) -> String {
+    service_yaml(
+        "sticky",
+        "10.96.0.14",
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+        &[],
+        &[("http", "TCP", 80, 8080, None)],
+        eps,
+    )
+}
+
 #[test]
 fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_moves_udp_flows() {
     if skip_unless_root(
@@ -78,6 +98,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         Ep::ready("10.244.1.12").on("node1"),
     ];
     c.manifest("web.yaml", &web(&[], &both));
+    c.manifest("sticky.yaml", &sticky(&both));
     c.start_node(
         1,
         &[
@@ -87,7 +108,9 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
             "10.250.0.0/16",
         ],
     );
-    c.wait_applied(1, "web", |t| t.contains("10.96.0.10"));
+    c.wait_applied(1, "web and sticky", |t| {
+        t.contains("10.96.0.10") && t.contains("10.96.0.14")
+    });
     let n1 = c.node_netns(1);
     let table = n1.exec(&["nft", "list", "table", "inet", "switchboard"]);
     for want in [
@@ -121,6 +144,22 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
     );
     assert_eq!(names(&udp), set(&["a", "b"]), "{udp:?}");
     assert_eq!(sources(&udp), set(&["10.244.1.100"]), "{udp:?}");
+    // ClientIP affinity in the kernel: every connection of this client lands on one endpoint.
+    let stuck = whoami_all(
+        pod.enter(|| {
+            (0..20)
+                .map(|_| tcp_hello(sa("10.96.0.14:80"), None))
+                .collect()
+        }),
+        "pod → ClientIP-affinity ClusterIP",
+    );
+    assert_eq!(names(&stuck).len(), 1, "{stuck:?}");
+    assert_eq!(sources(&stuck), set(&["10.244.1.100"]), "{stuck:?}");
+    let table = n1.exec(&["nft", "list", "table", "inet", "switchboard"]);
+    assert!(
+        table.contains("update @svc-default/sticky/tcp/80/int4/aff/"),
+        "{table}"
+    );
     let node = c.node(1);
     assert_eq!(
         node.metric(Some(n1), "switchboard_l4_connections_total"),
@@ -179,7 +218,9 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
     };
     let other = if first_name == "a" { "b" } else { "a" };
     c.manifest("web.yaml", &web(&[], &[stay]));
-    c.wait_applied(1, "one endpoint left", |t| !t.contains(gone_ip));
+    c.wait_applied(1, "one endpoint left", |t| {
+        !service_block(t, "default/web").contains(gone_ip)
+    });
     let after: Vec<String> = (0..20)
         .map(|i| {
             pod.enter(|| {
@@ -197,8 +238,48 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         after.iter().all(|r| r.starts_with(&format!("{other} "))),
         "the flow moved to {other}: {after:?}"
     );
-    let table = n1.exec(&["nft", "list", "table", "inet", "switchboard"]);
-    assert!(!table.contains(gone_ip), "{table}");
+    for chain in ["svc-default/web/udp/53/int4", "svc-default/web/tcp/80/int4"] {
+        let rules = n1.exec(&["nft", "list", "chain", "inet", "switchboard", chain]);
+        assert!(!rules.contains(gone_ip), "{rules}");
+    }
+
+    // The sticky client's endpoint leaves: it moves to the other one, and stays there.
+    let stuck_on = stuck[0].0.clone();
+    let (stuck_ip, remaining) = if stuck_on == "a" {
+        ("10.244.1.11", "10.244.1.12")
+    } else {
+        ("10.244.1.12", "10.244.1.11")
+    };
+    c.manifest("sticky.yaml", &sticky(&[Ep::ready(remaining).on("node1")]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let chain = n1.exec(&[
+            "nft",
+            "list",
+            "chain",
+            "inet",
+            "switchboard",
+            "svc-default/sticky/tcp/80/int4",
+        ]);
+        if !chain.contains(&stuck_ip.replace('.', "")) && chain.contains("numgen random mod 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sticky chain never lost {stuck_ip}:\n{chain}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let moved = whoami_all(
+        pod.enter(|| {
+            (0..10)
+                .map(|_| tcp_hello(sa("10.96.0.14:80"), None))
+                .collect()
+        }),
+        "sticky after its endpoint left",
+    );
+    let other_name = if stuck_on == "a" { "b" } else { "a" };
+    assert_eq!(names(&moved), set(&[other_name]), "{moved:?}");
 
     // The Service moved to the relay by annotation: redirected, the backend sees the node.
     let both = [

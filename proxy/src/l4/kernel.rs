@@ -65,10 +65,6 @@ pub fn relay_reason(svc: &Service, cfg: &KernelConfig) -> Option<&'static str> {
         .contains_key(super::proxy_protocol::ANNOTATION)
     {
         Some("PROXY protocol")
-    } else if svc.session_affinity_timeout.is_some() {
-        // ClientIP affinity is kept by the relay's affinity table until the kernel path
-        // grows per-endpoint affinity sets (docs/l4.md, "What the kernel path does not do").
-        Some("sessionAffinity ClientIP")
     } else if cfg.default_relay && asked != Some("kernel") {
         Some("--l4-default-mode proxy")
     } else {
@@ -108,6 +104,76 @@ pub fn proto_name(p: Protocol) -> &'static str {
 pub struct ChainBody {
     pub rules: Vec<String>,
     pub endpoints: Vec<IpAddr>,
+    /// The objects the rules refer to beside the chain itself: for ClientIP affinity, a set of
+    /// recent clients and a chain per endpoint (kube-proxy's shape). Created before the rules
+    /// that use them, deleted after.
+    pub aux: Vec<Aux>,
+}
+
+/// A set or chain that belongs to one service-port chain.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Aux {
+    /// `set NAME { DECL }`.
+    Set { name: Arc<str>, decl: String },
+    /// `chain NAME` with these rules.
+    Chain { name: Arc<str>, rules: Vec<String> },
+}
+
+impl Aux {
+    pub fn name(&self) -> &Arc<str> {
+        match self {
+            Aux::Set { name, .. } | Aux::Chain { name, .. } => name,
+        }
+    }
+}
+
+/// An endpoint's part of a name: its address in hex (no `.` or `:`) and port.
+fn endpoint_tag(e: &std::net::SocketAddr) -> String {
+    let hex: String = match e.ip() {
+        IpAddr::V4(a) => a.octets().iter().map(|b| format!("{b:02x}")).collect(),
+        IpAddr::V6(a) => a.octets().iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    format!("{hex}/{}", e.port())
+}
+
+/// ClientIP affinity in the kernel, as kube-proxy's nftables mode does it: per endpoint, a set
+/// of the clients it served (each element expiring after the Service's timeout, refreshed by
+/// every new connection) and a chain that records the client and DNATs. The service-port
+/// chain first sends a known client to its endpoint's chain, else picks one at random.
+fn affinity_rules(
+    chain: &str,
+    proto: &str,
+    v6: bool,
+    eps: &[std::net::SocketAddr],
+    timeout: u32,
+    rules: &mut Vec<String>,
+    aux: &mut Vec<Aux>,
+) {
+    let fam = if v6 { "ip6" } else { "ip" };
+    let addr_type = if v6 { "ipv6_addr" } else { "ipv4_addr" };
+    let mut pick = format!("numgen random mod {} vmap {{ ", eps.len());
+    for (i, e) in eps.iter().enumerate() {
+        let tag = endpoint_tag(e);
+        let set: Arc<str> = format!("{chain}/aff/{tag}/{timeout}").into();
+        let ep_chain: Arc<str> = format!("{chain}/ep/{tag}").into();
+        aux.push(Aux::Set {
+            name: set.clone(),
+            decl: format!("type {addr_type}; flags dynamic,timeout; timeout {timeout}s;"),
+        });
+        let mut dnat = String::new();
+        dnat_rule(&mut dnat, proto, v6, std::slice::from_ref(e));
+        aux.push(Aux::Chain {
+            name: ep_chain.clone(),
+            rules: vec![format!("update @{set} {{ {fam} saddr }}"), dnat],
+        });
+        rules.push(format!("{fam} saddr @{set} goto {ep_chain}"));
+        if i > 0 {
+            pick.push_str(", ");
+        }
+        let _ = write!(pick, "{i} : goto {ep_chain}");
+    }
+    pick.push_str(" }");
+    rules.push(pick);
 }
 
 fn dnat_rule(out: &mut String, proto: &str, v6: bool, eps: &[std::net::SocketAddr]) {
@@ -241,8 +307,12 @@ pub fn chain_body(
         }
     }
     let addrs: Vec<_> = chosen.iter().map(|e| e.addr).collect();
+    let mut aux = Vec::new();
     if addrs.is_empty() {
         rules.push("jump no-local-endpoints".into());
+    } else if let Some(timeout) = svc.session_affinity_timeout {
+        let name = chain_name(target, kind, v6);
+        affinity_rules(&name, proto, v6, &addrs, timeout, &mut rules, &mut aux);
     } else {
         let mut r = String::new();
         dnat_rule(&mut r, proto, v6, &addrs);
@@ -259,7 +329,12 @@ pub fn chain_body(
     }
     endpoints.sort();
     endpoints.dedup();
-    Some(ChainBody { rules, endpoints })
+    aux.sort();
+    Some(ChainBody {
+        rules,
+        endpoints,
+        aux,
+    })
 }
 
 /// A chain as programmed: its body and how many map elements jump to it.
@@ -288,6 +363,12 @@ pub struct ChainOps {
     /// Chains no element jumps to any more (deleted after the elements).
     pub delete: Vec<Arc<str>>,
     pub hairpin_add: Vec<IpAddr>,
+    /// Sets and chains new chains' rules refer to (added before the rules).
+    pub aux_add: Vec<Aux>,
+    /// Aux chains whose rules changed (flushed and rewritten).
+    pub aux_rewrite: Vec<Aux>,
+    /// Aux sets and chains no rule refers to any more (deleted after the rules).
+    pub aux_delete: Vec<Aux>,
     pub hairpin_delete: Vec<IpAddr>,
     /// Endpoints a chain stopped using: UDP conntrack entries towards them are stale.
     pub endpoints_gone: Vec<(Arc<str>, IpAddr)>,
@@ -300,6 +381,9 @@ impl ChainOps {
             && self.delete.is_empty()
             && self.hairpin_add.is_empty()
             && self.hairpin_delete.is_empty()
+            && self.aux_add.is_empty()
+            && self.aux_rewrite.is_empty()
+            && self.aux_delete.is_empty()
     }
 }
 
@@ -316,12 +400,13 @@ impl Chains {
         }
     }
 
-    /// Every chain with its rules, and the hairpin addresses (for a full table).
+    /// Every chain with its rules, and the hairpin addresses (for a full table). Each chain
+    /// comes with its aux objects.
     pub fn all(&self) -> (Vec<ChainRules<'_>>, Vec<IpAddr>) {
         let mut chains: Vec<_> = self
             .chains
             .iter()
-            .map(|(n, p)| (n.clone(), p.body.rules.as_slice()))
+            .map(|(n, p)| (n.clone(), p.body.rules.as_slice(), p.body.aux.as_slice()))
             .collect();
         chains.sort();
         let mut hairpin: Vec<IpAddr> = self.hairpin.keys().copied().collect();
@@ -338,8 +423,8 @@ impl Chains {
     }
 }
 
-/// A chain's name and rules.
-pub type ChainRules<'a> = (Arc<str>, &'a [String]);
+/// A chain's name, rules and aux objects.
+pub type ChainRules<'a> = (Arc<str>, &'a [String], &'a [Aux]);
 
 /// One update's worth of chain changes.
 pub struct Batch<'a> {
@@ -367,6 +452,7 @@ impl Batch<'_> {
                         body: ChainBody {
                             rules: vec![],
                             endpoints: vec![],
+                            aux: vec![],
                         },
                         refs: 1,
                     },
@@ -409,12 +495,27 @@ impl Batch<'_> {
                 continue;
             }
             let old = p.body.endpoints.clone();
+            let old_aux = p.body.aux.clone();
             for ip in old.iter().filter(|ip| !body.endpoints.contains(ip)) {
                 self.hairpin_ref(*ip, false);
                 self.ops.endpoints_gone.push((name.clone(), *ip));
             }
             for ip in body.endpoints.iter().filter(|ip| !old.contains(ip)) {
                 self.hairpin_ref(*ip, true);
+            }
+            // Aux objects by name: new ones are added, changed chains rewritten (a set's
+            // declaration is in its name, so it never changes in place), gone ones deleted.
+            for a in &body.aux {
+                match old_aux.iter().find(|o| o.name() == a.name()) {
+                    None => self.ops.aux_add.push(a.clone()),
+                    Some(o) if o != a => self.ops.aux_rewrite.push(a.clone()),
+                    Some(_) => {}
+                }
+            }
+            for o in &old_aux {
+                if !body.aux.iter().any(|a| a.name() == o.name()) {
+                    self.ops.aux_delete.push(o.clone());
+                }
             }
             self.ops.rewrite.push((name.clone(), body.rules.clone()));
             self.chains.chains.get_mut(&name).expect("checked").body = body;
@@ -435,13 +536,23 @@ impl Batch<'_> {
             if let Some(i) = self.ops.add.iter().position(|n| *n == name) {
                 self.ops.add.remove(i);
                 self.ops.rewrite.retain(|(n, _)| *n != name);
+                let mine = |a: &Aux| p.body.aux.iter().any(|o| o.name() == a.name());
+                self.ops.aux_add.retain(|a| !mine(a));
+                self.ops.aux_rewrite.retain(|a| !mine(a));
             } else {
                 self.ops.delete.push(name);
+                self.ops.aux_delete.extend(p.body.aux);
             }
         }
         self.ops.add.sort();
         self.ops.rewrite.sort();
         self.ops.delete.sort();
+        // Sets before chains when adding (`Aux::Set` sorts first), chains before sets when
+        // deleting: a chain's rules refer to its set.
+        self.ops.aux_add.sort();
+        self.ops.aux_rewrite.sort();
+        self.ops.aux_delete.sort();
+        self.ops.aux_delete.reverse();
         self.ops
     }
 }

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use tables::Protocol;
 
-use super::kernel::ChainOps;
+use super::kernel::{Aux, ChainOps};
 use super::select::Verdict;
 
 /// Names and marks of the table.
@@ -272,6 +272,21 @@ fn write_rules(out: &mut String, table: &str, chain: &str, rules: &[String]) {
     }
 }
 
+/// Adds aux objects: sets, then chains with their rules (`aux` is sorted that way).
+fn add_aux(out: &mut String, table: &str, aux: &[Aux]) {
+    for a in aux {
+        match a {
+            Aux::Set { name, decl } => {
+                let _ = writeln!(out, "add set inet {table} {name} {{ {decl} }}");
+            }
+            Aux::Chain { name, rules } => {
+                let _ = writeln!(out, "add chain inet {table} {name}");
+                write_rules(out, table, name, rules);
+            }
+        }
+    }
+}
+
 fn hairpin_elements(out: &mut String, table: &str, verb: &str, ips: &[IpAddr]) {
     for v6 in [false, true] {
         let list: Vec<String> = ips
@@ -414,7 +429,8 @@ pub fn full_script(
         "  chain nat-postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ct status dnat ip saddr . ip daddr @hairpin4 masquerade\n    ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade\n    meta mark & {mm:#x} == {mm:#x} meta mark set meta mark ^ {mm:#x} masquerade\n  }}"
     );
     let _ = writeln!(s, "}}");
-    for (name, rules) in &kernel.chains {
+    for (name, rules, aux) in &kernel.chains {
+        add_aux(&mut s, t, aux);
         let _ = writeln!(s, "add chain inet {t} {}", quoted(name));
         write_rules(&mut s, t, name, rules);
     }
@@ -457,6 +473,13 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
     for name in &ops.add {
         let _ = writeln!(s, "add chain inet {t} {}", quoted(name));
     }
+    add_aux(&mut s, t, &ops.aux_add);
+    for a in &ops.aux_rewrite {
+        if let Aux::Chain { name, rules } = a {
+            let _ = writeln!(s, "flush chain inet {t} {name}");
+            write_rules(&mut s, t, name, rules);
+        }
+    }
     for (name, rules) in &ops.rewrite {
         let _ = writeln!(s, "flush chain inet {t} {}", quoted(name));
         write_rules(&mut s, t, name, rules);
@@ -468,6 +491,13 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
     );
     for name in &ops.delete {
         let _ = writeln!(s, "delete chain inet {t} {}", quoted(name));
+    }
+    for a in &ops.aux_delete {
+        let kind = match a {
+            Aux::Set { .. } => "set",
+            Aux::Chain { .. } => "chain",
+        };
+        let _ = writeln!(s, "delete {kind} inet {t} {}", a.name());
     }
     hairpin_elements(&mut s, t, "delete", &ops.hairpin_delete);
     hairpin_elements(&mut s, t, "add", &ops.hairpin_add);
@@ -677,7 +707,7 @@ mod tests {
         e.insert(svc("10.96.0.1", Protocol::Udp, 53), t(Verdict::Proxy));
         let rules = vec!["meta l4proto tcp dnat ip to 10.0.0.1:80".to_string()];
         let kernel = KernelChains {
-            chains: vec![("svc-a/b/tcp/80/int4".into(), rules.as_slice())],
+            chains: vec![("svc-a/b/tcp/80/int4".into(), rules.as_slice(), &[][..])],
             hairpin: vec!["10.0.0.1".parse().unwrap()],
         };
         let s = full_script(
