@@ -455,3 +455,50 @@ async fn the_admin_listener_can_be_disabled() {
     assert!(!text.contains("listening on admin"), "{text}");
     assert!(text.contains("listening on dns/udp"), "{text}");
 }
+
+/// #14.9: a manifest that cannot be read was logged at debug only (and, at the next walk,
+/// counted as removed). A symlink to /proc/self/mem is a file whose read fails (EIO) even as
+/// root: it is now a warning, counted, shown as stale in /readyz, and retried until it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_manifest_is_a_warning_and_stale_until_it_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), service("a", "10.0.0.1")).unwrap();
+    let sb = start(dir.path(), &[]);
+    sb.wait_admin("/readyz", Duration::from_secs(20), "ready", |c, _| c == 200)
+        .await;
+    std::os::unix::fs::symlink("/proc/self/mem", dir.path().join("bad.yaml")).unwrap();
+    sb.wait_log("cannot read manifest", Duration::from_secs(10))
+        .await;
+    assert!(
+        sb.log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("cannot read manifest")),
+        "{}",
+        sb.log()
+    );
+    sb.wait_admin(
+        "/readyz",
+        Duration::from_secs(10),
+        "bad.yaml stale",
+        |c, b| {
+            c == 200
+                && b.contains("stale manifests: cannot read manifest")
+                && b.contains("bad.yaml")
+        },
+    )
+    .await;
+    assert!(
+        sb.metric("switchboard_source_errors_total{reason=\"read\",source=\"manifests\"}")
+            .await
+            >= Some(1.0)
+    );
+    assert!(sb.tables().await.contains("service default/a "));
+    std::fs::remove_file(dir.path().join("bad.yaml")).unwrap();
+    sb.wait_admin(
+        "/readyz",
+        Duration::from_secs(10),
+        "no stale source",
+        |c, b| c == 200 && !b.contains("stale"),
+    )
+    .await;
+}
