@@ -502,3 +502,23 @@ async fn an_unreadable_manifest_is_a_warning_and_stale_until_it_goes() {
     )
     .await;
 }
+
+/// #18: "switchboard started" could come before the sources had synced, and nothing said when
+/// they had. One line now says it, with what is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_line_says_when_every_source_has_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), service("a", "10.0.0.1")).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), service("b", "10.0.0.2")).unwrap();
+    let sb = start(dir.path(), &[]);
+    sb.wait_log("ready: every source has synced", Duration::from_secs(20))
+        .await;
+    let line = sb
+        .log()
+        .lines()
+        .find(|l| l.contains("ready: every source has synced"))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("services=2"), "{line}");
+    assert_eq!(sb.log_count("ready: every source has synced"), 1);
+}

@@ -103,6 +103,8 @@ pub struct Controller {
     metrics: Metrics,
     pending: BTreeSet<String>,
     health: SourceHealth,
+    /// When the controller was made, for the time to the first complete state.
+    created: Instant,
 }
 
 impl Controller {
@@ -121,6 +123,7 @@ impl Controller {
             metrics,
             pending: parts.into_iter().collect(),
             health,
+            created: Instant::now(),
         }
     }
 
@@ -157,6 +160,9 @@ impl Controller {
             Change::Synced { part } => {
                 if self.pending.remove(&part) {
                     tracing::info!(%part, remaining = self.pending.len(), "source synced");
+                    if self.pending.is_empty() {
+                        self.log_ready();
+                    }
                 }
                 if self.pending.is_empty() {
                     self.state.set_synced(true);
@@ -164,6 +170,26 @@ impl Controller {
             }
             Change::Health { part, problem } => self.report_health(&part, problem),
         }
+    }
+
+    /// Says once, when every source has delivered its first complete state, what is served
+    /// and how long it took (the snapshot that carries it is published right after).
+    fn log_ready(&self) {
+        let count = |kind: Kind| {
+            [Origin::Manifests, Origin::Kubernetes]
+                .iter()
+                .map(|o| self.state.object_count(*o, kind))
+                .sum::<usize>()
+        };
+        tracing::info!(
+            services = count(Kind::Service),
+            endpoint_slices = count(Kind::EndpointSlice),
+            ingresses = count(Kind::Ingress),
+            http_routes = count(Kind::HttpRoute),
+            gateways = count(Kind::Gateway),
+            seconds = self.created.elapsed().as_secs_f64(),
+            "ready: every source has synced"
+        );
     }
 
     /// Records a part's health, exports it, and logs the start and the end of each outage once.
