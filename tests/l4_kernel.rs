@@ -217,10 +217,40 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         (Ep::ready("10.244.1.11").on("node1"), "10.244.1.12")
     };
     let other = if first_name == "a" { "b" } else { "a" };
-    c.manifest("web.yaml", &web(&[], &[stay]));
+    // The change carries the EndpointSlice controller's trigger time, two seconds ago.
+    let triggered = std::process::Command::new("date")
+        .args(["-u", "-d", "-2 seconds", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    let triggered = String::from_utf8(triggered.stdout).unwrap();
+    c.manifest(
+        "web.yaml",
+        &web(&[], &[stay]).replace(
+            "  name: web-1\n  namespace: default\n",
+            &format!(
+                "  name: web-1\n  namespace: default\n  annotations:\n    endpoints.kubernetes.io/last-change-trigger-time: \"{}\"\n",
+                triggered.trim()
+            ),
+        ),
+    );
     c.wait_applied(1, "one endpoint left", |t| {
         !service_block(t, "default/web").contains(gone_ip)
     });
+    // kube-proxy's network programming duration, from that trigger time: at least 2 s.
+    let n = c.node(1);
+    assert_eq!(
+        n.metric(
+            Some(n1),
+            "switchboard_l4_network_programming_duration_seconds_count"
+        ),
+        1.0
+    );
+    assert!(
+        n.metric(
+            Some(n1),
+            "switchboard_l4_network_programming_duration_seconds_sum"
+        ) >= 2.0
+    );
     let after: Vec<String> = (0..20)
         .map(|i| {
             pod.enter(|| {

@@ -367,8 +367,19 @@ pub fn endpoint_slice(
         address_type,
         ports,
         endpoints,
+        // Unparsable times are ignored, as kube-proxy does.
+        trigger_time: slice
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(std::time::SystemTime::from),
     })
 }
+
+/// Set by the EndpointSlice controller: when the change a slice carries was triggered.
+const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 fn ingress_backend(field: &str, b: &networking::IngressBackend) -> Result<m::IngressBackend> {
     let svc = b.service.as_ref().ok_or_else(|| {

@@ -57,6 +57,7 @@ pub fn sample_cell() -> SnapshotCell {
         Object::Service(svc("dual", &["10.96.0.11", "fd00::11"], false)),
         Object::Service(svc("db", &[], true)),
         Object::EndpointSlice(EndpointSlice {
+            trigger_time: None,
             namespace: "default".into(),
             name: "db-1".into(),
             service_name: Some("db".into()),

@@ -125,6 +125,7 @@ pub fn compile_service(
         key: key.clone(),
         service: Arc::new(svc.clone()),
         ports,
+        trigger_time: slices.iter().filter_map(|s| s.trigger_time).max(),
     });
 
     let mut out = CompiledService::default();

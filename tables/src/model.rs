@@ -340,6 +340,9 @@ pub struct EndpointSlice {
     pub address_type: AddressType,
     pub ports: Vec<EndpointPort>,
     pub endpoints: Vec<Endpoint>,
+    /// The `endpoints.kubernetes.io/last-change-trigger-time` annotation: when the change this
+    /// version carries was triggered (a Pod became ready, ...), for network programming latency.
+    pub trigger_time: Option<std::time::SystemTime>,
 }
 
 // ---- Ingress (networking.k8s.io/v1) ----

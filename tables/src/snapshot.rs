@@ -134,6 +134,8 @@ pub struct ServiceRoutes {
     pub key: ServiceKey,
     pub service: Arc<Service>,
     pub ports: Vec<PortRoutes>,
+    /// The latest `last-change-trigger-time` of the service's EndpointSlices, if any carries one.
+    pub trigger_time: Option<std::time::SystemTime>,
 }
 
 impl ServiceRoutes {

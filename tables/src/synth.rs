@@ -366,6 +366,7 @@ pub fn slice(spec: &SynthSpec, i: usize) -> EndpointSlice {
         })
         .collect();
     EndpointSlice {
+        trigger_time: None,
         name: format!("{svc}-{:05x}", mix(i as u64 ^ 0x511ce) & 0xfffff),
         namespace,
         service_name: Some(svc),

@@ -290,6 +290,7 @@ mod tests {
             ..Default::default()
         };
         let routes = ServiceRoutes {
+            trigger_time: None,
             key: ServiceKey::new("d", "web"),
             service: Arc::new(svc),
             ports: vec![PortRoutes {

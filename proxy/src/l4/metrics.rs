@@ -31,6 +31,9 @@ pub struct Metrics {
     pub no_local_endpoints: IntGaugeVec,
     /// Service-port chains on the kernel path.
     pub kernel_chains: IntGauge,
+    /// kube-proxy's `network_programming_duration_seconds`: from the trigger time an
+    /// EndpointSlice carries to the data plane serving the change.
+    pub network_programming_duration: Histogram,
     /// UDP datagrams from clients by the socket they arrived on: `tproxy` (the one listener) or
     /// `frontend` (a socket bound to the frontend: `bind` mode, or `nftables` mode when a
     /// bridge with br_netfilter dropped the tproxy assignment).
@@ -124,6 +127,16 @@ impl Metrics {
                 ),
                 &["traffic"],
             )?,
+            network_programming_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "switchboard_l4_network_programming_duration_seconds",
+                    "From an EndpointSlice's endpoints.kubernetes.io/last-change-trigger-time to the L4 data plane serving the change (kube-proxy's network_programming_duration_seconds).",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+                    120.0, 300.0,
+                ]),
+            )?,
             kernel_chains: IntGauge::new(
                 "switchboard_l4_kernel_chains",
                 "Service-port chains programmed on the kernel path.",
@@ -137,6 +150,7 @@ impl Metrics {
         registry.register(Box::new(m.last_sync.clone()))?;
         registry.register(Box::new(m.no_local_endpoints.clone()))?;
         registry.register(Box::new(m.kernel_chains.clone()))?;
+        registry.register(Box::new(m.network_programming_duration.clone()))?;
         registry.register(Box::new(m.programming_latency.clone()))?;
         registry.register(Box::new(m.syncs.clone()))?;
         registry.register(Box::new(m.frontends.clone()))?;

@@ -247,6 +247,7 @@ mod tests {
         FrontendTarget {
             kind: FrontendKind::ClusterIp,
             service: Arc::new(ServiceRoutes {
+                trigger_time: None,
                 key: ServiceKey::new("default", "web"),
                 service: Arc::new(Service {
                     session_affinity_timeout: affinity,

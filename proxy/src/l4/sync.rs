@@ -33,6 +33,8 @@ pub(crate) struct VerdictCache {
     entries: HashMap<Element, Entry>,
     chains: Chains,
     stamp: u64,
+    /// The services whose frontends the last update recomputed (one entry per service).
+    recomputed: Vec<Arc<ServiceRoutes>>,
 }
 
 struct Entry {
@@ -61,6 +63,9 @@ impl VerdictCache {
         let mut changes = Vec::new();
         let mut seen = 0usize;
         let entries = &mut self.entries;
+        let recomputed = &mut self.recomputed;
+        recomputed.clear();
+        let mut recomputed_ptrs = std::collections::HashSet::new();
         let mut batch = self.chains.batch();
         let mut one = |element: Element,
                        target: &tables::FrontendTarget,
@@ -78,6 +83,9 @@ impl VerdictCache {
                 Some(e) => Some(e.target.clone()),
                 None => None,
             };
+            if recomputed_ptrs.insert(Arc::as_ptr(&target.service)) {
+                recomputed.push(target.service.clone());
+            }
             let (v, no_local) = verdict_and_no_local(target, kind, family, node, kernel);
             let chain = match (v, kernel) {
                 (Verdict::Kernel, Some(cfg)) => {
@@ -189,6 +197,11 @@ impl VerdictCache {
             .filter(|(_, _, k)| *k == TrafficKind::Internal)
             .count();
         (internal, seen.len() - internal)
+    }
+
+    /// The services whose frontends the last update recomputed.
+    pub fn recomputed(&self) -> &[Arc<ServiceRoutes>] {
+        &self.recomputed
     }
 
     /// The kernel chains, for a full table.
@@ -382,6 +395,14 @@ impl Syncer {
                 m.programming_latency.observe(since_event);
                 m.syncs.with_label_values(&["ok"]).inc();
                 m.last_applied_generation.set(snap.generation as i64);
+                // kube-proxy's network programming duration: from the change's trigger time
+                // (the EndpointSlice annotation) to the data plane serving it.
+                let now = std::time::SystemTime::now();
+                for svc in self.cache.recomputed() {
+                    if let Some(d) = svc.trigger_time.and_then(|t| now.duration_since(t).ok()) {
+                        m.network_programming_duration.observe(d.as_secs_f64());
+                    }
+                }
                 m.last_sync.set(
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
