@@ -707,15 +707,35 @@ spec:
     .unwrap();
     assert_eq!(a.status, 200);
 
-    // Weights 80/20: 500 requests, canary share within ±5 standard deviations (sd ≈ 9).
-    let before = canary.hits();
-    let n = 500;
-    for _ in 0..n {
-        assert_eq!(get(&c, proxy, "shop.test", "/w").await.status, 200);
+    // Weights 80/20 over n = 7000 requests (8 clients at once). Canary's count is binomial:
+    // at p = 0.20 mean 1400, sd √(7000·0.2·0.8) ≈ 33.5, and the window 1233..=1567 is ±5 sd
+    // (a false failure about 6 in 10^7). A 75/25 split (mean 1750, sd ≈ 36.2) lands above
+    // 1567 except with probability about 2·10^-7, an 85/15 one (mean 1050, sd ≈ 29.9) below
+    // 1233 except with about 10^-9; with 500 requests the old ±5 sd window passed both.
+    let (before, before_stable) = (canary.hits(), stable.hits());
+    let (clients, each) = (8, 875);
+    let n = clients * each;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..each {
+                assert_eq!(get(&c, proxy, "shop.test", "/w").await.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
     }
     let canary_share = canary.hits() - before;
+    let stable_share = stable.hits() - before_stable;
+    assert_eq!(
+        canary_share + stable_share,
+        n as u64,
+        "every request reached one of them"
+    );
     assert!(
-        (55..=145).contains(&canary_share),
+        (1233..=1567).contains(&canary_share),
         "canary got {canary_share} of {n}"
     );
 }
