@@ -503,12 +503,27 @@ spec:
     assert_eq!(a.status, 503);
     assert!(a.body.contains("default/nope"), "{}", a.body);
 
-    // Not-ready endpoints never get traffic; both ready ones do.
-    for _ in 0..60 {
+    // Not-ready endpoints never get traffic; both ready ones do. The least-request balancer
+    // keeps sending sequential requests to the faster endpoint until the other's latency score
+    // decays (half-life 1 s), so requests go on until each ready backend has had some: bounded
+    // by 2000 requests and 20 s.
+    let (before1, before2) = (web1.hits(), web2.hits());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0u64;
+    while web1.hits() == before1 || web2.hits() == before2 {
+        assert!(
+            sent < 2000 && Instant::now() < deadline,
+            "a ready backend got nothing from {sent} requests: web1 {}, web2 {}",
+            web1.hits() - before1,
+            web2.hits() - before2
+        );
         assert_eq!(get(&c, proxy, "a.test", "/").await.status, 200);
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(web_unready.hits(), 0);
-    assert!(web1.hits() + web2.hits() > 60);
+    let (got1, got2) = (web1.hits() - before1, web2.hits() - before2);
+    assert_eq!(got1 + got2, sent, "every request reached a ready backend");
 
     // Forwarding headers and a request id reach the backend.
     let a = get(&c, proxy, "a.test", "/hdr").await;
