@@ -84,15 +84,37 @@ async fn gone_410_relists_and_keeps_tables() {
 
     // The watches drop; while requests are held, `b` is written and history compacted, so
     // re-watching from the old resourceVersion gets 410 Gone and the watcher must relist.
-    api.set_delay(Duration::from_millis(800));
+    let seen = api.requests().len();
+    api.set_delay(Duration::from_secs(3));
     api.drop_watches();
     api.apply_yaml(&svc("b", "10.0.0.2"));
     api.compact();
+    // Evidence that the drop was noticed and the watcher is relisting: a new list of Services
+    // (not a watch) reached the API server, where the delay holds it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let relisting = || {
+        let requests = api.requests();
+        let new = requests.iter().skip(seen);
+        let mut lists =
+            new.filter(|r| r.starts_with("GET /api/v1/services") && !r.contains("watch="));
+        lists.next().is_some()
+    };
+    while !relisting() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no relist of Services: {:?}\n{}",
+            &api.requests()[seen..],
+            sb.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let t = sb.tables().await;
     assert!(
         t.contains("service default/a "),
         "kept while relisting:\n{t}"
     );
+    // Still inside the relist: `b` comes only with its answer.
+    assert!(!t.contains("service default/b "), "checked too late:\n{t}");
     api.set_delay(Duration::ZERO);
     sb.wait_tables("b after relist", |t| {
         t.contains("service default/b ") && t.contains("service default/a ")

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -98,7 +98,22 @@ async fn rename_nested_dirs_unknown_kinds_and_dotfiles() {
         dir.path().join("team/a2.yaml"),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the watcher has handled both ends of the rename (the old path removed, the new
+    // one loaded): only then does finding `a` in the tables say the rename kept it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let seen = |what: &str, path: &str| {
+        let log = sb.log();
+        let found = log.lines().any(|l| l.contains(what) && l.contains(path));
+        found
+    };
+    while !(seen("manifest removed", "team/x/a.yml") && seen("manifest loaded", "team/a2.yaml")) {
+        assert!(
+            Instant::now() < deadline,
+            "rename not handled:\n{}",
+            sb.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let t = sb
         .wait_tables("a after rename", |t| t.contains("service default/a "))
         .await;
@@ -173,17 +188,23 @@ async fn config_file_keys_apply_and_flags_win() {
     let m = dir.path().join("m");
     std::fs::create_dir(&m).unwrap();
     std::fs::write(m.join("a.yaml"), SVC).unwrap();
+    // The file's admin address is one this test holds, so binding it fails even as root.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().map(|a| (taken, a)).unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
         format!(
-            "manifests = {:?}\ncluster-domain = \"corp.example\"\nadmin = \"127.0.0.1:1\"\n",
-            m.to_str().unwrap()
+            "manifests = {:?}\ncluster-domain = \"corp.example\"\nadmin = \"{}\"\n",
+            m.to_str().unwrap(),
+            taken.1
         ),
     )
     .unwrap();
-    // --admin on the command line wins over the file's (unusable) port 1.
+    // --admin on the command line wins over the file's (taken) address: switchboard starts
+    // (it would exit on a bind failure) and listens elsewhere.
     let sb = Switchboard::start(&["--config", cfg.to_str().unwrap(), "--admin", "127.0.0.1:0"]);
+    assert_ne!(sb.listener("admin"), taken.1, "{}", sb.log());
     sb.wait_tables("zone from config", |t| {
         t.contains("dns a.default.svc.corp.example. A 10.0.0.1")
     })

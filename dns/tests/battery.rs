@@ -414,6 +414,10 @@ async fn truncated_upstream_answer_is_retried_over_tcp() {
     )
     .await;
     assert_eq!(r.answers.len(), 40);
+    // Upstream, the question went over UDP first, came back truncated, and was asked again
+    // over TCP: exactly those two queries, in that order.
+    assert_eq!(up.transports("big.example."), ["udp", "tcp"]);
+    assert_eq!(up.count("big.example."), 2);
     // Over UDP the client gets TC and retries over TCP itself.
     let r = ask(
         s.udp(),
@@ -480,44 +484,76 @@ async fn failover_to_the_next_upstream_and_health() {
     assert_eq!(r.answers.len(), 1);
 }
 
+/// One UDP query sent once (no resend: a resend would be a second query for a slot), and its
+/// answer's code; panics without an answer within 20 s.
+async fn ask_once(server: SocketAddr, name: &str) -> ResponseCode {
+    let q = query_message(name, RecordType::A, false);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(server).await.unwrap();
+    sock.send(&q.to_vec().unwrap()).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(20), sock.recv(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("no answer for {name}"))
+        .unwrap();
+    let r = hickory_proto::op::Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(r.metadata.id, q.metadata.id);
+    r.metadata.response_code
+}
+
 #[tokio::test]
 async fn refused_beyond_the_in_flight_limit() {
     let up = FakeUpstream::start().await;
-    up.set_delay(Duration::from_millis(200));
+    // Answers are held, so the two slots stay taken for as long as the test says.
+    up.set_held(true);
     let c = Cluster::new(cases::FIXTURE, true);
     let s = Arc::new(
         start(&c.cell, |cfg| {
             cfg.upstreams = vec![up.addr];
             cfg.max_concurrent_forwards = 2;
-            cfg.forward_timeout = Duration::from_secs(2);
+            cfg.forward_timeout = Duration::from_secs(20);
         })
         .await,
     );
-    let mut tasks = Vec::new();
-    for i in 0..6 {
-        let addr = s.udp();
-        tasks.push(tokio::spawn(async move {
-            let q = query_message(&format!("q{i}.example."), RecordType::A, false);
-            ask(addr, &q, false).await.metadata.response_code
-        }));
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let (addr, name) = (s.udp(), format!("q{i}.example."));
+        held.push(tokio::spawn(async move { ask_once(addr, &name).await }));
     }
-    let mut codes = Vec::new();
-    for t in tasks {
-        codes.push(t.await.unwrap());
+    // Both are in flight upstream: every slot is taken.
+    up.wait_count("q0.example.", 1, Duration::from_secs(10))
+        .await;
+    up.wait_count("q1.example.", 1, Duration::from_secs(10))
+        .await;
+    let mut refused = Vec::new();
+    for i in 2..6 {
+        refused.push(ask_once(s.udp(), &format!("q{i}.example.")).await);
     }
-    let refused = codes
-        .iter()
-        .filter(|c| **c == ResponseCode::Refused)
-        .count();
-    let answered = codes
-        .iter()
-        .filter(|c| **c == ResponseCode::NXDomain)
-        .count();
-    assert_eq!((answered, refused), (2, 4), "{codes:?}");
-    assert!(s
-        .metrics()
-        .contains("coredns_forward_max_concurrent_rejects_total 4"));
-    // Cluster names never wait for a forwarding slot.
+    assert_eq!(refused, [ResponseCode::Refused; 4]);
+    assert_eq!(
+        up.count_suffix(".example."),
+        2,
+        "refused queries went upstream"
+    );
+    // Cluster names never wait for a forwarding slot: answered while both are still taken.
+    let r = ask(
+        s.udp(),
+        &query_message("web.default.svc.cluster.local.", RecordType::A, false),
+        false,
+    )
+    .await;
+    assert_eq!(r.answers.len(), 1, "cluster name while the slots are taken");
+    assert!(held.iter().all(|t| !t.is_finished()), "slots were released");
+    up.set_held(false);
+    for t in held {
+        assert_eq!(t.await.unwrap(), ResponseCode::NXDomain);
+    }
+    let m = s.metrics();
+    assert!(
+        m.lines()
+            .any(|l| l == "coredns_forward_max_concurrent_rejects_total 4"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -557,17 +593,53 @@ async fn forwarding_loop_is_detected_and_stopped() {
 async fn lame_duck_keeps_answering_then_stops() {
     let c = Cluster::new(cases::FIXTURE, true);
     let s = start(&c.cell, |_| {}).await;
-    let addr = s.udp();
-    let stopping = tokio::spawn(s.server.shutdown(Duration::from_millis(400)));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let r = ask(
-        addr,
-        &query_message("web.default.svc.cluster.local.", RecordType::A, false),
-        false,
-    )
-    .await;
-    assert_eq!(r.answers.len(), 1, "answers during the lame-duck period");
-    stopping.await.unwrap();
+    let (udp, tcp) = (s.udp(), s.tcp());
+    let q = query_message("web.default.svc.cluster.local.", RecordType::A, false);
+    let stopping = s.server.shutdown(Duration::from_secs(3));
+    tokio::pin!(stopping);
+    // Polled once, the shutdown has begun: it is in its lame-duck period, not finished.
+    let first = tokio::time::timeout(Duration::ZERO, &mut stopping).await;
+    assert!(
+        first.is_err(),
+        "shutdown finished without a lame-duck period"
+    );
+    // Queries are answered while the shutdown is still under way (over UDP and TCP).
+    for over_tcp in [false, true] {
+        let addr = if over_tcp { tcp } else { udp };
+        let r = tokio::select! {
+            biased;
+            _ = &mut stopping => panic!("stopped before answering (tcp: {over_tcp})"),
+            r = ask(addr, &q, over_tcp) => r,
+        };
+        assert_eq!(r.answers.len(), 1, "answers during the lame-duck period");
+    }
+    tokio::time::timeout(Duration::from_secs(20), &mut stopping)
+        .await
+        .expect("shutdown finishes after its lame-duck period");
+    // Then it stops: no answer over UDP (the port is closed or silent) ...
+    let bytes = q.to_vec().unwrap();
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.connect(udp).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    for _ in 0..3 {
+        let _ = sock.send(&bytes).await;
+        let got = tokio::time::timeout(Duration::from_secs(1), sock.recv(&mut buf)).await;
+        assert!(
+            !matches!(got, Ok(Ok(_))),
+            "answered over UDP after the shutdown"
+        );
+    }
+    // ... nor over TCP (the connection is refused, or closed without an answer).
+    if let Ok(mut c) = tokio::net::TcpStream::connect(tcp).await {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = c.write_all(&(bytes.len() as u16).to_be_bytes()).await;
+        let _ = c.write_all(&bytes).await;
+        let got = tokio::time::timeout(Duration::from_secs(3), c.read_u16()).await;
+        assert!(
+            !matches!(got, Ok(Ok(_))),
+            "answered over TCP after the shutdown"
+        );
+    }
 }
 
 #[tokio::test]

@@ -212,11 +212,11 @@ impl Backend {
                 h.fetch_add(1, Ordering::Relaxed);
                 let data = &buf[..len];
                 let reply = if proxy_protocol {
-                    match proxy::l4::proxy_protocol::parse_v2(data) {
-                        Some((src, _, hl)) => {
+                    match decode_proxy_v2(data, false) {
+                        Ok((src, _, hl)) => {
                             format!("{n}:{src}:{}", String::from_utf8_lossy(&data[hl..]))
                         }
-                        None => format!("{n}:no-proxy-header"),
+                        Err(e) => format!("{n}:bad-proxy-header({e})"),
                     }
                 } else {
                     format!("{n}:{}", String::from_utf8_lossy(data))
@@ -230,6 +230,65 @@ impl Backend {
             stop,
             hits,
         }
+    }
+}
+
+/// Decodes a PROXY protocol v2 header at the start of `data`, written from the specification
+/// (haproxy's proxy-protocol.txt, section 2.2) and on purpose not with the crate's own parser,
+/// so that an encoder bug mirrored by that parser still shows. `tcp` says which transport the
+/// header must announce. Returns the source and destination addresses and the header's length.
+pub fn decode_proxy_v2(data: &[u8], tcp: bool) -> Result<(SocketAddr, SocketAddr, usize), String> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    const SIGNATURE: [u8; 12] = [
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+    ];
+    if data.len() < 16 {
+        return Err(format!(
+            "{} bytes, shorter than the 16-byte header",
+            data.len()
+        ));
+    }
+    if data[..12] != SIGNATURE {
+        return Err(format!("signature {:02x?}", &data[..12]));
+    }
+    // The 13th byte: version 2 in the high nibble, command PROXY (1) in the low one.
+    if data[12] != 0x21 {
+        return Err(format!("version/command {:#04x}, not 0x21", data[12]));
+    }
+    // The 14th byte: address family in the high nibble (1 AF_INET, 2 AF_INET6), transport in
+    // the low one (1 STREAM, 2 DGRAM).
+    let (family, transport) = (data[13] >> 4, data[13] & 0x0F);
+    let want = if tcp { 1 } else { 2 };
+    if transport != want {
+        return Err(format!("transport {transport}, expected {want}"));
+    }
+    // Bytes 15-16: the length of what follows, in network byte order.
+    let len = u16::from_be_bytes([data[14], data[15]]) as usize;
+    let total = 16 + len;
+    if data.len() < total {
+        return Err(format!(
+            "length {len} beyond the {} bytes received",
+            data.len() - 16
+        ));
+    }
+    let a = &data[16..total];
+    let port = |i: usize| u16::from_be_bytes([a[i], a[i + 1]]);
+    match family {
+        // src_addr[4] dst_addr[4] src_port[2] dst_port[2]
+        1 if len >= 12 => {
+            let ip = |i: usize| Ipv4Addr::new(a[i], a[i + 1], a[i + 2], a[i + 3]);
+            let src = SocketAddr::new(ip(0).into(), port(8));
+            let dst = SocketAddr::new(ip(4).into(), port(10));
+            Ok((src, dst, total))
+        }
+        // src_addr[16] dst_addr[16] src_port[2] dst_port[2]
+        2 if len >= 36 => {
+            let ip = |i: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&a[i..i + 16]).unwrap());
+            let src = SocketAddr::new(ip(0).into(), port(32));
+            let dst = SocketAddr::new(ip(16).into(), port(34));
+            Ok((src, dst, total))
+        }
+        _ => Err(format!("family {family} with {len} address bytes")),
     }
 }
 
@@ -248,9 +307,9 @@ fn serve_tcp(mut conn: TcpStream, name: &str, proxy_protocol: bool, stop: &Atomi
         }
         let mut all = head.to_vec();
         all.extend_from_slice(&rest);
-        match proxy::l4::proxy_protocol::parse_v2(&all) {
-            Some((src, _, _)) => format!("{name} {src}\n"),
-            None => format!("{name} no-proxy-header\n"),
+        match decode_proxy_v2(&all, true) {
+            Ok((src, _, _)) => format!("{name} {src}\n"),
+            Err(e) => format!("{name} bad-proxy-header({e})\n"),
         }
     } else {
         format!("{name}\n")

@@ -14,7 +14,8 @@
 //! `addr` over UDP and relays its answer (a forwarder: with `keep_id` it keeps the query ID, as
 //! CoreDNS's `forward`; without, it picks a new one, as dnsmasq). `count(name)` says how many
 //! queries for a name arrived (UDP and TCP), `wait_count` waits for one, `count_suffix` counts
-//! names ending in a suffix.
+//! names ending in a suffix, `transports(name)` lists how each query for a name came, in order
+//! of arrival ("udp" or "tcp").
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -36,6 +37,8 @@ struct State {
     /// True while answers are held (see `set_held`).
     held: tokio::sync::watch::Sender<bool>,
     counts: Mutex<HashMap<String, usize>>,
+    /// Every query's name and whether it came over TCP, in order of arrival.
+    arrivals: Mutex<Vec<(String, bool)>>,
     relay: Mutex<Option<(SocketAddr, bool)>>,
     relay_from: Mutex<Option<std::net::IpAddr>>,
 }
@@ -48,6 +51,7 @@ impl Default for State {
             delay_ms: AtomicU64::new(0),
             held: tokio::sync::watch::Sender::new(false),
             counts: Mutex::new(HashMap::new()),
+            arrivals: Mutex::new(Vec::new()),
             relay: Mutex::new(None),
             relay_from: Mutex::new(None),
         }
@@ -217,6 +221,14 @@ impl FakeUpstream {
     pub fn count(&self, name: &str) -> usize {
         *self.state.counts.lock().unwrap().get(name).unwrap_or(&0)
     }
+    /// How the queries for `name` came, in order of arrival: "udp" or "tcp" for each.
+    pub fn transports(&self, name: &str) -> Vec<&'static str> {
+        let arrivals = self.state.arrivals.lock().unwrap();
+        let of_name = arrivals.iter().filter(|(n, _)| n == name);
+        of_name
+            .map(|(_, tcp)| if *tcp { "tcp" } else { "udp" })
+            .collect()
+    }
     /// Waits until at least `n` queries for `name` arrived; panics after `timeout`.
     pub async fn wait_count(&self, name: &str, n: usize, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -240,6 +252,8 @@ impl State {
                 .unwrap()
                 .entry(first.name().to_lowercase().to_ascii())
                 .or_default() += 1;
+            let name = first.name().to_lowercase().to_ascii();
+            self.arrivals.lock().unwrap().push((name, tcp));
         }
         if self.dead.load(Ordering::SeqCst) {
             return None;
