@@ -522,3 +522,36 @@ async fn a_ready_line_says_when_every_source_has_synced() {
     assert!(line.contains("services=2"), "{line}");
     assert_eq!(sb.log_count("ready: every source has synced"), 1);
 }
+
+/// #14 "watch the directory robustly (... relative paths)": a relative `--manifests` path is
+/// watched like an absolute one (inotify names files by the path it was given).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_manifest_path_is_watched() {
+    // Below the package root, which is the binary's working directory in tests.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::Builder::new()
+        .prefix("relative-manifests-")
+        .tempdir_in(root.join("target"))
+        .unwrap();
+    std::fs::write(dir.path().join("a.yaml"), service("a", "10.0.0.1")).unwrap();
+    let rel = dir
+        .path()
+        .strip_prefix(root)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(!rel.starts_with('/'), "{rel}");
+    let sb = Switchboard::launch(
+        &[],
+        &["--manifests", &rel, "--dns", "127.0.0.1:0"],
+        &[],
+        Duration::from_secs(20),
+        "root namespace",
+    );
+    sb.wait_tables("a", |t| t.contains("service default/a "))
+        .await;
+    std::fs::write(dir.path().join("a.yaml"), service("a", "10.0.0.9")).unwrap();
+    sb.wait_tables("the edit", |t| t.contains("clusterIPs=10.0.0.9"))
+        .await;
+}
