@@ -197,32 +197,38 @@ async fn read_to_end(c: &mut TcpStream, bound: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads one response with a Content-Length body (the proxy's and this backend's answers).
+/// Reads one response with a Content-Length body (the proxy's and this backend's answers), and
+/// not a byte more: the head a byte at a time, then exactly the body, so a pipelined answer
+/// right behind it stays in the socket for the next call.
 async fn read_response(c: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(i) = out.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&out[..i]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if out.len() >= i + 4 + len {
-                return String::from_utf8_lossy(&out[..i + 4 + len]).into_owned();
-            }
-        }
-        let mut buf = [0u8; 8192];
+    let fail = |out: &[u8], e: &dyn std::fmt::Debug| -> ! {
+        panic!(
+            "no whole response ({e:?}); got {:?}",
+            String::from_utf8_lossy(out)
+        )
+    };
+    while !out.ends_with(b"\r\n\r\n") {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, c.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
-            other => panic!(
-                "no whole response ({other:?}); got {:?}",
-                String::from_utf8_lossy(&out)
-            ),
+        match tokio::time::timeout(left, c.read_u8()).await {
+            Ok(Ok(b)) => out.push(b),
+            other => fail(&out, &other),
         }
     }
+    let head = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, c.read_exact(&mut body)).await {
+        Ok(Ok(_)) => out.extend_from_slice(&body),
+        other => fail(&out, &other),
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A connection that pingora serves: a request the fast path does not take (404) was
