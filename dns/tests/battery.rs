@@ -4,6 +4,8 @@
 
 #[path = "support/cases.rs"]
 mod cases;
+#[path = "support/running.rs"]
+mod running;
 #[path = "support/upstream.rs"]
 mod upstream;
 
@@ -13,10 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cases::{ask, query_message, run_battery, udp_raw};
-use dns::{DnsConfig, DnsServer, PodsMode};
+use dns::PodsMode;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
-use prometheus::Registry;
+use running::start;
 use tables::{ClusterState, Object, Origin, SnapshotCell, SourceId, TableConfig};
 use upstream::FakeUpstream;
 
@@ -56,44 +58,6 @@ impl Cluster {
             self.cell.store(s);
         }
     }
-}
-
-struct Running {
-    server: DnsServer,
-    registry: Registry,
-}
-
-impl Running {
-    fn udp(&self) -> SocketAddr {
-        self.server.listeners[0].udp
-    }
-    fn tcp(&self) -> SocketAddr {
-        self.server.listeners[0].tcp
-    }
-    fn metrics(&self) -> String {
-        let mut buf = Vec::new();
-        prometheus::Encoder::encode(
-            &prometheus::TextEncoder::new(),
-            &self.registry.gather(),
-            &mut buf,
-        )
-        .unwrap();
-        String::from_utf8(buf).unwrap()
-    }
-}
-
-async fn start(cell: &SnapshotCell, f: impl FnOnce(&mut DnsConfig)) -> Running {
-    let mut cfg = DnsConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        forward_timeout: Duration::from_millis(300),
-        ..Default::default()
-    };
-    f(&mut cfg);
-    let registry = Registry::new();
-    let server = DnsServer::spawn(cfg, cell.clone(), &registry)
-        .await
-        .unwrap();
-    Running { server, registry }
 }
 
 #[tokio::test]

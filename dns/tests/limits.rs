@@ -4,6 +4,8 @@
 
 #[path = "support/cases.rs"]
 mod cases;
+#[path = "support/running.rs"]
+mod running;
 #[path = "support/upstream.rs"]
 mod upstream;
 
@@ -12,10 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cases::{ask, query_message, tcp_raw};
-use dns::{DnsConfig, DnsServer};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
-use prometheus::Registry;
+use running::start;
 use tables::{ClusterState, Object, Origin, SnapshotCell, SourceId, TableConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -34,49 +35,6 @@ fn cell_of(yaml: &str) -> SnapshotCell {
     let cell = tables::new_cell("cluster.local");
     cell.store(state.commit().unwrap());
     cell
-}
-
-struct Running {
-    server: DnsServer,
-    registry: Registry,
-}
-
-impl Running {
-    fn tcp(&self) -> SocketAddr {
-        self.server.listeners[0].tcp
-    }
-    fn metrics(&self) -> String {
-        let mut buf = Vec::new();
-        prometheus::Encoder::encode(
-            &prometheus::TextEncoder::new(),
-            &self.registry.gather(),
-            &mut buf,
-        )
-        .unwrap();
-        String::from_utf8(buf).unwrap()
-    }
-    /// The value of one sample (`name{labels}` exactly as exposed, or `name`), 0 if absent.
-    fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    }
-    /// Waits (polling, up to `within`) until `series` is at least `min`.
-    async fn wait_metric(&self, series: &str, min: f64, within: Duration) {
-        let until = Instant::now() + within;
-        loop {
-            let v = self.metric(series);
-            if v >= min {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "{series} = {v}, wanted >= {min} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// A TCP connection to `server` from the local address `from` (any port).
@@ -103,20 +61,6 @@ async fn tcp_query_from(from: &str, server: SocketAddr, m: &Message) -> Option<M
         .await
         .ok()
         .flatten()
-}
-
-async fn start(cell: &SnapshotCell, f: impl FnOnce(&mut DnsConfig)) -> Running {
-    let mut cfg = DnsConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        forward_timeout: Duration::from_millis(300),
-        ..Default::default()
-    };
-    f(&mut cfg);
-    let registry = Registry::new();
-    let server = DnsServer::spawn(cfg, cell.clone(), &registry)
-        .await
-        .unwrap();
-    Running { server, registry }
 }
 
 /// A ClusterIP Service with `n` named TCP ports.
