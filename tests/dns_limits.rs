@@ -17,11 +17,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cases::{query_message, tcp_raw};
-use common::Switchboard;
+use common::{connect_from, Switchboard};
 use hickory_proto::op::Message;
 use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use upstream::FakeUpstream;
 
 fn manifests(yaml: &str) -> tempfile::TempDir {
@@ -77,13 +77,6 @@ async fn dig(server: SocketAddr, args: &[&str]) -> String {
     })
     .await
     .unwrap()
-}
-
-/// A TCP connection to `server` from the local address `from`.
-async fn connect_from(from: &str, server: SocketAddr) -> std::io::Result<TcpStream> {
-    let sock = TcpSocket::new_v4()?;
-    sock.bind(format!("{from}:0").parse().unwrap())?;
-    sock.connect(server).await
 }
 
 /// A ClusterIP Service with `n` named TCP ports.

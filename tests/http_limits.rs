@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
 // ---------------------------------------------------------------- backend and manifests
 
@@ -296,13 +296,6 @@ async fn send_until_answered(c: &mut TcpStream, prefix: &[u8], total: usize) -> 
     (String::from_utf8_lossy(&got).into_owned(), sent)
 }
 
-/// A connection from `source` (another loopback address than 127.0.0.1).
-async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
-    let s = TcpSocket::new_v4().unwrap();
-    s.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    s.connect(to).await.unwrap()
-}
-
 /// A kept-alive connection with one request answered (so the proxy has accepted and counted
 /// it), or the answer's failure: "closed" when the proxy closed it without an answer.
 async fn held_connection(c: &mut TcpStream) -> Result<(), String> {
@@ -526,7 +519,7 @@ async fn per_client_and_global_connection_caps() {
     );
     // Another client address is served while 127.0.0.1 is at its cap.
     for i in 0..2 {
-        let mut c = connect_from("127.0.0.2", s.proxy).await;
+        let mut c = connect_from("127.0.0.2", s.proxy).await.unwrap();
         held_connection(&mut c)
             .await
             .unwrap_or_else(|e| panic!("connection {i} from 127.0.0.2: {e}"));
@@ -534,10 +527,10 @@ async fn per_client_and_global_connection_caps() {
     }
     assert!(limit_hits(&s.sb, "per_client").await >= 1.0);
     // 6 held + 1 more = the global cap of 7.
-    let mut c = connect_from("127.0.0.3", s.proxy).await;
+    let mut c = connect_from("127.0.0.3", s.proxy).await.unwrap();
     held_connection(&mut c).await.unwrap();
     held.push(c);
-    let mut over = connect_from("127.0.0.4", s.proxy).await;
+    let mut over = connect_from("127.0.0.4", s.proxy).await.unwrap();
     assert_eq!(
         held_connection(&mut over).await,
         Err("closed".into()),

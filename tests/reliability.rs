@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cases::{ask, query_message};
-use common::Switchboard;
+use common::{connect_from, Switchboard};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
 
@@ -43,13 +43,6 @@ async fn assert_resolves(dns: SocketAddr, name: &str, ip: &str, when: &str, sb: 
         "{when}: {name} answered {rcode:?} {ips:?}, want {ip}\n--- log:\n{}",
         sb.log()
     );
-}
-
-/// A TCP connection to `to` from the local address `from` (any of 127.0.0.0/8).
-async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-    let sock = tokio::net::TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(from.parse().unwrap(), 0))?;
-    sock.connect(to).await
 }
 
 /// Waits until the server closes `s` (a read returns end of stream or an error), up to `within`.

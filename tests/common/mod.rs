@@ -316,6 +316,14 @@ pub fn strip_header(body: &str) -> String {
         .collect()
 }
 
+/// A TCP connection to `to` from the local address `from` (any of 127.0.0.0/8, any port): how
+/// tests play several clients, e.g. for per-client limits.
+pub async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(from.parse().expect("an IPv4 address"), 0))?;
+    sock.connect(to).await
+}
+
 /// A plain HTTP/1.1 GET with hyper's client.
 pub async fn http_get(url: &str) -> (u16, String) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
