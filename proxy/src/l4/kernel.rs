@@ -73,7 +73,8 @@ pub fn relay_reason(svc: &Service, cfg: &KernelConfig) -> Option<&'static str> {
 }
 
 /// The name of the chain for one service port, traffic kind and family, readable in
-/// `nft list table` (`svc-default/web/tcp/80/int4`).
+/// `nft list table` (`svc-default/web/tcp/80/int4`). Made of DNS labels, digits and `/`, which
+/// nft takes unquoted (and refuses quoted).
 pub fn chain_name(target: &FrontendTarget, kind: TrafficKind, v6: bool) -> Arc<str> {
     let port = target.port();
     let key = &target.service.key;
@@ -318,15 +319,13 @@ pub fn chain_body(
         dnat_rule(&mut r, proto, v6, &addrs);
         rules.push(r);
     }
-    let mut endpoints: Vec<IpAddr> = c
-        .cluster
+    // Every address the rules may DNAT to: with the Local short-circuit, the cluster-wide ones too.
+    let short_circuit = if local_external { &c.cluster[..] } else { &[] };
+    let mut endpoints: Vec<IpAddr> = short_circuit
         .iter()
         .chain(chosen.iter())
         .map(|e| e.addr.ip())
         .collect();
-    if !local_external {
-        endpoints = addrs.iter().map(|a| a.ip()).collect();
-    }
     endpoints.sort();
     endpoints.dedup();
     aux.sort();
@@ -372,19 +371,6 @@ pub struct ChainOps {
     pub hairpin_delete: Vec<IpAddr>,
     /// Endpoints a chain stopped using: UDP conntrack entries towards them are stale.
     pub endpoints_gone: Vec<(Arc<str>, IpAddr)>,
-}
-
-impl ChainOps {
-    pub fn is_empty(&self) -> bool {
-        self.add.is_empty()
-            && self.rewrite.is_empty()
-            && self.delete.is_empty()
-            && self.hairpin_add.is_empty()
-            && self.hairpin_delete.is_empty()
-            && self.aux_add.is_empty()
-            && self.aux_rewrite.is_empty()
-            && self.aux_delete.is_empty()
-    }
 }
 
 impl Chains {

@@ -184,17 +184,11 @@ fn verdict_text(out: &mut String, protocol: Protocol, t: &Target) {
         (_, Verdict::Reject) => "jump no-endpoints",
         (_, Verdict::Drop) => "jump no-local-endpoints",
         (_, Verdict::Kernel) => {
-            let _ = write!(out, "goto {}", quoted(t.chain.as_deref().unwrap_or("")));
+            let _ = write!(out, "goto {}", t.chain.as_deref().unwrap_or(""));
             return;
         }
     };
     out.push_str(text);
-}
-
-/// A chain name as nft reads it. Service chain names (`svc-default/web/tcp/80/int4`) are made
-/// of DNS labels, digits and `/`, which nft takes unquoted (and refuses quoted).
-fn quoted(name: &str) -> &str {
-    name
 }
 
 const MAPS: [&str; 8] = [
@@ -268,7 +262,7 @@ pub struct KernelChains<'a> {
 
 fn write_rules(out: &mut String, table: &str, chain: &str, rules: &[String]) {
     for r in rules {
-        let _ = writeln!(out, "add rule inet {table} {} {r}", quoted(chain));
+        let _ = writeln!(out, "add rule inet {table} {} {r}", chain);
     }
 }
 
@@ -431,7 +425,7 @@ pub fn full_script(
     let _ = writeln!(s, "}}");
     for (name, rules, aux) in &kernel.chains {
         add_aux(&mut s, t, aux);
-        let _ = writeln!(s, "add chain inet {t} {}", quoted(name));
+        let _ = writeln!(s, "add chain inet {t} {}", name);
         write_rules(&mut s, t, name, rules);
     }
     add_elements(&mut s, t, elements.iter());
@@ -471,7 +465,7 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
         real().filter_map(|c| c.old.as_ref().map(|o| (&c.element, o))),
     );
     for name in &ops.add {
-        let _ = writeln!(s, "add chain inet {t} {}", quoted(name));
+        let _ = writeln!(s, "add chain inet {t} {}", name);
     }
     add_aux(&mut s, t, &ops.aux_add);
     for a in &ops.aux_rewrite {
@@ -481,7 +475,7 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
         }
     }
     for (name, rules) in &ops.rewrite {
-        let _ = writeln!(s, "flush chain inet {t} {}", quoted(name));
+        let _ = writeln!(s, "flush chain inet {t} {}", name);
         write_rules(&mut s, t, name, rules);
     }
     add_elements(
@@ -490,7 +484,7 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
         real().filter_map(|c| c.new.as_ref().map(|v| (&c.element, v))),
     );
     for name in &ops.delete {
-        let _ = writeln!(s, "delete chain inet {t} {}", quoted(name));
+        let _ = writeln!(s, "delete chain inet {t} {}", name);
     }
     for a in &ops.aux_delete {
         let kind = match a {

@@ -40,21 +40,11 @@ pub enum Verdict {
     Drop,
 }
 
-/// The verdict for traffic of `kind` to `target`, for a frontend of `family`. With `kernel`
-/// (the kernel path's configuration), traffic with endpoints is DNATed in the kernel unless
-/// the Service goes to the relay (`kernel::relay_reason`).
-pub fn verdict(
-    target: &FrontendTarget,
-    kind: TrafficKind,
-    family: IpAddr,
-    node: &NodeTopology,
-    kernel: Option<&super::kernel::KernelConfig>,
-) -> Verdict {
-    verdict_and_no_local(target, kind, family, node, kernel).0
-}
-
-/// The verdict, and whether a Local traffic policy finds no endpoint on this node while some
-/// exist elsewhere (kube-proxy's "no local endpoints").
+/// The verdict for traffic of `kind` to `target`, for a frontend of `family`, and whether a
+/// Local traffic policy finds no endpoint on this node while some exist elsewhere (kube-proxy's
+/// "no local endpoints"). With `kernel` (the kernel path's configuration), traffic with
+/// endpoints is DNATed in the kernel unless the Service goes to the relay
+/// (`kernel::relay_reason`).
 pub fn verdict_and_no_local(
     target: &FrontendTarget,
     kind: TrafficKind,
