@@ -263,7 +263,10 @@ async fn gateway_crds_absent_then_installed() {
         |c, _| c == 200,
     )
     .await;
-    assert!(sb.tables().await.contains("service default/a "));
+    // Ready means every kind has listed once; "a" may still arrive by its watch event (it was
+    // applied after the start), so wait for it rather than expect it already.
+    sb.wait_tables("a", |t| t.contains("service default/a "))
+        .await;
     assert!(!sb.tables().await.contains("HTTPRoute"));
     sb.wait_log("Gateway API CRD not installed", Duration::from_secs(5))
         .await;
