@@ -117,10 +117,40 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         "10.96.0.10 . tcp . 80 : goto svc-default/web/tcp/80/int4",
         "10.96.0.10 . udp . 53 : goto svc-default/web/udp/53/int4",
         "tcp . 30080 : goto svc-default/web/tcp/80/ext4",
-        "numgen random mod 2 map { 0 : 10.244.1.11 . 8080, 1 : 10.244.1.12 . 8080 }",
     ] {
         assert!(table.contains(want), "{want:?} not in\n{table}");
     }
+    // The chain picks among both endpoints, which sit in consecutive keys of one shard map.
+    let chain = n1.exec(&[
+        "nft",
+        "list",
+        "chain",
+        "inet",
+        "switchboard",
+        "svc-default/web/tcp/80/int4",
+    ]);
+    let expr = chain
+        .split("numgen random mod 2 ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no two-endpoint pick in\n{chain}"));
+    // `offset O map @pick4-S`; nft leaves out `offset 0`.
+    let words: Vec<&str> = expr.split_whitespace().collect();
+    let (offset, map) = match words[..] {
+        ["offset", o, "map", m, ..] => (o.parse::<u32>().unwrap(), m),
+        ["map", m, ..] => (0, m),
+        _ => panic!("unexpected pick in\n{chain}"),
+    };
+    let map = map.trim_start_matches('@');
+    let elements = n1.exec(&["nft", "list", "map", "inet", "switchboard", map]);
+    let keys: Vec<u32> = ["10.244.1.11 . 8080", "10.244.1.12 . 8080"]
+        .iter()
+        .map(|ep| {
+            (offset..offset + 2)
+                .find(|k| elements.contains(&format!("{k} : {ep}")))
+                .unwrap_or_else(|| panic!("{ep} not at {offset} or {offset}+1 in\n{elements}"))
+        })
+        .collect();
+    assert_ne!(keys[0], keys[1], "{elements}");
 
     // Pod → ClusterIP: in the kernel, both endpoints, and the backend sees the pod's address.
     let pod = &c.pods[client].ns;

@@ -8,16 +8,17 @@
 //!    fib daddr type local: l4proto . dport     ├─> goto svc-NS/NAME/PROTO/PORT/{int,ext}{4,6}
 //!                          vmap @kernel-nodeports4/6
 //!  svc-… chain:  [masquerade mark where kube-proxy masquerades]
-//!                dnat to numgen random mod N map { 0 : ep0 . port, 1 : ep1 . port, … }
+//!                dnat to numgen random mod N offset O map @pick4-S   (pick.rs: O.. = endpoints)
 //!  nat postrouting (srcnat):
 //!    ct status dnat  saddr . daddr @hairpin4/6   masquerade   (a pod reaching itself)
 //!    meta mark & MASQ                             masquerade   (marked above)
 //! ```
 //!
 //! One chain per service port, traffic kind (internal: ClusterIP; external: NodePort,
-//! externalIP, LoadBalancer IP) and address family; no chain per endpoint. The endpoint choice
-//! is one anonymous map in one rule, so an EndpointSlice change rewrites that one chain
-//! (`flush chain` + `add rule`) in the same transaction as any map elements that changed.
+//! externalIP, LoadBalancer IP) and address family; no chain per endpoint. The endpoints a rule
+//! chooses among are elements of a shared shard map (`pick.rs`), so an EndpointSlice change
+//! that keeps the number of endpoints replaces only map elements, and one that changes it also
+//! rewrites that one chain (`flush chain` + `add rule`), all in one transaction.
 //! The candidate endpoints come from `endpoints::categorize`, the same function the relay uses,
 //! so both paths pick from the same set (ready, else serving+terminating; topology; policies).
 //!
@@ -35,6 +36,7 @@ use std::sync::Arc;
 pub use ipnet::IpNet;
 use tables::{FrontendTarget, Protocol, Service};
 
+use super::pick::{self, PickElement, Slot, Slots};
 use crate::endpoints::{categorize, policy_local, NodeTopology, TrafficKind};
 
 /// Annotation choosing the data path of one Service: `switchboard.dev/l4-mode: proxy` (the
@@ -103,7 +105,10 @@ pub fn proto_name(p: Protocol) -> &'static str {
 /// conntrack cleanup).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainBody {
+    /// The rules, with a `pick::placeholder(i)` where the `i`th pick's expression goes.
     pub rules: Vec<String>,
+    /// The endpoints each pick chooses among (two or more each).
+    pub picks: Vec<Vec<std::net::SocketAddr>>,
     pub endpoints: Vec<IpAddr>,
     /// The objects the rules refer to beside the chain itself: for ClientIP affinity, a set of
     /// recent clients and a chain per endpoint (kube-proxy's shape). Created before the rules
@@ -162,7 +167,13 @@ fn affinity_rules(
             decl: format!("type {addr_type}; flags dynamic,timeout; timeout {timeout}s;"),
         });
         let mut dnat = String::new();
-        dnat_rule(&mut dnat, proto, v6, std::slice::from_ref(e));
+        dnat_rule(
+            &mut dnat,
+            proto,
+            v6,
+            std::slice::from_ref(e),
+            &mut Vec::new(),
+        );
         aux.push(Aux::Chain {
             name: ep_chain.clone(),
             rules: vec![format!("update @{set} {{ {fam} saddr }}"), dnat],
@@ -177,7 +188,13 @@ fn affinity_rules(
     rules.push(pick);
 }
 
-fn dnat_rule(out: &mut String, proto: &str, v6: bool, eps: &[std::net::SocketAddr]) {
+fn dnat_rule(
+    out: &mut String,
+    proto: &str,
+    v6: bool,
+    eps: &[std::net::SocketAddr],
+    picks: &mut Vec<Vec<std::net::SocketAddr>>,
+) {
     let fam = if v6 { "ip6" } else { "ip" };
     let _ = write!(out, "meta l4proto {proto} dnat {fam} to ");
     let addr = |out: &mut String, a: &IpAddr| {
@@ -192,14 +209,15 @@ fn dnat_rule(out: &mut String, proto: &str, v6: bool, eps: &[std::net::SocketAdd
         let _ = write!(out, ":{}", one.port());
         return;
     }
-    let _ = write!(out, "numgen random mod {} map {{ ", eps.len());
-    for (i, e) in eps.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
+    // The same endpoints twice in one chain (the Local short-circuit's two rules) share a pick.
+    let i = match picks.iter().position(|p| p == eps) {
+        Some(i) => i,
+        None => {
+            picks.push(eps.to_vec());
+            picks.len() - 1
         }
-        let _ = write!(out, "{i} : {} . {}", e.ip(), e.port());
-    }
-    out.push_str(" }");
+    };
+    out.push_str(&pick::placeholder(i));
 }
 
 /// For a LoadBalancer Service with `loadBalancerSourceRanges`: drop traffic to its LoadBalancer
@@ -265,14 +283,15 @@ pub fn chain_body(
     let fam = if v6 { "ip6" } else { "ip" };
     let m = cfg.masquerade_mark;
     let mark = format!("meta mark set meta mark | {m:#x}");
-    let cidrs: Vec<String> = cfg
+    // The named set `full_script` declares from the same list (an anonymous set per chain
+    // costs the kernel a scan of every set: pick.rs).
+    let cidr_set = cfg
         .cluster_cidrs
         .iter()
-        .filter(|n| matches!(n, IpNet::V6(_)) == v6)
-        .map(|n| n.to_string())
-        .collect();
-    let cidr_set = (!cidrs.is_empty()).then(|| format!("{{ {} }}", cidrs.join(", ")));
+        .any(|n| matches!(n, IpNet::V6(_)) == v6)
+        .then(|| format!("@cluster-cidrs{}", if v6 { 6 } else { 4 }));
     let mut rules = Vec::new();
+    let mut picks = Vec::new();
     if kind == TrafficKind::External {
         if let Some(r) = source_range_rule(svc, v6) {
             rules.push(r);
@@ -297,11 +316,11 @@ pub fn chain_body(
             let cluster: Vec<_> = c.cluster.iter().map(|e| e.addr).collect();
             if !cluster.is_empty() {
                 let mut r = format!("fib saddr type local {mark} ");
-                dnat_rule(&mut r, proto, v6, &cluster);
+                dnat_rule(&mut r, proto, v6, &cluster, &mut picks);
                 rules.push(r);
                 if let Some(set) = &cidr_set {
                     let mut r = format!("{fam} saddr {set} ");
-                    dnat_rule(&mut r, proto, v6, &cluster);
+                    dnat_rule(&mut r, proto, v6, &cluster, &mut picks);
                     rules.push(r);
                 }
             }
@@ -316,7 +335,7 @@ pub fn chain_body(
         affinity_rules(&name, proto, v6, &addrs, timeout, &mut rules, &mut aux);
     } else {
         let mut r = String::new();
-        dnat_rule(&mut r, proto, v6, &addrs);
+        dnat_rule(&mut r, proto, v6, &addrs, &mut picks);
         rules.push(r);
     }
     // Every address the rules may DNAT to: with the Local short-circuit, the cluster-wide ones too.
@@ -331,6 +350,7 @@ pub fn chain_body(
     aux.sort();
     Some(ChainBody {
         rules,
+        picks,
         endpoints,
         aux,
     })
@@ -341,6 +361,20 @@ pub fn chain_body(
 struct Programmed {
     body: ChainBody,
     refs: usize,
+    /// The slot of each of the body's picks.
+    slots: Vec<Slot>,
+    /// The rules with the picks' expressions in place: what the kernel has.
+    resolved: Vec<String>,
+}
+
+impl Programmed {
+    /// The shard map elements of this chain's picks.
+    fn pick_elements(&self) -> impl Iterator<Item = PickElement> + '_ {
+        self.slots
+            .iter()
+            .zip(&self.body.picks)
+            .flat_map(|(slot, eps)| pick::elements(slot, eps))
+    }
 }
 
 /// The kernel chains and hairpin set as last programmed, and the operations that bring them to
@@ -350,6 +384,7 @@ pub struct Chains {
     chains: HashMap<Arc<str>, Programmed>,
     /// Endpoint address → how many chains DNAT to it (one `a . a` hairpin element each).
     hairpin: HashMap<IpAddr, usize>,
+    slots: Slots,
 }
 
 /// What to do to the table's chains and hairpin sets, in a transaction's order.
@@ -359,6 +394,9 @@ pub struct ChainOps {
     pub add: Vec<Arc<str>>,
     /// Chains whose rules are replaced (`flush chain` + `add rule`), new ones included.
     pub rewrite: Vec<(Arc<str>, Vec<String>)>,
+    /// Shard map elements to delete, then to add (before the rules that use them).
+    pub pick_delete: Vec<PickElement>,
+    pub pick_add: Vec<PickElement>,
     /// Chains no element jumps to any more (deleted after the elements).
     pub delete: Vec<Arc<str>>,
     pub hairpin_add: Vec<IpAddr>,
@@ -386,18 +424,24 @@ impl Chains {
         }
     }
 
-    /// Every chain with its rules, and the hairpin addresses (for a full table). Each chain
-    /// comes with its aux objects.
-    pub fn all(&self) -> (Vec<ChainRules<'_>>, Vec<IpAddr>) {
+    /// Every chain with its rules, the hairpin addresses and the shard map elements (for a
+    /// full table). Each chain comes with its aux objects.
+    pub fn all(&self) -> (Vec<ChainRules<'_>>, Vec<IpAddr>, Vec<PickElement>) {
         let mut chains: Vec<_> = self
             .chains
             .iter()
-            .map(|(n, p)| (n.clone(), p.body.rules.as_slice(), p.body.aux.as_slice()))
+            .map(|(n, p)| (n.clone(), p.resolved.as_slice(), p.body.aux.as_slice()))
             .collect();
         chains.sort();
         let mut hairpin: Vec<IpAddr> = self.hairpin.keys().copied().collect();
         hairpin.sort();
-        (chains, hairpin)
+        let mut picks: Vec<PickElement> = self
+            .chains
+            .values()
+            .flat_map(Programmed::pick_elements)
+            .collect();
+        picks.sort();
+        (chains, hairpin, picks)
     }
 
     pub fn len(&self) -> usize {
@@ -437,10 +481,13 @@ impl Batch<'_> {
                     Programmed {
                         body: ChainBody {
                             rules: vec![],
+                            picks: vec![],
                             endpoints: vec![],
                             aux: vec![],
                         },
                         refs: 1,
+                        slots: vec![],
+                        resolved: vec![],
                     },
                 );
                 self.ops.add.push(name.clone());
@@ -472,16 +519,51 @@ impl Batch<'_> {
     }
 
     pub fn finish(mut self) -> ChainOps {
+        // Chains nothing jumps to any more first: a body seen for them is never programmed.
+        let mut released = std::mem::take(&mut self.released);
+        released.sort();
+        released.dedup();
+        for name in released {
+            if self.chains.chains.get(&name).is_none_or(|p| p.refs > 0) {
+                continue;
+            }
+            let p = self.chains.chains.remove(&name).expect("checked");
+            for ip in &p.body.endpoints {
+                self.hairpin_ref(*ip, false);
+                self.ops.endpoints_gone.push((name.clone(), *ip));
+            }
+            self.ops.pick_delete.extend(p.pick_elements());
+            for slot in &p.slots {
+                self.chains.slots.free(*slot);
+            }
+            // A chain added and dropped in the same batch never reaches the kernel.
+            if let Some(i) = self.ops.add.iter().position(|n| *n == name) {
+                self.ops.add.remove(i);
+            } else {
+                self.ops.delete.push(name);
+                self.ops.aux_delete.extend(p.body.aux);
+            }
+        }
         let bodies = std::mem::take(&mut self.bodies);
         for (name, body) in bodies {
-            let Some(p) = self.chains.chains.get(&name) else {
+            let chains = &mut *self.chains;
+            let Some(p) = chains.chains.get(&name) else {
                 continue;
             };
             if p.body == body {
                 continue;
             }
+            let (slots, resolved) = resolve_picks(
+                &mut chains.slots,
+                &name,
+                p,
+                &body,
+                &mut self.ops.pick_delete,
+                &mut self.ops.pick_add,
+            );
             let old = p.body.endpoints.clone();
             let old_aux = p.body.aux.clone();
+            let rewrite = resolved != p.resolved;
             for ip in old.iter().filter(|ip| !body.endpoints.contains(ip)) {
                 self.hairpin_ref(*ip, false);
                 self.ops.endpoints_gone.push((name.clone(), *ip));
@@ -503,32 +585,13 @@ impl Batch<'_> {
                     self.ops.aux_delete.push(o.clone());
                 }
             }
-            self.ops.rewrite.push((name.clone(), body.rules.clone()));
-            self.chains.chains.get_mut(&name).expect("checked").body = body;
-        }
-        let mut released = std::mem::take(&mut self.released);
-        released.sort();
-        released.dedup();
-        for name in released {
-            if self.chains.chains.get(&name).is_none_or(|p| p.refs > 0) {
-                continue;
+            if rewrite {
+                self.ops.rewrite.push((name.clone(), resolved.clone()));
             }
-            let p = self.chains.chains.remove(&name).expect("checked");
-            for ip in p.body.endpoints {
-                self.hairpin_ref(ip, false);
-                self.ops.endpoints_gone.push((name.clone(), ip));
-            }
-            // A chain added and dropped in the same batch never reaches the kernel.
-            if let Some(i) = self.ops.add.iter().position(|n| *n == name) {
-                self.ops.add.remove(i);
-                self.ops.rewrite.retain(|(n, _)| *n != name);
-                let mine = |a: &Aux| p.body.aux.iter().any(|o| o.name() == a.name());
-                self.ops.aux_add.retain(|a| !mine(a));
-                self.ops.aux_rewrite.retain(|a| !mine(a));
-            } else {
-                self.ops.delete.push(name);
-                self.ops.aux_delete.extend(p.body.aux);
-            }
+            let p = self.chains.chains.get_mut(&name).expect("checked");
+            p.body = body;
+            p.slots = slots;
+            p.resolved = resolved;
         }
         self.ops.add.sort();
         self.ops.rewrite.sort();
@@ -539,6 +602,43 @@ impl Batch<'_> {
         self.ops.aux_rewrite.sort();
         self.ops.aux_delete.sort();
         self.ops.aux_delete.reverse();
+        self.ops.pick_delete.sort();
+        self.ops.pick_add.sort();
         self.ops
     }
+}
+
+/// Moves the picks of chain `name` from what `p` has to `body`'s: their slots, the shard map
+/// elements to delete and add, and the rules with each pick's expression in place.
+fn resolve_picks(
+    slots: &mut Slots,
+    name: &str,
+    p: &Programmed,
+    body: &ChainBody,
+    delete: &mut Vec<PickElement>,
+    add: &mut Vec<PickElement>,
+) -> (Vec<Slot>, Vec<String>) {
+    let mut chosen = Vec::with_capacity(body.picks.len());
+    for (i, eps) in body.picks.iter().enumerate() {
+        let old = p.slots.get(i).map(|s| (*s, p.body.picks[i].as_slice()));
+        let v6 = eps.first().is_some_and(|e| e.is_ipv6());
+        let shard = pick::shard_of(name, i);
+        chosen.push(pick::update(slots, old, eps, v6, shard, delete, add));
+    }
+    for (slot, eps) in p.slots.iter().zip(&p.body.picks).skip(body.picks.len()) {
+        delete.extend(pick::elements(slot, eps));
+        slots.free(*slot);
+    }
+    let resolved = body
+        .rules
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            for (i, (slot, eps)) in chosen.iter().zip(&body.picks).enumerate() {
+                r = r.replace(&pick::placeholder(i), &slot.expression(eps.len()));
+            }
+            r
+        })
+        .collect();
+    (chosen, resolved)
 }

@@ -32,6 +32,7 @@ mod health;
 pub mod kernel;
 pub mod metrics;
 pub mod nft;
+pub mod pick;
 pub mod proxy_protocol;
 mod redirect;
 pub mod select;

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use tables::Protocol;
 
 use super::kernel::{Aux, ChainOps};
+use super::pick::{self, PickElement};
 use super::select::Verdict;
 
 /// Names and marks of the table.
@@ -253,11 +254,36 @@ fn delete_elements<'a>(
     }
 }
 
-/// The kernel path's chains and hairpin addresses, for a full table.
+/// The kernel path's chains, hairpin addresses, shard map elements and pod network, for a
+/// full table.
 #[derive(Default)]
 pub struct KernelChains<'a> {
     pub chains: Vec<super::kernel::ChainRules<'a>>,
     pub hairpin: Vec<IpAddr>,
+    pub picks: Vec<PickElement>,
+    /// `--cluster-cidr`: the `cluster-cidrs4/6` sets the chains' rules refer to.
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
+}
+
+/// Writes `add element` (or `delete element`) commands for shard map elements.
+fn pick_elements(out: &mut String, table: &str, verb: &str, elems: &[PickElement]) {
+    let mut by_map: BTreeMap<(bool, u32), Vec<&PickElement>> = BTreeMap::new();
+    for e in elems {
+        by_map.entry((e.v6, e.shard)).or_default().push(e);
+    }
+    for ((v6, shard), list) in by_map {
+        let map = pick::map_name(v6, shard);
+        for chunk in list.chunks(4096) {
+            let _ = write!(out, "{verb} element inet {table} {map} {{ ");
+            for (i, e) in chunk.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                e.write(out, verb == "add");
+            }
+            out.push_str(" }\n");
+        }
+    }
 }
 
 fn write_rules(out: &mut String, table: &str, chain: &str, rules: &[String]) {
@@ -327,6 +353,29 @@ pub fn full_script(
         s,
         "  set hairpin4 {{\n    type ipv4_addr . ipv4_addr\n  }}\n  set hairpin6 {{\n    type ipv6_addr . ipv6_addr\n  }}"
     );
+    for (v6, fam, ty) in [(false, "ip", "ipv4_addr"), (true, "ip6", "ipv6_addr")] {
+        for shard in 0..pick::SHARDS {
+            let map = pick::map_name(v6, shard);
+            let _ = writeln!(
+                s,
+                "  map {map} {{\n    typeof numgen random mod 2 : {fam} daddr . th dport\n  }}"
+            );
+        }
+        let nets: Vec<String> = kernel
+            .cluster_cidrs
+            .iter()
+            .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+            .map(|n| n.to_string())
+            .collect();
+        if !nets.is_empty() {
+            let n = if v6 { 6 } else { 4 };
+            let _ = writeln!(
+                s,
+                "  set cluster-cidrs{n} {{\n    type {ty}\n    flags interval\n    elements = {{ {} }}\n  }}",
+                nets.join(", ")
+            );
+        }
+    }
     let _ = writeln!(s, "  counter no-endpoints {{\n  }}");
     let _ = writeln!(
         s,
@@ -428,6 +477,7 @@ pub fn full_script(
         let _ = writeln!(s, "add chain inet {t} {}", name);
         write_rules(&mut s, t, name, rules);
     }
+    pick_elements(&mut s, t, "add", &kernel.picks);
     add_elements(&mut s, t, elements.iter());
     hairpin_elements(&mut s, t, "add", &kernel.hairpin);
     s
@@ -464,6 +514,9 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
         t,
         real().filter_map(|c| c.old.as_ref().map(|o| (&c.element, o))),
     );
+    // Keys are deleted before any is re-added; the rules that use them follow.
+    pick_elements(&mut s, t, "delete", &ops.pick_delete);
+    pick_elements(&mut s, t, "add", &ops.pick_add);
     for name in &ops.add {
         let _ = writeln!(s, "add chain inet {t} {}", name);
     }
@@ -703,6 +756,7 @@ mod tests {
         let kernel = KernelChains {
             chains: vec![("svc-a/b/tcp/80/int4".into(), rules.as_slice(), &[][..])],
             hairpin: vec!["10.0.0.1".parse().unwrap()],
+            ..KernelChains::default()
         };
         let s = full_script(
             &NftConfig::default(),

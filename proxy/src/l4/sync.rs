@@ -357,8 +357,13 @@ impl Syncer {
                 sockets.reconcile(&self.shared, &changes);
                 let cfg = &self.shared.cfg.nft;
                 let script = if *full {
-                    let (chains, hairpin) = self.cache.chains().all();
-                    let kernel = nft::KernelChains { chains, hairpin };
+                    let (chains, hairpin, picks) = self.cache.chains().all();
+                    let kernel = nft::KernelChains {
+                        chains,
+                        hairpin,
+                        picks,
+                        cluster_cidrs: self.shared.cfg.kernel.cluster_cidrs.clone(),
+                    };
                     Some(nft::full_script(cfg, ports, &self.cache.targets(), &kernel))
                 } else {
                     nft::change_script(cfg, &changes, &ops)

@@ -1,0 +1,256 @@
+//! Endpoint picks of the kernel path: the endpoints one DNAT rule chooses among, kept as the
+//! elements of a few shared maps (`pick4-S`, `pick6-S`), not as an anonymous map in the rule.
+//!
+//! ```text
+//!  svc-… chain:  meta l4proto tcp dnat ip to numgen random mod 3 offset 4096 map @pick4-17
+//!  map pick4-17: 4096 : 10.244.1.5 . 8080, 4097 : 10.244.2.9 . 8080, 4098 : 10.244.3.2 . 8080
+//! ```
+//!
+//! Each pick owns a *slot*: a range of keys `offset .. offset + capacity` in one shard map.
+//! The rule draws `numgen random mod N offset O`, so the choice stays uniform over exactly the
+//! N endpoints (as kube-proxy's `numgen random mod N vmap`), and an EndpointSlice change that
+//! keeps N only replaces map elements; the rule is rewritten only when N changes or the slot
+//! must grow.
+//!
+//! Why shared, sharded maps (measured with nft 1.0.6 on Linux 6.18, 10,000 service ports of 10
+//! endpoints each, loaded in one transaction — docs/benchmarks.md):
+//! - an anonymous map per rule (kube-proxy's shape): 11.4 s, nearly all of it in the kernel,
+//!   which names every anonymous set by scanning all the others;
+//! - a named map per service port: 5.2 s (set lookups by name are a list walk);
+//! - one map for everything: 16 s (each element added to a map is checked against every rule
+//!   bound to it: elements × rules);
+//! - 64 shard maps, a rule binding only its shard's map: 0.9 s.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+/// Shard maps per address family.
+pub const SHARDS: u32 = 64;
+
+/// The placeholder a rule carries for its `i`th pick until a slot is chosen.
+pub fn placeholder(i: usize) -> String {
+    format!("@@pick{i}@@")
+}
+
+/// A range of keys in one shard map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot {
+    pub v6: bool,
+    pub shard: u32,
+    pub offset: u32,
+    pub capacity: u32,
+}
+
+impl Slot {
+    pub fn map(&self) -> String {
+        map_name(self.v6, self.shard)
+    }
+
+    /// The expression a DNAT rule uses to pick among `n` endpoints of this slot.
+    pub fn expression(&self, n: usize) -> String {
+        format!(
+            "numgen random mod {n} offset {} map @{}",
+            self.offset,
+            self.map()
+        )
+    }
+}
+
+pub fn map_name(v6: bool, shard: u32) -> String {
+    format!("pick{}-{shard}", if v6 { 6 } else { 4 })
+}
+
+/// One element of a shard map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PickElement {
+    pub v6: bool,
+    pub shard: u32,
+    pub key: u32,
+    pub addr: SocketAddr,
+}
+
+impl PickElement {
+    /// `key : addr . port` as nft writes it.
+    pub fn write(&self, out: &mut String, with_data: bool) {
+        let _ = write!(out, "{}", self.key);
+        if with_data {
+            let _ = write!(out, " : {} . {}", self.addr.ip(), self.addr.port());
+        }
+    }
+}
+
+/// The elements of `slot` holding `eps`, in order.
+pub fn elements<'a>(slot: &Slot, eps: &'a [SocketAddr]) -> impl Iterator<Item = PickElement> + 'a {
+    let slot = *slot;
+    eps.iter().enumerate().map(move |(i, addr)| PickElement {
+        v6: slot.v6,
+        shard: slot.shard,
+        key: slot.offset + i as u32,
+        addr: *addr,
+    })
+}
+
+/// Which shard a pick lives in: a stable hash of its chain's name and its index there.
+pub fn shard_of(chain: &str, index: usize) -> u32 {
+    // FNV-1a.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in chain.bytes().chain(std::iter::once(index as u8)) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % SHARDS
+}
+
+/// Allocates slots: per shard, free lists by capacity (powers of two) and a high-water mark.
+#[derive(Default, Debug)]
+pub struct Slots {
+    next: HashMap<(bool, u32), u32>,
+    free: HashMap<(bool, u32, u32), Vec<u32>>,
+}
+
+impl Slots {
+    /// A slot for `n` endpoints (`n >= 2`) in `shard`.
+    pub fn alloc(&mut self, v6: bool, shard: u32, n: usize) -> Slot {
+        let capacity = (n.max(2) as u32).next_power_of_two();
+        let offset = match self.free.get_mut(&(v6, shard, capacity)).and_then(Vec::pop) {
+            Some(o) => o,
+            None => {
+                let next = self.next.entry((v6, shard)).or_insert(0);
+                let o = *next;
+                // 2^32 keys per shard: at 64 shards, far beyond any cluster's endpoints.
+                *next = next.saturating_add(capacity);
+                o
+            }
+        };
+        Slot {
+            v6,
+            shard,
+            offset,
+            capacity,
+        }
+    }
+
+    pub fn free(&mut self, slot: Slot) {
+        self.free
+            .entry((slot.v6, slot.shard, slot.capacity))
+            .or_default()
+            .push(slot.offset);
+    }
+}
+
+/// What moving a pick from `old` endpoints in `slot` to `new` endpoints takes: the slot to use,
+/// the elements to delete and to add. Keeps the slot when `new` fits, touching only the keys
+/// whose endpoint changed; otherwise takes a new slot and frees the old one.
+pub fn update(
+    slots: &mut Slots,
+    old: Option<(Slot, &[SocketAddr])>,
+    new: &[SocketAddr],
+    v6: bool,
+    shard: u32,
+    delete: &mut Vec<PickElement>,
+    add: &mut Vec<PickElement>,
+) -> Slot {
+    if let Some((slot, old_eps)) = old {
+        if new.len() <= slot.capacity as usize {
+            let olds: Vec<_> = elements(&slot, old_eps).collect();
+            let news: Vec<_> = elements(&slot, new).collect();
+            for (i, o) in olds.iter().enumerate() {
+                if news.get(i) != Some(o) {
+                    delete.push(*o);
+                }
+            }
+            for (i, n) in news.iter().enumerate() {
+                if olds.get(i) != Some(n) {
+                    add.push(*n);
+                }
+            }
+            return slot;
+        }
+        delete.extend(elements(&slot, old_eps));
+        slots.free(slot);
+    }
+    let slot = slots.alloc(v6, shard, new.len());
+    add.extend(elements(&slot, new));
+    slot
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(n: usize) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| format!("10.0.0.{}:80", i + 1).parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_change_that_fits_touches_only_changed_keys() {
+        let mut slots = Slots::default();
+        let (mut del, mut add) = (vec![], vec![]);
+        let s = update(&mut slots, None, &eps(3), false, 5, &mut del, &mut add);
+        assert_eq!((s.offset, s.capacity, add.len(), del.len()), (0, 4, 3, 0));
+        // Replace the last endpoint: one delete and one add at the same key.
+        let mut next = eps(3);
+        next[2] = "10.0.0.9:80".parse().unwrap();
+        let (mut del, mut add) = (vec![], vec![]);
+        let s2 = update(
+            &mut slots,
+            Some((s, &eps(3))),
+            &next,
+            false,
+            5,
+            &mut del,
+            &mut add,
+        );
+        assert_eq!(s2, s);
+        assert_eq!(del.iter().map(|e| e.key).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(add.iter().map(|e| e.key).collect::<Vec<_>>(), vec![2]);
+        // Grow to 4: still fits, one add.
+        let (mut del, mut add) = (vec![], vec![]);
+        let s3 = update(
+            &mut slots,
+            Some((s, &next)),
+            &eps(4)[..],
+            false,
+            5,
+            &mut del,
+            &mut add,
+        );
+        assert_eq!(s3, s);
+        assert_eq!((add.len(), del.len()), (2, 1)); // key 2 back to .3, key 3 new
+    }
+
+    #[test]
+    fn outgrowing_a_slot_moves_to_a_new_one_and_frees_the_old() {
+        let mut slots = Slots::default();
+        let (mut del, mut add) = (vec![], vec![]);
+        let s = update(&mut slots, None, &eps(2), false, 1, &mut del, &mut add);
+        let (mut del, mut add) = (vec![], vec![]);
+        let s2 = update(
+            &mut slots,
+            Some((s, &eps(2))),
+            &eps(3),
+            false,
+            1,
+            &mut del,
+            &mut add,
+        );
+        assert_ne!(s2.offset, s.offset);
+        assert_eq!((del.len(), add.len(), s2.capacity), (2, 3, 4));
+        // The freed slot is reused by the next pick of its size.
+        let s3 = slots.alloc(false, 1, 2);
+        assert_eq!(s3.offset, s.offset);
+        assert_eq!(s.expression(2), "numgen random mod 2 offset 0 map @pick4-1");
+    }
+
+    #[test]
+    fn shards_spread() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..1000 {
+            seen.insert(shard_of(&format!("svc-default/s{i}/tcp/80/int4"), 0));
+        }
+        assert_eq!(seen.len(), SHARDS as usize);
+    }
+}
