@@ -36,7 +36,7 @@ use std::sync::Arc;
 pub use ipnet::IpNet;
 use tables::{FrontendTarget, Protocol, Service};
 
-use super::pick::{self, PickElement, Slot, Slots};
+use super::pick::{self, MapId, PickElement, Slot, Slots};
 use crate::endpoints::{categorize, policy_local, NodeTopology, TrafficKind};
 
 /// Annotation choosing the data path of one Service: `switchboard.dev/l4-mode: proxy` (the
@@ -109,6 +109,8 @@ pub struct ChainBody {
     pub rules: Vec<String>,
     /// The endpoints each pick chooses among (two or more each).
     pub picks: Vec<Vec<std::net::SocketAddr>>,
+    /// The service port's protocol (which shard maps its picks live in).
+    pub protocol: Protocol,
     pub endpoints: Vec<IpAddr>,
     /// The objects the rules refer to beside the chain itself: for ClientIP affinity, a set of
     /// recent clients and a chain per endpoint (kube-proxy's shape). Created before the rules
@@ -351,6 +353,7 @@ pub fn chain_body(
     Some(ChainBody {
         rules,
         picks,
+        protocol: target.port().protocol,
         endpoints,
         aux,
     })
@@ -385,6 +388,8 @@ pub struct Chains {
     /// Endpoint address → how many chains DNAT to it (one `a . a` hairpin element each).
     hairpin: HashMap<IpAddr, usize>,
     slots: Slots,
+    /// Shard maps declared so far (a full table declares them all again).
+    maps: std::collections::BTreeSet<MapId>,
 }
 
 /// What to do to the table's chains and hairpin sets, in a transaction's order.
@@ -394,7 +399,9 @@ pub struct ChainOps {
     pub add: Vec<Arc<str>>,
     /// Chains whose rules are replaced (`flush chain` + `add rule`), new ones included.
     pub rewrite: Vec<(Arc<str>, Vec<String>)>,
-    /// Shard map elements to delete, then to add (before the rules that use them).
+    /// Shard maps to declare, then elements to delete and to add (before the rules that use
+    /// them).
+    pub pick_maps: Vec<MapId>,
     pub pick_delete: Vec<PickElement>,
     pub pick_add: Vec<PickElement>,
     /// Chains no element jumps to any more (deleted after the elements).
@@ -424,9 +431,16 @@ impl Chains {
         }
     }
 
-    /// Every chain with its rules, the hairpin addresses and the shard map elements (for a
-    /// full table). Each chain comes with its aux objects.
-    pub fn all(&self) -> (Vec<ChainRules<'_>>, Vec<IpAddr>, Vec<PickElement>) {
+    /// Every chain with its rules, the hairpin addresses, the shard maps and their elements
+    /// (for a full table). Each chain comes with its aux objects.
+    pub fn all(
+        &self,
+    ) -> (
+        Vec<ChainRules<'_>>,
+        Vec<IpAddr>,
+        Vec<MapId>,
+        Vec<PickElement>,
+    ) {
         let mut chains: Vec<_> = self
             .chains
             .iter()
@@ -441,7 +455,7 @@ impl Chains {
             .flat_map(Programmed::pick_elements)
             .collect();
         picks.sort();
-        (chains, hairpin, picks)
+        (chains, hairpin, self.maps.iter().copied().collect(), picks)
     }
 
     pub fn len(&self) -> usize {
@@ -482,6 +496,7 @@ impl Batch<'_> {
                         body: ChainBody {
                             rules: vec![],
                             picks: vec![],
+                            protocol: Protocol::Tcp,
                             endpoints: vec![],
                             aux: vec![],
                         },
@@ -561,6 +576,11 @@ impl Batch<'_> {
                 &mut self.ops.pick_delete,
                 &mut self.ops.pick_add,
             );
+            for slot in &slots {
+                if chains.maps.insert(slot.map) {
+                    self.ops.pick_maps.push(slot.map);
+                }
+            }
             let old = p.body.endpoints.clone();
             let old_aux = p.body.aux.clone();
             let rewrite = resolved != p.resolved;
@@ -621,9 +641,12 @@ fn resolve_picks(
     let mut chosen = Vec::with_capacity(body.picks.len());
     for (i, eps) in body.picks.iter().enumerate() {
         let old = p.slots.get(i).map(|s| (*s, p.body.picks[i].as_slice()));
-        let v6 = eps.first().is_some_and(|e| e.is_ipv6());
-        let shard = pick::shard_of(name, i);
-        chosen.push(pick::update(slots, old, eps, v6, shard, delete, add));
+        let map = MapId {
+            v6: eps.first().is_some_and(|e| e.is_ipv6()),
+            protocol: body.protocol,
+            shard: pick::shard_of(name, i),
+        };
+        chosen.push(pick::update(slots, old, eps, map, delete, add));
     }
     for (slot, eps) in p.slots.iter().zip(&p.body.picks).skip(body.picks.len()) {
         delete.extend(pick::elements(slot, eps));

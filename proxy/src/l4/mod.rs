@@ -28,9 +28,11 @@
 
 mod bind;
 mod conntrack;
+pub mod element_update;
 mod health;
 pub mod kernel;
 pub mod metrics;
+pub mod netlink;
 pub mod nft;
 pub mod pick;
 pub mod proxy_protocol;

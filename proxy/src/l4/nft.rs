@@ -82,6 +82,8 @@ pub enum NftError {
     Spawn { cmd: String, source: std::io::Error },
     #[error("{cmd} failed: {stderr}")]
     Failed { cmd: String, stderr: String },
+    #[error("netlink transaction failed: {0}")]
+    Netlink(std::io::Error),
 }
 
 /// One map element: a service frontend, or a NodePort of one address family.
@@ -108,7 +110,7 @@ impl Element {
 
     /// The map holding this element: the filter-hook maps for the relay, reject and drop; the
     /// nat-hook maps for the kernel path's DNAT chains.
-    fn map(&self, v: Verdict) -> &'static str {
+    pub(crate) fn map(&self, v: Verdict) -> &'static str {
         let kernel = v == Verdict::Kernel;
         match (*self, kernel) {
             (
@@ -260,6 +262,7 @@ fn delete_elements<'a>(
 pub struct KernelChains<'a> {
     pub chains: Vec<super::kernel::ChainRules<'a>>,
     pub hairpin: Vec<IpAddr>,
+    pub pick_maps: Vec<pick::MapId>,
     pub picks: Vec<PickElement>,
     /// `--cluster-cidr`: the `cluster-cidrs4/6` sets the chains' rules refer to.
     pub cluster_cidrs: Vec<ipnet::IpNet>,
@@ -267,12 +270,12 @@ pub struct KernelChains<'a> {
 
 /// Writes `add element` (or `delete element`) commands for shard map elements.
 fn pick_elements(out: &mut String, table: &str, verb: &str, elems: &[PickElement]) {
-    let mut by_map: BTreeMap<(bool, u32), Vec<&PickElement>> = BTreeMap::new();
+    let mut by_map: BTreeMap<pick::MapId, Vec<&PickElement>> = BTreeMap::new();
     for e in elems {
-        by_map.entry((e.v6, e.shard)).or_default().push(e);
+        by_map.entry(e.map).or_default().push(e);
     }
-    for ((v6, shard), list) in by_map {
-        let map = pick::map_name(v6, shard);
+    for (map, list) in by_map {
+        let map = map.name();
         for chunk in list.chunks(4096) {
             let _ = write!(out, "{verb} element inet {table} {map} {{ ");
             for (i, e) in chunk.iter().enumerate() {
@@ -353,14 +356,15 @@ pub fn full_script(
         s,
         "  set hairpin4 {{\n    type ipv4_addr . ipv4_addr\n  }}\n  set hairpin6 {{\n    type ipv6_addr . ipv6_addr\n  }}"
     );
-    for (v6, fam, ty) in [(false, "ip", "ipv4_addr"), (true, "ip6", "ipv6_addr")] {
-        for shard in 0..pick::SHARDS {
-            let map = pick::map_name(v6, shard);
-            let _ = writeln!(
-                s,
-                "  map {map} {{\n    typeof numgen random mod 2 : {fam} daddr . th dport\n  }}"
-            );
-        }
+    for map in &kernel.pick_maps {
+        let _ = writeln!(
+            s,
+            "  map {} {{\n    {}\n  }}",
+            map.name(),
+            map.declaration()
+        );
+    }
+    for (v6, ty) in [(false, "ipv4_addr"), (true, "ipv6_addr")] {
         let nets: Vec<String> = kernel
             .cluster_cidrs
             .iter()
@@ -514,7 +518,15 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
         t,
         real().filter_map(|c| c.old.as_ref().map(|o| (&c.element, o))),
     );
-    // Keys are deleted before any is re-added; the rules that use them follow.
+    // New shard maps; keys are deleted before any is re-added; the rules that use them follow.
+    for map in &ops.pick_maps {
+        let _ = writeln!(
+            s,
+            "add map inet {t} {} {{ {}; }}",
+            map.name(),
+            map.declaration()
+        );
+    }
     pick_elements(&mut s, t, "delete", &ops.pick_delete);
     pick_elements(&mut s, t, "add", &ops.pick_add);
     for name in &ops.add {

@@ -1,10 +1,14 @@
 //! Endpoint picks of the kernel path: the endpoints one DNAT rule chooses among, kept as the
-//! elements of a few shared maps (`pick4-S`, `pick6-S`), not as an anonymous map in the rule.
+//! elements of a few shared maps (`pick-tcp4-S`, …), not as an anonymous map in the rule.
 //!
 //! ```text
-//!  svc-… chain:  meta l4proto tcp dnat ip to numgen random mod 3 offset 4096 map @pick4-17
-//!  map pick4-17: 4096 : 10.244.1.5 . 8080, 4097 : 10.244.2.9 . 8080, 4098 : 10.244.3.2 . 8080
+//!  svc-… chain:  meta l4proto tcp dnat ip to numgen random mod 3 offset 4096 map @pick-tcp4-17
+//!  map pick-tcp4-17: 4096 : 10.244.1.5 . 8080, 4097 : 10.244.2.9 . 8080, 4098 : 10.244.3.2 . 8080
 //! ```
+//!
+//! A map per protocol, because nft checks a rule's `meta l4proto tcp` against the `tcp dport`
+//! of the map's `typeof` (a `th dport` map is refused in later transactions). Maps are declared
+//! when a pick first needs them.
 //!
 //! Each pick owns a *slot*: a range of keys `offset .. offset + capacity` in one shard map.
 //! The rule draws `numgen random mod N offset O`, so the choice stays uniform over exactly the
@@ -25,7 +29,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-/// Shard maps per address family.
+use tables::Protocol;
+
+/// Shard maps per protocol and address family.
 pub const SHARDS: u32 = 64;
 
 /// The placeholder a rule carries for its `i`th pick until a slot is chosen.
@@ -33,39 +39,51 @@ pub fn placeholder(i: usize) -> String {
     format!("@@pick{i}@@")
 }
 
+/// One shard map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MapId {
+    pub v6: bool,
+    pub protocol: Protocol,
+    pub shard: u32,
+}
+
+impl MapId {
+    pub fn name(&self) -> String {
+        let p = super::kernel::proto_name(self.protocol);
+        format!("pick-{p}{}-{}", if self.v6 { 6 } else { 4 }, self.shard)
+    }
+
+    /// The map's declaration: a 32-bit key (what `numgen` yields) to `address . port`.
+    pub fn declaration(&self) -> String {
+        let fam = if self.v6 { "ip6" } else { "ip" };
+        let p = super::kernel::proto_name(self.protocol);
+        format!("typeof numgen random mod 2 : {fam} daddr . {p} dport")
+    }
+}
+
 /// A range of keys in one shard map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Slot {
-    pub v6: bool,
-    pub shard: u32,
+    pub map: MapId,
     pub offset: u32,
     pub capacity: u32,
 }
 
 impl Slot {
-    pub fn map(&self) -> String {
-        map_name(self.v6, self.shard)
-    }
-
     /// The expression a DNAT rule uses to pick among `n` endpoints of this slot.
     pub fn expression(&self, n: usize) -> String {
         format!(
             "numgen random mod {n} offset {} map @{}",
             self.offset,
-            self.map()
+            self.map.name()
         )
     }
-}
-
-pub fn map_name(v6: bool, shard: u32) -> String {
-    format!("pick{}-{shard}", if v6 { 6 } else { 4 })
 }
 
 /// One element of a shard map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PickElement {
-    pub v6: bool,
-    pub shard: u32,
+    pub map: MapId,
     pub key: u32,
     pub addr: SocketAddr,
 }
@@ -84,8 +102,7 @@ impl PickElement {
 pub fn elements<'a>(slot: &Slot, eps: &'a [SocketAddr]) -> impl Iterator<Item = PickElement> + 'a {
     let slot = *slot;
     eps.iter().enumerate().map(move |(i, addr)| PickElement {
-        v6: slot.v6,
-        shard: slot.shard,
+        map: slot.map,
         key: slot.offset + i as u32,
         addr: *addr,
     })
@@ -102,21 +119,21 @@ pub fn shard_of(chain: &str, index: usize) -> u32 {
     h % SHARDS
 }
 
-/// Allocates slots: per shard, free lists by capacity (powers of two) and a high-water mark.
+/// Allocates slots: per map, free lists by capacity (powers of two) and a high-water mark.
 #[derive(Default, Debug)]
 pub struct Slots {
-    next: HashMap<(bool, u32), u32>,
-    free: HashMap<(bool, u32, u32), Vec<u32>>,
+    next: HashMap<MapId, u32>,
+    free: HashMap<(MapId, u32), Vec<u32>>,
 }
 
 impl Slots {
-    /// A slot for `n` endpoints (`n >= 2`) in `shard`.
-    pub fn alloc(&mut self, v6: bool, shard: u32, n: usize) -> Slot {
+    /// A slot for `n` endpoints (`n >= 2`) in `map`.
+    pub fn alloc(&mut self, map: MapId, n: usize) -> Slot {
         let capacity = (n.max(2) as u32).next_power_of_two();
-        let offset = match self.free.get_mut(&(v6, shard, capacity)).and_then(Vec::pop) {
+        let offset = match self.free.get_mut(&(map, capacity)).and_then(Vec::pop) {
             Some(o) => o,
             None => {
-                let next = self.next.entry((v6, shard)).or_insert(0);
+                let next = self.next.entry(map).or_insert(0);
                 let o = *next;
                 // 2^32 keys per shard: at 64 shards, far beyond any cluster's endpoints.
                 *next = next.saturating_add(capacity);
@@ -124,8 +141,7 @@ impl Slots {
             }
         };
         Slot {
-            v6,
-            shard,
+            map,
             offset,
             capacity,
         }
@@ -133,7 +149,7 @@ impl Slots {
 
     pub fn free(&mut self, slot: Slot) {
         self.free
-            .entry((slot.v6, slot.shard, slot.capacity))
+            .entry((slot.map, slot.capacity))
             .or_default()
             .push(slot.offset);
     }
@@ -146,8 +162,7 @@ pub fn update(
     slots: &mut Slots,
     old: Option<(Slot, &[SocketAddr])>,
     new: &[SocketAddr],
-    v6: bool,
-    shard: u32,
+    map: MapId,
     delete: &mut Vec<PickElement>,
     add: &mut Vec<PickElement>,
 ) -> Slot {
@@ -170,7 +185,7 @@ pub fn update(
         delete.extend(elements(&slot, old_eps));
         slots.free(slot);
     }
-    let slot = slots.alloc(v6, shard, new.len());
+    let slot = slots.alloc(map, new.len());
     add.extend(elements(&slot, new));
     slot
 }
@@ -178,6 +193,14 @@ pub fn update(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn map(shard: u32) -> MapId {
+        MapId {
+            v6: false,
+            protocol: Protocol::Tcp,
+            shard,
+        }
+    }
 
     fn eps(n: usize) -> Vec<SocketAddr> {
         (0..n)
@@ -189,7 +212,7 @@ mod tests {
     fn a_change_that_fits_touches_only_changed_keys() {
         let mut slots = Slots::default();
         let (mut del, mut add) = (vec![], vec![]);
-        let s = update(&mut slots, None, &eps(3), false, 5, &mut del, &mut add);
+        let s = update(&mut slots, None, &eps(3), map(5), &mut del, &mut add);
         assert_eq!((s.offset, s.capacity, add.len(), del.len()), (0, 4, 3, 0));
         // Replace the last endpoint: one delete and one add at the same key.
         let mut next = eps(3);
@@ -199,8 +222,7 @@ mod tests {
             &mut slots,
             Some((s, &eps(3))),
             &next,
-            false,
-            5,
+            map(5),
             &mut del,
             &mut add,
         );
@@ -213,8 +235,7 @@ mod tests {
             &mut slots,
             Some((s, &next)),
             &eps(4)[..],
-            false,
-            5,
+            map(5),
             &mut del,
             &mut add,
         );
@@ -226,23 +247,25 @@ mod tests {
     fn outgrowing_a_slot_moves_to_a_new_one_and_frees_the_old() {
         let mut slots = Slots::default();
         let (mut del, mut add) = (vec![], vec![]);
-        let s = update(&mut slots, None, &eps(2), false, 1, &mut del, &mut add);
+        let s = update(&mut slots, None, &eps(2), map(1), &mut del, &mut add);
         let (mut del, mut add) = (vec![], vec![]);
         let s2 = update(
             &mut slots,
             Some((s, &eps(2))),
             &eps(3),
-            false,
-            1,
+            map(1),
             &mut del,
             &mut add,
         );
         assert_ne!(s2.offset, s.offset);
         assert_eq!((del.len(), add.len(), s2.capacity), (2, 3, 4));
         // The freed slot is reused by the next pick of its size.
-        let s3 = slots.alloc(false, 1, 2);
+        let s3 = slots.alloc(map(1), 2);
         assert_eq!(s3.offset, s.offset);
-        assert_eq!(s.expression(2), "numgen random mod 2 offset 0 map @pick4-1");
+        assert_eq!(
+            s.expression(2),
+            "numgen random mod 2 offset 0 map @pick-tcp4-1"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::bind::BindListeners;
 use super::conntrack;
+use super::element_update;
 use super::health::HealthServers;
 use super::kernel::{chain_body, chain_name, ChainOps, Chains, KernelConfig};
 use super::nft::{self, Change, Element, Ports, Target};
@@ -331,8 +332,9 @@ impl Syncer {
         let (changes, ops) = self
             .cache
             .update(snap, &self.shared.cfg.node, kernel.as_ref());
-        // The nft commands of this sync (one transaction), for the debug log.
+        // The nft commands (or netlink messages) of this sync's one transaction, for the log.
         let mut commands = 0usize;
+        let mut via = "";
         let result = match &mut self.plane {
             Plane::Bind(listeners) => {
                 let (opened, closed) = listeners.reconcile(&self.shared, &changes);
@@ -356,11 +358,21 @@ impl Syncer {
                 // Sockets first: a datagram steered by the new elements finds its socket.
                 sockets.reconcile(&self.shared, &changes);
                 let cfg = &self.shared.cfg.nft;
-                let script = if *full {
-                    let (chains, hairpin, picks) = self.cache.chains().all();
+                // Element-only updates go over netlink; the rest through `nft -f`.
+                let netlink = if *full {
+                    None
+                } else {
+                    element_update::batch(cfg, &changes, &ops)
+                };
+                via = if netlink.is_some() { "netlink" } else { "nft" };
+                let script = if netlink.is_some() {
+                    None
+                } else if *full {
+                    let (chains, hairpin, pick_maps, picks) = self.cache.chains().all();
                     let kernel = nft::KernelChains {
                         chains,
                         hairpin,
+                        pick_maps,
                         picks,
                         cluster_cidrs: self.shared.cfg.kernel.cluster_cidrs.clone(),
                     };
@@ -368,12 +380,19 @@ impl Syncer {
                 } else {
                     nft::change_script(cfg, &changes, &ops)
                 };
-                commands = script.as_ref().map_or(0, |s| s.lines().count());
-                let r = match script {
-                    None => Ok(()),
-                    Some(script) => tokio::task::spawn_blocking(move || nft::apply(&script))
+                commands = script
+                    .as_ref()
+                    .map_or(0, |s| s.lines().count())
+                    .max(netlink.as_ref().map_or(0, |b| b.messages()));
+                let r = match (script, netlink) {
+                    (Some(script), _) => tokio::task::spawn_blocking(move || nft::apply(&script))
                         .await
                         .expect("nft runner does not panic"),
+                    (None, Some(batch)) => tokio::task::spawn_blocking(move || batch.commit())
+                        .await
+                        .expect("netlink runner does not panic")
+                        .map_err(nft::NftError::Netlink),
+                    (None, None) => Ok(()),
                 };
                 match r {
                     Ok(()) => {
@@ -429,6 +448,7 @@ impl Syncer {
                     generation = snap.generation,
                     seconds = took,
                     commands,
+                    via,
                     chains = self.cache.chains().len(),
                     "l4: synced"
                 );

@@ -1,0 +1,141 @@
+//! Updates that only add and delete elements — an endpoint replaced, a Service's verdict
+//! changed between existing chains, hairpin addresses — written as one netlink batch
+//! (netlink.rs) in the same order `nft::change_script` would write them. Updates that touch
+//! chains, sets or rules, and very large ones, stay with `nft -f`.
+
+use std::collections::BTreeMap;
+
+use tables::Protocol;
+
+use super::kernel::ChainOps;
+use super::netlink::{layout, Batch, Data, Elem};
+use super::nft::{Change, Element, NftConfig, Target};
+use super::pick::PickElement;
+use super::select::Verdict;
+
+/// Beyond this many elements an update goes to `nft -f` (one netlink datagram must hold it).
+const MAX_ELEMENTS: usize = 2048;
+
+/// The batch for `changes` and `ops`, or `None` when `nft -f` must apply them.
+pub fn batch(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Option<Batch> {
+    let structural = !ops.add.is_empty()
+        || !ops.rewrite.is_empty()
+        || !ops.delete.is_empty()
+        || !ops.aux_add.is_empty()
+        || !ops.aux_rewrite.is_empty()
+        || !ops.aux_delete.is_empty()
+        || !ops.pick_maps.is_empty();
+    let count = changes.len()
+        + ops.pick_add.len()
+        + ops.pick_delete.len()
+        + ops.hairpin_add.len()
+        + ops.hairpin_delete.len();
+    if structural || count > MAX_ELEMENTS {
+        return None;
+    }
+    let t = &cfg.table;
+    let real = || changes.iter().filter(|c| c.old != c.new);
+    let mut b = Batch::new();
+    for (map, elems) in by_map(
+        real().filter_map(|c| c.old.as_ref().map(|o| (&c.element, o))),
+        false,
+    ) {
+        b.elements(false, t, map, &elems);
+    }
+    for (map, elems) in picks(&ops.pick_delete, false) {
+        b.elements(false, t, &map, &elems);
+    }
+    for (map, elems) in picks(&ops.pick_add, true) {
+        b.elements(true, t, &map, &elems);
+    }
+    for (map, elems) in by_map(
+        real().filter_map(|c| c.new.as_ref().map(|n| (&c.element, n))),
+        true,
+    ) {
+        b.elements(true, t, map, &elems);
+    }
+    for (add, ips) in [(false, &ops.hairpin_delete), (true, &ops.hairpin_add)] {
+        for v6 in [false, true] {
+            let elems: Vec<Elem> = ips
+                .iter()
+                .filter(|ip| ip.is_ipv6() == v6)
+                .map(|ip| {
+                    let mut key = Vec::with_capacity(32);
+                    layout::addr(&mut key, *ip);
+                    layout::addr(&mut key, *ip);
+                    Elem { key, data: None }
+                })
+                .collect();
+            b.elements(add, t, if v6 { "hairpin6" } else { "hairpin4" }, &elems);
+        }
+    }
+    Some(b)
+}
+
+fn by_map<'a>(
+    elems: impl Iterator<Item = (&'a Element, &'a Target)>,
+    with_data: bool,
+) -> BTreeMap<&'static str, Vec<Elem>> {
+    let mut out: BTreeMap<&'static str, Vec<Elem>> = BTreeMap::new();
+    for (e, t) in elems {
+        let data = with_data.then(|| verdict(e.protocol(), t));
+        out.entry(e.map(t.verdict))
+            .or_default()
+            .push(Elem { key: key(e), data });
+    }
+    out
+}
+
+fn picks(elems: &[PickElement], with_data: bool) -> BTreeMap<String, Vec<Elem>> {
+    let mut out: BTreeMap<String, Vec<Elem>> = BTreeMap::new();
+    for e in elems {
+        let mut key = Vec::with_capacity(4);
+        layout::word(&mut key, e.key);
+        let data = with_data.then(|| {
+            let mut v = Vec::with_capacity(20);
+            layout::addr(&mut v, e.addr.ip());
+            layout::port(&mut v, e.addr.port());
+            Data::Value(v)
+        });
+        out.entry(e.map.name())
+            .or_default()
+            .push(Elem { key, data });
+    }
+    out
+}
+
+fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+/// `addr . l4proto . port` or, for a NodePort, `l4proto . port`.
+fn key(e: &Element) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24);
+    match *e {
+        Element::Service { ip, protocol, port } => {
+            layout::addr(&mut k, ip);
+            layout::byte(&mut k, proto_number(protocol));
+            layout::port(&mut k, port);
+        }
+        Element::NodePort { protocol, port, .. } => {
+            layout::byte(&mut k, proto_number(protocol));
+            layout::port(&mut k, port);
+        }
+    }
+    k
+}
+
+/// The verdict `nft::verdict_text` writes, as data.
+fn verdict(protocol: Protocol, t: &Target) -> Data {
+    match (protocol, t.verdict) {
+        (Protocol::Udp, Verdict::Proxy) => Data::Jump("udp-tproxy".into()),
+        (_, Verdict::Proxy) => Data::Jump("tcp-redirect".into()),
+        (_, Verdict::Reject) => Data::Jump("no-endpoints".into()),
+        (_, Verdict::Drop) => Data::Jump("no-local-endpoints".into()),
+        (_, Verdict::Kernel) => Data::Goto(t.chain.as_deref().unwrap_or_default().to_string()),
+    }
+}

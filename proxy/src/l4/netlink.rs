@@ -1,0 +1,323 @@
+//! nf_tables transactions over netlink, for the one kind of update that dominates: map and set
+//! elements added and deleted in switchboard's table. Everything else (the full table, chains,
+//! rules) goes through `nft -f` (nft.rs).
+//!
+//! Why not `nft` for these too: at 10,000 services `nft -f` spends 10–25 ms per update
+//! starting, then dumping the table's chains and sets into its cache before it sends a
+//! handful of elements; this batch goes straight to the kernel (docs/benchmarks.md, "L4
+//! programming"). Why hand-written: the Rust nf_tables crates are GPL-3.0 (rustables), bind
+//! the C libnftnl and do not write map data (nftnl), or are young; the subset needed here —
+//! `NEWSETELEM`/`DELSETELEM` with value or verdict data inside one batch — is ~200 lines.
+//!
+//! Layout (linux/netfilter/nf_tables.h, nfnetlink.h): one datagram holding
+//! `BATCH_BEGIN`, the element messages, `BATCH_END`; the kernel applies all or nothing and
+//! answers every message that asked for an ACK.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use nix::sys::socket::{
+    bind, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
+    SockProtocol, SockType,
+};
+use nix::sys::time::TimeVal;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFPROTO_INET: u8 = 1;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLMSG_ERROR: u16 = 0x2;
+const NLA_F_NESTED: u16 = 0x8000;
+
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFT_JUMP: i32 = -3;
+const NFT_GOTO: i32 = -4;
+
+/// What an element maps to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Data {
+    /// A value map's data, as the kernel's registers hold it.
+    Value(Vec<u8>),
+    Jump(String),
+    Goto(String),
+}
+
+/// One element: its key as the kernel's registers hold it, and its data in a map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Elem {
+    pub key: Vec<u8>,
+    pub data: Option<Data>,
+}
+
+/// A transaction being written.
+pub struct Batch {
+    buf: Vec<u8>,
+    seq: u32,
+    /// Messages that asked for an ACK.
+    acks: usize,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        let mut b = Batch {
+            buf: Vec::with_capacity(4096),
+            seq: 0,
+            acks: 0,
+        };
+        b.message(
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            |_| {},
+        );
+        b
+    }
+
+    /// Adds (`add`) or deletes `elems` in `set` of the `inet` table `table`.
+    pub fn elements(&mut self, add: bool, table: &str, set: &str, elems: &[Elem]) {
+        if elems.is_empty() {
+            return;
+        }
+        let (kind, flags) = if add {
+            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
+        } else {
+            (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
+        };
+        self.acks += 1;
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | kind;
+        self.message(ty, flags, NFPROTO_INET, 0, |b| {
+            attr_str(b, NFTA_SET_ELEM_LIST_TABLE, table);
+            attr_str(b, NFTA_SET_ELEM_LIST_SET, set);
+            nest(b, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+                for e in elems {
+                    nest(b, NFTA_LIST_ELEM, |b| {
+                        nest(b, NFTA_SET_ELEM_KEY, |b| attr(b, NFTA_DATA_VALUE, &e.key));
+                        match &e.data {
+                            None => {}
+                            Some(Data::Value(v)) => {
+                                nest(b, NFTA_SET_ELEM_DATA, |b| attr(b, NFTA_DATA_VALUE, v))
+                            }
+                            Some(Data::Jump(c)) => verdict(b, NFT_JUMP, c),
+                            Some(Data::Goto(c)) => verdict(b, NFT_GOTO, c),
+                        }
+                    });
+                }
+            });
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.acks == 0
+    }
+
+    /// The element messages written so far.
+    pub fn messages(&self) -> usize {
+        self.acks
+    }
+
+    /// Sends the transaction and waits for the kernel's answer to every message.
+    pub fn commit(mut self) -> io::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        self.message(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            |_| {},
+        );
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )?;
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
+        // Large enough for any batch this module is given (callers send big ones to nft).
+        let _ = setsockopt(&fd, sockopt::SndBuf, &(1 << 22));
+        setsockopt(
+            &fd,
+            sockopt::ReceiveTimeout,
+            &TimeVal::from(libc_timeval(Duration::from_secs(5))),
+        )?;
+        let sent = send(fd.as_raw_fd(), &self.buf, MsgFlags::empty())?;
+        if sent != self.buf.len() {
+            return Err(io::Error::other("netlink: short send"));
+        }
+        let mut answered = 0;
+        let mut first_error = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        while answered < self.acks {
+            let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+            let mut at = 0;
+            while at + 16 <= n {
+                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4")) as usize;
+                let ty = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2"));
+                if len < 16 || at + len > n {
+                    break;
+                }
+                if ty == NLMSG_ERROR && len >= 20 {
+                    let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4"));
+                    answered += 1;
+                    if code != 0 && first_error.is_none() {
+                        first_error = Some(io::Error::from_raw_os_error(-code));
+                    }
+                }
+                at += align(len);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends one message: `nlmsghdr`, `nfgenmsg`, then what `body` writes.
+    fn message(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        family: u8,
+        res_id: u16,
+        body: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]); // length, below
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&self.seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+        self.seq += 1;
+        self.buf.push(family);
+        self.buf.push(0); // NFNETLINK_V0
+        self.buf.extend_from_slice(&res_id.to_be_bytes());
+        body(&mut self.buf);
+        let len = (self.buf.len() - start) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    }
+}
+
+fn libc_timeval(d: Duration) -> nix::libc::timeval {
+    nix::libc::timeval {
+        tv_sec: d.as_secs() as _,
+        tv_usec: d.subsec_micros() as _,
+    }
+}
+
+fn align(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn attr(b: &mut Vec<u8>, ty: u16, value: &[u8]) {
+    let len = 4 + value.len();
+    b.extend_from_slice(&(len as u16).to_ne_bytes());
+    b.extend_from_slice(&ty.to_ne_bytes());
+    b.extend_from_slice(value);
+    b.resize(b.len() + align(len) - len, 0);
+}
+
+fn attr_str(b: &mut Vec<u8>, ty: u16, s: &str) {
+    let mut v = Vec::with_capacity(s.len() + 1);
+    v.extend_from_slice(s.as_bytes());
+    v.push(0);
+    attr(b, ty, &v);
+}
+
+fn nest(b: &mut Vec<u8>, ty: u16, inner: impl FnOnce(&mut Vec<u8>)) {
+    let start = b.len();
+    b.extend_from_slice(&[0; 2]);
+    b.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+    inner(b);
+    let len = (b.len() - start) as u16;
+    b[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+fn verdict(b: &mut Vec<u8>, code: i32, chain: &str) {
+    nest(b, NFTA_SET_ELEM_DATA, |b| {
+        nest(b, NFTA_DATA_VERDICT, |b| {
+            attr(b, NFTA_VERDICT_CODE, &code.to_be_bytes());
+            attr_str(b, NFTA_VERDICT_CHAIN, chain);
+        })
+    });
+}
+
+/// Register layouts of the keys and data switchboard's maps use: each part of a concatenation
+/// takes a whole number of 32-bit registers.
+pub mod layout {
+    use std::net::IpAddr;
+
+    /// An address, in network order.
+    pub fn addr(out: &mut Vec<u8>, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+            IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+        }
+    }
+
+    /// A port (or any 16-bit header field), in network order, padded to a register.
+    pub fn port(out: &mut Vec<u8>, p: u16) {
+        out.extend_from_slice(&p.to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+    }
+
+    /// An 8-bit field (`meta l4proto`), padded to a register.
+    pub fn byte(out: &mut Vec<u8>, v: u8) {
+        out.extend_from_slice(&[v, 0, 0, 0]);
+    }
+
+    /// A value computed in a register (`numgen`), in host order.
+    pub fn word(out: &mut Vec<u8>, v: u32) {
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_framed_and_aligned() {
+        let mut b = Batch::new();
+        b.elements(
+            true,
+            "t",
+            "m",
+            &[Elem {
+                key: vec![1, 2, 3, 4],
+                data: Some(Data::Goto("c".into())),
+            }],
+        );
+        // BATCH_BEGIN is 20 bytes; the element message follows at offset 20.
+        assert_eq!(u32::from_ne_bytes(b.buf[0..4].try_into().unwrap()), 20);
+        let len = u32::from_ne_bytes(b.buf[20..24].try_into().unwrap()) as usize;
+        assert_eq!(b.buf.len(), 20 + len);
+        assert_eq!(len % 4, 0);
+        let ty = u16::from_ne_bytes(b.buf[24..26].try_into().unwrap());
+        assert_eq!(ty, (10 << 8) | 12);
+        assert_eq!(b.acks, 1);
+    }
+}

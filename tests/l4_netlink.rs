@@ -1,0 +1,206 @@
+//! The netlink path of element-only updates (root only): the same update, applied once through
+//! `nft -f` (the script `change_script` writes) and once as switchboard's netlink batch, leaves
+//! the same table, for every kind of element: verdicts (jump and goto) in the service and
+//! NodePort maps of both families, endpoint picks of both families, hairpin pairs — added,
+//! then deleted. A key or data layout that differs from nft's would show here as a different
+//! listing or as a delete that finds nothing.
+
+mod netns;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use netns::*;
+use proxy::l4::element_update;
+use proxy::l4::kernel::ChainOps;
+use proxy::l4::nft::{self, Change, Element, KernelChains, NftConfig, Ports, Target};
+use proxy::l4::pick::{MapId, PickElement};
+use proxy::l4::select::Verdict;
+use tables::Protocol;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn pick_maps() -> [MapId; 2] {
+    [
+        MapId {
+            v6: false,
+            protocol: Protocol::Tcp,
+            shard: 3,
+        },
+        MapId {
+            v6: true,
+            protocol: Protocol::Udp,
+            shard: 63,
+        },
+    ]
+}
+
+/// Changes of every kind: `add` true gives the additions, false the matching deletions.
+fn changes(add: bool) -> (Vec<Change>, ChainOps) {
+    let chain: Arc<str> = "svc-default/web/tcp/80/int4".into();
+    let targets = [
+        (
+            Element::Service {
+                ip: ip("10.96.0.10"),
+                protocol: Protocol::Tcp,
+                port: 80,
+            },
+            Target::new(Verdict::Kernel, Some(chain.clone())),
+        ),
+        (
+            Element::Service {
+                ip: ip("fd00::10"),
+                protocol: Protocol::Udp,
+                port: 53,
+            },
+            Target::new(Verdict::Proxy, None),
+        ),
+        (
+            Element::Service {
+                ip: ip("10.96.0.11"),
+                protocol: Protocol::Udp,
+                port: 5353,
+            },
+            Target::new(Verdict::Reject, None),
+        ),
+        (
+            Element::NodePort {
+                v6: false,
+                protocol: Protocol::Tcp,
+                port: 30080,
+            },
+            Target::new(Verdict::Drop, None),
+        ),
+        (
+            Element::NodePort {
+                v6: true,
+                protocol: Protocol::Tcp,
+                port: 30081,
+            },
+            Target::new(Verdict::Proxy, None),
+        ),
+    ];
+    let changes = targets
+        .into_iter()
+        .map(|(element, t)| Change {
+            element,
+            old: (!add).then(|| t.clone()),
+            new: add.then_some(t),
+        })
+        .collect();
+    let [tcp4, udp6] = pick_maps();
+    let picks = vec![
+        PickElement {
+            map: tcp4,
+            key: 70_000,
+            addr: "10.244.1.5:8080".parse().unwrap(),
+        },
+        PickElement {
+            map: udp6,
+            key: 1,
+            addr: "[fd00:244::5]:53".parse().unwrap(),
+        },
+    ];
+    let hairpin = vec![ip("10.244.1.5"), ip("fd00:244::5")];
+    let mut ops = ChainOps::default();
+    if add {
+        ops.pick_add = picks;
+        ops.hairpin_add = hairpin;
+    } else {
+        ops.pick_delete = picks;
+        ops.hairpin_delete = hairpin;
+    }
+    (changes, ops)
+}
+
+#[test]
+fn needs_root_netlink_updates_leave_the_table_nft_would() {
+    if skip_unless_root("needs_root_netlink_updates_leave_the_table_nft_would") {
+        return;
+    }
+    let ns = Netns::new("nl");
+    let cfg = NftConfig {
+        table: "sbnltest".into(),
+        ..NftConfig::default()
+    };
+    let rules = vec!["meta l4proto tcp dnat ip to 10.244.1.5:8080".to_string()];
+    let kernel = KernelChains {
+        chains: vec![(
+            "svc-default/web/tcp/80/int4".into(),
+            rules.as_slice(),
+            &[][..],
+        )],
+        pick_maps: pick_maps().to_vec(),
+        ..KernelChains::default()
+    };
+    let ports = Ports {
+        tcp4: 1000,
+        tcp6: Some(1001),
+        udp4: 1002,
+        udp6: Some(1003),
+    };
+    let fresh = || {
+        let script = nft::full_script(&cfg, &ports, &HashMap::new(), &kernel);
+        let (ok, out) = ns.try_exec(&["sh", "-c", &format!("nft -f - <<'EOF'\n{script}EOF")]);
+        assert!(ok, "full table: {out}");
+    };
+    let list = || ns.exec(&["nft", "list", "table", "inet", "sbnltest"]);
+    let via_nft = |changes: &[Change], ops: &ChainOps| {
+        let script = nft::change_script(&cfg, changes, ops).expect("a script");
+        let (ok, out) = ns.try_exec(&["sh", "-c", &format!("nft -f - <<'EOF'\n{script}EOF")]);
+        assert!(ok, "nft: {out}\n{script}");
+    };
+    let via_netlink = |changes: &[Change], ops: &ChainOps| {
+        let batch = element_update::batch(&cfg, changes, ops).expect("element-only");
+        ns.enter(move || batch.commit()).expect("netlink commit");
+    };
+
+    let (added, add_ops) = changes(true);
+    let (deleted, delete_ops) = changes(false);
+    fresh();
+    let empty = list();
+    via_nft(&added, &add_ops);
+    let want = list();
+    assert_ne!(want, empty);
+    fresh();
+    via_netlink(&added, &add_ops);
+    assert_eq!(list(), want, "netlink added something else than nft");
+    // Byte for byte the same keys (padding included, which listings do not show): nft deletes
+    // what netlink added, and netlink what nft added.
+    via_nft(&deleted, &delete_ops);
+    assert_eq!(list(), empty, "nft left elements netlink added");
+    via_nft(&added, &add_ops);
+    via_netlink(&deleted, &delete_ops);
+    assert_eq!(list(), empty, "netlink left elements nft added");
+    // A failed delete fails the whole transaction: nothing of it is applied.
+    via_nft(&added, &add_ops);
+    let mut missing = deleted.clone();
+    missing.push(Change {
+        element: Element::Service {
+            ip: ip("10.96.9.9"),
+            protocol: Protocol::Tcp,
+            port: 1,
+        },
+        old: Some(Target::new(Verdict::Reject, None)),
+        new: None,
+    });
+    let batch = element_update::batch(&cfg, &missing, &delete_ops).expect("element-only");
+    let err = ns
+        .enter(move || batch.commit())
+        .expect_err("deleting a missing element");
+    assert_eq!(err.raw_os_error(), Some(2), "{err}");
+    assert_eq!(list(), want, "a failed transaction changed the table");
+    ns.exec(&["nft", "delete", "table", "inet", "sbnltest"]);
+}
+
+#[test]
+fn structural_updates_stay_with_nft() {
+    let (changes, mut ops) = changes(true);
+    let cfg = NftConfig::default();
+    assert!(element_update::batch(&cfg, &changes, &ops).is_some());
+    ops.rewrite.push(("svc-x".into(), vec!["accept".into()]));
+    assert!(element_update::batch(&cfg, &changes, &ops).is_none());
+}
