@@ -1,7 +1,8 @@
 //! The kernel data path of `--l4 nftables` (issue #15), in network namespaces playing nodes and
 //! pods (root only): Service traffic DNATed by nftables, the client pod's address kept, hairpin
 //! and external traffic masqueraded as kube-proxy does, a Service moved to the relay and back,
-//! endpoint changes rewriting one chain, and a UDP flow moving off a removed endpoint.
+//! endpoint changes touching one chain and its shard map elements, a UDP flow moving off a removed
+//! endpoint, IPv6 and a dual-stack Service.
 
 mod netns;
 
@@ -407,6 +408,32 @@ fn lb_service(ranges: &str) -> String {
     )
 }
 
+/// `ipFamilyPolicy: RequireDualStack`: one ClusterIP per family, one EndpointSlice per family.
+const DUAL_STACK: &str = "apiVersion: v1
+kind: Service
+metadata: { name: dual, namespace: default }
+spec:
+  clusterIP: 10.96.0.24
+  clusterIPs: [10.96.0.24, \"fd00:96::24\"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports: [{ name: http, protocol: TCP, port: 80, targetPort: 8080 }]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: dual-v4, namespace: default, labels: { kubernetes.io/service-name: dual } }
+addressType: IPv4
+ports: [{ name: http, protocol: TCP, port: 8080 }]
+endpoints: [{ addresses: [10.244.1.11], conditions: { ready: true }, nodeName: node1 }]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: dual-v6, namespace: default, labels: { kubernetes.io/service-name: dual } }
+addressType: IPv6
+ports: [{ name: http, protocol: TCP, port: 8080 }]
+endpoints: [{ addresses: [\"fd00:244:1::11\"], conditions: { ready: true }, nodeName: node1 }]
+";
+
 #[test]
 fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
     if skip_unless_root("needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject") {
@@ -472,13 +499,15 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
             &[draining],
         ),
     );
+    c.manifest("dual.yaml", DUAL_STACK);
     for node in [1, 2] {
         c.start_node(node, &["--cluster-cidr", "10.244.0.0/16"]);
-        c.wait_applied(node, "all five", |t| {
+        c.wait_applied(node, "all six", |t| {
             t.contains("10.96.0.23")
                 && t.contains("10.96.0.20")
                 && t.contains("fd00:96::20")
                 && t.contains("10.96.0.21")
+                && t.contains("fd00:96::24")
                 && t.contains("loadBalancerSourceRanges=192.0.2.0/24")
         });
     }
@@ -554,6 +583,22 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
         "pod → IPv6 ClusterIP",
     );
     assert_eq!(sources(&six), set(&["fd00:244:1::100"]), "{six:?}");
+
+    // One dual-stack Service: each family's ClusterIP reaches that family's endpoint, in the
+    // kernel, with the pod's address of that family kept.
+    for (vip, source) in [
+        ("10.96.0.24:80", "10.244.1.100"),
+        ("[fd00:96::24]:80", "fd00:244:1::100"),
+    ] {
+        let got = whoami_all(
+            c.pods[client]
+                .ns
+                .enter(|| (0..3).map(|_| tcp_hello(sa(vip), None)).collect()),
+            "pod → dual-stack ClusterIP",
+        );
+        assert_eq!(names(&got), set(&["a"]), "{vip}: {got:?}");
+        assert_eq!(sources(&got), set(&[source]), "{vip}: {got:?}");
+    }
 
     // A hostNetwork client (the node itself) through the output hook; a node has a default
     // route, which is what takes a ClusterIP to the output hook at all.
