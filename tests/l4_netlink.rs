@@ -12,10 +12,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use netns::*;
-use proxy::l4::element_update;
 use proxy::l4::kernel::ChainOps;
+use proxy::l4::netlink_update;
 use proxy::l4::nft::{self, Change, Element, KernelChains, NftConfig, Ports, Target};
-use proxy::l4::pick::{MapId, PickElement};
+use proxy::l4::pick::{MapId, PickElement, Slot};
+use proxy::l4::rule::{DnatTo, Rule};
 use proxy::l4::select::Verdict;
 use tables::Protocol;
 
@@ -126,7 +127,12 @@ fn needs_root_netlink_updates_leave_the_table_nft_would() {
         table: "sbnltest".into(),
         ..NftConfig::default()
     };
-    let rules = vec!["meta l4proto tcp dnat ip to 10.244.1.5:8080".to_string()];
+    let rules = vec![Rule::Dnat {
+        prefix: None,
+        protocol: Protocol::Tcp,
+        v6: false,
+        to: DnatTo::Addr("10.244.1.5:8080".parse().unwrap()),
+    }];
     let kernel = KernelChains {
         chains: vec![(
             "svc-default/web/tcp/80/int4".into(),
@@ -154,7 +160,7 @@ fn needs_root_netlink_updates_leave_the_table_nft_would() {
         assert!(ok, "nft: {out}\n{script}");
     };
     let via_netlink = |changes: &[Change], ops: &ChainOps| {
-        let batch = element_update::batch(&cfg, changes, ops).expect("element-only");
+        let batch = netlink_update::batch(&cfg, changes, ops).expect("element-only");
         ns.enter(move || batch.commit()).expect("netlink commit");
     };
 
@@ -187,7 +193,7 @@ fn needs_root_netlink_updates_leave_the_table_nft_would() {
         old: Some(Target::new(Verdict::Reject, None)),
         new: None,
     });
-    let batch = element_update::batch(&cfg, &missing, &delete_ops).expect("element-only");
+    let batch = netlink_update::batch(&cfg, &missing, &delete_ops).expect("element-only");
     let err = ns
         .enter(move || batch.commit())
         .expect_err("deleting a missing element");
@@ -196,11 +202,155 @@ fn needs_root_netlink_updates_leave_the_table_nft_would() {
     ns.exec(&["nft", "delete", "table", "inet", "sbnltest"]);
 }
 
+/// Chains with every rule shape netlink writes: the same kernel expressions as nft's.
+#[test]
+fn needs_root_netlink_rules_are_the_expressions_nft_writes() {
+    if skip_unless_root("needs_root_netlink_rules_are_the_expressions_nft_writes") {
+        return;
+    }
+    let ns = Netns::new("nlr");
+    let cfg = NftConfig {
+        table: "sbnlrules".into(),
+        ..NftConfig::default()
+    };
+    let [tcp4, udp6] = pick_maps();
+    let kernel = KernelChains {
+        pick_maps: vec![tcp4, udp6],
+        cluster_cidrs: vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:244::/48".parse().unwrap(),
+        ],
+        ..KernelChains::default()
+    };
+    let ports = Ports {
+        tcp4: 1000,
+        tcp6: None,
+        udp4: 1002,
+        udp6: None,
+    };
+    let slot = |map, offset, capacity| Slot {
+        map,
+        offset,
+        capacity,
+    };
+    let rules = vec![
+        Rule::Mark {
+            unless_from: Some((false, "cluster-cidrs4".into())),
+            mark: 0x20_0000,
+        },
+        Rule::Mark {
+            unless_from: Some((true, "cluster-cidrs6".into())),
+            mark: 0x20_0000,
+        },
+        Rule::Mark {
+            unless_from: None,
+            mark: 0x20_0000,
+        },
+        Rule::Dnat {
+            prefix: None,
+            protocol: Protocol::Tcp,
+            v6: false,
+            to: DnatTo::Addr("10.244.1.5:8080".parse().unwrap()),
+        },
+        Rule::Dnat {
+            prefix: None,
+            protocol: Protocol::Udp,
+            v6: true,
+            to: DnatTo::Addr("[fd00:244::5]:53".parse().unwrap()),
+        },
+        Rule::Dnat {
+            prefix: None,
+            protocol: Protocol::Tcp,
+            v6: false,
+            to: DnatTo::Slot {
+                slot: slot(tcp4, 64, 4),
+                n: 3,
+            },
+        },
+        Rule::Dnat {
+            prefix: None,
+            protocol: Protocol::Udp,
+            v6: true,
+            to: DnatTo::Slot {
+                slot: slot(udp6, 0, 2),
+                n: 2,
+            },
+        },
+    ];
+    assert!(rules.iter().all(Rule::encodable));
+    let chain: Arc<str> = "svc-default/x/tcp/80/int4".into();
+    let add = ChainOps {
+        add: vec![chain.clone()],
+        rewrite: vec![(chain.clone(), rules)],
+        ..ChainOps::default()
+    };
+    let delete = ChainOps {
+        delete: vec![chain.clone()],
+        ..ChainOps::default()
+    };
+    let fresh = || {
+        let script = nft::full_script(&cfg, &ports, &HashMap::new(), &kernel);
+        let (ok, out) = ns.try_exec(&["sh", "-c", &format!("nft -f - <<'EOF'\n{script}EOF")]);
+        assert!(ok, "full table: {out}");
+    };
+    // The kernel's own listing of the rules, expression by expression.
+    let list = || {
+        ns.exec(&[
+            "nft",
+            "--debug=netlink",
+            "list",
+            "table",
+            "inet",
+            "sbnlrules",
+        ])
+        .lines()
+        .filter(|l| !l.contains("handle"))
+        .collect::<Vec<_>>()
+        .join("\n")
+    };
+    fresh();
+    let empty = list();
+    let script = nft::change_script(&cfg, &[], &add).expect("a script");
+    let (ok, out) = ns.try_exec(&["sh", "-c", &format!("nft -f - <<'EOF'\n{script}EOF")]);
+    assert!(ok, "nft: {out}\n{script}");
+    let want = list();
+    assert!(
+        want.contains("numgen reg 1 = random mod 3 offset 64"),
+        "{want}"
+    );
+    fresh();
+    let batch = netlink_update::batch(&cfg, &[], &add).expect("encodable");
+    ns.enter(move || batch.commit()).expect("netlink commit");
+    let got = list();
+    let only = |a: &str, b: &str| -> Vec<String> {
+        a.lines()
+            .filter(|l| !b.lines().any(|m| m == *l))
+            .map(String::from)
+            .collect()
+    };
+    assert!(
+        got == want,
+        "netlink wrote other expressions than nft: netlink only {:#?}, nft only {:#?}",
+        only(&got, &want),
+        only(&want, &got)
+    );
+    let batch = netlink_update::batch(&cfg, &[], &delete).expect("encodable");
+    ns.enter(move || batch.commit()).expect("netlink commit");
+    assert_eq!(list(), empty, "netlink left the chain behind");
+    ns.exec(&["nft", "delete", "table", "inet", "sbnlrules"]);
+}
+
 #[test]
 fn structural_updates_stay_with_nft() {
     let (changes, mut ops) = changes(true);
     let cfg = NftConfig::default();
-    assert!(element_update::batch(&cfg, &changes, &ops).is_some());
-    ops.rewrite.push(("svc-x".into(), vec!["accept".into()]));
-    assert!(element_update::batch(&cfg, &changes, &ops).is_none());
+    assert!(netlink_update::batch(&cfg, &changes, &ops).is_some());
+    ops.rewrite.push((
+        "svc-x".into(),
+        vec![Rule::Text("jump no-local-endpoints".into())],
+    ));
+    assert!(netlink_update::batch(&cfg, &changes, &ops).is_none());
+    ops.rewrite.clear();
+    ops.pick_maps = pick_maps().to_vec();
+    assert!(netlink_update::batch(&cfg, &changes, &ops).is_none());
 }

@@ -37,6 +37,7 @@ pub use ipnet::IpNet;
 use tables::{FrontendTarget, Protocol, Service};
 
 use super::pick::{self, MapId, PickElement, Slot, Slots};
+use super::rule::{DnatTo, Rule};
 use crate::endpoints::{categorize, policy_local, NodeTopology, TrafficKind};
 
 /// Annotation choosing the data path of one Service: `switchboard.dev/l4-mode: proxy` (the
@@ -93,6 +94,15 @@ pub fn chain_name(target: &FrontendTarget, kind: TrafficKind, v6: bool) -> Arc<s
     .into()
 }
 
+/// The IP protocol number (`meta l4proto`).
+pub fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
 pub fn proto_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
@@ -105,8 +115,8 @@ pub fn proto_name(p: Protocol) -> &'static str {
 /// conntrack cleanup).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainBody {
-    /// The rules, with a `pick::placeholder(i)` where the `i`th pick's expression goes.
-    pub rules: Vec<String>,
+    /// The rules; a DNAT to more than one endpoint names its pick (`DnatTo::Pick(i)`).
+    pub rules: Vec<Rule>,
     /// The endpoints each pick chooses among (two or more each).
     pub picks: Vec<Vec<std::net::SocketAddr>>,
     /// The service port's protocol (which shard maps its picks live in).
@@ -150,11 +160,11 @@ fn endpoint_tag(e: &std::net::SocketAddr) -> String {
 /// chain first sends a known client to its endpoint's chain, else picks one at random.
 fn affinity_rules(
     chain: &str,
-    proto: &str,
+    protocol: Protocol,
     v6: bool,
     eps: &[std::net::SocketAddr],
     timeout: u32,
-    rules: &mut Vec<String>,
+    rules: &mut Vec<Rule>,
     aux: &mut Vec<Aux>,
 ) {
     let fam = if v6 { "ip6" } else { "ip" };
@@ -168,58 +178,50 @@ fn affinity_rules(
             name: set.clone(),
             decl: format!("type {addr_type}; flags dynamic,timeout; timeout {timeout}s;"),
         });
-        let mut dnat = String::new();
-        dnat_rule(
-            &mut dnat,
-            proto,
-            v6,
-            std::slice::from_ref(e),
-            &mut Vec::new(),
-        );
+        let dnat = dnat_rule(None, protocol, v6, std::slice::from_ref(e), &mut Vec::new());
         aux.push(Aux::Chain {
             name: ep_chain.clone(),
-            rules: vec![format!("update @{set} {{ {fam} saddr }}"), dnat],
+            rules: vec![format!("update @{set} {{ {fam} saddr }}"), dnat.text()],
         });
-        rules.push(format!("{fam} saddr @{set} goto {ep_chain}"));
+        rules.push(Rule::Text(format!("{fam} saddr @{set} goto {ep_chain}")));
         if i > 0 {
             pick.push_str(", ");
         }
         let _ = write!(pick, "{i} : goto {ep_chain}");
     }
     pick.push_str(" }");
-    rules.push(pick);
+    rules.push(Rule::Text(pick));
 }
 
+/// DNAT to `eps`: directly to one endpoint, else to a pick among them.
 fn dnat_rule(
-    out: &mut String,
-    proto: &str,
+    prefix: Option<String>,
+    protocol: Protocol,
     v6: bool,
     eps: &[std::net::SocketAddr],
     picks: &mut Vec<Vec<std::net::SocketAddr>>,
-) {
-    let fam = if v6 { "ip6" } else { "ip" };
-    let _ = write!(out, "meta l4proto {proto} dnat {fam} to ");
-    let addr = |out: &mut String, a: &IpAddr| {
-        let _ = if v6 {
-            write!(out, "[{a}]")
-        } else {
-            write!(out, "{a}")
-        };
-    };
-    if let [one] = eps {
-        addr(out, &one.ip());
-        let _ = write!(out, ":{}", one.port());
-        return;
-    }
-    // The same endpoints twice in one chain (the Local short-circuit's two rules) share a pick.
-    let i = match picks.iter().position(|p| p == eps) {
-        Some(i) => i,
-        None => {
-            picks.push(eps.to_vec());
-            picks.len() - 1
+) -> Rule {
+    let to = match eps {
+        [one] => DnatTo::Addr(*one),
+        _ => {
+            // The same endpoints twice in one chain (the Local short-circuit's two rules)
+            // share a pick.
+            let i = match picks.iter().position(|p| p == eps) {
+                Some(i) => i,
+                None => {
+                    picks.push(eps.to_vec());
+                    picks.len() - 1
+                }
+            };
+            DnatTo::Pick(i)
         }
     };
-    out.push_str(&pick::placeholder(i));
+    Rule::Dnat {
+        prefix,
+        protocol,
+        v6,
+        to,
+    }
 }
 
 /// For a LoadBalancer Service with `loadBalancerSourceRanges`: drop traffic to its LoadBalancer
@@ -281,22 +283,26 @@ pub fn chain_body(
     if chosen.is_empty() && (!local_external || c.cluster.is_empty()) {
         return None;
     }
-    let proto = proto_name(target.port().protocol);
+    let protocol = target.port().protocol;
     let fam = if v6 { "ip6" } else { "ip" };
     let m = cfg.masquerade_mark;
-    let mark = format!("meta mark set meta mark | {m:#x}");
+    let mark = Rule::Mark {
+        unless_from: None,
+        mark: m,
+    };
+    let mark_text = mark.text();
     // The named set `full_script` declares from the same list (an anonymous set per chain
     // costs the kernel a scan of every set: pick.rs).
-    let cidr_set = cfg
+    let cidr_set: Option<Arc<str>> = cfg
         .cluster_cidrs
         .iter()
         .any(|n| matches!(n, IpNet::V6(_)) == v6)
-        .then(|| format!("@cluster-cidrs{}", if v6 { 6 } else { 4 }));
+        .then(|| format!("cluster-cidrs{}", if v6 { 6 } else { 4 }).into());
     let mut rules = Vec::new();
     let mut picks = Vec::new();
     if kind == TrafficKind::External {
         if let Some(r) = source_range_rule(svc, v6) {
-            rules.push(r);
+            rules.push(Rule::Text(r));
         }
     }
     if cfg.masquerade_all {
@@ -305,7 +311,10 @@ pub fn chain_body(
     match (kind, local_external) {
         (TrafficKind::Internal, _) => {
             if let (false, Some(set)) = (cfg.masquerade_all, &cidr_set) {
-                rules.push(format!("{fam} saddr != {set} {mark}"));
+                rules.push(Rule::Mark {
+                    unless_from: Some((v6, set.clone())),
+                    mark: m,
+                });
             }
         }
         (TrafficKind::External, false) => {
@@ -317,13 +326,11 @@ pub fn chain_body(
             // kube-proxy's short-circuit: the node itself and pods use every endpoint.
             let cluster: Vec<_> = c.cluster.iter().map(|e| e.addr).collect();
             if !cluster.is_empty() {
-                let mut r = format!("fib saddr type local {mark} ");
-                dnat_rule(&mut r, proto, v6, &cluster, &mut picks);
-                rules.push(r);
+                let prefix = format!("fib saddr type local {mark_text}");
+                rules.push(dnat_rule(Some(prefix), protocol, v6, &cluster, &mut picks));
                 if let Some(set) = &cidr_set {
-                    let mut r = format!("{fam} saddr {set} ");
-                    dnat_rule(&mut r, proto, v6, &cluster, &mut picks);
-                    rules.push(r);
+                    let prefix = format!("{fam} saddr @{set}");
+                    rules.push(dnat_rule(Some(prefix), protocol, v6, &cluster, &mut picks));
                 }
             }
         }
@@ -331,14 +338,12 @@ pub fn chain_body(
     let addrs: Vec<_> = chosen.iter().map(|e| e.addr).collect();
     let mut aux = Vec::new();
     if addrs.is_empty() {
-        rules.push("jump no-local-endpoints".into());
+        rules.push(Rule::Text("jump no-local-endpoints".into()));
     } else if let Some(timeout) = svc.session_affinity_timeout {
         let name = chain_name(target, kind, v6);
-        affinity_rules(&name, proto, v6, &addrs, timeout, &mut rules, &mut aux);
+        affinity_rules(&name, protocol, v6, &addrs, timeout, &mut rules, &mut aux);
     } else {
-        let mut r = String::new();
-        dnat_rule(&mut r, proto, v6, &addrs, &mut picks);
-        rules.push(r);
+        rules.push(dnat_rule(None, protocol, v6, &addrs, &mut picks));
     }
     // Every address the rules may DNAT to: with the Local short-circuit, the cluster-wide ones too.
     let short_circuit = if local_external { &c.cluster[..] } else { &[] };
@@ -353,7 +358,7 @@ pub fn chain_body(
     Some(ChainBody {
         rules,
         picks,
-        protocol: target.port().protocol,
+        protocol,
         endpoints,
         aux,
     })
@@ -366,8 +371,8 @@ struct Programmed {
     refs: usize,
     /// The slot of each of the body's picks.
     slots: Vec<Slot>,
-    /// The rules with the picks' expressions in place: what the kernel has.
-    resolved: Vec<String>,
+    /// The rules with the picks' slots in place: what the kernel has.
+    resolved: Vec<Rule>,
 }
 
 impl Programmed {
@@ -398,7 +403,7 @@ pub struct ChainOps {
     /// New chains (`add chain`), with their rules in `rewrite`.
     pub add: Vec<Arc<str>>,
     /// Chains whose rules are replaced (`flush chain` + `add rule`), new ones included.
-    pub rewrite: Vec<(Arc<str>, Vec<String>)>,
+    pub rewrite: Vec<(Arc<str>, Vec<Rule>)>,
     /// Shard maps to declare, then elements to delete and to add (before the rules that use
     /// them).
     pub pick_maps: Vec<MapId>,
@@ -468,7 +473,7 @@ impl Chains {
 }
 
 /// A chain's name, rules and aux objects.
-pub type ChainRules<'a> = (Arc<str>, &'a [String], &'a [Aux]);
+pub type ChainRules<'a> = (Arc<str>, &'a [Rule], &'a [Aux]);
 
 /// One update's worth of chain changes.
 pub struct Batch<'a> {
@@ -637,7 +642,7 @@ fn resolve_picks(
     body: &ChainBody,
     delete: &mut Vec<PickElement>,
     add: &mut Vec<PickElement>,
-) -> (Vec<Slot>, Vec<String>) {
+) -> (Vec<Slot>, Vec<Rule>) {
     let mut chosen = Vec::with_capacity(body.picks.len());
     for (i, eps) in body.picks.iter().enumerate() {
         let old = p.slots.get(i).map(|s| (*s, p.body.picks[i].as_slice()));
@@ -655,12 +660,22 @@ fn resolve_picks(
     let resolved = body
         .rules
         .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            for (i, (slot, eps)) in chosen.iter().zip(&body.picks).enumerate() {
-                r = r.replace(&pick::placeholder(i), &slot.expression(eps.len()));
-            }
-            r
+        .map(|r| match r {
+            Rule::Dnat {
+                prefix,
+                protocol,
+                v6,
+                to: DnatTo::Pick(i),
+            } => Rule::Dnat {
+                prefix: prefix.clone(),
+                protocol: *protocol,
+                v6: *v6,
+                to: DnatTo::Slot {
+                    slot: chosen[*i],
+                    n: body.picks[*i].len(),
+                },
+            },
+            other => other.clone(),
         })
         .collect();
     (chosen, resolved)

@@ -28,15 +28,16 @@
 
 mod bind;
 mod conntrack;
-pub mod element_update;
 mod health;
 pub mod kernel;
 pub mod metrics;
 pub mod netlink;
+pub mod netlink_update;
 pub mod nft;
 pub mod pick;
 pub mod proxy_protocol;
 mod redirect;
+pub mod rule;
 pub mod select;
 mod sockopt;
 mod sync;

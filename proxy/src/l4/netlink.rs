@@ -1,13 +1,14 @@
-//! nf_tables transactions over netlink, for the one kind of update that dominates: map and set
-//! elements added and deleted in switchboard's table. Everything else (the full table, chains,
-//! rules) goes through `nft -f` (nft.rs).
+//! nf_tables transactions over netlink, for the updates that dominate: map and set elements
+//! added and deleted, regular chains added, flushed and deleted, rules appended (rule.rs writes
+//! their expressions). The full table, hooks, sets and maps go through `nft -f` (nft.rs).
 //!
 //! Why not `nft` for these too: at 10,000 services `nft -f` spends 10–25 ms per update
 //! starting, then dumping the table's chains and sets into its cache before it sends a
 //! handful of elements; this batch goes straight to the kernel (docs/benchmarks.md, "L4
 //! programming"). Why hand-written: the Rust nf_tables crates are GPL-3.0 (rustables), bind
 //! the C libnftnl and do not write map data (nftnl), or are young; the subset needed here —
-//! `NEWSETELEM`/`DELSETELEM` with value or verdict data inside one batch — is ~200 lines.
+//! elements with value or verdict data, regular chains, rules of a few expression kinds, inside
+//! one batch — is a few hundred lines.
 //!
 //! Layout (linux/netfilter/nf_tables.h, nfnetlink.h): one datagram holding
 //! `BATCH_BEGIN`, the element messages, `BATCH_END`; the kernel applies all or nothing and
@@ -26,6 +27,10 @@ use nix::sys::time::TimeVal;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFPROTO_INET: u8 = 1;
@@ -33,9 +38,15 @@ const NFPROTO_INET: u8 = 1;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
 const NLMSG_ERROR: u16 = 0x2;
 const NLA_F_NESTED: u16 = 0x8000;
 
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
@@ -127,6 +138,52 @@ impl Batch {
                 }
             });
         });
+    }
+
+    /// `add chain` (a regular chain: no hook).
+    pub fn add_chain(&mut self, table: &str, chain: &str) {
+        self.chain_message(NFT_MSG_NEWCHAIN, NLM_F_CREATE, table, chain);
+    }
+
+    pub fn delete_chain(&mut self, table: &str, chain: &str) {
+        self.chain_message(NFT_MSG_DELCHAIN, 0, table, chain);
+    }
+
+    /// `flush chain`: deletes every rule of the chain.
+    pub fn flush_chain(&mut self, table: &str, chain: &str) {
+        self.acks += 1;
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELRULE;
+        self.message(ty, NLM_F_REQUEST | NLM_F_ACK, NFPROTO_INET, 0, |b| {
+            attr_str(b, NFTA_RULE_TABLE, table);
+            attr_str(b, NFTA_RULE_CHAIN, chain);
+        });
+    }
+
+    /// `add rule` at the end of the chain, with the expressions `exprs` writes.
+    pub fn add_rule(&mut self, table: &str, chain: &str, exprs: impl FnOnce(&mut Vec<u8>)) {
+        self.acks += 1;
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE;
+        let flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK;
+        self.message(ty, flags, NFPROTO_INET, 0, |b| {
+            attr_str(b, NFTA_RULE_TABLE, table);
+            attr_str(b, NFTA_RULE_CHAIN, chain);
+            nest(b, NFTA_RULE_EXPRESSIONS, exprs);
+        });
+    }
+
+    fn chain_message(&mut self, kind: u16, extra: u16, table: &str, chain: &str) {
+        self.acks += 1;
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | kind;
+        self.message(
+            ty,
+            NLM_F_REQUEST | NLM_F_ACK | extra,
+            NFPROTO_INET,
+            0,
+            |b| {
+                attr_str(b, NFTA_CHAIN_TABLE, table);
+                attr_str(b, NFTA_CHAIN_NAME, chain);
+            },
+        );
     }
 
     pub fn is_empty(&self) -> bool {
@@ -232,7 +289,7 @@ fn align(n: usize) -> usize {
     (n + 3) & !3
 }
 
-fn attr(b: &mut Vec<u8>, ty: u16, value: &[u8]) {
+pub(crate) fn attr(b: &mut Vec<u8>, ty: u16, value: &[u8]) {
     let len = 4 + value.len();
     b.extend_from_slice(&(len as u16).to_ne_bytes());
     b.extend_from_slice(&ty.to_ne_bytes());
@@ -240,20 +297,28 @@ fn attr(b: &mut Vec<u8>, ty: u16, value: &[u8]) {
     b.resize(b.len() + align(len) - len, 0);
 }
 
-fn attr_str(b: &mut Vec<u8>, ty: u16, s: &str) {
+pub(crate) fn attr_str(b: &mut Vec<u8>, ty: u16, s: &str) {
     let mut v = Vec::with_capacity(s.len() + 1);
     v.extend_from_slice(s.as_bytes());
     v.push(0);
     attr(b, ty, &v);
 }
 
-fn nest(b: &mut Vec<u8>, ty: u16, inner: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn nest(b: &mut Vec<u8>, ty: u16, inner: impl FnOnce(&mut Vec<u8>)) {
     let start = b.len();
     b.extend_from_slice(&[0; 2]);
     b.extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
     inner(b);
     let len = (b.len() - start) as u16;
     b[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// One expression of a rule: its name and what `data` writes into `NFTA_EXPR_DATA`.
+pub(crate) fn expr(b: &mut Vec<u8>, name: &str, data: impl FnOnce(&mut Vec<u8>)) {
+    nest(b, NFTA_LIST_ELEM, |b| {
+        attr_str(b, 1, name); // NFTA_EXPR_NAME
+        nest(b, 2, data); // NFTA_EXPR_DATA
+    });
 }
 
 fn verdict(b: &mut Vec<u8>, code: i32, chain: &str) {

@@ -34,6 +34,7 @@ use tables::Protocol;
 
 use super::kernel::{Aux, ChainOps};
 use super::pick::{self, PickElement};
+use super::rule::Rule;
 use super::select::Verdict;
 
 /// Names and marks of the table.
@@ -289,10 +290,15 @@ fn pick_elements(out: &mut String, table: &str, verb: &str, elems: &[PickElement
     }
 }
 
-fn write_rules(out: &mut String, table: &str, chain: &str, rules: &[String]) {
+fn write_rules<R: AsRef<str>>(out: &mut String, table: &str, chain: &str, rules: &[R]) {
     for r in rules {
-        let _ = writeln!(out, "add rule inet {table} {} {r}", chain);
+        let _ = writeln!(out, "add rule inet {table} {chain} {}", r.as_ref());
     }
+}
+
+fn write_chain_rules(out: &mut String, table: &str, chain: &str, rules: &[Rule]) {
+    let text: Vec<String> = rules.iter().map(Rule::text).collect();
+    write_rules(out, table, chain, &text);
 }
 
 /// Adds aux objects: sets, then chains with their rules (`aux` is sorted that way).
@@ -479,7 +485,7 @@ pub fn full_script(
     for (name, rules, aux) in &kernel.chains {
         add_aux(&mut s, t, aux);
         let _ = writeln!(s, "add chain inet {t} {}", name);
-        write_rules(&mut s, t, name, rules);
+        write_chain_rules(&mut s, t, name, rules);
     }
     pick_elements(&mut s, t, "add", &kernel.picks);
     add_elements(&mut s, t, elements.iter());
@@ -541,7 +547,7 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
     }
     for (name, rules) in &ops.rewrite {
         let _ = writeln!(s, "flush chain inet {t} {}", name);
-        write_rules(&mut s, t, name, rules);
+        write_chain_rules(&mut s, t, name, rules);
     }
     add_elements(
         &mut s,
@@ -764,7 +770,9 @@ mod tests {
     fn full_script_replaces_the_table_in_one_go() {
         let mut e = HashMap::new();
         e.insert(svc("10.96.0.1", Protocol::Udp, 53), t(Verdict::Proxy));
-        let rules = vec!["meta l4proto tcp dnat ip to 10.0.0.1:80".to_string()];
+        let rules = vec![Rule::Text(
+            "meta l4proto tcp dnat ip to 10.0.0.1:80".to_string(),
+        )];
         let kernel = KernelChains {
             chains: vec![("svc-a/b/tcp/80/int4".into(), rules.as_slice(), &[][..])],
             hairpin: vec!["10.0.0.1".parse().unwrap()],

@@ -18,9 +18,9 @@ use tokio::task::JoinHandle;
 
 use super::bind::BindListeners;
 use super::conntrack;
-use super::element_update;
 use super::health::HealthServers;
 use super::kernel::{chain_body, chain_name, ChainOps, Chains, KernelConfig};
+use super::netlink_update;
 use super::nft::{self, Change, Element, Ports, Target};
 use super::select::{verdict_and_no_local, Verdict};
 use super::{redirect, traffic_kind, L4Error, Mode, Shared};
@@ -362,7 +362,7 @@ impl Syncer {
                 let netlink = if *full {
                     None
                 } else {
-                    element_update::batch(cfg, &changes, &ops)
+                    netlink_update::batch(cfg, &changes, &ops)
                 };
                 via = if netlink.is_some() { "netlink" } else { "nft" };
                 let script = if netlink.is_some() {

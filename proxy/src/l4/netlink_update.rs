@@ -1,36 +1,44 @@
-//! Updates that only add and delete elements — an endpoint replaced, a Service's verdict
-//! changed between existing chains, hairpin addresses — written as one netlink batch
-//! (netlink.rs) in the same order `nft::change_script` would write them. Updates that touch
-//! chains, sets or rules, and very large ones, stay with `nft -f`.
+//! Incremental updates as one netlink batch (netlink.rs), in the order `nft::change_script`
+//! writes them: map and set elements (an endpoint replaced, a verdict moved, hairpin pairs)
+//! and service chains added, rewritten and deleted when every rule in them has a netlink
+//! encoding (rule.rs: the masquerade mark, DNAT to an endpoint or a pick). Updates that need
+//! anything else — ClientIP affinity's sets and chains, source ranges, the Local short-circuit,
+//! a new shard map — and very large ones stay with `nft -f`.
 
 use std::collections::BTreeMap;
 
 use tables::Protocol;
 
-use super::kernel::ChainOps;
+use super::kernel::{proto_number, ChainOps};
 use super::netlink::{layout, Batch, Data, Elem};
 use super::nft::{Change, Element, NftConfig, Target};
 use super::pick::PickElement;
+use super::rule::Rule;
 use super::select::Verdict;
 
-/// Beyond this many elements an update goes to `nft -f` (one netlink datagram must hold it).
+/// Beyond this many elements, chains and rules an update goes to `nft -f` (one netlink
+/// datagram must hold it).
 const MAX_ELEMENTS: usize = 2048;
 
 /// The batch for `changes` and `ops`, or `None` when `nft -f` must apply them.
 pub fn batch(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Option<Batch> {
-    let structural = !ops.add.is_empty()
-        || !ops.rewrite.is_empty()
-        || !ops.delete.is_empty()
-        || !ops.aux_add.is_empty()
+    let nft_only = !ops.aux_add.is_empty()
         || !ops.aux_rewrite.is_empty()
         || !ops.aux_delete.is_empty()
-        || !ops.pick_maps.is_empty();
+        || !ops.pick_maps.is_empty()
+        || ops
+            .rewrite
+            .iter()
+            .any(|(_, rules)| !rules.iter().all(Rule::encodable));
     let count = changes.len()
         + ops.pick_add.len()
         + ops.pick_delete.len()
         + ops.hairpin_add.len()
-        + ops.hairpin_delete.len();
-    if structural || count > MAX_ELEMENTS {
+        + ops.hairpin_delete.len()
+        + ops.add.len()
+        + ops.delete.len()
+        + ops.rewrite.iter().map(|(_, r)| r.len() + 1).sum::<usize>();
+    if nft_only || count > MAX_ELEMENTS {
         return None;
     }
     let t = &cfg.table;
@@ -48,11 +56,23 @@ pub fn batch(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Option<Batc
     for (map, elems) in picks(&ops.pick_add, true) {
         b.elements(true, t, &map, &elems);
     }
+    for name in &ops.add {
+        b.add_chain(t, name);
+    }
+    for (name, rules) in &ops.rewrite {
+        b.flush_chain(t, name);
+        for r in rules {
+            b.add_rule(t, name, |out| r.encode(out));
+        }
+    }
     for (map, elems) in by_map(
         real().filter_map(|c| c.new.as_ref().map(|n| (&c.element, n))),
         true,
     ) {
         b.elements(true, t, map, &elems);
+    }
+    for name in &ops.delete {
+        b.delete_chain(t, name);
     }
     for (add, ips) in [(false, &ops.hairpin_delete), (true, &ops.hairpin_add)] {
         for v6 in [false, true] {
@@ -102,14 +122,6 @@ fn picks(elems: &[PickElement], with_data: bool) -> BTreeMap<String, Vec<Elem>> 
             .push(Elem { key, data });
     }
     out
-}
-
-fn proto_number(p: Protocol) -> u8 {
-    match p {
-        Protocol::Tcp => 6,
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-    }
 }
 
 /// `addr . l4proto . port` or, for a NodePort, `l4proto . port`.

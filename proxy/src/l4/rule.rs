@@ -1,0 +1,271 @@
+//! The rules of the kernel path's service chains, as data: one description that is written as
+//! nft text for `nft -f` and, for the common shapes (the masquerade mark, DNAT to one endpoint
+//! or to a pick), encoded as nf_tables expressions for a netlink batch — the same expressions
+//! `nft` sends for that text (`tests/l4_netlink.rs` compares them as the kernel lists them).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tables::Protocol;
+
+use super::kernel::{proto_name, proto_number};
+use super::netlink::{attr, attr_str, expr, layout};
+use super::pick::{self, Slot};
+
+/// One rule of a service chain.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rule {
+    /// `[FAM saddr != @SET] meta mark set meta mark | MARK`: ask postrouting to masquerade,
+    /// for every packet or only those from outside the set.
+    Mark {
+        unless_from: Option<(bool, Arc<str>)>,
+        mark: u32,
+    },
+    /// `[PREFIX ]meta l4proto PROTO dnat FAM to …`.
+    Dnat {
+        prefix: Option<String>,
+        protocol: Protocol,
+        v6: bool,
+        to: DnatTo,
+    },
+    /// Anything else, in nft's syntax.
+    Text(String),
+}
+
+/// Where a DNAT goes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DnatTo {
+    Addr(SocketAddr),
+    /// The chain body's `i`th pick, before it has a slot.
+    Pick(usize),
+    /// A pick of `n` endpoints in its slot.
+    Slot {
+        slot: Slot,
+        n: usize,
+    },
+}
+
+impl Rule {
+    /// The rule in nft's syntax.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        match self {
+            Rule::Mark { unless_from, mark } => {
+                if let Some((v6, set)) = unless_from {
+                    let fam = if *v6 { "ip6" } else { "ip" };
+                    let _ = write!(out, "{fam} saddr != @{set} ");
+                }
+                let _ = write!(out, "meta mark set meta mark | {mark:#x}");
+            }
+            Rule::Dnat {
+                prefix,
+                protocol,
+                v6,
+                to,
+            } => {
+                if let Some(p) = prefix {
+                    out.push_str(p);
+                    out.push(' ');
+                }
+                let fam = if *v6 { "ip6" } else { "ip" };
+                let _ = write!(out, "meta l4proto {} dnat {fam} to ", proto_name(*protocol));
+                let _ = match to {
+                    DnatTo::Addr(a) if *v6 => write!(out, "[{}]:{}", a.ip(), a.port()),
+                    DnatTo::Addr(a) => write!(out, "{}:{}", a.ip(), a.port()),
+                    DnatTo::Pick(i) => write!(out, "{}", pick::placeholder(*i)),
+                    DnatTo::Slot { slot, n } => write!(out, "{}", slot.expression(*n)),
+                };
+            }
+            Rule::Text(t) => out.push_str(t),
+        }
+        out
+    }
+
+    /// Whether `encode` can write this rule (else the chain goes through `nft -f`).
+    pub fn encodable(&self) -> bool {
+        match self {
+            Rule::Mark { .. } => true,
+            Rule::Dnat { prefix, to, .. } => prefix.is_none() && !matches!(to, DnatTo::Pick(_)),
+            Rule::Text(_) => false,
+        }
+    }
+
+    /// The rule's expressions (the contents of `NFTA_RULE_EXPRESSIONS`), as nft writes them.
+    pub fn encode(&self, b: &mut Vec<u8>) {
+        match self {
+            Rule::Mark { unless_from, mark } => {
+                if let Some((v6, set)) = unless_from {
+                    meta_load(b, META_NFPROTO);
+                    cmp_eq(b, &[if *v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }], false);
+                    // ip saddr: 4 bytes at 12; ip6 saddr: 16 bytes at 8.
+                    let (offset, len) = if *v6 { (8u32, 16u32) } else { (12, 4) };
+                    expr(b, "payload", |b| {
+                        u32_attr(b, 1, REG_1); // DREG
+                        u32_attr(b, 2, 1); // BASE: network header
+                        u32_attr(b, 3, offset);
+                        u32_attr(b, 4, len);
+                    });
+                    expr(b, "lookup", |b| {
+                        attr_str(b, 1, set); // SET
+                        u32_attr(b, 2, REG_1); // SREG
+                        u32_attr(b, 5, 1); // FLAGS: NFT_LOOKUP_F_INV
+                    });
+                }
+                meta_load(b, META_MARK);
+                expr(b, "bitwise", |b| {
+                    u32_attr(b, 1, REG_1); // SREG
+                    u32_attr(b, 2, REG_1); // DREG
+                    u32_attr(b, 3, 4); // LEN
+                    data(b, 4, &(!mark).to_ne_bytes()); // MASK
+                    data(b, 5, &mark.to_ne_bytes()); // XOR
+                });
+                expr(b, "meta", |b| {
+                    u32_attr(b, 2, META_MARK); // KEY
+                    u32_attr(b, 3, REG_1); // SREG
+                });
+            }
+            Rule::Dnat {
+                protocol, v6, to, ..
+            } => {
+                meta_load(b, META_L4PROTO);
+                cmp_eq(b, &[proto_number(*protocol)], false);
+                let family = if *v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
+                match to {
+                    DnatTo::Addr(a) => {
+                        let mut ip = Vec::with_capacity(16);
+                        layout::addr(&mut ip, a.ip());
+                        immediate(b, REG_1, &ip);
+                        immediate(b, REG_2, &a.port().to_be_bytes());
+                        nat(b, family, REG_1, REG_2, Some(NAT_PROTO_SPECIFIED));
+                    }
+                    DnatTo::Slot { slot, n } => {
+                        expr(b, "numgen", |b| {
+                            u32_attr(b, 1, REG_1); // DREG
+                            u32_attr(b, 2, *n as u32); // MODULUS
+                            u32_attr(b, 3, 1); // TYPE: NFT_NG_RANDOM
+                            u32_attr(b, 4, slot.offset); // OFFSET
+                        });
+                        expr(b, "lookup", |b| {
+                            attr_str(b, 1, &slot.map.name()); // SET
+                            u32_attr(b, 2, REG_1); // SREG
+                            u32_attr(b, 3, REG_1); // DREG
+                        });
+                        // The port follows the address in the next 32-bit register (v4) or
+                        // the next 128-bit one (v6).
+                        let proto_reg = if *v6 { REG_2 } else { REG32_01 };
+                        nat(b, family, REG_1, proto_reg, None);
+                    }
+                    DnatTo::Pick(_) => unreachable!("encode() of an unresolved pick"),
+                }
+            }
+            Rule::Text(_) => unreachable!("encode() of a text rule"),
+        }
+    }
+}
+
+const REG_1: u32 = 1;
+const REG_2: u32 = 2;
+const REG32_01: u32 = 9;
+const META_MARK: u32 = 3;
+const META_NFPROTO: u32 = 15;
+const META_L4PROTO: u32 = 16;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+const NAT_PROTO_SPECIFIED: u32 = 2;
+
+/// A 32-bit attribute, in network order as nf_tables reads them.
+fn u32_attr(b: &mut Vec<u8>, ty: u16, v: u32) {
+    attr(b, ty, &v.to_be_bytes());
+}
+
+/// `NFTA_DATA_VALUE` inside attribute `ty`.
+fn data(b: &mut Vec<u8>, ty: u16, v: &[u8]) {
+    super::netlink::nest(b, ty, |b| attr(b, 1, v));
+}
+
+fn meta_load(b: &mut Vec<u8>, key: u32) {
+    expr(b, "meta", |b| {
+        u32_attr(b, 2, key); // KEY
+        u32_attr(b, 1, REG_1); // DREG
+    });
+}
+
+fn cmp_eq(b: &mut Vec<u8>, v: &[u8], negate: bool) {
+    expr(b, "cmp", |b| {
+        u32_attr(b, 1, REG_1); // SREG
+        u32_attr(b, 2, u32::from(negate)); // OP: EQ / NEQ
+        data(b, 3, v);
+    });
+}
+
+fn immediate(b: &mut Vec<u8>, reg: u32, v: &[u8]) {
+    expr(b, "immediate", |b| {
+        u32_attr(b, 1, reg); // DREG
+        data(b, 2, v);
+    });
+}
+
+fn nat(b: &mut Vec<u8>, family: u8, addr: u32, proto: u32, flags: Option<u32>) {
+    expr(b, "nat", |b| {
+        u32_attr(b, 1, 1); // TYPE: NFT_NAT_DNAT
+        u32_attr(b, 2, u32::from(family));
+        u32_attr(b, 3, addr); // REG_ADDR_MIN
+        u32_attr(b, 5, proto); // REG_PROTO_MIN
+        if let Some(f) = flags {
+            u32_attr(b, 7, f);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::l4::pick::MapId;
+
+    #[test]
+    fn text_as_nft_writes_it() {
+        let slot = Slot {
+            map: MapId {
+                v6: false,
+                protocol: Protocol::Tcp,
+                shard: 7,
+            },
+            offset: 16,
+            capacity: 4,
+        };
+        let cases = [
+            (
+                Rule::Mark {
+                    unless_from: Some((false, "cluster-cidrs4".into())),
+                    mark: 0x20_0000,
+                },
+                "ip saddr != @cluster-cidrs4 meta mark set meta mark | 0x200000",
+            ),
+            (
+                Rule::Dnat {
+                    prefix: None,
+                    protocol: Protocol::Udp,
+                    v6: true,
+                    to: DnatTo::Addr("[fd00::1]:53".parse().unwrap()),
+                },
+                "meta l4proto udp dnat ip6 to [fd00::1]:53",
+            ),
+            (
+                Rule::Dnat {
+                    prefix: Some("fib saddr type local".into()),
+                    protocol: Protocol::Tcp,
+                    v6: false,
+                    to: DnatTo::Slot { slot, n: 3 },
+                },
+                "fib saddr type local meta l4proto tcp dnat ip to numgen random mod 3 offset 16 map @pick-tcp4-7",
+            ),
+        ];
+        let failures: Vec<String> = cases
+            .iter()
+            .filter(|(r, want)| r.text() != *want)
+            .map(|(r, want)| format!("{r:?}: {} != {want}", r.text()))
+            .collect();
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+}
