@@ -209,8 +209,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         // Without --zone, the zone comes from this node's Node object, as kube-proxy does.
         if cfg.l4 != L4Mode::Off && cfg.zone.is_none() {
             if let Some(node) = cfg.node_name.clone() {
+                // Short: start-up (DNS included) waits for it, and an API server that is down
+                // must not hold that up for long (docs/l4.md).
                 cfg.zone =
-                    kubernetes::node_zone(client.clone(), &node, Duration::from_secs(10)).await;
+                    kubernetes::node_zone(client.clone(), &node, Duration::from_secs(2)).await;
                 tracing::info!(
                     node,
                     zone = cfg.zone.as_deref().unwrap_or("-"),

@@ -501,7 +501,11 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
     );
     c.manifest("dual.yaml", DUAL_STACK);
     for node in [1, 2] {
-        c.start_node(node, &["--cluster-cidr", "10.244.0.0/16"]);
+        // No DNS lame duck: node 1 is restarted below, and its stop need not wait.
+        c.start_node(
+            node,
+            &["--cluster-cidr", "10.244.0.0/16", "--lame-duck", "0s"],
+        );
         c.wait_applied(node, "all six", |t| {
             t.contains("10.96.0.23")
                 && t.contains("10.96.0.20")
@@ -639,5 +643,43 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
         c.node(1)
             .metric(Some(n1), "switchboard_l4_last_sync_timestamp_seconds")
             > 1.0e9
+    );
+
+    // A restart whose sources have not synced keeps the previous run's table serving, as
+    // kube-proxy waits for its informers: here the second source, an API server that does not
+    // answer, never syncs, and Service traffic still flows on the old table.
+    let status = c.nodes[0].as_mut().unwrap().terminate();
+    assert!(status.success(), "{status}");
+    let dead_api = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        dead_api.path(),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: { server: \"http://127.0.0.1:1\" }\n\
+         contexts:\n- name: c\n  context: { cluster: c, user: u }\ncurrent-context: c\nusers:\n- name: u\n  user: {}\n",
+    )
+    .unwrap();
+    c.start_node(
+        1,
+        &[
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--kubeconfig",
+            dead_api.path().to_str().unwrap(),
+        ],
+    );
+    c.node(1)
+        .wait_log("l4: keeping the table of the previous run until every source has synced");
+    let kept = whoami_all(
+        c.pods[client].ns.enter(|| {
+            (0..3)
+                .map(|_| tcp_hello(sa("10.96.0.20:80"), None))
+                .collect()
+        }),
+        "pod → ClusterIP while the sources have not synced",
+    );
+    assert_eq!(names(&kept), set(&["a"]), "{kept:?}");
+    assert!(
+        !c.node(1).log().contains("l4: synced"),
+        "programmed before its sources synced:\n{}",
+        c.node(1).log()
     );
 }

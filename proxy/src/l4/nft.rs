@@ -592,6 +592,14 @@ pub fn diff(old: &HashMap<Element, Target>, new: &HashMap<Element, Target>) -> V
     out
 }
 
+/// Whether the table exists (left by an earlier run, say).
+pub fn table_exists(cfg: &NftConfig) -> bool {
+    run("nft", &["list", "tables", "inet"], None).is_ok_and(|out| {
+        out.lines()
+            .any(|l| l.trim() == format!("table inet {}", cfg.table))
+    })
+}
+
 /// Runs `nft -f -` with `script` as one transaction.
 pub fn apply(script: &str) -> Result<(), NftError> {
     run("nft", &["-f", "-"], Some(script)).map(|_| ())

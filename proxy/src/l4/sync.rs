@@ -228,6 +228,8 @@ struct Syncer {
     health_servers: HealthServers,
     generation: Option<u64>,
     retry_at: Option<Instant>,
+    /// The nftables table waits for every source to have synced (see `start`).
+    awaiting_sources: bool,
 }
 
 /// Starts the listeners, brings the data plane to the current snapshot, and spawns the sync
@@ -261,8 +263,29 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, L4
         health_servers: HealthServers::default(),
         generation: None,
         retry_at: None,
+        awaiting_sources: false,
     };
-    let snap = shared.cell.load_full();
+    let mut snap = shared.cell.load_full();
+    // As kube-proxy, the table is programmed from complete sources only: until every source
+    // has synced, a table left by the previous run keeps serving (a restart drops no Service
+    // traffic), and a node without one gets an empty table now (which also shows that nft
+    // works) and its first full table once the sources are in.
+    if let (Plane::Nft { .. }, false) = (&syncer.plane, snap.synced) {
+        syncer.awaiting_sources = true;
+        let cfg = shared.cfg.nft.clone();
+        let kept = tokio::task::spawn_blocking(move || nft::table_exists(&cfg))
+            .await
+            .unwrap_or(false);
+        if kept {
+            tracing::info!(
+                table = %shared.cfg.nft.table,
+                "l4: keeping the table of the previous run until every source has synced"
+            );
+            tasks.push(tokio::spawn(syncer.run()));
+            return Ok(tasks);
+        }
+        snap = Arc::new(Snapshot::empty("cluster.local"));
+    }
     if let Err(e) = syncer.sync(&snap).await {
         if let Plane::Nft { .. } = syncer.plane {
             // Without a first table, nothing is intercepted: refuse to start.
@@ -300,7 +323,21 @@ impl Syncer {
             tick.tick().await;
             let snap = self.shared.cell.load_full();
             let retry_due = self.retry_at.is_some_and(|t| Instant::now() >= t);
-            if Some(snap.generation) != self.generation || retry_due {
+            if self.awaiting_sources {
+                if !snap.synced {
+                    continue;
+                }
+                // The first complete snapshot replaces the table in one transaction.
+                self.awaiting_sources = false;
+                if let Plane::Nft { full, .. } = &mut self.plane {
+                    *full = true;
+                }
+                tracing::info!(
+                    generation = snap.generation,
+                    "l4: every source has synced; installing the full table"
+                );
+                let _ = self.sync(&snap).await;
+            } else if Some(snap.generation) != self.generation || retry_due {
                 let _ = self.sync(&snap).await;
             }
             if housekeeping.elapsed() >= Duration::from_secs(2) {
