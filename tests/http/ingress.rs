@@ -1,0 +1,209 @@
+//! Ingress end to end: host and path routing, 404 and 503 answers, endpoint readiness, forwarding headers, defaultBackend.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_routing_404_503_and_readiness() {
+    let web1 = Backend::start("web1").await;
+    let web2 = Backend::start("web2").await;
+    let web_unready = Backend::start("web-unready").await;
+    let api = Backend::start("api").await;
+    let wild = Backend::start("wild").await;
+    let dflt = Backend::start("default").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "web.yaml",
+        &service_yaml(
+            "default",
+            "web",
+            "10.96.0.1",
+            &[
+                (web1.addr, Cond::Ready),
+                (web2.addr, Cond::Ready),
+                (web_unready.addr, Cond::NotReady),
+            ],
+        ),
+    );
+    write_service(d, "api", "10.96.0.2", &[&api]);
+    write_service(d, "wild", "10.96.0.3", &[&wild]);
+    write(
+        d,
+        "empty.yaml",
+        &service_yaml(
+            "default",
+            "empty",
+            "10.96.0.4",
+            &[(web_unready.addr, Cond::NotReady)],
+        ),
+    );
+    write(
+        d,
+        "ingress.yaml",
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: site, namespace: default}
+spec:
+  ingressClassName: switchboard
+  rules:
+    - host: a.test
+      http:
+        paths:
+          - {path: /, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
+          - {path: /api, pathType: Prefix, backend: {service: {name: api, port: {number: 80}}}}
+          - {path: /exact, pathType: Exact, backend: {service: {name: api, port: {number: 80}}}}
+          - {path: /down, pathType: ImplementationSpecific, backend: {service: {name: empty, port: {number: 80}}}}
+          - {path: /missing, pathType: Prefix, backend: {service: {name: nope, port: {number: 80}}}}
+    - host: '*.b.test'
+      http:
+        paths:
+          - {path: /, pathType: Prefix, backend: {service: {name: wild, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: other-class, namespace: default}
+spec:
+  ingressClassName: nginx
+  rules:
+    - host: c.test
+      http:
+        paths:
+          - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+",
+    );
+    let sb = start(d, &[]);
+    let proxy = sb.listener("http");
+    let c = client();
+    wait_get(&sb, &c, "a.test", "/", "served by web", |a| a.status == 200).await;
+
+    // Host and path routing, element-wise prefixes, Exact, port by name and number.
+    let cases = [
+        ("a.test", "/", 200, "web"),
+        ("A.TEST:80", "/index.html", 200, "web"),
+        ("a.test", "/api", 200, "api"),
+        ("a.test", "/api/v1/x", 200, "api"),
+        ("a.test", "/apix", 200, "web"),
+        ("a.test", "/exact", 200, "api"),
+        ("a.test", "/exact/more", 200, "web"),
+        ("x.b.test", "/", 200, "wild"),
+        ("y.x.b.test", "/", 404, "-"),
+        ("b.test", "/", 404, "-"),
+        ("c.test", "/", 404, "-"),
+        ("nothing.test", "/", 404, "-"),
+    ];
+    for (host, path, status, backend) in cases {
+        let a = get(&c, proxy, host, path).await;
+        assert_eq!(a.status, status, "{host}{path}: {}", a.body);
+        assert!(
+            a.backend().starts_with(backend),
+            "{host}{path} went to {}",
+            a.backend()
+        );
+    }
+    let a = get(&c, proxy, "nothing.test", "/x").await;
+    assert!(a.body.contains("no route"), "{}", a.body);
+    // Dot segments are resolved before matching and forwarding.
+    let a = get(&c, proxy, "a.test", "/api/../exact").await;
+    assert_eq!((a.backend(), a.body.as_str()), ("api", "api /exact\n"));
+    let a = get(&c, proxy, "a.test", "/api/%2e%2e/x").await;
+    assert!(
+        a.backend().starts_with("web") && a.body.ends_with(" /x\n"),
+        "{} {}",
+        a.backend(),
+        a.body
+    );
+    // No ready endpoint: 503 with a clear body; a missing service too.
+    let a = get(&c, proxy, "a.test", "/down").await;
+    assert_eq!(a.status, 503);
+    assert!(
+        a.body.contains("default/empty") && a.body.contains("no ready endpoints"),
+        "{}",
+        a.body
+    );
+    let a = get(&c, proxy, "a.test", "/missing").await;
+    assert_eq!(a.status, 503);
+    assert!(a.body.contains("default/nope"), "{}", a.body);
+
+    // Not-ready endpoints never get traffic; both ready ones do. The least-request balancer
+    // keeps sending sequential requests to the faster endpoint until the other's latency score
+    // decays (half-life 1 s), so requests go on until each ready backend has had some: bounded
+    // by 2000 requests and 20 s.
+    let (before1, before2) = (web1.hits(), web2.hits());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0u64;
+    while web1.hits() == before1 || web2.hits() == before2 {
+        assert!(
+            sent < 2000 && Instant::now() < deadline,
+            "a ready backend got nothing from {sent} requests: web1 {}, web2 {}",
+            web1.hits() - before1,
+            web2.hits() - before2
+        );
+        assert_eq!(get(&c, proxy, "a.test", "/").await.status, 200);
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(web_unready.hits(), 0);
+    let (got1, got2) = (web1.hits() - before1, web2.hits() - before2);
+    assert_eq!(got1 + got2, sent, "every request reached a ready backend");
+
+    // Forwarding headers and a request id reach the backend.
+    let a = get(&c, proxy, "a.test", "/hdr").await;
+    assert_eq!(a.header("x-echo-x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(a.header("x-echo-x-forwarded-proto"), Some("http"));
+    assert_eq!(a.header("x-echo-x-forwarded-host"), Some("a.test"));
+    assert!(a
+        .header("x-echo-forwarded")
+        .unwrap()
+        .contains("for=127.0.0.1"));
+    let id = a
+        .header("x-request-id")
+        .expect("request id in the response");
+    assert_eq!(a.header("x-echo-x-request-id"), Some(id));
+
+    // When no endpoint is ready, serving+terminating ones take the traffic (rolling update).
+    let before = generation(&sb).await;
+    write(
+        d,
+        "web.yaml",
+        &service_yaml(
+            "default",
+            "web",
+            "10.96.0.1",
+            &[
+                (web1.addr, Cond::Terminating),
+                (web_unready.addr, Cond::NotReady),
+            ],
+        ),
+    );
+    // An answer from web1 could still come from the old table (web1 and web2 ready): wait for
+    // the new table itself.
+    wait_generation_after(&sb, before).await;
+    for _ in 0..20 {
+        assert_eq!(get(&c, proxy, "a.test", "/").await.backend(), "web1");
+    }
+
+    // defaultBackend takes what no rule matches.
+    dflt.status.store(200, Ordering::SeqCst);
+    write(
+        d,
+        "default.yaml",
+        &service_yaml("default", "dflt", "10.96.0.5", &ready(&[&dflt])),
+    );
+    write(
+        d,
+        "ingress-default.yaml",
+        "apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: zz-default, namespace: default}
+spec:
+  ingressClassName: switchboard
+  defaultBackend: {service: {name: dflt, port: {number: 80}}}
+",
+    );
+    wait_get(&sb, &c, "nothing.test", "/", "default backend", |a| {
+        a.backend() == "default"
+    })
+    .await;
+    assert_eq!(get(&c, proxy, "a.test", "/api").await.backend(), "api");
+}
