@@ -1,18 +1,20 @@
-//! The plain-HTTP/1.1 fast path: dedicated workers, response framings, pipelining from clients and to endpoints, hand-over to the general path.
+//! The HTTP/1.1 fast path: workers, framings, pipelining both ways, hand-over to pingora.
 
 use super::*;
 
 #[tokio::test]
 async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
     let slow = Backend::start("slow").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write_service(d, "slow", "10.96.7.2", &[&slow]);
-    write(d, "ing.yaml", &simple_ingress("w.test", "slow"));
-    let sb = start(d, &["--http-workers", "2"]);
-    let proxy = sb.listener("http");
-    let c = client();
-    wait_get(&sb, &c, "w.test", "/", "served", |x| x.status == 200).await;
+    let Fixture {
+        sb,
+        c,
+        proxy,
+        dir: _dir,
+    } = Fixture::start(&["--http-workers", "2"], &[("w.test", "/")], |d| {
+        write_service(d, "slow", "10.96.7.2", &[&slow]);
+        write(d, "ing.yaml", &simple_ingress("w.test", "slow"));
+    })
+    .await;
 
     // Two event-loop threads, each with its own socket on the one port.
     let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", sb.pid()))
@@ -107,14 +109,9 @@ async fn http_workers_serve_both_paths_and_drain_on_shutdown() {
 async fn tls_connections_handed_between_workers_are_served() {
     use tokio_rustls::rustls;
     let site = Backend::start("site").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write_service(d, "site", "10.96.7.3", &[&site]);
-    write(d, "ing.yaml", &simple_ingress("h.test", "site"));
     let certs = tempfile::tempdir().unwrap();
     let ck = cert_dir_entry(certs.path(), "h.test");
-    let sb = start(
-        d,
+    let Fixture { sb, dir: _dir, .. } = Fixture::start(
         &[
             "--http-workers",
             "2",
@@ -123,8 +120,13 @@ async fn tls_connections_handed_between_workers_are_served() {
             "--tls-cert-dir",
             certs.path().to_str().unwrap(),
         ],
-    );
-    wait_get(&sb, &client(), "h.test", "/", "served", |x| x.status == 200).await;
+        &[("h.test", "/")],
+        |d| {
+            write_service(d, "site", "10.96.7.3", &[&site]);
+            write(d, "ing.yaml", &simple_ingress("h.test", "site"));
+        },
+    )
+    .await;
     let https = sb.listener("https");
 
     let mut roots = rustls::RootCertStore::empty();
@@ -303,17 +305,20 @@ async fn read_until(s: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_path_framings_pipelining_stale_connections_and_handover() {
     let backend = scripted_backend().await;
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "ing.yaml", &simple_ingress("fast.test", "raw"));
-    write(
-        dir.path(),
-        "svc.yaml",
-        &service_yaml("default", "raw", "10.96.9.1", &[(backend, Cond::Ready)]),
-    );
-    let sb = start(dir.path(), &[]);
-    let proxy = sb.listener("http");
-    let c = client();
-    wait_get(&sb, &c, "fast.test", "/", "served", |a| a.status == 200).await;
+    let Fixture {
+        sb,
+        c,
+        proxy,
+        dir: _dir,
+    } = Fixture::start(&[], &[("fast.test", "/")], |d| {
+        write(d, "ing.yaml", &simple_ingress("fast.test", "raw"));
+        write(
+            d,
+            "svc.yaml",
+            &service_yaml("default", "raw", "10.96.9.1", &[(backend, Cond::Ready)]),
+        );
+    })
+    .await;
 
     let a = get(&c, proxy, "fast.test", "/chunked").await;
     assert_eq!((a.status, a.body.as_str()), (200, "hello world"));
@@ -520,24 +525,25 @@ async fn upstream_pipelining_answers_each_client_and_survives_an_endpoint_withou
     let good = scripted_backend().await;
     let saw = Arc::new(AtomicBool::new(false));
     let bad = unpipelined_backend(saw.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write(
-        d,
-        "raw.yaml",
-        &pipelined_service("raw", "10.96.9.5", good, "true"),
-    );
-    write(
-        d,
-        "bad.yaml",
-        &pipelined_service("bad", "10.96.9.6", bad, "4"),
-    );
-    write(d, "ing-raw.yaml", &simple_ingress("pipe.test", "raw"));
-    write(d, "ing-bad.yaml", &simple_ingress("bad.test", "bad"));
-    let sb = start(d, &["--http-workers", "2"]);
-    let c = client();
-    wait_get(&sb, &c, "pipe.test", "/", "served", |a| a.status == 200).await;
-    wait_get(&sb, &c, "bad.test", "/", "served", |a| a.status == 200).await;
+    let Fixture { sb, dir: _dir, .. } = Fixture::start(
+        &["--http-workers", "2"],
+        &[("pipe.test", "/"), ("bad.test", "/")],
+        |d| {
+            write(
+                d,
+                "raw.yaml",
+                &pipelined_service("raw", "10.96.9.5", good, "true"),
+            );
+            write(
+                d,
+                "bad.yaml",
+                &pipelined_service("bad", "10.96.9.6", bad, "4"),
+            );
+            write(d, "ing-raw.yaml", &simple_ingress("pipe.test", "raw"));
+            write(d, "ing-bad.yaml", &simple_ingress("bad.test", "bad"));
+        },
+    )
+    .await;
 
     // Five kinds of request, by connection: each answer is whole and is its own. The HEADs go
     // to a path where the backend wrongly sends a body too: a request pipelined behind one

@@ -1,22 +1,10 @@
-//! Gateway API HTTPRoute end to end: matches, filters, weights, timeouts, and the load-balancing algorithm chosen by annotation.
+//! HTTPRoute end to end: matches, filters, weights, timeouts; balancing chosen by annotation.
 
 use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn httproute_matches_filters_and_weights() {
-    let stable = Backend::start("stable").await;
-    let canary = Backend::start("canary").await;
-    let admin = Backend::start("admin").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write(d, "gw.yaml", GATEWAY);
-    write_service(d, "stable", "10.96.1.1", &[&stable]);
-    write_service(d, "canary", "10.96.1.2", &[&canary]);
-    write_service(d, "admin", "10.96.1.3", &[&admin]);
-    write(
-        d,
-        "route.yaml",
-        "apiVersion: gateway.networking.k8s.io/v1
+/// The HTTPRoute of `httproute_matches_filters_and_weights`: a weighted default rule, matches,
+/// filters, a backend request timeout.
+const SHOP_ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: shop, namespace: default}
 spec:
@@ -57,12 +45,26 @@ spec:
         - type: URLRewrite
           urlRewrite: {hostname: inner.test, path: {type: ReplacePrefixMatch, replacePrefixMatch: /inner}}
       backendRefs: [{name: admin, port: 80}]
-",
-    );
-    let sb = start(d, &[]);
-    let proxy = sb.listener("http");
-    let c = client();
-    wait_get(&sb, &c, "shop.test", "/", "served", |a| a.status == 200).await;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_matches_filters_and_weights() {
+    let stable = Backend::start("stable").await;
+    let canary = Backend::start("canary").await;
+    let admin = Backend::start("admin").await;
+    let Fixture {
+        sb: _sb,
+        c,
+        proxy,
+        dir: _dir,
+    } = Fixture::start(&[], &[("shop.test", "/")], |d| {
+        write(d, "gw.yaml", GATEWAY);
+        write_service(d, "stable", "10.96.1.1", &[&stable]);
+        write_service(d, "canary", "10.96.1.2", &[&canary]);
+        write_service(d, "admin", "10.96.1.3", &[&admin]);
+        write(d, "route.yaml", SHOP_ROUTE);
+    })
+    .await;
 
     // Header, query and method matches outrank the plain rule.
     for _ in 0..10 {
@@ -176,28 +178,26 @@ async fn consistent_hashing_chosen_by_service_annotation() {
         Backend::start("p1").await,
         Backend::start("p2").await,
     ];
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write(
-        d,
-        "svc.yaml",
-        &annotated(
-            &service_yaml(
-                "default",
+    let Fixture { sb, c, proxy, dir } = Fixture::start(&[], &[("sticky.test", "/")], |d| {
+        write(
+            d,
+            "svc.yaml",
+            &annotated(
+                &service_yaml(
+                    "default",
+                    "sticky",
+                    "10.96.8.1",
+                    &ready(&pods.iter().collect::<Vec<_>>()),
+                ),
                 "sticky",
-                "10.96.8.1",
-                &ready(&pods.iter().collect::<Vec<_>>()),
+                "switchboard.dev/lb-algorithm",
+                "maglev:header:x-user",
             ),
-            "sticky",
-            "switchboard.dev/lb-algorithm",
-            "maglev:header:x-user",
-        ),
-    );
-    write(d, "ing.yaml", &simple_ingress("sticky.test", "sticky"));
-    let sb = start(d, &[]);
-    let proxy = sb.listener("http");
-    let c = client();
-    wait_get(&sb, &c, "sticky.test", "/", "served", |x| x.status == 200).await;
+        );
+        write(d, "ing.yaml", &simple_ingress("sticky.test", "sticky"));
+    })
+    .await;
+    let d = dir.path();
     let mut owners = std::collections::BTreeSet::new();
     for user in 0..30 {
         let user = format!("user{user}");
@@ -331,23 +331,27 @@ impl Trickle {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_timeout_bounds_the_whole_exchange() {
     let trickle = Trickle::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write(d, "gw.yaml", GATEWAY);
-    write(
-        d,
-        "svc.yaml",
-        &service_yaml(
-            "default",
-            "trickle",
-            "10.96.8.1",
-            &[(trickle.addr, Cond::Ready)],
-        ),
-    );
-    write(
-        d,
-        "route.yaml",
-        "apiVersion: gateway.networking.k8s.io/v1
+    let Fixture {
+        sb,
+        c,
+        proxy,
+        dir: _dir,
+    } = Fixture::start(&[], &[("t.test", "/free")], |d| {
+        write(d, "gw.yaml", GATEWAY);
+        write(
+            d,
+            "svc.yaml",
+            &service_yaml(
+                "default",
+                "trickle",
+                "10.96.8.1",
+                &[(trickle.addr, Cond::Ready)],
+            ),
+        );
+        write(
+            d,
+            "route.yaml",
+            "apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: t, namespace: default}
 spec:
@@ -363,11 +367,9 @@ spec:
     - matches: [{path: {type: PathPrefix, value: /free}}]
       backendRefs: [{name: trickle, port: 80}]
 ",
-    );
-    let sb = start(d, &[]);
-    let proxy = sb.listener("http");
-    let c = client();
-    wait_get(&sb, &c, "t.test", "/free", "served", |a| a.status == 200).await;
+        );
+    })
+    .await;
 
     // The backend holds its answer until the 504 is here: a proxy that waited for it would
     // never answer (the client gives up after 10 s and the test fails).

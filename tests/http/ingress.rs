@@ -1,47 +1,10 @@
-//! Ingress end to end: host and path routing, 404 and 503 answers, endpoint readiness, forwarding headers, defaultBackend.
+//! Ingress end to end: host/path routing, 404 and 503, readiness, forwarding, defaultBackend.
 
 use super::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ingress_routing_404_503_and_readiness() {
-    let web1 = Backend::start("web1").await;
-    let web2 = Backend::start("web2").await;
-    let web_unready = Backend::start("web-unready").await;
-    let api = Backend::start("api").await;
-    let wild = Backend::start("wild").await;
-    let dflt = Backend::start("default").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write(
-        d,
-        "web.yaml",
-        &service_yaml(
-            "default",
-            "web",
-            "10.96.0.1",
-            &[
-                (web1.addr, Cond::Ready),
-                (web2.addr, Cond::Ready),
-                (web_unready.addr, Cond::NotReady),
-            ],
-        ),
-    );
-    write_service(d, "api", "10.96.0.2", &[&api]);
-    write_service(d, "wild", "10.96.0.3", &[&wild]);
-    write(
-        d,
-        "empty.yaml",
-        &service_yaml(
-            "default",
-            "empty",
-            "10.96.0.4",
-            &[(web_unready.addr, Cond::NotReady)],
-        ),
-    );
-    write(
-        d,
-        "ingress.yaml",
-        "apiVersion: networking.k8s.io/v1
+/// The Ingresses of `ingress_routing_404_503_and_readiness`: one of class switchboard, one
+/// of another class.
+const SITE_INGRESS: &str = "apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata: {name: site, namespace: default}
 spec:
@@ -70,12 +33,43 @@ spec:
       http:
         paths:
           - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
-",
-    );
-    let sb = start(d, &[]);
-    let proxy = sb.listener("http");
-    let c = client();
-    wait_get(&sb, &c, "a.test", "/", "served by web", |a| a.status == 200).await;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_routing_404_503_and_readiness() {
+    let web1 = Backend::start("web1").await;
+    let web2 = Backend::start("web2").await;
+    let web_unready = Backend::start("web-unready").await;
+    let api = Backend::start("api").await;
+    let wild = Backend::start("wild").await;
+    let dflt = Backend::start("default").await;
+    let web = |eps: &[(SocketAddr, Cond)]| service_yaml("default", "web", "10.96.0.1", eps);
+    let Fixture { sb, c, proxy, dir } = Fixture::start(&[], &[("a.test", "/")], |d| {
+        write(
+            d,
+            "web.yaml",
+            &web(&[
+                (web1.addr, Cond::Ready),
+                (web2.addr, Cond::Ready),
+                (web_unready.addr, Cond::NotReady),
+            ]),
+        );
+        write_service(d, "api", "10.96.0.2", &[&api]);
+        write_service(d, "wild", "10.96.0.3", &[&wild]);
+        write(
+            d,
+            "empty.yaml",
+            &service_yaml(
+                "default",
+                "empty",
+                "10.96.0.4",
+                &[(web_unready.addr, Cond::NotReady)],
+            ),
+        );
+        write(d, "ingress.yaml", SITE_INGRESS);
+    })
+    .await;
+    let d = dir.path();
 
     // Host and path routing, element-wise prefixes, Exact, port by name and number.
     let cases = [
@@ -166,15 +160,10 @@ spec:
     write(
         d,
         "web.yaml",
-        &service_yaml(
-            "default",
-            "web",
-            "10.96.0.1",
-            &[
-                (web1.addr, Cond::Terminating),
-                (web_unready.addr, Cond::NotReady),
-            ],
-        ),
+        &web(&[
+            (web1.addr, Cond::Terminating),
+            (web_unready.addr, Cond::NotReady),
+        ]),
     );
     // An answer from web1 could still come from the old table (web1 and web2 ready): wait for
     // the new table itself.

@@ -1,4 +1,4 @@
-//! The L7 proxy end to end (test target `http`): the shared fixture and the module of each concern.
+//! The L7 proxy end to end (test target `http`): the shared fixture, and a module per concern.
 //!
 //! The real binary on a manifest directory, real backends (hyper servers on 127.0.0.1:0), real
 //! clients (hyper's client and `curl`). No timed assertions: every wait is "until this holds, or
@@ -369,21 +369,46 @@ async fn wait_get(
     }
 }
 
-fn start(dir: &Path, extra: &[&str]) -> Switchboard {
-    let mut args = vec![
-        "--manifests",
-        dir.to_str().unwrap(),
-        "--http",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    Switchboard::start_with_env(
-        &args,
-        &[(
-            "RUST_LOG",
-            "info,access=warn,controller=debug,kube=warn,hyper=warn",
-        )],
-    )
+// ---------------------------------------------------------------- the fixture
+
+/// The set-up every test repeats: a fresh manifest directory that `manifests` fills, the binary
+/// started on it with `--http 127.0.0.1:0` and `args`, a client, and a wait until each
+/// `(host, path)` of `served` answers 200 through the proxy.
+struct Fixture {
+    sb: Switchboard,
+    c: HttpClient,
+    /// The plain-HTTP listener.
+    proxy: SocketAddr,
+    /// The manifest directory, removed when dropped.
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start(
+        args: &[&str],
+        served: &[(&str, &str)],
+        manifests: impl FnOnce(&Path),
+    ) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        manifests(dir.path());
+        let sb = Switchboard::start_with_env(
+            &http_args(dir.path(), args),
+            &[(
+                "RUST_LOG",
+                "info,access=warn,controller=debug,kube=warn,hyper=warn",
+            )],
+        );
+        let c = client();
+        for (host, path) in served {
+            wait_get(&sb, &c, host, path, "served", |a| a.status == 200).await;
+        }
+        Fixture {
+            proxy: sb.listener("http"),
+            sb,
+            c,
+            dir,
+        }
+    }
 }
 
 // ---------------------------------------------------------------- shared by several files

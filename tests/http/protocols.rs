@@ -1,4 +1,4 @@
-//! Protocols: h2c and TLS with SNI (certificates from a directory and from Secrets), HTTP/2-only backends, WebSocket.
+//! Protocols: h2c, TLS by SNI (from a directory and from Secrets), h2c backends, WebSocket.
 
 use super::*;
 
@@ -6,37 +6,35 @@ use super::*;
 async fn h2c_and_tls_with_two_sni_names() {
     let a = Backend::start("site-a").await;
     let b = Backend::start("site-b").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write(
-        d,
-        "a.yaml",
-        &service_yaml("default", "site-a", "10.96.4.1", &ready(&[&a])),
-    );
-    write(
-        d,
-        "b.yaml",
-        &service_yaml("default", "site-b", "10.96.4.2", &ready(&[&b])),
-    );
-    write(d, "ia.yaml", &simple_ingress("a.test", "site-a"));
-    write(d, "ib.yaml", &simple_ingress("b.test", "site-b"));
     // Two certificates, each trusted on its own by the client: the wrong one fails verification.
     let certs = tempfile::tempdir().unwrap();
     for name in ["a.test", "b.test"] {
         cert_dir_entry(certs.path(), name);
     }
-    let sb = start(
-        d,
+    let Fixture { sb, dir: _dir, .. } = Fixture::start(
         &[
             "--https",
             "127.0.0.1:0",
             "--tls-cert-dir",
             certs.path().to_str().unwrap(),
         ],
-    );
-    let c = client();
-    wait_get(&sb, &c, "a.test", "/", "served", |x| x.status == 200).await;
-    wait_get(&sb, &c, "b.test", "/", "served", |x| x.status == 200).await;
+        &[("a.test", "/"), ("b.test", "/")],
+        |d| {
+            write(
+                d,
+                "a.yaml",
+                &service_yaml("default", "site-a", "10.96.4.1", &ready(&[&a])),
+            );
+            write(
+                d,
+                "b.yaml",
+                &service_yaml("default", "site-b", "10.96.4.2", &ready(&[&b])),
+            );
+            write(d, "ia.yaml", &simple_ingress("a.test", "site-a"));
+            write(d, "ib.yaml", &simple_ingress("b.test", "site-b"));
+        },
+    )
+    .await;
 
     let http = sb.listener("http");
     let (ok, out) = curl(&[
@@ -243,27 +241,30 @@ fn curl_tls(https: SocketAddr, name: &str, ca: &Path, path: &str) -> (bool, Stri
 async fn tls_certificates_from_ingress_secrets() {
     let a = Backend::start("site-a").await;
     let b = Backend::start("site-b").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
     let cas = tempfile::tempdir().unwrap();
-    write(
-        d,
-        "a.yaml",
-        &service_yaml("default", "site-a", "10.96.5.1", &ready(&[&a])),
-    );
-    write(
-        d,
-        "b.yaml",
-        &service_yaml("default", "site-b", "10.96.5.2", &ready(&[&b])),
-    );
     let (secret_a, ca_a) = tls_secret("cert-a", "a.test", cas.path(), "a1.crt");
     let (secret_b, ca_b) = tls_secret("cert-b", "b.test", cas.path(), "b.crt");
-    write(d, "secret-a.yaml", &secret_a);
-    write(d, "secret-b.yaml", &secret_b);
-    write(
-        d,
-        "ingress.yaml",
-        "apiVersion: networking.k8s.io/v1
+    // No --tls-cert-dir: every certificate comes from the Secrets.
+    let Fixture { sb, dir, .. } = Fixture::start(
+        &["--https", "127.0.0.1:0"],
+        &[("a.test", "/"), ("b.test", "/")],
+        |d| {
+            write(
+                d,
+                "a.yaml",
+                &service_yaml("default", "site-a", "10.96.5.1", &ready(&[&a])),
+            );
+            write(
+                d,
+                "b.yaml",
+                &service_yaml("default", "site-b", "10.96.5.2", &ready(&[&b])),
+            );
+            write(d, "secret-a.yaml", &secret_a);
+            write(d, "secret-b.yaml", &secret_b);
+            write(
+                d,
+                "ingress.yaml",
+                "apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata: {name: secure, namespace: default}
 spec:
@@ -281,12 +282,11 @@ spec:
     http:
       paths: [{path: /, pathType: Prefix, backend: {service: {name: site-b, port: {number: 80}}}}]
 ",
-    );
-    // No --tls-cert-dir: every certificate comes from the Secrets.
-    let sb = start(d, &["--https", "127.0.0.1:0"]);
-    let c = client();
-    wait_get(&sb, &c, "a.test", "/", "served", |x| x.status == 200).await;
-    wait_get(&sb, &c, "b.test", "/", "served", |x| x.status == 200).await;
+            );
+        },
+    )
+    .await;
+    let d = dir.path();
     let https = sb.listener("https");
 
     // Each name verifies against its own certificate only (each is its own CA), and the request
@@ -354,19 +354,20 @@ async fn h2c_backend() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_backends_by_app_protocol() {
     let grpc = h2c_backend().await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write(
-        d,
-        "svc.yaml",
-        &service_yaml("default", "grpc", "10.96.10.1", &[(grpc, Cond::Ready)]).replace(
-            "ports: [{name: http, port: 80, targetPort: 8080}]",
-            "ports: [{name: http, port: 80, targetPort: 8080, appProtocol: kubernetes.io/h2c}]",
-        ),
-    );
-    write(d, "ing.yaml", &simple_ingress("grpc.test", "grpc"));
-    let sb = start(d, &[]);
-    let c = client();
+    let Fixture {
+        sb, c, dir: _dir, ..
+    } = Fixture::start(&[], &[], |d| {
+        write(
+            d,
+            "svc.yaml",
+            &service_yaml("default", "grpc", "10.96.10.1", &[(grpc, Cond::Ready)]).replace(
+                "ports: [{name: http, port: 80, targetPort: 8080}]",
+                "ports: [{name: http, port: 80, targetPort: 8080, appProtocol: kubernetes.io/h2c}]",
+            ),
+        );
+        write(d, "ing.yaml", &simple_ingress("grpc.test", "grpc"));
+    })
+    .await;
     // An HTTP/1.1 client reaches an HTTP/2-only backend; so does an h2c client.
     let a = wait_get(
         &sb,
@@ -392,13 +393,12 @@ async fn h2c_backends_by_app_protocol() {
 async fn websocket_survives_100_table_swaps() {
     let ws = Backend::start("ws").await;
     let extra = Backend::start("extra").await;
-    let dir = tempfile::tempdir().unwrap();
+    let Fixture { sb, dir, .. } = Fixture::start(&[], &[("ws.test", "/")], |d| {
+        write_service(d, "ws", "10.96.5.1", &[&ws]);
+        write(d, "ing.yaml", &simple_ingress("ws.test", "ws"));
+    })
+    .await;
     let d = dir.path();
-    write_service(d, "ws", "10.96.5.1", &[&ws]);
-    write(d, "ing.yaml", &simple_ingress("ws.test", "ws"));
-    let sb = start(d, &[]);
-    let c = client();
-    wait_get(&sb, &c, "ws.test", "/", "served", |x| x.status == 200).await;
 
     let mut s = TcpStream::connect(sb.listener("http")).await.unwrap();
     s.write_all(

@@ -1,4 +1,4 @@
-//! Retries on another endpoint (connect failures, 503 for idempotent requests) and outlier ejection.
+//! Retries on another endpoint (connect failures, 503 for idempotent requests) and ejection.
 
 use super::*;
 
@@ -7,42 +7,35 @@ async fn connect_failure_is_retried_on_another_endpoint() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let down = closed_port().await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write(
-        d,
-        "svc.yaml",
-        &service_yaml(
-            "default",
-            "web",
-            "10.96.2.1",
-            &[
-                (a.addr, Cond::Ready),
-                (down, Cond::Ready),
-                (b.addr, Cond::Ready),
-            ],
-        ),
-    );
-    write(
-        d,
-        "ing.yaml",
-        "apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: r, namespace: default}
-spec:
-  ingressClassName: switchboard
-  rules:
-    - host: r.test
-      http:
-        paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]
-",
-    );
     // Round robin, so the dead endpoint is certainly picked, and ejection off the table for
     // long enough that it keeps being tried.
-    let sb = start(d, &["--lb-algorithm", "round-robin"]);
-    let proxy = sb.listener("http");
-    let c = client();
-    wait_get(&sb, &c, "r.test", "/", "served", |a| a.status == 200).await;
+    let Fixture {
+        sb,
+        c,
+        proxy,
+        dir: _dir,
+    } = Fixture::start(
+        &["--lb-algorithm", "round-robin"],
+        &[("r.test", "/")],
+        |d| {
+            write(
+                d,
+                "svc.yaml",
+                &service_yaml(
+                    "default",
+                    "web",
+                    "10.96.2.1",
+                    &[
+                        (a.addr, Cond::Ready),
+                        (down, Cond::Ready),
+                        (b.addr, Cond::Ready),
+                    ],
+                ),
+            );
+            write(d, "ing.yaml", &simple_ingress("r.test", "web"));
+        },
+    )
+    .await;
     let mut errors = Vec::new();
     for i in 0..300 {
         // Fresh connections too: half the requests on a new client.
@@ -82,24 +75,27 @@ async fn idempotent_requests_are_retried_on_503_within_budget() {
     let good = Backend::start("good").await;
     let busy = Backend::start("busy").await;
     busy.status.store(503, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write_service(d, "web", "10.96.9.1", &[&good, &busy]);
-    write(d, "ing.yaml", &simple_ingress("b.test", "web"));
     // Ejection off (0): the 503 endpoint stays in the round robin, so every other request
     // meets it.
-    let sb = start(
-        d,
+    let Fixture {
+        sb,
+        c,
+        proxy,
+        dir: _dir,
+    } = Fixture::start(
         &[
             "--lb-algorithm",
             "round-robin",
             "--outlier-ejection-ms",
             "0",
         ],
-    );
-    let proxy = sb.listener("http");
-    let c = client();
-    wait_get(&sb, &c, "b.test", "/", "served", |x| x.status == 200).await;
+        &[("b.test", "/")],
+        |d| {
+            write_service(d, "web", "10.96.9.1", &[&good, &busy]);
+            write(d, "ing.yaml", &simple_ingress("b.test", "web"));
+        },
+    )
+    .await;
     // A few GETs: each one that meets the 503 endpoint goes on to the good one, so the client
     // sees only 200 (a handful, well within the budget's floor of 10 retries).
     for _ in 0..8 {
@@ -130,48 +126,38 @@ async fn failing_endpoint_is_ejected_and_readmitted() {
     let good2 = Backend::start("good2").await;
     let bad = Backend::start("bad").await;
     bad.status.store(500, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write(
-        d,
-        "svc.yaml",
-        &service_yaml(
-            "default",
-            "web",
-            "10.96.3.1",
-            &ready(&[&good1, &good2, &bad]),
-        ),
-    );
-    write(
-        d,
-        "ing.yaml",
-        "apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: e, namespace: default}
-spec:
-  ingressClassName: switchboard
-  rules:
-    - host: e.test
-      http:
-        paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]
-",
-    );
     // Long enough that the 30 GETs below always run inside it (they take well under a second);
     // the test fails, rather than skip the check, if they somehow do not.
     let ejection = Duration::from_secs(10);
     let ejection_ms = ejection.as_millis().to_string();
-    let sb = start(
-        d,
+    let Fixture {
+        sb,
+        c,
+        proxy,
+        dir: _dir,
+    } = Fixture::start(
         &[
             "--lb-algorithm",
             "round-robin",
             "--outlier-ejection-ms",
             &ejection_ms,
         ],
-    );
-    let proxy = sb.listener("http");
-    let c = client();
-    wait_get(&sb, &c, "e.test", "/", "served", |a| a.status == 200).await;
+        &[("e.test", "/")],
+        |d| {
+            write(
+                d,
+                "svc.yaml",
+                &service_yaml(
+                    "default",
+                    "web",
+                    "10.96.3.1",
+                    &ready(&[&good1, &good2, &bad]),
+                ),
+            );
+            write(d, "ing.yaml", &simple_ingress("e.test", "web"));
+        },
+    )
+    .await;
     // POST is not retried, so the 500s reach the client and count toward ejection.
     let series = "switchboard_http_ejections_total{service=\"default/web:80\"}";
     let mut sent = 0;

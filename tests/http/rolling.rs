@@ -1,4 +1,4 @@
-//! Endpoints coming and going: rolling replacement under load, pooled connections to a removed endpoint, draining at shutdown.
+//! Endpoints coming and going: rolling replacement, pooled connections to a removed one, drain.
 
 use super::*;
 
@@ -21,8 +21,6 @@ async fn rolling_replacement(pipelining: Option<&str>, clients: usize) {
     for i in 0..3 {
         pods.push(Backend::start(&format!("old{i}")).await);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
     let svc = |eps: &[(SocketAddr, Cond)]| {
         let yaml = service_yaml("default", "web", "10.96.6.1", eps);
         match pipelining {
@@ -30,16 +28,16 @@ async fn rolling_replacement(pipelining: Option<&str>, clients: usize) {
             None => yaml,
         }
     };
-    write(
-        d,
-        "svc.yaml",
-        &svc(&ready(&pods.iter().collect::<Vec<_>>())),
-    );
-    write(d, "ing.yaml", &simple_ingress("roll.test", "web"));
-    let sb = start(d, &[]);
-    let proxy = sb.listener("http");
-    let c = client();
-    wait_get(&sb, &c, "roll.test", "/", "served", |x| x.status == 200).await;
+    let Fixture { sb, proxy, dir, .. } = Fixture::start(&[], &[("roll.test", "/")], |d| {
+        write(
+            d,
+            "svc.yaml",
+            &svc(&ready(&pods.iter().collect::<Vec<_>>())),
+        );
+        write(d, "ing.yaml", &simple_ingress("roll.test", "web"));
+    })
+    .await;
+    let d = dir.path();
 
     // Load: the clients, each a bounded loop of GETs (some slow) until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -159,15 +157,17 @@ async fn rolling_replacement(pipelining: Option<&str>, clients: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_requests() {
     let slow = Backend::start("slow").await;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    write_service(d, "slow", "10.96.7.1", &[&slow]);
-    write(d, "ing.yaml", &simple_ingress("slow.test", "slow"));
     // Served on the process runtime, not on dedicated workers (the default): that mode's drain.
-    let sb = start(d, &["--http-workers", "0"]);
-    let proxy = sb.listener("http");
-    let c = client();
-    wait_get(&sb, &c, "slow.test", "/", "served", |x| x.status == 200).await;
+    let Fixture {
+        sb,
+        c,
+        proxy,
+        dir: _dir,
+    } = Fixture::start(&["--http-workers", "0"], &[("slow.test", "/")], |d| {
+        write_service(d, "slow", "10.96.7.1", &[&slow]);
+        write(d, "ing.yaml", &simple_ingress("slow.test", "slow"));
+    })
+    .await;
     terminate_with_a_request_in_flight(sb, &c, &slow, proxy, "slow.test").await;
 }
 
@@ -178,12 +178,11 @@ async fn shutdown_drains_in_flight_requests() {
 async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
     let old = Backend::start("old").await;
     let new = Backend::start("new").await;
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "ing.yaml", &simple_ingress("pool.test", "web"));
-    write_service(dir.path(), "web", "10.96.7.1", &[&old]);
-    let sb = start(dir.path(), &[]);
-    let proxy = sb.listener("http");
-    let c = client();
+    let Fixture { sb, c, proxy, dir } = Fixture::start(&[], &[], |d| {
+        write(d, "ing.yaml", &simple_ingress("pool.test", "web"));
+        write_service(d, "web", "10.96.7.1", &[&old]);
+    })
+    .await;
     wait_get(&sb, &c, "pool.test", "/", "reached old", |a| {
         a.backend() == "old"
     })
