@@ -411,6 +411,153 @@ impl Fixture {
     }
 }
 
+// ---------------------------------------------------------------- request tables
+
+/// What an answer must show: one check of a [`Case`].
+#[derive(Clone, Copy, Debug)]
+enum Check {
+    Status(u16),
+    /// Served by this backend (its `x-backend`).
+    By(&'static str),
+    /// Served by one of these backends.
+    ByOneOf(&'static [&'static str]),
+    /// Not served by this backend (by another, or by the proxy itself).
+    NotBy(&'static str),
+    /// Answered by the proxy itself: no `x-backend`.
+    ByProxy,
+    Body(&'static str),
+    BodyHas(&'static str),
+    BodyEnds(&'static str),
+    /// A response header with this value.
+    Header(&'static str, &'static str),
+    NoHeader(&'static str),
+    /// A response header holding a number no smaller than this.
+    HeaderAtLeast(&'static str, usize),
+}
+
+impl Check {
+    fn on_headers(&self) -> bool {
+        matches!(
+            self,
+            Check::Header(..) | Check::NoHeader(_) | Check::HeaderAtLeast(..)
+        )
+    }
+
+    fn holds(self, a: &Answer) -> bool {
+        match self {
+            Check::Status(s) => a.status == s,
+            Check::By(b) => a.header("x-backend") == Some(b),
+            Check::ByOneOf(bs) => a.header("x-backend").is_some_and(|b| bs.contains(&b)),
+            Check::NotBy(b) => a.header("x-backend") != Some(b),
+            Check::ByProxy => a.header("x-backend").is_none(),
+            Check::Body(b) => a.body == b,
+            Check::BodyHas(b) => a.body.contains(b),
+            Check::BodyEnds(b) => a.body.ends_with(b),
+            Check::Header(k, v) => a.header(k) == Some(v),
+            Check::NoHeader(k) => a.header(k).is_none(),
+            Check::HeaderAtLeast(k, n) => a
+                .header(k)
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|v| v >= n),
+        }
+    }
+}
+
+/// A row of a request table (the style of CoreDNS's `handler_test.go`): a request through the
+/// proxy, sent `times` times, and the checks every answer must pass.
+struct Case {
+    method: &'static str,
+    host: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    /// More than once where one answer could pass by chance (a weighted rule).
+    times: usize,
+    checks: Vec<Check>,
+}
+
+impl Case {
+    fn new(method: &'static str, host: &'static str, path: &'static str) -> Case {
+        Case {
+            method,
+            host,
+            path,
+            headers: &[],
+            times: 1,
+            checks: Vec::new(),
+        }
+    }
+    fn get(host: &'static str, path: &'static str) -> Case {
+        Case::new("GET", host, path)
+    }
+    fn headers(self, headers: &'static [(&'static str, &'static str)]) -> Case {
+        Case { headers, ..self }
+    }
+    fn times(self, times: usize) -> Case {
+        Case { times, ..self }
+    }
+    fn expect<const N: usize>(self, checks: [Check; N]) -> Case {
+        Case {
+            checks: checks.to_vec(),
+            ..self
+        }
+    }
+}
+
+/// Sends every case through `proxy` and returns every failure, each naming its request: the
+/// checks an answer failed (a case stops at its first failing attempt), or the request's error.
+async fn run_cases(c: &HttpClient, proxy: SocketAddr, cases: &[Case]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for case in cases {
+        let mut what = format!("{} {}{}", case.method, case.host, case.path);
+        if !case.headers.is_empty() {
+            what.push_str(&format!(" with {:?}", case.headers));
+        }
+        for attempt in 1..=case.times {
+            let a = match request(c, case.method, proxy, case.host, case.path, case.headers).await {
+                Ok(a) => a,
+                Err(e) => {
+                    failures.push(format!("{what}: {e}"));
+                    break;
+                }
+            };
+            let failed: Vec<Check> = case
+                .checks
+                .iter()
+                .copied()
+                .filter(|ch| !ch.holds(&a))
+                .collect();
+            if !failed.is_empty() {
+                // The headers only where a check was on them: they are long.
+                let headers = if failed.iter().any(Check::on_headers) {
+                    format!(", headers {:?}", a.headers)
+                } else {
+                    String::new()
+                };
+                failures.push(format!(
+                    "{what} (attempt {attempt} of {}): failed {failed:?}; got {} from {}{headers}, body {:?}",
+                    case.times,
+                    a.status,
+                    a.backend(),
+                    a.body,
+                ));
+                break;
+            }
+        }
+    }
+    failures
+}
+
+/// Panics listing every failure of a table, if there is any.
+#[track_caller]
+fn assert_table(table: &str, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{table}: {} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 // ---------------------------------------------------------------- shared by several files
 
 fn curl(args: &[&str]) -> (bool, String) {
