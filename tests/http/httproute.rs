@@ -66,77 +66,58 @@ async fn httproute_matches_filters_and_weights() {
     })
     .await;
 
-    // Header, query and method matches outrank the plain rule.
-    for _ in 0..10 {
-        let a = request(&c, "GET", proxy, "shop.test", "/", &[("x-canary", "yes")])
-            .await
-            .unwrap();
-        assert_eq!(a.backend(), "canary");
-        assert_eq!(
-            get(&c, proxy, "a.shop.test", "/p?x=2&beta=1")
-                .await
-                .backend(),
-            "canary"
-        );
-    }
-    let a = request(&c, "POST", proxy, "shop.test", "/admin", &[])
-        .await
-        .unwrap();
-    assert_eq!(a.backend(), "admin");
-    let a = get(&c, proxy, "shop.test", "/admin").await;
-    assert_ne!(a.backend(), "admin", "GET /admin is not the POST rule");
-    assert_eq!(get(&c, proxy, "other.test", "/").await.status, 404);
-
-    // Filters.
-    let a = request(
-        &c,
-        "GET",
-        proxy,
-        "shop.test",
-        "/v2/items",
-        &[("x-remove-me", "1")],
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.backend(), "admin");
-    assert_eq!(a.header("x-echo-x-version"), Some("versioned"));
-    assert_eq!(a.header("x-echo-x-remove-me"), None);
-    assert_eq!(a.header("x-served-by"), Some("switchboard"));
-    let a = get(&c, proxy, "shop.test:8080", "/old/page?q=1").await;
-    assert_eq!(a.status, 301);
-    assert_eq!(a.header("location"), Some("https://new.test/old/page?q=1"));
-    let a = get(&c, proxy, "shop.test", "/prefix/deep?z=1").await;
-    assert_eq!(a.body, "admin /inner/deep?z=1\n");
-    assert_eq!(a.header("x-echo-host"), Some("inner.test"));
-
-    // A backendRef into another namespace (no ReferenceGrant support): refused, not followed.
-    let a = get(&c, proxy, "shop.test", "/elsewhere").await;
-    assert_eq!(a.status, 500);
-    assert!(a.body.contains("ReferenceGrant"), "{}", a.body);
-
-    // timeouts.backendRequest: a slow answer becomes 504; a quick one passes.
-    let a = request(
-        &c,
-        "GET",
-        proxy,
-        "shop.test",
-        "/slow",
-        &[("x-delay-ms", "3000")],
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 504, "{}", a.body);
-    let a = request(
-        &c,
-        "GET",
-        proxy,
-        "shop.test",
-        "/slow",
-        &[("x-delay-ms", "10")],
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, 200);
+    // Header, query and method matches outrank the plain weighted rule (ten times each, so
+    // that the rule's 20% to canary cannot pass them by chance); filters; a backendRef into
+    // another namespace (no ReferenceGrant support) is refused, not followed;
+    // timeouts.backendRequest turns a slow answer into 504 and lets a quick one pass.
+    use Check::*;
+    let cases = [
+        Case::get("shop.test", "/")
+            .headers(&[("x-canary", "yes")])
+            .times(10)
+            .expect([Status(200), By("canary")]),
+        Case::get("a.shop.test", "/p?x=2&beta=1")
+            .times(10)
+            .expect([Status(200), By("canary")]),
+        Case::new("POST", "shop.test", "/admin").expect([Status(200), By("admin")]),
+        // GET /admin is not the POST rule.
+        Case::get("shop.test", "/admin").expect([Status(200), NotBy("admin")]),
+        Case::get("other.test", "/").expect([Status(404), ByProxy]),
+        Case::get("shop.test", "/v2/items")
+            .headers(&[("x-remove-me", "1")])
+            .expect([
+                Status(200),
+                By("admin"),
+                Header("x-echo-x-version", "versioned"),
+                NoHeader("x-echo-x-remove-me"),
+                Header("x-served-by", "switchboard"),
+            ]),
+        Case::get("shop.test:8080", "/old/page?q=1").expect([
+            Status(301),
+            ByProxy,
+            Header("location", "https://new.test/old/page?q=1"),
+        ]),
+        Case::get("shop.test", "/prefix/deep?z=1").expect([
+            Status(200),
+            Body("admin /inner/deep?z=1\n"),
+            Header("x-echo-host", "inner.test"),
+        ]),
+        Case::get("shop.test", "/elsewhere").expect([
+            Status(500),
+            ByProxy,
+            BodyHas("ReferenceGrant"),
+        ]),
+        Case::get("shop.test", "/slow")
+            .headers(&[("x-delay-ms", "3000")])
+            .expect([Status(504), ByProxy]),
+        Case::get("shop.test", "/slow")
+            .headers(&[("x-delay-ms", "10")])
+            .expect([Status(200), By("admin")]),
+    ];
+    assert_table(
+        "matches, filters and timeouts",
+        &run_cases(&c, proxy, &cases).await,
+    );
 
     // Weights 80/20 over n = 7000 requests (8 clients at once). Canary's count is binomial:
     // at p = 0.20 mean 1400, sd √(7000·0.2·0.8) ≈ 33.5, and the window 1233..=1567 is ±5 sd
