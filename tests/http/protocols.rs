@@ -20,16 +20,8 @@ async fn h2c_and_tls_with_two_sni_names() {
         ],
         &[("a.test", "/"), ("b.test", "/")],
         |d| {
-            write(
-                d,
-                "a.yaml",
-                &service_yaml("default", "site-a", "10.96.4.1", &ready(&[&a])),
-            );
-            write(
-                d,
-                "b.yaml",
-                &service_yaml("default", "site-b", "10.96.4.2", &ready(&[&b])),
-            );
+            write_service(d, "site-a", "10.96.4.1", &[&a]);
+            write_service(d, "site-b", "10.96.4.2", &[&b]);
             write(d, "ia.yaml", &simple_ingress("a.test", "site-a"));
             write(d, "ib.yaml", &simple_ingress("b.test", "site-b"));
         },
@@ -249,16 +241,8 @@ async fn tls_certificates_from_ingress_secrets() {
         &["--https", "127.0.0.1:0"],
         &[("a.test", "/"), ("b.test", "/")],
         |d| {
-            write(
-                d,
-                "a.yaml",
-                &service_yaml("default", "site-a", "10.96.5.1", &ready(&[&a])),
-            );
-            write(
-                d,
-                "b.yaml",
-                &service_yaml("default", "site-b", "10.96.5.2", &ready(&[&b])),
-            );
+            write_service(d, "site-a", "10.96.5.1", &[&a]);
+            write_service(d, "site-b", "10.96.5.2", &[&b]);
             write(d, "secret-a.yaml", &secret_a);
             write(d, "secret-b.yaml", &secret_b);
             write(
