@@ -145,14 +145,7 @@ async fn setup(extra: &[&str]) -> Setup {
     let heads = Arc::new(Mutex::new(Vec::new()));
     let endpoint = backend(heads.clone()).await;
     manifests(dir.path(), endpoint);
-    let mut args = vec![
-        "--manifests",
-        dir.path().to_str().unwrap(),
-        "--http",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let sb = Switchboard::start(&args);
+    let sb = Switchboard::start(&http_args(dir.path(), extra));
     let proxy = sb.listener("http");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -316,6 +316,18 @@ pub fn strip_header(body: &str) -> String {
         .collect()
 }
 
+/// `--manifests DIR --http 127.0.0.1:0` followed by `extra`: the arguments of an HTTP proxy test.
+pub fn http_args<'a>(dir: &'a std::path::Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--manifests",
+        dir.to_str().unwrap(),
+        "--http",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// A TCP connection to `to` from the local address `from` (any of 127.0.0.0/8, any port): how
 /// tests play several clients, e.g. for per-client limits.
 pub async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {

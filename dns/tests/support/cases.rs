@@ -26,7 +26,8 @@ pub struct Case {
     pub additional: &'static [&'static str],
 }
 
-const SOA: &str =
+/// The zone's SOA as a zone-file line, its serial as `*` (the generation).
+pub const SOA: &str =
     "cluster.local. 30 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. * 7200 1800 86400 30";
 
 macro_rules! case {
