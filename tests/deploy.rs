@@ -12,6 +12,8 @@
 //! k8s-openapi ignores unknown fields, so each document is also serialized back and compared with
 //! the input: a misspelled field (`targetport:`) shows up as a difference.
 
+mod envtest;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -860,6 +862,76 @@ fn hand_over_from_kube_proxy_keeps_kube_dns_answering() {
         + "kubectl -n kube-system scale deployment/coredns --replicas=0\n";
     let end = hand_over(&all).unwrap();
     assert_eq!(end, BTreeSet::from(["daemonset/switchboard".to_string()]));
+}
+
+/// A real kube-apiserver (envtest) accepts every variant and kube-dns/service.yaml as they
+/// render, with strict field validation (server-side apply, dry run: nothing is created). It has
+/// no kubelet or controllers, so nothing runs; what it adds to the typed checks above is the
+/// API server's own validation (names, label syntax, port ranges, selectors, the ClusterIP in
+/// the service range); admission of pods (priority classes, the ServiceAccount) is not reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_api_server_accepts_every_variant() {
+    let Some(env) = envtest::EnvTest::start("a_real_api_server_accepts_every_variant").await else {
+        return;
+    };
+    let mut rendered: Vec<(String, String)> = Vec::new();
+    for dir in VARIANTS.iter().map(|v| v.dir).chain(["kube-dns"]) {
+        let text = if dir == "kube-dns" {
+            std::fs::read_to_string(repo_dir("deploy/kube-dns/service.yaml")).unwrap()
+        } else {
+            let Ok(out) = std::process::Command::new("kubectl")
+                .args(["kustomize"])
+                .arg(repo_dir(&format!("deploy/{dir}")))
+                .output()
+            else {
+                assert!(
+                    std::env::var(REQUIRE_TOOLS).is_err(),
+                    "kubectl cannot run ({REQUIRE_TOOLS} is set)"
+                );
+                return;
+            };
+            String::from_utf8(out.stdout).unwrap()
+        };
+        rendered.push((dir.to_string(), text));
+    }
+    for (dir, text) in rendered {
+        let mut child = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(env.kubeconfig())
+            .args([
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "--validate=strict",
+                "-f",
+                "-",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "deploy/{dir}: the API server refused it:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let objects = text.matches("\nkind: ").count() + usize::from(text.starts_with("kind: "));
+        assert_eq!(
+            stdout.matches("(server dry run)").count(),
+            objects,
+            "deploy/{dir}: every object applied:\n{stdout}"
+        );
+    }
 }
 
 /// The variants, the Dockerfile and scripts/image.sh name the same registry and version.
