@@ -6,6 +6,9 @@
 #   nftables   nft, for the kube-proxy (L4) tests
 #   conntrack  conntrack, which the L4 kernel path uses to delete stale UDP entries
 #   curl       HTTP tests (with HTTP/2 support, checked) and the README's examples
+#   promtool   (package prometheus) parses the alerts' and dashboard's PromQL (tests/observability.rs)
+#   buildah, debootstrap, setcap (libcap2-bin), strip (binutils)
+#              scripts/image.sh: the container images built and run once without a registry
 # Debian/Ubuntu. Runs apt-get as root, or through sudo.
 set -euo pipefail
 
@@ -16,6 +19,11 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v curl >/dev/null || need+=(curl)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v buildah >/dev/null || need+=(buildah)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v setcap >/dev/null || need+=(libcap2-bin)
+command -v strip >/dev/null || need+=(binutils)
 
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then sudo=(); else sudo=(sudo); fi

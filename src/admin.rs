@@ -1,6 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz`, `/readyz` (503 until every
 //! source has synced once; then 200, naming in its body any source serving stale objects),
-//! `/debug/tables` (the text dump of the published snapshot).
+//! `/debug/tables` (the text dump of the published snapshot; 404 under `--no-debug-endpoints`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,6 +25,9 @@ pub struct AdminState {
     pub sources: controller::SourceHealth,
     /// Set on shutdown: `/readyz` answers 503 while the DNS server's lame-duck period runs.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Serve `/debug/tables`: it shows every Service, endpoint and route, so it can be turned
+    /// off (`--no-debug-endpoints`) where the admin address is reachable by others.
+    pub debug_endpoints: bool,
 }
 
 /// A named liveness check (e.g. the L4 proxy applying tables in time).
@@ -106,6 +109,10 @@ pub fn handle(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
                 )
             }
         }
+        "/debug/tables" if !state.debug_endpoints => text(
+            StatusCode::NOT_FOUND,
+            "not found: /debug/tables is off (--no-debug-endpoints)\n",
+        ),
         "/debug/tables" => {
             let snap = state.cell.load();
             let body = format!(

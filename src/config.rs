@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// No admin listener at all (no metrics, probes or table dump).
     #[arg(long, conflicts_with = "admin")]
     pub no_admin: bool,
+    /// Admin listener without /debug/tables (it answers 404): for an admin address that
+    /// others can reach. /metrics, /healthz and /readyz stay.
+    #[arg(long)]
+    pub no_debug_endpoints: bool,
     /// The cluster DNS domain [default: cluster.local].
     #[arg(long, value_name = "DOMAIN")]
     pub cluster_domain: Option<String>,
@@ -227,6 +231,7 @@ pub struct FileConfig {
     pub http_max_connections_per_client: Option<usize>,
     pub admin: Option<SocketAddr>,
     pub no_admin: Option<bool>,
+    pub no_debug_endpoints: Option<bool>,
     pub cluster_domain: Option<String>,
     pub upstream: Option<Vec<String>>,
     pub ttl: Option<u32>,
@@ -281,6 +286,8 @@ pub struct Config {
     pub admin: SocketAddr,
     /// No admin listener (`--no-admin`).
     pub no_admin: bool,
+    /// No /debug/tables on the admin listener (`--no-debug-endpoints`).
+    pub no_debug_endpoints: bool,
     pub cluster_domain: String,
     pub upstream: Vec<SocketAddr>,
     /// DNS: TTL of cluster-zone records.
@@ -586,6 +593,7 @@ impl Config {
             dns: list(args.dns, file.dns),
             http: list(args.http, file.http),
             no_admin: args.no_admin || file.no_admin.unwrap_or(false),
+            no_debug_endpoints: args.no_debug_endpoints || file.no_debug_endpoints.unwrap_or(false),
             admin: args
                 .admin
                 .or(file.admin)

@@ -185,6 +185,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 health_checks: health_checks.clone(),
                 sources: sources.clone(),
                 draining: draining.clone(),
+                debug_endpoints: !cfg.no_debug_endpoints,
             },
             admin_limits,
         ));

@@ -1,22 +1,28 @@
 //! The YAML we ship must be what a cluster accepts and what switchboard expects.
 //!
-//! - `deploy/*.yaml`: every document deserializes into its typed Kubernetes object with no field
-//!   lost, the RBAC only reads, the DaemonSet's `--config` file is the mounted ConfigMap key, and
-//!   that key holds a config `switchboard run` accepts.
+//! - `deploy/`: every variant (`kubectl kustomize deploy/variants/NAME`) renders to typed
+//!   Kubernetes objects with no field lost; the RBAC only reads; each variant's workload mounts a
+//!   config `switchboard run` accepts that turns on its roles and no others, with the ports,
+//!   privileges, image and labels those roles need; no admin port is behind kube-dns; and the
+//!   hand-overs in deploy/README.md never leave kube-dns without a ready endpoint (in a model of
+//!   the endpoint controller: there is no kubelet here).
 //! - `examples/demo/*.yaml`: every document is a Service, EndpointSlice, Ingress or Gateway API
 //!   object, and together they are the small loopback-only cluster the demo README promises.
 //!
 //! k8s-openapi ignores unknown fields, so each document is also serialized back and compared with
 //! the input: a misspelled field (`targetport:`) shows up as a difference.
 
+mod envtest;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
@@ -74,27 +80,33 @@ fn documents(dir: &Path) -> Vec<Document> {
     for file in files {
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(
-            text.starts_with('#'),
-            "{name}: should open with a comment saying what it is"
-        );
-        let mut index = 0;
-        for de in serde_yaml::Deserializer::from_str(&text) {
-            let value = Value::deserialize(de).unwrap_or_else(|e| panic!("{name}: {e}"));
-            if value.is_null() {
-                continue;
-            }
-            index += 1;
-            let mut document = Document {
-                origin: format!("{name} document {index}"),
-                value,
-            };
-            let (api_version, kind) = document.api_version_kind();
-            let object_name = document.str_at("/metadata/name").unwrap_or("?");
-            document.origin =
-                format!("{name} document {index} ({api_version} {kind} {object_name})");
-            documents.push(document);
+        documents.extend(parse_documents(&name, &text));
+    }
+    documents
+}
+
+/// The documents of one YAML text (a file, which must open with a comment, or kubectl's output).
+fn parse_documents(name: &str, text: &str) -> Vec<Document> {
+    assert!(
+        text.starts_with('#') || !name.ends_with(".yaml"),
+        "{name}: should open with a comment saying what it is"
+    );
+    let mut documents = Vec::new();
+    let mut index = 0;
+    for de in serde_yaml::Deserializer::from_str(text) {
+        let value = Value::deserialize(de).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if value.is_null() {
+            continue;
         }
+        index += 1;
+        let mut document = Document {
+            origin: format!("{name} document {index}"),
+            value,
+        };
+        let (api_version, kind) = document.api_version_kind();
+        let object_name = document.str_at("/metadata/name").unwrap_or("?");
+        document.origin = format!("{name} document {index} ({api_version} {kind} {object_name})");
+        documents.push(document);
     }
     documents
 }
@@ -138,65 +150,290 @@ fn namespace(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) 
 }
 
 // ---------------------------------------------------------------------------------------------
-// deploy/
+// deploy/: a kustomize tree, rendered with `kubectl kustomize`
 
+/// Set to `1` (as `.ci/run` does) to make a test that needs kubectl fail instead of skipping.
+const REQUIRE_TOOLS: &str = "SWITCHBOARD_REQUIRE_TOOLS";
+
+/// The registry the recipe (scripts/image.sh, Dockerfile) and the variants name.
+const REGISTRY: &str = "ghcr.io/switchboard";
+/// The admin port of every variant: not CoreDNS's 9153, which kube-dns Services forward.
+const ADMIN_PORT: i32 = 9154;
+/// The image's non-root user.
+const NON_ROOT: i64 = 65532;
+
+/// kubeadm's kube-dns Service (cmd/kubeadm/app/phases/addons/dns/manifests.go), which the dns
+/// and all variants join as it is.
+const KUBEADM_KUBE_DNS: &str = "apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {k8s-app: kube-dns}
+  ports:
+    - {name: dns, port: 53, protocol: UDP, targetPort: 53}
+    - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}
+    - {name: metrics, port: 9153, protocol: TCP, targetPort: 9153}
+";
+
+/// `kubectl kustomize deploy/DIR`, parsed; `None` where kubectl is missing (said on stderr, or
+/// a failure under SWITCHBOARD_REQUIRE_TOOLS=1).
+fn kustomize(dir: &str) -> Option<Vec<Document>> {
+    let out = match std::process::Command::new("kubectl")
+        .args(["kustomize", "--load-restrictor", "LoadRestrictionsRootOnly"])
+        .arg(repo_dir(&format!("deploy/{dir}")))
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            let why = format!("kubectl (with its built-in kustomize) cannot run: {e}");
+            if std::env::var(REQUIRE_TOOLS).is_ok_and(|v| v == "1") {
+                panic!("{why} ({REQUIRE_TOOLS}=1 makes this a failure, not a skip)");
+            }
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "SKIPPED rendering deploy/{dir}: {why}"
+            );
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize deploy/{dir}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(parse_documents(
+        &format!("deploy/{dir}"),
+        &String::from_utf8(out.stdout).unwrap(),
+    ))
+}
+
+/// The objects of one rendered variant, typed.
 #[derive(Default)]
-struct Deploy {
-    namespaces: Vec<Namespace>,
+struct Rendered {
     service_accounts: Vec<ServiceAccount>,
     cluster_roles: Vec<ClusterRole>,
     cluster_role_bindings: Vec<ClusterRoleBinding>,
     config_maps: Vec<ConfigMap>,
     daemon_sets: Vec<DaemonSet>,
+    deployments: Vec<Deployment>,
+    disruption_budgets: Vec<PodDisruptionBudget>,
     services: Vec<Service>,
 }
 
-fn deploy() -> Deploy {
-    let mut deploy = Deploy::default();
-    for document in documents(&repo_dir("deploy")) {
+fn typed(documents: Vec<Document>) -> Rendered {
+    let mut r = Rendered::default();
+    for document in documents {
         match document.api_version_kind() {
-            ("v1", "Namespace") => deploy.namespaces.push(document.typed()),
-            ("v1", "ServiceAccount") => deploy.service_accounts.push(document.typed()),
+            ("v1", "ServiceAccount") => r.service_accounts.push(document.typed()),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
-                deploy.cluster_roles.push(document.typed())
+                r.cluster_roles.push(document.typed())
             }
             ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
-                deploy.cluster_role_bindings.push(document.typed())
+                r.cluster_role_bindings.push(document.typed())
             }
-            ("v1", "ConfigMap") => deploy.config_maps.push(document.typed()),
-            ("apps/v1", "DaemonSet") => deploy.daemon_sets.push(document.typed()),
-            ("v1", "Service") => deploy.services.push(document.typed()),
+            ("v1", "ConfigMap") => r.config_maps.push(document.typed()),
+            ("apps/v1", "DaemonSet") => r.daemon_sets.push(document.typed()),
+            ("apps/v1", "Deployment") => r.deployments.push(document.typed()),
+            ("policy/v1", "PodDisruptionBudget") => r.disruption_budgets.push(document.typed()),
+            ("v1", "Service") => r.services.push(document.typed()),
             other => panic!("{}: unexpected kind {other:?}", document.origin),
         }
     }
-    deploy
-}
-
-fn only<'a, T>(items: &'a [T], what: &str) -> &'a T {
-    assert_eq!(items.len(), 1, "deploy/ should hold exactly one {what}");
-    &items[0]
-}
-
-#[test]
-fn deploy_documents_are_typed_kubernetes_objects() {
-    let deploy = deploy();
-    only(&deploy.service_accounts, "ServiceAccount");
-    only(&deploy.cluster_roles, "ClusterRole");
-    only(&deploy.cluster_role_bindings, "ClusterRoleBinding");
-    only(&deploy.config_maps, "ConfigMap");
-    only(&deploy.daemon_sets, "DaemonSet");
-    only(&deploy.services, "Service");
-    for ns in &deploy.namespaces {
-        let ns = name(&ns.metadata);
-        let sa = &deploy.service_accounts[0].metadata;
-        assert_eq!(namespace(sa), ns, "a Namespace is shipped but not used");
+    for meta in r
+        .service_accounts
+        .iter()
+        .map(|o| &o.metadata)
+        .chain(r.config_maps.iter().map(|o| &o.metadata))
+        .chain(r.daemon_sets.iter().map(|o| &o.metadata))
+        .chain(r.deployments.iter().map(|o| &o.metadata))
+        .chain(r.disruption_budgets.iter().map(|o| &o.metadata))
+        .chain(r.services.iter().map(|o| &o.metadata))
+    {
+        assert_eq!(namespace(meta), "kube-system", "{}", name(meta));
     }
+    r
+}
+
+/// What a variant is for.
+struct Variant {
+    dir: &'static str,
+    dns: bool,
+    http: bool,
+    l4: bool,
+}
+
+const VARIANTS: [Variant; 4] = [
+    Variant {
+        dir: "variants/dns",
+        dns: true,
+        http: false,
+        l4: false,
+    },
+    Variant {
+        dir: "variants/kube-proxy",
+        dns: false,
+        http: false,
+        l4: true,
+    },
+    Variant {
+        dir: "variants/ingress",
+        dns: false,
+        http: true,
+        l4: false,
+    },
+    Variant {
+        dir: "variants/all",
+        dns: true,
+        http: true,
+        l4: true,
+    },
+];
+
+/// A rendered variant's one workload.
+struct Workload {
+    /// `deployment/NAME` or `daemonset/NAME`, as kubectl names it.
+    id: String,
+    selector: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    pod: PodSpec,
+    /// The mounted switchboard.toml.
+    config: String,
+}
+
+fn workload(r: &Rendered) -> Workload {
+    let (id, selector, template) = match (&r.daemon_sets[..], &r.deployments[..]) {
+        ([ds], []) => {
+            let spec = ds.spec.clone().unwrap();
+            (
+                format!("daemonset/{}", name(&ds.metadata)),
+                spec.selector,
+                spec.template,
+            )
+        }
+        ([], [d]) => {
+            let spec = d.spec.clone().unwrap();
+            (
+                format!("deployment/{}", name(&d.metadata)),
+                spec.selector,
+                spec.template,
+            )
+        }
+        _ => panic!("a variant has exactly one DaemonSet or Deployment"),
+    };
+    let pod = template.spec.unwrap();
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    let config_path = PathBuf::from(flag(&args, "--config"));
+    let mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| config_path.parent() == Some(Path::new(&m.mount_path)))
+        .unwrap_or_else(|| panic!("{} is not in a mounted directory", config_path.display()));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .expect("the mount's volume exists");
+    let map_name = volume
+        .config_map
+        .as_ref()
+        .expect("a ConfigMap volume")
+        .name
+        .clone();
+    let map = r
+        .config_maps
+        .iter()
+        .find(|c| name(&c.metadata) == map_name.as_str())
+        .unwrap_or_else(|| panic!("no ConfigMap {map_name} (the generator's name not rewritten?)"));
+    let key = config_path.file_name().unwrap().to_str().unwrap();
+    let config = map.data.as_ref().and_then(|d| d.get(key)).cloned();
+    Workload {
+        id,
+        selector: selector.match_labels.unwrap_or_default(),
+        labels: template.metadata.and_then(|m| m.labels).unwrap_or_default(),
+        pod,
+        config: config.unwrap_or_else(|| panic!("ConfigMap {map_name} has no key {key}")),
+    }
+}
+
+fn flag<'a>(args: &'a [String], name: &str) -> &'a str {
+    let at = args
+        .iter()
+        .position(|a| a == name)
+        .unwrap_or_else(|| panic!("no {name} in {args:?}"));
+    args.get(at + 1)
+        .unwrap_or_else(|| panic!("{name} has no value"))
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn version() -> String {
+    let cargo = std::fs::read_to_string(repo_dir("Cargo.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&cargo).unwrap();
+    table["workspace"]["package"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Every YAML file under deploy/ opens with a comment saying what it is and parses; those that
+/// are Kubernetes objects deserialize into their types (no kubectl needed).
+#[test]
+fn deploy_files_parse() {
+    let mut files = Vec::new();
+    let mut dirs = vec![repo_dir("deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 15, "{files:?}");
+    let mut kustomizations = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let origin = file
+            .strip_prefix(repo_dir(""))
+            .unwrap()
+            .display()
+            .to_string();
+        for document in parse_documents(&origin, &text) {
+            match document.api_version_kind() {
+                ("kustomize.config.k8s.io/v1beta1", "Kustomization")
+                | ("kustomize.config.k8s.io/v1alpha1", "Component") => kustomizations += 1,
+                ("monitoring.coreos.com/v1", _) => {}
+                ("apps/v1", "DaemonSet") if document.value.pointer("/spec/selector").is_none() => {
+                    // A strategic merge patch: a partial object.
+                }
+                ("", "") => {} // a JSON patch (a list of operations)
+                _ => {
+                    typed(vec![document]);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        kustomizations, 9,
+        "base, node, 2 components, 4 variants, monitoring"
+    );
 }
 
 #[test]
 fn cluster_role_only_reads_what_the_controller_watches() {
-    let deploy = deploy();
-    let role = only(&deploy.cluster_roles, "ClusterRole");
+    let text = std::fs::read_to_string(repo_dir("deploy/base/rbac.yaml")).unwrap();
+    let r = typed(parse_documents("deploy/base/rbac.yaml", &text));
+    let role = only(&r.cluster_roles, "ClusterRole");
     let mut granted = BTreeSet::new();
     for rule in role.rules.iter().flatten() {
         assert!(rule.non_resource_urls.is_none(), "{rule:?}");
@@ -227,8 +464,8 @@ fn cluster_role_only_reads_what_the_controller_watches() {
     .collect();
     assert_eq!(granted, expected);
 
-    let binding = only(&deploy.cluster_role_bindings, "ClusterRoleBinding");
-    let account = only(&deploy.service_accounts, "ServiceAccount");
+    let binding = only(&r.cluster_role_bindings, "ClusterRoleBinding");
+    let account = only(&r.service_accounts, "ServiceAccount");
     assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(binding.role_ref.name, name(&role.metadata));
     let subjects = binding.subjects.as_deref().unwrap_or_default();
@@ -240,251 +477,490 @@ fn cluster_role_only_reads_what_the_controller_watches() {
     );
 }
 
-#[test]
-fn daemon_set_runs_with_the_mounted_config() {
-    let deploy = deploy();
-    let ds = only(&deploy.daemon_sets, "DaemonSet");
-    let account = only(&deploy.service_accounts, "ServiceAccount");
-    let config_map = only(&deploy.config_maps, "ConfigMap");
-    assert_eq!(namespace(&ds.metadata), namespace(&account.metadata));
-    assert_eq!(namespace(&ds.metadata), namespace(&config_map.metadata));
-
-    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    assert_eq!(
-        pod.service_account_name.as_deref(),
-        Some(name(&account.metadata))
-    );
-    assert_eq!(pod.host_network, Some(true));
-    assert_eq!(
-        pod.priority_class_name.as_deref(),
-        Some("system-node-critical")
-    );
-    assert!(
-        pod.tolerations
-            .iter()
-            .flatten()
-            .any(|t| t.operator.as_deref() == Some("Exists")
-                && t.key.is_none()
-                && t.effect.is_none()),
-        "must tolerate every taint"
-    );
-
-    let container = only(&pod.containers, "container");
-    assert_eq!(
-        container.image.as_deref(),
-        Some("ghcr.io/switchboard/switchboard:0.1.0")
-    );
-    let args = container.args.as_deref().unwrap_or_default();
-    assert_eq!(args.first().map(String::as_str), Some("run"), "{args:?}");
-    let flag = |name: &str| -> &str {
-        let at = args
-            .iter()
-            .position(|a| a == name)
-            .unwrap_or_else(|| panic!("no {name} in {args:?}"));
-        args.get(at + 1)
-            .unwrap_or_else(|| panic!("{name} has no value"))
-    };
-    assert_eq!(flag("--node-name"), "$(NODE_NAME)");
-    let node_name = container
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "NODE_NAME")
-        .expect("NODE_NAME is set");
-    let field = node_name
-        .value_from
-        .as_ref()
-        .and_then(|v| v.field_ref.as_ref());
-    assert_eq!(field.map(|f| f.field_path.as_str()), Some("spec.nodeName"));
-
-    // --config names a key of the ConfigMap, through a mount of a volume of that ConfigMap.
-    let config_path = Path::new(flag("--config"));
-    let mount = container
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| config_path.parent() == Some(Path::new(&m.mount_path)))
-        .unwrap_or_else(|| panic!("{} is not in a mounted directory", config_path.display()));
-    let volume = pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == mount.name)
-        .expect("the mount's volume exists");
-    let source = volume.config_map.as_ref().expect("a ConfigMap volume");
-    assert_eq!(source.name, name(&config_map.metadata));
-    let key = config_path.file_name().unwrap().to_str().unwrap();
-    assert!(
-        config_map
-            .data
-            .as_ref()
-            .is_some_and(|d| d.contains_key(key)),
-        "ConfigMap has no key {key}"
-    );
-
-    let capabilities = container
-        .security_context
-        .as_ref()
-        .and_then(|s| s.capabilities.as_ref())
-        .expect("capabilities are set");
-    let added: BTreeSet<&str> = capabilities
-        .add
-        .iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(added, BTreeSet::from(["NET_ADMIN", "NET_BIND_SERVICE"]));
-
-    for (probe, path) in [
-        (&container.liveness_probe, "/healthz"),
-        (&container.readiness_probe, "/readyz"),
-    ] {
-        let get = probe
-            .as_ref()
-            .and_then(|p| p.http_get.as_ref())
-            .expect(path);
-        assert_eq!(get.path.as_deref(), Some(path));
-        assert_eq!(get.port, IntOrString::Int(9153));
-    }
-    // The probes reach the admin listener on the pod IP (the node's, under hostNetwork).
-    let args = container.args.as_deref().unwrap_or_default();
-    let admin = args
-        .iter()
-        .position(|a| a == "--admin")
-        .and_then(|i| args.get(i + 1));
-    assert_eq!(
-        admin.map(String::as_str),
-        Some("$(POD_IP):9153"),
-        "{args:?}"
-    );
-    let pod_ip = container
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "POD_IP")
-        .and_then(|e| e.value_from.as_ref())
-        .and_then(|v| v.field_ref.as_ref())
-        .map(|f| f.field_path.as_str());
-    assert_eq!(pod_ip, Some("status.podIP"));
+fn only<'a, T>(items: &'a [T], what: &str) -> &'a T {
+    assert_eq!(items.len(), 1, "expected exactly one {what}");
+    &items[0]
 }
 
+/// Each variant renders, and its workload is set up for its roles and only those: listeners in
+/// its config, node ports, privileges, image, labels, probes on the admin port.
 #[test]
-fn config_map_holds_an_accepted_config() {
-    let deploy = deploy();
-    let config_map = only(&deploy.config_maps, "ConfigMap");
-    let data = config_map.data.as_ref().expect("ConfigMap has data");
-    let text = data.get("switchboard.toml").expect("key switchboard.toml");
-
-    // The keys `switchboard run` knows, so this test says which one is wrong on its own.
-    let table: toml::Table = toml::from_str(text).expect("switchboard.toml is TOML");
-    let known = [
-        "dns",
-        "http",
-        "https",
-        "tls-cert-dir",
-        "lb-algorithm",
-        "outlier-ejection-ms",
-        "admin",
-        "cluster-domain",
-        "upstream",
-        "ttl",
-        "pods",
-        "axfr-allow",
-        "max-concurrent-forwards",
-        "cache-size",
-        "lame-duck",
-        "l4",
-        "node-name",
-        "zone",
-        "cleanup-on-exit",
-        "udp-idle-timeout",
-        "l4-sync-timeout",
-        "kubeconfig",
-        "manifests",
-    ];
-    for key in table.keys() {
-        assert!(known.contains(&key.as_str()), "unknown config key {key}");
-    }
-    // The admin listener is bound by the DaemonSet's --admin $(POD_IP):9153, not here on
-    // every address (#14.4).
-    assert!(
-        !table.contains_key("admin"),
-        "admin belongs on the pod IP (--admin in daemonset.yaml), not in the config file"
-    );
-    assert_eq!(table["l4"].as_str(), Some("nftables"));
-
-    switchboard::config::parse_file_config(text).expect("switchboard accepts switchboard.toml");
-}
-
-#[test]
-fn kube_dns_service_selects_the_daemon_set() {
-    let deploy = deploy();
-    let service = only(&deploy.services, "Service");
-    let ds = only(&deploy.daemon_sets, "DaemonSet");
-    assert_eq!(name(&service.metadata), "kube-dns");
-    assert_eq!(namespace(&service.metadata), "kube-system");
-    let spec = service.spec.as_ref().unwrap();
-    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.10"));
-
-    let template = &ds.spec.as_ref().unwrap().template;
-    let labels = template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .labels
-        .clone()
-        .unwrap_or_default();
-    let selector = spec.selector.as_ref().expect("a selector");
-    assert!(!selector.is_empty());
-    for (key, value) in selector {
+fn each_variant_runs_its_roles() {
+    for v in &VARIANTS {
+        let Some(documents) = kustomize(v.dir) else {
+            return;
+        };
+        let r = typed(documents);
+        only(&r.cluster_roles, "ClusterRole");
+        let account = only(&r.service_accounts, "ServiceAccount");
+        assert!(r.services.is_empty(), "{}: ships a Service", v.dir);
+        let w = workload(&r);
+        let at = |what: &str| format!("{} ({}): {what}", v.dir, w.id);
         assert_eq!(
-            labels.get(key),
-            Some(value),
-            "selector {key}={value} matches no pod"
+            w.pod.service_account_name.as_deref(),
+            Some(name(&account.metadata))
         );
-    }
+        assert_eq!(
+            w.pod.dns_policy.as_deref(),
+            Some("Default"),
+            "{}",
+            at("dnsPolicy")
+        );
+        assert_eq!(
+            w.pod.host_network.unwrap_or(false),
+            v.l4 || v.http,
+            "{}",
+            at("hostNetwork for the node roles only")
+        );
 
-    let container_ports: BTreeMap<String, (i32, String)> =
-        template.spec.as_ref().unwrap().containers[0]
+        // The config: accepted, the role's listeners and nothing else, no /debug/tables.
+        let file = switchboard::config::parse_file_config(&w.config)
+            .unwrap_or_else(|e| panic!("{}: {e}", at("switchboard.toml")));
+        let dns = file.dns.clone().unwrap_or_default();
+        let http = file.http.clone().unwrap_or_default();
+        let https = file.https.clone().unwrap_or_default();
+        assert_eq!(!dns.is_empty(), v.dns, "{}", at("dns"));
+        assert_eq!(
+            !http.is_empty() && !https.is_empty(),
+            v.http,
+            "{}",
+            at("http")
+        );
+        assert_eq!(
+            file.l4 == Some(switchboard::config::L4Mode::Nftables),
+            v.l4,
+            "{}",
+            at("l4")
+        );
+        assert_eq!(
+            file.no_debug_endpoints,
+            Some(true),
+            "{}",
+            at("/debug/tables off")
+        );
+        assert!(file.admin.is_none(), "{}", at("admin belongs to --admin"));
+        assert!(file.node_name.is_none() && file.kubeconfig.is_none() && file.manifests.is_none());
+
+        let container = &w.pod.containers[0];
+        let args = container.args.clone().unwrap_or_default();
+        assert_eq!(args.first().map(String::as_str), Some("run"));
+        assert_eq!(flag(&args, "--admin"), format!("$(POD_IP):{ADMIN_PORT}"));
+        let env = |var: &str| {
+            container
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == var)
+                .and_then(|e| e.value_from.as_ref())
+                .and_then(|v| v.field_ref.as_ref())
+                .map(|f| f.field_path.clone())
+        };
+        assert_eq!(env("POD_IP").as_deref(), Some("status.podIP"));
+        if v.l4 {
+            assert_eq!(flag(&args, "--node-name"), "$(NODE_NAME)");
+            assert_eq!(env("NODE_NAME").as_deref(), Some("spec.nodeName"));
+        }
+
+        // Container ports: the admin port and the listeners' ports, nothing else.
+        let ports: BTreeSet<(i32, String)> = container
             .ports
             .iter()
             .flatten()
-            .map(|p| {
-                let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
-                (
-                    p.name.clone().unwrap_or_default(),
-                    (p.container_port, protocol),
-                )
-            })
+            .map(|p| (p.container_port, p.protocol.clone().unwrap_or("TCP".into())))
             .collect();
-    let mut ports = Vec::new();
-    for port in spec.ports.iter().flatten() {
-        let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".into());
-        let target = match port.target_port.clone() {
-            Some(IntOrString::String(named)) => {
-                let (number, container_protocol) = container_ports
-                    .get(&named)
-                    .unwrap_or_else(|| panic!("targetPort {named} is no container port"));
-                assert_eq!(container_protocol, &protocol, "targetPort {named}");
-                *number
-            }
-            Some(IntOrString::Int(number)) => number,
-            None => port.port,
-        };
-        ports.push(format!(
-            "{} {}/{protocol} -> {target}",
-            port.name.as_deref().unwrap_or(""),
-            port.port
-        ));
+        let mut want = BTreeSet::from([(ADMIN_PORT, "TCP".to_string())]);
+        for a in &dns {
+            want.insert((a.port() as i32, "UDP".into()));
+            want.insert((a.port() as i32, "TCP".into()));
+        }
+        for a in http.iter().chain(&https) {
+            want.insert((a.port() as i32, "TCP".into()));
+        }
+        assert_eq!(ports, want, "{}", at("container ports"));
+        let admin_name = container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.container_port == ADMIN_PORT)
+            .and_then(|p| p.name.clone())
+            .unwrap();
+        for (probe, path) in [
+            (&container.liveness_probe, "/healthz"),
+            (&container.readiness_probe, "/readyz"),
+        ] {
+            let get = probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .expect(path);
+            assert_eq!(get.path.as_deref(), Some(path));
+            assert_eq!(
+                get.port,
+                IntOrString::String(admin_name.clone()),
+                "{}",
+                at(path)
+            );
+        }
+
+        // Privileges: NET_ADMIN and root only with l4; NET_BIND_SERVICE always (the binary's
+        // file capability); the rest dropped.
+        let sc = container.security_context.clone().expect("securityContext");
+        let caps = sc.capabilities.clone().expect("capabilities");
+        let added: BTreeSet<String> = caps.add.iter().flatten().cloned().collect();
+        let mut want_caps = BTreeSet::from(["NET_BIND_SERVICE".to_string()]);
+        if v.l4 {
+            want_caps.insert("NET_ADMIN".into());
+        }
+        assert_eq!(added, want_caps, "{}", at("capabilities"));
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        if v.l4 {
+            assert_eq!(sc.run_as_user, Some(0), "{}", at("nft needs root"));
+        } else {
+            assert_eq!(sc.run_as_user, Some(NON_ROOT), "{}", at("non-root"));
+            assert_eq!(sc.run_as_non_root, Some(true));
+        }
+
+        // The image the recipe builds: with nft/ip/conntrack exactly when the role needs them.
+        let slim = if v.l4 { "" } else { "-slim" };
+        assert_eq!(
+            container.image.clone().unwrap_or_default(),
+            format!("{REGISTRY}/switchboard:{}{slim}", version()),
+            "{}",
+            at("image")
+        );
+
+        // DNS pods join kube-dns by its label; others must not (they would get queries). The
+        // workload's own selector never selects CoreDNS's pods.
+        assert_eq!(
+            w.labels.get("k8s-app").map(String::as_str) == Some("kube-dns"),
+            v.dns,
+            "{}",
+            at("k8s-app: kube-dns label")
+        );
+        assert!(selects(&w.selector, &w.labels), "{}", at("selector"));
+        assert!(!w.selector.contains_key("k8s-app"), "{}", at("selector"));
+        let coredns = BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]);
+        assert!(!selects(&w.selector, &coredns));
+
+        if w.id.starts_with("deployment/") {
+            let d = &r.deployments[0];
+            let spec = d.spec.as_ref().unwrap();
+            assert!(spec.replicas.unwrap_or(1) >= 2, "{}", at("replicas"));
+            let rolling = spec
+                .strategy
+                .as_ref()
+                .and_then(|s| s.rolling_update.as_ref());
+            assert_eq!(
+                rolling.and_then(|r| r.max_unavailable.clone()),
+                Some(IntOrString::Int(0)),
+                "{}",
+                at("a new pod is ready before an old one goes")
+            );
+            let pdb = only(&r.disruption_budgets, "PodDisruptionBudget");
+            let pdb_selector = pdb.spec.as_ref().unwrap().selector.clone().unwrap();
+            assert!(selects(
+                &pdb_selector.match_labels.unwrap_or_default(),
+                &w.labels
+            ));
+        }
     }
+}
+
+/// The admin listener (with /debug/tables, where on) is never behind kube-dns: neither behind
+/// deploy/kube-dns/service.yaml nor behind kubeadm's Service, which forwards 9153.
+#[test]
+fn no_admin_port_behind_kube_dns() {
+    let text = std::fs::read_to_string(repo_dir("deploy/kube-dns/service.yaml")).unwrap();
+    let ours = typed(parse_documents("deploy/kube-dns/service.yaml", &text));
+    let ours = only(&ours.services, "Service");
+    let kubeadm = typed(parse_documents("kubeadm", KUBEADM_KUBE_DNS));
+    let kubeadm = only(&kubeadm.services, "Service");
+    let ports = |s: &Service| -> Vec<String> {
+        s.spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("TCP")))
+            .collect()
+    };
     assert_eq!(
-        ports,
-        [
-            "dns 53/UDP -> 53",
-            "dns-tcp 53/TCP -> 53",
-            "metrics 9153/TCP -> 9153"
-        ]
+        ports(ours),
+        ["53/UDP", "53/TCP"],
+        "kube-dns/service.yaml: DNS only"
     );
+    assert_eq!(name(&ours.metadata), "kube-dns");
+    let ours_selector = ours.spec.as_ref().unwrap().selector.clone().unwrap();
+    let kubeadm_selector = kubeadm.spec.as_ref().unwrap().selector.clone().unwrap();
+    assert_eq!(
+        ours_selector, kubeadm_selector,
+        "the same selector as kubeadm's"
+    );
+
+    for v in &VARIANTS {
+        let Some(documents) = kustomize(v.dir) else {
+            return;
+        };
+        let w = workload(&typed(documents));
+        if !selects(&kubeadm_selector, &w.labels) {
+            continue;
+        }
+        let container = &w.pod.containers[0];
+        for service in [ours, kubeadm] {
+            for port in service.spec.as_ref().unwrap().ports.iter().flatten() {
+                let target = match &port.target_port {
+                    Some(IntOrString::Int(n)) => *n,
+                    Some(IntOrString::String(named)) => container
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|p| p.name.as_deref() == Some(named))
+                        .map(|p| p.container_port)
+                        .unwrap_or_else(|| panic!("targetPort {named} is no container port")),
+                    None => port.port,
+                };
+                assert_ne!(
+                    target, ADMIN_PORT,
+                    "{}: kube-dns port {} reaches the admin listener",
+                    v.dir, port.port
+                );
+            }
+        }
+    }
+}
+
+/// A pod in the model of a cluster: who owns it, its labels, whether it is ready, whether it
+/// answers DNS.
+struct Pod {
+    owner: String,
+    labels: BTreeMap<String, String>,
+    ready: bool,
+    serves_dns: bool,
+}
+
+/// Runs the kubectl commands of a shell block of deploy/README.md against a model of a cluster
+/// that starts with CoreDNS's two ready pods: `apply -k` adds the variant's pods (not ready),
+/// `rollout status` waits until they are ready, `scale`/`delete` of the CoreDNS Deployment takes
+/// its pods away, reads change nothing. After every command, kube-dns (kubeadm's selector) must
+/// have a ready endpoint, and every endpoint must answer DNS. Returns the final endpoints' owners.
+fn hand_over(block: &str) -> Option<BTreeSet<String>> {
+    let kube_dns = BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]);
+    let coredns = || Pod {
+        owner: "deployment/coredns".into(),
+        labels: kube_dns.clone(),
+        ready: true,
+        serves_dns: true,
+    };
+    let mut pods = vec![coredns(), coredns()];
+    let mut ran = 0;
+    for line in block.lines() {
+        let line = line.split('#').next().unwrap().trim();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() != Some(&"kubectl") {
+            continue;
+        }
+        ran += 1;
+        let words: Vec<&str> = words
+            .iter()
+            .copied()
+            .skip(1)
+            .filter(|w| *w != "-n" && *w != "kube-system")
+            .collect();
+        match words.as_slice() {
+            ["get" | "logs", ..] => {}
+            ["apply", "-k", dir] => {
+                let dir = dir.strip_prefix("deploy/").expect("a deploy/ directory");
+                let w = workload(&typed(kustomize(dir)?));
+                let serves_dns = !switchboard::config::parse_file_config(&w.config)
+                    .unwrap()
+                    .dns
+                    .unwrap_or_default()
+                    .is_empty();
+                for _ in 0..3 {
+                    pods.push(Pod {
+                        owner: w.id.clone(),
+                        labels: w.labels.clone(),
+                        ready: false,
+                        serves_dns,
+                    });
+                }
+            }
+            ["rollout", "status", id] => {
+                let mut found = false;
+                for p in pods.iter_mut().filter(|p| p.owner == *id) {
+                    p.ready = true;
+                    found = true;
+                }
+                assert!(found, "`{line}`: no pods of {id} in the model");
+            }
+            ["scale", "deployment/coredns", "--replicas=0"] | ["delete", "deployment/coredns"] => {
+                pods.retain(|p| p.owner != "deployment/coredns")
+            }
+            ["delete", "daemonset/kube-proxy"] => {}
+            _ => panic!("`{line}`: the hand-over model does not know this command"),
+        }
+        let endpoints: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.ready && selects(&kube_dns, &p.labels))
+            .collect();
+        assert!(
+            !endpoints.is_empty(),
+            "after `{line}` kube-dns has no ready endpoint"
+        );
+        assert!(
+            endpoints.iter().all(|p| p.serves_dns),
+            "after `{line}` kube-dns sends queries to a pod that does not serve DNS"
+        );
+    }
+    assert!(ran >= 3, "too few kubectl commands in:\n{block}");
+    Some(
+        pods.iter()
+            .filter(|p| p.ready && selects(&kube_dns, &p.labels))
+            .map(|p| p.owner.clone())
+            .collect(),
+    )
+}
+
+/// The first ```sh block after the heading `## HEADING` in deploy/README.md.
+fn readme_block(heading: &str) -> String {
+    let readme = std::fs::read_to_string(repo_dir("deploy/README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with(heading))
+        .unwrap_or_else(|| panic!("no section {heading:?} in deploy/README.md"));
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no sh block in {heading:?}"));
+    block.split("```").next().unwrap().to_string()
+}
+
+#[test]
+fn hand_over_from_coredns_keeps_kube_dns_answering() {
+    let block = readme_block("Hand-over from CoreDNS");
+    let Some(end) = hand_over(&block) else {
+        return;
+    };
+    assert_eq!(
+        end,
+        BTreeSet::from(["deployment/switchboard-dns".to_string()])
+    );
+}
+
+#[test]
+fn hand_over_from_kube_proxy_keeps_kube_dns_answering() {
+    let block = readme_block("Hand-over from kube-proxy");
+    assert!(block.contains("deploy/variants/kube-proxy"), "{block}");
+    let Some(end) = hand_over(&block) else {
+        return;
+    };
+    assert_eq!(end, BTreeSet::from(["deployment/coredns".to_string()]));
+    // The all variant in its place, then CoreDNS scaled down as the README says.
+    let all = block.replace("deploy/variants/kube-proxy", "deploy/variants/all")
+        + "kubectl -n kube-system scale deployment/coredns --replicas=0\n";
+    let end = hand_over(&all).unwrap();
+    assert_eq!(end, BTreeSet::from(["daemonset/switchboard".to_string()]));
+}
+
+/// A real kube-apiserver (envtest) accepts every variant and kube-dns/service.yaml as they
+/// render, with strict field validation (server-side apply, dry run: nothing is created). It has
+/// no kubelet or controllers, so nothing runs; what it adds to the typed checks above is the
+/// API server's own validation (names, label syntax, port ranges, selectors, the ClusterIP in
+/// the service range); admission of pods (priority classes, the ServiceAccount) is not reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_api_server_accepts_every_variant() {
+    let Some(env) = envtest::EnvTest::start("a_real_api_server_accepts_every_variant").await else {
+        return;
+    };
+    let mut rendered: Vec<(String, String)> = Vec::new();
+    for dir in VARIANTS.iter().map(|v| v.dir).chain(["kube-dns"]) {
+        let text = if dir == "kube-dns" {
+            std::fs::read_to_string(repo_dir("deploy/kube-dns/service.yaml")).unwrap()
+        } else {
+            let Ok(out) = std::process::Command::new("kubectl")
+                .args(["kustomize"])
+                .arg(repo_dir(&format!("deploy/{dir}")))
+                .output()
+            else {
+                assert!(
+                    std::env::var(REQUIRE_TOOLS).is_err(),
+                    "kubectl cannot run ({REQUIRE_TOOLS} is set)"
+                );
+                return;
+            };
+            String::from_utf8(out.stdout).unwrap()
+        };
+        rendered.push((dir.to_string(), text));
+    }
+    for (dir, text) in rendered {
+        let mut child = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(env.kubeconfig())
+            .args([
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "--validate=strict",
+                "-f",
+                "-",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "deploy/{dir}: the API server refused it:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let objects = text.matches("\nkind: ").count() + usize::from(text.starts_with("kind: "));
+        assert_eq!(
+            stdout.matches("(server dry run)").count(),
+            objects,
+            "deploy/{dir}: every object applied:\n{stdout}"
+        );
+    }
+}
+
+/// The variants, the Dockerfile and scripts/image.sh name the same registry and version.
+#[test]
+fn images_are_what_the_recipe_builds() {
+    let script = std::fs::read_to_string(repo_dir("scripts/image.sh")).unwrap();
+    assert!(
+        script.contains(&format!("IMAGE_REGISTRY=${{IMAGE_REGISTRY:-{REGISTRY}}}")),
+        "scripts/image.sh's default registry is not {REGISTRY}"
+    );
+    let dockerfile = std::fs::read_to_string(repo_dir("Dockerfile")).unwrap();
+    assert!(dockerfile.contains(&format!("{REGISTRY}/switchboard:{} .", version())));
+    assert!(dockerfile.contains("FROM debian:bookworm-slim AS slim"));
+    for v in &VARIANTS {
+        let text =
+            std::fs::read_to_string(repo_dir(&format!("deploy/{}/kustomization.yaml", v.dir)))
+                .unwrap();
+        let k: Value = serde_yaml::from_str(&text).unwrap();
+        let image = &k["images"][0];
+        assert_eq!(image["name"], "switchboard", "{}", v.dir);
+        assert_eq!(
+            image["newName"],
+            format!("{REGISTRY}/switchboard"),
+            "{}",
+            v.dir
+        );
+        let slim = if v.l4 { "" } else { "-slim" };
+        assert_eq!(image["newTag"], format!("{}{slim}", version()), "{}", v.dir);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
