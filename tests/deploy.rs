@@ -152,8 +152,10 @@ fn namespace(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) 
 // ---------------------------------------------------------------------------------------------
 // deploy/: a kustomize tree, rendered with `kubectl kustomize`
 
-/// Set to `1` (as `.ci/run` does) to make a test that needs kubectl fail instead of skipping.
-const REQUIRE_TOOLS: &str = "SWITCHBOARD_REQUIRE_TOOLS";
+/// Set to `1` (as `.ci/run` does where the machine has kubectl) to make a test that needs
+/// kubectl fail instead of skipping. kubectl comes with the machine image, not from Debian's
+/// packages, so `scripts/setup.sh` cannot install it where it is missing.
+const REQUIRE_KUBECTL: &str = "SWITCHBOARD_REQUIRE_KUBECTL";
 
 /// The registry the recipe (scripts/image.sh, Dockerfile) and the variants name.
 const REGISTRY: &str = "ghcr.io/switchboard";
@@ -177,7 +179,7 @@ spec:
 ";
 
 /// `kubectl kustomize deploy/DIR`, parsed; `None` where kubectl is missing (said on stderr, or
-/// a failure under SWITCHBOARD_REQUIRE_TOOLS=1).
+/// a failure under SWITCHBOARD_REQUIRE_KUBECTL=1).
 fn kustomize(dir: &str) -> Option<Vec<Document>> {
     let out = match std::process::Command::new("kubectl")
         .args(["kustomize", "--load-restrictor", "LoadRestrictionsRootOnly"])
@@ -187,8 +189,8 @@ fn kustomize(dir: &str) -> Option<Vec<Document>> {
         Ok(out) => out,
         Err(e) => {
             let why = format!("kubectl (with its built-in kustomize) cannot run: {e}");
-            if std::env::var(REQUIRE_TOOLS).is_ok_and(|v| v == "1") {
-                panic!("{why} ({REQUIRE_TOOLS}=1 makes this a failure, not a skip)");
+            if std::env::var(REQUIRE_KUBECTL).is_ok_and(|v| v == "1") {
+                panic!("{why} ({REQUIRE_KUBECTL}=1 makes this a failure, not a skip)");
             }
             use std::io::Write;
             let _ = writeln!(
@@ -885,8 +887,8 @@ async fn a_real_api_server_accepts_every_variant() {
                 .output()
             else {
                 assert!(
-                    std::env::var(REQUIRE_TOOLS).is_err(),
-                    "kubectl cannot run ({REQUIRE_TOOLS} is set)"
+                    std::env::var(REQUIRE_KUBECTL).is_err(),
+                    "kubectl cannot run ({REQUIRE_KUBECTL} is set)"
                 );
                 return;
             };
