@@ -3,15 +3,17 @@
 cluster into the kernel and keeps it there (root needed).
 
 A node namespace holds switchboard with a synthetic cluster of 10,000 Services of 10 endpoints
-each (`bench-gen cluster`, one manifest per Service), plus one probe Service whose endpoints are
+each, served by the test API server (`bench-gen api`, in the node namespace; `--source files`:
+one manifest per Service instead), plus one probe Service, from a manifest, whose endpoints are
 real: backend pod namespaces answering HTTP on 8080. A client pod namespace connects to the
 probe's ClusterIP. Measured, per round (a fresh process each round):
 
 - start → first correctly forwarded connection: from spawning switchboard until the client's
   HTTP request to the probe's ClusterIP is answered by the backend (the client retries every
   10 ms from before the start);
-- the first full table: the first sync's time (`l4: synced ... seconds=` in switchboard's log:
-  computing every verdict and chain, and one `nft -f` transaction that loads them);
+- the first full table: the time of the sync that installs it once every source has synced
+  (`l4: synced ... seconds=` in switchboard's log: computing every verdict and chain, and one
+  `nft -f` transaction that loads them);
 - one EndpointSlice change of the probe, from its manifest being read to the kernel holding it
   (the sync's own time, from the same log line, with what carried it):
   - an endpoint replaced (same number of endpoints: only map elements change → netlink);
@@ -153,15 +155,23 @@ def probe_pick():
     return m[2], int(m[1] or 0)
 
 
-def one_round(a, wd, manifests, rnd):
+def one_round(a, wd, source_args, probe_dir, rnd):
     backends = [ip for _, ip in l4.BACKENDS]
-    probe_manifest(manifests, backends[:1])
+    probe_manifest(probe_dir, backends[:1])
+    api = None
+    if a.source == "api":
+        api = subprocess.Popen(["ip", "netns", "exec", l4.NODE, B.GEN, "api", "--services",
+                                str(a.services), "--endpoints", str(a.endpoints),
+                                "--headless-every", "5000", "--kubeconfig", wd / "kubeconfig"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if api.stdout.readline().strip() != "ready":
+            raise RuntimeError("bench-gen api did not start")
     client = subprocess.Popen(["ip", "netns", "exec", l4.CLIENT, "python3", "-c", CLIENT,
                                PROBE_VIP, "180"], stdout=subprocess.PIPE, text=True)
     assert client.stdout.readline().strip() == "waiting"
     t0 = time.monotonic()
     p = B.Proc(f"switchboard-l4prog-{rnd}",
-               ["ip", "netns", "exec", l4.NODE, B.BIN, "run", "--manifests", manifests,
+               ["ip", "netns", "exec", l4.NODE, B.BIN, "run", *source_args,
                 "--l4", "nftables", "--node-name", "node-1", "--admin", "127.0.0.1:0",
                 "--upstream", "127.0.0.1:9",
                 "--log", "warn,switchboard=info,proxy::l4::sync=debug"],
@@ -172,14 +182,16 @@ def one_round(a, wd, manifests, rnd):
         if not line or line[0] != "ok":
             raise RuntimeError(f"the probe was never forwarded:\n{p.text()[-3000:]}")
         first_forward = float(line[1]) - t0
-        first = wait_sync(p, 0)
+        full = re.compile(r"installing the full table generation=(\d+)")
+        B.wait_for(lambda: full.search(p.text()), 60, "the full table", p)
+        first = wait_sync(p, int(full.search(p.text())[1]) - 1)
         r = {"first_forward_s": first_forward, "first_sync_s": first[1],
              "chains": int(first[4] or 0), "changes": []}
         B.log(f"l4prog round {rnd + 1}: forwarded after {first_forward:.2f} s, first sync "
               f"{first[1]:.3f} s ({r['chains']} chains)")
         gen = max(s[0] for s in synced(p))
         # Two endpoints: the probe gets a pick (a rule change, nft).
-        probe_manifest(manifests, backends[:2])
+        probe_manifest(probe_dir, backends[:2])
         gen = wait_sync(p, gen)[0]
         plan = []
         for i in range(a.changes):
@@ -188,7 +200,7 @@ def one_round(a, wd, manifests, rnd):
             plan.append(("resize", backends[:3] if i % 2 == 0 else backends[:2]))
         for kind, eps in plan:
             time.sleep(0.05)
-            probe_manifest(manifests, eps)
+            probe_manifest(probe_dir, eps)
             s = wait_sync(p, gen)
             gen = s[0]
             r["changes"].append({"kind": kind, "ms": s[1] * 1000, "via": s[3],
@@ -199,6 +211,9 @@ def one_round(a, wd, manifests, rnd):
     finally:
         client.kill()
         p.stop()
+        if api:
+            api.stdin.close()
+            api.wait(timeout=30)
         l4.nsx(l4.NODE, "nft", "delete", "table", "inet", "switchboard", check=False)
 
 
@@ -208,12 +223,18 @@ def run(a):
     if not B.BIN.exists():
         return {"skip": "target/release/switchboard not built"}
     wd = B.WORK / "l4prog"
-    gen = B.GEN
-    B.log(f"l4prog: generating {a.services} services × {a.endpoints} endpoints")
-    subprocess.run([gen, "cluster", "--services", str(a.services), "--endpoints",
-                    str(a.endpoints), "--headless-every", "5000", "--queries", "10",
-                    "--out", wd / "cluster"], check=True, capture_output=True)
-    manifests = wd / "cluster" / "manifests"
+    wd.mkdir(parents=True, exist_ok=True)
+    if a.source == "files":
+        B.log(f"l4prog: generating {a.services} services × {a.endpoints} endpoints")
+        subprocess.run([B.GEN, "cluster", "--services", str(a.services), "--endpoints",
+                        str(a.endpoints), "--headless-every", "5000", "--queries", "10",
+                        "--out", wd / "cluster"], check=True, capture_output=True)
+        probe_dir = wd / "cluster" / "manifests"
+        source_args = ["--manifests", probe_dir]
+    else:
+        probe_dir = wd / "probe"
+        probe_dir.mkdir(parents=True, exist_ok=True)
+        source_args = ["--kubeconfig", wd / "kubeconfig", "--manifests", probe_dir]
     results = {"args": vars(a), "machine": B.machine(), "build": B.build_info(),
                "nft": B.pkg_version("nftables"), "rounds": []}
     try:
@@ -222,7 +243,7 @@ def run(a):
                                              "python3", "-c", BACKEND, name],
                         wd / f"backend-{name}.log") for name, _ in l4.BACKENDS]
         for rnd in range(a.runs):
-            results["rounds"].append(one_round(a, wd, manifests, rnd))
+            results["rounds"].append(one_round(a, wd, source_args, probe_dir, rnd))
             B.save_results("l4prog", results)
         for pr in procs:
             pr.stop()
@@ -242,10 +263,12 @@ def summarize(results):
     lines = [
         "## L4: programming at scale (kernel path)", "",
         B.machine_line(results["machine"], f" · nft {results.get('nft') or '?'}"), "",
-        f"Command: `bench/run l4prog`, as root (services={a['services']}, "
+        f"Command: `bench/run l4prog`, as root (source={a.get('source', 'files')}, "
+        f"services={a['services']}, "
         f"endpoints={a['endpoints']} each, runs={a['runs']}, changes={a['changes']} of each "
-        "kind per run). A fresh switchboard process per run, in a node namespace; one "
-        "manifest per Service; a probe Service with real backends that a client pod "
+        "kind per run). A fresh switchboard process per run, in a node namespace, reading the "
+        "Services from the project's test API server (source=api) or from one manifest per "
+        "Service (source=files); a probe Service with real backends that a client pod "
         "namespace connects to (see `bench/l4prog/run.py`).", "",
         "| what | median (min–max) | carried by |", "|---|---|---|",
         f"| start → first correctly forwarded connection | "
@@ -273,6 +296,7 @@ def main():
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--changes", type=int, default=10)
+    ap.add_argument("--source", choices=["api", "files"], default="api")
     B.docs_args(ap)
     a = ap.parse_args()
     B.run_part("l4prog", a, run, summarize)

@@ -6,6 +6,7 @@
 //!   (zone files, Unbound local-data, dnsmasq hosts/config), and a dnsperf query file in a stated
 //!   mix, plus `checks.jsonl`, the answers every server must give before it is timed.
 //! - `bench-gen propagation`: the change-to-answer benchmark (see `propagation.rs`).
+//! - `bench-gen api`: a synthetic cluster served by the test API server, for `bench/l4prog`.
 //!
 //! Every address is data only: ClusterIPs in 10.96.0.0/12 and pod IPs in 10.0.0.0/8 are
 //! never sent traffic, only returned in DNS answers.
@@ -40,6 +41,52 @@ enum Cmd {
     Cluster(ClusterArgs),
     /// Time EndpointSlice changes until DNS and the tables show them.
     Propagation(propagation::Args),
+    /// Serve a synthetic cluster from the test API server (`tests/apiserver`) until standard
+    /// input closes: writes a kubeconfig, then prints `ready`.
+    Api(ApiArgs),
+}
+
+#[derive(clap::Args)]
+struct ApiArgs {
+    #[arg(long)]
+    services: usize,
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    #[arg(long, default_value_t = 10)]
+    headless_every: usize,
+    /// Where to write the kubeconfig that names the server.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+}
+
+fn api(a: ApiArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let spec = SynthSpec {
+        services: a.services,
+        endpoints_per_service: a.endpoints,
+        namespaces: a.services.clamp(1, 100),
+        headless_every: a.headless_every,
+    };
+    let c = SynthCluster::generate(&spec);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let server = rt.block_on(apiserver::ApiServer::start(apiserver::Options {
+        gateway_crds: false,
+        ..Default::default()
+    }))?;
+    for (svc, slice) in c.services.iter().zip(&c.slices) {
+        server.apply(objects::service(svc));
+        server.apply(objects::endpoint_slice(slice, svc.headless));
+    }
+    server.write_kubeconfig(&a.kubeconfig)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    drop(server);
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -136,5 +183,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Cluster(a) => cluster(a),
         Cmd::Propagation(a) => propagation::run(a),
+        Cmd::Api(a) => api(a),
     }
 }
