@@ -52,9 +52,18 @@ pub enum ClientError {
     Client(#[from] kube::Error),
 }
 
-/// A client from `kubeconfig`, else `$KUBECONFIG` / `~/.kube/config`, else in-cluster.
+/// The `User-Agent` of every request switchboard makes to the API server, as client-go
+/// programs send `NAME/VERSION`, so API server logs, audit events and priority-and-fairness
+/// rules can tell switchboard's requests apart.
+pub const USER_AGENT: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));
+
+/// The field manager of every write (status patches, the Lease), as `managedFields` shows it.
+pub const FIELD_MANAGER: &str = "switchboard";
+
+/// A client from `kubeconfig`, else `$KUBECONFIG` / `~/.kube/config`, else in-cluster; every
+/// request it makes carries [`USER_AGENT`].
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 ClientError::Kubeconfig {
@@ -71,6 +80,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
         }
         None => kube::Config::infer().await?,
     };
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
     Ok(Client::try_from(config)?)
 }
 
