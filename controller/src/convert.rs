@@ -547,6 +547,8 @@ pub fn gateway(g: &gw::Gateway, default_namespace: &str) -> Result<m::Gateway> {
                     )
                 })
                 .collect(),
+            allowed_namespaces: allowed_namespaces(l),
+            allows_http_route: allows_http_route(l),
         });
     }
     Ok(m::Gateway {
@@ -555,6 +557,33 @@ pub fn gateway(g: &gw::Gateway, default_namespace: &str) -> Result<m::Gateway> {
         class_name: g.spec.gateway_class_name.clone(),
         listeners,
     })
+}
+
+/// A listener's `allowedRoutes.namespaces.from`; an unknown value admits nothing, as `Selector`.
+pub fn allowed_namespaces(l: &gw::Listener) -> m::RouteNamespaces {
+    let from = l
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+        .and_then(|n| n.from.as_deref());
+    match from {
+        None | Some("Same") => m::RouteNamespaces::Same,
+        Some("All") => m::RouteNamespaces::All,
+        Some(_) => m::RouteNamespaces::Selector,
+    }
+}
+
+/// Whether a listener's `allowedRoutes.kinds` admits HTTPRoute (an empty list does).
+pub fn allows_http_route(l: &gw::Listener) -> bool {
+    let kinds = l.allowed_routes.iter().flat_map(|a| &a.kinds);
+    let mut any = false;
+    for k in kinds {
+        any = true;
+        if k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == gw::GROUP) {
+            return true;
+        }
+    }
+    !any
 }
 
 /// A Gateway API duration (`1h30m`, `500ms`, `10s`) in milliseconds.

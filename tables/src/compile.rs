@@ -414,11 +414,11 @@ pub fn compile_http<'a>(
             let Some(gw) = our_gateways.get(&(ns, parent.name.as_str())) else {
                 continue;
             };
-            for l in gw.listeners.iter().filter(|l| {
-                parent.section_name.as_deref().is_none_or(|s| s == l.name)
-                    && parent.port.is_none_or(|p| p == l.port)
-                    && matches!(l.protocol.as_str(), "HTTP" | "HTTPS")
-            }) {
+            for l in gw
+                .listeners
+                .iter()
+                .filter(|l| parent_selects(parent, l) && listener_admits(gw, l, &route.namespace))
+            {
                 // The Gateway API's hostname intersection of listener and route.
                 let served: Option<Vec<String>> = match (&l.hostname, route_hosts.is_empty()) {
                     (None, true) => None,
@@ -486,6 +486,30 @@ pub fn compile_http<'a>(
         }
     }
     table
+}
+
+/// Whether a parentRef's `sectionName` and `port` select listener `l` of its Gateway.
+pub fn parent_selects(parent: &ParentRef, l: &GatewayListener) -> bool {
+    parent.section_name.as_deref().is_none_or(|s| s == l.name)
+        && parent.port.is_none_or(|p| p == l.port)
+}
+
+/// Whether listener `l` of `gw` takes HTTPRoutes from `route_namespace`: an HTTP or HTTPS
+/// listener whose `allowedRoutes` admit the kind and the namespace (`Same` is the default;
+/// `Selector` admits none, as Namespace labels are not read).
+pub fn listener_admits(gw: &Gateway, l: &GatewayListener, route_namespace: &str) -> bool {
+    is_http_listener(l)
+        && l.allows_http_route
+        && match l.allowed_namespaces {
+            RouteNamespaces::Same => gw.namespace == route_namespace,
+            RouteNamespaces::All => true,
+            RouteNamespaces::Selector => false,
+        }
+}
+
+/// HTTP and HTTPS listeners carry HTTPRoutes; other protocols are not served.
+pub fn is_http_listener(l: &GatewayListener) -> bool {
+    matches!(l.protocol.as_str(), "HTTP" | "HTTPS")
 }
 
 /// Compiles the certificates of our Ingresses' `tls` entries and our Gateways' HTTPS listeners.

@@ -409,6 +409,22 @@ pub struct GatewayListener {
     pub protocol: String,
     /// `tls.certificateRefs[]` as (namespace, name) of Secrets.
     pub certificate_refs: Vec<(String, String)>,
+    /// `allowedRoutes.namespaces.from`.
+    pub allowed_namespaces: RouteNamespaces,
+    /// Whether `allowedRoutes.kinds` admits HTTPRoute (an empty list does, for HTTP and HTTPS).
+    pub allows_http_route: bool,
+}
+
+/// Which namespaces' routes a Gateway listener accepts (`allowedRoutes.namespaces.from`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RouteNamespaces {
+    /// The Gateway's own namespace (the Gateway API default).
+    #[default]
+    Same,
+    All,
+    /// Namespaces matching a label selector: Namespace objects are not read, so such a
+    /// listener accepts no routes (and says so in its routes' status).
+    Selector,
 }
 
 #[derive(Clone, Debug, PartialEq, Default)]
