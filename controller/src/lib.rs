@@ -20,6 +20,7 @@ pub mod health;
 pub mod kubernetes;
 pub mod metrics;
 pub mod parse;
+pub mod status;
 
 use std::collections::BTreeSet;
 use std::time::Instant;
