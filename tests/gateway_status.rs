@@ -180,7 +180,15 @@ spec:
 /// The API server under test: the project's own, or a real kube-apiserver.
 enum Cluster {
     Test(ApiServer, tempfile::TempDir),
-    Real(Box<envtest::EnvTest>, kube::Client),
+    /// The kube-apiserver, an admin client for the test, and a directory holding the
+    /// kubeconfig switchboard runs with: as its ServiceAccount, so with deploy/base/rbac.yaml's
+    /// permissions only.
+    Real(
+        #[allow(dead_code)] // held for its Drop, which stops the API server
+        Box<envtest::EnvTest>,
+        kube::Client,
+        tempfile::TempDir,
+    ),
 }
 
 fn resource(api_version: &str, kind: &str) -> (ApiResource, bool) {
@@ -189,6 +197,8 @@ fn resource(api_version: &str, kind: &str) -> (ApiResource, bool) {
         "Namespace" => ("namespaces", false),
         "GatewayClass" => ("gatewayclasses", false),
         "CustomResourceDefinition" => ("customresourcedefinitions", false),
+        "ClusterRole" => ("clusterroles", false),
+        "ClusterRoleBinding" => ("clusterrolebindings", false),
         "HTTPRoute" => ("httproutes", true),
         "ReferenceGrant" => ("referencegrants", true),
         "Ingress" => ("ingresses", true),
@@ -205,12 +215,12 @@ impl Cluster {
     fn kubeconfig(&self) -> PathBuf {
         match self {
             Cluster::Test(_, dir) => dir.path().join("kubeconfig"),
-            Cluster::Real(env, _) => env.kubeconfig().to_path_buf(),
+            Cluster::Real(_, _, dir) => dir.path().join("kubeconfig"),
         }
     }
 
     fn api(&self, api_version: &str, kind: &str, ns: Option<&str>) -> Api<DynamicObject> {
-        let Cluster::Real(_, client) = self else {
+        let Cluster::Real(_, client, _) = self else {
             unreachable!()
         };
         let (ar, namespaced) = resource(api_version, kind);
@@ -719,8 +729,29 @@ async fn status_against_kube_apiserver() {
         return;
     };
     let client = env.client().await;
-    let c = Cluster::Real(Box::new(env), client.clone());
+    // switchboard runs as its ServiceAccount (the admin impersonates it), so everything it
+    // does must be allowed by deploy/base/rbac.yaml.
+    let dir = tempfile::tempdir().unwrap();
+    let mut kc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(env.kubeconfig()).unwrap()).unwrap();
+    for user in kc["users"].as_sequence_mut().unwrap() {
+        user["user"]["as"] = "system:serviceaccount:kube-system:switchboard".into();
+    }
+    std::fs::write(
+        dir.path().join("kubeconfig"),
+        serde_yaml::to_string(&kc).unwrap(),
+    )
+    .unwrap();
+    let c = Cluster::Real(Box::new(env), client.clone(), dir);
     c.apply(CRDS).await;
+    c.apply(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/base/rbac.yaml"
+        ))
+        .unwrap(),
+    )
+    .await;
     // The CRDs are served once their kinds can be listed.
     for kind in ["GatewayClass", "Gateway", "HTTPRoute"] {
         let api = c.api(GW, kind, None);

@@ -190,6 +190,7 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
             client,
             metrics,
             now: now(),
+            warned: Default::default(),
         };
         if ingresses.ready() {
             let desired = ingress::desired(&ingresses.state(), &cfg.ingress_class, &addresses);
@@ -277,6 +278,9 @@ struct Writes<'a> {
     client: &'a Client,
     metrics: &'a StatusMetrics,
     now: String,
+    /// A failed write was logged at warn this round; the rest go to debug (a missing
+    /// permission fails every write alike).
+    warned: AtomicBool,
 }
 
 impl Writes<'_> {
@@ -299,8 +303,13 @@ impl Writes<'_> {
             Err(e) if label == "conflict" => {
                 tracing::debug!(object = what, error = %e, "status write conflicted; retrying after the next change")
             }
+            Err(e) if !self.warned.swap(true, Ordering::Relaxed) => tracing::warn!(
+                object = what,
+                error = %e,
+                "cannot write status; retrying later (further failures this round at debug)"
+            ),
             Err(e) => {
-                tracing::warn!(object = what, error = %e, "cannot write status; retrying later")
+                tracing::debug!(object = what, error = %e, "cannot write status; retrying later")
             }
         }
     }
