@@ -9,7 +9,8 @@
 //! `NotAllowedByListeners`, `NoMatchingListenerHostname`) and `ResolvedRefs`
 //! (`BackendNotFound`, `RefNotPermitted`, `InvalidKind`), another controller's entry kept;
 //! a ReferenceGrant granting and then revoking a cross-namespace backend; Ingress
-//! `loadBalancer`; no second write for an unchanged status; the leader hand-over.
+//! `loadBalancer`; no second write for an unchanged status; the leader hand-over, both when
+//! the leader stops (it gives the Lease up) and when it is killed (the Lease expires).
 
 mod common;
 #[path = "envtest/mod.rs"]
@@ -402,6 +403,21 @@ fn listener<'a>(gw: &'a Value, name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
+/// Route apps/cross (a backendRef into `backends`): resolved while the grant exists.
+async fn cross_resolves(c: &Cluster, granted: bool) {
+    let resolved = if granted {
+        ("True", "ResolvedRefs")
+    } else {
+        ("False", "RefNotPermitted")
+    };
+    route_is(c, "apps", "cross", ("True", "Accepted"), resolved).await;
+}
+
+async fn revoke_grant(c: &Cluster) {
+    let (av, kind) = ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant");
+    c.delete(av, kind, "backends", "routes-to-api").await;
+}
+
 async fn switchboard(c: &Cluster, pod: &str) -> Switchboard {
     let kc = c.kubeconfig();
     Switchboard::start_with_env(
@@ -426,15 +442,14 @@ async fn writes(sb: &Switchboard) -> f64 {
         .sum()
 }
 
+/// The Lease that elects the status writer.
+async fn lease(c: &Cluster) -> Option<Value> {
+    let (av, ns) = ("coordination.k8s.io/v1", "kube-system");
+    c.get(av, "Lease", ns, "switchboard-status").await
+}
+
 async fn lease_holder(c: &Cluster) -> Option<String> {
-    let lease = c
-        .get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            "kube-system",
-            "switchboard-status",
-        )
-        .await?;
+    let lease = lease(c).await?;
     lease["spec"]["holderIdentity"].as_str().map(String::from)
 }
 
@@ -534,14 +549,7 @@ async fn scenario(c: Cluster) {
         ("False", "InvalidKind"),
     )
     .await;
-    route_is(
-        &c,
-        "apps",
-        "cross",
-        ("True", "Accepted"),
-        ("False", "RefNotPermitted"),
-    )
-    .await;
+    cross_resolves(&c, false).await;
     route_is(
         &c,
         "other",
@@ -675,43 +683,27 @@ async fn scenario(c: Cluster) {
 
     // ReferenceGrant: granted, then revoked.
     c.apply(GRANT).await;
-    route_is(
-        &c,
-        "apps",
-        "cross",
-        ("True", "Accepted"),
-        ("True", "ResolvedRefs"),
-    )
-    .await;
-    c.delete(
-        "gateway.networking.k8s.io/v1beta1",
-        "ReferenceGrant",
-        "backends",
-        "routes-to-api",
-    )
-    .await;
-    route_is(
-        &c,
-        "apps",
-        "cross",
-        ("True", "Accepted"),
-        ("False", "RefNotPermitted"),
-    )
-    .await;
+    cross_resolves(&c, true).await;
+    revoke_grant(&c).await;
+    cross_resolves(&c, false).await;
 
     // Hand-over: the leader stops (and gives the Lease up); the standby takes over and writes.
     assert_eq!(b.metric("switchboard_leader").await, Some(0.0));
     a.terminate();
     wait_leader(&b, &c, "sb-b").await;
     c.apply(GRANT).await;
-    route_is(
-        &c,
-        "apps",
-        "cross",
-        ("True", "Accepted"),
-        ("True", "ResolvedRefs"),
-    )
-    .await;
+    cross_resolves(&c, true).await;
+
+    // A leader that dies without giving the Lease up (SIGKILL): a standby takes over once the
+    // Lease has not been renewed for its duration (3 s here), and writes.
+    let c_sb = switchboard(&c, "sb-c").await;
+    assert_eq!(c_sb.metric("switchboard_leader").await, Some(0.0));
+    drop(b); // kills the process
+    wait_leader(&c_sb, &c, "sb-c").await;
+    revoke_grant(&c).await;
+    cross_resolves(&c, false).await;
+    let lease = lease(&c).await.unwrap();
+    assert_eq!(lease["spec"]["leaseTransitions"], 2, "{lease}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

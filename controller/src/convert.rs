@@ -44,6 +44,7 @@ pub enum ApiObject {
     GatewayClass(Box<gw::GatewayClass>),
     /// Only `kubernetes.io/tls` Secrets are read (see `is_tls_secret`).
     Secret(Box<core::Secret>),
+    ReferenceGrant(Box<gw::ReferenceGrant>),
 }
 
 /// Converts any supported object. `default_namespace` fills an absent `metadata.namespace`
@@ -59,6 +60,9 @@ pub fn convert(obj: &ApiObject, default_namespace: &str) -> Result<m::Object> {
         ApiObject::Gateway(o) => m::Object::Gateway(gateway(o, default_namespace)?),
         ApiObject::GatewayClass(o) => m::Object::GatewayClass(gateway_class(o)?),
         ApiObject::Secret(o) => m::Object::Secret(tls_secret(o, default_namespace)?),
+        ApiObject::ReferenceGrant(o) => {
+            m::Object::ReferenceGrant(reference_grant(o, default_namespace)?)
+        }
     })
 }
 
@@ -556,6 +560,30 @@ pub fn gateway(g: &gw::Gateway, default_namespace: &str) -> Result<m::Gateway> {
         name,
         class_name: g.spec.gateway_class_name.clone(),
         listeners,
+    })
+}
+
+/// gateway.networking.k8s.io/v1beta1 ReferenceGrant.
+pub fn reference_grant(
+    g: &gw::ReferenceGrant,
+    default_namespace: &str,
+) -> Result<tables::grants::ReferenceGrant> {
+    let (namespace, name) = meta(&g.metadata, default_namespace)?;
+    Ok(tables::grants::ReferenceGrant {
+        namespace,
+        name,
+        from: g
+            .spec
+            .from
+            .iter()
+            .map(|f| (f.group.clone(), f.kind.clone(), f.namespace.clone()))
+            .collect(),
+        to: g
+            .spec
+            .to
+            .iter()
+            .map(|t| (t.group.clone(), t.kind.clone(), t.name.clone()))
+            .collect(),
     })
 }
 

@@ -310,6 +310,7 @@ fn typed_doc(api_version: &str, kind: &str, doc: &Doc) -> Result<Option<ApiObjec
             "HTTPRoute" => ApiObject::HttpRoute(Box::new(doc.typed()?)),
             "Gateway" => ApiObject::Gateway(Box::new(doc.typed()?)),
             "GatewayClass" => ApiObject::GatewayClass(Box::new(doc.typed()?)),
+            "ReferenceGrant" => ApiObject::ReferenceGrant(Box::new(doc.typed()?)),
             _ => return Ok(None),
         },
         _ => return Ok(None),
@@ -340,6 +341,7 @@ fn typed_from_value(
             "HTTPRoute" => ApiObject::HttpRoute(Box::new(de(v)?)),
             "Gateway" => ApiObject::Gateway(Box::new(de(v)?)),
             "GatewayClass" => ApiObject::GatewayClass(Box::new(de(v)?)),
+            "ReferenceGrant" => ApiObject::ReferenceGrant(Box::new(de(v)?)),
             _ => return Ok(None),
         },
         _ => return Ok(None),
@@ -359,6 +361,7 @@ fn api_object_kind(o: &ApiObject) -> &'static str {
         ApiObject::Gateway(_) => "Gateway",
         ApiObject::GatewayClass(_) => "GatewayClass",
         ApiObject::Secret(_) => "Secret",
+        ApiObject::ReferenceGrant(_) => "ReferenceGrant",
     }
 }
 
@@ -371,6 +374,7 @@ fn api_object_name(o: &ApiObject) -> (String, String) {
         ApiObject::Gateway(x) => &x.metadata,
         ApiObject::GatewayClass(x) => &x.metadata,
         ApiObject::Secret(x) => &x.metadata,
+        ApiObject::ReferenceGrant(x) => &x.metadata,
     };
     (
         m.namespace

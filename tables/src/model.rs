@@ -20,10 +20,12 @@ pub enum Kind {
     GatewayClass,
     /// Only `kubernetes.io/tls` Secrets.
     Secret,
+    /// `gateway.networking.k8s.io/v1beta1`: allows cross-namespace references.
+    ReferenceGrant,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
@@ -31,6 +33,7 @@ impl Kind {
         Kind::Gateway,
         Kind::GatewayClass,
         Kind::Secret,
+        Kind::ReferenceGrant,
     ];
 
     /// The Kubernetes `kind` string.
@@ -43,6 +46,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::GatewayClass => "GatewayClass",
             Kind::Secret => "Secret",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 }
@@ -113,6 +117,7 @@ pub enum Object {
     Gateway(Gateway),
     GatewayClass(GatewayClass),
     Secret(TlsSecret),
+    ReferenceGrant(crate::grants::ReferenceGrant),
 }
 
 impl Object {
@@ -125,6 +130,7 @@ impl Object {
             Object::Gateway(o) => (Kind::Gateway, &o.namespace, &o.name),
             Object::GatewayClass(o) => (Kind::GatewayClass, &String::new(), &o.name),
             Object::Secret(o) => (Kind::Secret, &o.namespace, &o.name),
+            Object::ReferenceGrant(o) => (Kind::ReferenceGrant, &o.namespace, &o.name),
         };
         ObjectKey::new(kind, ns, name)
     }

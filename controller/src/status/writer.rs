@@ -213,8 +213,12 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
         {
             let svc_names = names(&services.state());
             let secret_names = names(&secrets.state());
-            let grant_list =
-                tables::grants::Grants::new(grants.state().iter().map(|g| slim_grant(g)));
+            let grant_list = tables::grants::Grants::new(
+                grants
+                    .state()
+                    .iter()
+                    .filter_map(|g| crate::convert::reference_grant(g, "default").ok()),
+            );
             let (class_objs, gw_objs, route_objs) =
                 (classes.state(), gateways.state(), routes.state());
             let d = gateway::desired(&World {
@@ -252,25 +256,6 @@ fn names<K: Resource>(objs: &[Arc<K>]) -> BTreeSet<(String, String)> {
     objs.iter()
         .map(|o| (o.namespace().unwrap_or_default(), o.name_any()))
         .collect()
-}
-
-fn slim_grant(g: &gw::ReferenceGrant) -> tables::grants::ReferenceGrant {
-    tables::grants::ReferenceGrant {
-        namespace: g.namespace().unwrap_or_default(),
-        name: g.name_any(),
-        from: g
-            .spec
-            .from
-            .iter()
-            .map(|f| (f.group.clone(), f.kind.clone(), f.namespace.clone()))
-            .collect(),
-        to: g
-            .spec
-            .to
-            .iter()
-            .map(|t| (t.group.clone(), t.kind.clone(), t.name.clone()))
-            .collect(),
-    }
 }
 
 /// One round of writes.
