@@ -766,3 +766,58 @@ async fn status_against_kube_apiserver() {
     .await;
     scenario(c).await;
 }
+
+/// `--publish-service`: the addresses of the Service in front of switchboard go into Ingress
+/// and Gateway status, and follow it when its load balancer address changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_follow_the_published_service() {
+    let api = ApiServer::start(Options::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kc).unwrap();
+    let c = Cluster::Test(api, dir);
+    let published = |ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: front, namespace: kube-system}}\nspec: {{type: LoadBalancer, clusterIP: 10.96.0.50, ports: [{{port: 80}}]}}\nstatus: {{loadBalancer: {{ingress: [{{ip: {ip}}}]}}}}\n"
+        )
+    };
+    c.apply(SCENARIO).await;
+    c.apply(&published("203.0.113.5")).await;
+    let _sb = Switchboard::start_with_env(
+        &[
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--publish-service",
+            "kube-system/front",
+        ],
+        &[("POD_NAME", "sb-p"), ("POD_NAMESPACE", "kube-system")],
+    );
+    for ip in ["203.0.113.5", "203.0.113.6"] {
+        c.apply(&published(ip)).await;
+        eventually(&format!("addresses {ip}"), || async {
+            let ing = c
+                .get("networking.k8s.io/v1", "Ingress", "apps", "ing")
+                .await
+                .ok_or("no Ingress")?;
+            let lb = &ing["status"]["loadBalancer"]["ingress"];
+            if lb != &json!([{ "ip": ip }]) {
+                return Err(format!("Ingress {lb}"));
+            }
+            let gw = c
+                .get(GW, "Gateway", "apps", "gw")
+                .await
+                .ok_or("no Gateway")?;
+            let want = json!([{"type": "IPAddress", "value": ip}]);
+            if gw["status"]["addresses"] != want {
+                return Err(format!("Gateway {}", gw["status"]["addresses"]));
+            }
+            expect(
+                &gw["status"]["conditions"],
+                "Programmed",
+                "True",
+                "Programmed",
+            )
+        })
+        .await;
+    }
+}

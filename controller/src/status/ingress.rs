@@ -76,3 +76,57 @@ pub fn desired(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(yaml: &str) -> Service {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn published_service_addresses_prefer_the_load_balancer() {
+        let lb = service(
+            "metadata: {name: sb, namespace: kube-system}\nspec: {clusterIPs: [10.96.0.9], externalIPs: [192.0.2.7]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.5}, {hostname: lb.example.com}]}}",
+        );
+        assert_eq!(
+            service_addresses(&lb),
+            vec![
+                Address::parse("203.0.113.5"),
+                Address::Hostname("lb.example.com".into())
+            ]
+        );
+        let external = service(
+            "metadata: {name: sb}\nspec: {clusterIPs: [10.96.0.9], externalIPs: [192.0.2.7]}",
+        );
+        assert_eq!(
+            service_addresses(&external),
+            vec![Address::parse("192.0.2.7")]
+        );
+        let cluster = service("metadata: {name: sb}\nspec: {clusterIPs: [10.96.0.9, 'fd00::9']}");
+        assert_eq!(service_addresses(&cluster).len(), 2);
+        let headless = service("metadata: {name: sb}\nspec: {clusterIPs: [None]}");
+        assert!(service_addresses(&headless).is_empty());
+    }
+
+    #[test]
+    fn only_our_ingresses_get_the_addresses() {
+        let ing = |name: &str, class: &str| {
+            Arc::new(
+                serde_yaml::from_str::<Ingress>(&format!(
+                    "metadata: {{name: {name}, namespace: apps}}\nspec: {{ingressClassName: {class}}}"
+                ))
+                .unwrap(),
+            )
+        };
+        let all = [ing("a", "switchboard"), ing("b", "nginx")];
+        let d = desired(&all, "switchboard", &[Address::parse("192.0.2.10")]);
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            d[&("apps".to_string(), "a".to_string())],
+            json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}})
+        );
+        assert!(desired(&all, "switchboard", &[]).is_empty());
+    }
+}
