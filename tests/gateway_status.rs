@@ -29,145 +29,10 @@ const CRDS: &str = include_str!("gateway-api/standard-crds-v1.3.0.yaml");
 const WAIT: Duration = Duration::from_secs(30);
 const OTHER: &str = "example.com/other-controller";
 
-const SCENARIO: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: apps}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: other}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: backends}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: apps}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: api, namespace: backends}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: sb}
-spec: {controllerName: switchboard.dev/gateway}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: theirs}
-spec: {controllerName: example.com/other-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: apps}
-spec:
-  gatewayClassName: sb
-  listeners:
-  - {name: web, port: 80, protocol: HTTP, hostname: "*.example.com"}
-  - {name: open, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
-  - name: secure
-    port: 443
-    protocol: HTTPS
-    hostname: secure.example.com
-    tls: {certificateRefs: [{name: missing-cert}]}
-  - {name: raw, port: 9000, protocol: TCP}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: clash, namespace: apps}
-spec:
-  gatewayClassName: sb
-  listeners:
-  - {name: plain, port: 8443, protocol: HTTP}
-  - name: tls
-    port: 8443
-    protocol: HTTPS
-    tls: {certificateRefs: [{name: missing-cert}]}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: foreign, namespace: apps}
-spec:
-  gatewayClassName: theirs
-  listeners: [{name: web, port: 80, protocol: HTTP}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: ok, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: web}, {name: foreign}]
-  hostnames: [a.example.com]
-  rules: [{backendRefs: [{name: web, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: nohost, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: web}]
-  hostnames: [a.example.org]
-  rules: [{backendRefs: [{name: web, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: nosection, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: nope}]
-  rules: [{backendRefs: [{name: web, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: absent, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: web}]
-  rules: [{backendRefs: [{name: nothere, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: badkind, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: web}]
-  rules: [{backendRefs: [{group: example.com, kind: Bucket, name: b, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: cross, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: web}]
-  rules: [{backendRefs: [{name: api, namespace: backends, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: intruder, namespace: other}
-spec:
-  parentRefs: [{name: gw, namespace: apps, sectionName: web}]
-  rules: [{backendRefs: [{name: web, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: guest, namespace: other}
-spec:
-  parentRefs: [{name: gw, namespace: apps, sectionName: open}]
-  rules: []
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: ing, namespace: apps}
-spec:
-  ingressClassName: switchboard
-  defaultBackend: {service: {name: web, port: {number: 80}}}
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: notours, namespace: apps}
-spec:
-  ingressClassName: nginx
-  defaultBackend: {service: {name: web, port: {number: 80}}}
-"#;
+/// The objects of the scenario: namespaces, Services, our and another controller's
+/// GatewayClass, Gateways (valid, conflicting, unsupported listeners), routes for each reason,
+/// Ingresses of our class and another.
+const SCENARIO: &str = include_str!("gateway-api/status-scenario.yaml");
 
 const GRANT: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1beta1
@@ -501,6 +366,12 @@ async fn scenario(c: Cluster) {
             .ok_or(format!("observedGeneration {seen:?} != {gen:?}"))
     })
     .await;
+    if let Cluster::Real(..) = c {
+        // The vendored CRDs carry bundle-version v1.3.0.
+        let gc = c.get(GW, "GatewayClass", "", "sb").await.unwrap();
+        let conds = &gc["status"]["conditions"];
+        expect(conds, "SupportedVersion", "True", "SupportedVersion").unwrap();
+    }
     let theirs_class = c.get(GW, "GatewayClass", "", "theirs").await.unwrap();
     assert!(
         condition(&theirs_class["status"]["conditions"], "Accepted")

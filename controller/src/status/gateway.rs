@@ -36,6 +36,19 @@ pub struct World<'a> {
     pub secrets: &'a BTreeSet<(String, String)>,
     pub grants: &'a Grants,
     pub addresses: &'a [Address],
+    /// The installed Gateway API bundle version (the CRDs' `bundle-version` annotation), when
+    /// it could be read.
+    pub bundle_version: Option<&'a str>,
+}
+
+/// Whether switchboard works with a Gateway API bundle version: it reads the `v1` API, which
+/// exists from v1.0.0 on (tested with v1.3.0); a version that does not parse counts as
+/// unsupported. Newer minor versions keep `v1` compatible, so they are supported.
+pub fn supported_version(v: &str) -> bool {
+    let mut parts = v.trim_start_matches('v').split(['.', '-']);
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    matches!((major, minor), (Some(m), Some(_)) if m >= 1)
 }
 
 /// The desired status of every object switchboard owns status for, keyed by (namespace, name)
@@ -187,9 +200,37 @@ pub fn desired(w: &World) -> Desired {
         .filter(|c| our_classes.contains(&c.name_any()))
     {
         let g = generation(c.as_ref());
+        let conditions = match w.bundle_version {
+            // Unknown (the CRD could not be read): no SupportedVersion condition.
+            None => vec![cond(
+                "Accepted",
+                true,
+                "Accepted",
+                "handled by switchboard",
+                g,
+            )],
+            Some(v) if supported_version(v) => vec![
+                cond("Accepted", true, "Accepted", "handled by switchboard", g),
+                cond(
+                    "SupportedVersion",
+                    true,
+                    "SupportedVersion",
+                    &format!("Gateway API {v}"),
+                    g,
+                ),
+            ],
+            Some(v) => {
+                let msg =
+                    format!("Gateway API {v} is not supported; switchboard needs v1.0.0 or later");
+                vec![
+                    cond("Accepted", false, "UnsupportedVersion", &msg, g),
+                    cond("SupportedVersion", false, "UnsupportedVersion", &msg, g),
+                ]
+            }
+        };
         out.classes.insert(
             (String::new(), c.name_any()),
-            json!({"conditions": [cond("Accepted", true, "Accepted", "handled by switchboard", g)]}),
+            json!({ "conditions": conditions }),
         );
     }
     let ours: Vec<(&GatewayObj, tables::Gateway)> = w
@@ -446,4 +487,14 @@ fn route_resolved(w: &World, r: &HttpRouteObj, route_ns: &str) -> (bool, &'stati
         }
     }
     (true, "ResolvedRefs", String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bundle_versions() {
+        use super::supported_version as ok;
+        assert!(ok("v1.3.0") && ok("v1.0.0") && ok("v1.5.0-rc.1") && ok("v2.0.0"));
+        assert!(!ok("v0.8.1") && !ok("") && !ok("main"));
+    }
 }
