@@ -517,6 +517,7 @@ fn roles_read_what_is_routed_and_write_only_status_and_the_lease() {
             "/services",
             "/secrets",
             "/nodes",
+            "/namespaces",
             "discovery.k8s.io/endpointslices",
             "networking.k8s.io/ingresses",
             "gateway.networking.k8s.io/gatewayclasses",

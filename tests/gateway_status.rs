@@ -104,7 +104,7 @@ impl Cluster {
             }
             match self {
                 Cluster::Test(api, _) => {
-                    if v["kind"] != "Namespace" && v["kind"] != "CustomResourceDefinition" {
+                    if v["kind"] != "CustomResourceDefinition" {
                         api.apply(v);
                     }
                 }
@@ -437,6 +437,11 @@ async fn scenario(c: Cluster) {
         ("True", "ResolvedRefs"),
     )
     .await;
+    // allowedRoutes from: Selector: the labelled namespace is admitted, the other is not.
+    let resolved = ("True", "ResolvedRefs");
+    route_is(&c, "other", "member", ("True", "Accepted"), resolved).await;
+    let refused = ("False", "NotAllowedByListeners");
+    route_is(&c, "backends", "stranger", refused, resolved).await;
     // The other controller's entry is still there, and we wrote none for its Gateway.
     let ok = c.get(GW, "HTTPRoute", "apps", "ok").await.unwrap();
     let parents = ok["status"]["parents"].as_array().unwrap();
@@ -461,8 +466,10 @@ async fn scenario(c: Cluster) {
         expect(&web["conditions"], "Programmed", "True", "Programmed")?;
         expect(&web["conditions"], "ResolvedRefs", "True", "ResolvedRefs")?;
         expect(&web["conditions"], "Conflicted", "False", "NoConflicts")?;
-        // ok, absent, badkind, cross (accepted on web); guest on open.
-        if web["attachedRoutes"] != 4 || listener(&gw, "open")["attachedRoutes"] != 1 {
+        // ok, absent, badkind, cross (accepted on web); guest on open; member on picky.
+        let attached = |name| listener(&gw, name)["attachedRoutes"].as_i64();
+        if web["attachedRoutes"] != 4 || attached("open") != Some(1) || attached("picky") != Some(1)
+        {
             return Err(format!("attachedRoutes: {}", st["listeners"]));
         }
         if web["supportedKinds"]

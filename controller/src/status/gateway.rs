@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use serde_json::{json, Value};
-use tables::compile::{intersect_hostnames, is_http_listener, listener_admits, parent_selects};
+use tables::compile::{
+    intersect_hostnames, is_http_listener, listener_admits, parent_selects, NamespaceLabels,
+};
 
 use super::conditions::{cond, Address};
 use super::{GatewayClassObj, GatewayObj, HttpRouteObj};
@@ -35,6 +37,8 @@ pub struct World<'a> {
     pub services: &'a BTreeSet<(String, String)>,
     pub secrets: &'a BTreeSet<(String, String)>,
     pub grants: &'a Grants,
+    /// Labels of each Namespace, for `allowedRoutes` selectors.
+    pub namespaces: &'a NamespaceLabels,
     pub addresses: &'a [Address],
     /// The installed Gateway API bundle version (the CRDs' `bundle-version` annotation), when
     /// it could be read.
@@ -259,7 +263,7 @@ pub fn desired(w: &World) -> Desired {
             else {
                 continue; // not a Gateway of ours (or not there): another controller's business
             };
-            let (accepted, on) = route_accepted(r, &route_ns, p, gwm);
+            let (accepted, on) = route_accepted(r, &route_ns, p, gwm, w.namespaces);
             for l in on {
                 attached
                     .entry((ns.clone(), p.name.clone(), l))
@@ -398,6 +402,7 @@ fn route_accepted(
     route_ns: &str,
     p: &gw::ParentReference,
     gwm: &tables::Gateway,
+    namespaces: &NamespaceLabels,
 ) -> ((bool, &'static str, String), Vec<String>) {
     let parent = tables::ParentRef {
         namespace: p.namespace.clone(),
@@ -416,7 +421,7 @@ fn route_accepted(
     }
     let admitted: Vec<&&tables::GatewayListener> = selected
         .iter()
-        .filter(|l| listener_admits(gwm, l, route_ns))
+        .filter(|l| listener_admits(gwm, l, route_ns, namespaces))
         .collect();
     if admitted.is_empty() {
         let why = if selected.iter().all(|l| !is_http_listener(l)) {

@@ -1,7 +1,7 @@
 //! The status writer: runs only while this replica leads.
 //!
 //! It opens its own watches (GatewayClass, Gateway, HTTPRoute, ReferenceGrant, Ingress, the
-//! names of Services and TLS Secrets, and the `--publish-service` Service), and after each
+//! names of Services and TLS Secrets, Namespace labels, and the `--publish-service` Service), and after each
 //! burst of changes — and once a minute, to retry failed writes — computes the desired status
 //! and merge-patches the status subresource of each object whose stored status differs
 //! (times aside). Its own writes come back as changes that compare equal, so nothing loops.
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
@@ -164,6 +164,15 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
         (),
         &notify,
     );
+    let namespaces = reflect(
+        &mut tasks,
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            all(),
+        ),
+        (),
+        &notify,
+    );
     let published = cfg.publish_service.as_ref().map(|(ns, name)| {
         let one = all().fields(&format!("metadata.name={name}"));
         let api = Api::<Service>::namespaced(client.clone(), ns);
@@ -209,6 +218,7 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
             routes.ready(),
             services.ready(),
             secrets.ready(),
+            namespaces.ready(),
         ]
         .iter()
         .all(|r| *r)
@@ -231,6 +241,11 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
                 services: &svc_names,
                 secrets: &secret_names,
                 grants: &grant_list,
+                namespaces: &namespaces
+                    .state()
+                    .iter()
+                    .map(|n| (n.name_any(), n.labels().clone()))
+                    .collect(),
                 addresses: &addresses,
                 bundle_version: bundle.version(client).await,
             });
