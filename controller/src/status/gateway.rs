@@ -496,6 +496,94 @@ fn route_resolved(w: &World, r: &HttpRouteObj, route_ns: &str) -> (bool, &'stati
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn conds<'a>(v: &'a Value, t: &str) -> (&'a str, &'a str) {
+        let c = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap();
+        (c["status"].as_str().unwrap(), c["reason"].as_str().unwrap())
+    }
+
+    /// What the API server's validation refuses (two listeners alike) and no address: the
+    /// status still says what is wrong.
+    #[test]
+    fn hostname_conflict_and_no_address() {
+        let class: Arc<GatewayClassObj> = obj(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "sb", "generation": 3},
+            "spec": {"controllerName": "switchboard.dev/gateway"}}));
+        let gw: Arc<GatewayObj> = obj(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "apps", "generation": 2},
+            "spec": {"gatewayClassName": "sb", "listeners": [
+                {"name": "a", "port": 80, "protocol": "HTTP", "hostname": "x.example"},
+                {"name": "b", "port": 80, "protocol": "HTTP", "hostname": "x.example"},
+                {"name": "c", "port": 81, "protocol": "HTTP",
+                 "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}}]}}));
+        let route: Arc<HttpRouteObj> = obj(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "apps", "generation": 1},
+            "spec": {"parentRefs": [{"name": "gw", "port": 81}, {"name": "elsewhere"}]}}));
+        let (empty, grants, ns) = (BTreeSet::new(), Grants::default(), NamespaceLabels::new());
+        let d = desired(&World {
+            controller: "switchboard.dev/gateway",
+            classes: &[class],
+            gateways: &[gw],
+            routes: &[route],
+            services: &empty,
+            secrets: &empty,
+            grants: &grants,
+            namespaces: &ns,
+            addresses: &[],
+            bundle_version: None,
+        });
+        let class = &d.classes[&(String::new(), "sb".to_string())];
+        assert_eq!(
+            conds(&class["conditions"], "Accepted"),
+            ("True", "Accepted")
+        );
+        assert_eq!(class["conditions"][0]["observedGeneration"], 3);
+        let g = &d.gateways[&("apps".to_string(), "gw".to_string())];
+        assert_eq!(
+            conds(&g["conditions"], "Programmed"),
+            ("False", "AddressNotAssigned")
+        );
+        for l in 0..2 {
+            let c = &g["listeners"][l]["conditions"];
+            assert_eq!(conds(c, "Conflicted"), ("True", "HostnameConflict"));
+            assert_eq!(conds(c, "Programmed"), ("False", "Invalid"));
+        }
+        let c = &g["listeners"][2];
+        assert_eq!(
+            conds(&c["conditions"], "ResolvedRefs"),
+            ("False", "InvalidRouteKinds")
+        );
+        assert_eq!(c["supportedKinds"], json!([]));
+        // The route's parentRef by port selects listener c, whose kinds refuse HTTPRoute; the
+        // Gateway that does not exist gets no entry.
+        let parents = &d.routes[&("apps".to_string(), "r".to_string())];
+        assert_eq!(parents.len(), 1);
+        let p = &parents[0];
+        assert_eq!(
+            p["parentRef"],
+            json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw", "port": 81})
+        );
+        assert_eq!(
+            conds(&p["conditions"], "Accepted"),
+            ("False", "NotAllowedByListeners")
+        );
+        assert_eq!(c["attachedRoutes"], 0);
+    }
+
     #[test]
     fn bundle_versions() {
         use super::supported_version as ok;
