@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use super::conditions::{now, same, stamp};
+use super::conditions::{now, same, stamp, without_times};
 use super::gateway::{self, World};
 use super::ingress;
 use super::{GatewayClassObj, GatewayObj, HttpRouteObj, StatusConfig, StatusMetrics};
@@ -179,6 +179,7 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
         reflect(&mut tasks, watcher(api, one), (), &notify)
     });
     let mut bundle = BundleVersion::default();
+    let sent = Sent::default();
     loop {
         tokio::select! {
             _ = notify.notified() => tokio::time::sleep(SETTLE).await,
@@ -202,6 +203,7 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
             metrics,
             now: now(),
             warned: Default::default(),
+            sent: &sent,
         };
         if ingresses.ready() {
             let desired = ingress::desired(&ingresses.state(), &cfg.ingress_class, &addresses);
@@ -315,7 +317,13 @@ struct Writes<'a> {
     /// A failed write was logged at warn this round; the rest go to debug (a missing
     /// permission fails every write alike).
     warned: AtomicBool,
+    /// Per object (`Kind ns/name`): the `resourceVersion` it had and the status (times aside)
+    /// last written to it.
+    sent: &'a Sent,
 }
+
+/// See [`Writes::patch`].
+type Sent = std::sync::Mutex<std::collections::HashMap<String, (Option<String>, Value)>>;
 
 impl Writes<'_> {
     fn params() -> PatchParams {
@@ -348,13 +356,30 @@ impl Writes<'_> {
         }
     }
 
-    async fn patch<K>(&self, api: Api<K>, kind: &str, name: &str, what: &str, body: Value)
+    /// Writes `body` to the status of `obj`, unless the same was written already and the
+    /// watch has not shown that write yet (the stored copy still has the `resourceVersion` it
+    /// had then): a round that starts before a write's own event arrives would otherwise write
+    /// the same status again.
+    async fn patch<K, O>(&self, api: Api<K>, kind: &str, obj: &O, what: &str, body: Value)
     where
         K: Resource + Clone + DeserializeOwned + Debug,
+        O: Resource,
     {
+        let rv = obj.resource_version();
+        let written = without_times(&body);
+        {
+            let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+            if sent.get(what) == Some(&(rv.clone(), written.clone())) {
+                return;
+            }
+        }
         let r = api
-            .patch_status(name, &Self::params(), &Patch::Merge(&body))
+            .patch_status(&obj.name_any(), &Self::params(), &Patch::Merge(&body))
             .await;
+        if r.is_ok() {
+            let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+            sent.insert(what.to_string(), (rv, written));
+        }
         self.count(kind, r.as_ref().map(|_| ()), what);
     }
 
@@ -376,14 +401,8 @@ impl Writes<'_> {
         let (api, _) = crd::<GatewayClassObj>(self.client, "GatewayClass");
         let name = c.name_any();
         let what = format!("GatewayClass {name}");
-        self.patch(
-            api,
-            "GatewayClass",
-            &name,
-            &what,
-            json!({"status": desired}),
-        )
-        .await;
+        self.patch(api, "GatewayClass", c, &what, json!({"status": desired}))
+            .await;
     }
 
     async fn gateway(&self, g: &GatewayObj, desired: Value) {
@@ -407,7 +426,7 @@ impl Writes<'_> {
         let api: Api<GatewayObj> =
             Api::namespaced_with(self.client.clone(), &ns, &gw::api_resource("Gateway"));
         let what = format!("Gateway {ns}/{name}");
-        self.patch(api, "Gateway", &name, &what, json!({"status": desired}))
+        self.patch(api, "Gateway", g, &what, json!({"status": desired}))
             .await;
     }
 
@@ -447,7 +466,7 @@ impl Writes<'_> {
             "status": {"parents": parents},
         });
         let what = format!("HTTPRoute {ns}/{name}");
-        self.patch(api, "HTTPRoute", &name, &what, body).await;
+        self.patch(api, "HTTPRoute", r, &what, body).await;
     }
 
     async fn ingress(&self, ing: &Ingress, desired: Value) {
@@ -462,7 +481,7 @@ impl Writes<'_> {
         let name = ing.name_any();
         let api: Api<Ingress> = Api::namespaced(self.client.clone(), &ns);
         let what = format!("Ingress {ns}/{name}");
-        self.patch(api, "Ingress", &name, &what, json!({"status": desired}))
+        self.patch(api, "Ingress", ing, &what, json!({"status": desired}))
             .await;
     }
 }
