@@ -369,6 +369,10 @@ impl Syncer {
         let (changes, ops) = self
             .cache
             .update(snap, &self.shared.cfg.node, kernel.as_ref());
+        let computed = seen.elapsed();
+        // The time the transaction itself took, and (netlink) its CPU time, for the log.
+        let mut applying = Duration::ZERO;
+        let mut applying_cpu: Option<Duration> = None;
         // The nft commands (or netlink messages) of this sync's one transaction, for the log.
         let mut commands = 0usize;
         let mut via = "";
@@ -421,16 +425,27 @@ impl Syncer {
                     .as_ref()
                     .map_or(0, |s| s.lines().count())
                     .max(netlink.as_ref().map_or(0, |b| b.messages()));
+                let t = Instant::now();
                 let r = match (script, netlink) {
                     (Some(script), _) => tokio::task::spawn_blocking(move || nft::apply(&script))
                         .await
                         .expect("nft runner does not panic"),
-                    (None, Some(batch)) => tokio::task::spawn_blocking(move || batch.commit())
+                    (None, Some(batch)) => {
+                        // The kernel applies the batch in the sending thread, so that thread's
+                        // CPU time is the transaction's cost, whatever else runs on the node.
+                        let (r, cpu) = tokio::task::spawn_blocking(move || {
+                            let before = thread_cpu();
+                            let r = batch.commit();
+                            (r, thread_cpu().saturating_sub(before))
+                        })
                         .await
-                        .expect("netlink runner does not panic")
-                        .map_err(nft::NftError::Netlink),
+                        .expect("netlink runner does not panic");
+                        applying_cpu = Some(cpu);
+                        r.map_err(nft::NftError::Netlink)
+                    }
                     (None, None) => Ok(()),
                 };
+                applying = t.elapsed();
                 match r {
                     Ok(()) => {
                         *full = false;
@@ -486,6 +501,9 @@ impl Syncer {
                     seconds = took,
                     commands,
                     via,
+                    compute_ms = computed.as_secs_f64() * 1e3,
+                    apply_ms = applying.as_secs_f64() * 1e3,
+                    apply_cpu_ms = applying_cpu.map(|d| d.as_secs_f64() * 1e3),
                     chains = self.cache.chains().len(),
                     "l4: synced"
                 );
@@ -500,4 +518,11 @@ impl Syncer {
         }
         result
     }
+}
+
+/// This thread's CPU time (user and system).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
