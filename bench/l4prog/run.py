@@ -135,18 +135,22 @@ def wait_sync(p, after, timeout=60):
 
 def nft_by_hand(map_name, key, ip, n=11):
     """Times `nft -f` of one element replaced in `map_name` (delete + add, one transaction)
-    inside the node namespace, n times; returns milliseconds."""
+    inside the node namespace, n times; returns (wall ms, CPU ms) pairs."""
     script = (f"delete element inet switchboard {map_name} {{ {key} }}\n"
               f"add element inet switchboard {map_name} {{ {key} : {ip} . 8080 }}\n")
     out = l4.nsx(l4.NODE, "python3", "-c", f"""
-import subprocess, time
+import resource, subprocess, time
 script = {script!r}
+def cpu():
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
 for _ in range({n}):
-    t = time.monotonic()
+    t, c = time.monotonic(), cpu()
     subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
-    print((time.monotonic() - t) * 1000)
+    print((time.monotonic() - t) * 1000, (cpu() - c) * 1000)
 """)
-    return [float(x) for x in out.split()]
+    vals = [float(x) for x in out.split()]
+    return list(zip(vals[0::2], vals[1::2]))
 
 
 def probe_pick():
@@ -191,6 +195,7 @@ def one_round(a, wd, source_args, probe_dir, rnd):
         first = wait_sync(p, int(full.search(p.text())[1]) - 1)
         r = {"first_forward_s": first_forward, "first_sync_s": first[1],
              "first_compute_ms": first[5], "first_apply_ms": first[6],
+             "first_apply_cpu_ms": first[7],
              "chains": int(first[4] or 0), "changes": []}
         B.log(f"l4prog round {rnd + 1}: forwarded after {first_forward:.2f} s, first sync "
               f"{first[1]:.3f} s ({r['chains']} chains)")
@@ -284,7 +289,8 @@ def summarize(results):
         f"{a['services'] * a['endpoints']:,} endpoints): its sync | "
         f"{ms([r['first_sync_s'] for r in rounds], 3)} s | "
         f"{ms([r.get('first_compute_ms') for r in rounds], 0)} ms | "
-        f"{ms([r.get('first_apply_ms') for r in rounds], 0)} ms | one `nft -f` transaction |",
+        f"{ms([r.get('first_apply_ms') for r in rounds], 0)} ms "
+        f"({ms([r.get('first_apply_cpu_ms') for r in rounds], 0)} ms) | one `nft -f` transaction |",
         *[f"| {label} | {ms([c['ms'] for c in by(kind)], 2)} ms | "
           f"{ms([c.get('compute_ms') for c in by(kind)], 2)} ms | "
           f"{ms([c.get('apply_ms') for c in by(kind)], 2)} ms "
@@ -292,9 +298,12 @@ def summarize(results):
           for kind, label in (("replace", "one endpoint replaced (same count)"),
                               ("resize", "one endpoint added or removed"))],
         f"| the same element change by `nft -f`, by hand | | | "
-        f"{ms([x for r in rounds for x in r['nft_by_hand_ms']], 2)} ms | nft |", "",
+        f"{ms([w for r in rounds for w, _ in r['nft_by_hand_ms']], 2)} ms "
+        f"({ms([c for r in rounds for _, c in r['nft_by_hand_ms']], 2)} ms) | nft |", "",
         "A change's time is the sync's own (`l4: synced … seconds=`, with `compute_ms` and "
-        "`apply_ms`): recomputing the changed Service's verdicts and chain, the transaction, "
+        "`apply_ms`; the transaction's CPU time in brackets is the sending thread's for "
+        "netlink, where the kernel applies the batch, and the `nft` process's for nft): "
+        "recomputing the changed Service's verdicts and chain, the transaction, "
         "then the bookkeeping after it (health-check servers, metrics); it starts once the "
         "manifest is read. For scale, kube-proxy v1.36.2's nftables mode on the same kind of machine and "
         "cluster (outside run, issue #15): 47.2 s from start to the first forwarded "
