@@ -17,6 +17,7 @@ pub mod convert;
 pub mod files;
 pub mod gateway_api;
 pub mod health;
+pub mod kubeconfig;
 pub mod kubernetes;
 pub mod metrics;
 pub mod parse;
