@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use switchboard::config::{Config, RunArgs};
 
 /// mimalloc instead of glibc's malloc: the proxy path allocates per request (pingora's header
@@ -77,8 +77,17 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// The command line; on a usage error, prints it (with switchboard's own hints) and exits 2.
+fn parse_cli() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    Cli::try_parse_from(&args).unwrap_or_else(|mut e| {
+        switchboard::hints::misplaced_run_flag(&Cli::command(), &mut e, &args);
+        e.exit()
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = match cli.command {
         Command::Run(args) => Config::resolve(*args).and_then(|cfg| {
             init_logging(&cfg.log);
