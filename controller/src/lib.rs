@@ -19,6 +19,7 @@ pub mod gateway_api;
 pub mod health;
 pub mod kubeconfig;
 pub mod kubernetes;
+pub mod locate;
 pub mod metrics;
 pub mod parse;
 
