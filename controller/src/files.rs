@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use notify::{RecursiveMode, Watcher};
 use tables::{Origin, SourceId};
 
-use crate::parse::load_manifest;
+use crate::parse::read_manifest;
 use crate::{Change, Event, Metrics, Sender};
 
 /// How long to wait for more events after the first one before rescanning.
@@ -245,8 +245,12 @@ impl FileSource {
             }
         };
         self.handled(path, st);
-        match load_manifest(path, &text) {
-            Ok(objects) => {
+        match read_manifest(path, &text) {
+            Ok(manifest) => {
+                for w in &manifest.warnings {
+                    tracing::warn!("manifest warning: {w}");
+                }
+                let objects = manifest.objects;
                 tracing::debug!(path = %path.display(), objects = objects.len(), "manifest loaded");
                 let sent = self.send(Change::Reset {
                     source: self.source_id(path),

@@ -38,7 +38,8 @@ pub struct ManifestError {
     /// `spec.ports[0].port`, where known.
     pub field: Option<String>,
     pub message: String,
-    /// `parse` (not YAML/JSON, or wrong types) or `validation` (well-formed but invalid).
+    /// `parse` (not YAML/JSON, or wrong types) or `validation` (well-formed but invalid); for a
+    /// warning (`Manifest::warnings`), `warning`.
     pub reason: &'static str,
 }
 
@@ -186,23 +187,39 @@ fn shift_lines(msg: &str, by: usize) -> String {
 /// `path` decides YAML vs JSON (`.json`) and names the file in errors.
 pub fn parse_manifest(path: &Path, text: &str) -> Result<Vec<ApiObject>, ManifestError> {
     Ok(parse_and_convert(path, text)?
+        .0
         .into_iter()
         .map(|(a, _)| a)
         .collect())
 }
 
-/// Parses and converts one manifest file into table objects, as the directory source needs.
+/// Parses and converts one manifest file into table objects.
 pub fn load_manifest(path: &Path, text: &str) -> Result<Vec<m::Object>, ManifestError> {
-    Ok(parse_and_convert(path, text)?
-        .into_iter()
-        .map(|(_, o)| o)
-        .collect())
+    Ok(read_manifest(path, text)?.objects)
 }
 
-fn parse_and_convert(
-    path: &Path,
-    text: &str,
-) -> Result<Vec<(ApiObject, m::Object)>, ManifestError> {
+/// A manifest file that parsed and converted.
+#[derive(Debug)]
+pub struct Manifest {
+    pub objects: Vec<m::Object>,
+    /// What is not served as it reads (`convert::warnings`), located like errors, with
+    /// `reason` `warning`.
+    pub warnings: Vec<ManifestError>,
+}
+
+/// Parses and converts one manifest file, with its warnings: what the directory source and
+/// `switchboard check` read.
+pub fn read_manifest(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+    let (objects, warnings) = parse_and_convert(path, text)?;
+    Ok(Manifest {
+        objects: objects.into_iter().map(|(_, o)| o).collect(),
+        warnings,
+    })
+}
+
+type Converted = (Vec<(ApiObject, m::Object)>, Vec<ManifestError>);
+
+fn parse_and_convert(path: &Path, text: &str) -> Result<Converted, ManifestError> {
     let shown = path.display().to_string();
     let is_json = path.extension().is_some_and(|e| e == "json");
     let docs: Vec<(usize, Doc)> = if is_json {
@@ -214,6 +231,7 @@ fn parse_and_convert(
             .collect()
     };
     let mut out = Vec::new();
+    let mut warnings = Vec::new();
     for (first_line, doc) in docs {
         let fail = |object: Option<String>,
                     field: Option<String>,
@@ -294,7 +312,15 @@ fn parse_and_convert(
         for (place, item) in items {
             // Convert now, so a bad object rejects its file instead of vanishing later.
             match convert(&item, "default") {
-                Ok(obj) => out.push((item, obj)),
+                Ok(obj) => {
+                    for w in crate::convert::warnings(&item) {
+                        let field = format!("{place}{}", w.field);
+                        let loc = at(&field);
+                        let label = api_object_label(&item);
+                        warnings.push(fail(Some(label), Some(field), loc, w.message, "warning"));
+                    }
+                    out.push((item, obj))
+                }
                 Err(e) => {
                     let field = format!("{place}{}", e.field);
                     let loc = at(&field);
@@ -309,7 +335,7 @@ fn parse_and_convert(
             }
         }
     }
-    Ok(out)
+    Ok((out, warnings))
 }
 
 type TypedErr = (Option<String>, Option<(usize, usize)>, String);

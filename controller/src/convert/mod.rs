@@ -136,21 +136,22 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<m::Servic
         Some("ExternalName") => m::ServiceType::ExternalName,
         Some(other) => return Err(err("spec.type", format!("unknown service type {other:?}"))),
     };
-    let headless = spec.cluster_ip.as_deref() == Some("None");
+    // `clusterIP` wins over a `clusterIPs[0]` that disagrees (see `cluster_ip_mismatch`).
+    let primary = spec.cluster_ip.as_deref().filter(|s| !s.is_empty());
+    let listed = spec.cluster_ips.as_deref().unwrap_or_default();
+    let headless = primary.or(listed.first().map(String::as_str)) == Some("None");
     let mut cluster_ips = Vec::new();
     if service_type != m::ServiceType::ExternalName && !headless {
-        match &spec.cluster_ips {
-            Some(ips) if !ips.is_empty() => {
-                for (i, s) in ips.iter().enumerate() {
-                    if s != "None" {
-                        cluster_ips.push(ip(&format!("spec.clusterIPs[{i}]"), s)?);
-                    }
-                }
+        let rest = match primary {
+            Some(s) => {
+                cluster_ips.push(ip("spec.clusterIP", s)?);
+                1
             }
-            _ => {
-                if let Some(s) = spec.cluster_ip.as_deref().filter(|s| !s.is_empty()) {
-                    cluster_ips.push(ip("spec.clusterIP", s)?);
-                }
+            None => 0,
+        };
+        for (i, s) in listed.iter().enumerate().skip(rest) {
+            if s != "None" {
+                cluster_ips.push(ip(&format!("spec.clusterIPs[{i}]"), s)?);
             }
         }
     }
@@ -279,6 +280,35 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<m::Servic
             .transpose()?,
         annotations: our_annotations(&svc.metadata),
     })
+}
+
+/// `spec.clusterIP` and `spec.clusterIPs[0]` when both are set and differ. An API server refuses
+/// such a Service, but a manifest can say it, typically after an edit of one of the two: the
+/// demo's Services set both, and changing only `clusterIP` used to be ignored without a word
+/// (#18). `clusterIP` wins, followed by the rest of `clusterIPs`; [`warnings`] says so.
+fn cluster_ip_mismatch(spec: &core::ServiceSpec) -> Option<(&str, &str)> {
+    let primary = spec.cluster_ip.as_deref().filter(|s| !s.is_empty())?;
+    let first = spec.cluster_ips.as_ref()?.first()?.as_str();
+    (primary != first).then_some((primary, first))
+}
+
+/// What an object that converts says that is not served as it reads (the field at fault and
+/// why); the manifest source logs these and `switchboard check` lists them. Empty for almost
+/// every object.
+pub fn warnings(obj: &ApiObject) -> Vec<ConvertError> {
+    let mut out = Vec::new();
+    if let ApiObject::Service(svc) = obj {
+        if let Some((primary, first)) = svc.spec.as_ref().and_then(cluster_ip_mismatch) {
+            out.push(err(
+                "spec.clusterIP",
+                format!(
+                    "{primary} differs from spec.clusterIPs[0] {first} (an API server refuses \
+                     this); serving {primary}: update spec.clusterIPs to match"
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// The label that ties an EndpointSlice to its Service.
