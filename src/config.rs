@@ -423,6 +423,15 @@ fn http_limits(args: &RunArgs, file: &FileConfig) -> anyhow::Result<proxy::http:
 }
 
 impl Config {
+    /// What shapes the compiled tables.
+    pub fn table_config(&self) -> tables::TableConfig {
+        tables::TableConfig {
+            cluster_domain: self.cluster_domain.clone(),
+            ingress_class: self.ingress_class.clone(),
+            gateway_controller: self.gateway_controller.clone(),
+        }
+    }
+
     /// Merges flags over the config file (if any) over defaults.
     pub fn resolve(args: RunArgs) -> anyhow::Result<Config> {
         let file = match &args.config {

@@ -98,6 +98,13 @@ pub fn parts_of(origin: Origin) -> Vec<String> {
     }
 }
 
+/// What to say of an object that two sources define (`ClusterState::take_conflicts`).
+pub fn conflict(key: &ObjectKey, served: &SourceId, also: &SourceId) -> String {
+    format!(
+        "{key} is defined by both {served} and {also}; serving the copy from {served} (the lowest-sorting source)"
+    )
+}
+
 /// Owns the cluster state; applies changes in batches and publishes snapshots.
 pub struct Controller {
     state: ClusterState,
@@ -142,7 +149,8 @@ impl Controller {
                     object = %key,
                     %served,
                     %also,
-                    "{key} is defined by both {served} and {also}; serving the copy from {served} (the lowest-sorting source)"
+                    "{}",
+                    conflict(&key, &served, &also)
                 );
             }
             self.publish(earliest);
