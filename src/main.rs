@@ -30,6 +30,20 @@ enum Command {
         #[arg(default_value = "examples/demo")]
         dir: PathBuf,
     },
+    /// Check a manifest directory and/or a config file: print what `run` would serve (services,
+    /// DNS names, HTTP routes, L4 frontends) and warnings; exit 1 listing the errors by
+    /// FILE:LINE:COLUMN when anything would be rejected.
+    Check {
+        /// The manifest directory [default: the config file's `manifests`].
+        dir: Option<PathBuf>,
+        /// The TOML config file of `run --config`: its keys are checked, and its
+        /// cluster-domain, ingress-class and gateway-controller shape the tables.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Also print the whole compiled tables, as /debug/tables does.
+        #[arg(long)]
+        tables: bool,
+    },
     /// Remove what `run --l4 nftables` installed: the `inet switchboard` nftables table and its
     /// policy routing rule. Nothing else is touched.
     Cleanup,
@@ -106,6 +120,11 @@ fn main() -> ExitCode {
                 result
             })
         }),
+        Command::Check {
+            dir,
+            config,
+            tables,
+        } => switchboard::check::run(dir, config, tables),
         Command::Cleanup => {
             init_logging("info");
             match proxy::l4::nft::cleanup(&proxy::l4::NftConfig::default()) {

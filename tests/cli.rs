@@ -14,6 +14,7 @@ const SUGGESTIONS: &[(&[&str], &str)] = &[
         &["demoo"],
         "tip: some similar subcommands exist: 'demo-backends', 'demo'",
     ),
+    (&["chek"], "tip: a similar subcommand exists: 'check'"),
     (
         &["run", "--manifest", "x"],
         "tip: a similar argument exists: '--manifests'",

@@ -1,6 +1,7 @@
 //! How a broken manifest is reported, with the real binary: the file, the line and column of the
 //! mistake in the file (not in its document), the object where it can be read, the field path
-//! once, and the message. One table of broken files; `switchboard run` must log each.
+//! once, and the message. One table of broken files; `switchboard run` must log each, and
+//! `switchboard check` must list each the same way.
 
 mod common;
 
@@ -18,8 +19,8 @@ spec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}
 ---
 ";
 
-/// (file name, text, what the report must say after the path). The line numbers count `FIRST`'s
-/// five lines.
+/// (file name, text, what the report must say right after the path). The line numbers count
+/// `FIRST`'s five lines.
 const BROKEN: &[(&str, &str, &str)] = &[
     // YAML syntax: an item's key out of line. The object is read from the lines before.
     (
@@ -65,12 +66,31 @@ fn report<'a>(log: &'a str, file: &str) -> Option<&'a str> {
         .find(|l| l.contains("manifest rejected") && l.contains(&format!("/{file}:")))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_manifests_name_the_line_object_and_field() {
+/// A directory holding every broken file.
+fn broken_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (name, text, _) in BROKEN {
         std::fs::write(dir.path().join(name), format!("{FIRST}{text}")).unwrap();
     }
+    dir
+}
+
+/// Checks one report `line` of file `name` against `want`: the place right after the file's
+/// path, the rest as written, the field path once.
+fn assert_reported(line: &str, name: &str, want: &str) {
+    let want = format!("/{name}{want}");
+    assert!(line.contains(&want), "{name}: want {want:?} in\n{line}");
+    let field = want.split(": ").nth(2).unwrap_or_default();
+    assert_eq!(
+        line.matches(field).count(),
+        1,
+        "{name}: {field:?} once in\n{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_manifests_name_the_line_object_and_field() {
+    let dir = broken_dir();
     let sb = Switchboard::start(&["--manifests", dir.path().to_str().unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while BROKEN
@@ -86,19 +106,23 @@ async fn broken_manifests_name_the_line_object_and_field() {
     }
     let log = sb.log();
     for (name, _, want) in BROKEN {
-        let line = report(&log, name).unwrap();
-        // A position is right after the file's path.
-        let want = match want.strip_prefix(':') {
-            Some(_) => format!("/{name}{want}"),
-            None => want.to_string(),
-        };
-        assert!(line.contains(&want), "{name}: want {want:?} in\n{line}");
-        // The field path is said once.
-        let field = want.split(": ").nth(2).unwrap_or_default();
-        assert_eq!(
-            line.matches(field).count(),
-            1,
-            "{name}: {field:?} once in\n{line}"
-        );
+        assert_reported(report(&log, name).unwrap(), name, want);
     }
+}
+
+#[test]
+fn check_lists_the_same_reports() {
+    let dir = broken_dir();
+    let (code, out) = run_to_end(&["check", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let errors = out.split("errors (").nth(1).unwrap_or_default();
+    for (name, _, want) in BROKEN {
+        let line = errors
+            .lines()
+            .find(|l| l.contains(&format!("/{name}:")))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{out}"));
+        assert_reported(line, name, want);
+    }
+    // The first document of every file is fine, but a file is all or nothing.
+    assert!(out.contains("services (0):"), "{out}");
 }
