@@ -191,9 +191,20 @@ impl Controller {
                 .map(|o| self.state.object_count(*o, kind))
                 .sum::<usize>()
         };
+        // Endpoint addresses over every slice (once, at start).
+        let endpoints: usize = self
+            .state
+            .objects()
+            .iter()
+            .map(|(_, _, object)| match object {
+                Object::EndpointSlice(slice) => slice.endpoints.len(),
+                _ => 0,
+            })
+            .sum();
         tracing::info!(
             services = count(Kind::Service),
             endpoint_slices = count(Kind::EndpointSlice),
+            endpoints,
             ingresses = count(Kind::Ingress),
             http_routes = count(Kind::HttpRoute),
             gateways = count(Kind::Gateway),
