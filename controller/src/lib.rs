@@ -7,7 +7,7 @@
 //!  kubernetes.rs (a watcher per kind)─┘  (mpsc)    (one task)   └─ metrics
 //! ```
 //!
-//! Both sources convert objects with `convert.rs`, so they are validated alike. The controller
+//! Both sources convert objects with `convert/`, so they are validated alike. The controller
 //! task drains every queued change before committing, so a burst costs one publish. Nothing a
 //! source reports — API errors, broken files, dropped watches — unpublishes what was last seen:
 //! only a complete relist or a successfully re-read file replaces a source's objects.
