@@ -27,6 +27,16 @@ fn the_demo_is_summarized() {
         assert!(out.lines().any(|l| l == line), "no line {line:?} in\n{out}");
     }
     assert_golden("check-demo.txt", &out);
+
+    // --tables adds the whole dump, SRV and PTR records included.
+    let (code, full) = run_to_end(&["check", "examples/demo", "--tables"]);
+    assert_eq!(code, 0, "{full}");
+    assert!(full.starts_with(&out), "the summary first:\n{full}");
+    assert!(
+        full.contains("\ntables:\n")
+            && full.contains("dns _http._tcp.web.default.svc.cluster.local. SRV 0 100 8080 web.default.svc.cluster.local.\n"),
+        "{full}"
+    );
 }
 
 #[test]
