@@ -20,7 +20,6 @@
 //! backoff keeps checking until they appear.
 
 use std::fmt::Debug;
-use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -36,43 +35,7 @@ use crate::convert::{self, ConvertError};
 use crate::gateway_api as gw;
 use crate::{Change, Event, Metrics, Sender};
 
-/// Why a client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("reading kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: String,
-        source: kube::config::KubeconfigError,
-    },
-    #[error(
-        "no usable Kubernetes configuration (tried $KUBECONFIG, ~/.kube/config, in-cluster): {0}"
-    )]
-    Infer(#[from] kube::config::InferConfigError),
-    #[error("building Kubernetes client: {0}")]
-    Client(#[from] kube::Error),
-}
-
-/// A client from `kubeconfig`, else `$KUBECONFIG` / `~/.kube/config`, else in-cluster.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                ClientError::Kubeconfig {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|source| ClientError::Kubeconfig {
-                    path: path.display().to_string(),
-                    source,
-                })?
-        }
-        None => kube::Config::infer().await?,
-    };
-    Ok(Client::try_from(config)?)
-}
+pub use crate::kubeconfig::{client, ClientError};
 
 /// The label that names a node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
