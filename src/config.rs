@@ -285,9 +285,21 @@ pub struct FileConfig {
     pub no_status: Option<bool>,
 }
 
-/// Parses the TOML config file's text.
+/// Parses the TOML config file's text. An error reads `LINE:COLUMN: message`, with the likely
+/// key named for a mistyped one.
 pub fn parse_file_config(text: &str) -> anyhow::Result<FileConfig> {
-    toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+    toml::from_str(text).map_err(|e| {
+        let message = crate::hints::unknown_key(e.message().trim_end());
+        match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                anyhow::anyhow!("{line}:{column}: {message}")
+            }
+            None => anyhow::anyhow!("{message}"),
+        }
+    })
 }
 
 /// The effective configuration of `switchboard run`.
@@ -385,7 +397,8 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
 fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
-    parse_file_config(&text).with_context(|| format!("config {}", path.display()))
+    // `config FILE:LINE:COLUMN: message`, as manifest errors name their place.
+    parse_file_config(&text).map_err(|e| anyhow::anyhow!("config {}:{e}", path.display()))
 }
 
 /// The HTTP client limits from flags over the file over defaults.
@@ -447,6 +460,15 @@ fn http_limits(args: &RunArgs, file: &FileConfig) -> anyhow::Result<proxy::http:
 }
 
 impl Config {
+    /// What shapes the compiled tables.
+    pub fn table_config(&self) -> tables::TableConfig {
+        tables::TableConfig {
+            cluster_domain: self.cluster_domain.clone(),
+            ingress_class: self.ingress_class.clone(),
+            gateway_controller: self.gateway_controller.clone(),
+        }
+    }
+
     /// Merges flags over the config file (if any) over defaults.
     pub fn resolve(args: RunArgs) -> anyhow::Result<Config> {
         let file = match &args.config {

@@ -14,8 +14,12 @@
 //!
 //! Endpoints that are not ready get a backend too: when the proxy skips one, a newcomer sees that
 //! it was not chosen, not that it was down.
+//!
+//! The directory is read again every [`RESCAN`] while the backends run, so editing the demo's
+//! EndpointSlices (scaling one up or down) starts and stops backends to match, each logged; an
+//! endpoint that cannot have one (an address not on this machine) is logged at warn once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -33,7 +37,7 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize as _;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// The transport protocol of one endpoint port. SCTP ports are skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,16 +70,27 @@ pub struct Backend {
     pub ready: bool,
 }
 
+/// Every demo backend the manifests below `dir` call for, and what could not be read.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// One per endpoint address × port, sorted by address and protocol.
+    pub backends: Vec<Backend>,
+    /// Files, documents and ports skipped, each a sentence naming the place.
+    pub skipped: Vec<String>,
+}
+
 /// Reads every `*.yaml`, `*.yml` and `*.json` file below `dir` (recursively, in path order) and
 /// returns one [`Backend`] per endpoint address × port of every `discovery.k8s.io/v1`
 /// EndpointSlice, sorted by address and protocol.
 ///
 /// Other kinds are ignored. A file that cannot be read or parsed, or a slice that does not
-/// deserialize, is skipped with a warning. If two slices list the same address, port and protocol,
-/// the first wins. Fails only if `dir` itself cannot be read.
-pub fn endpoint_addresses(dir: &Path) -> anyhow::Result<Vec<Backend>> {
+/// deserialize, is skipped and named in [`Found::skipped`] (the caller logs it). If two slices
+/// list the same address, port and protocol, the first wins. Fails only if `dir` itself cannot
+/// be read.
+pub fn endpoint_addresses(dir: &Path) -> anyhow::Result<Found> {
     let mut files = Vec::new();
-    collect_manifest_files(dir, &mut files)
+    let mut skipped = Vec::new();
+    collect_manifest_files(dir, &mut files, &mut skipped)
         .with_context(|| format!("reading manifest directory {}", dir.display()))?;
     files.sort();
 
@@ -84,14 +99,14 @@ pub fn endpoint_addresses(dir: &Path) -> anyhow::Result<Vec<Backend>> {
         let text = match std::fs::read_to_string(file) {
             Ok(text) => text,
             Err(err) => {
-                tracing::warn!("skipping {}: {err}", file.display());
+                skipped.push(format!("skipping {}: {err}", file.display()));
                 continue;
             }
         };
         let documents = match parse_documents(&text) {
             Ok(documents) => documents,
             Err(err) => {
-                tracing::warn!("skipping {}: {err}", file.display());
+                skipped.push(format!("skipping {}: {err}", file.display()));
                 continue;
             }
         };
@@ -100,12 +115,12 @@ pub fn endpoint_addresses(dir: &Path) -> anyhow::Result<Vec<Backend>> {
                 continue;
             }
             match serde_yaml::from_value::<EndpointSlice>(document) {
-                Ok(slice) => backends.extend(slice_backends(&slice)),
-                Err(err) => tracing::warn!(
+                Ok(slice) => backends.extend(slice_backends(&slice, &mut skipped)),
+                Err(err) => skipped.push(format!(
                     "skipping EndpointSlice in document {} of {}: {err}",
                     index + 1,
                     file.display()
-                ),
+                )),
             }
         }
     }
@@ -113,57 +128,170 @@ pub fn endpoint_addresses(dir: &Path) -> anyhow::Result<Vec<Backend>> {
     backends.sort_by_key(|b| (b.addr, b.protocol));
     let mut seen = BTreeSet::new();
     backends.retain(|b| seen.insert((b.addr, b.protocol)));
-    Ok(backends)
+    Ok(Found { backends, skipped })
 }
+
+/// How often the directory is read again while the backends run, for endpoints added, removed
+/// or changed since (a scaled EndpointSlice gets its new pods).
+pub const RESCAN: Duration = Duration::from_millis(500);
 
 /// Starts a backend for every endpoint found by [`endpoint_addresses`] and serves until
 /// `shutdown` resolves; then stops every listener and open connection and returns.
 ///
-/// All sockets are bound before anything is served, so an address already in use fails the whole
-/// call with the address and service in the error. Finding no endpoints at all is an error too,
-/// since that is almost certainly the wrong directory.
+/// At start, all sockets are bound before anything is served, so an address already in use fails
+/// the whole call with the address and service in the error; finding no endpoints at all is an
+/// error too, since that is almost certainly the wrong directory. Afterwards the directory is
+/// read again every [`RESCAN`]: a backend starts for each endpoint added (logged as at start,
+/// `demo backend listening on ...`) and stops for each one removed (`demo backend stopped`). An
+/// added endpoint that cannot have a backend (its address is in use, or not on this machine) is
+/// logged at warn once, saying that connections to it will fail; so is a file that cannot be read.
 pub async fn run_backends(dir: &Path, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let backends = endpoint_addresses(dir)?;
+    let found = endpoint_addresses(dir)?;
     anyhow::ensure!(
-        !backends.is_empty(),
+        !found.backends.is_empty(),
         "no EndpointSlice endpoints found under {}",
         dir.display()
     );
+    let mut standins = StandIns::default();
+    standins.log_skipped(found.skipped);
+    for backend in found.backends {
+        standins.start(backend).await?;
+    }
 
-    let mut tasks = JoinSet::new();
-    for backend in backends {
-        let proto = backend.protocol;
-        let addr = backend.addr;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(RESCAN) => {}
+        }
+        match endpoint_addresses(dir) {
+            Ok(found) => {
+                standins.log_skipped(found.skipped);
+                standins.reconcile(found.backends).await;
+            }
+            // Kept as they are until the directory reads again.
+            Err(err) => standins.log_skipped(vec![format!("{err:#}")]),
+        }
+    }
+    standins.stop_all().await;
+    Ok(())
+}
+
+/// The running backends, by socket, and what has been reported, so nothing is logged twice.
+#[derive(Default)]
+struct StandIns {
+    running: BTreeMap<(SocketAddr, Protocol), (Backend, JoinHandle<()>)>,
+    /// Endpoints without a backend, with the error last logged for each.
+    failed: BTreeMap<(SocketAddr, Protocol), String>,
+    /// What the last read of the directory skipped.
+    skipped: BTreeSet<String>,
+}
+
+impl StandIns {
+    /// Binds `backend`'s socket and serves it.
+    async fn start(&mut self, backend: Backend) -> anyhow::Result<()> {
+        let (proto, addr) = (backend.protocol, backend.addr);
         let service = backend.service.clone();
-        match proto {
+        let task = match proto {
             Protocol::Tcp => {
                 let listener = TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("binding tcp {addr} for {service}"))?;
-                tasks.spawn(serve_http(listener, Arc::new(backend)));
+                tokio::spawn(serve_http(listener, Arc::new(backend.clone())))
             }
             Protocol::Udp => {
                 let socket = UdpSocket::bind(addr)
                     .await
                     .with_context(|| format!("binding udp {addr} for {service}"))?;
-                tasks.spawn(serve_udp_echo(socket, backend));
+                tokio::spawn(serve_udp_echo(socket, backend.clone()))
             }
-        }
+        };
         tracing::info!("demo backend listening on {proto} {addr} for {service}");
+        self.running.insert((addr, proto), (backend, task));
+        Ok(())
     }
 
-    shutdown.await;
-    // Aborting an accept loop drops its JoinSet of connections, which aborts those too.
-    tasks.shutdown().await;
-    Ok(())
+    /// Stops the backend on `key`, waiting until its socket is closed.
+    async fn stop(&mut self, key: &(SocketAddr, Protocol), why: &str) {
+        if let Some((backend, task)) = self.running.remove(key) {
+            task.abort();
+            let _ = task.await;
+            tracing::info!(
+                "demo backend stopped: {} {} for {} ({why})",
+                key.1,
+                key.0,
+                backend.service
+            );
+        }
+    }
+
+    /// Makes the running backends those of `wanted`.
+    async fn reconcile(&mut self, wanted: Vec<Backend>) {
+        let keys: BTreeSet<_> = wanted.iter().map(|b| (b.addr, b.protocol)).collect();
+        let gone: Vec<_> = self
+            .running
+            .keys()
+            .filter(|k| !keys.contains(k))
+            .copied()
+            .collect();
+        for key in gone {
+            self.stop(&key, "its endpoint left the EndpointSlices")
+                .await;
+        }
+        self.failed.retain(|k, _| keys.contains(k));
+        for backend in wanted {
+            let key = (backend.addr, backend.protocol);
+            match self.running.get(&key) {
+                // Readiness is the proxy's business: the backend answers either way.
+                Some((b, _)) if b.service == backend.service && b.pod == backend.pod => continue,
+                Some(_) => self.stop(&key, "its endpoint changed").await,
+                None => {}
+            }
+            let service = backend.service.clone();
+            if let Err(err) = self.start(backend).await {
+                let err = format!("{err:#}");
+                if self.failed.get(&key) != Some(&err) {
+                    tracing::warn!(
+                        "no demo backend for the endpoint {} {} of {service}: {err}; connections to it will fail",
+                        key.1,
+                        key.0
+                    );
+                    self.failed.insert(key, err);
+                }
+            } else {
+                self.failed.remove(&key);
+            }
+        }
+    }
+
+    /// Logs what a read of the directory skipped that the previous read did not.
+    fn log_skipped(&mut self, skipped: Vec<String>) {
+        let now: BTreeSet<String> = skipped.into_iter().collect();
+        for s in now.difference(&self.skipped) {
+            tracing::warn!("{s}");
+        }
+        self.skipped = now;
+    }
+
+    async fn stop_all(&mut self) {
+        // Aborting an accept loop drops its JoinSet of connections, which aborts those too.
+        for (_, (_, task)) in std::mem::take(&mut self.running) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
-fn collect_manifest_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn collect_manifest_files(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    skipped: &mut Vec<String>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
-            if let Err(err) = collect_manifest_files(&path, out) {
-                tracing::warn!("skipping {}: {err}", path.display());
+            if let Err(err) = collect_manifest_files(&path, out, skipped) {
+                skipped.push(format!("skipping {}: {err}", path.display()));
             }
         } else if matches!(
             path.extension().and_then(|e| e.to_str()),
@@ -192,7 +320,7 @@ fn is_endpoint_slice(document: &serde_yaml::Value) -> bool {
         && document.get("apiVersion").and_then(|v| v.as_str()) == Some("discovery.k8s.io/v1")
 }
 
-fn slice_backends(slice: &EndpointSlice) -> Vec<Backend> {
+fn slice_backends(slice: &EndpointSlice, skipped: &mut Vec<String>) -> Vec<Backend> {
     let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
     let slice_name = slice.metadata.name.as_deref().unwrap_or("<unnamed>");
     let service_name = slice
@@ -210,14 +338,16 @@ fn slice_backends(slice: &EndpointSlice) -> Vec<Backend> {
             "TCP" => Protocol::Tcp,
             "UDP" => Protocol::Udp,
             other => {
-                tracing::warn!("EndpointSlice {namespace}/{slice_name}: skipping {other} port");
+                skipped.push(format!(
+                    "EndpointSlice {namespace}/{slice_name}: skipping {other} port"
+                ));
                 continue;
             }
         };
         let Some(number) = port.port.and_then(|p| u16::try_from(p).ok()) else {
-            tracing::warn!(
+            skipped.push(format!(
                 "EndpointSlice {namespace}/{slice_name}: skipping port without a number"
-            );
+            ));
             continue;
         };
         for endpoint in &slice.endpoints {
@@ -228,9 +358,9 @@ fn slice_backends(slice: &EndpointSlice) -> Vec<Backend> {
                 .unwrap_or(true);
             for address in &endpoint.addresses {
                 let Ok(ip) = address.parse::<IpAddr>() else {
-                    tracing::warn!(
+                    skipped.push(format!(
                         "EndpointSlice {namespace}/{slice_name}: skipping non-IP address {address}"
-                    );
+                    ));
                     continue;
                 };
                 let pod = endpoint
@@ -357,8 +487,9 @@ mod tests {
 
     #[test]
     fn example_backends_match_the_yaml() {
-        let backends = endpoint_addresses(&demo_dir()).unwrap();
-        let rows: Vec<String> = backends.iter().map(row).collect();
+        let found = endpoint_addresses(&demo_dir()).unwrap();
+        assert_eq!(found.skipped, Vec::<String>::new());
+        let rows: Vec<String> = found.backends.iter().map(row).collect();
         let expected = [
             "tcp 127.20.0.1:9080 default/web http web-6d4b9c7f8-2xkqz ready",
             "tcp 127.20.0.2:9080 default/web http web-6d4b9c7f8-8mlnp ready",
@@ -421,11 +552,14 @@ endpoints:
         )
         .unwrap();
 
-        let rows: Vec<String> = endpoint_addresses(dir.path())
-            .unwrap()
-            .iter()
-            .map(row)
-            .collect();
+        let found = endpoint_addresses(dir.path()).unwrap();
+        let rows: Vec<String> = found.backends.iter().map(row).collect();
+        assert_eq!(found.skipped.len(), 1, "{:?}", found.skipped);
+        assert!(
+            found.skipped[0].contains("broken.yaml"),
+            "{:?}",
+            found.skipped
+        );
         assert_eq!(
             rows,
             [

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use switchboard::config::{Config, RunArgs};
 
 /// mimalloc instead of glibc's malloc: the proxy path allocates per request (pingora's header
@@ -29,6 +29,20 @@ enum Command {
         /// The manifest directory.
         #[arg(default_value = "examples/demo")]
         dir: PathBuf,
+    },
+    /// Check a manifest directory and/or a config file: print what `run` would serve (services,
+    /// DNS names, HTTP routes, L4 frontends) and warnings; exit 1 listing the errors by
+    /// FILE:LINE:COLUMN when anything would be rejected.
+    Check {
+        /// The manifest directory [default: the config file's `manifests`].
+        dir: Option<PathBuf>,
+        /// The TOML config file of `run --config`: its keys are checked, and its
+        /// cluster-domain, ingress-class and gateway-controller shape the tables.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Also print the whole compiled tables, as /debug/tables does.
+        #[arg(long)]
+        tables: bool,
     },
     /// Remove what `run --l4 nftables` installed: the `inet switchboard` nftables table and its
     /// policy routing rule. Nothing else is touched.
@@ -77,8 +91,17 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// The command line; on a usage error, prints it (with switchboard's own hints) and exits 2.
+fn parse_cli() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    Cli::try_parse_from(&args).unwrap_or_else(|mut e| {
+        switchboard::hints::misplaced_run_flag(&Cli::command(), &mut e, &args);
+        e.exit()
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = match cli.command {
         Command::Run(args) => Config::resolve(*args).and_then(|cfg| {
             init_logging(&cfg.log);
@@ -97,6 +120,11 @@ fn main() -> ExitCode {
                 result
             })
         }),
+        Command::Check {
+            dir,
+            config,
+            tables,
+        } => switchboard::check::run(dir, config, tables),
         Command::Cleanup => {
             init_logging("info");
             match proxy::l4::nft::cleanup(&proxy::l4::NftConfig::default()) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use controller::{files::FileSource, kubernetes, Controller, Metrics};
 use prometheus::Registry;
-use tables::{ClusterState, Origin, TableConfig};
+use tables::{ClusterState, Origin};
 use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState};
@@ -242,11 +242,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     drop(tx);
 
-    let state = ClusterState::new(TableConfig {
-        cluster_domain: cfg.cluster_domain.clone(),
-        ingress_class: cfg.ingress_class.clone(),
-        gateway_controller: cfg.gateway_controller.clone(),
-    });
+    let state = ClusterState::new(cfg.table_config());
     tokio::spawn(Controller::new(state, cell.clone(), metrics, parts, sources).run(rx));
 
     let dns = if cfg.dns.is_empty() {

@@ -232,3 +232,42 @@ async fn unchanged_files_are_not_reloaded() {
         .await;
     assert!(sb.log_count("manifest loaded") >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ip_edited_without_cluster_ips_is_served_with_a_warning() {
+    // The demo's Services set both fields, as `kubectl get -o yaml` prints them. An edit of
+    // `clusterIP` alone used to be ignored without a word (clusterIPs won).
+    let both = |ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec:\n  clusterIP: {ip}\n  clusterIPs:\n  - 10.0.0.1\n  ports: [{{port: 80}}]\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), both("10.0.0.1")).unwrap();
+    let sb = Switchboard::start(&["--manifests", dir.path().to_str().unwrap()]);
+    sb.wait_tables("a", |t| {
+        t.contains("service default/a ClusterIP clusterIPs=10.0.0.1\n")
+    })
+    .await;
+    assert!(!sb.log_contains("manifest warning"), "{}", sb.log());
+
+    std::fs::write(dir.path().join("a.yaml"), both("10.0.0.9")).unwrap();
+    sb.wait_tables("the edited clusterIP", |t| {
+        t.contains("service default/a ClusterIP clusterIPs=10.0.0.9\n")
+    })
+    .await;
+    sb.wait_log("manifest warning", Duration::from_secs(10))
+        .await;
+    assert!(
+        sb.log_contains(
+            "a.yaml:5:3: Service a: spec.clusterIP: 10.0.0.9 differs from spec.clusterIPs[0] 10.0.0.1"
+        ),
+        "the warning names the place and both addresses:\n{}",
+        sb.log()
+    );
+    let dns = sb.tables().await;
+    assert!(
+        dns.contains("dns a.default.svc.cluster.local. A 10.0.0.9\n"),
+        "{dns}"
+    );
+}

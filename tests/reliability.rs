@@ -503,6 +503,11 @@ async fn a_ready_line_says_when_every_source_has_synced() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.yaml"), service("a", "10.0.0.1")).unwrap();
     std::fs::write(dir.path().join("b.yaml"), service("b", "10.0.0.2")).unwrap();
+    std::fs::write(
+        dir.path().join("b-slice.yaml"),
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: b-1\n  labels: {kubernetes.io/service-name: b}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints:\n- addresses: [10.1.0.1]\n- addresses: [10.1.0.2]\n",
+    )
+    .unwrap();
     let sb = start(dir.path(), &[]);
     sb.wait_log("ready: every source has synced", Duration::from_secs(20))
         .await;
@@ -512,7 +517,15 @@ async fn a_ready_line_says_when_every_source_has_synced() {
         .find(|l| l.contains("ready: every source has synced"))
         .unwrap()
         .to_string();
-    assert!(line.contains("services=2"), "{line}");
+    for count in [
+        "services=2",
+        "endpoint_slices=1",
+        "endpoints=2",
+        "ingresses=0",
+        "http_routes=0",
+    ] {
+        assert!(line.contains(count), "{count} in {line}");
+    }
     assert_eq!(sb.log_count("ready: every source has synced"), 1);
 }
 

@@ -40,7 +40,8 @@ import run as l4  # noqa: E402  (bench/l4/run.py: the same namespaces and helper
 
 PROBE_VIP = "172.30.0.1"
 SYNCED = re.compile(r"l4: synced generation=(\d+) seconds=([0-9.e-]+) commands=(\d+) "
-                    r"via=\"?(\w*)\"?(?: chains=(\d+))?")
+                    r"via=\"?(\w*)\"?(?: compute_ms=([0-9.e-]+) apply_ms=([0-9.e-]+))?"
+                    r"(?: apply_cpu_ms=([0-9.e-]+))?(?: chains=(\d+))?")
 
 BACKEND = """
 import socket, sys, threading
@@ -114,7 +115,10 @@ endpoints:
 
 
 def synced(p):
-    return [(int(m[1]), float(m[2]), int(m[3]), m[4], m[5]) for m in SYNCED.finditer(p.text())]
+    # (generation, seconds, commands, via, chains, compute ms, transaction ms, its CPU ms)
+    return [(int(m[1]), float(m[2]), int(m[3]), m[4], m[8], float(m[5] or 0), float(m[6] or 0),
+             float(m[7]) if m[7] else None)
+            for m in SYNCED.finditer(p.text())]
 
 
 def wait_sync(p, after, timeout=60):
@@ -131,18 +135,22 @@ def wait_sync(p, after, timeout=60):
 
 def nft_by_hand(map_name, key, ip, n=11):
     """Times `nft -f` of one element replaced in `map_name` (delete + add, one transaction)
-    inside the node namespace, n times; returns milliseconds."""
+    inside the node namespace, n times; returns (wall ms, CPU ms) pairs."""
     script = (f"delete element inet switchboard {map_name} {{ {key} }}\n"
               f"add element inet switchboard {map_name} {{ {key} : {ip} . 8080 }}\n")
     out = l4.nsx(l4.NODE, "python3", "-c", f"""
-import subprocess, time
+import resource, subprocess, time
 script = {script!r}
+def cpu():
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
 for _ in range({n}):
-    t = time.monotonic()
+    t, c = time.monotonic(), cpu()
     subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
-    print((time.monotonic() - t) * 1000)
+    print((time.monotonic() - t) * 1000, (cpu() - c) * 1000)
 """)
-    return [float(x) for x in out.split()]
+    vals = [float(x) for x in out.split()]
+    return list(zip(vals[0::2], vals[1::2]))
 
 
 def probe_pick():
@@ -186,6 +194,8 @@ def one_round(a, wd, source_args, probe_dir, rnd):
         B.wait_for(lambda: full.search(p.text()), 60, "the full table", p)
         first = wait_sync(p, int(full.search(p.text())[1]) - 1)
         r = {"first_forward_s": first_forward, "first_sync_s": first[1],
+             "first_compute_ms": first[5], "first_apply_ms": first[6],
+             "first_apply_cpu_ms": first[7],
              "chains": int(first[4] or 0), "changes": []}
         B.log(f"l4prog round {rnd + 1}: forwarded after {first_forward:.2f} s, first sync "
               f"{first[1]:.3f} s ({r['chains']} chains)")
@@ -204,7 +214,8 @@ def one_round(a, wd, source_args, probe_dir, rnd):
             s = wait_sync(p, gen)
             gen = s[0]
             r["changes"].append({"kind": kind, "ms": s[1] * 1000, "via": s[3],
-                                 "commands": s[2]})
+                                 "commands": s[2], "compute_ms": s[5], "apply_ms": s[6],
+                                 "apply_cpu_ms": s[7]})
         pick_map, offset = probe_pick()
         r["nft_by_hand_ms"] = nft_by_hand(pick_map, offset, backends[1])
         return r
@@ -270,21 +281,31 @@ def summarize(results):
         "Services from the project's test API server (source=api) or from one manifest per "
         "Service (source=files); a probe Service with real backends that a client pod "
         "namespace connects to (see `bench/l4prog/run.py`).", "",
-        "| what | median (min–max) | carried by |", "|---|---|---|",
+        "| what | median (min–max) | of which: computing | of which: the transaction "
+        "(its CPU time) | carried by |", "|---|---|---|---|---|",
         f"| start → first correctly forwarded connection | "
-        f"{ms([r['first_forward_s'] for r in rounds], 2)} s | |",
+        f"{ms([r['first_forward_s'] for r in rounds], 2)} s | | | |",
         f"| first full table ({rounds[0]['chains'] if rounds else '?'} chains, "
-        f"{a['services'] * a['endpoints']:,} endpoints): the first sync | "
-        f"{ms([r['first_sync_s'] for r in rounds], 3)} s | one `nft -f` transaction |",
-        f"| one endpoint replaced (same count) | {ms([c['ms'] for c in by('replace')], 2)} ms "
-        f"| {via('replace')} |",
-        f"| one endpoint added or removed | {ms([c['ms'] for c in by('resize')], 2)} ms | "
-        f"{via('resize')} |",
-        f"| the same element change by `nft -f`, by hand | "
-        f"{ms([x for r in rounds for x in r['nft_by_hand_ms']], 2)} ms | nft |", "",
-        "A change's time is the sync's own (`l4: synced … seconds=`): recomputing the changed "
-        "Service's verdicts and chain, and the transaction; it starts once the manifest is "
-        "read. For scale, kube-proxy v1.36.2's nftables mode on the same kind of machine and "
+        f"{a['services'] * a['endpoints']:,} endpoints): its sync | "
+        f"{ms([r['first_sync_s'] for r in rounds], 3)} s | "
+        f"{ms([r.get('first_compute_ms') for r in rounds], 0)} ms | "
+        f"{ms([r.get('first_apply_ms') for r in rounds], 0)} ms "
+        f"({ms([r.get('first_apply_cpu_ms') for r in rounds], 0)} ms) | one `nft -f` transaction |",
+        *[f"| {label} | {ms([c['ms'] for c in by(kind)], 2)} ms | "
+          f"{ms([c.get('compute_ms') for c in by(kind)], 2)} ms | "
+          f"{ms([c.get('apply_ms') for c in by(kind)], 2)} ms "
+          f"({ms([c.get('apply_cpu_ms') for c in by(kind)], 2)} ms) | {via(kind)} |"
+          for kind, label in (("replace", "one endpoint replaced (same count)"),
+                              ("resize", "one endpoint added or removed"))],
+        f"| the same element change by `nft -f`, by hand | | | "
+        f"{ms([w for r in rounds for w, _ in r['nft_by_hand_ms']], 2)} ms "
+        f"({ms([c for r in rounds for _, c in r['nft_by_hand_ms']], 2)} ms) | nft |", "",
+        "A change's time is the sync's own (`l4: synced … seconds=`, with `compute_ms` and "
+        "`apply_ms`; the transaction's CPU time in brackets is the sending thread's for "
+        "netlink, where the kernel applies the batch, and the `nft` process's for nft): "
+        "recomputing the changed Service's verdicts and chain, the transaction, "
+        "then the bookkeeping after it (health-check servers, metrics); it starts once the "
+        "manifest is read. For scale, kube-proxy v1.36.2's nftables mode on the same kind of machine and "
         "cluster (outside run, issue #15): 47.2 s from start to the first forwarded "
         "connection, 34–52 s for the first sync, 9.7–18.2 s per one-endpoint sync.", ""]
     return "\n".join(lines)

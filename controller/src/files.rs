@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use notify::{RecursiveMode, Watcher};
 use tables::{Origin, SourceId};
 
-use crate::parse::load_manifest;
+use crate::parse::{read_manifest, Manifest, ManifestError};
 use crate::{Change, Event, Metrics, Sender};
 
 /// How long to wait for more events after the first one before rescanning.
@@ -66,6 +66,45 @@ fn is_manifest(path: &Path) -> bool {
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml" | "json")
     )
+}
+
+/// The source a file of the manifest directory `dir` is: its path below `dir`.
+pub fn source_id(dir: &Path, path: &Path) -> SourceId {
+    let rel = path.strip_prefix(dir).unwrap_or(path);
+    SourceId::new(Origin::Manifests, &rel.display().to_string())
+}
+
+/// Why a manifest file gave no objects.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// It could not be read: what it held is unknown, not gone.
+    #[error("{0}")]
+    Read(io::Error),
+    #[error("{0}: not UTF-8")]
+    NotUtf8(String),
+    /// It was read and rejected.
+    #[error("{0}")]
+    Invalid(Box<ManifestError>),
+}
+
+impl FileError {
+    /// The `reason` label of `switchboard_source_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FileError::Read(_) => "read",
+            FileError::NotUtf8(_) => "parse",
+            FileError::Invalid(e) => e.reason,
+        }
+    }
+}
+
+/// Reads, parses and converts one manifest file: what the directory source does with each file,
+/// and `switchboard check` too.
+pub fn read_file(path: &Path) -> Result<Manifest, FileError> {
+    let bytes = std::fs::read(path).map_err(FileError::Read)?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| FileError::NotUtf8(path.display().to_string()))?;
+    read_manifest(path, &text).map_err(|e| FileError::Invalid(Box::new(e)))
 }
 
 /// What one walk of the directory found.
@@ -166,11 +205,6 @@ impl FileSource {
         }
     }
 
-    fn source_id(&self, path: &Path) -> SourceId {
-        let rel = path.strip_prefix(&self.dir).unwrap_or(path);
-        SourceId::new(Origin::Manifests, &rel.display().to_string())
-    }
-
     fn send(&self, change: Change) -> bool {
         self.tx.send(Event::now(change)).is_ok()
     }
@@ -181,7 +215,7 @@ impl FileSource {
         self.failing.remove(path);
         tracing::info!(path = %path.display(), "manifest removed");
         self.send(Change::Reset {
-            source: self.source_id(path),
+            source: source_id(&self.dir, path),
             objects: vec![],
             keep: vec![],
         })
@@ -224,49 +258,39 @@ impl FileSource {
 
     /// Reads one file, whose metadata gave `st`, and reports its objects or its error.
     fn load(&mut self, path: &Path, st: Stamp) -> Read {
-        let text = match std::fs::read(path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(t) => t,
-                Err(_) => {
-                    self.handled(path, st);
-                    self.metrics
-                        .source_errors
-                        .with_label_values(&["manifests", "parse"])
-                        .inc();
-                    tracing::warn!(path = %path.display(), "manifest rejected: not UTF-8; keeping the objects it held before");
-                    return Read::Done;
-                }
-            },
+        let manifest = match read_file(path) {
             // Vanished between listing and reading: the next walk sees it gone.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Read::Done,
-            Err(e) => {
+            Err(FileError::Read(e)) if e.kind() == io::ErrorKind::NotFound => return Read::Done,
+            Err(FileError::Read(e)) => {
                 self.read_failed(path, "cannot read manifest", &e);
                 return Read::Failed;
             }
-        };
-        self.handled(path, st);
-        match load_manifest(path, &text) {
-            Ok(objects) => {
-                tracing::debug!(path = %path.display(), objects = objects.len(), "manifest loaded");
-                let sent = self.send(Change::Reset {
-                    source: self.source_id(path),
-                    objects,
-                    keep: vec![],
-                });
-                if sent {
-                    Read::Done
-                } else {
-                    Read::Closed
-                }
-            }
             Err(e) => {
+                self.handled(path, st);
                 self.metrics
                     .source_errors
-                    .with_label_values(&["manifests", e.reason])
+                    .with_label_values(&["manifests", e.reason()])
                     .inc();
                 tracing::warn!("manifest rejected: {e}; keeping the objects it held before");
-                Read::Done
+                return Read::Done;
             }
+            Ok(manifest) => manifest,
+        };
+        self.handled(path, st);
+        for w in &manifest.warnings {
+            tracing::warn!("manifest warning: {w}");
+        }
+        let objects = manifest.objects;
+        tracing::debug!(path = %path.display(), objects = objects.len(), "manifest loaded");
+        let sent = self.send(Change::Reset {
+            source: source_id(&self.dir, path),
+            objects,
+            keep: vec![],
+        });
+        if sent {
+            Read::Done
+        } else {
+            Read::Closed
         }
     }
 

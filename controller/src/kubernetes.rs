@@ -23,7 +23,6 @@
 //! backoff keeps checking until they appear.
 
 use std::fmt::Debug;
-use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -39,56 +38,7 @@ use crate::convert::{self, ConvertError};
 use crate::gateway_api as gw;
 use crate::{Change, Event, Metrics, Sender};
 
-/// Why a client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("reading kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: String,
-        source: kube::config::KubeconfigError,
-    },
-    #[error(
-        "no usable Kubernetes configuration (tried $KUBECONFIG, ~/.kube/config, in-cluster): {0}"
-    )]
-    Infer(#[from] kube::config::InferConfigError),
-    #[error("building Kubernetes client: {0}")]
-    Client(#[from] kube::Error),
-}
-
-/// The `User-Agent` of every request switchboard makes to the API server, as client-go
-/// programs send `NAME/VERSION`, so API server logs, audit events and priority-and-fairness
-/// rules can tell switchboard's requests apart.
-pub const USER_AGENT: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));
-
-/// The field manager of every write (status patches, the Lease), as `managedFields` shows it.
-pub const FIELD_MANAGER: &str = "switchboard";
-
-/// A client from `kubeconfig`, else `$KUBECONFIG` / `~/.kube/config`, else in-cluster; every
-/// request it makes carries [`USER_AGENT`].
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
-    let mut config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                ClientError::Kubeconfig {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|source| ClientError::Kubeconfig {
-                    path: path.display().to_string(),
-                    source,
-                })?
-        }
-        None => kube::Config::infer().await?,
-    };
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(USER_AGENT),
-    ));
-    Ok(Client::try_from(config)?)
-}
+pub use crate::kubeconfig::{client, ClientError, FIELD_MANAGER, USER_AGENT};
 
 /// The label that names a node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";

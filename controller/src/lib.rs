@@ -7,7 +7,7 @@
 //!  kubernetes.rs (a watcher per kind)─┘  (mpsc)    (one task)   └─ metrics
 //! ```
 //!
-//! Both sources convert objects with `convert.rs`, so they are validated alike. The controller
+//! Both sources convert objects with `convert/`, so they are validated alike. The controller
 //! task drains every queued change before committing, so a burst costs one publish. Nothing a
 //! source reports — API errors, broken files, dropped watches — unpublishes what was last seen:
 //! only a complete relist or a successfully re-read file replaces a source's objects.
@@ -17,7 +17,9 @@ pub mod convert;
 pub mod files;
 pub mod gateway_api;
 pub mod health;
+pub mod kubeconfig;
 pub mod kubernetes;
+pub mod locate;
 pub mod metrics;
 pub mod parse;
 pub mod status;
@@ -97,6 +99,13 @@ pub fn parts_of(origin: Origin) -> Vec<String> {
     }
 }
 
+/// What to say of an object that two sources define (`ClusterState::take_conflicts`).
+pub fn conflict(key: &ObjectKey, served: &SourceId, also: &SourceId) -> String {
+    format!(
+        "{key} is defined by both {served} and {also}; serving the copy from {served} (the lowest-sorting source)"
+    )
+}
+
 /// Owns the cluster state; applies changes in batches and publishes snapshots.
 pub struct Controller {
     state: ClusterState,
@@ -141,7 +150,8 @@ impl Controller {
                     object = %key,
                     %served,
                     %also,
-                    "{key} is defined by both {served} and {also}; serving the copy from {served} (the lowest-sorting source)"
+                    "{}",
+                    conflict(&key, &served, &also)
                 );
             }
             self.publish(earliest);
@@ -182,9 +192,20 @@ impl Controller {
                 .map(|o| self.state.object_count(*o, kind))
                 .sum::<usize>()
         };
+        // Endpoint addresses over every slice (once, at start).
+        let endpoints: usize = self
+            .state
+            .objects()
+            .iter()
+            .map(|(_, _, object)| match object {
+                Object::EndpointSlice(slice) => slice.endpoints.len(),
+                _ => 0,
+            })
+            .sum();
         tracing::info!(
             services = count(Kind::Service),
             endpoint_slices = count(Kind::EndpointSlice),
+            endpoints,
             ingresses = count(Kind::Ingress),
             http_routes = count(Kind::HttpRoute),
             gateways = count(Kind::Gateway),

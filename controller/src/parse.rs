@@ -8,8 +8,10 @@
 //! - anything else is skipped with a debug log (Deployments next to Services are normal).
 //!
 //! A file is all or nothing: any error rejects the whole file, so the caller can keep what the
-//! file held before. Errors carry the path, the document, the object and the line/column or the
-//! field at fault.
+//! file held before. Errors carry the path, the line and column in the file (documents are parsed
+//! one at a time, so their positions are shifted by the document's first line), the object (for a
+//! document that does not parse, as far as the lines before the mistake say), and the field path
+//! once. Conversion errors name only a field; `locate.rs` finds it in the text.
 
 // A rejected file is rare and reported once; boxing its error would only add noise.
 #![allow(clippy::result_large_err)]
@@ -36,7 +38,8 @@ pub struct ManifestError {
     /// `spec.ports[0].port`, where known.
     pub field: Option<String>,
     pub message: String,
-    /// `parse` (not YAML/JSON, or wrong types) or `validation` (well-formed but invalid).
+    /// `parse` (not YAML/JSON, or wrong types) or `validation` (well-formed but invalid); for a
+    /// warning (`Manifest::warnings`), `warning`.
     pub reason: &'static str,
 }
 
@@ -104,6 +107,12 @@ enum Doc<'a> {
 }
 
 impl Doc<'_> {
+    fn text(&self) -> &str {
+        match self {
+            Doc::Yaml(t) | Doc::Json(t) => t,
+        }
+    }
+
     /// Deserializes with the field path and position of any error.
     fn typed<T: DeserializeOwned>(&self) -> Result<T, TypedErr> {
         match self {
@@ -113,11 +122,13 @@ impl Doc<'_> {
                     let path = e.path().to_string();
                     let inner = e.into_inner();
                     let loc = inner.location().map(|l| (l.line(), l.column()));
-                    (
-                        Some(path).filter(|p| p != "."),
-                        loc,
-                        strip_location(&inner.to_string()),
-                    )
+                    let message = strip_location(&inner.to_string());
+                    // serde_yaml starts its message with the path too: say it once.
+                    let message = match message.strip_prefix(&format!("{path}: ")) {
+                        Some(m) => m.to_string(),
+                        None => message,
+                    };
+                    (Some(path).filter(|p| p != "."), loc, message)
                 })
             }
             Doc::Json(text) => {
@@ -137,35 +148,78 @@ impl Doc<'_> {
     }
 }
 
-/// serde_yaml/serde_json append "at line X column Y"; we report the position separately.
+/// serde_yaml/serde_json put the error's position in the message ("... at line 3 column 5");
+/// it is reported separately, so it goes. A position of context stays ("found unexpected end of
+/// stream, while scanning a quoted scalar at line 2 column 9": where the unclosed quote opened),
+/// still counted from the document's first line (see [`shift_lines`]).
 fn strip_location(msg: &str) -> String {
-    match msg.find(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+    const AT: &str = " at line ";
+    let Some(i) = msg.find(AT) else {
+        return msg.to_string();
+    };
+    let rest = msg[i + AT.len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+    let rest = match rest.strip_prefix(" column ") {
+        Some(r) => r.trim_start_matches(|c: char| c.is_ascii_digit()),
+        None => rest,
+    };
+    format!("{}{rest}", &msg[..i])
+}
+
+/// Adds `by` to every "line N" of `msg`: a document's line numbers made the file's.
+fn shift_lines(msg: &str, by: usize) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("line ") {
+        let (before, after) = rest.split_at(i + "line ".len());
+        out.push_str(before);
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        match after[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&after[..digits]),
+        }
+        rest = &after[digits..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// Parses one manifest file into typed API objects (each already validated by conversion).
 /// `path` decides YAML vs JSON (`.json`) and names the file in errors.
 pub fn parse_manifest(path: &Path, text: &str) -> Result<Vec<ApiObject>, ManifestError> {
     Ok(parse_and_convert(path, text)?
+        .0
         .into_iter()
         .map(|(a, _)| a)
         .collect())
 }
 
-/// Parses and converts one manifest file into table objects, as the directory source needs.
+/// Parses and converts one manifest file into table objects.
 pub fn load_manifest(path: &Path, text: &str) -> Result<Vec<m::Object>, ManifestError> {
-    Ok(parse_and_convert(path, text)?
-        .into_iter()
-        .map(|(_, o)| o)
-        .collect())
+    Ok(read_manifest(path, text)?.objects)
 }
 
-fn parse_and_convert(
-    path: &Path,
-    text: &str,
-) -> Result<Vec<(ApiObject, m::Object)>, ManifestError> {
+/// A manifest file that parsed and converted.
+#[derive(Debug)]
+pub struct Manifest {
+    pub objects: Vec<m::Object>,
+    /// What is not served as it reads (`convert::warnings`), located like errors, with
+    /// `reason` `warning`.
+    pub warnings: Vec<ManifestError>,
+}
+
+/// Parses and converts one manifest file, with its warnings: what the directory source and
+/// `switchboard check` read.
+pub fn read_manifest(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+    let (objects, warnings) = parse_and_convert(path, text)?;
+    Ok(Manifest {
+        objects: objects.into_iter().map(|(_, o)| o).collect(),
+        warnings,
+    })
+}
+
+type Converted = (Vec<(ApiObject, m::Object)>, Vec<ManifestError>);
+
+fn parse_and_convert(path: &Path, text: &str) -> Result<Converted, ManifestError> {
     let shown = path.display().to_string();
     let is_json = path.extension().is_some_and(|e| e == "json");
     let docs: Vec<(usize, Doc)> = if is_json {
@@ -177,6 +231,7 @@ fn parse_and_convert(
             .collect()
     };
     let mut out = Vec::new();
+    let mut warnings = Vec::new();
     for (first_line, doc) in docs {
         let fail = |object: Option<String>,
                     field: Option<String>,
@@ -189,7 +244,7 @@ fn parse_and_convert(
                 column: loc.map(|(_, c)| c),
                 object,
                 field,
-                message,
+                message: shift_lines(&message, first_line - 1),
                 reason,
             }
         };
@@ -199,9 +254,11 @@ fn parse_and_convert(
                 continue;
             }
         }
-        let head: Head = doc
-            .typed()
-            .map_err(|(field, loc, msg)| fail(None, field, loc, msg, "parse"))?;
+        // Where a field of this document is, for errors found after parsing.
+        let at = |field: &str| crate::locate::locate(doc.text(), field);
+        let head: Head = doc.typed().map_err(|(field, loc, msg)| {
+            fail(object_before(&doc, loc, &msg), field, loc, msg, "parse")
+        })?;
         if head.kind.is_empty() || head.api_version.is_empty() {
             return Err(fail(
                 None,
@@ -211,17 +268,10 @@ fn parse_and_convert(
                 "parse",
             ));
         }
-        let object = format!(
-            "{} {}{}",
-            head.kind,
-            head.metadata
-                .namespace
-                .as_deref()
-                .map(|n| format!("{n}/"))
-                .unwrap_or_default(),
-            head.metadata.name.as_deref().unwrap_or("<unnamed>")
-        );
-        let items: Vec<ApiObject> = if head.kind == "List" || head.kind.ends_with("List") {
+        let object = describe(&head);
+        // Each object with the path of its place in the document ("" or "items[N].").
+        let items: Vec<(String, ApiObject)> = if head.kind == "List" || head.kind.ends_with("List")
+        {
             #[derive(Deserialize)]
             struct List {
                 #[serde(default)]
@@ -233,34 +283,25 @@ fn parse_and_convert(
             let mut items = Vec::new();
             for (i, item) in list.items.into_iter().enumerate() {
                 let ih: Head = serde_json::from_value(item.clone()).unwrap_or_default();
-                let iobj = format!(
-                    "{} {}",
-                    ih.kind,
-                    ih.metadata.name.as_deref().unwrap_or("<unnamed>")
-                );
                 match typed_from_value(&ih.api_version, &ih.kind, item) {
-                    Ok(Some(o)) => items.push(o),
+                    Ok(Some(o)) => items.push((format!("items[{i}]."), o)),
                     Ok(None) => {
                         tracing::debug!(path = %shown, kind = %ih.kind, "skipping unsupported kind in list")
                     }
                     Err((field, msg)) => {
-                        return Err(fail(
-                            Some(iobj),
-                            Some(format!(
-                                "items[{i}]{}",
-                                field.map(|f| format!(".{f}")).unwrap_or_default()
-                            )),
-                            None,
-                            msg,
-                            "parse",
-                        ))
+                        let field = match field {
+                            Some(f) => format!("items[{i}].{f}"),
+                            None => format!("items[{i}]"),
+                        };
+                        let loc = at(&field);
+                        return Err(fail(Some(describe(&ih)), Some(field), loc, msg, "parse"));
                     }
                 }
             }
             items
         } else {
             match typed_doc(&head.api_version, &head.kind, &doc) {
-                Ok(Some(o)) => vec![o],
+                Ok(Some(o)) => vec![(String::new(), o)],
                 Ok(None) => {
                     tracing::debug!(path = %shown, api_version = %head.api_version, kind = %head.kind, "skipping unsupported kind");
                     vec![]
@@ -268,18 +309,25 @@ fn parse_and_convert(
                 Err((field, loc, msg)) => return Err(fail(Some(object), field, loc, msg, "parse")),
             }
         };
-        for item in items {
+        for (place, item) in items {
             // Convert now, so a bad object rejects its file instead of vanishing later.
             match convert(&item, "default") {
-                Ok(obj) => out.push((item, obj)),
+                Ok(obj) => {
+                    for w in crate::convert::warnings(&item) {
+                        let field = format!("{place}{}", w.field);
+                        let loc = at(&field);
+                        let label = api_object_label(&item);
+                        warnings.push(fail(Some(label), Some(field), loc, w.message, "warning"));
+                    }
+                    out.push((item, obj))
+                }
                 Err(e) => {
-                    let (ns, name) = api_object_name(&item);
-                    let kind = api_object_kind(&item);
-                    let obj = format!("{kind} {ns}{name}");
+                    let field = format!("{place}{}", e.field);
+                    let loc = at(&field);
                     return Err(fail(
-                        Some(obj),
-                        Some(e.field),
-                        None,
+                        Some(api_object_label(&item)),
+                        Some(field),
+                        loc,
                         e.message,
                         "validation",
                     ));
@@ -287,10 +335,53 @@ fn parse_and_convert(
             }
         }
     }
-    Ok(out)
+    Ok((out, warnings))
 }
 
 type TypedErr = (Option<String>, Option<(usize, usize)>, String);
+
+/// `Service shop/web`: what a document's head says it is.
+fn describe(head: &Head) -> String {
+    label(
+        &head.kind,
+        head.metadata.namespace.as_deref(),
+        head.metadata.name.as_deref(),
+    )
+}
+
+/// `Kind namespace/name`, `Kind name` without a namespace, `(unnamed)` for the name it lacks.
+fn label(kind: &str, namespace: Option<&str>, name: Option<&str>) -> String {
+    let namespace = namespace
+        .filter(|n| !n.is_empty())
+        .map(|n| format!("{n}/"))
+        .unwrap_or_default();
+    let name = name.filter(|n| !n.is_empty()).unwrap_or("(unnamed)");
+    format!("{kind} {namespace}{name}")
+}
+
+/// The object a YAML document that does not parse was meant to be, read from the lines before
+/// the error at `loc` or before a line its `message` names (a syntax error in `spec` leaves
+/// `kind` and `metadata` readable; an unclosed quote is named by the line it opened on).
+fn object_before(doc: &Doc, loc: Option<(usize, usize)>, message: &str) -> Option<String> {
+    let Doc::Yaml(text) = doc else {
+        return None;
+    };
+    let named = message.split("line ").skip(1).filter_map(|rest| {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        rest[..digits].parse::<usize>().ok()
+    });
+    loc.map(|(line, _)| line)
+        .into_iter()
+        .chain(named)
+        .find_map(|line| {
+            let before: String = text
+                .split_inclusive('\n')
+                .take(line.saturating_sub(1))
+                .collect();
+            let head: Head = serde_yaml::from_str(&before).ok()?;
+            (!head.kind.is_empty()).then(|| describe(&head))
+        })
+}
 
 fn typed_doc(api_version: &str, kind: &str, doc: &Doc) -> Result<Option<ApiObject>, TypedErr> {
     Ok(Some(match (api_version, kind) {
@@ -368,7 +459,8 @@ fn api_object_kind(o: &ApiObject) -> &'static str {
     }
 }
 
-fn api_object_name(o: &ApiObject) -> (String, String) {
+/// `Kind namespace/name` of a typed object.
+fn api_object_label(o: &ApiObject) -> String {
     let m = match o {
         ApiObject::Service(x) => &x.metadata,
         ApiObject::EndpointSlice(x) => &x.metadata,
@@ -380,12 +472,10 @@ fn api_object_name(o: &ApiObject) -> (String, String) {
         ApiObject::ReferenceGrant(x) => &x.metadata,
         ApiObject::Namespace(x) => &x.metadata,
     };
-    (
-        m.namespace
-            .as_deref()
-            .map(|n| format!("{n}/"))
-            .unwrap_or_default(),
-        m.name.clone().unwrap_or_default(),
+    label(
+        api_object_kind(o),
+        m.namespace.as_deref(),
+        m.name.as_deref(),
     )
 }
 

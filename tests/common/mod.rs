@@ -15,6 +15,8 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+pub mod process;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 /// Set to `1` (as `.ci/run` does) to make a root-only test fail instead of skipping.

@@ -102,10 +102,9 @@ async fn ingress_routing_404_503_and_readiness() {
     ];
     assert_table("routing", &run_cases(&c, proxy, &cases).await);
 
-    // Not-ready endpoints never get traffic; both ready ones do. The least-request balancer
-    // keeps sending sequential requests to the faster endpoint until the other's latency score
-    // decays (half-life 1 s), so requests go on until each ready backend has had some: bounded
-    // by 2000 requests and 20 s.
+    // Not-ready endpoints never get traffic; both ready ones do. Requests go on until each
+    // ready backend has had some (bounded by 2000 requests and 20 s); how evenly sequential
+    // requests spread is tests/balance.rs's subject.
     let (before1, before2) = (web1.hits(), web2.hits());
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut sent = 0u64;

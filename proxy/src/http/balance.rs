@@ -4,8 +4,11 @@
 //! of one service port and rebuilt whenever the table publishes a new endpoint list.
 //!
 //! Algorithms:
-//! - `LeastRequest`: power of two random choices, comparing latency EWMA × (in-flight + 1)
-//!   (the default; linkerd's and Envoy's least-request balancers work this way).
+//! - `LeastRequest`: power of two random choices, comparing (latency EWMA + 5 ms) × (in-flight + 1)
+//!   (the default; linkerd's and Envoy's least-request balancers work this way). Scores within
+//!   25% are a tie, broken at random: at low load, where there is no latency signal worth the
+//!   name, equal endpoints share sequential requests evenly (binomially); under load the
+//!   in-flight factor and real latency differences decide (`health::EndpointState::score`).
 //! - `RoundRobin`.
 //! - `Maglev` and `Ketama`: consistent hashing on a request key (a header, a cookie, or the
 //!   client IP), for session persistence that survives endpoint churn with minimal remapping.
@@ -217,9 +220,9 @@ impl BackendSelection for LeastRequest {
                 if b >= a {
                     b += 1;
                 }
-                // Scores within 25% of each other are a tie (latency noise between equal
-                // endpoints would otherwise send nearly everything to one of them at low load);
-                // `a` and `b` are random, so keeping their order breaks the tie at random.
+                // Scores within 25% of each other are a tie (with the latency allowance in the
+                // score, that is any two idle endpoints within a millisecond or so); `a` and `b`
+                // are random, so keeping their order breaks the tie at random.
                 let (sa, sb) = (self.endpoints[a].score(), self.endpoints[b].score());
                 if sb * TIE < sa {
                     (Some(b), Some(a))
@@ -496,12 +499,38 @@ mod tests {
         let e = eps(&reg, 2);
         e[0].observe_latency(std::time::Duration::from_micros(1000));
         e[1].observe_latency(std::time::Duration::from_micros(1100));
-        let lr = LeastRequest::build(&e);
+        let counts = first_choices(&LeastRequest::build(&e));
+        assert!(counts[0] > 350 && counts[1] > 350, "{counts:?}");
+    }
+
+    /// How often each of two endpoints is chosen first in 1000 picks.
+    fn first_choices(lr: &LeastRequest) -> [usize; 2] {
         let mut counts = [0; 2];
         for _ in 0..1000 {
             counts[lr.iter(0).next().unwrap()] += 1;
         }
-        assert!(counts[0] > 350 && counts[1] > 350, "{counts:?}");
+        counts
+    }
+
+    #[test]
+    fn least_request_ignores_connection_setup_noise_at_low_load() {
+        // Sequential requests: nothing in flight, and one endpoint looks 4× faster because its
+        // pooled connection was warm. Both must still get a fair share (#18: 86–99% to one).
+        let reg = HealthRegistry::default();
+        let e = eps(&reg, 2);
+        e[0].observe_latency(std::time::Duration::from_micros(200));
+        e[1].observe_latency(std::time::Duration::from_micros(900));
+        let counts = first_choices(&LeastRequest::build(&e));
+        assert!(counts[0] > 400 && counts[1] > 400, "{counts:?}");
+    }
+
+    #[test]
+    fn least_request_prefers_a_much_faster_endpoint() {
+        let reg = HealthRegistry::default();
+        let e = eps(&reg, 2);
+        e[0].observe_latency(std::time::Duration::from_millis(2));
+        e[1].observe_latency(std::time::Duration::from_millis(40));
+        assert_eq!(first_choices(&LeastRequest::build(&e)), [1000, 0]);
     }
 
     #[test]

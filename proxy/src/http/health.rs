@@ -13,6 +13,11 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Added to every latency EWMA before scores are compared (see [`EndpointState::score`]): with
+/// the 25% tie of `balance::LeastRequest`, endpoints within about 1.25 ms (fast ones) or 25%
+/// (slow ones) of each other count as equal.
+pub const LATENCY_ALLOWANCE: Duration = Duration::from_millis(5);
+
 /// How fast an idle endpoint's latency EWMA fades.
 pub const DECAY_HALF_LIFE: Duration = Duration::from_secs(1);
 
@@ -86,10 +91,17 @@ impl EndpointState {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// The load score P2C compares: latency EWMA × (in-flight + 1). Endpoints without samples
-    /// score as the fastest possible, so new endpoints get tried. The EWMA decays while an
-    /// endpoint gets no traffic (halving about every `DECAY_HALF_LIFE`), so one slow answer does
-    /// not starve it forever: it is probed again and its new samples count.
+    /// The load score P2C compares: (latency EWMA + [`LATENCY_ALLOWANCE`]) × (in-flight + 1).
+    ///
+    /// The allowance makes latency differences of a millisecond or two no signal: at low load
+    /// those are noise, and mostly the cost of a new upstream connection, so without it the
+    /// endpoint whose pooled connection was warm kept winning and sequential requests went
+    /// 86–99% to one of two equal endpoints (#18). With it, equal endpoints tie and the tie is
+    /// broken at random; an endpoint slower by much more than the allowance still loses, and
+    /// under load the in-flight factor decides. Endpoints without samples score as the fastest
+    /// possible, so new endpoints get tried. The EWMA decays while an endpoint gets no traffic
+    /// (halving about every `DECAY_HALF_LIFE`), so one slow answer does not starve it forever:
+    /// it is probed again and its new samples count.
     pub fn score(&self) -> f64 {
         let ewma = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));
         let idle_ms = self
@@ -97,7 +109,8 @@ impl EndpointState {
             .saturating_sub(self.sampled_ms.load(Ordering::Relaxed));
         let decay =
             (-(idle_ms as f64) / DECAY_HALF_LIFE.as_millis() as f64 * std::f64::consts::LN_2).exp();
-        (ewma * decay).max(1.0) * (self.in_flight() as f64 + 1.0)
+        let allowance = LATENCY_ALLOWANCE.as_micros() as f64;
+        (ewma * decay + allowance) * (self.in_flight() as f64 + 1.0)
     }
 
     /// Folds one latency sample into the EWMA (α = 0.3).

@@ -369,6 +369,10 @@ impl Syncer {
         let (changes, ops) = self
             .cache
             .update(snap, &self.shared.cfg.node, kernel.as_ref());
+        let computed = seen.elapsed();
+        // The time the transaction itself took, and its CPU time, for the log.
+        let mut applying = Duration::ZERO;
+        let mut applying_cpu: Option<Duration> = None;
         // The nft commands (or netlink messages) of this sync's one transaction, for the log.
         let mut commands = 0usize;
         let mut via = "";
@@ -421,16 +425,37 @@ impl Syncer {
                     .as_ref()
                     .map_or(0, |s| s.lines().count())
                     .max(netlink.as_ref().map_or(0, |b| b.messages()));
+                let t = Instant::now();
                 let r = match (script, netlink) {
-                    (Some(script), _) => tokio::task::spawn_blocking(move || nft::apply(&script))
+                    (Some(script), _) => {
+                        // nft's own CPU time (user and system, the kernel's share included),
+                        // from the children's usage: syncs run one at a time.
+                        let (r, cpu) = tokio::task::spawn_blocking(move || {
+                            let before = children_cpu();
+                            let r = nft::apply(&script);
+                            (r, children_cpu().saturating_sub(before))
+                        })
                         .await
-                        .expect("nft runner does not panic"),
-                    (None, Some(batch)) => tokio::task::spawn_blocking(move || batch.commit())
+                        .expect("nft runner does not panic");
+                        applying_cpu = Some(cpu);
+                        r
+                    }
+                    (None, Some(batch)) => {
+                        // The kernel applies the batch in the sending thread, so that thread's
+                        // CPU time is the transaction's cost, whatever else runs on the node.
+                        let (r, cpu) = tokio::task::spawn_blocking(move || {
+                            let before = thread_cpu();
+                            let r = batch.commit();
+                            (r, thread_cpu().saturating_sub(before))
+                        })
                         .await
-                        .expect("netlink runner does not panic")
-                        .map_err(nft::NftError::Netlink),
+                        .expect("netlink runner does not panic");
+                        applying_cpu = Some(cpu);
+                        r.map_err(nft::NftError::Netlink)
+                    }
                     (None, None) => Ok(()),
                 };
+                applying = t.elapsed();
                 match r {
                     Ok(()) => {
                         *full = false;
@@ -486,6 +511,9 @@ impl Syncer {
                     seconds = took,
                     commands,
                     via,
+                    compute_ms = computed.as_secs_f64() * 1e3,
+                    apply_ms = applying.as_secs_f64() * 1e3,
+                    apply_cpu_ms = applying_cpu.map(|d| d.as_secs_f64() * 1e3),
                     chains = self.cache.chains().len(),
                     "l4: synced"
                 );
@@ -500,4 +528,25 @@ impl Syncer {
         }
         result
     }
+}
+
+/// The CPU time (user and system) of this process's children that have ended.
+fn children_cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_CHILDREN)
+        .map(|u| {
+            let d = |t: nix::sys::time::TimeVal| {
+                Duration::from_secs(t.tv_sec().max(0) as u64)
+                    + Duration::from_micros(t.tv_usec().max(0) as u64)
+            };
+            d(u.user_time()) + d(u.system_time())
+        })
+        .unwrap_or_default()
+}
+
+/// This thread's CPU time (user and system).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }

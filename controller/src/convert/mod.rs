@@ -1,0 +1,422 @@
+//! API objects → the slim model. One module serves both sources (watched API and manifest
+//! directory), so both are validated the same way and tested by the same cases.
+//!
+//! Every error names the field at fault (`spec.ports[1].port: 70000 is not a port`), so a user
+//! can find it in their YAML.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tables::model as m;
+
+use crate::gateway_api as gw;
+
+mod http;
+
+pub use http::*;
+
+/// A field of an object that cannot be turned into the model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ConvertError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConvertError {
+    ConvertError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+type Result<T> = std::result::Result<T, ConvertError>;
+
+/// Kinds of API object we read, typed.
+#[derive(Clone, Debug)]
+pub enum ApiObject {
+    Service(Box<core::Service>),
+    EndpointSlice(Box<discovery::EndpointSlice>),
+    Ingress(Box<networking::Ingress>),
+    HttpRoute(Box<gw::HttpRoute>),
+    Gateway(Box<gw::Gateway>),
+    GatewayClass(Box<gw::GatewayClass>),
+    /// Only `kubernetes.io/tls` Secrets are read (see `is_tls_secret`).
+    Secret(Box<core::Secret>),
+    ReferenceGrant(Box<gw::ReferenceGrant>),
+    Namespace(Box<core::Namespace>),
+}
+
+/// Converts any supported object. `default_namespace` fills an absent `metadata.namespace`
+/// (as `kubectl apply` does for manifests).
+pub fn convert(obj: &ApiObject, default_namespace: &str) -> Result<m::Object> {
+    Ok(match obj {
+        ApiObject::Service(o) => m::Object::Service(service(o, default_namespace)?),
+        ApiObject::EndpointSlice(o) => {
+            m::Object::EndpointSlice(endpoint_slice(o, default_namespace)?)
+        }
+        ApiObject::Ingress(o) => m::Object::Ingress(ingress(o, default_namespace)?),
+        ApiObject::HttpRoute(o) => m::Object::HttpRoute(http_route(o, default_namespace)?),
+        ApiObject::Gateway(o) => m::Object::Gateway(gateway(o, default_namespace)?),
+        ApiObject::GatewayClass(o) => m::Object::GatewayClass(gateway_class(o)?),
+        ApiObject::Secret(o) => m::Object::Secret(tls_secret(o, default_namespace)?),
+        ApiObject::ReferenceGrant(o) => {
+            m::Object::ReferenceGrant(reference_grant(o, default_namespace)?)
+        }
+        ApiObject::Namespace(o) => m::Object::Namespace(namespace(o)?),
+    })
+}
+
+fn meta(meta: &ObjectMeta, default_namespace: &str) -> Result<(String, String)> {
+    let name = meta
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| err("metadata.name", "is required"))?;
+    let ns = meta
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| default_namespace.to_string());
+    Ok((ns, name))
+}
+
+fn our_annotations(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    meta.annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("switchboard.dev/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn created(meta: &ObjectMeta) -> Option<String> {
+    meta.creation_timestamp
+        .as_ref()
+        .and_then(|t| serde_json::to_value(t).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
+}
+
+fn ip(field: &str, s: &str) -> Result<IpAddr> {
+    s.parse()
+        .map_err(|_| err(field, format!("{s:?} is not an IP address")))
+}
+
+fn port(field: &str, p: i32) -> Result<u16> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| err(field, format!("{p} is not a port (1-65535)")))
+}
+
+fn protocol(field: &str, p: Option<&str>) -> Result<m::Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Ok(m::Protocol::Tcp),
+        "UDP" => Ok(m::Protocol::Udp),
+        "SCTP" => Ok(m::Protocol::Sctp),
+        other => Err(err(field, format!("unknown protocol {other:?}"))),
+    }
+}
+
+fn policy(field: &str, p: Option<&str>) -> Result<m::TrafficPolicy> {
+    match p {
+        None | Some("Cluster") => Ok(m::TrafficPolicy::Cluster),
+        Some("Local") => Ok(m::TrafficPolicy::Local),
+        Some(other) => Err(err(field, format!("unknown traffic policy {other:?}"))),
+    }
+}
+
+/// v1 Service.
+pub fn service(svc: &core::Service, default_namespace: &str) -> Result<m::Service> {
+    let (namespace, name) = meta(&svc.metadata, default_namespace)?;
+    let spec = svc.spec.clone().unwrap_or_default();
+    let service_type = match spec.type_.as_deref() {
+        None | Some("ClusterIP") => m::ServiceType::ClusterIp,
+        Some("NodePort") => m::ServiceType::NodePort,
+        Some("LoadBalancer") => m::ServiceType::LoadBalancer,
+        Some("ExternalName") => m::ServiceType::ExternalName,
+        Some(other) => return Err(err("spec.type", format!("unknown service type {other:?}"))),
+    };
+    // `clusterIP` wins over a `clusterIPs[0]` that disagrees (see `cluster_ip_mismatch`).
+    let primary = spec.cluster_ip.as_deref().filter(|s| !s.is_empty());
+    let listed = spec.cluster_ips.as_deref().unwrap_or_default();
+    let headless = primary.or(listed.first().map(String::as_str)) == Some("None");
+    let mut cluster_ips = Vec::new();
+    if service_type != m::ServiceType::ExternalName && !headless {
+        let rest = match primary {
+            Some(s) => {
+                cluster_ips.push(ip("spec.clusterIP", s)?);
+                1
+            }
+            None => 0,
+        };
+        for (i, s) in listed.iter().enumerate().skip(rest) {
+            if s != "None" {
+                cluster_ips.push(ip(&format!("spec.clusterIPs[{i}]"), s)?);
+            }
+        }
+    }
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let f = |n: &str| format!("spec.ports[{i}].{n}");
+        let number = port(&f("port"), p.port)?;
+        let target_port = match &p.target_port {
+            None => m::PortRef::Number(number),
+            Some(IntOrString::Int(n)) => m::PortRef::Number(port(&f("targetPort"), *n)?),
+            Some(IntOrString::String(s)) => match s.parse::<i32>() {
+                Ok(n) => m::PortRef::Number(port(&f("targetPort"), n)?),
+                Err(_) => m::PortRef::Name(s.clone()),
+            },
+        };
+        ports.push(m::ServicePort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: protocol(&f("protocol"), p.protocol.as_deref())?,
+            port: number,
+            target_port,
+            node_port: p.node_port.map(|n| port(&f("nodePort"), n)).transpose()?,
+            app_protocol: p.app_protocol.clone(),
+        });
+    }
+    let session_affinity_timeout = match spec.session_affinity.as_deref() {
+        None | Some("None") => None,
+        Some("ClientIP") => Some(
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .map(|t| {
+                    u32::try_from(t)
+                        .ok()
+                        .filter(|t| *t > 0 && *t <= 86400)
+                        .ok_or_else(|| {
+                            err(
+                                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                                format!("{t} is not within 1..86400"),
+                            )
+                        })
+                })
+                .transpose()?
+                .unwrap_or(10800),
+        ),
+        Some(other) => {
+            return Err(err(
+                "spec.sessionAffinity",
+                format!("unknown session affinity {other:?}"),
+            ))
+        }
+    };
+    let traffic_distribution = match spec.traffic_distribution.as_deref() {
+        None => None,
+        Some("PreferClose") => Some(m::TrafficDistribution::PreferClose),
+        Some("PreferSameZone") => Some(m::TrafficDistribution::PreferSameZone),
+        Some("PreferSameNode") => Some(m::TrafficDistribution::PreferSameNode),
+        // Unknown values are ignored by kube-proxy too (forward compatibility).
+        Some(_) => None,
+    };
+    let mut external_ips = Vec::new();
+    for (i, s) in spec.external_ips.iter().flatten().enumerate() {
+        external_ips.push(ip(&format!("spec.externalIPs[{i}]"), s)?);
+    }
+    let mut load_balancer_ips = Vec::new();
+    let lb_ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref());
+    for (i, ing) in lb_ingress.into_iter().flatten().enumerate() {
+        if let Some(s) = &ing.ip {
+            load_balancer_ips.push(ip(&format!("status.loadBalancer.ingress[{i}].ip"), s)?);
+        }
+    }
+    let mut load_balancer_source_ranges = Vec::new();
+    for (i, s) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        let net = s.trim().parse::<ipnet::IpNet>().map_err(|_| {
+            err(
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                format!("{s:?} is not a CIDR"),
+            )
+        })?;
+        load_balancer_source_ranges.push(net.trunc());
+    }
+    let external_name = if service_type == m::ServiceType::ExternalName {
+        Some(
+            spec.external_name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| err("spec.externalName", "is required for type ExternalName"))?,
+        )
+    } else {
+        None
+    };
+    Ok(m::Service {
+        namespace,
+        name,
+        service_type,
+        cluster_ips,
+        headless,
+        ports,
+        external_name,
+        session_affinity_timeout,
+        external_traffic_policy: policy(
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        )?,
+        internal_traffic_policy: policy(
+            "spec.internalTrafficPolicy",
+            spec.internal_traffic_policy.as_deref(),
+        )?,
+        traffic_distribution,
+        publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
+        external_ips,
+        load_balancer_ips,
+        load_balancer_source_ranges,
+        health_check_node_port: spec
+            .health_check_node_port
+            .map(|p| port("spec.healthCheckNodePort", p))
+            .transpose()?,
+        annotations: our_annotations(&svc.metadata),
+    })
+}
+
+/// `spec.clusterIP` and `spec.clusterIPs[0]` when both are set and differ. An API server refuses
+/// such a Service, but a manifest can say it, typically after an edit of one of the two: the
+/// demo's Services set both, and changing only `clusterIP` used to be ignored without a word
+/// (#18). `clusterIP` wins, followed by the rest of `clusterIPs`; [`warnings`] says so.
+fn cluster_ip_mismatch(spec: &core::ServiceSpec) -> Option<(&str, &str)> {
+    let primary = spec.cluster_ip.as_deref().filter(|s| !s.is_empty())?;
+    let first = spec.cluster_ips.as_ref()?.first()?.as_str();
+    (primary != first).then_some((primary, first))
+}
+
+/// What an object that converts says that is not served as it reads (the field at fault and
+/// why); the manifest source logs these and `switchboard check` lists them. Empty for almost
+/// every object.
+pub fn warnings(obj: &ApiObject) -> Vec<ConvertError> {
+    let mut out = Vec::new();
+    if let ApiObject::Service(svc) = obj {
+        if let Some((primary, first)) = svc.spec.as_ref().and_then(cluster_ip_mismatch) {
+            out.push(err(
+                "spec.clusterIP",
+                format!(
+                    "{primary} differs from spec.clusterIPs[0] {first} (an API server refuses \
+                     this); serving {primary}: update spec.clusterIPs to match"
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// discovery.k8s.io/v1 EndpointSlice. FQDN slices are rejected (kube-proxy ignores them too).
+pub fn endpoint_slice(
+    slice: &discovery::EndpointSlice,
+    default_namespace: &str,
+) -> Result<m::EndpointSlice> {
+    let (namespace, name) = meta(&slice.metadata, default_namespace)?;
+    let address_type = match slice.address_type.as_str() {
+        "IPv4" => m::AddressType::IPv4,
+        "IPv6" => m::AddressType::IPv6,
+        other => {
+            return Err(err(
+                "addressType",
+                format!("{other:?} is not supported (IPv4 or IPv6)"),
+            ))
+        }
+    };
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        // A port without a number means "all ports"; it is only valid with no endpoints.
+        let Some(n) = p.port else { continue };
+        ports.push(m::EndpointPort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: protocol(&format!("ports[{i}].protocol"), p.protocol.as_deref())?,
+            port: port(&format!("ports[{i}].port"), n)?,
+            app_protocol: p.app_protocol.clone(),
+        });
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in slice.endpoints.iter().enumerate() {
+        let mut addresses = Vec::new();
+        for (j, a) in e.addresses.iter().enumerate() {
+            let addr = ip(&format!("endpoints[{i}].addresses[{j}]"), a)?;
+            let family_ok = match address_type {
+                m::AddressType::IPv4 => addr.is_ipv4(),
+                m::AddressType::IPv6 => addr.is_ipv6(),
+            };
+            if !family_ok {
+                return Err(err(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!("{a} does not match addressType {}", slice.address_type),
+                ));
+            }
+            addresses.push(addr);
+        }
+        let c = e.conditions.clone().unwrap_or_default();
+        let hints = e.hints.clone().unwrap_or_default();
+        endpoints.push(m::Endpoint {
+            addresses,
+            hostname: e.hostname.clone(),
+            node_name: e.node_name.clone(),
+            zone: e.zone.clone(),
+            hints_for_zones: hints
+                .for_zones
+                .into_iter()
+                .flatten()
+                .map(|z| z.name)
+                .collect(),
+            hints_for_nodes: hints
+                .for_nodes
+                .into_iter()
+                .flatten()
+                .map(|n| n.name)
+                .collect(),
+            conditions: m::Conditions {
+                ready: c.ready,
+                serving: c.serving,
+                terminating: c.terminating,
+            },
+            target_ref: e.target_ref.as_ref().map(|t| m::TargetRef {
+                kind: t.kind.clone().unwrap_or_default(),
+                namespace: t.namespace.clone().unwrap_or_default(),
+                name: t.name.clone().unwrap_or_default(),
+            }),
+        });
+    }
+    Ok(m::EndpointSlice {
+        service_name: slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .cloned(),
+        namespace,
+        name,
+        address_type,
+        ports,
+        endpoints,
+        // Unparsable times are ignored, as kube-proxy does.
+        trigger_time: slice
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(std::time::SystemTime::from),
+    })
+}
+
+/// Set by the EndpointSlice controller: when the change a slice carries was triggered.
+const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
