@@ -208,6 +208,25 @@ pub struct RunArgs {
     /// such a start is refused.
     #[arg(long)]
     pub takeover: bool,
+    /// Address (IP or host name) of switchboard's Gateways and Ingresses, written to their
+    /// status (repeatable) [default: those of --publish-service].
+    #[arg(long, value_name = "ADDR")]
+    pub gateway_address: Vec<String>,
+    /// NAMESPACE/NAME of the Service in front of switchboard: its load balancer addresses
+    /// (else external IPs, else cluster IPs) go into Gateway and Ingress status.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub publish_service: Option<String>,
+    /// Namespace of the Lease that elects the status writer [default: $POD_NAMESPACE, else
+    /// the service account's namespace, else default].
+    #[arg(long, value_name = "NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Lease duration; renewal gives up after two thirds of it and each replica retries every
+    /// 2/15 of it, as client-go's 15 s / 10 s / 2 s [default: 15].
+    #[arg(long, value_name = "SECONDS")]
+    pub leader_election_lease_duration: Option<u64>,
+    /// Write no status and take part in no leader election.
+    #[arg(long)]
+    pub no_status: bool,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -259,6 +278,11 @@ pub struct FileConfig {
     pub gateway_controller: Option<String>,
     pub log: Option<String>,
     pub takeover: Option<bool>,
+    pub gateway_address: Option<Vec<String>>,
+    pub publish_service: Option<String>,
+    pub leader_election_namespace: Option<String>,
+    pub leader_election_lease_duration: Option<u64>,
+    pub no_status: Option<bool>,
 }
 
 /// Parses the TOML config file's text. An error reads `LINE:COLUMN: message`, with the likely
@@ -333,6 +357,12 @@ pub struct Config {
     pub log: String,
     /// Share listening addresses with another process (a hand-over restart).
     pub takeover: bool,
+    /// Status: fixed addresses, the published Service, the Lease (see `crate::status`).
+    pub gateway_address: Vec<String>,
+    pub publish_service: Option<String>,
+    pub leader_election_namespace: Option<String>,
+    pub leader_election_lease_duration: std::time::Duration,
+    pub no_status: bool,
 }
 
 /// `IP` or `IP:PORT` (port 53 by default); IPv6 may be bracketed.
@@ -648,6 +678,22 @@ impl Config {
                 .unwrap_or_else(|| "switchboard.dev/gateway".into()),
             log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
             takeover: args.takeover || file.takeover.unwrap_or(false),
+            gateway_address: if args.gateway_address.is_empty() {
+                file.gateway_address.unwrap_or_default()
+            } else {
+                args.gateway_address
+            },
+            publish_service: args.publish_service.or(file.publish_service),
+            leader_election_namespace: args
+                .leader_election_namespace
+                .or(file.leader_election_namespace),
+            leader_election_lease_duration: std::time::Duration::from_secs(
+                args.leader_election_lease_duration
+                    .or(file.leader_election_lease_duration)
+                    .unwrap_or(15)
+                    .max(2),
+            ),
+            no_status: args.no_status || file.no_status.unwrap_or(false),
         })
     }
 }

@@ -9,3 +9,4 @@ pub mod config;
 pub mod demo;
 pub mod hints;
 pub mod run;
+pub mod status;

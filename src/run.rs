@@ -163,6 +163,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let cell = tables::new_cell(&cfg.cluster_domain);
     let (tx, rx) = controller::channel();
     let mut parts = Vec::new();
+    let mut status: Option<controller::status::Status> = None;
 
     // Bind the admin listener first, so probes answer (not ready) while sources start.
     let health_checks = admin::HealthChecks::default();
@@ -221,7 +222,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 );
             }
         }
-        kubernetes::spawn(client, tx.clone(), metrics.clone());
+        kubernetes::spawn(client.clone(), tx.clone(), metrics.clone());
+        // The status writer: one replica (the Lease holder) writes; none of it gates serving.
+        if !cfg.no_status {
+            let status_cfg = crate::status::config(&cfg)?;
+            let status_metrics = controller::status::StatusMetrics::new(&registry)
+                .context("registering status metrics")?;
+            tracing::info!(
+                lease = %format!("{}/{}", status_cfg.lease.namespace, status_cfg.lease.name),
+                identity = %status_cfg.lease.identity,
+                "status writer: taking part in the leader election"
+            );
+            status = Some(controller::status::Status::spawn(
+                client,
+                status_cfg,
+                status_metrics,
+            ));
+        }
     }
     drop(tx);
 
@@ -319,6 +336,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     exit_on_second_signal();
+    if let Some(status) = status {
+        // Gives the Lease up first, so a standby takes over while this one drains.
+        status.shutdown().await;
+    }
     if let Some(dns) = dns {
         // Lame duck: not ready (load balancers drain us) but still answering.
         draining.store(true, Ordering::Relaxed);
@@ -330,6 +351,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(http) = http {
         http.shutdown().await;
     }
+
     // Nothing holds requests open yet; give log lines a moment to flush.
     tokio::time::sleep(Duration::from_millis(10)).await;
     tracing::info!("stopped");

@@ -28,7 +28,7 @@ use hickory_proto::rr::{RData, RecordType};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The kinds switchboard watches, as `/readyz` and the log name them.
-const PARTS: [&str; 7] = [
+const PARTS: [&str; 8] = [
     "kubernetes/Service",
     "kubernetes/EndpointSlice",
     "kubernetes/Ingress",
@@ -36,6 +36,7 @@ const PARTS: [&str; 7] = [
     "kubernetes/HTTPRoute",
     "kubernetes/Gateway",
     "kubernetes/GatewayClass",
+    "kubernetes/ReferenceGrant",
 ];
 
 const FAILING: &str = "source cannot be read";

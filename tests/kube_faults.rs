@@ -61,8 +61,8 @@ async fn setup_with(opts: Options, args: &[&str], before: impl FnOnce(&ApiServer
 }
 
 /// The kinds switchboard watches: Service, EndpointSlice, Ingress, Secret, GatewayClass,
-/// Gateway, HTTPRoute.
-const KINDS: usize = 7;
+/// Gateway, HTTPRoute, ReferenceGrant.
+const KINDS: usize = 8;
 
 async fn wait_watching(api: &ApiServer, n: usize) {
     assert!(
@@ -274,7 +274,7 @@ async fn gateway_crds_absent_then_installed() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         sb.log_count("Gateway API CRD not installed"),
-        3,
+        4, // GatewayClass, Gateway, HTTPRoute, ReferenceGrant
         "{}",
         sb.log()
     );

@@ -13,17 +13,21 @@ pub type GatewayClass = Object<GatewayClassSpec, NotUsed>;
 pub type Gateway = Object<GatewaySpec, NotUsed>;
 pub type HttpRoute = Object<HttpRouteSpec, NotUsed>;
 
-/// The API resource of a Gateway API kind at version v1.
+pub type ReferenceGrant = Object<ReferenceGrantSpec, NotUsed>;
+
+/// The API resource of a Gateway API kind: v1, except ReferenceGrant (v1beta1 in the
+/// standard channel).
 pub fn api_resource(kind: &str) -> ApiResource {
-    let plural = match kind {
-        "GatewayClass" => "gatewayclasses",
-        "Gateway" => "gateways",
-        _ => "httproutes",
+    let (plural, version) = match kind {
+        "GatewayClass" => ("gatewayclasses", "v1"),
+        "Gateway" => ("gateways", "v1"),
+        "ReferenceGrant" => ("referencegrants", "v1beta1"),
+        _ => ("httproutes", "v1"),
     };
     ApiResource {
         group: GROUP.into(),
-        version: "v1".into(),
-        api_version: format!("{GROUP}/v1"),
+        version: version.into(),
+        api_version: format!("{GROUP}/{version}"),
         kind: kind.into(),
         plural: plural.into(),
     }
@@ -51,6 +55,58 @@ pub struct Listener {
     pub port: i32,
     pub protocol: String,
     pub tls: Option<ListenerTls>,
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedRoutes {
+    pub namespaces: Option<RouteNamespaces>,
+    #[serde(default)]
+    pub kinds: Vec<RouteGroupKind>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteNamespaces {
+    /// `Same` (the default), `All` or `Selector`.
+    pub from: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteGroupKind {
+    pub group: Option<String>,
+    pub kind: String,
+}
+
+/// `gateway.networking.k8s.io/v1beta1` ReferenceGrant: lets objects of the `from` kinds and
+/// namespaces refer to the `to` kinds (optionally one name) in the grant's namespace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantSpec {
+    #[serde(default)]
+    pub from: Vec<ReferenceGrantFrom>,
+    #[serde(default)]
+    pub to: Vec<ReferenceGrantTo>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantFrom {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantTo {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub name: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -30,10 +30,11 @@ pub enum ClientError {
     Client(String),
 }
 
-/// A client from `kubeconfig`, else `$KUBECONFIG` / `~/.kube/config`, else in-cluster.
+/// A client from `kubeconfig`, else `$KUBECONFIG` / `~/.kube/config`, else in-cluster; every
+/// request it makes carries [`crate::kubernetes::USER_AGENT`].
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
     let options = KubeConfigOptions::default();
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let fail = |e: &KubeconfigError| {
                 ClientError::Kubeconfig(match e {
@@ -62,6 +63,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
             }
         },
     };
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(crate::kubernetes::USER_AGENT),
+    ));
     Client::try_from(config).map_err(|e| ClientError::Client(once(&e)))
 }
 

@@ -12,6 +12,9 @@
 //! (`Change::Health`), with `/readyz` naming the stale kinds meanwhile. `Init` (emitted before
 //! each list request) is not a successful read: it neither ends an outage nor resets the backoff.
 //!
+//! ReferenceGrants (`gateway.networking.k8s.io/v1beta1`) are watched like the other Gateway
+//! API kinds; they decide cross-namespace backendRefs and certificateRefs.
+//!
 //! Secrets are watched with the field selector `type=kubernetes.io/tls`, so other Secrets never
 //! reach this process.
 //!
@@ -36,6 +39,14 @@ use crate::gateway_api as gw;
 use crate::{Change, Event, Metrics, Sender};
 
 pub use crate::kubeconfig::{client, ClientError};
+
+/// The `User-Agent` of every request switchboard makes to the API server, as client-go
+/// programs send `NAME/VERSION`, so API server logs, audit events and priority-and-fairness
+/// rules can tell switchboard's requests apart.
+pub const USER_AGENT: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));
+
+/// The field manager of every write (status patches, the Lease), as `managedFields` shows it.
+pub const FIELD_MANAGER: &str = "switchboard";
 
 /// The label that names a node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -171,6 +182,14 @@ pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::J
         Kind::GatewayClass,
         |o: &gw::GatewayClass| convert::gateway_class(o)
             .map(Object::GatewayClass)
+            .map(Some),
+        true
+    );
+    watch!(
+        Api::<gw::ReferenceGrant>::all_with(client.clone(), &gw::api_resource("ReferenceGrant")),
+        Kind::ReferenceGrant,
+        |o: &gw::ReferenceGrant| convert::reference_grant(o, "default")
+            .map(Object::ReferenceGrant)
             .map(Some),
         true
     );

@@ -22,6 +22,7 @@ pub mod kubernetes;
 pub mod locate;
 pub mod metrics;
 pub mod parse;
+pub mod status;
 
 use std::collections::BTreeSet;
 use std::time::Instant;

@@ -401,6 +401,7 @@ fn typed_doc(api_version: &str, kind: &str, doc: &Doc) -> Result<Option<ApiObjec
             "HTTPRoute" => ApiObject::HttpRoute(Box::new(doc.typed()?)),
             "Gateway" => ApiObject::Gateway(Box::new(doc.typed()?)),
             "GatewayClass" => ApiObject::GatewayClass(Box::new(doc.typed()?)),
+            "ReferenceGrant" => ApiObject::ReferenceGrant(Box::new(doc.typed()?)),
             _ => return Ok(None),
         },
         _ => return Ok(None),
@@ -431,6 +432,7 @@ fn typed_from_value(
             "HTTPRoute" => ApiObject::HttpRoute(Box::new(de(v)?)),
             "Gateway" => ApiObject::Gateway(Box::new(de(v)?)),
             "GatewayClass" => ApiObject::GatewayClass(Box::new(de(v)?)),
+            "ReferenceGrant" => ApiObject::ReferenceGrant(Box::new(de(v)?)),
             _ => return Ok(None),
         },
         _ => return Ok(None),
@@ -450,6 +452,7 @@ fn api_object_kind(o: &ApiObject) -> &'static str {
         ApiObject::Gateway(_) => "Gateway",
         ApiObject::GatewayClass(_) => "GatewayClass",
         ApiObject::Secret(_) => "Secret",
+        ApiObject::ReferenceGrant(_) => "ReferenceGrant",
     }
 }
 
@@ -463,6 +466,7 @@ fn api_object_label(o: &ApiObject) -> String {
         ApiObject::Gateway(x) => &x.metadata,
         ApiObject::GatewayClass(x) => &x.metadata,
         ApiObject::Secret(x) => &x.metadata,
+        ApiObject::ReferenceGrant(x) => &x.metadata,
     };
     label(
         api_object_kind(o),

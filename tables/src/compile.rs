@@ -11,6 +11,9 @@ use std::sync::Arc;
 use crate::model::*;
 use crate::snapshot::*;
 
+/// The Gateway API group, as ReferenceGrants name it.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
 /// Settings that shape compilation.
 #[derive(Clone, Debug)]
 pub struct TableConfig {
@@ -310,6 +313,7 @@ pub fn compile_http<'a>(
     routes: impl Iterator<Item = &'a HttpRoute>,
     gateways: impl Iterator<Item = &'a Gateway>,
     classes: impl Iterator<Item = &'a GatewayClass>,
+    grants: &crate::grants::Grants,
 ) -> HttpTable {
     let mut table = HttpTable::default();
 
@@ -337,6 +341,7 @@ pub fn compile_http<'a>(
             service: ServiceKey::new(&ing.namespace, &b.service),
             port: Some(b.port.clone()),
             weight: 1,
+            permitted: true,
         };
         let mut index = 0;
         for rule in &ing.rules {
@@ -414,11 +419,11 @@ pub fn compile_http<'a>(
             let Some(gw) = our_gateways.get(&(ns, parent.name.as_str())) else {
                 continue;
             };
-            for l in gw.listeners.iter().filter(|l| {
-                parent.section_name.as_deref().is_none_or(|s| s == l.name)
-                    && parent.port.is_none_or(|p| p == l.port)
-                    && matches!(l.protocol.as_str(), "HTTP" | "HTTPS")
-            }) {
+            for l in gw
+                .listeners
+                .iter()
+                .filter(|l| parent_selects(parent, l) && listener_admits(gw, l, &route.namespace))
+            {
                 // The Gateway API's hostname intersection of listener and route.
                 let served: Option<Vec<String>> = match (&l.hostname, route_hosts.is_empty()) {
                     (None, true) => None,
@@ -467,13 +472,17 @@ pub fn compile_http<'a>(
                     .backend_refs
                     .iter()
                     .filter(|b| b.unsupported_kind.is_none())
-                    .map(|b| HttpBackend {
-                        service: ServiceKey::new(
-                            b.namespace.as_deref().unwrap_or(&route.namespace),
-                            &b.name,
-                        ),
-                        port: b.port.map(PortRef::Number),
-                        weight: b.weight,
+                    .map(|b| {
+                        let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
+                        HttpBackend {
+                            service: ServiceKey::new(ns, &b.name),
+                            port: b.port.map(PortRef::Number),
+                            weight: b.weight,
+                            permitted: grants.permits(
+                                (GATEWAY_GROUP, "HTTPRoute", &route.namespace),
+                                ("", "Service", ns, &b.name),
+                            ),
+                        }
                     })
                     .collect(),
                 request_timeout_ms: rule.request_timeout_ms,
@@ -488,6 +497,30 @@ pub fn compile_http<'a>(
     table
 }
 
+/// Whether a parentRef's `sectionName` and `port` select listener `l` of its Gateway.
+pub fn parent_selects(parent: &ParentRef, l: &GatewayListener) -> bool {
+    parent.section_name.as_deref().is_none_or(|s| s == l.name)
+        && parent.port.is_none_or(|p| p == l.port)
+}
+
+/// Whether listener `l` of `gw` takes HTTPRoutes from `route_namespace`: an HTTP or HTTPS
+/// listener whose `allowedRoutes` admit the kind and the namespace (`Same` is the default;
+/// `Selector` admits none, as Namespace labels are not read).
+pub fn listener_admits(gw: &Gateway, l: &GatewayListener, route_namespace: &str) -> bool {
+    is_http_listener(l)
+        && l.allows_http_route
+        && match l.allowed_namespaces {
+            RouteNamespaces::Same => gw.namespace == route_namespace,
+            RouteNamespaces::All => true,
+            RouteNamespaces::Selector => false,
+        }
+}
+
+/// HTTP and HTTPS listeners carry HTTPRoutes; other protocols are not served.
+pub fn is_http_listener(l: &GatewayListener) -> bool {
+    matches!(l.protocol.as_str(), "HTTP" | "HTTPS")
+}
+
 /// Compiles the certificates of our Ingresses' `tls` entries and our Gateways' HTTPS listeners.
 pub fn compile_tls<'a>(
     config: &TableConfig,
@@ -495,11 +528,14 @@ pub fn compile_tls<'a>(
     gateways: impl Iterator<Item = &'a Gateway>,
     classes: impl Iterator<Item = &'a GatewayClass>,
     secret: impl Fn(&str, &str) -> Option<&'a TlsSecret>,
+    grants: &crate::grants::Grants,
 ) -> TlsTable {
     let mut table = TlsTable::default();
-    let mut add = |hostnames: Vec<Arc<str>>, ns: &str, name: &str, by: ObjectKey| {
+    // `permitted`: false for a reference into another namespace that no ReferenceGrant allows;
+    // such a Secret is not served (and is listed as missing).
+    let mut add = |hostnames: Vec<Arc<str>>, ns: &str, name: &str, by: ObjectKey, permitted| {
         let key = ObjectKey::new(Kind::Secret, ns, name);
-        match secret(ns, name) {
+        match secret(ns, name).filter(|_| permitted) {
             Some(s) => table.certs.push(TlsCert {
                 hostnames,
                 secret: key,
@@ -519,6 +555,7 @@ pub fn compile_tls<'a>(
                     &ing.namespace,
                     name,
                     by.clone(),
+                    true,
                 );
             }
         }
@@ -531,11 +568,13 @@ pub fn compile_tls<'a>(
         let by = ObjectKey::new(Kind::Gateway, &gw.namespace, &gw.name);
         for l in gw.listeners.iter().filter(|l| l.protocol == "HTTPS") {
             for (ns, name) in &l.certificate_refs {
+                let from = (GATEWAY_GROUP, "Gateway", gw.namespace.as_str());
                 add(
                     l.hostname.iter().map(|h| lower(h)).collect(),
                     ns,
                     name,
                     by.clone(),
+                    grants.permits(from, ("", "Secret", ns, name)),
                 );
             }
         }
@@ -597,5 +636,69 @@ mod tests {
             r(&["*.a.example.com"])
         );
         assert!(intersect_hostnames("a.example.com", &r(&["b.example.com"])).is_empty());
+    }
+
+    #[test]
+    fn cross_namespace_backends_follow_reference_grants() {
+        let class = GatewayClass {
+            name: "sb".into(),
+            controller_name: TableConfig::default().gateway_controller,
+        };
+        let gw = Gateway {
+            namespace: "apps".into(),
+            name: "gw".into(),
+            class_name: "sb".into(),
+            listeners: vec![GatewayListener {
+                name: "web".into(),
+                port: 80,
+                protocol: "HTTP".into(),
+                allows_http_route: true,
+                ..Default::default()
+            }],
+        };
+        let route = HttpRoute {
+            namespace: "apps".into(),
+            name: "r".into(),
+            parent_refs: vec![ParentRef {
+                name: "gw".into(),
+                ..Default::default()
+            }],
+            rules: vec![HttpRouteRule {
+                backend_refs: vec![BackendRef {
+                    namespace: Some("backends".into()),
+                    name: "api".into(),
+                    port: Some(80),
+                    weight: 1,
+                    unsupported_kind: None,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let grant = crate::grants::ReferenceGrant {
+            namespace: "backends".into(),
+            name: "g".into(),
+            from: vec![(GATEWAY_GROUP.into(), "HTTPRoute".into(), "apps".into())],
+            to: vec![("".into(), "Service".into(), None)],
+        };
+        let compile = |route: &HttpRoute, grants: &crate::grants::Grants| {
+            compile_http(
+                &TableConfig::default(),
+                std::iter::empty(),
+                [route].into_iter(),
+                [&gw].into_iter(),
+                [&class].into_iter(),
+                grants,
+            )
+        };
+        let permitted =
+            |grants: &crate::grants::Grants| compile(&route, grants).rules[0].backends[0].permitted;
+        assert!(!permitted(&crate::grants::Grants::default()));
+        assert!(permitted(&crate::grants::Grants::new([grant])));
+        // A route in another namespace than the Gateway's: not attached (allowedRoutes Same).
+        let mut elsewhere = route.clone();
+        elsewhere.namespace = "other".into();
+        let t = compile(&elsewhere, &crate::grants::Grants::default());
+        assert!(t.rules.is_empty(), "{:?}", t.ignored);
     }
 }

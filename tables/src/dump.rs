@@ -204,9 +204,12 @@ pub fn dump(snap: &Snapshot) -> String {
         let backends: Vec<String> = rule
             .backends
             .iter()
-            .map(|b| match &b.port {
-                Some(p) => format!("{}:{} w={}", b.service, p, b.weight),
-                None => format!("{} w={}", b.service, b.weight),
+            .map(|b| {
+                let refused = if b.permitted { "" } else { " not-permitted" };
+                match &b.port {
+                    Some(p) => format!("{}:{} w={}{refused}", b.service, p, b.weight),
+                    None => format!("{} w={}{refused}", b.service, b.weight),
+                }
             })
             .collect();
         let _ = write!(

@@ -14,6 +14,7 @@
 
 pub mod compile;
 pub mod dump;
+pub mod grants;
 pub mod model;
 pub mod sharded;
 pub mod snapshot;

@@ -20,10 +20,12 @@ pub enum Kind {
     GatewayClass,
     /// Only `kubernetes.io/tls` Secrets.
     Secret,
+    /// `gateway.networking.k8s.io/v1beta1`: allows cross-namespace references.
+    ReferenceGrant,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
@@ -31,6 +33,7 @@ impl Kind {
         Kind::Gateway,
         Kind::GatewayClass,
         Kind::Secret,
+        Kind::ReferenceGrant,
     ];
 
     /// The Kubernetes `kind` string.
@@ -43,6 +46,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::GatewayClass => "GatewayClass",
             Kind::Secret => "Secret",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 }
@@ -113,6 +117,7 @@ pub enum Object {
     Gateway(Gateway),
     GatewayClass(GatewayClass),
     Secret(TlsSecret),
+    ReferenceGrant(crate::grants::ReferenceGrant),
 }
 
 impl Object {
@@ -125,6 +130,7 @@ impl Object {
             Object::Gateway(o) => (Kind::Gateway, &o.namespace, &o.name),
             Object::GatewayClass(o) => (Kind::GatewayClass, &String::new(), &o.name),
             Object::Secret(o) => (Kind::Secret, &o.namespace, &o.name),
+            Object::ReferenceGrant(o) => (Kind::ReferenceGrant, &o.namespace, &o.name),
         };
         ObjectKey::new(kind, ns, name)
     }
@@ -409,6 +415,22 @@ pub struct GatewayListener {
     pub protocol: String,
     /// `tls.certificateRefs[]` as (namespace, name) of Secrets.
     pub certificate_refs: Vec<(String, String)>,
+    /// `allowedRoutes.namespaces.from`.
+    pub allowed_namespaces: RouteNamespaces,
+    /// Whether `allowedRoutes.kinds` admits HTTPRoute (an empty list does, for HTTP and HTTPS).
+    pub allows_http_route: bool,
+}
+
+/// Which namespaces' routes a Gateway listener accepts (`allowedRoutes.namespaces.from`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RouteNamespaces {
+    /// The Gateway's own namespace (the Gateway API default).
+    #[default]
+    Same,
+    All,
+    /// Namespaces matching a label selector: Namespace objects are not read, so such a
+    /// listener accepts no routes (and says so in its routes' status).
+    Selector,
 }
 
 #[derive(Clone, Debug, PartialEq, Default)]

@@ -197,6 +197,9 @@ pub struct HttpBackend {
     /// Ingress may name the port; HTTPRoute gives a number.
     pub port: Option<PortRef>,
     pub weight: u32,
+    /// False for an HTTPRoute backendRef into another namespace that no ReferenceGrant there
+    /// allows: requests that pick it are answered 500, never sent to it.
+    pub permitted: bool,
 }
 
 /// One HTTP routing rule, compiled from an Ingress path or an HTTPRoute rule.
@@ -234,13 +237,14 @@ pub struct HttpTable {
 }
 
 impl HttpTable {
-    pub fn source_kinds() -> [Kind; 5] {
+    pub fn source_kinds() -> [Kind; 6] {
         [
             Kind::Ingress,
             Kind::HttpRoute,
             Kind::Gateway,
             Kind::GatewayClass,
             Kind::Secret,
+            Kind::ReferenceGrant,
         ]
     }
 }

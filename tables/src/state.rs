@@ -255,7 +255,12 @@ impl ClusterState {
                     }
                 }
             }
-            Kind::Ingress | Kind::HttpRoute | Kind::Gateway | Kind::GatewayClass | Kind::Secret => {
+            Kind::Ingress
+            | Kind::HttpRoute
+            | Kind::Gateway
+            | Kind::GatewayClass
+            | Kind::Secret
+            | Kind::ReferenceGrant => {
                 self.http_dirty = true;
             }
         }
@@ -359,6 +364,19 @@ impl ClusterState {
         }
     }
 
+    /// Every ReferenceGrant, for cross-namespace references.
+    fn grants(&self) -> crate::grants::Grants {
+        crate::grants::Grants::new(
+            self.objects
+                .iter()
+                .filter(|(k, _)| k.kind == Kind::ReferenceGrant)
+                .filter_map(|(_, c)| match c.first().map(|(_, o)| &**o) {
+                    Some(Object::ReferenceGrant(g)) => Some(g.clone()),
+                    _ => None,
+                }),
+        )
+    }
+
     fn compile_http(&self) -> crate::snapshot::HttpTable {
         let of_kind = |kind: Kind| {
             self.objects
@@ -384,6 +402,7 @@ impl ClusterState {
                 Object::GatewayClass(c) => Some(c),
                 _ => None,
             }),
+            &self.grants(),
         )
     }
 
@@ -425,6 +444,7 @@ impl ClusterState {
                 _ => None,
             }),
             |ns, name| secrets.get(&(ns, name)).copied(),
+            &self.grants(),
         )
     }
 

@@ -37,6 +37,8 @@ spec:
           requestRedirect: {scheme: https, hostname: new.test, statusCode: 301}
     - matches: [{path: {type: PathPrefix, value: /elsewhere}}]
       backendRefs: [{name: stable, namespace: other, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /granted}}]
+      backendRefs: [{name: shared, namespace: granted, port: 80}]
     - matches: [{path: {type: PathPrefix, value: /slow}}]
       timeouts: {backendRequest: 300ms}
       backendRefs: [{name: admin, port: 80}]
@@ -45,6 +47,15 @@ spec:
         - type: URLRewrite
           urlRewrite: {hostname: inner.test, path: {type: ReplacePrefixMatch, replacePrefixMatch: /inner}}
       backendRefs: [{name: admin, port: 80}]
+";
+
+/// Lets HTTPRoutes in `default` use the Service `granted/shared` (and nothing else there).
+const GRANT: &str = "apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-default, namespace: granted}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default}]
+  to: [{group: '', kind: Service, name: shared}]
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,12 +74,18 @@ async fn httproute_matches_filters_and_weights() {
         write_service(d, "canary", "10.96.1.2", &[&canary]);
         write_service(d, "admin", "10.96.1.3", &[&admin]);
         write(d, "route.yaml", SHOP_ROUTE);
+        write(
+            d,
+            "granted.yaml",
+            &service_yaml("granted", "shared", "10.96.1.4", &ready(&[&admin])),
+        );
+        write(d, "grant.yaml", GRANT);
     })
     .await;
 
     // Header, query and method matches outrank the plain weighted rule (ten times each, so
     // that the rule's 20% to canary cannot pass them by chance); filters; a backendRef into
-    // another namespace (no ReferenceGrant support) is refused, not followed;
+    // another namespace is refused (500) without a ReferenceGrant there, and followed with one;
     // timeouts.backendRequest turns a slow answer into 504 and lets a quick one pass.
     use Check::*;
     let cases = [
@@ -107,6 +124,7 @@ async fn httproute_matches_filters_and_weights() {
             ByProxy,
             BodyHas("ReferenceGrant"),
         ]),
+        Case::get("shop.test", "/granted").expect([Status(200), By("admin")]),
         Case::get("shop.test", "/slow")
             .headers(&[("x-delay-ms", "3000")])
             .expect([Status(504), ByProxy]),

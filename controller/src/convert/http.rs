@@ -174,6 +174,8 @@ pub fn gateway(g: &gw::Gateway, default_namespace: &str) -> Result<m::Gateway> {
                     )
                 })
                 .collect(),
+            allowed_namespaces: allowed_namespaces(l),
+            allows_http_route: allows_http_route(l),
         });
     }
     Ok(m::Gateway {
@@ -182,6 +184,57 @@ pub fn gateway(g: &gw::Gateway, default_namespace: &str) -> Result<m::Gateway> {
         class_name: g.spec.gateway_class_name.clone(),
         listeners,
     })
+}
+
+/// gateway.networking.k8s.io/v1beta1 ReferenceGrant.
+pub fn reference_grant(
+    g: &gw::ReferenceGrant,
+    default_namespace: &str,
+) -> Result<tables::grants::ReferenceGrant> {
+    let (namespace, name) = meta(&g.metadata, default_namespace)?;
+    Ok(tables::grants::ReferenceGrant {
+        namespace,
+        name,
+        from: g
+            .spec
+            .from
+            .iter()
+            .map(|f| (f.group.clone(), f.kind.clone(), f.namespace.clone()))
+            .collect(),
+        to: g
+            .spec
+            .to
+            .iter()
+            .map(|t| (t.group.clone(), t.kind.clone(), t.name.clone()))
+            .collect(),
+    })
+}
+
+/// A listener's `allowedRoutes.namespaces.from`; an unknown value admits nothing, as `Selector`.
+pub fn allowed_namespaces(l: &gw::Listener) -> m::RouteNamespaces {
+    let from = l
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+        .and_then(|n| n.from.as_deref());
+    match from {
+        None | Some("Same") => m::RouteNamespaces::Same,
+        Some("All") => m::RouteNamespaces::All,
+        Some(_) => m::RouteNamespaces::Selector,
+    }
+}
+
+/// Whether a listener's `allowedRoutes.kinds` admits HTTPRoute (an empty list does).
+pub fn allows_http_route(l: &gw::Listener) -> bool {
+    let kinds = l.allowed_routes.iter().flat_map(|a| &a.kinds);
+    let mut any = false;
+    for k in kinds {
+        any = true;
+        if k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == gw::GROUP) {
+            return true;
+        }
+    }
+    !any
 }
 
 /// A Gateway API duration (`1h30m`, `500ms`, `10s`) in milliseconds.

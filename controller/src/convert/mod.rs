@@ -48,6 +48,7 @@ pub enum ApiObject {
     GatewayClass(Box<gw::GatewayClass>),
     /// Only `kubernetes.io/tls` Secrets are read (see `is_tls_secret`).
     Secret(Box<core::Secret>),
+    ReferenceGrant(Box<gw::ReferenceGrant>),
 }
 
 /// Converts any supported object. `default_namespace` fills an absent `metadata.namespace`
@@ -63,6 +64,9 @@ pub fn convert(obj: &ApiObject, default_namespace: &str) -> Result<m::Object> {
         ApiObject::Gateway(o) => m::Object::Gateway(gateway(o, default_namespace)?),
         ApiObject::GatewayClass(o) => m::Object::GatewayClass(gateway_class(o)?),
         ApiObject::Secret(o) => m::Object::Secret(tls_secret(o, default_namespace)?),
+        ApiObject::ReferenceGrant(o) => {
+            m::Object::ReferenceGrant(reference_grant(o, default_namespace)?)
+        }
     })
 }
 

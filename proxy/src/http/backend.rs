@@ -313,6 +313,7 @@ mod tests {
             service: ServiceKey::new("d", "web"),
             port,
             weight: 1,
+            permitted: true,
         }
     }
 

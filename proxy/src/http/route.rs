@@ -67,14 +67,13 @@ impl CompiledRule {
         Some(self.cumulative.partition_point(|&c| c <= x))
     }
 
-    /// The filter types this data plane does not implement, if any (the rule answers 500).
     /// Gateway API: a backendRef into another namespace needs a ReferenceGrant there; the
-    /// tables have none, so such references are invalid, never silently followed.
+    /// tables mark those without one, and such references are refused, never followed.
     pub fn crosses_namespace(&self, backend: &tables::HttpBackend) -> bool {
-        self.rule.source.kind == tables::Kind::HttpRoute
-            && backend.service.namespace != self.rule.source.namespace
+        !backend.permitted
     }
 
+    /// The filter types this data plane does not implement, if any (the rule answers 500).
     pub fn unsupported_filter(&self) -> Option<&str> {
         self.rule.filters.iter().find_map(|f| match f {
             HttpRouteFilter::Unsupported(name) => Some(name.as_str()),
@@ -525,6 +524,7 @@ mod tests {
                 service: ServiceKey::new("default", name),
                 port: Some(PortRef::Number(80)),
                 weight: 1,
+                permitted: true,
             }],
             request_timeout_ms: None,
             backend_request_timeout_ms: None,
@@ -704,16 +704,19 @@ mod tests {
                 service: ServiceKey::new("d", "a"),
                 port: None,
                 weight: 90,
+                permitted: true,
             },
             HttpBackend {
                 service: ServiceKey::new("d", "b"),
                 port: None,
                 weight: 0,
+                permitted: true,
             },
             HttpBackend {
                 service: ServiceKey::new("d", "c"),
                 port: None,
                 weight: 10,
+                permitted: true,
             },
         ];
         let c = CompiledRule::new(&r);

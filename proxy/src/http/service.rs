@@ -284,7 +284,7 @@ impl ProxyHttp for Ingress {
         let backend = &rule.rule.backends[bi];
         if rule.crosses_namespace(backend) {
             let body = format!(
-                "route {}: backendRef {} is in another namespace (ReferenceGrant not supported)\n",
+                "route {}: backendRef {} is in another namespace and no ReferenceGrant there allows it\n",
                 rule.label, backend.service
             );
             return self.respond(session, ctx, 500, body, None).await;

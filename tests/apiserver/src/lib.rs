@@ -32,10 +32,14 @@
 //! Served kinds: v1 `Service`, `Secret`, `Node` (cluster-scoped);
 //! `discovery.k8s.io/v1` `EndpointSlice`; `networking.k8s.io/v1` `Ingress`; and,
 //! while the Gateway API "CRDs" are installed, `gateway.networking.k8s.io/v1`
-//! `HTTPRoute`, `Gateway`, `GatewayClass` (cluster-scoped). Namespaced kinds are
+//! `HTTPRoute`, `Gateway`, `GatewayClass` (cluster-scoped), and v1beta1 `ReferenceGrant`;
+//! `coordination.k8s.io/v1` `Lease`. Namespaced kinds are
 //! served cluster-wide (`/api/v1/services`) and per namespace
 //! (`/api/v1/namespaces/{ns}/services`); single objects with `GET .../{name}`.
-//! Only `GET` is supported: the cluster is changed from the test, not by clients.
+//! Clients read with `GET`; the only writes they may make are a data plane's: Leases
+//! (create, replace guarded by `resourceVersion`) and merge patches of status subresources
+//! (`writes.rs`). Everything else is changed from the test. Each distinct `User-Agent` is
+//! recorded ([`ApiServer::user_agents`]).
 //!
 //! * **list** (`limit`, `continue`, `resourceVersion`, `resourceVersionMatch`):
 //!   returns `{"kind":"ServiceList","metadata":{"resourceVersion":..},"items":[..]}`.
@@ -63,6 +67,7 @@ mod resources;
 mod server;
 mod store;
 mod util;
+mod writes;
 
 use std::collections::VecDeque;
 use std::io;
@@ -205,6 +210,7 @@ impl ApiServer {
             counters: Counters::default(),
             bookmark_interval: opts.bookmark_interval.filter(|d| !d.is_zero()),
             log: Mutex::new(VecDeque::new()),
+            user_agents: Mutex::new(Default::default()),
         });
         let token = CancellationToken::new();
         let task = tokio::spawn(server::accept_loop(
@@ -427,6 +433,11 @@ impl ApiServer {
     /// (the most recent 10 000).
     pub fn requests(&self) -> Vec<String> {
         lock(&self.shared().log).iter().cloned().collect()
+    }
+
+    /// Every distinct `User-Agent` request header seen so far (`-` for requests without one).
+    pub fn user_agents(&self) -> std::collections::BTreeSet<String> {
+        lock(&self.shared().user_agents).clone()
     }
 
     /// Polls [`ApiServer::stats`] until `pred` holds or `timeout` passes;

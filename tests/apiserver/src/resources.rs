@@ -88,6 +88,22 @@ pub(crate) const RESOURCES: &[ResourceType] = &[
         namespaced: false,
         crd: true,
     },
+    ResourceType {
+        group: GATEWAY_GROUP,
+        version: "v1beta1",
+        kind: "ReferenceGrant",
+        plural: "referencegrants",
+        namespaced: true,
+        crd: true,
+    },
+    ResourceType {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        namespaced: true,
+        crd: false,
+    },
 ];
 
 impl ResourceType {

@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub bookmark_interval: Option<Duration>,
     pub log: Mutex<VecDeque<String>>,
+    /// Distinct `User-Agent` headers seen (`-` for none).
+    pub user_agents: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking test thread must not take
@@ -153,7 +155,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, token: Cancell
 }
 
 /// Where a request path points.
-enum Route {
+pub(crate) enum Route {
     Version,
     Api,
     Apis,
@@ -171,7 +173,7 @@ enum Route {
     NotFound,
 }
 
-fn route(path: &str) -> Route {
+pub(crate) fn route(path: &str) -> Route {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Route::Version,
@@ -221,7 +223,7 @@ fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let mut resp = Response::new(full(json_line(value)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -231,7 +233,7 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     resp
 }
 
-fn status_response(code: u16, message: &str, details: Option<Value>) -> Response<Body> {
+pub(crate) fn status_response(code: u16, message: &str, details: Option<Value>) -> Response<Body> {
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json_response(
         status,
@@ -254,6 +256,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let line = format!("{} {}", req.method(), req.uri());
     debug!(request = %line, "apiserver: request");
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+    {
+        let ua = req
+            .headers()
+            .get(header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_else(|| "-".into());
+        let mut seen = lock(&shared.user_agents);
+        if !seen.contains(&ua) {
+            seen.insert(ua);
+        }
+    }
     {
         let mut log = lock(&shared.log);
         log.push_back(line);
@@ -290,12 +303,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         }
     }
     if req.method() != Method::GET {
+        let method = req.method().clone();
+        if let Some(resp) = crate::writes::handle(&shared, req, &path).await {
+            return resp;
+        }
         return status_response(
             405,
-            &format!(
-                "the server does not allow this method on the requested resource: {}",
-                req.method()
-            ),
+            &format!("the server does not allow this method on the requested resource: {method}"),
             None,
         );
     }

@@ -237,6 +237,23 @@ impl Store {
             }
         }
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        // As the status subresource: writing the object does not change its status.
+        if let Some(prev) = previous {
+            if obj.get("status").is_none_or(Value::is_null) {
+                if let Some(status) = prev.get("status") {
+                    obj["status"] = status.clone();
+                }
+            }
+        }
+        // metadata.generation counts spec changes (Gateway API objects and Ingresses).
+        if rt.crd || rt.kind == "Ingress" {
+            let generation = match previous.and_then(|p| p["metadata"]["generation"].as_i64()) {
+                None => 1,
+                Some(g) if previous.map(|p| &p["spec"]) != Some(&obj["spec"]) => g + 1,
+                Some(g) => g,
+            };
+            obj["metadata"]["generation"] = json!(generation);
+        }
         let event_type = if previous.is_some() {
             "MODIFIED"
         } else {

@@ -1,0 +1,449 @@
+//! What the status of switchboard's GatewayClasses, Gateways and HTTPRoutes should say.
+//!
+//! Pure: objects in, desired status out (conditions without `lastTransitionTime`, which
+//! `conditions.rs` carries over or stamps when writing). Attachment uses the same functions the
+//! HTTP table is compiled with (`tables::compile::{parent_selects, listener_admits,
+//! intersect_hostnames}`), so what the status says is attached is what is served.
+//!
+//! - GatewayClass (ours: `controllerName` is switchboard's): `Accepted`.
+//! - Gateway of one of our classes: `Accepted`, `Programmed`, `addresses`, and per listener
+//!   `Accepted`, `Programmed`, `ResolvedRefs`, `Conflicted`, `supportedKinds`, `attachedRoutes`.
+//! - HTTPRoute: one `parents[]` entry per parentRef naming a Gateway of ours, with `Accepted`
+//!   (`NotAllowedByListeners`, `NoMatchingListenerHostname`, `NoMatchingParent`) and
+//!   `ResolvedRefs` (`BackendNotFound`, `RefNotPermitted`, `InvalidKind`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use serde_json::{json, Value};
+use tables::compile::{intersect_hostnames, is_http_listener, listener_admits, parent_selects};
+
+use super::conditions::{cond, Address};
+use super::{GatewayClassObj, GatewayObj, HttpRouteObj};
+use crate::convert;
+use crate::gateway_api as gw;
+use tables::grants::Grants;
+
+/// Everything the Gateway API status depends on.
+pub struct World<'a> {
+    pub controller: &'a str,
+    pub classes: &'a [Arc<GatewayClassObj>],
+    pub gateways: &'a [Arc<GatewayObj>],
+    pub routes: &'a [Arc<HttpRouteObj>],
+    /// Services and TLS Secrets that exist, as (namespace, name).
+    pub services: &'a BTreeSet<(String, String)>,
+    pub secrets: &'a BTreeSet<(String, String)>,
+    pub grants: &'a Grants,
+    pub addresses: &'a [Address],
+}
+
+/// The desired status of every object switchboard owns status for, keyed by (namespace, name)
+/// (the empty namespace for GatewayClasses). For HTTPRoutes only our `parents[]` entries.
+#[derive(Debug, Default)]
+pub struct Desired {
+    pub classes: BTreeMap<(String, String), Value>,
+    pub gateways: BTreeMap<(String, String), Value>,
+    pub routes: BTreeMap<(String, String), Vec<Value>>,
+}
+
+fn generation<K: ResourceExt>(o: &K) -> i64 {
+    o.meta().generation.unwrap_or(0)
+}
+
+fn model_gateway(g: &GatewayObj) -> Option<tables::Gateway> {
+    let obj = gw::Gateway {
+        types: g.types.clone(),
+        metadata: g.metadata.clone(),
+        spec: g.spec.clone(),
+        status: None,
+    };
+    convert::gateway(&obj, "default").ok()
+}
+
+/// A listener's problems with its certificate references, if any: (reason, message).
+fn certificate_problem(w: &World, gw_ns: &str, l: &gw::Listener) -> Option<(&'static str, String)> {
+    if l.protocol != "HTTPS" {
+        return None;
+    }
+    let tls = l.tls.as_ref();
+    if tls.and_then(|t| t.mode.as_deref()) == Some("Passthrough") {
+        return None; // reported as an unsupported protocol mode instead
+    }
+    let refs = tls.map(|t| t.certificate_refs.as_slice()).unwrap_or(&[]);
+    if refs.is_empty() {
+        return Some((
+            "InvalidCertificateRef",
+            "an HTTPS listener needs tls.certificateRefs".into(),
+        ));
+    }
+    for r in refs {
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("Secret");
+        if !group.is_empty() || kind != "Secret" {
+            return Some((
+                "InvalidCertificateRef",
+                format!(
+                    "certificateRef {kind}.{group} {:?}: only core Secrets",
+                    r.name
+                ),
+            ));
+        }
+        let ns = r.namespace.as_deref().unwrap_or(gw_ns);
+        if ns != gw_ns
+            && !w.grants.permits(
+                ("gateway.networking.k8s.io", "Gateway", gw_ns),
+                ("", "Secret", ns, &r.name),
+            )
+        {
+            return Some((
+                "RefNotPermitted",
+                format!(
+                    "certificateRef to Secret {ns}/{} needs a ReferenceGrant in {ns}",
+                    r.name
+                ),
+            ));
+        }
+        if !w.secrets.contains(&(ns.to_string(), r.name.clone())) {
+            return Some((
+                "InvalidCertificateRef",
+                format!(
+                    "Secret {ns}/{} does not exist or is not of type kubernetes.io/tls",
+                    r.name
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// Listeners of one Gateway that conflict, with the reason, by index.
+fn conflicts(listeners: &[gw::Listener]) -> BTreeMap<usize, (&'static str, String)> {
+    let mut out = BTreeMap::new();
+    for (i, a) in listeners.iter().enumerate() {
+        for (j, b) in listeners.iter().enumerate() {
+            if i == j || a.port != b.port {
+                continue;
+            }
+            if a.protocol != b.protocol {
+                out.entry(i).or_insert((
+                    "ProtocolConflict",
+                    format!(
+                        "listener {:?} uses port {} with protocol {}",
+                        b.name, b.port, b.protocol
+                    ),
+                ));
+            } else if a.hostname == b.hostname {
+                out.entry(i).or_insert((
+                    "HostnameConflict",
+                    format!(
+                        "listener {:?} has the same port, protocol and hostname",
+                        b.name
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The route kinds a listener supports, and whether `allowedRoutes.kinds` named one that is
+/// not supported.
+fn supported_kinds(l: &gw::Listener) -> (Vec<Value>, bool) {
+    if !matches!(l.protocol.as_str(), "HTTP" | "HTTPS") {
+        return (vec![], false);
+    }
+    let http_route = json!({"group": gw::GROUP, "kind": "HTTPRoute"});
+    let asked: Vec<&gw::RouteGroupKind> = l.allowed_routes.iter().flat_map(|a| &a.kinds).collect();
+    if asked.is_empty() {
+        return (vec![http_route], false);
+    }
+    let mut kinds = vec![];
+    let mut invalid = false;
+    for k in asked {
+        if k.kind == "HTTPRoute" && k.group.as_deref().is_none_or(|g| g == gw::GROUP) {
+            if kinds.is_empty() {
+                kinds.push(http_route.clone());
+            }
+        } else {
+            invalid = true;
+        }
+    }
+    (kinds, invalid)
+}
+
+/// Computes the desired status of everything ours.
+pub fn desired(w: &World) -> Desired {
+    let mut out = Desired::default();
+    let our_classes: BTreeSet<String> = w
+        .classes
+        .iter()
+        .filter(|c| c.spec.controller_name == w.controller)
+        .map(|c| c.name_any())
+        .collect();
+    for c in w
+        .classes
+        .iter()
+        .filter(|c| our_classes.contains(&c.name_any()))
+    {
+        let g = generation(c.as_ref());
+        out.classes.insert(
+            (String::new(), c.name_any()),
+            json!({"conditions": [cond("Accepted", true, "Accepted", "handled by switchboard", g)]}),
+        );
+    }
+    let ours: Vec<(&GatewayObj, tables::Gateway)> = w
+        .gateways
+        .iter()
+        .filter(|g| our_classes.contains(&g.spec.gateway_class_name))
+        .filter_map(|g| model_gateway(g).map(|m| (g.as_ref(), m)))
+        .collect();
+
+    // Route attachments first: listeners count the routes attached to them.
+    let mut attached: BTreeMap<(String, String, String), BTreeSet<(String, String)>> =
+        BTreeMap::new();
+    for r in w.routes {
+        let route_ns = r.namespace().unwrap_or_else(|| "default".into());
+        let mut parents = vec![];
+        for p in &r.spec.parent_refs {
+            let group = p.group.as_deref().unwrap_or(gw::GROUP);
+            let kind = p.kind.as_deref().unwrap_or("Gateway");
+            if group != gw::GROUP || kind != "Gateway" {
+                continue;
+            }
+            let ns = p.namespace.clone().unwrap_or_else(|| route_ns.clone());
+            let Some((_, gwm)) = ours
+                .iter()
+                .find(|(_, m)| m.namespace == ns && m.name == p.name)
+            else {
+                continue; // not a Gateway of ours (or not there): another controller's business
+            };
+            let (accepted, on) = route_accepted(r, &route_ns, p, gwm);
+            for l in on {
+                attached
+                    .entry((ns.clone(), p.name.clone(), l))
+                    .or_default()
+                    .insert((route_ns.clone(), r.name_any()));
+            }
+            let resolved = route_resolved(w, r, &route_ns);
+            let g = generation(r.as_ref());
+            let mut parent_ref = json!({"group": group, "kind": kind, "name": p.name});
+            if let Some(ns) = &p.namespace {
+                parent_ref["namespace"] = json!(ns);
+            }
+            if let Some(s) = &p.section_name {
+                parent_ref["sectionName"] = json!(s);
+            }
+            if let Some(port) = p.port {
+                parent_ref["port"] = json!(port);
+            }
+            parents.push(json!({
+                "parentRef": parent_ref,
+                "controllerName": w.controller,
+                "conditions": [
+                    cond("Accepted", accepted.0, accepted.1, &accepted.2, g),
+                    cond("ResolvedRefs", resolved.0, resolved.1, &resolved.2, g),
+                ],
+            }));
+        }
+        if !parents.is_empty() {
+            out.routes.insert((route_ns, r.name_any()), parents);
+        }
+    }
+
+    for (g, _) in &ours {
+        let ns = g.namespace().unwrap_or_else(|| "default".into());
+        let gen = generation(*g);
+        let conflicted = conflicts(&g.spec.listeners);
+        let mut listeners = vec![];
+        let mut any_valid = false;
+        for (i, l) in g.spec.listeners.iter().enumerate() {
+            let (kinds, invalid_kinds) = supported_kinds(l);
+            let passthrough = l.tls.as_ref().and_then(|t| t.mode.as_deref()) == Some("Passthrough");
+            let supported = matches!(l.protocol.as_str(), "HTTP" | "HTTPS") && !passthrough;
+            let cert = certificate_problem(w, &ns, l);
+            let conflict = conflicted.get(&i);
+            let accepted = if supported {
+                cond("Accepted", true, "Accepted", "", gen)
+            } else {
+                let what = if passthrough {
+                    "TLS mode Passthrough".to_string()
+                } else {
+                    format!("protocol {}", l.protocol)
+                };
+                cond(
+                    "Accepted",
+                    false,
+                    "UnsupportedProtocol",
+                    &format!("{what} is not supported; HTTP and HTTPS are"),
+                    gen,
+                )
+            };
+            let resolved = match (&cert, invalid_kinds) {
+                (Some((reason, msg)), _) => cond("ResolvedRefs", false, reason, msg, gen),
+                (None, true) => cond(
+                    "ResolvedRefs",
+                    false,
+                    "InvalidRouteKinds",
+                    "only HTTPRoute is supported",
+                    gen,
+                ),
+                (None, false) => cond("ResolvedRefs", true, "ResolvedRefs", "", gen),
+            };
+            let conflicted_cond = match conflict {
+                Some((reason, msg)) => cond("Conflicted", true, reason, msg, gen),
+                None => cond("Conflicted", false, "NoConflicts", "", gen),
+            };
+            let ok = supported && cert.is_none() && conflict.is_none();
+            any_valid |= supported;
+            let programmed = if ok {
+                cond("Programmed", true, "Programmed", "", gen)
+            } else {
+                cond(
+                    "Programmed",
+                    false,
+                    "Invalid",
+                    "see the Accepted, ResolvedRefs and Conflicted conditions",
+                    gen,
+                )
+            };
+            let count = attached
+                .get(&(ns.clone(), g.name_any(), l.name.clone()))
+                .map_or(0, |s| s.len());
+            listeners.push(json!({
+                "name": l.name,
+                "supportedKinds": kinds,
+                "attachedRoutes": count,
+                "conditions": [accepted, programmed, resolved, conflicted_cond],
+            }));
+        }
+        let accepted = if any_valid || g.spec.listeners.is_empty() {
+            cond("Accepted", true, "Accepted", "", gen)
+        } else {
+            cond(
+                "Accepted",
+                false,
+                "ListenersNotValid",
+                "no listener has a supported protocol",
+                gen,
+            )
+        };
+        let programmed = if w.addresses.is_empty() {
+            cond(
+                "Programmed",
+                false,
+                "AddressNotAssigned",
+                "no address: set --gateway-address or --publish-service",
+                gen,
+            )
+        } else if any_valid {
+            cond("Programmed", true, "Programmed", "", gen)
+        } else {
+            cond("Programmed", false, "Invalid", "no valid listener", gen)
+        };
+        let addresses: Vec<Value> = w.addresses.iter().map(Address::gateway_json).collect();
+        out.gateways.insert(
+            (ns, g.name_any()),
+            json!({"addresses": addresses, "conditions": [accepted, programmed], "listeners": listeners}),
+        );
+    }
+    out
+}
+
+/// Whether a route attaches through parentRef `p` to Gateway `gwm`: (ok, reason, message) and
+/// the names of the listeners it attaches to.
+fn route_accepted(
+    r: &HttpRouteObj,
+    route_ns: &str,
+    p: &gw::ParentReference,
+    gwm: &tables::Gateway,
+) -> ((bool, &'static str, String), Vec<String>) {
+    let parent = tables::ParentRef {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        section_name: p.section_name.clone(),
+        port: p.port.and_then(|p| u16::try_from(p).ok()),
+    };
+    let selected: Vec<&tables::GatewayListener> = gwm
+        .listeners
+        .iter()
+        .filter(|l| parent_selects(&parent, l))
+        .collect();
+    if selected.is_empty() {
+        let msg = "no listener matches the parentRef's sectionName and port".to_string();
+        return ((false, "NoMatchingParent", msg), vec![]);
+    }
+    let admitted: Vec<&&tables::GatewayListener> = selected
+        .iter()
+        .filter(|l| listener_admits(gwm, l, route_ns))
+        .collect();
+    if admitted.is_empty() {
+        let why = if selected.iter().all(|l| !is_http_listener(l)) {
+            "no selected listener is HTTP or HTTPS"
+        } else {
+            "the listeners' allowedRoutes do not admit this route's namespace or kind"
+        };
+        return ((false, "NotAllowedByListeners", why.into()), vec![]);
+    }
+    let route_hosts: Vec<String> = r
+        .spec
+        .hostnames
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let on: Vec<String> = admitted
+        .iter()
+        .filter(|l| match &l.hostname {
+            None => true,
+            Some(_) if route_hosts.is_empty() => true,
+            Some(h) => !intersect_hostnames(&h.to_ascii_lowercase(), &route_hosts).is_empty(),
+        })
+        .map(|l| l.name.clone())
+        .collect();
+    if on.is_empty() {
+        let msg = "no listener hostname intersects the route's hostnames".to_string();
+        return ((false, "NoMatchingListenerHostname", msg), vec![]);
+    }
+    ((true, "Accepted", String::new()), on)
+}
+
+/// Whether every backendRef of the route resolves: (ok, reason, message) of the first problem.
+fn route_resolved(w: &World, r: &HttpRouteObj, route_ns: &str) -> (bool, &'static str, String) {
+    for rule in &r.spec.rules {
+        for b in &rule.backend_refs {
+            let group = b.group.as_deref().unwrap_or("");
+            let kind = b.kind.as_deref().unwrap_or("Service");
+            if !group.is_empty() || kind != "Service" {
+                return (
+                    false,
+                    "InvalidKind",
+                    format!("backendRef {kind}.{group} {:?}: only core Services", b.name),
+                );
+            }
+            let ns = b.namespace.as_deref().unwrap_or(route_ns);
+            if ns != route_ns
+                && !w.grants.permits(
+                    (gw::GROUP, "HTTPRoute", route_ns),
+                    ("", "Service", ns, &b.name),
+                )
+            {
+                return (
+                    false,
+                    "RefNotPermitted",
+                    format!(
+                        "backendRef to Service {ns}/{} needs a ReferenceGrant in {ns}",
+                        b.name
+                    ),
+                );
+            }
+            if !w.services.contains(&(ns.to_string(), b.name.clone())) {
+                return (
+                    false,
+                    "BackendNotFound",
+                    format!("Service {ns}/{} does not exist", b.name),
+                );
+            }
+        }
+    }
+    (true, "ResolvedRefs", String::new())
+}
