@@ -28,7 +28,7 @@ use hickory_proto::rr::{RData, RecordType};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The kinds switchboard watches, as `/readyz` and the log name them.
-const PARTS: [&str; 8] = [
+const PARTS: [&str; 9] = [
     "kubernetes/Service",
     "kubernetes/EndpointSlice",
     "kubernetes/Ingress",
@@ -37,6 +37,7 @@ const PARTS: [&str; 8] = [
     "kubernetes/Gateway",
     "kubernetes/GatewayClass",
     "kubernetes/ReferenceGrant",
+    "kubernetes/Namespace",
 ];
 
 const FAILING: &str = "source cannot be read";

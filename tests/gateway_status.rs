@@ -29,145 +29,10 @@ const CRDS: &str = include_str!("gateway-api/standard-crds-v1.3.0.yaml");
 const WAIT: Duration = Duration::from_secs(30);
 const OTHER: &str = "example.com/other-controller";
 
-const SCENARIO: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: apps}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: other}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: backends}
----
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: apps}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: api, namespace: backends}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: sb}
-spec: {controllerName: switchboard.dev/gateway}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: theirs}
-spec: {controllerName: example.com/other-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: apps}
-spec:
-  gatewayClassName: sb
-  listeners:
-  - {name: web, port: 80, protocol: HTTP, hostname: "*.example.com"}
-  - {name: open, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
-  - name: secure
-    port: 443
-    protocol: HTTPS
-    hostname: secure.example.com
-    tls: {certificateRefs: [{name: missing-cert}]}
-  - {name: raw, port: 9000, protocol: TCP}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: clash, namespace: apps}
-spec:
-  gatewayClassName: sb
-  listeners:
-  - {name: plain, port: 8443, protocol: HTTP}
-  - name: tls
-    port: 8443
-    protocol: HTTPS
-    tls: {certificateRefs: [{name: missing-cert}]}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: foreign, namespace: apps}
-spec:
-  gatewayClassName: theirs
-  listeners: [{name: web, port: 80, protocol: HTTP}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: ok, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: web}, {name: foreign}]
-  hostnames: [a.example.com]
-  rules: [{backendRefs: [{name: web, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: nohost, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: web}]
-  hostnames: [a.example.org]
-  rules: [{backendRefs: [{name: web, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: nosection, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: nope}]
-  rules: [{backendRefs: [{name: web, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: absent, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: web}]
-  rules: [{backendRefs: [{name: nothere, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: badkind, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: web}]
-  rules: [{backendRefs: [{group: example.com, kind: Bucket, name: b, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: cross, namespace: apps}
-spec:
-  parentRefs: [{name: gw, sectionName: web}]
-  rules: [{backendRefs: [{name: api, namespace: backends, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: intruder, namespace: other}
-spec:
-  parentRefs: [{name: gw, namespace: apps, sectionName: web}]
-  rules: [{backendRefs: [{name: web, port: 80}]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: guest, namespace: other}
-spec:
-  parentRefs: [{name: gw, namespace: apps, sectionName: open}]
-  rules: []
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: ing, namespace: apps}
-spec:
-  ingressClassName: switchboard
-  defaultBackend: {service: {name: web, port: {number: 80}}}
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {name: notours, namespace: apps}
-spec:
-  ingressClassName: nginx
-  defaultBackend: {service: {name: web, port: {number: 80}}}
-"#;
+/// The objects of the scenario: namespaces, Services, our and another controller's
+/// GatewayClass, Gateways (valid, conflicting, unsupported listeners), routes for each reason,
+/// Ingresses of our class and another.
+const SCENARIO: &str = include_str!("gateway-api/status-scenario.yaml");
 
 const GRANT: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1beta1
@@ -239,7 +104,7 @@ impl Cluster {
             }
             match self {
                 Cluster::Test(api, _) => {
-                    if v["kind"] != "Namespace" && v["kind"] != "CustomResourceDefinition" {
+                    if v["kind"] != "CustomResourceDefinition" {
                         api.apply(v);
                     }
                 }
@@ -501,6 +366,12 @@ async fn scenario(c: Cluster) {
             .ok_or(format!("observedGeneration {seen:?} != {gen:?}"))
     })
     .await;
+    if let Cluster::Real(..) = c {
+        // The vendored CRDs carry bundle-version v1.3.0.
+        let gc = c.get(GW, "GatewayClass", "", "sb").await.unwrap();
+        let conds = &gc["status"]["conditions"];
+        expect(conds, "SupportedVersion", "True", "SupportedVersion").unwrap();
+    }
     let theirs_class = c.get(GW, "GatewayClass", "", "theirs").await.unwrap();
     assert!(
         condition(&theirs_class["status"]["conditions"], "Accepted")
@@ -566,6 +437,11 @@ async fn scenario(c: Cluster) {
         ("True", "ResolvedRefs"),
     )
     .await;
+    // allowedRoutes from: Selector: the labelled namespace is admitted, the other is not.
+    let resolved = ("True", "ResolvedRefs");
+    route_is(&c, "other", "member", ("True", "Accepted"), resolved).await;
+    let refused = ("False", "NotAllowedByListeners");
+    route_is(&c, "backends", "stranger", refused, resolved).await;
     // The other controller's entry is still there, and we wrote none for its Gateway.
     let ok = c.get(GW, "HTTPRoute", "apps", "ok").await.unwrap();
     let parents = ok["status"]["parents"].as_array().unwrap();
@@ -590,8 +466,10 @@ async fn scenario(c: Cluster) {
         expect(&web["conditions"], "Programmed", "True", "Programmed")?;
         expect(&web["conditions"], "ResolvedRefs", "True", "ResolvedRefs")?;
         expect(&web["conditions"], "Conflicted", "False", "NoConflicts")?;
-        // ok, absent, badkind, cross (accepted on web); guest on open.
-        if web["attachedRoutes"] != 4 || listener(&gw, "open")["attachedRoutes"] != 1 {
+        // ok, absent, badkind, cross (accepted on web); guest on open; member on picky.
+        let attached = |name| listener(&gw, name)["attachedRoutes"].as_i64();
+        if web["attachedRoutes"] != 4 || attached("open") != Some(1) || attached("picky") != Some(1)
+        {
             return Err(format!("attachedRoutes: {}", st["listeners"]));
         }
         if web["supportedKinds"]

@@ -61,8 +61,8 @@ async fn setup_with(opts: Options, args: &[&str], before: impl FnOnce(&ApiServer
 }
 
 /// The kinds switchboard watches: Service, EndpointSlice, Ingress, Secret, GatewayClass,
-/// Gateway, HTTPRoute, ReferenceGrant.
-const KINDS: usize = 8;
+/// Gateway, HTTPRoute, ReferenceGrant, Namespace.
+const KINDS: usize = 9;
 
 async fn wait_watching(api: &ApiServer, n: usize) {
     assert!(

@@ -71,6 +71,8 @@ pub struct AllowedRoutes {
 pub struct RouteNamespaces {
     /// `Same` (the default), `All` or `Selector`.
     pub from: Option<String>,
+    /// With `Selector`: the labels of the namespaces admitted.
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

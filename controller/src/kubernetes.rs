@@ -193,6 +193,12 @@ pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::J
             .map(Some),
         true
     );
+    watch!(
+        Api::<core::Namespace>::all(client.clone()),
+        Kind::Namespace,
+        |o: &core::Namespace| convert::namespace(o).map(Object::Namespace).map(Some),
+        false
+    );
     // Only TLS Secrets, selected by the API server: the rest never reach this process.
     watch!(
         Api::<core::Secret>::all(client.clone()),
@@ -211,7 +217,7 @@ pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::J
 }
 
 fn key_of<K: ResourceExt>(kind: Kind, obj: &K) -> ObjectKey {
-    let ns = if kind == Kind::GatewayClass {
+    let ns = if matches!(kind, Kind::GatewayClass | Kind::Namespace) {
         String::new()
     } else {
         obj.namespace().unwrap_or_else(|| "default".into())

@@ -390,6 +390,7 @@ fn typed_doc(api_version: &str, kind: &str, doc: &Doc) -> Result<Option<ApiObjec
             ApiObject::EndpointSlice(Box::new(doc.typed()?))
         }
         ("networking.k8s.io/v1", "Ingress") => ApiObject::Ingress(Box::new(doc.typed()?)),
+        ("v1", "Namespace") => ApiObject::Namespace(Box::new(doc.typed()?)),
         ("v1", "Secret") => {
             let secret: k8s_openapi::api::core::v1::Secret = doc.typed()?;
             if !crate::convert::is_tls_secret(&secret) {
@@ -421,6 +422,7 @@ fn typed_from_value(
         ("v1", "Service") => ApiObject::Service(Box::new(de(v)?)),
         ("discovery.k8s.io/v1", "EndpointSlice") => ApiObject::EndpointSlice(Box::new(de(v)?)),
         ("networking.k8s.io/v1", "Ingress") => ApiObject::Ingress(Box::new(de(v)?)),
+        ("v1", "Namespace") => ApiObject::Namespace(Box::new(de(v)?)),
         ("v1", "Secret") => {
             let secret: k8s_openapi::api::core::v1::Secret = de(v)?;
             if !crate::convert::is_tls_secret(&secret) {
@@ -453,6 +455,7 @@ fn api_object_kind(o: &ApiObject) -> &'static str {
         ApiObject::GatewayClass(_) => "GatewayClass",
         ApiObject::Secret(_) => "Secret",
         ApiObject::ReferenceGrant(_) => "ReferenceGrant",
+        ApiObject::Namespace(_) => "Namespace",
     }
 }
 
@@ -467,6 +470,7 @@ fn api_object_label(o: &ApiObject) -> String {
         ApiObject::GatewayClass(x) => &x.metadata,
         ApiObject::Secret(x) => &x.metadata,
         ApiObject::ReferenceGrant(x) => &x.metadata,
+        ApiObject::Namespace(x) => &x.metadata,
     };
     label(
         api_object_kind(o),

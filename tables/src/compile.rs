@@ -314,6 +314,7 @@ pub fn compile_http<'a>(
     gateways: impl Iterator<Item = &'a Gateway>,
     classes: impl Iterator<Item = &'a GatewayClass>,
     grants: &crate::grants::Grants,
+    namespaces: &NamespaceLabels,
 ) -> HttpTable {
     let mut table = HttpTable::default();
 
@@ -419,11 +420,9 @@ pub fn compile_http<'a>(
             let Some(gw) = our_gateways.get(&(ns, parent.name.as_str())) else {
                 continue;
             };
-            for l in gw
-                .listeners
-                .iter()
-                .filter(|l| parent_selects(parent, l) && listener_admits(gw, l, &route.namespace))
-            {
+            for l in gw.listeners.iter().filter(|l| {
+                parent_selects(parent, l) && listener_admits(gw, l, &route.namespace, namespaces)
+            }) {
                 // The Gateway API's hostname intersection of listener and route.
                 let served: Option<Vec<String>> = match (&l.hostname, route_hosts.is_empty()) {
                     (None, true) => None,
@@ -503,16 +502,27 @@ pub fn parent_selects(parent: &ParentRef, l: &GatewayListener) -> bool {
         && parent.port.is_none_or(|p| p == l.port)
 }
 
+/// Labels of each Namespace, by name.
+pub type NamespaceLabels = BTreeMap<String, BTreeMap<String, String>>;
+
 /// Whether listener `l` of `gw` takes HTTPRoutes from `route_namespace`: an HTTP or HTTPS
 /// listener whose `allowedRoutes` admit the kind and the namespace (`Same` is the default;
-/// `Selector` admits none, as Namespace labels are not read).
-pub fn listener_admits(gw: &Gateway, l: &GatewayListener, route_namespace: &str) -> bool {
+/// `Selector` matches the namespace's labels, none when the Namespace is unknown).
+pub fn listener_admits(
+    gw: &Gateway,
+    l: &GatewayListener,
+    route_namespace: &str,
+    namespaces: &NamespaceLabels,
+) -> bool {
     is_http_listener(l)
         && l.allows_http_route
-        && match l.allowed_namespaces {
+        && match &l.allowed_namespaces {
             RouteNamespaces::Same => gw.namespace == route_namespace,
             RouteNamespaces::All => true,
-            RouteNamespaces::Selector => false,
+            RouteNamespaces::Selector(sel) => namespaces
+                .get(route_namespace)
+                .is_some_and(|labels| sel.matches(labels)),
+            RouteNamespaces::None => false,
         }
 }
 
@@ -638,24 +648,30 @@ mod tests {
         assert!(intersect_hostnames("a.example.com", &r(&["b.example.com"])).is_empty());
     }
 
-    #[test]
-    fn cross_namespace_backends_follow_reference_grants() {
-        let class = GatewayClass {
-            name: "sb".into(),
-            controller_name: TableConfig::default().gateway_controller,
-        };
-        let gw = Gateway {
-            namespace: "apps".into(),
+    /// Gateway `NS/gw` of class `sb` with one HTTP listener `web` on port 80.
+    fn one_listener_gateway(namespace: &str, allowed: RouteNamespaces) -> Gateway {
+        Gateway {
+            namespace: namespace.into(),
             name: "gw".into(),
             class_name: "sb".into(),
             listeners: vec![GatewayListener {
                 name: "web".into(),
                 port: 80,
                 protocol: "HTTP".into(),
+                allowed_namespaces: allowed,
                 allows_http_route: true,
                 ..Default::default()
             }],
+        }
+    }
+
+    #[test]
+    fn cross_namespace_backends_follow_reference_grants() {
+        let class = GatewayClass {
+            name: "sb".into(),
+            controller_name: TableConfig::default().gateway_controller,
         };
+        let gw = one_listener_gateway("apps", RouteNamespaces::Same);
         let route = HttpRoute {
             namespace: "apps".into(),
             name: "r".into(),
@@ -689,6 +705,7 @@ mod tests {
                 [&gw].into_iter(),
                 [&class].into_iter(),
                 grants,
+                &NamespaceLabels::new(),
             )
         };
         let permitted =
@@ -700,5 +717,46 @@ mod tests {
         elsewhere.namespace = "other".into();
         let t = compile(&elsewhere, &crate::grants::Grants::default());
         assert!(t.rules.is_empty(), "{:?}", t.ignored);
+    }
+
+    #[test]
+    fn listener_selectors_admit_namespaces_by_label() {
+        let selector = |labels: &[(&str, &str)], exprs: Vec<(String, String, Vec<String>)>| {
+            RouteNamespaces::Selector(LabelSelector {
+                match_labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                match_expressions: exprs,
+            })
+        };
+        let gw = |allowed| one_listener_gateway("infra", allowed);
+        let mut namespaces = NamespaceLabels::new();
+        namespaces.insert(
+            "apps".into(),
+            [("team".to_string(), "a".to_string())].into(),
+        );
+        namespaces.insert("other".into(), Default::default());
+        let admits = |g: &Gateway, ns: &str| listener_admits(g, &g.listeners[0], ns, &namespaces);
+        let by_label = gw(selector(&[("team", "a")], vec![]));
+        assert!(admits(&by_label, "apps"));
+        assert!(!admits(&by_label, "other"));
+        assert!(!admits(&by_label, "unknown"));
+        let exists = gw(selector(
+            &[],
+            vec![("team".into(), "Exists".into(), vec![])],
+        ));
+        assert!(admits(&exists, "apps") && !admits(&exists, "other"));
+        let not_in = gw(selector(
+            &[],
+            vec![("team".into(), "NotIn".into(), vec!["a".into()])],
+        ));
+        assert!(!admits(&not_in, "apps") && admits(&not_in, "other"));
+        let bad_op = gw(selector(&[], vec![("team".into(), "Near".into(), vec![])]));
+        assert!(!admits(&bad_op, "apps"));
+        assert!(admits(&gw(RouteNamespaces::Same), "infra"));
+        assert!(!admits(&gw(RouteNamespaces::Same), "apps"));
+        assert!(admits(&gw(RouteNamespaces::All), "other"));
+        assert!(!admits(&gw(RouteNamespaces::None), "infra"));
     }
 }

@@ -22,10 +22,12 @@ pub enum Kind {
     Secret,
     /// `gateway.networking.k8s.io/v1beta1`: allows cross-namespace references.
     ReferenceGrant,
+    /// Labels, for listener `allowedRoutes` selectors.
+    Namespace,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Ingress,
@@ -34,6 +36,7 @@ impl Kind {
         Kind::GatewayClass,
         Kind::Secret,
         Kind::ReferenceGrant,
+        Kind::Namespace,
     ];
 
     /// The Kubernetes `kind` string.
@@ -47,6 +50,7 @@ impl Kind {
             Kind::GatewayClass => "GatewayClass",
             Kind::Secret => "Secret",
             Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Namespace => "Namespace",
         }
     }
 }
@@ -118,6 +122,7 @@ pub enum Object {
     GatewayClass(GatewayClass),
     Secret(TlsSecret),
     ReferenceGrant(crate::grants::ReferenceGrant),
+    Namespace(Namespace),
 }
 
 impl Object {
@@ -131,6 +136,7 @@ impl Object {
             Object::GatewayClass(o) => (Kind::GatewayClass, &String::new(), &o.name),
             Object::Secret(o) => (Kind::Secret, &o.namespace, &o.name),
             Object::ReferenceGrant(o) => (Kind::ReferenceGrant, &o.namespace, &o.name),
+            Object::Namespace(o) => (Kind::Namespace, &String::new(), &o.name),
         };
         ObjectKey::new(kind, ns, name)
     }
@@ -422,15 +428,50 @@ pub struct GatewayListener {
 }
 
 /// Which namespaces' routes a Gateway listener accepts (`allowedRoutes.namespaces.from`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum RouteNamespaces {
     /// The Gateway's own namespace (the Gateway API default).
     #[default]
     Same,
     All,
-    /// Namespaces matching a label selector: Namespace objects are not read, so such a
-    /// listener accepts no routes (and says so in its routes' status).
-    Selector,
+    /// Namespaces whose labels match (`from: Selector`).
+    Selector(LabelSelector),
+    /// A `from` value this version does not know: admits nothing.
+    None,
+}
+
+/// A Kubernetes label selector (`matchLabels` and `matchExpressions`, all must hold).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LabelSelector {
+    pub match_labels: BTreeMap<String, String>,
+    /// (key, operator `In`/`NotIn`/`Exists`/`DoesNotExist`, values).
+    pub match_expressions: Vec<(String, String, Vec<String>)>,
+}
+
+impl LabelSelector {
+    /// Whether `labels` satisfy the selector; an unknown operator matches nothing.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|(k, op, values)| {
+                let value = labels.get(k);
+                match op.as_str() {
+                    "In" => value.is_some_and(|v| values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+/// A Namespace: only its labels matter (listener `allowedRoutes` selectors).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Default)]

@@ -237,7 +237,7 @@ pub struct HttpTable {
 }
 
 impl HttpTable {
-    pub fn source_kinds() -> [Kind; 6] {
+    pub fn source_kinds() -> [Kind; 7] {
         [
             Kind::Ingress,
             Kind::HttpRoute,
@@ -245,6 +245,7 @@ impl HttpTable {
             Kind::GatewayClass,
             Kind::Secret,
             Kind::ReferenceGrant,
+            Kind::Namespace,
         ]
     }
 }

@@ -260,7 +260,8 @@ impl ClusterState {
             | Kind::Gateway
             | Kind::GatewayClass
             | Kind::Secret
-            | Kind::ReferenceGrant => {
+            | Kind::ReferenceGrant
+            | Kind::Namespace => {
                 self.http_dirty = true;
             }
         }
@@ -403,6 +404,15 @@ impl ClusterState {
                 _ => None,
             }),
             &self.grants(),
+            &self
+                .objects
+                .iter()
+                .filter(|(k, _)| k.kind == Kind::Namespace)
+                .filter_map(|(_, c)| match c.first().map(|(_, o)| &**o) {
+                    Some(Object::Namespace(n)) => Some((n.name.clone(), n.labels.clone())),
+                    _ => None,
+                })
+                .collect(),
         )
     }
 

@@ -210,18 +210,40 @@ pub fn reference_grant(
     })
 }
 
-/// A listener's `allowedRoutes.namespaces.from`; an unknown value admits nothing, as `Selector`.
+/// A listener's `allowedRoutes.namespaces`; an unknown `from` admits nothing.
 pub fn allowed_namespaces(l: &gw::Listener) -> m::RouteNamespaces {
-    let from = l
+    let namespaces = l
         .allowed_routes
         .as_ref()
-        .and_then(|a| a.namespaces.as_ref())
-        .and_then(|n| n.from.as_deref());
-    match from {
+        .and_then(|a| a.namespaces.as_ref());
+    match namespaces.and_then(|n| n.from.as_deref()) {
         None | Some("Same") => m::RouteNamespaces::Same,
         Some("All") => m::RouteNamespaces::All,
-        Some(_) => m::RouteNamespaces::Selector,
+        Some("Selector") => {
+            let sel = namespaces
+                .and_then(|n| n.selector.clone())
+                .unwrap_or_default();
+            m::RouteNamespaces::Selector(m::LabelSelector {
+                match_labels: sel.match_labels.unwrap_or_default(),
+                match_expressions: sel
+                    .match_expressions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| (e.key, e.operator, e.values.unwrap_or_default()))
+                    .collect(),
+            })
+        }
+        Some(_) => m::RouteNamespaces::None,
     }
+}
+
+/// v1 Namespace: its labels.
+pub fn namespace(n: &core::Namespace) -> Result<m::Namespace> {
+    let (_, name) = meta(&n.metadata, "")?;
+    Ok(m::Namespace {
+        name,
+        labels: n.metadata.labels.clone().unwrap_or_default(),
+    })
 }
 
 /// Whether a listener's `allowedRoutes.kinds` admits HTTPRoute (an empty list does).

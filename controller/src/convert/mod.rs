@@ -49,6 +49,7 @@ pub enum ApiObject {
     /// Only `kubernetes.io/tls` Secrets are read (see `is_tls_secret`).
     Secret(Box<core::Secret>),
     ReferenceGrant(Box<gw::ReferenceGrant>),
+    Namespace(Box<core::Namespace>),
 }
 
 /// Converts any supported object. `default_namespace` fills an absent `metadata.namespace`
@@ -67,6 +68,7 @@ pub fn convert(obj: &ApiObject, default_namespace: &str) -> Result<m::Object> {
         ApiObject::ReferenceGrant(o) => {
             m::Object::ReferenceGrant(reference_grant(o, default_namespace)?)
         }
+        ApiObject::Namespace(o) => m::Object::Namespace(namespace(o)?),
     })
 }
 

@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use serde_json::{json, Value};
-use tables::compile::{intersect_hostnames, is_http_listener, listener_admits, parent_selects};
+use tables::compile::{
+    intersect_hostnames, is_http_listener, listener_admits, parent_selects, NamespaceLabels,
+};
 
 use super::conditions::{cond, Address};
 use super::{GatewayClassObj, GatewayObj, HttpRouteObj};
@@ -35,7 +37,22 @@ pub struct World<'a> {
     pub services: &'a BTreeSet<(String, String)>,
     pub secrets: &'a BTreeSet<(String, String)>,
     pub grants: &'a Grants,
+    /// Labels of each Namespace, for `allowedRoutes` selectors.
+    pub namespaces: &'a NamespaceLabels,
     pub addresses: &'a [Address],
+    /// The installed Gateway API bundle version (the CRDs' `bundle-version` annotation), when
+    /// it could be read.
+    pub bundle_version: Option<&'a str>,
+}
+
+/// Whether switchboard works with a Gateway API bundle version: it reads the `v1` API, which
+/// exists from v1.0.0 on (tested with v1.3.0); a version that does not parse counts as
+/// unsupported. Newer minor versions keep `v1` compatible, so they are supported.
+pub fn supported_version(v: &str) -> bool {
+    let mut parts = v.trim_start_matches('v').split(['.', '-']);
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    matches!((major, minor), (Some(m), Some(_)) if m >= 1)
 }
 
 /// The desired status of every object switchboard owns status for, keyed by (namespace, name)
@@ -187,9 +204,37 @@ pub fn desired(w: &World) -> Desired {
         .filter(|c| our_classes.contains(&c.name_any()))
     {
         let g = generation(c.as_ref());
+        let conditions = match w.bundle_version {
+            // Unknown (the CRD could not be read): no SupportedVersion condition.
+            None => vec![cond(
+                "Accepted",
+                true,
+                "Accepted",
+                "handled by switchboard",
+                g,
+            )],
+            Some(v) if supported_version(v) => vec![
+                cond("Accepted", true, "Accepted", "handled by switchboard", g),
+                cond(
+                    "SupportedVersion",
+                    true,
+                    "SupportedVersion",
+                    &format!("Gateway API {v}"),
+                    g,
+                ),
+            ],
+            Some(v) => {
+                let msg =
+                    format!("Gateway API {v} is not supported; switchboard needs v1.0.0 or later");
+                vec![
+                    cond("Accepted", false, "UnsupportedVersion", &msg, g),
+                    cond("SupportedVersion", false, "UnsupportedVersion", &msg, g),
+                ]
+            }
+        };
         out.classes.insert(
             (String::new(), c.name_any()),
-            json!({"conditions": [cond("Accepted", true, "Accepted", "handled by switchboard", g)]}),
+            json!({ "conditions": conditions }),
         );
     }
     let ours: Vec<(&GatewayObj, tables::Gateway)> = w
@@ -218,7 +263,7 @@ pub fn desired(w: &World) -> Desired {
             else {
                 continue; // not a Gateway of ours (or not there): another controller's business
             };
-            let (accepted, on) = route_accepted(r, &route_ns, p, gwm);
+            let (accepted, on) = route_accepted(r, &route_ns, p, gwm, w.namespaces);
             for l in on {
                 attached
                     .entry((ns.clone(), p.name.clone(), l))
@@ -357,6 +402,7 @@ fn route_accepted(
     route_ns: &str,
     p: &gw::ParentReference,
     gwm: &tables::Gateway,
+    namespaces: &NamespaceLabels,
 ) -> ((bool, &'static str, String), Vec<String>) {
     let parent = tables::ParentRef {
         namespace: p.namespace.clone(),
@@ -375,7 +421,7 @@ fn route_accepted(
     }
     let admitted: Vec<&&tables::GatewayListener> = selected
         .iter()
-        .filter(|l| listener_admits(gwm, l, route_ns))
+        .filter(|l| listener_admits(gwm, l, route_ns, namespaces))
         .collect();
     if admitted.is_empty() {
         let why = if selected.iter().all(|l| !is_http_listener(l)) {
@@ -446,4 +492,102 @@ fn route_resolved(w: &World, r: &HttpRouteObj, route_ns: &str) -> (bool, &'stati
         }
     }
     (true, "ResolvedRefs", String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj<T: serde::de::DeserializeOwned>(v: Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    fn conds<'a>(v: &'a Value, t: &str) -> (&'a str, &'a str) {
+        let c = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap();
+        (c["status"].as_str().unwrap(), c["reason"].as_str().unwrap())
+    }
+
+    /// What the API server's validation refuses (two listeners alike) and no address: the
+    /// status still says what is wrong.
+    #[test]
+    fn hostname_conflict_and_no_address() {
+        let class: Arc<GatewayClassObj> = obj(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "sb", "generation": 3},
+            "spec": {"controllerName": "switchboard.dev/gateway"}}));
+        let gw: Arc<GatewayObj> = obj(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "apps", "generation": 2},
+            "spec": {"gatewayClassName": "sb", "listeners": [
+                {"name": "a", "port": 80, "protocol": "HTTP", "hostname": "x.example"},
+                {"name": "b", "port": 80, "protocol": "HTTP", "hostname": "x.example"},
+                {"name": "c", "port": 81, "protocol": "HTTP",
+                 "allowedRoutes": {"kinds": [{"kind": "TCPRoute"}]}}]}}));
+        let route: Arc<HttpRouteObj> = obj(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "apps", "generation": 1},
+            "spec": {"parentRefs": [{"name": "gw", "port": 81}, {"name": "elsewhere"}]}}));
+        let (empty, grants, ns) = (BTreeSet::new(), Grants::default(), NamespaceLabels::new());
+        let d = desired(&World {
+            controller: "switchboard.dev/gateway",
+            classes: &[class],
+            gateways: &[gw],
+            routes: &[route],
+            services: &empty,
+            secrets: &empty,
+            grants: &grants,
+            namespaces: &ns,
+            addresses: &[],
+            bundle_version: None,
+        });
+        let class = &d.classes[&(String::new(), "sb".to_string())];
+        assert_eq!(
+            conds(&class["conditions"], "Accepted"),
+            ("True", "Accepted")
+        );
+        assert_eq!(class["conditions"][0]["observedGeneration"], 3);
+        let g = &d.gateways[&("apps".to_string(), "gw".to_string())];
+        assert_eq!(
+            conds(&g["conditions"], "Programmed"),
+            ("False", "AddressNotAssigned")
+        );
+        for l in 0..2 {
+            let c = &g["listeners"][l]["conditions"];
+            assert_eq!(conds(c, "Conflicted"), ("True", "HostnameConflict"));
+            assert_eq!(conds(c, "Programmed"), ("False", "Invalid"));
+        }
+        let c = &g["listeners"][2];
+        assert_eq!(
+            conds(&c["conditions"], "ResolvedRefs"),
+            ("False", "InvalidRouteKinds")
+        );
+        assert_eq!(c["supportedKinds"], json!([]));
+        // The route's parentRef by port selects listener c, whose kinds refuse HTTPRoute; the
+        // Gateway that does not exist gets no entry.
+        let parents = &d.routes[&("apps".to_string(), "r".to_string())];
+        assert_eq!(parents.len(), 1);
+        let p = &parents[0];
+        assert_eq!(
+            p["parentRef"],
+            json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw", "port": 81})
+        );
+        assert_eq!(
+            conds(&p["conditions"], "Accepted"),
+            ("False", "NotAllowedByListeners")
+        );
+        assert_eq!(c["attachedRoutes"], 0);
+    }
+
+    #[test]
+    fn bundle_versions() {
+        use super::supported_version as ok;
+        assert!(ok("v1.3.0") && ok("v1.0.0") && ok("v1.5.0-rc.1") && ok("v2.0.0"));
+        assert!(!ok("v0.8.1") && !ok("") && !ok("main"));
+    }
 }

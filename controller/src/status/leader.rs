@@ -73,7 +73,14 @@ pub async fn run(
     let mut last_renew: Option<Instant> = None;
     let mut leading = false;
     loop {
-        let outcome = try_acquire_or_renew(&api, &cfg, &mut observed).await;
+        // Bounded, as client-go bounds each renewal by its deadline: a request that hangs must
+        // not keep a leader that can no longer renew believing it leads.
+        let attempt = try_acquire_or_renew(&api, &cfg, &mut observed);
+        let outcome =
+            match tokio::time::timeout(cfg.retry.max(Duration::from_secs(1)) * 2, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(kube::Error::Service("lease request timed out".into())),
+            };
         let now = Instant::now();
         match outcome {
             Ok(true) => last_renew = Some(now),

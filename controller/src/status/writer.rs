@@ -1,7 +1,7 @@
 //! The status writer: runs only while this replica leads.
 //!
 //! It opens its own watches (GatewayClass, Gateway, HTTPRoute, ReferenceGrant, Ingress, the
-//! names of Services and TLS Secrets, and the `--publish-service` Service), and after each
+//! names of Services and TLS Secrets, Namespace labels, and the `--publish-service` Service), and after each
 //! burst of changes — and once a minute, to retry failed writes — computes the desired status
 //! and merge-patches the status subresource of each object whose stored status differs
 //! (times aside). Its own writes come back as changes that compare equal, so nothing loops.
@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
@@ -163,11 +164,21 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
         (),
         &notify,
     );
+    let namespaces = reflect(
+        &mut tasks,
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            all(),
+        ),
+        (),
+        &notify,
+    );
     let published = cfg.publish_service.as_ref().map(|(ns, name)| {
         let one = all().fields(&format!("metadata.name={name}"));
         let api = Api::<Service>::namespaced(client.clone(), ns);
         reflect(&mut tasks, watcher(api, one), (), &notify)
     });
+    let mut bundle = BundleVersion::default();
     loop {
         tokio::select! {
             _ = notify.notified() => tokio::time::sleep(SETTLE).await,
@@ -207,6 +218,7 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
             routes.ready(),
             services.ready(),
             secrets.ready(),
+            namespaces.ready(),
         ]
         .iter()
         .all(|r| *r)
@@ -229,7 +241,13 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
                 services: &svc_names,
                 secrets: &secret_names,
                 grants: &grant_list,
+                namespaces: &namespaces
+                    .state()
+                    .iter()
+                    .map(|n| (n.name_any(), n.labels().clone()))
+                    .collect(),
                 addresses: &addresses,
+                bundle_version: bundle.version(client).await,
             });
             for c in &class_objs {
                 if let Some(s) = d.classes.get(&(String::new(), c.name_any())) {
@@ -248,6 +266,37 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
                 w.route(r, ours, &cfg.gateway_controller).await;
             }
         }
+    }
+}
+
+/// The installed Gateway API version, from the `gateway.networking.k8s.io/bundle-version`
+/// annotation of the GatewayClass CRD, read at most once per [`RESYNC`].
+#[derive(Default)]
+struct BundleVersion {
+    read: Option<(tokio::time::Instant, Option<String>)>,
+}
+
+impl BundleVersion {
+    const CRD: &str = "gatewayclasses.gateway.networking.k8s.io";
+    const ANNOTATION: &str = "gateway.networking.k8s.io/bundle-version";
+
+    async fn version(&mut self, client: &Client) -> Option<&str> {
+        let stale = self
+            .read
+            .as_ref()
+            .is_none_or(|(t, _)| t.elapsed() >= RESYNC);
+        if stale {
+            let api: Api<PartialObjectMeta<CustomResourceDefinition>> = Api::all(client.clone());
+            let v = match api.get_metadata_opt(Self::CRD).await {
+                Ok(crd) => crd.and_then(|c| c.annotations().get(Self::ANNOTATION).cloned()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the Gateway API CRD's bundle version");
+                    None
+                }
+            };
+            self.read = Some((tokio::time::Instant::now(), v));
+        }
+        self.read.as_ref().and_then(|(_, v)| v.as_deref())
     }
 }
 

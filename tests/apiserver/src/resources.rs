@@ -97,6 +97,14 @@ pub(crate) const RESOURCES: &[ResourceType] = &[
         crd: true,
     },
     ResourceType {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        namespaced: false,
+        crd: false,
+    },
+    ResourceType {
         group: "coordination.k8s.io",
         version: "v1",
         kind: "Lease",
