@@ -10,6 +10,16 @@ requests through each proxy must all be 200 and reach all three backends.
 switchboard runs twice: as is, and with the backend Service annotated
 `switchboard.dev/upstream-pipelining: "true"` (target `switchboard-pipelined`).
 
+`--baseline-bin PATH` adds a third switchboard, target `switchboard-baseline`: another build
+(e.g. the commit before a change) started with the same flags, manifests and environment as the
+target `switchboard`, and timed in the same rounds, interleaved with it, so both see the same
+machine noise. Each cell then ends with the ratios switchboard / baseline. The binary is copied
+to target/bench/bin/baseline/ first and described by a BUILD file next to it if there is one
+(as bench/run leaves in target/bench/bin), else by its path. With bench/run, pair it with
+`BENCH_NO_BUILD=1 SWITCHBOARD_BIN=PATH` to choose the other binary too:
+
+    BENCH_NO_BUILD=1 SWITCHBOARD_BIN=/tmp/after bench/run http --baseline-bin /tmp/before --no-docs
+
 Load: `wrk -t 2 -c 64 -d D --latency -H 'Host: bench.local'` (closed loop, keep-alive), giving
 requests/s and the latency distribution (p50, p99) under that load, and the proxy's CPU time per
 request. switchboard's workers are its HTTP event-loop threads (`--http-workers N`, each with its
@@ -19,8 +29,10 @@ nginx's `worker_processes`.
 """
 
 import argparse
+import hashlib
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +44,7 @@ HOST = "bench.local"
 BACKENDS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 TARGETS = ["switchboard", "switchboard-pipelined", "haproxy", "nginx", "direct"]
 LABEL = {"switchboard": "switchboard",
+         "switchboard-baseline": "switchboard, baseline binary",
          "switchboard-pipelined": "switchboard, Service annotated `upstream-pipelining: \"true\"`",
          "haproxy": "HAProxy (http mode)",
          "nginx": "nginx (upstream keepalive)", "direct": "direct to one backend (ceiling)"}
@@ -186,13 +199,20 @@ def check(addr, expect_all):
     return None
 
 
-def start(target, wd, bport, workers, help_text):
-    """(Proc or None, address)."""
+def start(target, wd, bport, workers, baseline=None):
+    """(Proc or None, address). `baseline`: the binary of the target `switchboard-baseline`."""
     if target == "direct":
         return None, f"{BACKENDS[0]}:{bport}"
     if target.startswith("switchboard"):
-        if not B.BIN.exists():
-            raise RuntimeError("target/release/switchboard not built")
+        binary = B.BIN
+        if target == "switchboard-baseline":
+            if not baseline:
+                raise LookupError("no --baseline-bin given")
+            binary = baseline
+        if not binary.exists():
+            raise RuntimeError(f"{binary} not built")
+        # Flags each binary has (a baseline may predate some): the same ones where both have them.
+        help_text = B.switchboard_help(binary)
         if "--http" not in help_text:
             raise LookupError("not yet implemented (no --http flag)")
         man = switchboard_manifests(wd, bport, target == "switchboard-pipelined")
@@ -203,7 +223,7 @@ def start(target, wd, bport, workers, help_text):
              *(["--http-workers", str(workers)] if has_workers else [])],
             name=f"{target}-http-{workers}",
             env={"TOKIO_WORKER_THREADS": "1" if has_workers else str(workers)},
-            logdir=wd)
+            logdir=wd, bin=binary)
         if "http" not in ls:
             proc.stop()
             raise LookupError("not yet implemented (switchboard run logs no http listener)")
@@ -291,13 +311,54 @@ def wrk(proc, addr, a, helpers=(), pinned=False):
     return r
 
 
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def copy_baseline(path):
+    """Copies the baseline binary (and a BUILD next to it) to target/bench/bin/baseline/: a
+    rebuild at its path during the runs cannot swap it."""
+    src = Path(path).resolve()
+    if not os.access(src, os.X_OK):
+        raise SystemExit(f"--baseline-bin {path}: not an executable")
+    d = B.WORK / "bin" / "baseline"
+    if src == (d / "switchboard").resolve():
+        return d / "switchboard"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "BUILD").unlink(missing_ok=True)
+    shutil.copy2(src, d / "switchboard.new")
+    os.replace(d / "switchboard.new", d / "switchboard")
+    if (src.parent / "BUILD").is_file():
+        shutil.copy2(src.parent / "BUILD", d / "BUILD")
+    else:
+        (d / "BUILD").write_text(f"`{src}`")
+    return d / "switchboard"
+
+
 def run(a):
     results = {"machine": B.machine(), "args": vars(a), "cells": {},
                "versions": {t: B.pkg_version(p) for t, p in PKG.items()}}
+    targets = a.targets.split(",")
+    baseline = None
+    if a.baseline_bin:
+        baseline = copy_baseline(a.baseline_bin)
+        if "switchboard-baseline" not in targets:
+            at = targets.index("switchboard") + 1 if "switchboard" in targets else 0
+            targets.insert(at, "switchboard-baseline")
+        # Which binaries ran: the build each says it is, and their digests.
+        results["binaries"] = {
+            "switchboard": {"build": B.build_info(), "sha256": sha256(B.BIN)},
+            "switchboard-baseline": {"build": B.build_info(baseline), "sha256": sha256(baseline),
+                                     "given": str(Path(a.baseline_bin).resolve())}}
+        for t, b in results["binaries"].items():
+            B.log(f"http {t}: {b['build']}, sha256 {b['sha256'][:16]}")
     backends = None
     wd = B.WORK / "http"
     wd.mkdir(parents=True, exist_ok=True)
-    help_text = B.switchboard_help()
     bport = B.free_port()
     backends = nginx_backends(wd, bport)
     B.wait_for(lambda: _ok(f"{BACKENDS[0]}:{bport}"), 30, "the backends", backends)
@@ -308,10 +369,10 @@ def run(a):
         pin_tree(backends.pid, {0} if pinned else all_cpus)
         cell = results["cells"][key] = {}
         running = {}
-        for t in a.targets.split(","):
+        for t in targets:
             e = cell[t] = {"runs": []}
             try:
-                proc, addr = start(t, wd, bport, workers, help_text)
+                proc, addr = start(t, wd, bport, workers, baseline)
             except (LookupError, RuntimeError) as ex:
                 e["skip"] = str(ex).splitlines()[0]
                 B.log(f"http {t}: {e['skip']}")
@@ -361,7 +422,8 @@ def summarize(results):
              B.machine_line(results["machine"], f" · other processes took {others:.0f}% of the "
                                                 f"machine at most during a timed run"), "",
              f"Command: `bench/run http` (workers={a['workers']}, runs={a['runs']}, "
-             f"duration={a['duration']} s, connections={a['connections']}).", "",
+             f"duration={a['duration']} s, connections={a['connections']}"
+             + (f", baseline-bin={a['baseline_bin']}" if a.get("baseline_bin") else "") + ").", "",
              "Three backends (one nginx worker answering `200 backend-N` on 127.0.0.2–4), the "
              "proxy in front balancing over them round robin (switchboard: an Ingress for host "
              "`bench.local` and `--lb-algorithm round-robin`, its default being least-request, "
@@ -388,6 +450,8 @@ def summarize(results):
         for t, e in cell.items():
             v = results["versions"].get(t)
             label = LABEL[t] + (f" {v.split('-')[0]}" if v and t != "direct" else "")
+            if t == "switchboard-baseline" and results.get("binaries"):
+                label += f" ({results['binaries'][t]['build'].removeprefix('switchboard ')})"
             if e.get("skip") or not e["runs"]:
                 lines.append(f"| {label} | {e.get('skip', 'no runs')} | | | | | | |")
                 continue
@@ -406,6 +470,9 @@ def summarize(results):
                 f"{B.fmt_spread(p99, 2, ' ms')} | {errs}{(' ' + sock) if sock else ''} |")
             cmd = cmd or e["runs"][0]["cmd"]
         lines.append("")
+        ratios = baseline_ratios(cell)
+        if ratios:
+            lines += [f"switchboard / baseline (medians): {ratios}.", ""]
     lines += ["requests/s: median (min–max) of the rounds; × best peer against the better of "
               "HAProxy and nginx at the same worker count; × ceiling against wrk straight to one "
               "backend. CPU µs/request: the proxy's CPU time (all threads and processes) per "
@@ -413,6 +480,22 @@ def summarize(results):
     if cmd:
         lines += ["Exact load command (ADDR per target):", "", "```", cmd, "```", ""]
     return "\n".join(lines)
+
+
+def baseline_ratios(cell):
+    """`requests/s ×1.01, CPU µs/request ×0.99, p99 ×1.02` of switchboard against the baseline
+    binary in one cell, or None when either has no runs."""
+    a, b = cell.get("switchboard"), cell.get("switchboard-baseline")
+    if not a or not b or not a["runs"] or not b["runs"]:
+        return None
+    out = []
+    for name, key in (("requests/s", "rps"), ("CPU µs/request", "cpu_us_per_request"),
+                      ("p50", "p50_ms"), ("p99", "p99_ms")):
+        ma = B.median_spread([r.get(key) for r in a["runs"]])
+        mb = B.median_spread([r.get(key) for r in b["runs"]])
+        if ma and mb and mb["median"]:
+            out.append(f"{name} ×{ma['median'] / mb['median']:.3f}")
+    return ", ".join(out) or None
 
 
 def main():
@@ -424,6 +507,9 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--baseline-bin", metavar="PATH",
+                    help="another switchboard binary, timed as the target `switchboard-baseline` "
+                         "with the same settings, interleaved with `switchboard`")
     B.docs_args(ap)
     a = ap.parse_args()
     B.run_part("http", a, run, summarize)

@@ -194,19 +194,20 @@ def http_get(addr, path, timeout=5):
     return status, body.decode(errors="replace")
 
 
-def start_switchboard(args, name="switchboard", env=None, timeout=120, logdir=None):
+def start_switchboard(args, name="switchboard", env=None, timeout=120, logdir=None, bin=None):
     """`switchboard run ARGS` (with `--admin 127.0.0.1:0` unless given); waits for readiness.
-    Returns (Proc, listeners dict)."""
+    `bin`: another switchboard binary than BIN (a baseline). Returns (Proc, listeners dict)."""
+    bin = Path(bin or BIN)
     if "--admin" not in args:
         args = list(args) + ["--admin", "127.0.0.1:0"]
     if "--upstream" not in args:
         # Never let a benchmark query leave the machine: forward to a dead loopback port.
         args = list(args) + ["--upstream", "127.0.0.1:9"]
-    if "--lame-duck" in switchboard_help():
+    if "--lame-duck" in switchboard_help(bin):
         # Stop at once on SIGTERM (the default keeps answering DNS for 5 s).
         args = list(args) + ["--lame-duck", "0s"]
     logdir = Path(logdir or WORK / "logs")
-    p = Proc(name, [BIN, "run", *args], logdir / f"{name}.log", env=env)
+    p = Proc(name, [bin, "run", *args], logdir / f"{name}.log", env=env)
     wait_for(lambda: "switchboard started" in p.text(), timeout, "switchboard to start", p)
     ls = listeners(p.text())
     admin = ls["admin"][0]
@@ -224,15 +225,17 @@ def start_switchboard(args, name="switchboard", env=None, timeout=120, logdir=No
 _help = {}
 
 
-def switchboard_help():
-    if BIN in _help:
-        return _help[BIN]
+def switchboard_help(bin=None):
+    """`switchboard run --help` of BIN (or of `bin`): which flags that binary has."""
+    bin = Path(bin or BIN)
+    if bin in _help:
+        return _help[bin]
     try:
-        _help[BIN] = subprocess.run([BIN, "run", "--help"], capture_output=True, text=True,
+        _help[bin] = subprocess.run([bin, "run", "--help"], capture_output=True, text=True,
                                     timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    return _help[BIN]
+    return _help[bin]
 
 
 # ---------------------------------------------------------------- CPU accounting
@@ -438,14 +441,20 @@ def machine():
     }
 
 
-def build_info():
+def build_info(bin=None):
     """Which switchboard was measured: the commit (and whether the tree had uncommitted changes)
     as `bench/run` recorded them when it built and copied the binary (BUILD next to it), else
-    as git says now; and when the binary was built."""
+    as git says now; and when the binary was built. `bin`: another binary than BIN (a baseline),
+    described by its own BUILD or else by its path, never by the tree's commit."""
     rev = None
-    stamp = BIN.parent / "BUILD"
+    if bin is not None:
+        bin = Path(bin)
+        rev = f"`{bin}`"
+    else:
+        bin = BIN
+    stamp = bin.parent / "BUILD"
     try:
-        rev = stamp.read_text().strip() or None
+        rev = stamp.read_text().strip() or rev
     except OSError:
         pass
     if rev is None:
@@ -459,7 +468,7 @@ def build_info():
         except (OSError, subprocess.TimeoutExpired):
             rev = "?"
     try:
-        built = datetime.datetime.fromtimestamp(BIN.stat().st_mtime, datetime.timezone.utc)
+        built = datetime.datetime.fromtimestamp(bin.stat().st_mtime, datetime.timezone.utc)
         built = built.strftime("%Y-%m-%d %H:%M UTC")
     except OSError:
         built = "not built"
