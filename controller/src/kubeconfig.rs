@@ -30,16 +30,8 @@ pub enum ClientError {
     Client(String),
 }
 
-/// The `User-Agent` of every request switchboard makes to the API server, as client-go
-/// programs send `NAME/VERSION`, so API server logs, audit events and priority-and-fairness
-/// rules can tell switchboard's requests apart.
-pub const USER_AGENT: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));
-
-/// The field manager of every write (status patches, the Lease), as `managedFields` shows it.
-pub const FIELD_MANAGER: &str = "switchboard";
-
 /// A client from `kubeconfig`, else `$KUBECONFIG` / `~/.kube/config`, else in-cluster; every
-/// request it makes carries [`USER_AGENT`].
+/// request it makes carries [`crate::kubernetes::USER_AGENT`].
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
     let options = KubeConfigOptions::default();
     let mut config = match kubeconfig {
@@ -73,7 +65,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
     };
     config.headers.push((
         http::header::USER_AGENT,
-        http::HeaderValue::from_static(USER_AGENT),
+        http::HeaderValue::from_static(crate::kubernetes::USER_AGENT),
     ));
     Client::try_from(config).map_err(|e| ClientError::Client(once(&e)))
 }

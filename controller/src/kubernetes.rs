@@ -38,7 +38,15 @@ use crate::convert::{self, ConvertError};
 use crate::gateway_api as gw;
 use crate::{Change, Event, Metrics, Sender};
 
-pub use crate::kubeconfig::{client, ClientError, FIELD_MANAGER, USER_AGENT};
+pub use crate::kubeconfig::{client, ClientError};
+
+/// The `User-Agent` of every request switchboard makes to the API server, as client-go
+/// programs send `NAME/VERSION`, so API server logs, audit events and priority-and-fairness
+/// rules can tell switchboard's requests apart.
+pub const USER_AGENT: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));
+
+/// The field manager of every write (status patches, the Lease), as `managedFields` shows it.
+pub const FIELD_MANAGER: &str = "switchboard";
 
 /// The label that names a node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";

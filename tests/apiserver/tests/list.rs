@@ -267,7 +267,7 @@ async fn discovery_and_unknown_paths() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(core_names, ["services", "secrets", "nodes"]);
+    assert_eq!(core_names, ["services", "secrets", "nodes", "namespaces"]);
     let (_, disc) = get_json(s.addr(), "/apis/discovery.k8s.io/v1").await;
     assert_eq!(disc["resources"][0]["kind"], "EndpointSlice");
 
