@@ -111,7 +111,14 @@ async fn tls_connections_handed_between_workers_are_served() {
     let site = Backend::start("site").await;
     let certs = tempfile::tempdir().unwrap();
     let ck = cert_dir_entry(certs.path(), "h.test");
-    let Fixture { sb, dir: _dir, .. } = Fixture::start(
+    // The fixture's client stays alive: dropped, its pooled connection would close while the
+    // loop below counts open connections, and the count it waits for would never come.
+    let Fixture {
+        sb,
+        dir: _dir,
+        c: _client,
+        ..
+    } = Fixture::start(
         &[
             "--http-workers",
             "2",
