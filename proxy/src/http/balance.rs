@@ -518,8 +518,10 @@ mod tests {
         // pooled connection was warm. Both must still get a fair share (#18: 86–99% to one).
         let reg = HealthRegistry::default();
         let e = eps(&reg, 2);
-        e[0].observe_latency(std::time::Duration::from_micros(200));
-        e[1].observe_latency(std::time::Duration::from_micros(900));
+        for _ in 0..crate::http::health::MIN_SAMPLES {
+            e[0].observe_latency(std::time::Duration::from_micros(200));
+            e[1].observe_latency(std::time::Duration::from_micros(900));
+        }
         let counts = first_choices(&LeastRequest::build(&e));
         assert!(counts[0] > 400 && counts[1] > 400, "{counts:?}");
     }
@@ -528,9 +530,33 @@ mod tests {
     fn least_request_prefers_a_much_faster_endpoint() {
         let reg = HealthRegistry::default();
         let e = eps(&reg, 2);
-        e[0].observe_latency(std::time::Duration::from_millis(2));
-        e[1].observe_latency(std::time::Duration::from_millis(40));
+        let slow = |n| {
+            for _ in 0..n {
+                e[0].observe_latency(std::time::Duration::from_millis(2));
+                e[1].observe_latency(std::time::Duration::from_millis(40));
+            }
+        };
+        // Fewer samples than MIN_SAMPLES are no signal: a tie, broken at random.
+        slow(crate::http::health::MIN_SAMPLES - 1);
+        let counts = first_choices(&LeastRequest::build(&e));
+        assert!(counts[0] > 400 && counts[1] > 400, "{counts:?}");
+        slow(1);
         assert_eq!(first_choices(&LeastRequest::build(&e)), [1000, 0]);
+    }
+
+    #[test]
+    fn one_slow_answer_among_many_does_not_push_an_endpoint_out() {
+        // A busy node delays one answer 4×: averaged over the samples, still a tie. (Before, one
+        // such answer moved the EWMA by 30% of it and the endpoint lost every pick for a while.)
+        let reg = HealthRegistry::default();
+        let e = eps(&reg, 2);
+        for _ in 0..20 {
+            e[0].observe_latency(std::time::Duration::from_millis(3));
+            e[1].observe_latency(std::time::Duration::from_millis(3));
+        }
+        e[1].observe_latency(std::time::Duration::from_millis(12));
+        let counts = first_choices(&LeastRequest::build(&e));
+        assert!(counts[0] > 400 && counts[1] > 400, "{counts:?}");
     }
 
     #[test]

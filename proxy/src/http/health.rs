@@ -19,7 +19,11 @@ use std::time::{Duration, Instant};
 pub const LATENCY_ALLOWANCE: Duration = Duration::from_millis(5);
 
 /// How fast an idle endpoint's latency EWMA fades.
-pub const DECAY_HALF_LIFE: Duration = Duration::from_secs(1);
+pub const DECAY_HALF_LIFE: Duration = Duration::from_millis(250);
+
+/// Latency samples an endpoint needs before its latency counts at all: fewer are no signal
+/// (one answer slowed by a busy node would otherwise push an endpoint out for a while).
+pub const MIN_SAMPLES: u32 = 8;
 
 /// Outlier ejection settings.
 #[derive(Clone, Debug)]
@@ -49,6 +53,7 @@ pub struct EndpointState {
     in_flight: AtomicI64,
     /// Latency EWMA in microseconds (f64 bits); 0 = no sample yet.
     ewma_us: AtomicU64,
+    samples: AtomicU32,
     /// Milliseconds since `epoch` of the last latency sample.
     sampled_ms: AtomicU64,
     consecutive_failures: AtomicU32,
@@ -71,6 +76,7 @@ impl EndpointState {
             addr,
             in_flight: AtomicI64::new(0),
             ewma_us: AtomicU64::new(0),
+            samples: AtomicU32::new(0),
             sampled_ms: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             times_ejected: AtomicU32::new(0),
@@ -98,12 +104,17 @@ impl EndpointState {
     /// endpoint whose pooled connection was warm kept winning and sequential requests went
     /// 86–99% to one of two equal endpoints (#18). With it, equal endpoints tie and the tie is
     /// broken at random; an endpoint slower by much more than the allowance still loses, and
-    /// under load the in-flight factor decides. Endpoints without samples score as the fastest
-    /// possible, so new endpoints get tried. The EWMA decays while an endpoint gets no traffic
+    /// under load the in-flight factor decides. Endpoints with fewer than [`MIN_SAMPLES`] samples
+    /// score as the fastest possible, so new endpoints get tried and a few slow first answers
+    /// are no signal. The EWMA decays while an endpoint gets no traffic
     /// (halving about every `DECAY_HALF_LIFE`), so one slow answer does not starve it forever:
     /// it is probed again and its new samples count.
     pub fn score(&self) -> f64 {
-        let ewma = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));
+        let ewma = if self.samples.load(Ordering::Relaxed) < MIN_SAMPLES {
+            0.0
+        } else {
+            f64::from_bits(self.ewma_us.load(Ordering::Relaxed))
+        };
         let idle_ms = self
             .now_ms()
             .saturating_sub(self.sampled_ms.load(Ordering::Relaxed));
@@ -113,15 +124,17 @@ impl EndpointState {
         (ewma * decay + allowance) * (self.in_flight() as f64 + 1.0)
     }
 
-    /// Folds one latency sample into the EWMA (α = 0.3).
+    /// Folds one latency sample into the average: the mean of the samples so far, then an
+    /// EWMA with α = 0.1 (about the last ten), so noise of single answers averages out.
     pub fn observe_latency(&self, d: Duration) {
         let sample = d.as_secs_f64() * 1e6;
+        let n = self
+            .samples
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         let old = f64::from_bits(self.ewma_us.load(Ordering::Relaxed));
-        let new = if old == 0.0 {
-            sample
-        } else {
-            old * 0.7 + sample * 0.3
-        };
+        let alpha = (1.0 / f64::from(n)).max(0.1);
+        let new = old + alpha * (sample - old);
         self.ewma_us.store(new.to_bits(), Ordering::Relaxed);
         self.sampled_ms.store(self.now_ms(), Ordering::Relaxed);
     }
@@ -268,8 +281,10 @@ mod tests {
         let reg = HealthRegistry::default();
         let a = reg.get("10.0.0.1:80".parse().unwrap());
         let b = reg.get("10.0.0.2:80".parse().unwrap());
-        a.observe_latency(Duration::from_millis(1));
-        b.observe_latency(Duration::from_millis(10));
+        for _ in 0..MIN_SAMPLES {
+            a.observe_latency(Duration::from_millis(1));
+            b.observe_latency(Duration::from_millis(10));
+        }
         assert!(a.score() < b.score());
         for _ in 0..20 {
             a.start_request();
