@@ -67,19 +67,7 @@ fn api(a: ApiArgs) -> anyhow::Result<()> {
         namespaces: a.services.clamp(1, 100),
         headless_every: a.headless_every,
     };
-    let c = SynthCluster::generate(&spec);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let server = rt.block_on(apiserver::ApiServer::start(apiserver::Options {
-        gateway_crds: false,
-        ..Default::default()
-    }))?;
-    for (svc, slice) in c.services.iter().zip(&c.slices) {
-        server.apply(objects::service(svc));
-        server.apply(objects::endpoint_slice(slice, svc.headless));
-    }
+    let (_rt, server) = objects::serve(&SynthCluster::generate(&spec))?;
     server.write_kubeconfig(&a.kubeconfig)?;
     println!("ready");
     std::io::stdout().flush()?;

@@ -119,3 +119,23 @@ pub fn manifest_file(svc: &Service, slice: &EndpointSlice) -> anyhow::Result<Str
 pub fn file_name(svc: &Service) -> String {
     format!("{}_{}.yaml", svc.namespace, svc.name)
 }
+
+/// The test API server (`tests/apiserver`) on a runtime of its own, holding every Service and
+/// EndpointSlice of `cluster`.
+pub fn serve(
+    cluster: &tables::synth::SynthCluster,
+) -> anyhow::Result<(tokio::runtime::Runtime, apiserver::ApiServer)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let server = rt.block_on(apiserver::ApiServer::start(apiserver::Options {
+        gateway_crds: false,
+        ..Default::default()
+    }))?;
+    for (svc, slice) in cluster.services.iter().zip(&cluster.slices) {
+        server.apply(service(svc));
+        server.apply(endpoint_slice(slice, svc.headless));
+    }
+    Ok((rt, server))
+}

@@ -298,18 +298,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             run_args.extend(["--manifests".into(), manifests.display().to_string()]);
         }
         Source::Api => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            let server = rt.block_on(apiserver::ApiServer::start(apiserver::Options {
-                gateway_crds: false,
-                ..Default::default()
-            }))?;
-            for (svc, slice) in cluster.services.iter().zip(&cluster.slices) {
-                server.apply(objects::service(svc));
-                server.apply(objects::endpoint_slice(slice, svc.headless));
-            }
+            let (rt, server) = objects::serve(&cluster)?;
             let kubeconfig = args.work.join("kubeconfig");
             server.write_kubeconfig(&kubeconfig)?;
             run_args.extend(["--kubeconfig".into(), kubeconfig.display().to_string()]);
