@@ -122,27 +122,9 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         assert!(table.contains(want), "{want:?} not in\n{table}");
     }
     // The chain picks among both endpoints, which sit in consecutive keys of one shard map.
-    let chain = n1.exec(&[
-        "nft",
-        "list",
-        "chain",
-        "inet",
-        "switchboard",
-        "svc-default/web/tcp/80/int4",
-    ]);
-    let expr = chain
-        .split("numgen random mod 2 ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no two-endpoint pick in\n{chain}"));
-    // `offset O map @pick4-S`; nft leaves out `offset 0`.
-    let words: Vec<&str> = expr.split_whitespace().collect();
-    let (offset, map) = match words[..] {
-        ["offset", o, "map", m, ..] => (o.parse::<u32>().unwrap(), m),
-        ["map", m, ..] => (0, m),
-        _ => panic!("unexpected pick in\n{chain}"),
-    };
-    let map = map.trim_start_matches('@');
-    let elements = n1.exec(&["nft", "list", "map", "inet", "switchboard", map]);
+    let (n, offset, elements) = chain_pick(n1, "svc-default/web/tcp/80/int4")
+        .unwrap_or_else(|chain| panic!("no pick in\n{chain}"));
+    assert_eq!(n, 2, "{elements}");
     let keys: Vec<u32> = ["10.244.1.11 . 8080", "10.244.1.12 . 8080"]
         .iter()
         .map(|ep| {

@@ -43,26 +43,6 @@ fn last_sync(node: &Node) -> (usize, String) {
     )
 }
 
-/// The shard map elements of the probe's pick, from its chain's rule.
-fn probe_pick(ns: &Netns) -> String {
-    let chain = ns.exec(&[
-        "nft",
-        "list",
-        "chain",
-        "inet",
-        "switchboard",
-        "svc-default/probe/tcp/80/int4",
-    ]);
-    let Some(map) = chain
-        .split("map @")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-    else {
-        return String::new();
-    };
-    ns.exec(&["nft", "list", "map", "inet", "switchboard", map])
-}
-
 #[test]
 fn needs_root_one_service_update_at_10k_services_is_fast() {
     if skip_unless_root("needs_root_one_service_update_at_10k_services_is_fast") {
@@ -161,7 +141,9 @@ fn needs_root_one_service_update_at_10k_services_is_fast() {
                 "{ 10.97.0.1 . tcp . 80 }",
             ]);
             let picked = ips.len() < 2 || {
-                let pick = probe_pick(&ns);
+                let pick = chain_pick(&ns, "svc-default/probe/tcp/80/int4")
+                    .map(|(_, _, elements)| elements)
+                    .unwrap_or_default();
                 ips.iter().all(|ip| pick.contains(&format!("{ip} . 8080")))
             };
             if ok && out.contains(want) && picked {

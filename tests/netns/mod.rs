@@ -126,6 +126,34 @@ impl Drop for Netns {
     }
 }
 
+/// The endpoint pick of a kernel-path chain in switchboard's table in `ns`, as nft lists it:
+/// `numgen random mod N [offset O] map @MAP` gives (N, O, MAP's listing). `Err` with the chain's
+/// listing when the chain has no pick (it DNATs to one endpoint, or does not exist).
+pub fn chain_pick(ns: &Netns, chain: &str) -> Result<(usize, u32, String), String> {
+    let (_, listing) = ns.try_exec(&["nft", "list", "chain", "inet", "switchboard", chain]);
+    let words: Vec<&str> = listing
+        .split("numgen random mod ")
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    // nft leaves out `offset 0`.
+    let (n, offset, map) = match words[..] {
+        [n, "offset", o, "map", m, ..] => (n, o.parse().ok(), m),
+        [n, "map", m, ..] => (n, Some(0), m),
+        _ => return Err(listing),
+    };
+    let (Ok(n), Some(offset)) = (n.parse(), offset) else {
+        return Err(listing);
+    };
+    let map = map.trim_start_matches('@');
+    Ok((
+        n,
+        offset,
+        ns.exec(&["nft", "list", "map", "inet", "switchboard", map]),
+    ))
+}
+
 /// A veth pair from `a` (interface `a_if`) to `b` (`b_if`), both up.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     run(
