@@ -16,6 +16,14 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// `n` TCP connections from `ns` to `vip`, each answered by a whoami backend: (name, source).
+fn tcp_whoami(ns: &Netns, vip: &str, n: usize, what: &str) -> Vec<(String, String)> {
+    whoami_all(
+        ns.enter(|| (0..n).map(|_| tcp_hello(sa(vip), None)).collect()),
+        what,
+    )
+}
+
 /// (backend name, source address it saw) of each answer; any error fails the test.
 fn whoami_all(results: Vec<std::io::Result<String>>, what: &str) -> Vec<(String, String)> {
     results
@@ -137,14 +145,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
 
     // Pod → ClusterIP: in the kernel, both endpoints, and the backend sees the pod's address.
     let pod = &c.pods[client].ns;
-    let tcp = whoami_all(
-        pod.enter(|| {
-            (0..30)
-                .map(|_| tcp_hello(sa("10.96.0.10:80"), None))
-                .collect()
-        }),
-        "pod → ClusterIP TCP",
-    );
+    let tcp = tcp_whoami(pod, "10.96.0.10:80", 30, "pod → ClusterIP TCP");
     assert_eq!(names(&tcp), set(&["a", "b"]), "{tcp:?}");
     assert_eq!(sources(&tcp), set(&["10.244.1.100"]), "{tcp:?}");
     let udp = whoami_all(
@@ -158,12 +159,10 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
     assert_eq!(names(&udp), set(&["a", "b"]), "{udp:?}");
     assert_eq!(sources(&udp), set(&["10.244.1.100"]), "{udp:?}");
     // ClientIP affinity in the kernel: every connection of this client lands on one endpoint.
-    let stuck = whoami_all(
-        pod.enter(|| {
-            (0..20)
-                .map(|_| tcp_hello(sa("10.96.0.14:80"), None))
-                .collect()
-        }),
+    let stuck = tcp_whoami(
+        pod,
+        "10.96.0.14:80",
+        20,
         "pod → ClientIP-affinity ClusterIP",
     );
     assert_eq!(names(&stuck).len(), 1, "{stuck:?}");
@@ -182,14 +181,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
 
     // Hairpin: pod a reaching itself through the Service is masqueraded (else its own reply
     // would never match the connection); reaching b, it keeps its address.
-    let hair = whoami_all(
-        c.pods[a].ns.enter(|| {
-            (0..40)
-                .map(|_| tcp_hello(sa("10.96.0.10:80"), None))
-                .collect()
-        }),
-        "hairpin",
-    );
+    let hair = tcp_whoami(&c.pods[a].ns, "10.96.0.10:80", 40, "hairpin");
     let seen: HashMap<String, HashSet<String>> =
         hair.iter().fold(HashMap::new(), |mut m, (n, s)| {
             m.entry(n.clone()).or_default().insert(s.clone());
@@ -199,14 +191,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
     assert_eq!(seen.get("b"), Some(&set(&["10.244.1.11"])), "{hair:?}");
 
     // From outside to the NodePort (externalTrafficPolicy Cluster): masqueraded to the node.
-    let outside = whoami_all(
-        c.outside.enter(|| {
-            (0..10)
-                .map(|_| tcp_hello(sa("10.250.1.1:30080"), None))
-                .collect()
-        }),
-        "outside → NodePort",
-    );
+    let outside = tcp_whoami(&c.outside, "10.250.1.1:30080", 10, "outside → NodePort");
     assert_eq!(sources(&outside), set(&["10.244.1.1"]), "{outside:?}");
     // --nodeport-addresses 10.250.0.0/16: the node's pod-bridge address serves no NodePort
     // (nothing listens there, so the node's own stack refuses).
@@ -313,14 +298,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let moved = whoami_all(
-        pod.enter(|| {
-            (0..10)
-                .map(|_| tcp_hello(sa("10.96.0.14:80"), None))
-                .collect()
-        }),
-        "sticky after its endpoint left",
-    );
+    let moved = tcp_whoami(pod, "10.96.0.14:80", 10, "sticky after its endpoint left");
     let other_name = if stuck_on == "a" { "b" } else { "a" };
     assert_eq!(names(&moved), set(&[other_name]), "{moved:?}");
 
@@ -343,14 +321,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         !table.contains("svc-default/web"),
         "chains deleted: {table}"
     );
-    let relayed = whoami_all(
-        pod.enter(|| {
-            (0..10)
-                .map(|_| tcp_hello(sa("10.96.0.10:80"), None))
-                .collect()
-        }),
-        "relay",
-    );
+    let relayed = tcp_whoami(pod, "10.96.0.10:80", 10, "relay");
     assert_eq!(sources(&relayed), set(&["10.244.1.1"]), "{relayed:?}");
     assert!(
         c.node(1)
@@ -361,14 +332,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
     // And back to the kernel.
     c.manifest("web.yaml", &web(&[], &both));
     c.wait_applied(1, "kernel again", |t| !t.contains("l4-mode"));
-    let back = whoami_all(
-        pod.enter(|| {
-            (0..10)
-                .map(|_| tcp_hello(sa("10.96.0.10:80"), None))
-                .collect()
-        }),
-        "kernel again",
-    );
+    let back = tcp_whoami(pod, "10.96.0.10:80", 10, "kernel again");
     assert_eq!(sources(&back), set(&["10.244.1.100"]), "{back:?}");
 }
 
@@ -511,23 +475,19 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
     c.wait_applied(1, "wider range", |t| {
         t.contains("loadBalancerSourceRanges=10.250.1.0/24")
     });
-    let allowed = whoami_all(
-        c.outside.enter(|| {
-            (0..3)
-                .map(|_| tcp_hello(sa("10.96.100.1:80"), None))
-                .collect()
-        }),
+    let allowed = tcp_whoami(
+        &c.outside,
+        "10.96.100.1:80",
+        3,
         "outside → LoadBalancer IP within the source ranges",
     );
     assert_eq!(names(&allowed), set(&["a"]), "{allowed:?}");
 
     // externalTrafficPolicy Local, from outside: the client's own address reaches the pod.
-    let kept = whoami_all(
-        c.outside.enter(|| {
-            (0..5)
-                .map(|_| tcp_hello(sa("10.250.1.1:30090"), None))
-                .collect()
-        }),
+    let kept = tcp_whoami(
+        &c.outside,
+        "10.250.1.1:30090",
+        5,
         "outside → NodePort (Local) on node1",
     );
     assert_eq!(sources(&kept), set(&["10.250.1.2"]), "{kept:?}");
@@ -549,23 +509,19 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
     // The pod network short-circuit: a pod on node 2 reaches the Local service through node 2
     // (every endpoint, as kube-proxy).
     let p2 = c.pod(2, 50);
-    let via2 = whoami_all(
-        c.pods[p2].ns.enter(|| {
-            (0..3)
-                .map(|_| tcp_hello(sa("10.250.2.1:30090"), None))
-                .collect()
-        }),
+    let via2 = tcp_whoami(
+        &c.pods[p2].ns,
+        "10.250.2.1:30090",
+        3,
         "pod on node2 → NodePort (Local) on node2",
     );
     assert_eq!(names(&via2), set(&["a"]), "{via2:?}");
 
     // IPv6 ClusterIP from a pod: DNATed in the kernel, the pod's address kept.
-    let six = whoami_all(
-        c.pods[client].ns.enter(|| {
-            (0..5)
-                .map(|_| tcp_hello(sa("[fd00:96::20]:80"), None))
-                .collect()
-        }),
+    let six = tcp_whoami(
+        &c.pods[client].ns,
+        "[fd00:96::20]:80",
+        5,
         "pod → IPv6 ClusterIP",
     );
     assert_eq!(sources(&six), set(&["fd00:244:1::100"]), "{six:?}");
@@ -576,12 +532,7 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
         ("10.96.0.24:80", "10.244.1.100"),
         ("[fd00:96::24]:80", "fd00:244:1::100"),
     ] {
-        let got = whoami_all(
-            c.pods[client]
-                .ns
-                .enter(|| (0..3).map(|_| tcp_hello(sa(vip), None)).collect()),
-            "pod → dual-stack ClusterIP",
-        );
+        let got = tcp_whoami(&c.pods[client].ns, vip, 3, "pod → dual-stack ClusterIP");
         assert_eq!(names(&got), set(&["a"]), "{vip}: {got:?}");
         assert_eq!(sources(&got), set(&[source]), "{vip}: {got:?}");
     }
@@ -590,23 +541,14 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
     // route, which is what takes a ClusterIP to the output hook at all.
     let n1 = c.node_netns(1);
     n1.ip("route add default via 10.250.1.2");
-    let host = whoami_all(
-        n1.enter(|| {
-            (0..3)
-                .map(|_| tcp_hello(sa("10.96.0.20:80"), None))
-                .collect()
-        }),
-        "node → ClusterIP",
-    );
+    let host = tcp_whoami(n1, "10.96.0.20:80", 3, "node → ClusterIP");
     assert_eq!(names(&host), set(&["a"]), "{host:?}");
 
     // Serving and terminating only: still reached, through the kernel chain.
-    let fallback = whoami_all(
-        c.pods[client].ns.enter(|| {
-            (0..3)
-                .map(|_| tcp_hello(sa("10.96.0.23:80"), None))
-                .collect()
-        }),
+    let fallback = tcp_whoami(
+        &c.pods[client].ns,
+        "10.96.0.23:80",
+        3,
         "pod → Service whose only endpoint is terminating",
     );
     assert_eq!(names(&fallback), set(&["a"]), "{fallback:?}");
@@ -650,12 +592,10 @@ fn needs_root_kernel_path_local_policy_ipv6_host_clients_and_reject() {
     );
     c.node(1)
         .wait_log("l4: keeping the table of the previous run until every source has synced");
-    let kept = whoami_all(
-        c.pods[client].ns.enter(|| {
-            (0..3)
-                .map(|_| tcp_hello(sa("10.96.0.20:80"), None))
-                .collect()
-        }),
+    let kept = tcp_whoami(
+        &c.pods[client].ns,
+        "10.96.0.20:80",
+        3,
         "pod → ClusterIP while the sources have not synced",
     );
     assert_eq!(names(&kept), set(&["a"]), "{kept:?}");
