@@ -11,7 +11,7 @@ use tables::Protocol;
 
 use super::kernel::{proto_number, ChainOps};
 use super::netlink::{layout, Batch, Data, Elem};
-use super::nft::{Change, Element, NftConfig, Target};
+use super::nft::{self, Change, Element, NftConfig, Target};
 use super::pick::PickElement;
 use super::rule::Rule;
 use super::select::Verdict;
@@ -96,14 +96,19 @@ fn by_map<'a>(
     elems: impl Iterator<Item = (&'a Element, &'a Target)>,
     with_data: bool,
 ) -> BTreeMap<&'static str, Vec<Elem>> {
-    let mut out: BTreeMap<&'static str, Vec<Elem>> = BTreeMap::new();
-    for (e, t) in elems {
-        let data = with_data.then(|| verdict(e.protocol(), t));
-        out.entry(e.map(t.verdict))
-            .or_default()
-            .push(Elem { key: key(e), data });
-    }
-    out
+    nft::by_map(elems)
+        .into_iter()
+        .map(|(map, list)| {
+            let elems = list
+                .into_iter()
+                .map(|(e, t)| Elem {
+                    key: key(e),
+                    data: with_data.then(|| verdict(e.protocol(), t)),
+                })
+                .collect();
+            (map, elems)
+        })
+        .collect()
 }
 
 fn picks(elems: &[PickElement], with_data: bool) -> BTreeMap<String, Vec<Elem>> {

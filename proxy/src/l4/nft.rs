@@ -206,51 +206,40 @@ const MAPS: [&str; 8] = [
     "kernel-nodeports6",
 ];
 
-/// Writes `add element` commands for `elems`, grouped by map, a few thousand per command.
-fn add_elements<'a>(
+/// `elems` by the map that holds each, in map-name order, sorted within a map.
+pub(crate) fn by_map<'a>(
+    elems: impl Iterator<Item = (&'a Element, &'a Target)>,
+) -> BTreeMap<&'static str, Vec<(&'a Element, &'a Target)>> {
+    let mut out: BTreeMap<&'static str, Vec<(&Element, &Target)>> = BTreeMap::new();
+    for (e, t) in elems {
+        out.entry(e.map(t.verdict)).or_default().push((e, t));
+    }
+    for list in out.values_mut() {
+        list.sort_by_key(|(e, _)| **e);
+    }
+    out
+}
+
+/// Writes `add element` (with each element's verdict) or `delete element` commands for
+/// `elems`, grouped by map, a few thousand per command.
+fn map_elements<'a>(
     out: &mut String,
     table: &str,
+    verb: &str,
     elems: impl Iterator<Item = (&'a Element, &'a Target)>,
 ) {
-    let mut by_map: BTreeMap<&str, Vec<(&Element, &Target)>> = BTreeMap::new();
-    for (e, t) in elems {
-        by_map.entry(e.map(t.verdict)).or_default().push((e, t));
-    }
-    for (map, mut list) in by_map {
-        list.sort_by_key(|(e, _)| **e);
+    for (map, list) in by_map(elems) {
         for chunk in list.chunks(4096) {
-            let _ = write!(out, "add element inet {table} {map} {{ ");
+            let _ = write!(out, "{verb} element inet {table} {map} {{ ");
             for (i, (e, t)) in chunk.iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
                 e.key(out);
-                out.push_str(" : ");
-                verdict_text(out, e.protocol(), t);
-            }
-            out.push_str(" }\n");
-        }
-    }
-}
-
-fn delete_elements<'a>(
-    out: &mut String,
-    table: &str,
-    elems: impl Iterator<Item = (&'a Element, &'a Target)>,
-) {
-    let mut by_map: BTreeMap<&str, Vec<&Element>> = BTreeMap::new();
-    for (e, t) in elems {
-        by_map.entry(e.map(t.verdict)).or_default().push(e);
-    }
-    for (map, mut list) in by_map {
-        list.sort();
-        for chunk in list.chunks(4096) {
-            let _ = write!(out, "delete element inet {table} {map} {{ ");
-            for (i, e) in chunk.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
+                if verb == "add" {
+                    out.push_str(" : ");
+                    verdict_text(out, e.protocol(), t);
                 }
-                e.key(out);
             }
             out.push_str(" }\n");
         }
@@ -488,7 +477,7 @@ pub fn full_script(
         write_chain_rules(&mut s, t, name, rules);
     }
     pick_elements(&mut s, t, "add", &kernel.picks);
-    add_elements(&mut s, t, elements.iter());
+    map_elements(&mut s, t, "add", elements.iter());
     hairpin_elements(&mut s, t, "add", &kernel.hairpin);
     s
 }
@@ -519,9 +508,10 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
     let t = &cfg.table;
     let real = || changes.iter().filter(|c| c.old != c.new);
     let mut s = String::new();
-    delete_elements(
+    map_elements(
         &mut s,
         t,
+        "delete",
         real().filter_map(|c| c.old.as_ref().map(|o| (&c.element, o))),
     );
     // New shard maps; keys are deleted before any is re-added; the rules that use them follow.
@@ -549,9 +539,10 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
         let _ = writeln!(s, "flush chain inet {t} {}", name);
         write_chain_rules(&mut s, t, name, rules);
     }
-    add_elements(
+    map_elements(
         &mut s,
         t,
+        "add",
         real().filter_map(|c| c.new.as_ref().map(|v| (&c.element, v))),
     );
     for name in &ops.delete {
