@@ -284,7 +284,7 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, L4
             tasks.push(tokio::spawn(syncer.run()));
             return Ok(tasks);
         }
-        snap = Arc::new(Snapshot::empty("cluster.local"));
+        snap = Arc::new(Snapshot::empty(&snap.dns.zone));
     }
     if let Err(e) = syncer.sync(&snap).await {
         if let Plane::Nft { .. } = syncer.plane {
