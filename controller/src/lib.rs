@@ -106,6 +106,9 @@ pub fn conflict(key: &ObjectKey, served: &SourceId, also: &SourceId) -> String {
     )
 }
 
+/// How often a partial state is published while some source has not synced yet ([`Controller::run`]).
+pub const PARTIAL_PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Owns the cluster state; applies changes in batches and publishes snapshots.
 pub struct Controller {
     state: ClusterState,
@@ -115,6 +118,8 @@ pub struct Controller {
     health: SourceHealth,
     /// When the controller was made, for the time to the first complete state.
     created: Instant,
+    /// How often a partial state is published before every source has synced.
+    partial_every: std::time::Duration,
 }
 
 impl Controller {
@@ -134,14 +139,48 @@ impl Controller {
             pending: parts.into_iter().collect(),
             health,
             created: Instant::now(),
+            partial_every: PARTIAL_PUBLISH_EVERY,
         }
     }
 
+    /// Publishes partial states at most every `every` until every source has synced
+    /// (default [`PARTIAL_PUBLISH_EVERY`]).
+    pub fn partial_publish_every(mut self, every: std::time::Duration) -> Self {
+        self.partial_every = every;
+        self
+    }
+
     /// Runs until every sender is gone.
+    ///
+    /// Until every source has synced, what the sources delivered so far is published at most
+    /// every [`PARTIAL_PUBLISH_EVERY`]: at start the kinds arrive one list at a time, and
+    /// compiling the tables after each would compile every Service once per kind (twice at
+    /// 10k Services: 0.3 s of a start-up that is meant to take 0.4 s). The first complete
+    /// state is published at once; a source that never syncs (an API server that is down)
+    /// still lets the others' objects be served after that interval.
     pub async fn run(mut self, mut rx: Receiver) {
         let mut batch = Vec::new();
-        while rx.recv_many(&mut batch, 4096).await > 0 {
-            let earliest = batch.iter().map(|e| e.received).min();
+        // Changes applied but not yet published: the earliest one's arrival, and when the
+        // held partial state is published anyway.
+        let mut held: Option<(Option<Instant>, tokio::time::Instant)> = None;
+        loop {
+            let received = match held {
+                Some((_, due)) => tokio::select! {
+                    // Changes first: the one that completes the sync saves a partial publish.
+                    biased;
+                    n = rx.recv_many(&mut batch, 4096) => n,
+                    _ = tokio::time::sleep_until(due) => {
+                        let (earliest, _) = held.take().expect("held");
+                        self.publish(earliest);
+                        continue;
+                    }
+                },
+                None => rx.recv_many(&mut batch, 4096).await,
+            };
+            if received == 0 {
+                break;
+            }
+            let mut earliest = batch.iter().map(|e| e.received).min();
             for event in batch.drain(..) {
                 self.apply(event.change);
             }
@@ -154,7 +193,19 @@ impl Controller {
                     conflict(&key, &served, &also)
                 );
             }
-            self.publish(earliest);
+            if let Some((e, _)) = held {
+                earliest = earliest.into_iter().chain(e).min();
+            }
+            if self.pending.is_empty() {
+                held = None;
+                self.publish(earliest);
+            } else {
+                let due = held.map_or_else(
+                    || tokio::time::Instant::now() + self.partial_every,
+                    |(_, due)| due,
+                );
+                held = Some((earliest, due));
+            }
         }
     }
 
@@ -278,3 +329,6 @@ impl Controller {
         tracing::debug!(generation, synced, "published snapshot");
     }
 }
+
+#[cfg(test)]
+mod publish_tests;
