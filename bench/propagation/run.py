@@ -166,6 +166,9 @@ def summarize(results):
     runs_all = [r for rs in results["runs"].values() for r in rs]
     others = max((r.get("others_cpu_pct", 0) for r in runs_all), default=0)
     base = a.get("baseline_bin")
+    ns_mb = next((f"{r['changed_file_bytes'] / 1e6:.1f} MB" for rs in results["runs"].values()
+                  for r in rs if r.get("layout") == "namespace" and r.get("changed_file_bytes")),
+                 "about 1.5 MB")
     baseline = next((r.get("build") for rs in results["runs"].values() for r in rs
                      if r.get("build")), None)
     lines = ["## Propagation: EndpointSlice change → DNS answer and tables", "",
@@ -178,10 +181,10 @@ def summarize(results):
              + (f" Rows marked (baseline): {baseline}." if baseline else ""), "",
              "Rows: `files` is one manifest file per service (its Service and EndpointSlice), "
              "`files-ns` one file per namespace, 20 files of 500 Services and their "
-             "EndpointSlices (about 700 KB each), `api` the Kubernetes API. "
+             f"EndpointSlices ({ns_mb} each), `api` the Kubernetes API. "
              "Each change moves one endpoint of a headless StatefulSet-style service to a new "
              "address (a pod replaced): the manifest source gets the service's file rewritten "
-             "(write + rename; in `files-ns` the whole 700 KB file, one line different), the "
+             f"(write + rename; in `files-ns` the whole {ns_mb} file, one line different), the "
              "Kubernetes source gets the EndpointSlice applied to the test "
              "API server (`tests/apiserver`, list/watch over HTTP, in the bench-gen process). "
              "DNS: time until `<hostname>.<svc>.<ns>.svc.cluster.local A` answers the new "
@@ -189,6 +192,8 @@ def summarize(results):
              "on /metrics passes its value before the change (polled every 1 ms); the proxies "
              "read that same snapshot. The first 3 changes of each run are also looked up in the "
              "full `/debug/tables` dump afterwards (its fetch time is shown).", ""]
+    if results.get("note"):
+        lines += [results["note"], ""]
     lines += ["| source | DNS p50 | DNS p99 | tables p50 | tables p99 | failed | CPU per change | "
               "idle CPU | ready after (logged) | names right | /debug/tables fetch |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]

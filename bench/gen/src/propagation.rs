@@ -331,7 +331,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--upstream",
         "127.0.0.1:9",
         "--log",
-        "info,kube=warn,hyper=warn,controller=warn",
+        // The controller at info: its `ready: every source has synced ... seconds=` line.
+        "info,kube=warn,hyper=warn",
     ]
     .iter()
     .map(|s| s.to_string())
