@@ -271,3 +271,155 @@ async fn cluster_ip_edited_without_cluster_ips_is_served_with_a_warning() {
         "{dns}"
     );
 }
+
+/// The services in a tables dump: `ns/name` → its `clusterIPs=` value.
+fn services(dump: &str) -> std::collections::BTreeMap<String, String> {
+    dump.lines()
+        .filter_map(|l| l.strip_prefix("service "))
+        .filter_map(|l| {
+            let (key, rest) = l.split_once(' ')?;
+            let ips = rest
+                .split("clusterIPs=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?;
+            Some((key.to_string(), ips.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_many_document_file_is_reread_document_by_document() {
+    let svc = |name: &str, ip: &str| {
+        SVC.replace("name: a", &format!("name: {name}"))
+            .replace("10.0.0.1", ip)
+    };
+    let invalid_b =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec:\n  clusterIP: 10.0.0.300\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.yaml");
+    let write = |docs: &[String]| {
+        let tmp = dir.path().join(".many.yaml.tmp");
+        std::fs::write(&tmp, docs.join("---\n")).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    write(&[
+        svc("a", "10.0.0.1"),
+        svc("b", "10.0.0.2"),
+        svc("c", "10.0.0.3"),
+        svc("d", "10.0.0.4"),
+    ]);
+    let sb = Switchboard::start(&["--manifests", dir.path().to_str().unwrap()]);
+    sb.wait_tables("four services", |t| services(t).len() == 4)
+        .await;
+
+    // (case, the file's documents, the services served afterwards, documents parsed, the
+    // rejection logged as `many.yaml:LINE`). Each case starts from the one before.
+    let cases: Vec<(&str, Vec<String>, &[(&str, &str)], usize, Option<&str>)> = vec![
+        (
+            "one document edited changes exactly its object",
+            vec![
+                svc("a", "10.0.0.1"),
+                svc("b", "10.0.0.22"),
+                svc("c", "10.0.0.3"),
+                svc("d", "10.0.0.4"),
+            ],
+            &[
+                ("a", "10.0.0.1"),
+                ("b", "10.0.0.22"),
+                ("c", "10.0.0.3"),
+                ("d", "10.0.0.4"),
+            ],
+            1,
+            None,
+        ),
+        (
+            "a removed document deletes only its object",
+            vec![
+                svc("a", "10.0.0.1"),
+                svc("b", "10.0.0.22"),
+                svc("d", "10.0.0.4"),
+            ],
+            &[("a", "10.0.0.1"), ("b", "10.0.0.22"), ("d", "10.0.0.4")],
+            0,
+            None,
+        ),
+        (
+            "reordered documents change nothing",
+            vec![
+                svc("d", "10.0.0.4"),
+                svc("b", "10.0.0.22"),
+                svc("a", "10.0.0.1"),
+            ],
+            &[("a", "10.0.0.1"), ("b", "10.0.0.22"), ("d", "10.0.0.4")],
+            0,
+            None,
+        ),
+        (
+            "an invalid document keeps its last good version, the rest applies",
+            vec![
+                svc("d", "10.0.0.4"),
+                invalid_b.to_string(),
+                svc("a", "10.0.0.11"),
+            ],
+            &[("a", "10.0.0.11"), ("b", "10.0.0.22"), ("d", "10.0.0.4")],
+            2,
+            Some("many.yaml:12:3: Service b: spec.clusterIP:"),
+        ),
+        (
+            "the fixed document replaces its kept version",
+            vec![
+                svc("d", "10.0.0.4"),
+                svc("b", "10.0.0.23"),
+                svc("a", "10.0.0.11"),
+            ],
+            &[("a", "10.0.0.11"), ("b", "10.0.0.23"), ("d", "10.0.0.4")],
+            1,
+            None,
+        ),
+    ];
+    for (case, docs, want, parsed, rejected) in cases {
+        let loads = sb.log_count("manifest loaded");
+        let generation = sb.metric("switchboard_snapshot_generation").await;
+        write(&docs);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sb.log_count("manifest loaded") == loads {
+            assert!(
+                Instant::now() < deadline,
+                "{case}: not re-read:\n{}",
+                sb.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let log = sb.log();
+        let line = log
+            .lines()
+            .filter(|l| l.contains("manifest loaded"))
+            .last()
+            .unwrap();
+        assert!(
+            line.contains(&format!(" parsed={parsed} ")),
+            "{case}: {line}"
+        );
+        let want: std::collections::BTreeMap<String, String> = want
+            .iter()
+            .map(|(n, ip)| (format!("default/{n}"), ip.to_string()))
+            .collect();
+        let dump = sb.wait_tables(case, |t| services(t) == want).await;
+        assert_eq!(services(&dump), want, "{case}");
+        if case.starts_with("reordered") {
+            assert_eq!(
+                sb.metric("switchboard_snapshot_generation").await,
+                generation,
+                "{case}: nothing published"
+            );
+        }
+        if let Some(place) = rejected {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("manifest rejected") && l.contains(place)),
+                "{case}: want {place:?} in\n{log}"
+            );
+        }
+    }
+}

@@ -1,9 +1,15 @@
 //! The manifest-directory source: every `*.yaml`, `*.yml` and `*.json` below a directory,
 //! watched for changes.
 //!
-//! Each file is its own source: a file that parses replaces what it held before (`Reset`), a
-//! deleted file removes its objects, and a file that fails to parse or validate is reported with
-//! its path, object and line/column or field, while the objects it held stay as they were.
+//! Each file is its own source, read document by document (`filedocs.rs`): a re-read file
+//! costs the documents whose text changed, which are parsed and sent as one `Update` (their
+//! objects applied, the objects of vanished documents deleted); a file read for the first time
+//! is sent whole (`Reset`); a deleted file removes its objects. A document that fails to parse
+//! or validate is reported with its path, object and line/column or field, and the object it
+//! was meant to be keeps its last good version while the rest of the file applies.
+//!
+//! At start (and on a full walk that finds many files changed) the files are read and parsed on
+//! as many threads as the machine has cores, each file's change sent as soon as it is parsed.
 //! Names starting with `.` are skipped, which also skips the `..data` directories of a mounted
 //! ConfigMap while following its symlinked files.
 //!
@@ -18,21 +24,25 @@
 //! re-read, so a change costs the files it touched, not the directory's size. Directory events
 //! (a directory created, renamed or deleted) and a slow periodic fallback walk the whole tree and
 //! compare each file's (mtime, size, inode), which catches anything a filesystem does not report.
+//! Events are gathered for at most 15 ms, and less once every file they named is complete (its
+//! writer closed it, or it was renamed into place or removed), so an edit is read at once.
 //! A directory deleted and re-created under the same path is watched again at the next walk.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 use tables::{Origin, SourceId};
 
+use crate::filedocs::{FileDocs, Outcome, Reread};
 use crate::parse::{read_manifest, Manifest, ManifestError};
 use crate::{Change, Event, Metrics, Sender};
 
-/// How long to wait for more events after the first one before rescanning.
+/// At most how long to wait for more events after the first one before reading: the wait ends
+/// as soon as no file named so far is still being written.
 const DEBOUNCE: Duration = Duration::from_millis(15);
 /// The fallback rescan period.
 const RESCAN: Duration = Duration::from_secs(5);
@@ -98,13 +108,71 @@ impl FileError {
     }
 }
 
-/// Reads, parses and converts one manifest file: what the directory source does with each file,
-/// and `switchboard check` too.
+/// Reads, parses and converts one manifest file all or nothing (any rejected document rejects
+/// the file), with the same parsing as the directory source: `switchboard check`.
 pub fn read_file(path: &Path) -> Result<Manifest, FileError> {
-    let bytes = std::fs::read(path).map_err(FileError::Read)?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| FileError::NotUtf8(path.display().to_string()))?;
+    let text = read_text(path)?;
     read_manifest(path, &text).map_err(|e| FileError::Invalid(Box::new(e)))
+}
+
+fn read_text(path: &Path) -> Result<String, FileError> {
+    let bytes = std::fs::read(path).map_err(FileError::Read)?;
+    String::from_utf8(bytes).map_err(|_| FileError::NotUtf8(path.display().to_string()))
+}
+
+/// Reads `path` against what its documents gave before (`docs`): the directory source's read.
+fn read_docs(path: &Path, docs: &mut FileDocs) -> Result<Outcome, FileError> {
+    let text = read_text(path)?;
+    Ok(docs.update(path, &text))
+}
+
+/// One file to read: its path, its stamp, and its documents as last read.
+type Job = (PathBuf, Stamp, FileDocs);
+
+/// Reads and parses `jobs` on up to one thread per core, handing each result to `done` on the
+/// calling thread as soon as it is ready (in no particular order). Stops early when `done`
+/// returns false.
+fn read_parallel(
+    jobs: Vec<Job>,
+    mut done: impl FnMut(Job, Result<Outcome, FileError>) -> bool,
+) -> bool {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(jobs.len());
+    if threads <= 1 {
+        return jobs.into_iter().all(|(path, st, mut docs)| {
+            let res = read_docs(&path, &mut docs);
+            done((path, st, docs), res)
+        });
+    }
+    let queue = std::sync::Mutex::new(jobs.into_iter());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (tx, rx) = std_mpsc::channel();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (queue, stop, tx) = (&queue, &stop, tx.clone());
+            s.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Some((path, st, mut docs)) = queue.lock().unwrap().next() else {
+                        return;
+                    };
+                    let res = read_docs(&path, &mut docs);
+                    if tx.send(((path, st, docs), res)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for (job, res) in rx {
+            if !done(job, res) {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                return false;
+            }
+        }
+        true
+    })
 }
 
 /// What one walk of the directory found.
@@ -185,6 +253,10 @@ pub struct FileSource {
     tx: Sender,
     metrics: Metrics,
     known: BTreeMap<PathBuf, Stamp>,
+    /// What each file's documents gave, so a re-read parses only changed documents.
+    docs: HashMap<PathBuf, FileDocs>,
+    /// Totals of the reads since the last `tally` call, for the start-up log line.
+    tally: Tally,
     /// Files and directories that could not be read, with the error, until they read again.
     failing: BTreeMap<PathBuf, String>,
     /// The health last reported, so an unchanged state is not re-logged.
@@ -200,6 +272,8 @@ impl FileSource {
             tx,
             metrics,
             known: BTreeMap::new(),
+            docs: HashMap::new(),
+            tally: Tally::default(),
             failing: BTreeMap::new(),
             reported: None,
         }
@@ -212,6 +286,7 @@ impl FileSource {
     /// Tells the controller `path` no longer exists: its objects go.
     fn remove(&mut self, path: &Path) -> bool {
         self.known.remove(path);
+        self.docs.remove(path);
         self.failing.remove(path);
         tracing::info!(path = %path.display(), "manifest removed");
         self.send(Change::Reset {
@@ -258,36 +333,112 @@ impl FileSource {
 
     /// Reads one file, whose metadata gave `st`, and reports its objects or its error.
     fn load(&mut self, path: &Path, st: Stamp) -> Read {
-        let manifest = match read_file(path) {
-            // Vanished between listing and reading: the next walk sees it gone.
-            Err(FileError::Read(e)) if e.kind() == io::ErrorKind::NotFound => return Read::Done,
-            Err(FileError::Read(e)) => {
-                self.read_failed(path, "cannot read manifest", &e);
-                return Read::Failed;
+        let mut docs = self.docs.remove(path).unwrap_or_default();
+        let res = read_docs(path, &mut docs);
+        self.loaded((path.to_path_buf(), st, docs), res)
+    }
+
+    /// Reads many files, in parallel: `false` when the controller is gone.
+    fn load_many(&mut self, files: Vec<(PathBuf, Stamp)>) -> bool {
+        let jobs = files
+            .into_iter()
+            .map(|(path, st)| {
+                let docs = self.docs.remove(&path).unwrap_or_default();
+                (path, st, docs)
+            })
+            .collect();
+        read_parallel(jobs, |job, res| {
+            !matches!(self.loaded(job, res), Read::Closed)
+        })
+    }
+
+    /// Reports what reading one file came to: its change, warnings and rejected documents.
+    fn loaded(&mut self, (path, st, docs): Job, res: Result<Outcome, FileError>) -> Read {
+        let path = path.as_path();
+        let out = match res {
+            Ok(out) => {
+                self.docs.insert(path.to_path_buf(), docs);
+                out
             }
             Err(e) => {
-                self.handled(path, st);
-                self.metrics
-                    .source_errors
-                    .with_label_values(&["manifests", e.reason()])
-                    .inc();
-                tracing::warn!("manifest rejected: {e}; keeping the objects it held before");
-                return Read::Done;
+                // Nothing was read: what the documents gave stays as it was.
+                if docs.is_read() {
+                    self.docs.insert(path.to_path_buf(), docs);
+                }
+                return match e {
+                    // Vanished between listing and reading: the next walk sees it gone.
+                    FileError::Read(e) if e.kind() == io::ErrorKind::NotFound => Read::Done,
+                    FileError::Read(e) => {
+                        self.read_failed(path, "cannot read manifest", &e);
+                        Read::Failed
+                    }
+                    e => {
+                        self.handled(path, st);
+                        self.metrics
+                            .source_errors
+                            .with_label_values(&["manifests", e.reason()])
+                            .inc();
+                        tracing::warn!(
+                            "manifest rejected: {e}; keeping the objects it held before"
+                        );
+                        Read::Done
+                    }
+                };
             }
-            Ok(manifest) => manifest,
         };
         self.handled(path, st);
-        for w in &manifest.warnings {
+        for w in &out.warnings {
             tracing::warn!("manifest warning: {w}");
         }
-        let objects = manifest.objects;
-        tracing::debug!(path = %path.display(), objects = objects.len(), "manifest loaded");
-        let sent = self.send(Change::Reset {
-            source: source_id(&self.dir, path),
+        for e in &out.errors {
+            self.metrics
+                .source_errors
+                .with_label_values(&["manifests", e.reason])
+                .inc();
+            tracing::warn!(
+                "manifest rejected: {e}; keeping the last good version of its object, applying the rest of the file"
+            );
+        }
+        let source = source_id(&self.dir, path);
+        let (change, objects) = match out.change {
+            Reread::Reset { objects, keep } => {
+                let n = objects.len();
+                (
+                    Some(Change::Reset {
+                        source,
+                        objects,
+                        keep,
+                    }),
+                    n,
+                )
+            }
+            Reread::Update { apply, delete } if apply.is_empty() && delete.is_empty() => (None, 0),
+            Reread::Update { apply, delete } => {
+                let n = apply.len();
+                (
+                    Some(Change::Update {
+                        source,
+                        apply,
+                        delete,
+                    }),
+                    n,
+                )
+            }
+        };
+        self.tally.files += 1;
+        self.tally.documents += out.documents;
+        self.tally.objects += objects;
+        tracing::debug!(
+            path = %path.display(),
+            documents = out.documents,
+            parsed = out.parsed,
             objects,
-            keep: vec![],
-        });
-        if sent {
+            "manifest loaded"
+        );
+        let Some(change) = change else {
+            return Read::Done;
+        };
+        if self.send(change) {
             Read::Done
         } else {
             Read::Closed
@@ -371,22 +522,24 @@ impl FileSource {
                 return false;
             }
         }
-        for path in &listing.files {
-            let st = match stamp(path) {
+        let mut changed = Vec::new();
+        for path in listing.files {
+            let st = match stamp(&path) {
                 Ok(st) => st,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    self.read_failed(path, "cannot stat manifest", &e);
+                    self.read_failed(&path, "cannot stat manifest", &e);
                     continue;
                 }
             };
-            let unchanged = self.known.get(path) == Some(&st) && !self.failing.contains_key(path);
-            if unchanged && !forced.contains(path) {
+            let unchanged = self.known.get(&path) == Some(&st) && !self.failing.contains_key(&path);
+            if unchanged && !forced.contains(&path) {
                 continue;
             }
-            if let Read::Closed = self.load(path, st) {
-                return false;
-            }
+            changed.push((path, st));
+        }
+        if !self.load_many(changed) {
+            return false;
         }
         self.report_health()
     }
@@ -407,35 +560,63 @@ impl FileSource {
         let mut watched = self.dir_ino();
         tracing::info!(dir = %self.dir.display(), "watching manifests");
 
+        let start = Instant::now();
         if !self.rescan(&HashSet::new()) {
             return Ok(());
         }
+        let t = std::mem::take(&mut self.tally);
+        tracing::info!(
+            files = t.files,
+            documents = t.documents,
+            objects = t.objects,
+            seconds = start.elapsed().as_secs_f64(),
+            "manifests read"
+        );
         if !self.send(Change::Synced { part: PART.into() }) {
             return Ok(());
         }
-        let mut next_rescan = std::time::Instant::now() + RESCAN;
+        let mut next_rescan = Instant::now() + RESCAN;
         loop {
             let mut forced = HashSet::new();
-            let wait = next_rescan.saturating_duration_since(std::time::Instant::now());
+            let wait = next_rescan.saturating_duration_since(Instant::now());
             match ev_rx.recv_timeout(wait) {
-                Ok(Ok(ev)) if matches!(ev.kind, notify::EventKind::Access(_)) => continue,
+                Ok(Ok(ev)) if settles(&ev.kind).is_none() => continue,
                 Ok(first) => {
+                    // Files of ours that are being written: the wait ends early once none is.
+                    let writing = std::cell::RefCell::new(HashSet::new());
                     let mut collect = |res: notify::Result<notify::Event>| match res {
-                        // Our own reads produce open/close-nowrite (Access) events:
-                        // reacting to those would reload every file in a loop.
-                        Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
-                        Ok(ev) => forced.extend(ev.paths),
+                        Ok(ev) => {
+                            let open = match settles(&ev.kind) {
+                                // Our own reads produce open/close-nowrite (Access) events:
+                                // reacting to those would reload every file in a loop.
+                                None => return,
+                                Some(settled) => !settled,
+                            };
+                            for path in ev.paths {
+                                if open && self.is_ours(&path) {
+                                    writing.borrow_mut().insert(path.clone());
+                                } else {
+                                    writing.borrow_mut().remove(&path);
+                                }
+                                forced.insert(path);
+                            }
+                        }
                         Err(e) => tracing::warn!(error = %e, "manifest watch error"),
                     };
                     collect(first);
-                    let deadline = std::time::Instant::now() + DEBOUNCE;
-                    while let Some(left) =
-                        deadline.checked_duration_since(std::time::Instant::now())
-                    {
+                    let deadline = Instant::now() + DEBOUNCE;
+                    while !writing.borrow().is_empty() {
+                        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                            break;
+                        };
                         match ev_rx.recv_timeout(left) {
                             Ok(res) => collect(res),
                             Err(_) => break,
                         }
+                    }
+                    // Whatever else is already queued belongs to the same burst.
+                    while let Ok(res) = ev_rx.try_recv() {
+                        collect(res);
                     }
                 }
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
@@ -473,7 +654,7 @@ impl FileSource {
                     } else {
                         RETRY
                     };
-                    next_rescan = std::time::Instant::now() + period;
+                    next_rescan = Instant::now() + period;
                     ok
                 }
             };
@@ -482,4 +663,27 @@ impl FileSource {
             }
         }
     }
+}
+
+/// What an event says of the files it names: `Some(true)` when they are complete (a writer
+/// closed them, they were renamed into place or away, removed, or only their metadata
+/// changed), `Some(false)` while they may still be written, `None` for events that change
+/// nothing (opens and reads, our own included).
+fn settles(kind: &notify::EventKind) -> Option<bool> {
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    use notify::EventKind as K;
+    match kind {
+        K::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
+        K::Access(_) => None,
+        K::Modify(ModifyKind::Name(_) | ModifyKind::Metadata(_)) | K::Remove(_) => Some(true),
+        _ => Some(false),
+    }
+}
+
+/// Totals of what was read, for the start-up log line.
+#[derive(Default)]
+struct Tally {
+    files: usize,
+    documents: usize,
+    objects: usize,
 }

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod filedocs;
 pub mod files;
 pub mod gateway_api;
 pub mod health;
@@ -50,6 +51,13 @@ pub enum Change {
         source: SourceId,
         objects: Vec<Object>,
         keep: Vec<ObjectKey>,
+    },
+    /// Some of what `source` holds changed: `delete` go, then `apply` are added or replaced
+    /// (a re-read manifest file's changed documents, in one change so they publish together).
+    Update {
+        source: SourceId,
+        apply: Vec<Object>,
+        delete: Vec<ObjectKey>,
     },
     /// A part of a source (`manifests`, `kubernetes/Service`, ...) has delivered its first
     /// complete state.
@@ -219,6 +227,18 @@ impl Controller {
                 objects,
                 keep,
             } => self.state.reset(&source, objects, &keep),
+            Change::Update {
+                source,
+                apply,
+                delete,
+            } => {
+                for key in &delete {
+                    self.state.delete(&source, key);
+                }
+                for object in apply {
+                    self.state.apply(&source, object);
+                }
+            }
             Change::Synced { part } => {
                 if self.pending.remove(&part) {
                     tracing::info!(%part, remaining = self.pending.len(), "source synced");

@@ -7,15 +7,19 @@
 //! - `v1 List` (as `kubectl get -o yaml` prints) holding any of those;
 //! - anything else is skipped with a debug log (Deployments next to Services are normal).
 //!
-//! A file is all or nothing: any error rejects the whole file, so the caller can keep what the
-//! file held before. Errors carry the path, the line and column in the file (documents are parsed
-//! one at a time, so their positions are shifted by the document's first line), the object (for a
-//! document that does not parse, as far as the lines before the mistake say), and the field path
-//! once. Conversion errors name only a field; `locate.rs` finds it in the text.
+//! Documents are read one at a time ([`documents`], [`read_document`]): the directory source
+//! keeps what each document gave and re-reads only documents whose text changed
+//! (`filedocs.rs`), and a rejected document says which object it was meant to be ([`Meant`]),
+//! so its last good version can stay. [`read_manifest`] reads a file all or nothing (any
+//! error rejects it), for `switchboard check`. Errors carry the path, the line and column in the
+//! file (a document's positions are shifted by its first line), the object (for a document that
+//! does not parse, as far as the lines before the mistake say), and the field path once.
+//! Conversion errors name only a field; `locate.rs` finds it in the text.
 
 // A rejected file is rare and reported once; boxing its error would only add noise.
 #![allow(clippy::result_large_err)]
 
+use std::cell::RefCell;
 use std::fmt;
 use std::path::Path;
 
@@ -64,6 +68,18 @@ impl fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {}
 
+impl ManifestError {
+    /// The same report for the same document moved by `delta` lines in its file (a document
+    /// read before, now below or above where it was).
+    pub fn shift(&mut self, delta: isize) {
+        if delta == 0 {
+            return;
+        }
+        self.line = self.line.map(|l| l.saturating_add_signed(delta));
+        self.message = shift_lines(&self.message, delta);
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Head {
@@ -79,6 +95,20 @@ struct Head {
 struct HeadMeta {
     name: Option<String>,
     namespace: Option<String>,
+}
+
+/// The documents of a manifest file, each with the line it starts on (1-based): `---`-separated
+/// YAML documents, or a JSON file (`.json`) whole.
+pub fn documents<'a>(path: &Path, text: &'a str) -> Vec<(usize, &'a str)> {
+    if is_json(path) {
+        vec![(1, text)]
+    } else {
+        split_documents(text)
+    }
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "json")
 }
 
 /// One YAML document and the line it starts on (1-based).
@@ -101,22 +131,44 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     docs
 }
 
+/// One document's text. A YAML document also holds its `Value`, parsed once: the head and the
+/// object are read from it (one pass of the YAML parser instead of one per read); only when that
+/// fails is the text parsed again, for the position of the error.
 enum Doc<'a> {
-    Yaml(&'a str),
+    Yaml(&'a str, RefCell<Option<serde_yaml::Value>>),
     Json(&'a str),
 }
 
 impl Doc<'_> {
     fn text(&self) -> &str {
         match self {
-            Doc::Yaml(t) | Doc::Json(t) => t,
+            Doc::Yaml(t, _) | Doc::Json(t) => t,
         }
     }
 
-    /// Deserializes with the field path and position of any error.
+    /// The document's head, from its `Value` when there is one.
+    fn head(&self) -> Result<Head, TypedErr> {
+        if let Doc::Yaml(_, value) = self {
+            let head = value.borrow().as_ref().map(Head::deserialize);
+            if let Some(Ok(head)) = head {
+                return Ok(head);
+            }
+        }
+        self.typed()
+    }
+
+    /// Deserializes with the field path and position of any error: from the document's `Value`
+    /// (taken: an object is read once), or from the text when that fails.
     fn typed<T: DeserializeOwned>(&self) -> Result<T, TypedErr> {
+        if let Doc::Yaml(_, value) = self {
+            if let Some(v) = value.borrow_mut().take() {
+                if let Ok(t) = T::deserialize(v) {
+                    return Ok(t);
+                }
+            }
+        }
         match self {
-            Doc::Yaml(text) => {
+            Doc::Yaml(text, _) => {
                 let de = serde_yaml::Deserializer::from_str(text);
                 serde_path_to_error::deserialize(de).map_err(|e| {
                     let path = e.path().to_string();
@@ -166,7 +218,7 @@ fn strip_location(msg: &str) -> String {
 }
 
 /// Adds `by` to every "line N" of `msg`: a document's line numbers made the file's.
-fn shift_lines(msg: &str, by: usize) -> String {
+fn shift_lines(msg: &str, by: isize) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut rest = msg;
     while let Some(i) = rest.find("line ") {
@@ -174,7 +226,7 @@ fn shift_lines(msg: &str, by: usize) -> String {
         out.push_str(before);
         let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         match after[..digits].parse::<usize>() {
-            Ok(n) => out.push_str(&(n + by).to_string()),
+            Ok(n) => out.push_str(&n.saturating_add_signed(by).to_string()),
             Err(_) => out.push_str(&after[..digits]),
         }
         rest = &after[digits..];
@@ -220,122 +272,212 @@ pub fn read_manifest(path: &Path, text: &str) -> Result<Manifest, ManifestError>
 type Converted = (Vec<(ApiObject, m::Object)>, Vec<ManifestError>);
 
 fn parse_and_convert(path: &Path, text: &str) -> Result<Converted, ManifestError> {
-    let shown = path.display().to_string();
-    let is_json = path.extension().is_some_and(|e| e == "json");
-    let docs: Vec<(usize, Doc)> = if is_json {
-        vec![(1, Doc::Json(text))]
-    } else {
-        split_documents(text)
-            .into_iter()
-            .map(|(l, t)| (l, Doc::Yaml(t)))
-            .collect()
-    };
     let mut out = Vec::new();
     let mut warnings = Vec::new();
-    for (first_line, doc) in docs {
-        let fail = |object: Option<String>,
-                    field: Option<String>,
-                    loc: Option<(usize, usize)>,
-                    message: String,
-                    reason| {
-            ManifestError {
-                path: shown.clone(),
-                line: Some(loc.map_or(first_line, |(l, _)| l + first_line - 1)),
-                column: loc.map(|(_, c)| c),
-                object,
-                field,
-                message: shift_lines(&message, first_line - 1),
-                reason,
-            }
+    for (first_line, doc) in documents(path, text) {
+        let read = read_document(path, first_line, doc).map_err(|e| e.error)?;
+        out.extend(read.objects);
+        warnings.extend(read.warnings);
+    }
+    Ok((out, warnings))
+}
+
+/// What one document gave: its objects (typed and converted) and warnings.
+#[derive(Debug, Default)]
+pub struct DocRead {
+    pub objects: Vec<(ApiObject, m::Object)>,
+    pub warnings: Vec<ManifestError>,
+}
+
+/// A rejected document: the report, and the object it was meant to be.
+#[derive(Debug)]
+pub struct DocError {
+    pub error: ManifestError,
+    pub meant: Meant,
+}
+
+/// Which object a rejected document was meant to be, as far as its text says (its head, or
+/// the lines before a syntax error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Meant {
+    /// An object of a kind this reader serves.
+    Object(m::ObjectKey),
+    /// Nothing this reader serves (a Deployment, a Secret of another type).
+    Nothing,
+    /// It cannot be told (no kind or name readable, a `List`).
+    Unknown,
+}
+
+impl Meant {
+    fn of(head: Option<&Head>) -> Meant {
+        let Some(head) = head.filter(|h| !h.kind.is_empty()) else {
+            return Meant::Unknown;
         };
-        if let Doc::Yaml(t) = &doc {
-            // Empty documents (comments only, trailing `---`) are fine.
-            if serde_yaml::from_str::<serde_yaml::Value>(t).is_ok_and(|v| v.is_null()) {
-                continue;
-            }
+        if head.kind.ends_with("List") {
+            return Meant::Unknown;
         }
-        // Where a field of this document is, for errors found after parsing.
-        let at = |field: &str| crate::locate::locate(doc.text(), field);
-        let head: Head = doc.typed().map_err(|(field, loc, msg)| {
-            fail(object_before(&doc, loc, &msg), field, loc, msg, "parse")
+        let Some(kind) = m::Kind::ALL.into_iter().find(|k| k.as_str() == head.kind) else {
+            return Meant::Nothing;
+        };
+        let Some(name) = head.metadata.name.as_deref().filter(|n| !n.is_empty()) else {
+            return Meant::Unknown;
+        };
+        let namespace = match kind {
+            m::Kind::GatewayClass | m::Kind::Namespace => "",
+            _ => head
+                .metadata
+                .namespace
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("default"),
+        };
+        Meant::Object(m::ObjectKey::new(kind, namespace, name))
+    }
+}
+
+/// Whether a YAML document holds nothing: only blank lines, comments, directives or an end
+/// marker. Anything else is parsed (a document of just `null` or `~` is found empty then).
+fn looks_empty(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l.starts_with('%') || l == "..."
+    })
+}
+
+/// Parses and converts one document of the file `path`, which starts on line `first_line` of
+/// it. Positions in the results are the file's.
+pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRead, DocError> {
+    let shown = path.display().to_string();
+    let doc = if is_json(path) {
+        Doc::Json(text)
+    } else if looks_empty(text) {
+        // Empty documents (comments only, trailing `---`) are fine.
+        return Ok(DocRead::default());
+    } else {
+        match serde_yaml::from_str::<serde_yaml::Value>(text) {
+            // A document of just `~` or `null` is empty too.
+            Ok(serde_yaml::Value::Null) => return Ok(DocRead::default()),
+            Ok(value) => Doc::Yaml(text, RefCell::new(Some(value))),
+            // Parsed again below, for the error's position and the object it was meant to be.
+            Err(_) => Doc::Yaml(text, RefCell::new(None)),
+        }
+    };
+    let fail = |object: Option<String>,
+                field: Option<String>,
+                loc: Option<(usize, usize)>,
+                message: String,
+                reason| {
+        ManifestError {
+            path: shown.clone(),
+            line: Some(loc.map_or(first_line, |(l, _)| l + first_line - 1)),
+            column: loc.map(|(_, c)| c),
+            object,
+            field,
+            message: shift_lines(&message, first_line as isize - 1),
+            reason,
+        }
+    };
+    let mut out = DocRead::default();
+    // Where a field of this document is, for errors found after parsing.
+    let at = |field: &str| crate::locate::locate(doc.text(), field);
+    let head: Head = match doc.head() {
+        Ok(head) => head,
+        Err((field, loc, msg)) => {
+            let before = head_before(&doc, loc, &msg);
+            return Err(DocError {
+                meant: Meant::of(before.as_ref()),
+                error: fail(before.as_ref().map(describe), field, loc, msg, "parse"),
+            });
+        }
+    };
+    let reject = |error: ManifestError| DocError {
+        error,
+        meant: Meant::of(Some(&head)),
+    };
+    if head.kind.is_empty() || head.api_version.is_empty() {
+        return Err(reject(fail(
+            None,
+            None,
+            None,
+            "apiVersion and kind are required".into(),
+            "parse",
+        )));
+    }
+    let object = describe(&head);
+    // Each object with the path of its place in the document ("" or "items[N].").
+    let items: Vec<(String, ApiObject)> = if head.kind == "List" || head.kind.ends_with("List") {
+        #[derive(Deserialize)]
+        struct List {
+            #[serde(default)]
+            items: Vec<serde_json::Value>,
+        }
+        let list: List = doc.typed().map_err(|(field, loc, msg)| {
+            reject(fail(Some(object.clone()), field, loc, msg, "parse"))
         })?;
-        if head.kind.is_empty() || head.api_version.is_empty() {
-            return Err(fail(
-                None,
-                None,
-                None,
-                "apiVersion and kind are required".into(),
-                "parse",
-            ));
-        }
-        let object = describe(&head);
-        // Each object with the path of its place in the document ("" or "items[N].").
-        let items: Vec<(String, ApiObject)> = if head.kind == "List" || head.kind.ends_with("List")
-        {
-            #[derive(Deserialize)]
-            struct List {
-                #[serde(default)]
-                items: Vec<serde_json::Value>,
-            }
-            let list: List = doc.typed().map_err(|(field, loc, msg)| {
-                fail(Some(object.clone()), field, loc, msg, "parse")
-            })?;
-            let mut items = Vec::new();
-            for (i, item) in list.items.into_iter().enumerate() {
-                let ih: Head = serde_json::from_value(item.clone()).unwrap_or_default();
-                match typed_from_value(&ih.api_version, &ih.kind, item) {
-                    Ok(Some(o)) => items.push((format!("items[{i}]."), o)),
-                    Ok(None) => {
-                        tracing::debug!(path = %shown, kind = %ih.kind, "skipping unsupported kind in list")
-                    }
-                    Err((field, msg)) => {
-                        let field = match field {
-                            Some(f) => format!("items[{i}].{f}"),
-                            None => format!("items[{i}]"),
-                        };
-                        let loc = at(&field);
-                        return Err(fail(Some(describe(&ih)), Some(field), loc, msg, "parse"));
-                    }
-                }
-            }
-            items
-        } else {
-            match typed_doc(&head.api_version, &head.kind, &doc) {
-                Ok(Some(o)) => vec![(String::new(), o)],
+        let mut items = Vec::new();
+        for (i, item) in list.items.into_iter().enumerate() {
+            let ih: Head = serde_json::from_value(item.clone()).unwrap_or_default();
+            match typed_from_value(&ih.api_version, &ih.kind, item) {
+                Ok(Some(o)) => items.push((format!("items[{i}]."), o)),
                 Ok(None) => {
-                    tracing::debug!(path = %shown, api_version = %head.api_version, kind = %head.kind, "skipping unsupported kind");
-                    vec![]
+                    tracing::debug!(path = %shown, kind = %ih.kind, "skipping unsupported kind in list")
                 }
-                Err((field, loc, msg)) => return Err(fail(Some(object), field, loc, msg, "parse")),
-            }
-        };
-        for (place, item) in items {
-            // Convert now, so a bad object rejects its file instead of vanishing later.
-            match convert(&item, "default") {
-                Ok(obj) => {
-                    for w in crate::convert::warnings(&item) {
-                        let field = format!("{place}{}", w.field);
-                        let loc = at(&field);
-                        let label = api_object_label(&item);
-                        warnings.push(fail(Some(label), Some(field), loc, w.message, "warning"));
-                    }
-                    out.push((item, obj))
-                }
-                Err(e) => {
-                    let field = format!("{place}{}", e.field);
+                Err((field, msg)) => {
+                    let field = match field {
+                        Some(f) => format!("items[{i}].{f}"),
+                        None => format!("items[{i}]"),
+                    };
                     let loc = at(&field);
-                    return Err(fail(
-                        Some(api_object_label(&item)),
+                    return Err(reject(fail(
+                        Some(describe(&ih)),
                         Some(field),
                         loc,
-                        e.message,
-                        "validation",
-                    ));
+                        msg,
+                        "parse",
+                    )));
                 }
+            }
+        }
+        items
+    } else {
+        match typed_doc(&head.api_version, &head.kind, &doc) {
+            Ok(Some(o)) => vec![(String::new(), o)],
+            Ok(None) => {
+                tracing::debug!(path = %shown, api_version = %head.api_version, kind = %head.kind, "skipping unsupported kind");
+                vec![]
+            }
+            Err((field, loc, msg)) => {
+                return Err(reject(fail(Some(object), field, loc, msg, "parse")))
+            }
+        }
+    };
+    for (place, item) in items {
+        // Convert now, so a bad object rejects its document instead of vanishing later.
+        match convert(&item, "default") {
+            Ok(obj) => {
+                for w in crate::convert::warnings(&item) {
+                    let field = format!("{place}{}", w.field);
+                    let loc = at(&field);
+                    let label = api_object_label(&item);
+                    out.warnings
+                        .push(fail(Some(label), Some(field), loc, w.message, "warning"));
+                }
+                out.objects.push((item, obj))
+            }
+            Err(e) => {
+                let field = format!("{place}{}", e.field);
+                let loc = at(&field);
+                return Err(reject(fail(
+                    Some(api_object_label(&item)),
+                    Some(field),
+                    loc,
+                    e.message,
+                    "validation",
+                )));
             }
         }
     }
-    Ok((out, warnings))
+    Ok(out)
 }
 
 type TypedErr = (Option<String>, Option<(usize, usize)>, String);
@@ -359,11 +501,11 @@ fn label(kind: &str, namespace: Option<&str>, name: Option<&str>) -> String {
     format!("{kind} {namespace}{name}")
 }
 
-/// The object a YAML document that does not parse was meant to be, read from the lines before
-/// the error at `loc` or before a line its `message` names (a syntax error in `spec` leaves
-/// `kind` and `metadata` readable; an unclosed quote is named by the line it opened on).
-fn object_before(doc: &Doc, loc: Option<(usize, usize)>, message: &str) -> Option<String> {
-    let Doc::Yaml(text) = doc else {
+/// The head of a YAML document that does not parse, read from the lines before the error at
+/// `loc` or before a line its `message` names (a syntax error in `spec` leaves `kind` and
+/// `metadata` readable; an unclosed quote is named by the line it opened on).
+fn head_before(doc: &Doc, loc: Option<(usize, usize)>, message: &str) -> Option<Head> {
+    let Doc::Yaml(text, _) = doc else {
         return None;
     };
     let named = message.split("line ").skip(1).filter_map(|rest| {
@@ -379,7 +521,7 @@ fn object_before(doc: &Doc, loc: Option<(usize, usize)>, message: &str) -> Optio
                 .take(line.saturating_sub(1))
                 .collect();
             let head: Head = serde_yaml::from_str(&before).ok()?;
-            (!head.kind.is_empty()).then(|| describe(&head))
+            (!head.kind.is_empty()).then_some(head)
         })
 }
 

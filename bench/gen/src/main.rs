@@ -2,7 +2,8 @@
 //!
 //! - `bench-gen cluster`: writes one synthetic cluster (`tables::synth`, the same shape the
 //!   criterion bench compiles) three ways: Kubernetes YAML for `switchboard run --manifests`
-//!   (one file per service), the DNS records the Kubernetes DNS spec prescribes for the DNS peers
+//!   (one file per service, or per namespace with `--layout namespace`), the DNS records the
+//!   Kubernetes DNS spec prescribes for the DNS peers
 //!   (zone files, Unbound local-data, dnsmasq hosts/config), and a dnsperf query file in a stated
 //!   mix, plus `checks.jsonl`, the answers every server must give before it is timed.
 //! - `bench-gen propagation`: the change-to-answer benchmark (see `propagation.rs`).
@@ -91,6 +92,9 @@ struct ClusterArgs {
     /// Every Nth service is headless (0: none).
     #[arg(long, default_value_t = 10)]
     headless_every: usize,
+    /// How the manifests are laid out in files.
+    #[arg(long, value_enum, default_value_t = objects::Layout::Service)]
+    layout: objects::Layout,
     /// Lines in the dnsperf query file.
     #[arg(long, default_value_t = 100_000)]
     queries: usize,
@@ -119,12 +123,7 @@ fn cluster(a: ClusterArgs) -> anyhow::Result<()> {
         Ok(p)
     };
     let manifests = dir("manifests")?;
-    for (svc, slice) in c.services.iter().zip(&c.slices) {
-        std::fs::write(
-            manifests.join(objects::file_name(svc)),
-            objects::manifest_file(svc, slice)?,
-        )?;
-    }
+    objects::ManifestFiles::new(a.layout, &c.services, &c.slices)?.write_all(&manifests)?;
     let (records, names) = records::Records::build(&zone, &c.services, &c.slices);
     let (fwd, rev) = records.zone_files();
     let zdir = dir("zone")?;

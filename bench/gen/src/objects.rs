@@ -120,6 +120,89 @@ pub fn file_name(svc: &Service) -> String {
     format!("{}_{}.yaml", svc.namespace, svc.name)
 }
 
+/// How the synthetic cluster is laid out in manifest files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// One file per service: its Service and EndpointSlice (`<namespace>_<name>.yaml`).
+    Service,
+    /// One file per namespace, every Service and EndpointSlice of it as YAML documents in
+    /// service order (`<namespace>.yaml`), the shape `kubectl get -o yaml` or kustomize gives.
+    Namespace,
+}
+
+/// A synthetic cluster's manifest files: each service's documents rendered once, so rewriting
+/// one file after a change re-renders only the changed service.
+pub struct ManifestFiles {
+    pub layout: Layout,
+    /// Service `i`'s documents (Service, `---`, EndpointSlice).
+    texts: Vec<String>,
+    /// The services of each file, by file name.
+    files: std::collections::BTreeMap<String, Vec<usize>>,
+}
+
+impl ManifestFiles {
+    pub fn new(
+        layout: Layout,
+        services: &[Service],
+        slices: &[EndpointSlice],
+    ) -> anyhow::Result<Self> {
+        let mut texts = Vec::with_capacity(services.len());
+        let mut files: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (i, (svc, slice)) in services.iter().zip(slices).enumerate() {
+            texts.push(manifest_file(svc, slice)?);
+            let name = match layout {
+                Layout::Service => file_name(svc),
+                Layout::Namespace => format!("{}.yaml", svc.namespace),
+            };
+            files.entry(name).or_default().push(i);
+        }
+        Ok(ManifestFiles {
+            layout,
+            texts,
+            files,
+        })
+    }
+
+    /// The file that holds service `i`.
+    pub fn file_of(&self, svc: &Service) -> String {
+        match self.layout {
+            Layout::Service => file_name(svc),
+            Layout::Namespace => format!("{}.yaml", svc.namespace),
+        }
+    }
+
+    /// Service `i` changed: re-renders its documents.
+    pub fn update(&mut self, i: usize, svc: &Service, slice: &EndpointSlice) -> anyhow::Result<()> {
+        self.texts[i] = manifest_file(svc, slice)?;
+        Ok(())
+    }
+
+    /// The text of file `name`.
+    pub fn text(&self, name: &str) -> String {
+        let members = self.files.get(name).map(Vec::as_slice).unwrap_or_default();
+        let mut out = String::new();
+        for (k, &i) in members.iter().enumerate() {
+            if k > 0 {
+                out.push_str("---\n");
+            }
+            out.push_str(&self.texts[i]);
+        }
+        out
+    }
+
+    /// Writes every file into `dir`.
+    pub fn write_all(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        for name in self.files.keys() {
+            std::fs::write(dir.join(name), self.text(name))?;
+        }
+        Ok(())
+    }
+
+    pub fn count(&self) -> usize {
+        self.files.len()
+    }
+}
+
 /// The test API server (`tests/apiserver`) on a runtime of its own, holding every Service and
 /// EndpointSlice of `cluster`.
 pub fn serve(

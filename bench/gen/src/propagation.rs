@@ -35,7 +35,7 @@ use crate::objects;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Source {
-    /// One manifest file per service; a change rewrites one file (write + rename).
+    /// Manifest files (`--layout`); a change rewrites one file (write + rename).
     Files,
     /// The test API server (`tests/apiserver`) in this process; a change is one `apply`.
     Api,
@@ -55,6 +55,13 @@ pub struct Args {
     pub endpoints: usize,
     #[arg(long, default_value_t = 100)]
     pub changes: usize,
+    /// With `--source files`: one file per service, or one per namespace.
+    #[arg(long, value_enum, default_value_t = objects::Layout::Service)]
+    pub layout: objects::Layout,
+    /// Namespaces [default: min(services, 100)]; `--layout namespace --namespaces 20` at 10,000
+    /// services gives 20 files of 500 services (about 700 KB each).
+    #[arg(long)]
+    pub namespaces: Option<usize>,
     /// Scratch directory (manifests, kubeconfig, switchboard's log).
     #[arg(long)]
     pub work: PathBuf,
@@ -219,34 +226,84 @@ fn summary(mut ms: Vec<f64>, failed: usize) -> Value {
     })
 }
 
-/// Publishes service `i`'s current slice: rewrites its manifest file (write to a dot-file, then
-/// rename over, so the watcher never reads half a file) or applies the slice to the API server.
-fn apply(
+/// A change ready to be made: rendered before the clock starts, so only the write (or the
+/// apply) is timed.
+enum Pending {
+    /// Write this text to a dot-file, then rename it over the file.
+    File(PathBuf, String),
+    Api(Value),
+}
+
+/// Renders service `i`'s current slice: its manifest file's new text (one address line differs),
+/// or the EndpointSlice to apply to the API server.
+fn render(
     source: Source,
     manifests: &Path,
-    api: Option<&(tokio::runtime::Runtime, apiserver::ApiServer)>,
+    files: &mut objects::ManifestFiles,
     cluster: &SynthCluster,
     i: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Pending> {
     let svc = &cluster.services[i];
-    match source {
+    Ok(match source {
         Source::Files => {
-            let file = manifests.join(objects::file_name(svc));
-            let tmp = manifests.join(format!(".{}.tmp", objects::file_name(svc)));
-            std::fs::write(&tmp, objects::manifest_file(svc, &cluster.slices[i])?)?;
+            files.update(i, svc, &cluster.slices[i])?;
+            let name = files.file_of(svc);
+            let text = files.text(&name);
+            Pending::File(manifests.join(name), text)
+        }
+        Source::Api => Pending::Api(objects::endpoint_slice(&cluster.slices[i], svc.headless)),
+    })
+}
+
+/// Makes the change: rewrites the file (write to a dot-file, then rename over, so the watcher
+/// never reads half a file) or applies the slice to the API server.
+fn apply(
+    pending: Pending,
+    api: Option<&(tokio::runtime::Runtime, apiserver::ApiServer)>,
+) -> anyhow::Result<()> {
+    match pending {
+        Pending::File(file, text) => {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            let tmp = file.with_file_name(format!(".{name}.tmp"));
+            std::fs::write(&tmp, text)?;
             std::fs::rename(&tmp, &file)?;
         }
-        Source::Api => {
+        Pending::Api(slice) => {
             let (_, server) = api.expect("api source");
-            server.apply(objects::endpoint_slice(&cluster.slices[i], svc.headless));
+            server.apply(slice);
         }
     }
     Ok(())
 }
 
+/// How many services answer their name with the addresses the cluster says (cluster IP, or
+/// every endpoint address of a headless service), out of how many.
+fn correct_names(addr: SocketAddr, cluster: &SynthCluster, zone: &str) -> anyhow::Result<usize> {
+    let mut c = dnsq::Client::new(addr, Duration::from_millis(500))?;
+    let mut ok = 0;
+    for (svc, slice) in cluster.services.iter().zip(&cluster.slices) {
+        let name = format!("{}.{}.svc.{zone}", svc.name, svc.namespace);
+        let mut want: Vec<IpAddr> = if svc.headless {
+            slice.endpoints.iter().map(|e| e.addresses[0]).collect()
+        } else {
+            svc.cluster_ips.clone()
+        };
+        want.retain(|ip| ip.is_ipv4());
+        want.sort();
+        let Some(answer) = c.query_a(&name) else {
+            continue;
+        };
+        let mut got: Vec<IpAddr> = answer.a.iter().map(|ip| IpAddr::V4(*ip)).collect();
+        got.sort();
+        ok += (got == want) as usize;
+    }
+    Ok(ok)
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let spec = SynthSpec {
         endpoints_per_service: args.endpoints,
+        namespaces: args.namespaces.unwrap_or(args.services.clamp(1, 100)),
         ..SynthSpec::new(args.services)
     };
     let mut cluster = SynthCluster::generate(&spec);
@@ -274,7 +331,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--upstream",
         "127.0.0.1:9",
         "--log",
-        "info,kube=warn,hyper=warn,controller=warn",
+        // The controller at info: its `ready: every source has synced ... seconds=` line.
+        "info,kube=warn,hyper=warn",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -283,18 +341,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let manifests = args.work.join("manifests");
     let mut api: Option<(tokio::runtime::Runtime, apiserver::ApiServer)> = None;
     let setup = Instant::now();
+    let mut files = objects::ManifestFiles::new(args.layout, &cluster.services, &cluster.slices)?;
     match args.source {
         Source::Files => {
             if manifests.exists() {
                 std::fs::remove_dir_all(&manifests)?;
             }
             std::fs::create_dir_all(&manifests)?;
-            for (svc, slice) in cluster.services.iter().zip(&cluster.slices) {
-                std::fs::write(
-                    manifests.join(objects::file_name(svc)),
-                    objects::manifest_file(svc, slice)?,
-                )?;
-            }
+            files.write_all(&manifests)?;
             run_args.extend(["--manifests".into(), manifests.display().to_string()]);
         }
         Source::Api => {
@@ -340,6 +394,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
+    // The first complete table, as switchboard's log says it ("ready: every source has synced
+    // ... seconds=").
+    let logged_ready_s = sb
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("ready: every source has synced"))
+        .and_then(|l| l.split("seconds=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok());
     // Listeners are logged before "switchboard started".
     while !sb.logged("switchboard started") && started.elapsed() < Duration::from_secs(300) {
         std::thread::sleep(Duration::from_millis(10));
@@ -375,6 +440,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let dns_ok = dns_state == "ok";
     eprintln!("propagation: dns {dns_state}");
+    // Every service's name, checked once after ready (not timed: ready already means the
+    // complete table is published; this says it is right).
+    let correct = match dns_addr.filter(|_| dns_ok) {
+        Some(addr) => Some(correct_names(addr, &cluster, zone)?),
+        None => None,
+    };
+    eprintln!(
+        "propagation: {} of {} service names correct after ready",
+        correct.unwrap_or(0),
+        spec.services
+    );
+    let changed_file_bytes = match args.source {
+        Source::Files => {
+            let name = files.file_of(&cluster.services[candidates[0]]);
+            Some(files.text(&name).len())
+        }
+        Source::Api => None,
+    };
 
     let timeout = Duration::from_millis(args.timeout_ms);
     let (mut dns_ms, mut tables_ms) = (Vec::new(), Vec::new());
@@ -431,8 +514,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })
             };
             // The change itself: t0 is set just before it, then the pollers are released.
+            let pending = render(args.source, &manifests, &mut files, &cluster, i);
             *t0.lock().unwrap() = Instant::now();
-            let change = apply(args.source, &manifests, api.as_ref(), &cluster, i);
+            let change = pending.and_then(|p| apply(p, api.as_ref()));
             barrier.wait();
             let res = (dns.join().unwrap(), tables.join().unwrap());
             change.map(|()| res)
@@ -477,7 +561,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let j = (k / candidates.len()) % args.endpoints;
         cluster.slices[i] =
             synth::with_address(&cluster.slices[i], j, synth::spare_pod_ip(k as u32));
-        apply(args.source, &manifests, api.as_ref(), &cluster, i)?;
+        apply(
+            render(args.source, &manifests, &mut files, &cluster, i)?,
+            api.as_ref(),
+        )?;
         std::thread::sleep(QUIET_GAP);
     }
     let quiet_cpu_ms =
@@ -491,6 +578,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let coredns_mb = (pods + spec.services) as f64 * 0.000858 + 49.1;
     let result = json!({
         "source": format!("{:?}", args.source).to_lowercase(),
+        "layout": match args.source {
+            Source::Files => format!("{:?}", args.layout).to_lowercase(),
+            Source::Api => "api".into(),
+        },
+        "files": matches!(args.source, Source::Files).then(|| files.count()),
+        "changed_file_bytes": changed_file_bytes,
+        "logged_ready_s": logged_ready_s,
+        "correct_after_ready": correct,
         "services": spec.services,
         "endpoints": pods,
         "changes": args.changes,
