@@ -354,7 +354,7 @@ def summarize(results, a):
         "generator (on 2 cores it competes with the server threads, so its share bounds the QPS: "
         "QPS ≈ cores ÷ (server + dnsperf + softirq + others' µs per query)); softirq µs/query: "
         "the kernel's softirq time (loopback packet delivery not charged to a process) per query. "
-        "Latency: separate run at a fixed {rate:,} "
+        f"Latency: separate run at a fixed {rate:,} "
         "QPS (⚠ saturated: the server answered below that rate, so the figure is queueing). "
         "Threads: Knot `udp-workers`, NSD `server-count`, Unbound `num-threads`; the `serve` "
         "example `UDP_WORKERS` and `TOKIO_WORKER_THREADS`; `switchboard run` "

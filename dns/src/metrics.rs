@@ -9,9 +9,9 @@
 //!
 //! The query loop resolves label sets once per worker (`Recorder`) and counts into
 //! worker-local counters (prometheus' `Local*` types), added to the shared series by `flush`
-//! once per received batch: the UDP workers do not fight over the same cache lines for every
-//! query (five series, about fourteen atomic read-modify-writes per query otherwise), and a
-//! scrape sees every answer that has left.
+//! (a UDP worker: at most every millisecond, and whenever its socket has nothing queued): the
+//! UDP workers do not fight over the same cache lines for every query (five series, about
+//! fourteen atomic read-modify-writes per query otherwise).
 
 use std::collections::HashMap;
 
