@@ -254,6 +254,76 @@ async fn dns_options_from_flags() {
     assert!(out.contains("XFR size:"), "{out}");
 }
 
+/// `switchboard_dns_udp_worker_datagrams_total{worker}` from a metrics page: worker -> count.
+fn worker_datagrams(metrics: &str) -> std::collections::BTreeMap<String, u64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("switchboard_dns_udp_worker_datagrams_total{"))
+        .filter_map(|l| {
+            let worker = l.split("worker=\"").nth(1)?.split('"').next()?.to_string();
+            Some((worker, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of the `coredns_dns_requests_total` series over UDP.
+fn udp_requests(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("coredns_dns_requests_total{") && l.contains("proto=\"udp\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// `--dns-udp-workers 3` gives the listener three workers (own socket and thread each) and every
+/// one of them answers: each query below comes from a new socket, so the kernel's SO_REUSEPORT
+/// hash of the source port picks a worker at random. The per-worker counters and the query
+/// counters include every answered query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_udp_worker_answers() {
+    let dir = manifests(cases::FIXTURE);
+    let sb = start_manifests(dir.path(), &["--dns-udp-workers", "3"]);
+    ready(&sb).await;
+    let dns = sb.listener("dns/udp");
+    let mut sent = 0u64;
+    // All three are picked within 300 queries but with probability about 3 * (2/3)^300.
+    let (workers, requests) = loop {
+        for _ in 0..10 {
+            let q = query_message("web.default.svc.cluster.local.", RecordType::A, false);
+            let r = ask(dns, &q, false).await;
+            assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+            sent += 1;
+        }
+        let m = sb.admin_get("/metrics").await.1;
+        let workers = worker_datagrams(&m);
+        if (workers.len() == 3 && workers.values().all(|&n| n > 0)) || sent >= 300 {
+            break (workers, udp_requests(&m));
+        }
+    };
+    let names: Vec<&str> = workers.keys().map(String::as_str).collect();
+    assert_eq!(names, ["0", "1", "2"], "{workers:?}");
+    assert!(
+        workers.values().all(|&n| n > 0),
+        "a worker never answered: {workers:?}"
+    );
+    // At least: a query retried after a lost datagram counts twice.
+    assert!(
+        workers.values().sum::<u64>() >= sent,
+        "{workers:?} < {sent}"
+    );
+    // A worker adds its query counts to the shared series when its socket runs empty.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut requests = requests;
+    while requests < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        requests = udp_requests(&sb.admin_get("/metrics").await.1);
+    }
+    assert!(
+        requests >= sent,
+        "coredns_dns_requests_total {requests} < {sent} answered"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axfr_refused_by_default() {
     let dir = manifests(cases::FIXTURE);

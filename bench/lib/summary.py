@@ -30,7 +30,8 @@ def dns_rows(d):
     rows = []
     for cell in d["cells"].values():
         srv = cell["servers"]
-        peers = {k: v for k, v in srv.items() if k not in ("switchboard", "sb-dns") and v["runs"]}
+        peers = {k: v for k, v in srv.items()
+                 if k not in ("switchboard", "sb-dns", "sb-dns-base") and v["runs"]}
         if not peers:
             continue
         best = max(peers, key=lambda k: med(peers[k]["runs"], "qps") or 0)

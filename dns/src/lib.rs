@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod parse;
 pub mod server;
 pub mod tcplimit;
+pub mod templates;
 pub mod wire;
 pub mod xfr;
 pub mod zone;
@@ -135,12 +136,12 @@ impl DnsServer {
         let mut threads = Vec::new();
         let mut listeners = Vec::new();
         for (udp, tcp, udp_addr, tcp_addr) in bound {
-            for sock in udp {
+            for (worker, sock) in udp.into_iter().enumerate() {
                 let (shared, label, stop) = (shared.clone(), server_label(udp_addr), stop.clone());
                 let rt = tokio::runtime::Handle::current();
                 let thread = std::thread::Builder::new()
-                    .name("dns-udp".into())
-                    .spawn(move || server::udp_worker(shared, sock, label, stop, rt))
+                    .name(format!("dns-udp-{worker}"))
+                    .spawn(move || server::udp_worker(shared, sock, (label, worker), stop, rt))
                     .map_err(|source| DnsError::Bind {
                         proto: "udp",
                         addr: udp_addr,

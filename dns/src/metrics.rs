@@ -7,14 +7,17 @@
 //! `kubernetes` (cluster zone), `cache` or `forward`, or empty for errors the server itself
 //! answered (FORMERR, REFUSED, ...).
 //!
-//! The query loop resolves label sets once per worker (`Recorder`), so counting a query is a
-//! few atomic adds, not a label hash per metric.
+//! The query loop resolves label sets once per worker (`Recorder`) and counts into
+//! worker-local counters (prometheus' `Local*` types), added to the shared series by `flush`
+//! (a UDP worker: at most every millisecond, and whenever its socket has nothing queued): the
+//! UDP workers do not fight over the same cache lines for every query (five series, about
+//! fourteen atomic read-modify-writes per query otherwise).
 
 use std::collections::HashMap;
 
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Every metric of the DNS server.
@@ -44,6 +47,10 @@ pub struct Metrics {
     /// `switchboard_dns_forward_loop_detected{to}`: 1 once our queries came back through `to`
     /// (forwarding to it is then off until restart).
     pub forward_loop_detected: IntGaugeVec,
+    /// `switchboard_dns_udp_worker_datagrams_total{server,worker}`: datagrams each UDP worker
+    /// (one socket and one thread each) took from its socket: shows that every worker is there
+    /// and how evenly the kernel spreads clients over them.
+    pub udp_worker_datagrams: IntCounterVec,
 }
 
 fn size_buckets() -> Vec<f64> {
@@ -137,6 +144,10 @@ impl Metrics {
                 Opts::new("switchboard_dns_forward_loop_detected", "1 if queries forwarded to this upstream came back to us (forwarding to it is off)."),
                 &["to"],
             )?,
+            udp_worker_datagrams: IntCounterVec::new(
+                Opts::new("switchboard_dns_udp_worker_datagrams_total", "Datagrams received by each UDP worker (one socket and thread each)."),
+                &["server", "worker"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.responses.clone()))?;
@@ -156,6 +167,7 @@ impl Metrics {
         registry.register(Box::new(m.tcp_limit_hits.clone()))?;
         registry.register(Box::new(m.tcp_connections.clone()))?;
         registry.register(Box::new(m.forward_loop_detected.clone()))?;
+        registry.register(Box::new(m.udp_worker_datagrams.clone()))?;
         Ok(m)
     }
 }
@@ -234,14 +246,25 @@ pub struct Sample {
 }
 
 struct Handles {
-    requests: IntCounter,
-    responses: IntCounter,
-    duration: Histogram,
-    response_size: Histogram,
-    request_size: Histogram,
+    requests: LocalIntCounter,
+    responses: LocalIntCounter,
+    duration: LocalHistogram,
+    response_size: LocalHistogram,
+    request_size: LocalHistogram,
 }
 
-/// Per-worker cache of resolved label sets for one listener.
+impl Handles {
+    fn flush(&self) {
+        self.requests.flush();
+        self.responses.flush();
+        self.duration.flush();
+        self.response_size.flush();
+        self.request_size.flush();
+    }
+}
+
+/// Per-worker cache of resolved label sets for one listener, counting locally until `flush`
+/// (or drop).
 pub struct Recorder {
     metrics: Metrics,
     server: String,
@@ -274,26 +297,32 @@ impl Recorder {
         let h = self.handles.entry(key).or_insert_with(|| {
             let proto = if s.tcp { "tcp" } else { "udp" };
             Handles {
-                requests: m.requests.with_label_values(&[
-                    server.as_str(),
-                    ".",
-                    proto,
-                    if s.ipv6 { "2" } else { "1" },
-                    key.2,
-                ]),
-                responses: m.responses.with_label_values(&[
-                    server.as_str(),
-                    ".",
-                    key.3,
-                    s.plugin.label(),
-                ]),
-                duration: m.duration.with_label_values(&[server.as_str(), ".", key.2]),
+                requests: m
+                    .requests
+                    .with_label_values(&[
+                        server.as_str(),
+                        ".",
+                        proto,
+                        if s.ipv6 { "2" } else { "1" },
+                        key.2,
+                    ])
+                    .local(),
+                responses: m
+                    .responses
+                    .with_label_values(&[server.as_str(), ".", key.3, s.plugin.label()])
+                    .local(),
+                duration: m
+                    .duration
+                    .with_label_values(&[server.as_str(), ".", key.2])
+                    .local(),
                 response_size: m
                     .response_size
-                    .with_label_values(&[server.as_str(), ".", proto]),
+                    .with_label_values(&[server.as_str(), ".", proto])
+                    .local(),
                 request_size: m
                     .request_size
-                    .with_label_values(&[server.as_str(), ".", proto]),
+                    .with_label_values(&[server.as_str(), ".", proto])
+                    .local(),
             }
         });
         h.requests.inc();
@@ -301,5 +330,18 @@ impl Recorder {
         h.duration.observe(s.seconds);
         h.response_size.observe(s.response_size as f64);
         h.request_size.observe(s.request_size as f64);
+    }
+
+    /// Adds what was counted since the last flush to the shared series (the registry).
+    pub fn flush(&mut self) {
+        for h in self.handles.values() {
+            h.flush();
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush();
     }
 }

@@ -16,7 +16,6 @@
 //! dropped whenever the generation changes, so the first query after a change sees the new
 //! tables. Nothing is cached before the first sync.
 
-use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -40,56 +39,10 @@ use crate::forward::{self, Forwarder};
 use crate::metrics::{Metrics, Plugin, Recorder, Sample};
 use crate::parse::{classify, NameKind};
 use crate::tcplimit::{ConnTable, Limit, Slot};
+pub use crate::templates::{TcpTemplates, Templates};
 use crate::wire::{self, Reject, CLASS_IN, RCODE_REFUSED, RCODE_SERVFAIL};
 use crate::xfr;
 use crate::zone::{self, ZoneAnswer, ZoneSettings, T_AXFR, T_IXFR};
-
-/// Templates kept per worker before the map is cleared (bounds memory under random names).
-const MAX_TEMPLATES: usize = 200_000;
-
-/// Pre-encoded answers of one worker, for one snapshot generation.
-#[derive(Default)]
-pub struct Templates {
-    generation: u64,
-    map: HashMap<Box<[u8]>, Box<[u8]>>,
-}
-
-/// Bytes of answers kept in `TcpTemplates` before it is cleared.
-const TCP_TEMPLATE_BYTES: usize = 32 << 20;
-
-/// Pre-encoded answers shared by every TCP connection of the process, for one snapshot
-/// generation. A TCP connection usually carries one query, so a per-connection `Templates` would
-/// encode every answer again: for a Service with 10,000 ports, each SRV query would build and
-/// encode ~10,000 records (tens of ms of CPU) only to be cut at 65,535 bytes. Here it is
-/// encoded once per generation.
-#[derive(Default)]
-pub struct TcpTemplates {
-    inner: std::sync::Mutex<SharedTemplates>,
-}
-
-/// (generation, bytes held, answers by key)
-type SharedTemplates = (u64, usize, HashMap<Box<[u8]>, Arc<[u8]>>);
-
-impl TcpTemplates {
-    fn get(&self, generation: u64, key: &[u8]) -> Option<Arc<[u8]>> {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if g.0 != generation {
-            return None;
-        }
-        g.2.get(key).cloned()
-    }
-
-    fn insert(&self, generation: u64, key: &[u8], template: &[u8]) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if g.0 != generation || g.1 + template.len() > TCP_TEMPLATE_BYTES {
-            g.2.clear();
-            g.0 = generation;
-            g.1 = 0;
-        }
-        g.1 += template.len();
-        g.2.insert(key.into(), template.into());
-    }
-}
 
 /// What the metrics need to know about an answer.
 #[derive(Clone, Copy, Debug)]
@@ -207,12 +160,9 @@ impl Shared {
         let mut kb = [0u8; 258];
         let kl = q.key_into(&mut kb);
         let key = &kb[..kl];
-        if templates.generation != snap.generation || templates.map.len() >= MAX_TEMPLATES {
-            templates.map.clear();
-            templates.generation = snap.generation;
-        }
+        templates.keep(snap.generation);
         if q.qclass == CLASS_IN {
-            if let Some(t) = templates.map.get(key) {
+            if let Some(t) = templates.get(key) {
                 wire::finish(out, t, &q, raw, limit);
                 return Step::Reply(Reply {
                     rcode: u16::from(t[3] & 0xF),
@@ -293,7 +243,7 @@ impl Shared {
             if tcp {
                 self.tcp_templates.insert(snap.generation, key, &tpl);
             }
-            templates.map.insert(key.into(), tpl.into());
+            templates.insert(key, &tpl);
         }
         Step::Reply(Reply {
             rcode,
@@ -411,6 +361,10 @@ const BATCH: usize = 32;
 const RECV_BUF: usize = 4096;
 /// How often a UDP worker checks for shutdown while idle.
 const POLL: Duration = Duration::from_millis(100);
+/// A busy UDP worker adds its local query counts to the shared metrics this often (and an idle
+/// one as soon as its socket has nothing queued): flushing every batch cost more than it saved
+/// when batches are small (prometheus' local histograms flush bucket by bucket).
+const FLUSH_EVERY: Duration = Duration::from_millis(1);
 
 fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = s.as_sockaddr_in() {
@@ -427,11 +381,16 @@ fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
 pub fn udp_worker(
     shared: Arc<Shared>,
     sock: std::net::UdpSocket,
-    server: String,
+    (server, worker): (String, usize),
     stop: CancellationToken,
     rt: tokio::runtime::Handle,
 ) {
     let sock = Arc::new(sock);
+    // This worker's own series: one uncontended atomic add per batch.
+    let datagrams = shared
+        .metrics
+        .udp_worker_datagrams
+        .with_label_values(&[server.as_str(), &worker.to_string()]);
     if let Err(e) = sock.set_read_timeout(Some(POLL)) {
         tracing::error!(error = %e, "dns/udp: cannot set a receive timeout; worker not started");
         return;
@@ -446,6 +405,10 @@ pub fn udp_worker(
     // Answers of one batch: `outs[i]` goes to `to[i]`, for `i < to.len()`.
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(1232)).collect();
     let mut to: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BATCH);
+    let mut flushed = Instant::now();
+    // Counts not yet flushed: then the next receive does not block, and finding the socket
+    // empty flushes them before the worker sleeps.
+    let mut unflushed = false;
     while !stop.is_cancelled() {
         got.clear();
         {
@@ -457,13 +420,23 @@ pub fn udp_worker(
                 fd,
                 &mut headers,
                 iovs.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
+                if unflushed {
+                    MsgFlags::MSG_DONTWAIT
+                } else {
+                    MsgFlags::MSG_WAITFORONE
+                },
                 None,
             ) {
                 Ok(results) => {
                     for m in results {
                         got.push((m.bytes, m.address));
                     }
+                }
+                Err(nix::errno::Errno::EAGAIN) if unflushed => {
+                    rec.flush();
+                    unflushed = false;
+                    flushed = Instant::now();
+                    continue;
                 }
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
@@ -473,6 +446,7 @@ pub fn udp_worker(
                 }
             }
         }
+        datagrams.inc_by(got.len() as u64);
         to.clear();
         let mut samples: [Option<Sample>; BATCH] = [None; BATCH];
         let start = Instant::now();
@@ -509,10 +483,17 @@ pub fn udp_worker(
                 }
             }
         }
-        send_batch(fd, &mut send_headers, &outs[..to.len()], &to);
         for s in samples.into_iter().flatten() {
             rec.record(s);
         }
+        if start.duration_since(flushed) >= FLUSH_EVERY {
+            rec.flush();
+            flushed = start;
+            unflushed = false;
+        } else {
+            unflushed = true;
+        }
+        send_batch(fd, &mut send_headers, &outs[..to.len()], &to);
     }
 }
 
@@ -653,6 +634,7 @@ async fn tcp_connection(
                     }
                 }
                 rec.record(sample(reply, true, src, len, total, start));
+                rec.flush();
                 continue;
             }
             step => match shared.resolve(step, true).await {
@@ -665,5 +647,6 @@ async fn tcp_connection(
             return;
         }
         rec.record(sample(reply, true, src, len, bytes.len(), start));
+        rec.flush();
     }
 }
