@@ -23,6 +23,9 @@
 //! Start with [`HttpServer::start`] from inside a tokio runtime; it binds every listener before
 //! returning (and logs `listening on http ADDR` / `listening on https ADDR` with the bound
 //! address), then serves until [`HttpServer::shutdown`].
+//!
+//! Gateway listener ports (`gateway_listeners.rs`) are opened and closed after start-up, as our
+//! Gateways come and go; each listener's connections see only their own rules (`views.rs`).
 
 pub mod backend;
 pub mod balance;
