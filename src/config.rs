@@ -227,6 +227,11 @@ pub struct RunArgs {
     /// Write no status and take part in no leader election.
     #[arg(long)]
     pub no_status: bool,
+    /// Serve every Gateway listener's routes on the --http / --https listeners instead of
+    /// opening a socket per listener port: for switchboard behind a Service that maps the
+    /// Gateway's ports onto --http / --https (docs/gateway-api.md, "Listeners and ports").
+    #[arg(long)]
+    pub gateway_shared_ports: bool,
 }
 
 /// The TOML file: the same keys as the flags.
@@ -283,6 +288,7 @@ pub struct FileConfig {
     pub leader_election_namespace: Option<String>,
     pub leader_election_lease_duration: Option<u64>,
     pub no_status: Option<bool>,
+    pub gateway_shared_ports: Option<bool>,
 }
 
 /// Parses the TOML config file's text. An error reads `LINE:COLUMN: message`, with the likely
@@ -363,6 +369,8 @@ pub struct Config {
     pub leader_election_namespace: Option<String>,
     pub leader_election_lease_duration: std::time::Duration,
     pub no_status: bool,
+    /// Gateway routes on the --http / --https listeners, no socket per listener port.
+    pub gateway_shared_ports: bool,
 }
 
 /// `IP` or `IP:PORT` (port 53 by default); IPv6 may be bracketed.
@@ -694,6 +702,8 @@ impl Config {
                     .max(2),
             ),
             no_status: args.no_status || file.no_status.unwrap_or(false),
+            gateway_shared_ports: args.gateway_shared_ports
+                || file.gateway_shared_ports.unwrap_or(false),
         })
     }
 }

@@ -164,6 +164,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (tx, rx) = controller::channel();
     let mut parts = Vec::new();
     let mut status: Option<controller::status::Status> = None;
+    // The Gateway listener ports the HTTP proxy opened, for the status writer.
+    let ports = tables::ports::PortReport::default();
+    let serves_http = !(cfg.http.is_empty() && cfg.https.is_empty());
 
     // Bind the admin listener first, so probes answer (not ready) while sources start.
     let health_checks = admin::HealthChecks::default();
@@ -225,7 +228,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         kubernetes::spawn(client.clone(), tx.clone(), metrics.clone());
         // The status writer: one replica (the Lease holder) writes; none of it gates serving.
         if !cfg.no_status {
-            let status_cfg = crate::status::config(&cfg)?;
+            let mut status_cfg = crate::status::config(&cfg)?;
+            if serves_http && !cfg.gateway_shared_ports {
+                status_cfg.ports = Some(ports.clone());
+            }
             let status_metrics = controller::status::StatusMetrics::new(&registry)
                 .context("registering status metrics")?;
             tracing::info!(
@@ -269,7 +275,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 .context("starting the DNS server")?,
         )
     };
-    let http = if cfg.http.is_empty() && cfg.https.is_empty() {
+    let http = if !serves_http {
         None
     } else {
         let http_cfg = proxy::http::HttpConfig {
@@ -279,6 +285,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             lb_algorithm: cfg.lb_algorithm.clone(),
             workers: cfg.http_workers,
             client: cfg.http_limits.clone(),
+            ports,
+            gateway_shared_ports: cfg.gateway_shared_ports,
             outlier: proxy::http::OutlierConfig {
                 base_ejection: Duration::from_millis(cfg.outlier_ejection_ms),
                 ..Default::default()

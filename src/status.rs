@@ -63,5 +63,7 @@ pub fn config(cfg: &Config) -> anyhow::Result<StatusConfig> {
             .map(|a| Address::parse(a))
             .collect(),
         publish_service,
+        // Set by `run` when this replica runs the HTTP proxy.
+        ports: None,
     })
 }

@@ -369,6 +369,7 @@ pub fn compile_http<'a>(
                     request_timeout_ms: None,
                     backend_request_timeout_ms: None,
                     attachments: vec![],
+                    port: None,
                     is_default: false,
                     lb_algorithm: lb.clone(),
                     created: created.clone(),
@@ -387,6 +388,7 @@ pub fn compile_http<'a>(
                 request_timeout_ms: None,
                 backend_request_timeout_ms: None,
                 attachments: vec![],
+                port: None,
                 is_default: true,
                 lb_algorithm: lb.clone(),
                 created: created.clone(),
@@ -403,13 +405,30 @@ pub fn compile_http<'a>(
         .map(|g| ((g.namespace.as_str(), g.name.as_str()), g))
         .collect();
 
+    let mut listeners: Vec<GatewayPort> = our_gateways
+        .values()
+        .flat_map(|gw| {
+            gw.listeners
+                .iter()
+                .filter(|l| is_http_listener(l))
+                .map(|l| GatewayPort {
+                    port: l.port,
+                    tls: l.protocol == "HTTPS",
+                    gateway: format!("{}/{}", gw.namespace, gw.name).into(),
+                    listener: l.name.as_str().into(),
+                })
+        })
+        .collect();
+    listeners.sort();
+    table.listeners = listeners;
+
     let mut routes: Vec<_> = routes.collect();
     routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     for route in routes {
         let source = ObjectKey::new(Kind::HttpRoute, &route.namespace, &route.name);
-        let mut attachments: Vec<Arc<str>> = Vec::new();
-        // Host names the route serves across its accepted listeners: `None` = any host.
-        let mut hosts: Option<BTreeSet<String>> = Some(BTreeSet::new());
+        // Per listener port: the host names the route serves there (`None` = any host) and
+        // the listeners it is attached to.
+        let mut by_port: BTreeMap<u16, (Option<BTreeSet<String>>, Vec<Arc<str>>)> = BTreeMap::new();
         let route_hosts: Vec<String> = route
             .hostnames
             .iter()
@@ -435,62 +454,68 @@ pub fn compile_http<'a>(
                 if served.as_ref().is_some_and(|v| v.is_empty()) {
                     continue; // no host in common: not attached to this listener
                 }
+                let (hosts, attachments) = by_port
+                    .entry(l.port)
+                    .or_insert_with(|| (Some(BTreeSet::new()), Vec::new()));
                 match (served, hosts.as_mut()) {
-                    (None, _) => hosts = None,
+                    (None, _) => *hosts = None,
                     (Some(v), Some(set)) => set.extend(v),
                     (Some(_), None) => {}
                 }
                 attachments.push(format!("{}/{}/{}:{}", ns, parent.name, l.name, l.port).into());
             }
         }
-        if attachments.is_empty() {
+        if by_port.is_empty() {
             table.ignored.push((
                 source,
                 "no parentRef names an HTTP(S) listener of a Gateway of our GatewayClass with a hostname in common".into(),
             ));
             continue;
         }
-        attachments.sort();
-        attachments.dedup();
-        let hostnames: Vec<Arc<str>> = hosts
-            .map(|set| set.into_iter().map(|h| h.into()).collect())
-            .unwrap_or_default();
         let lb: Option<Arc<str>> = route
             .annotations
             .get("switchboard.dev/lb-algorithm")
             .map(|v| v.as_str().into());
         let created: Option<Arc<str>> = route.created.as_deref().map(Arc::from);
-        for (i, rule) in route.rules.iter().enumerate() {
-            table.rules.push(HttpRule {
-                source: source.clone(),
-                rule_index: i,
-                hostnames: hostnames.clone(),
-                matches: rule.matches.clone(),
-                filters: rule.filters.clone(),
-                backends: rule
-                    .backend_refs
-                    .iter()
-                    .filter(|b| b.unsupported_kind.is_none())
-                    .map(|b| {
-                        let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
-                        HttpBackend {
-                            service: ServiceKey::new(ns, &b.name),
-                            port: b.port.map(PortRef::Number),
-                            weight: b.weight,
-                            permitted: grants.permits(
-                                (GATEWAY_GROUP, "HTTPRoute", &route.namespace),
-                                ("", "Service", ns, &b.name),
-                            ),
-                        }
-                    })
-                    .collect(),
-                request_timeout_ms: rule.request_timeout_ms,
-                backend_request_timeout_ms: rule.backend_request_timeout_ms,
-                attachments: attachments.clone(),
-                is_default: false,
-                lb_algorithm: lb.clone(),
-                created: created.clone(),
-            });
+        for (port, (hosts, mut attachments)) in by_port {
+            attachments.sort();
+            attachments.dedup();
+            let hostnames: Vec<Arc<str>> = hosts
+                .map(|set| set.into_iter().map(|h| h.into()).collect())
+                .unwrap_or_default();
+            for (i, rule) in route.rules.iter().enumerate() {
+                table.rules.push(HttpRule {
+                    source: source.clone(),
+                    rule_index: i,
+                    hostnames: hostnames.clone(),
+                    matches: rule.matches.clone(),
+                    filters: rule.filters.clone(),
+                    backends: rule
+                        .backend_refs
+                        .iter()
+                        .filter(|b| b.unsupported_kind.is_none())
+                        .map(|b| {
+                            let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
+                            HttpBackend {
+                                service: ServiceKey::new(ns, &b.name),
+                                port: b.port.map(PortRef::Number),
+                                weight: b.weight,
+                                permitted: grants.permits(
+                                    (GATEWAY_GROUP, "HTTPRoute", &route.namespace),
+                                    ("", "Service", ns, &b.name),
+                                ),
+                            }
+                        })
+                        .collect(),
+                    request_timeout_ms: rule.request_timeout_ms,
+                    backend_request_timeout_ms: rule.backend_request_timeout_ms,
+                    attachments: attachments.clone(),
+                    port: Some(port),
+                    is_default: false,
+                    lb_algorithm: lb.clone(),
+                    created: created.clone(),
+                });
+            }
         }
     }
     table

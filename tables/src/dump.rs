@@ -225,6 +225,9 @@ pub fn dump(snap: &Snapshot) -> String {
         if !rule.attachments.is_empty() {
             let _ = write!(out, " via {}", rule.attachments.join(","));
         }
+        if let Some(port) = rule.port {
+            let _ = write!(out, " port={port}");
+        }
         if !rule.filters.is_empty() {
             let _ = write!(out, " filters={:?}", rule.filters);
         }
@@ -235,6 +238,14 @@ pub fn dump(snap: &Snapshot) -> String {
             let _ = write!(out, " timeout={t}ms");
         }
         out.push('\n');
+    }
+    for l in &r.http.listeners {
+        let proto = if l.tls { "HTTPS" } else { "HTTP" };
+        let _ = writeln!(
+            out,
+            "listener {} {proto} (Gateway {} listener {})",
+            l.port, l.gateway, l.listener
+        );
     }
     for c in &r.tls.certs {
         let hosts = if c.hostnames.is_empty() {

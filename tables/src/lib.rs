@@ -16,6 +16,7 @@ pub mod compile;
 pub mod dump;
 pub mod grants;
 pub mod model;
+pub mod ports;
 pub mod sharded;
 pub mod snapshot;
 pub mod state;

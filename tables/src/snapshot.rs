@@ -220,6 +220,10 @@ pub struct HttpRule {
     /// Gateway listeners this rule is attached to (`namespace/gateway[/section][:port]`);
     /// empty for Ingress rules.
     pub attachments: Vec<Arc<str>>,
+    /// The Gateway listener port this rule is served on; `None` for Ingress rules, served on
+    /// the `--http` / `--https` listeners. An HTTPRoute attached to listeners of several ports
+    /// has one copy of each rule per port, each with the hostnames of that port's listeners.
+    pub port: Option<u16>,
     /// The Ingress `defaultBackend`: used only when no other rule matches.
     pub is_default: bool,
     /// The source's `switchboard.dev/lb-algorithm` annotation, if any.
@@ -232,6 +236,8 @@ pub struct HttpRule {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HttpTable {
     pub rules: Vec<HttpRule>,
+    /// The HTTP and HTTPS listeners of our Gateways, by port: where the proxy opens sockets.
+    pub listeners: Vec<GatewayPort>,
     /// Objects that were skipped and why (wrong class, unattached, invalid), for `/debug/tables`.
     pub ignored: Vec<(ObjectKey, String)>,
 }
@@ -248,6 +254,17 @@ impl HttpTable {
             Kind::Namespace,
         ]
     }
+}
+
+/// One HTTP or HTTPS listener of a Gateway of ours: the port the proxy opens for it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GatewayPort {
+    pub port: u16,
+    /// HTTPS (TLS terminated here) rather than HTTP.
+    pub tls: bool,
+    /// `namespace/name` of the Gateway, and the listener's name.
+    pub gateway: Arc<str>,
+    pub listener: Arc<str>,
 }
 
 /// A certificate to serve for some SNI names.

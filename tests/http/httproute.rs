@@ -68,7 +68,7 @@ async fn httproute_matches_filters_and_weights() {
         c,
         proxy,
         dir: _dir,
-    } = Fixture::start(&[], &[("shop.test", "/")], |d| {
+    } = Fixture::start(&["--gateway-shared-ports"], &[("shop.test", "/")], |d| {
         write(d, "gw.yaml", GATEWAY);
         write_service(d, "stable", "10.96.1.1", &[&stable]);
         write_service(d, "canary", "10.96.1.2", &[&canary]);
@@ -335,7 +335,7 @@ async fn request_timeout_bounds_the_whole_exchange() {
         c,
         proxy,
         dir: _dir,
-    } = Fixture::start(&[], &[("t.test", "/free")], |d| {
+    } = Fixture::start(&["--gateway-shared-ports"], &[("t.test", "/free")], |d| {
         write(d, "gw.yaml", GATEWAY);
         write(
             d,

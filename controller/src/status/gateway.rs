@@ -26,6 +26,7 @@ use super::{GatewayClassObj, GatewayObj, HttpRouteObj};
 use crate::convert;
 use crate::gateway_api as gw;
 use tables::grants::Grants;
+use tables::ports::PortState;
 
 /// Everything the Gateway API status depends on.
 pub struct World<'a> {
@@ -40,6 +41,9 @@ pub struct World<'a> {
     /// Labels of each Namespace, for `allowedRoutes` selectors.
     pub namespaces: &'a NamespaceLabels,
     pub addresses: &'a [Address],
+    /// The Gateway listener ports this replica opened or could not open (`None`: it runs no
+    /// HTTP proxy, and ports are left out of the status).
+    pub ports: Option<&'a BTreeMap<u16, PortState>>,
     /// The installed Gateway API bundle version (the CRDs' `bundle-version` annotation), when
     /// it could be read.
     pub bundle_version: Option<&'a str>,
@@ -162,6 +166,22 @@ fn conflicts(listeners: &[gw::Listener]) -> BTreeMap<usize, (&'static str, Strin
         }
     }
     out
+}
+
+/// Whether listener `l`'s port is open for it, per the proxy's report: `Ok(true)` open,
+/// `Ok(false)` not tried yet, `Err` why it is unavailable (`PortUnavailable`).
+fn port_state(ports: &BTreeMap<u16, PortState>, l: &gw::Listener) -> Result<bool, String> {
+    let tls = l.protocol == "HTTPS";
+    let port = l.port as u16;
+    match ports.get(&port) {
+        None => Ok(false),
+        Some(PortState::Open { tls: t }) if *t == tls => Ok(true),
+        Some(PortState::Open { tls: t }) => Err(format!(
+            "port {port} serves {} for another listener",
+            if *t { "HTTPS" } else { "HTTP" }
+        )),
+        Some(PortState::Unavailable(why)) => Err(why.clone()),
+    }
 }
 
 /// The route kinds a listener supports, and whether `allowedRoutes.kinds` named one that is
@@ -308,7 +328,15 @@ pub fn desired(w: &World) -> Desired {
             let supported = matches!(l.protocol.as_str(), "HTTP" | "HTTPS") && !passthrough;
             let cert = certificate_problem(w, &ns, l);
             let conflict = conflicted.get(&i);
-            let accepted = if supported {
+            // Whether the port is open for this listener: `Err` = why not; `Ok(false)` = not
+            // tried yet.
+            let port = match (supported && conflict.is_none(), w.ports) {
+                (true, Some(ports)) => port_state(ports, l),
+                _ => Ok(true),
+            };
+            let accepted = if let Err(why) = &port {
+                cond("Accepted", false, "PortUnavailable", why, gen)
+            } else if supported {
                 cond("Accepted", true, "Accepted", "", gen)
             } else {
                 let what = if passthrough {
@@ -339,9 +367,17 @@ pub fn desired(w: &World) -> Desired {
                 Some((reason, msg)) => cond("Conflicted", true, reason, msg, gen),
                 None => cond("Conflicted", false, "NoConflicts", "", gen),
             };
-            let ok = supported && cert.is_none() && conflict.is_none();
+            let ok = supported && cert.is_none() && conflict.is_none() && port.is_ok();
             any_valid |= supported;
-            let programmed = if ok {
+            let programmed = if ok && port == Ok(false) {
+                cond(
+                    "Programmed",
+                    false,
+                    "Pending",
+                    "the listener's port is not open yet",
+                    gen,
+                )
+            } else if ok {
                 cond("Programmed", true, "Programmed", "", gen)
             } else {
                 cond(
@@ -544,6 +580,7 @@ mod tests {
             grants: &grants,
             namespaces: &ns,
             addresses: &[],
+            ports: None,
             bundle_version: None,
         });
         let class = &d.classes[&(String::new(), "sb".to_string())];

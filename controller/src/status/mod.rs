@@ -45,6 +45,9 @@ pub struct StatusConfig {
     pub addresses: Vec<Address>,
     /// A Service whose addresses are ours (`--publish-service NAMESPACE/NAME`).
     pub publish_service: Option<(String, String)>,
+    /// The Gateway listener ports this replica's HTTP proxy opened or could not open; `None`
+    /// when it runs no HTTP proxy (then ports are not part of the status).
+    pub ports: Option<tables::ports::PortReport>,
 }
 
 /// `switchboard_leader` and `switchboard_status_writes_total`.

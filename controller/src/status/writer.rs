@@ -180,11 +180,25 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
     });
     let mut bundle = BundleVersion::default();
     let sent = Sent::default();
+    // A change of the listener ports' report counts as a change of the objects.
+    let ports_version = || cfg.ports.as_ref().map(|p| p.version());
+    let mut ports_seen = ports_version();
+    let ports_changed = |seen: Option<u64>| async move {
+        loop {
+            tokio::time::sleep(SETTLE).await;
+            if ports_version() != seen {
+                return;
+            }
+        }
+    };
     loop {
         tokio::select! {
             _ = notify.notified() => tokio::time::sleep(SETTLE).await,
+            _ = ports_changed(ports_seen) => {}
             _ = tokio::time::sleep(RESYNC) => {}
         }
+        ports_seen = ports_version();
+        let ports = cfg.ports.as_ref().map(|p| p.get());
         let addresses = if !cfg.addresses.is_empty() {
             cfg.addresses.clone()
         } else {
@@ -249,6 +263,7 @@ async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &Stat
                     .map(|n| (n.name_any(), n.labels().clone()))
                     .collect(),
                 addresses: &addresses,
+                ports: ports.as_ref(),
                 bundle_version: bundle.version(client).await,
             });
             for c in &class_objs {

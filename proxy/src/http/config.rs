@@ -37,6 +37,12 @@ pub struct HttpConfig {
     pub workers: usize,
     /// Client limits (`docs/reliability.md`, HTTP): what one client connection may hold.
     pub client: ClientLimits,
+    /// Where the Gateway listener ports opened (or not) are reported, for the status writer
+    /// (`gateway_listeners.rs`).
+    pub ports: tables::ports::PortReport,
+    /// Serve Gateway routes on the `http` / `https` listeners, whatever their listener's port,
+    /// and open no socket per Gateway listener port (`--gateway-shared-ports`).
+    pub gateway_shared_ports: bool,
 }
 
 /// Bounds on what one client connection, and one client address, may hold.
@@ -90,6 +96,8 @@ impl Default for HttpConfig {
             grace_period: Duration::from_secs(5),
             workers: 0,
             client: ClientLimits::default(),
+            ports: Default::default(),
+            gateway_shared_ports: false,
         }
     }
 }

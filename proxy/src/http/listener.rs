@@ -33,6 +33,7 @@ use super::limits::Limit;
 use super::metrics::HttpMetrics;
 use super::service::Ingress;
 use super::shared::Shared;
+use super::views::Scope;
 
 pub type App = HttpProxy<Ingress>;
 
@@ -168,6 +169,8 @@ fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> L4Stream {
 /// worker, so a connection can be served by another worker than the one that accepted it.
 pub struct ListenerCtx {
     pub app: Arc<App>,
+    /// Which rules its connections are served (`views.rs`).
+    pub scope: Scope,
     pub shared: Arc<Shared>,
     pub tls: Option<Arc<Acceptor>>,
     pub shutdown: watch::Receiver<bool>,
@@ -406,7 +409,7 @@ fn serve(
                     Err(_) => return,
                 }
             }
-            None => match fast::serve(&ctx.shared, tcp, peer, &ctx.shutdown).await {
+            None => match fast::serve(&ctx.shared, tcp, peer, ctx.scope, &ctx.shutdown).await {
                 fast::Served::Closed => return,
                 fast::Served::Fallback(tcp, read, head_by) => {
                     // The fast path read the head; the h2c preface is the one thing it fails

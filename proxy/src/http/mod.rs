@@ -23,12 +23,16 @@
 //! Start with [`HttpServer::start`] from inside a tokio runtime; it binds every listener before
 //! returning (and logs `listening on http ADDR` / `listening on https ADDR` with the bound
 //! address), then serves until [`HttpServer::shutdown`].
+//!
+//! Gateway listener ports (`gateway_listeners.rs`) are opened and closed after start-up, as our
+//! Gateways come and go; each listener's connections see only their own rules (`views.rs`).
 
 pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod fast;
 pub mod filters;
+pub mod gateway_listeners;
 pub mod guard;
 pub mod health;
 pub mod io;
@@ -43,6 +47,7 @@ pub mod service;
 pub mod shared;
 pub mod tls;
 pub mod upstreams;
+pub mod views;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -65,6 +70,7 @@ use listener::{AcceptLoop, App, Connections, ListenerCtx, Spread};
 use metrics::HttpMetrics;
 use service::Ingress;
 use shared::Shared;
+use views::Scope;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +106,19 @@ pub struct HttpServer {
     finish: watch::Sender<bool>,
 }
 
-fn build_app(shared: &Arc<Shared>, scheme: &'static str, conf: &Arc<ServerConf>) -> Arc<App> {
+/// The pingora app serving one listener's connections (`scope`).
+fn build_app(
+    shared: &Arc<Shared>,
+    scheme: &'static str,
+    conf: &Arc<ServerConf>,
+    scope: Scope,
+) -> Arc<App> {
     let mut app = pingora::proxy::http_proxy(
         conf,
         Ingress {
             shared: shared.clone(),
             scheme,
+            scope,
         },
     );
     let limits = &shared.config.client;
@@ -133,9 +146,8 @@ impl HttpServer {
         registry: &prometheus::Registry,
     ) -> Result<HttpServer, StartError> {
         let metrics = HttpMetrics::new(registry)?;
-        let tls_store = if config.https.is_empty() {
-            None
-        } else {
+        // Built whether or not there is an --https listener: HTTPS Gateway listeners need it.
+        let tls_store = {
             pingora::tls::install_default_crypto_provider();
             let dir_store = match &config.tls_cert_dir {
                 Some(dir) => {
@@ -193,9 +205,9 @@ impl HttpServer {
             }
         }
 
-        let plain = build_app(&shared, "http", &conf);
-        let secure = build_app(&shared, "https", &conf);
-        server.apps = vec![plain.clone(), secure.clone()];
+        let _ = shared
+            .ingress_ports
+            .set(server.addrs.iter().map(|(_, a)| a.port()).collect());
         let acceptor = tls_store.as_ref().map(|(_, resolver)| {
             let mut sc = ServerConfig::builder()
                 .with_no_client_auth()
@@ -213,13 +225,21 @@ impl HttpServer {
         };
         let mut loops: Vec<Vec<AcceptLoop>> = (0..sockets).map(|_| Vec::new()).collect();
         for (kind, bound) in listeners {
-            let (app, tls) = if kind == "https" {
-                (secure.clone(), acceptor.clone())
+            let port = bound
+                .first()
+                .and_then(|l| l.local_addr().ok())
+                .map_or(0, |a| a.port());
+            let scope = Scope::ingress(port);
+            let app = build_app(&shared, kind, &conf, scope);
+            server.apps.push(app.clone());
+            let tls = if kind == "https" {
+                acceptor.clone()
             } else {
-                (plain.clone(), None)
+                None
             };
             let ctx = Arc::new(ListenerCtx {
                 app,
+                scope,
                 shared: shared.clone(),
                 tls,
                 shutdown: shutdown_rx.clone(),
@@ -236,7 +256,10 @@ impl HttpServer {
             }
         }
         let mut inboxes = inboxes.into_iter();
+        // The event loops Gateway listener sockets are served on, as the --http ones.
+        let mut handles = Vec::new();
         if config.workers == 0 {
+            handles.push(tokio::runtime::Handle::current());
             for a in loops.into_iter().flatten() {
                 let kind = a.kind;
                 let task =
@@ -270,7 +293,7 @@ impl HttpServer {
                                 return;
                             }
                         };
-                        let _ = built.send(Ok(()));
+                        let _ = built.send(Ok(rt.handle().clone()));
                         rt.block_on(async move {
                             if let Some(inbox) = inbox {
                                 inbox.spawn(stop);
@@ -288,13 +311,49 @@ impl HttpServer {
                     .map_err(worker_err)?;
                 server.workers.push(thread);
                 match started.await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(handle)) => handles.push(handle),
                     Ok(Err(e)) => return Err(worker_err(e)),
                     Err(_) => {
                         return Err(worker_err(std::io::Error::other("worker thread ended")));
                     }
                 }
             }
+        }
+        if let Some(acceptor) = acceptor.filter(|_| !config.gateway_shared_ports) {
+            let ips = |addrs: &[SocketAddr]| {
+                let mut ips: Vec<_> = addrs.iter().map(|a| a.ip()).collect();
+                ips.sort();
+                ips.dedup();
+                ips
+            };
+            let (http_ips, https_ips) = (ips(&config.http), ips(&config.https));
+            let opener = gateway_listeners::Opener {
+                shared: shared.clone(),
+                conf: conf.clone(),
+                acceptor,
+                loops: handles,
+                spread: spread.clone(),
+                conns: server.conns.clone(),
+                http_ips: if http_ips.is_empty() {
+                    https_ips.clone()
+                } else {
+                    http_ips.clone()
+                },
+                https_ips: if https_ips.is_empty() {
+                    http_ips
+                } else {
+                    https_ips
+                },
+                fixed: server
+                    .addrs
+                    .iter()
+                    .map(|(kind, a)| (a.port(), *kind == "https"))
+                    .collect(),
+            };
+            server.tasks.push(tokio::spawn(gateway_listeners::run(
+                opener,
+                shutdown_rx.clone(),
+            )));
         }
         if let Some((dir, resolver)) = tls_store {
             server.tasks.push(tokio::spawn(reload_certificates(
@@ -369,7 +428,10 @@ impl HttpServer {
 
 /// A listening socket: SO_REUSEADDR as tokio's `TcpListener::bind`, and SO_REUSEPORT when
 /// several workers each take one.
-fn bind_listener(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn bind_listener(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> std::io::Result<std::net::TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

@@ -150,6 +150,7 @@ mod tests {
             request_timeout_ms: request_ms,
             backend_request_timeout_ms: backend_ms,
             attachments: vec![],
+            port: None,
             lb_algorithm: None,
             created: None,
             is_default: false,

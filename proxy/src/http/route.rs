@@ -307,9 +307,14 @@ impl RouteIndex {
     /// Builds the index; rules whose regular expressions do not compile are left out and listed
     /// in `refused`.
     pub fn build(table: &HttpTable) -> RouteIndex {
+        RouteIndex::build_from(table.rules.iter())
+    }
+
+    /// The index of some rules of a table (those one listener serves, `views.rs`).
+    pub fn build_from<'a>(rules: impl Iterator<Item = &'a HttpRule>) -> RouteIndex {
         let mut index = RouteIndex::default();
         let mut wild: HashMap<(String, bool), HostGroup> = HashMap::new();
-        for rule in &table.rules {
+        for rule in rules {
             let compiled = Arc::new(CompiledRule::new(rule));
             if rule.is_default {
                 if index.default.is_none() {
@@ -529,6 +534,7 @@ mod tests {
             request_timeout_ms: None,
             backend_request_timeout_ms: None,
             attachments: vec![],
+            port: None,
             lb_algorithm: None,
             created: None,
             is_default: false,
@@ -662,6 +668,7 @@ mod tests {
                 ),
             ],
             ignored: vec![],
+            listeners: vec![],
         };
         let ix = RouteIndex::build(&table);
         assert!(ix.refused.is_empty());
@@ -692,6 +699,7 @@ mod tests {
         let ix = RouteIndex::build(&HttpTable {
             rules: vec![young, old],
             ignored: vec![],
+            listeners: vec![],
         });
         assert_eq!(lookup(&ix, "t.test", "/", &[]), "b-old");
     }

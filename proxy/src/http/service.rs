@@ -34,12 +34,15 @@ use super::retry;
 use super::route::{CompiledRule, Headers, RequestView};
 use super::shared::Shared;
 use super::upstreams;
+use super::views::Scope;
 
 /// The proxy for one listener kind (plain or TLS).
 pub struct Ingress {
     pub shared: Arc<Shared>,
     /// `http` or `https`: X-Forwarded-Proto and redirects.
     pub scheme: &'static str,
+    /// The listener whose rules this serves (`views.rs`).
+    pub scope: Scope,
 }
 
 /// Per-request state.
@@ -212,7 +215,7 @@ impl ProxyHttp for Ingress {
             method: &req.method,
             headers: Headers::Map(&req.headers),
         };
-        let Some(matched) = index.find(&ctx.host, &view) else {
+        let Some(matched) = index.find(self.scope, &ctx.host, &view) else {
             let body = format!("no route for host {:?} path {:?}\n", ctx.host, path);
             return self.respond(session, ctx, 404, body, None).await;
         };

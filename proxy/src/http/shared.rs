@@ -2,7 +2,8 @@
 //! the snapshot, settings, metrics, balancers, retry budget, upstream connections and routing
 //! index, and the fast path's pool and metric handles.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
@@ -15,8 +16,8 @@ use super::limits::LimitHits;
 use super::metrics::{HttpMetrics, SeriesCache};
 use super::pool::FastPool;
 use super::retry::RetryBudget;
-use super::route::RouteIndex;
 use super::upstreams::{self, Target, UpstreamConns};
+use super::views::RouteViews;
 
 /// State shared by the http and https instances of the proxy.
 pub struct Shared {
@@ -33,7 +34,10 @@ pub struct Shared {
     pub limits: LimitHits,
     /// Service labels the pool gauge has series for.
     pool_labels: std::sync::Mutex<Vec<Arc<str>>>,
-    index: ArcSwapOption<(Arc<HttpTable>, Arc<RouteIndex>)>,
+    index: ArcSwapOption<(Arc<HttpTable>, Arc<RouteViews>)>,
+    /// The bound ports of the `--http` / `--https` listeners (set once they are bound; none
+    /// before): Gateway listeners on these ports share their sockets (`views.rs`).
+    pub ingress_ports: OnceLock<BTreeSet<u16>>,
 }
 
 impl Shared {
@@ -49,6 +53,7 @@ impl Shared {
             upstreams: UpstreamConns::default(),
             pool_labels: Default::default(),
             index: ArcSwapOption::empty(),
+            ingress_ports: OnceLock::new(),
         }
     }
 
@@ -84,19 +89,24 @@ impl Shared {
         }
     }
 
-    /// The routing index for `table`, built on first use after the HTTP rules change.
-    pub fn route_index(&self, table: &Arc<HttpTable>) -> Arc<RouteIndex> {
+    /// The routing indexes for `table`, built on first use after the HTTP rules change.
+    pub fn route_index(&self, table: &Arc<HttpTable>) -> Arc<RouteViews> {
         if let Some(cached) = self.index.load().as_ref() {
             if Arc::ptr_eq(&cached.0, table) {
                 return cached.1.clone();
             }
         }
         let start = Instant::now();
-        let index = Arc::new(RouteIndex::build(table));
+        let ports = self.ingress_ports.get().cloned().unwrap_or_default();
+        let index = Arc::new(if self.config.gateway_shared_ports {
+            RouteViews::shared(table)
+        } else {
+            RouteViews::build(table, &ports)
+        });
         self.metrics
             .route_index_build
             .observe(start.elapsed().as_secs_f64());
-        for (rule, why) in &index.refused {
+        for (rule, why) in &index.refused() {
             tracing::warn!(rule = %rule, reason = %why, "HTTP rule not served");
         }
         self.index

@@ -26,7 +26,10 @@ impl Harness {
     /// What the fast path makes of a client's request bytes: `ready` (proxied here),
     /// `partial`, `fallback` (to pingora, which answers anything malformed) or a refusal code.
     pub fn request(&self, buf: &[u8]) -> &'static str {
-        let mut conn = ConnState::new("10.0.0.1".parse().expect("an address"));
+        let mut conn = ConnState::new(
+            "10.0.0.1".parse().expect("an address"),
+            crate::http::views::Scope::ingress(80),
+        );
         match prepare(&self.shared, buf, &mut conn) {
             Prep::Ready(_) => "ready",
             Prep::Partial => "partial",

@@ -55,6 +55,7 @@ use tokio::sync::watch;
 
 use crate::http::limits::Limit;
 use crate::http::shared::Shared;
+use crate::http::views::Scope;
 use exchange::exchange;
 use io::{read_now, refuse};
 use prepare::{prepare, ConnState, Prep};
@@ -81,10 +82,11 @@ pub async fn serve(
     shared: &Shared,
     mut client: TcpStream,
     peer: SocketAddr,
+    scope: Scope,
     shutdown: &watch::Receiver<bool>,
 ) -> Served {
     let limits = &shared.config.client;
-    let mut conn = ConnState::new(peer.ip());
+    let mut conn = ConnState::new(peer.ip(), scope);
     let mut buf: Vec<u8> = Vec::new();
     // One timer and one shutdown wait for the connection's life, not one per request: the
     // timer fires at most once per idle timeout and is pushed back if requests came since.

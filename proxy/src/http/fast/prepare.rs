@@ -13,10 +13,13 @@ use crate::http::metrics::Series;
 use crate::http::request::{forwarded_for, request_hash, request_id, split_host_port};
 use crate::http::route::{visible_text, CompiledRule, Headers, RequestView};
 use crate::http::shared::Shared;
+use crate::http::views::Scope;
 
 /// What the fast path remembers about one client connection between its requests.
 pub(super) struct ConnState {
     pub(super) ip: IpAddr,
+    /// The listener the connection came in on: which rules it is served (`views.rs`).
+    pub(super) scope: Scope,
     /// The client address as X-Forwarded-For lists it.
     xff: String,
     /// Its `for=` element of `Forwarded`.
@@ -29,9 +32,10 @@ pub(super) struct ConnState {
 }
 
 impl ConnState {
-    pub(super) fn new(ip: IpAddr) -> Self {
+    pub(super) fn new(ip: IpAddr, scope: Scope) -> Self {
         ConnState {
             ip,
+            scope,
             xff: ip.to_string(),
             fwd_for: forwarded_for(ip),
             balancer: None,
@@ -196,7 +200,7 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
         method: &method,
         headers: Headers::Raw(headers),
     };
-    let Some(matched) = index.find(&host, &view) else {
+    let Some(matched) = index.find(conn.scope, &host, &view) else {
         return Prep::Fallback;
     };
     let rule = matched.rule.clone();

@@ -15,6 +15,7 @@ use super::serve;
 use crate::http::pool::FastPool;
 use crate::http::shared::Shared;
 use crate::http::upstreams::Target;
+use crate::http::views::Scope;
 
 /// A connected loopback pair: (our end, the peer's end).
 async fn pair() -> (TcpStream, TcpStream) {
@@ -114,7 +115,7 @@ async fn an_idle_connection_holds_a_small_future() {
     let addr = l.local_addr().unwrap();
     let client = TcpStream::connect(addr).await.unwrap();
     let (_tx, rx) = watch::channel(false);
-    let fut = serve(&shared, client, addr, &rx);
+    let fut = serve(&shared, client, addr, Scope::ingress(80), &rx);
     let size = std::mem::size_of_val(&fut);
     assert!(size <= 1024, "fast::serve future is {size} bytes");
 }

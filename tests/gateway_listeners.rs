@@ -1,0 +1,278 @@
+//! Gateway listener ports end to end (issue #16 item 2): the real binary opens a socket for
+//! each Gateway listener port, serves each listener's routes only on its port, closes the port
+//! when its Gateway goes, and reports a port it cannot bind (`PortUnavailable`) in the
+//! listener's status, against the project's test API server and a real kube-apiserver.
+
+mod common;
+#[path = "envtest/mod.rs"]
+mod envtest;
+#[path = "gateway_cluster/mod.rs"]
+mod gateway_cluster;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use gateway_cluster::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A port nothing listens on now (bound, then let go).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A stand-in pod answering every request with `NAME` and closing the connection.
+async fn backend(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nx-backend: {name}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                    name.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Service `default/NAME` (port 80) with one ready endpoint.
+fn service(name: &str, ip: &str, at: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {ip}\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints:\n  - addresses: [\"{eip}\"]\n    conditions: {{ready: true}}\n",
+        port = at.port(),
+        eip = at.ip(),
+    )
+}
+
+const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sb}
+spec: {controllerName: switchboard.dev/gateway}
+";
+
+/// Gateway `default/NAME` with HTTP listeners `(name, port)`.
+fn gateway(name: &str, listeners: &[(&str, u16)]) -> String {
+    let ls: Vec<String> = listeners
+        .iter()
+        .map(|(l, p)| format!("{{name: {l}, protocol: HTTP, port: {p}}}"))
+        .collect();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  gatewayClassName: sb\n  listeners: [{}]\n",
+        ls.join(", ")
+    )
+}
+
+/// HTTPRoute `default/NAME` on Gateway `gw`, host `host`, to Service `svc`.
+fn route(name: &str, gw: &str, host: &str, svc: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  parentRefs: [{{name: {gw}}}]\n  hostnames: [{host}]\n  rules: [{{backendRefs: [{{name: {svc}, port: 80}}]}}]\n"
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// What a GET of `host` on `port` answers: the backend's name, "404", or "closed" when the
+/// port takes no connection.
+async fn served(port: u16, host: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return "closed".into();
+    };
+    let req = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return "closed".into();
+    }
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    match read {
+        Ok(_) if text.starts_with("HTTP/1.1 404") => "404".into(),
+        Ok(_) if text.starts_with("HTTP/1.1 200") => {
+            text.rsplit("\r\n\r\n").next().unwrap_or("").to_string()
+        }
+        _ => format!("unexpected: {text:?}"),
+    }
+}
+
+/// Waits (bounded) until every `(port, host) → answer` holds; panics with the first that
+/// does not and the log.
+async fn wait_served(sb: &Switchboard, cases: &[(u16, &str, &str)]) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut wrong = None;
+        for &(port, host, want) in cases {
+            let got = served(port, host).await;
+            if got != want {
+                wrong = Some(format!("port {port} host {host}: want {want}, got {got}"));
+                break;
+            }
+        }
+        let Some(w) = wrong else { return };
+        assert!(tokio::time::Instant::now() < deadline, "{w}\n{}", sb.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_port_serves_its_own_routes() {
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "class.yaml", CLASS);
+    write(d, "svc-a.yaml", &service("a", "10.96.7.1", a));
+    write(d, "svc-b.yaml", &service("b", "10.96.7.2", b));
+    write(d, "svc-c.yaml", &service("c", "10.96.7.3", c));
+    // An Ingress, served on --http only.
+    write(
+        d,
+        "ingress.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: ing, namespace: default}\nspec:\n  ingressClassName: switchboard\n  rules: [{host: c.test, http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: c, port: {number: 80}}}}]}}]\n",
+    );
+    let sb = Switchboard::start(&http_args(d, &[]));
+    let http = sb.listener("http").port();
+
+    // Gateway own: a listener on a port of its own (P); Gateway shared: on the --http port.
+    let p = free_port();
+    write(d, "gw-own.yaml", &gateway("own", &[("web", p)]));
+    write(d, "gw-shared.yaml", &gateway("shared", &[("web", http)]));
+    write(d, "route-a.yaml", &route("ra", "own", "a.test", "a"));
+    write(d, "route-b.yaml", &route("rb", "shared", "b.test", "b"));
+    wait_served(
+        &sb,
+        &[
+            // P serves Gateway own's route, and nothing else.
+            (p, "a.test", "a"),
+            (p, "b.test", "404"),
+            (p, "c.test", "404"),
+            // --http serves the Ingress and Gateway shared's route, not Gateway own's.
+            (http, "b.test", "b"),
+            (http, "c.test", "c"),
+            (http, "a.test", "404"),
+        ],
+    )
+    .await;
+    assert!(
+        sb.log_contains(&format!("listening on gateway http 127.0.0.1:{p}")),
+        "{}",
+        sb.log()
+    );
+
+    // The route moves to Gateway shared: off P, onto --http.
+    write(d, "route-a.yaml", &route("ra", "shared", "a.test", "a"));
+    wait_served(&sb, &[(p, "a.test", "404"), (http, "a.test", "a")]).await;
+
+    // Deleting Gateway own closes P; --http goes on as before.
+    std::fs::remove_file(d.join("gw-own.yaml")).unwrap();
+    wait_served(
+        &sb,
+        &[
+            (p, "a.test", "closed"),
+            (http, "a.test", "a"),
+            (http, "c.test", "c"),
+        ],
+    )
+    .await;
+    sb.wait_log("closed the Gateway listener port", WAIT).await;
+
+    // And a Gateway on P again opens it again.
+    write(d, "gw-own.yaml", &gateway("own", &[("web", p)]));
+    write(d, "route-a.yaml", &route("ra", "own", "a.test", "a"));
+    wait_served(&sb, &[(p, "a.test", "a"), (http, "a.test", "404")]).await;
+}
+
+/// A listener whose port is taken is `Accepted: False`, `PortUnavailable` (the others are
+/// programmed); once the port is free, switchboard takes it and the listener is programmed.
+async fn port_taken_shows_in_status(c: Cluster) {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let free = free_port();
+    c.apply(CLASS).await;
+    c.apply(&gateway("gw", &[("busy", busy), ("free", free)]))
+        .await;
+    let kc = c.kubeconfig();
+    let sb = Switchboard::start_with_env(
+        &[
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--gateway-address",
+            "192.0.2.10",
+        ],
+        &[("POD_NAME", "sb-ports"), ("POD_NAMESPACE", "kube-system")],
+    );
+    let listener_is = |name: &'static str,
+                       accepted: (&'static str, &'static str),
+                       programmed: (&'static str, &'static str)| {
+        let c = &c;
+        let sb = &sb;
+        async move {
+            eventually(&format!("listener {name}"), || async {
+                let gw = c
+                    .get(GW, "Gateway", "default", "gw")
+                    .await
+                    .ok_or("no Gateway")?;
+                let l = gw["status"]["listeners"]
+                    .as_array()
+                    .and_then(|ls| ls.iter().find(|l| l["name"] == name).cloned())
+                    .ok_or_else(|| {
+                        format!("no listener status in {}\n{}", gw["status"], sb.log())
+                    })?;
+                expect(&l["conditions"], "Accepted", accepted.0, accepted.1)?;
+                expect(&l["conditions"], "Programmed", programmed.0, programmed.1)
+            })
+            .await;
+        }
+    };
+    listener_is("free", ("True", "Accepted"), ("True", "Programmed")).await;
+    listener_is("busy", ("False", "PortUnavailable"), ("False", "Invalid")).await;
+    let gw = c.get(GW, "Gateway", "default", "gw").await.unwrap();
+    let busy_status = gw["status"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "busy")
+        .unwrap()
+        .clone();
+    assert!(
+        busy_status
+            .to_string()
+            .contains(&format!("cannot listen on port {busy}")),
+        "{busy_status}"
+    );
+    // The port is let go: taken on the next try (every 5 s).
+    drop(taken);
+    listener_is("busy", ("True", "Accepted"), ("True", "Programmed")).await;
+    assert_eq!(served(busy, "x.test").await, "404", "{}", sb.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_taken_against_the_test_apiserver() {
+    port_taken_shows_in_status(Cluster::test().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_taken_against_kube_apiserver() {
+    let Some(c) = Cluster::real("port_taken_against_kube_apiserver").await else {
+        return;
+    };
+    port_taken_shows_in_status(c).await;
+}
