@@ -24,6 +24,7 @@
 //! returning (and logs `listening on http ADDR` / `listening on https ADDR` with the bound
 //! address), then serves until [`HttpServer::shutdown`].
 
+pub mod access_log;
 pub mod backend;
 pub mod balance;
 pub mod config;
