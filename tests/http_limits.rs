@@ -688,6 +688,66 @@ async fn access_log_cannot_be_forged() {
     );
 }
 
+/// The fast path writes its access-log lines itself, in batches (`proxy/src/http/access_log.rs`):
+/// each request still gets one line, shaped as pingora's `tracing` line (same prefix, the same
+/// fields in the same order), with the client's request id, within the test's wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_match_on_both_paths() {
+    let s = setup(&[]).await;
+    let r = ask(s.proxy, "GET /x HTTP/1.1\r\nHost: nothing.test\r\n\r\n").await;
+    assert_eq!(status_of(&r), "404", "{r}");
+    for i in 0..3 {
+        let r = ask(
+            s.proxy,
+            &format!("GET /id HTTP/1.1\r\nHost: a.test\r\nX-Request-Id: fast-{i}\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(status_of(&r), "200", "{r}");
+    }
+    for needle in ["host=nothing.test", "request_id=fast-2 "] {
+        s.sb.wait_log(needle, Duration::from_secs(5)).await;
+    }
+    let log = s.sb.log();
+    let fields = [
+        "  INFO access: client=",
+        " method=",
+        " host=",
+        " path=",
+        " status=",
+        " route=",
+        " service=",
+        " upstream=",
+        " retries=",
+        " duration_ms=",
+        " request_id=",
+        " error=",
+    ];
+    let mut failures = Vec::new();
+    for needle in [
+        "host=nothing.test",
+        "request_id=fast-0 ",
+        "request_id=fast-1 ",
+        "request_id=fast-2 ",
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(needle)).collect();
+        if lines.len() != 1 {
+            failures.push(format!("{needle}: {} lines", lines.len()));
+            continue;
+        }
+        let mut at = 0;
+        for f in fields {
+            match lines[0][at..].find(f) {
+                Some(i) => at += i + f.len(),
+                None => failures.push(format!(
+                    "{needle}: no {f:?} after byte {at} in {:?}",
+                    lines[0]
+                )),
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}\n{log}");
+}
+
 /// A request pipelined behind one pingora answers (no route: 404) is answered on the same
 /// connection, and so is one behind a POST with a body. Before: the connection closed after
 /// the first answer.

@@ -49,13 +49,30 @@ LABEL = {"switchboard": "switchboard",
          "haproxy": "HAProxy (http mode)",
          "nginx": "nginx (upstream keepalive)", "direct": "direct to one backend (ceiling)"}
 PKG = {"haproxy": "haproxy", "nginx": "nginx", "direct": "nginx"}
+# The two setups (`--setup`). `bench`: the first, tuned for comparing proxies (backends on three
+# addresses answering from a `return`, switchboard round robin with its access log off and one
+# tokio thread beside its HTTP worker). `defaults`: issue 17's independent run: backends on three
+# ports of 127.0.0.1 serving a small file, switchboard as it starts with only `--http-workers N`
+# (least-request balancing, access log on at INFO into its log file, tokio's default threads).
+SETUPS = {"bench": {"ports": False, "static": False, "tuned": True},
+          "defaults": {"ports": True, "static": True, "tuned": False}}
+# Results file and docs/benchmarks.md section of each setup.
+PART = {"bench": "http", "defaults": "http-defaults"}
 
 
-def nginx_backends(wd, port):
+def nginx_backends(wd, ups, static=False):
+    """One nginx worker serving every address of `ups` (`ip:port`), the N-th answering
+    `backend-N`: from a `return` (the first setup) or, with `static`, a small file (index.html)."""
+    def answer(i):
+        if not static:
+            return f"location / {{ return 200 \"backend-{i + 1}\\n\"; }}"
+        root = wd / f"www-{i + 1}"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "index.html").write_text(f"backend-{i + 1}\n")
+        return f"root {root}; location / {{ index index.html; }}"
     servers = "\n".join(
-        f"    server {{ listen {ip}:{port} reuseport; keepalive_requests 1000000; "
-        f"location / {{ return 200 \"backend-{i + 1}\\n\"; }} }}"
-        for i, ip in enumerate(BACKENDS))
+        f"    server {{ listen {u} reuseport; keepalive_requests 1000000; {answer(i)} }}"
+        for i, u in enumerate(ups))
     conf = wd / "backends.conf"
     conf.write_text(f"""daemon off;
 worker_processes 1;
@@ -72,8 +89,8 @@ http {{
     return B.Proc("backends", [B.which("nginx") or "nginx", "-c", conf, "-p", wd], wd / "backends.out")
 
 
-def nginx_proxy(wd, port, bport, workers):
-    ups = "\n".join(f"        server {ip}:{bport};" for ip in BACKENDS)
+def nginx_proxy(wd, port, upstreams, workers):
+    ups = "\n".join(f"        server {u};" for u in upstreams)
     conf = wd / f"nginx-{workers}.conf"
     conf.write_text(f"""daemon off;
 worker_processes {workers};
@@ -103,8 +120,8 @@ http {{
                   wd / f"nginx-{workers}.out")
 
 
-def haproxy(wd, port, bport, workers):
-    servers = "\n".join(f"    server b{i + 1} {ip}:{bport}" for i, ip in enumerate(BACKENDS))
+def haproxy(wd, port, ups, workers):
+    servers = "\n".join(f"    server b{i + 1} {u}" for i, u in enumerate(ups))
     conf = wd / f"haproxy-{workers}.cfg"
     # maxconn stays below the file-descriptor hard limit (20000 here).
     conf.write_text(f"""global
@@ -128,13 +145,34 @@ backend web
                   wd / f"haproxy-{workers}.out")
 
 
-def switchboard_manifests(wd, bport, pipelining=False):
+def switchboard_manifests(wd, ups, pipelining=False):
+    """The Service, its endpoints and an Ingress for `HOST`. Endpoints that share a port are one
+    EndpointSlice; one per port otherwise (the second setup's backends differ only by port)."""
     d = wd / ("manifests-pipelined" if pipelining else "manifests")
     d.mkdir(parents=True, exist_ok=True)
-    eps = "\n".join(f"""  - addresses: ["{ip}"]
-    conditions: {{ ready: true, serving: true, terminating: false }}
-    targetRef: {{ kind: Pod, namespace: bench, name: web-{i + 1} }}""" for i, ip in enumerate(BACKENDS))
+    by_port = {}
+    for i, u in enumerate(ups):
+        ip, port = u.rsplit(":", 1)
+        by_port.setdefault(int(port), []).append((i, ip))
+    target = next(iter(by_port)) if len(by_port) == 1 else "http"
     notes = ('\n  annotations: { switchboard.dev/upstream-pipelining: "true" }' if pipelining else "")
+    slices = ""
+    for n, (port, eps) in enumerate(by_port.items()):
+        lines = "\n".join(f"""  - addresses: ["{ip}"]
+    conditions: {{ ready: true, serving: true, terminating: false }}
+    targetRef: {{ kind: Pod, namespace: bench, name: web-{i + 1} }}""" for i, ip in eps)
+        slices += f"""---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-{n + 1}
+  namespace: bench
+  labels: {{ kubernetes.io/service-name: web }}
+addressType: IPv4
+ports: [{{ name: http, protocol: TCP, port: {port} }}]
+endpoints:
+{lines}
+"""
     (d / "web.yaml").write_text(f"""apiVersion: v1
 kind: Service
 metadata:
@@ -142,19 +180,8 @@ metadata:
   namespace: bench{notes}
 spec:
   clusterIP: 10.96.200.1
-  ports: [{{ name: http, protocol: TCP, port: 80, targetPort: {bport} }}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-1
-  namespace: bench
-  labels: {{ kubernetes.io/service-name: web }}
-addressType: IPv4
-ports: [{{ name: http, protocol: TCP, port: {bport} }}]
-endpoints:
-{eps}
----
+  ports: [{{ name: http, protocol: TCP, port: 80, targetPort: {target} }}]
+{slices}---
 apiVersion: networking.k8s.io/v1
 kind: Ingress
 metadata: {{ name: web, namespace: bench }}
@@ -187,22 +214,23 @@ def get(addr, host=HOST):
     return int(head.split()[1]), body.decode(errors="replace").strip()
 
 
-def check(addr, expect_all):
+def check(addr, expect_all, n):
     seen = set()
     for _ in range(30):
         status, body = get(addr)
         if status != 200 or not body.startswith("backend-"):
             return f"GET / answered {status} {body[:60]!r}"
         seen.add(body)
-    if expect_all and len(seen) != len(BACKENDS):
+    if expect_all and len(seen) != n:
         return f"30 requests reached only {sorted(seen)}"
     return None
 
 
-def start(target, wd, bport, workers, baseline=None):
-    """(Proc or None, address). `baseline`: the binary of the target `switchboard-baseline`."""
+def start(target, wd, ups, workers, setup, baseline=None):
+    """(Proc or None, address). `ups`: the backends' `ip:port`s; `setup`: a key of SETUPS;
+    `baseline`: the binary of the target `switchboard-baseline`."""
     if target == "direct":
-        return None, f"{BACKENDS[0]}:{bport}"
+        return None, ups[0]
     if target.startswith("switchboard"):
         binary = B.BIN
         if target == "switchboard-baseline":
@@ -215,14 +243,17 @@ def start(target, wd, bport, workers, baseline=None):
         help_text = B.switchboard_help(binary)
         if "--http" not in help_text:
             raise LookupError("not yet implemented (no --http flag)")
-        man = switchboard_manifests(wd, bport, target == "switchboard-pipelined")
+        man = switchboard_manifests(wd, ups, target == "switchboard-pipelined")
         has_workers = "--http-workers" in help_text
+        tuned = SETUPS[setup]["tuned"]
+        flags = ["--log", "warn,switchboard=info,proxy=info",
+                 *(["--lb-algorithm", "round-robin"] if "--lb-algorithm" in help_text else [])]
         proc, ls = B.start_switchboard(
-            ["--manifests", man, "--http", "127.0.0.1:0", "--log", "warn,switchboard=info,proxy=info",
-             *(["--lb-algorithm", "round-robin"] if "--lb-algorithm" in help_text else []),
+            ["--manifests", man, "--http", "127.0.0.1:0", *(flags if tuned else []),
              *(["--http-workers", str(workers)] if has_workers else [])],
             name=f"{target}-http-{workers}",
-            env={"TOKIO_WORKER_THREADS": "1" if has_workers else str(workers)},
+            env=({"TOKIO_WORKER_THREADS": "1" if has_workers else str(workers)} if tuned
+                 or not has_workers else {}),
             logdir=wd, bin=binary)
         if "http" not in ls:
             proc.stop()
@@ -231,7 +262,7 @@ def start(target, wd, bport, workers, baseline=None):
     if not B.which(target):
         raise LookupError(B.not_installed(target, PKG[target]))
     port = B.free_port()
-    proc = (haproxy if target == "haproxy" else nginx_proxy)(wd, port, bport, workers)
+    proc = (haproxy if target == "haproxy" else nginx_proxy)(wd, port, ups, workers)
     addr = f"127.0.0.1:{port}"
 
     def up():
@@ -356,12 +387,19 @@ def run(a):
                                      "given": str(Path(a.baseline_bin).resolve())}}
         for t, b in results["binaries"].items():
             B.log(f"http {t}: {b['build']}, sha256 {b['sha256'][:16]}")
-    backends = None
-    wd = B.WORK / "http"
+    setup = SETUPS[a.setup]
+    wd = B.WORK / PART[a.setup]
     wd.mkdir(parents=True, exist_ok=True)
-    bport = B.free_port()
-    backends = nginx_backends(wd, bport)
-    B.wait_for(lambda: _ok(f"{BACKENDS[0]}:{bport}"), 30, "the backends", backends)
+    if setup["ports"]:
+        ports = set()
+        while len(ports) < 3:
+            ports.add(B.free_port())
+        ups = [f"127.0.0.1:{p}" for p in sorted(ports)]
+    else:
+        bport = B.free_port()
+        ups = [f"{ip}:{bport}" for ip in BACKENDS]
+    backends = nginx_backends(wd, ups, static=setup["static"])
+    B.wait_for(lambda: all(_ok(u) for u in ups), 30, "the backends", backends)
     all_cpus = os.sched_getaffinity(0)
     for key in a.workers.split(","):
         pinned = key.endswith("p")
@@ -372,14 +410,14 @@ def run(a):
         for t in targets:
             e = cell[t] = {"runs": []}
             try:
-                proc, addr = start(t, wd, bport, workers, baseline)
+                proc, addr = start(t, wd, ups, workers, a.setup, baseline)
             except (LookupError, RuntimeError) as ex:
                 e["skip"] = str(ex).splitlines()[0]
                 B.log(f"http {t}: {e['skip']}")
                 continue
             if proc and pinned:
                 pin_tree(proc.pid, {1})
-            problem = check(addr, t != "direct")
+            problem = check(addr, t != "direct", len(ups))
             if problem:
                 e["skip"] = f"failed check: {problem}"
                 B.log(f"http {t}: {problem}")
@@ -402,7 +440,7 @@ def run(a):
         for t, (proc, _) in running.items():
             if proc:
                 proc.stop()
-        B.save_results("http", results)
+        B.save_results(PART[a.setup], results)
     backends.stop()
     return results
 
@@ -418,12 +456,18 @@ def summarize(results):
     a = results["args"]
     runs_all = [r for c in results["cells"].values() for e in c.values() for r in e["runs"]]
     others = max((r["others_cpu_pct"] for r in runs_all), default=0)
-    lines = ["## HTTP: wrk through the L7 proxies", "",
+    setup = a.get("setup", "bench")
+    command = "bench/run http" + (" --setup defaults" if setup == "defaults" else "")
+    title = ("## HTTP: wrk through the L7 proxies" if setup == "bench" else
+             "## HTTP, second setup: switchboard with its default settings")
+    lines = [title, "",
              B.machine_line(results["machine"], f" · other processes took {others:.0f}% of the "
                                                 f"machine at most during a timed run"), "",
-             f"Command: `bench/run http` (workers={a['workers']}, runs={a['runs']}, "
+             f"Command: `{command}` (workers={a['workers']}, runs={a['runs']}, "
              f"duration={a['duration']} s, connections={a['connections']}"
-             + (f", baseline-bin={a['baseline_bin']}" if a.get("baseline_bin") else "") + ").", "",
+             + (f", baseline-bin={a['baseline_bin']}" if a.get("baseline_bin") else "") + ").", ""]
+    if setup == "bench":
+        lines += [
              "Three backends (one nginx worker answering `200 backend-N` on 127.0.0.2–4), the "
              "proxy in front balancing over them round robin (switchboard: an Ingress for host "
              "`bench.local` and `--lb-algorithm round-robin`, its default being least-request, "
@@ -438,6 +482,17 @@ def summarize(results):
              "timed. Load, proxy and backends share the 2 cores, except in the pinned table: there "
              "wrk and the backends run on CPU 0 and the proxy on CPU 1 (CPU affinity of every "
              "thread), so the load generator never takes the proxy's core.", ""]
+    else:
+        lines += [
+             "The setup of issue 17's independent run: three backends on three ports of "
+             "127.0.0.1, served by one nginx worker from a small file (`index.html`, "
+             "`backend-N`); switchboard started with nothing but `--manifests`, `--http` and "
+             "`--http-workers N`: its default balancing (least-request), its default log filter "
+             "(`info`: one access-log line per request, into the log file the harness gives "
+             "its output) and tokio's default thread count for the rest of the process; no "
+             "Service annotation. HAProxy and nginx as in the first setup (no per-request log, "
+             "round robin, upstream keep-alive). The same load, checks, rounds and pinning as "
+             "there.", ""]
     cmd = None
     for workers, cell in results["cells"].items():
         lines += [f"### {cell_label(workers)}", "",
@@ -503,16 +558,25 @@ def main():
     ap.add_argument("--workers", default="1,2,1p",
                     help="proxy worker counts; `1p`: one worker pinned to CPU 1, load and "
                          "backends on CPU 0")
-    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--targets", help="default: all; without `switchboard-pipelined` in the "
+                                      "`defaults` setup")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--setup", choices=list(SETUPS), default="bench",
+                    help="`bench`: backends on three addresses, switchboard tuned as the peers "
+                         "(round robin, no access log); `defaults`: backends on three ports "
+                         "serving a small file, switchboard with its default settings "
+                         "(its own section in docs/benchmarks.md)")
     ap.add_argument("--baseline-bin", metavar="PATH",
                     help="another switchboard binary, timed as the target `switchboard-baseline` "
                          "with the same settings, interleaved with `switchboard`")
     B.docs_args(ap)
     a = ap.parse_args()
-    B.run_part("http", a, run, summarize)
+    if not a.targets:
+        a.targets = ",".join(t for t in TARGETS
+                             if a.setup == "bench" or t != "switchboard-pipelined")
+    B.run_part(PART[a.setup], a, run, summarize)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@
 //! Gateway listener ports (`gateway_listeners.rs`) are opened and closed after start-up, as our
 //! Gateways come and go; each listener's connections see only their own rules (`views.rs`).
 
+pub mod access_log;
 pub mod backend;
 pub mod balance;
 pub mod config;

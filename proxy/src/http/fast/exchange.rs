@@ -47,7 +47,7 @@ pub(super) async fn exchange(
         error: None,
     };
     let keep_open = attempts(shared, client, p, shutdown, &mut out).await;
-    log_request(shared, conn, p, &out);
+    log_request(shared, conn, p, &out, *shutdown.borrow());
     keep_open
 }
 

@@ -119,7 +119,11 @@ pub async fn serve(
                         }
                         idle.as_mut().reset(until);
                     }
-                    _ = &mut stopped => return Served::Closed,
+                    _ = &mut stopped => {
+                        // Lines still buffered go out before the process does.
+                        crate::http::access_log::flush();
+                        return Served::Closed;
+                    }
                 }
             }
             buf.reserve(4096);

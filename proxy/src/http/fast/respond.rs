@@ -1,6 +1,7 @@
 //! Answering the client on the fast path: the endpoint's response passed on with its framing,
 //! this proxy's own error answers, and the request's metrics and access log line.
 
+use std::io::Write;
 use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
@@ -10,6 +11,7 @@ use super::h1::{Chunked, Framing, Head};
 use super::io::{write_client, Limits};
 use super::pipeline::{relay, Upstream};
 use super::prepare::{ConnState, Prepared};
+use crate::http::access_log;
 use crate::http::pool::disturbed;
 use crate::http::request::LogSafe;
 use crate::http::shared::Shared;
@@ -189,7 +191,15 @@ pub(super) async fn local_error(
     false
 }
 
-pub(super) fn log_request(shared: &Shared, conn: &mut ConnState, p: &Prepared, o: &Outcome) {
+/// The request's metrics and access-log line; `stopping`: the proxy is shutting down (the line
+/// is written out at once).
+pub(super) fn log_request(
+    shared: &Shared,
+    conn: &mut ConnState,
+    p: &Prepared,
+    o: &Outcome,
+    stopping: bool,
+) {
     let elapsed = p.start.elapsed();
     let (route, service) = (&p.rule.label, &p.balancer.label);
     match &conn.series {
@@ -206,20 +216,36 @@ pub(super) fn log_request(shared: &Shared, conn: &mut ConnState, p: &Prepared, o
     if !tracing::enabled!(target: "access", tracing::Level::INFO) {
         return;
     }
+    // The line `tracing::info!(target: "access", ...)` would write, formatted here and
+    // written in batches (`access_log.rs`): one `write(2)` and the formatter per request cost
+    // ~5 µs of CPU.
     let path = p.target.split('?').next().unwrap_or("");
-    tracing::info!(
-        target: "access",
-        client = %conn.ip,
-        method = %LogSafe(p.method.as_str()),
-        host = %LogSafe(&p.host),
-        path = %LogSafe(path),
-        status = o.code,
-        route = &**route,
-        service = &**service,
-        upstream = o.upstream.map(|a| a.to_string()).as_deref().unwrap_or("-"),
-        retries = o.retries,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        request_id = %LogSafe(&p.request_id),
-        error = o.error.unwrap_or(""),
+    let mut line = Vec::with_capacity(320);
+    access_log::line_start(&mut line, std::time::SystemTime::now());
+    let _ = write!(
+        line,
+        "client={} method={} host={} path={} status={} ",
+        conn.ip,
+        LogSafe(p.method.as_str()),
+        LogSafe(&p.host),
+        LogSafe(path),
+        o.code
     );
+    access_log::put_str(&mut line, "route", route);
+    access_log::put_str(&mut line, "service", service);
+    match o.upstream {
+        Some(a) => {
+            let _ = write!(line, "upstream=\"{a}\" ");
+        }
+        None => line.extend_from_slice(b"upstream=\"-\" "),
+    }
+    let _ = writeln!(
+        line,
+        "retries={} duration_ms={:?} request_id={} error={:?}",
+        o.retries,
+        elapsed.as_secs_f64() * 1000.0,
+        LogSafe(&p.request_id),
+        o.error.unwrap_or("")
+    );
+    access_log::append(&line, stopping);
 }
