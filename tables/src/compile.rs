@@ -314,6 +314,8 @@ pub fn compile_service(
             }
         }
     }
+    out.frontends.shrink_to_fit();
+    out.node_ports.shrink_to_fit();
     out.routes = Some(routes);
     out
 }

@@ -555,6 +555,8 @@ fn update_dns(
         let pos = entry.parts.partition_point(|(k, _)| k < key);
         entry.parts.insert(pos, (key.clone(), recs));
     }
+    // Most names have one part: a first insert would leave room for four (docs/memory.md).
+    entry.parts.shrink_to_fit();
     if entry.parts.is_empty() {
         names.remove(&**name);
     } else {
