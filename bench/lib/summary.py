@@ -152,7 +152,7 @@ def memory_rows(d):
         rss = med(e["runs"], "rss_ready_kib") / 1024
         churn = med(e["runs"], "rss_churn_kib")
         model = 49.1 + (e["services"] + e["endpoints"]) * 0.000858
-        rows.append((f"Memory ({e['roles']} roles, {e['source']}), 10k services / 100k endpoints",
+        rows.append((f"Memory ({e['roles']} role set, {e['source']}), 10k services / 100k endpoints",
                      f"RSS {rss:.0f} MiB after sync"
                      f"{f', {churn / 1024:.0f} MiB after churn' if churn else ''}",
                      "", f"{rss * 1.048576 / model:.2f}× CoreDNS's model ({model:.0f} MB)"))
