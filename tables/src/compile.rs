@@ -36,13 +36,16 @@ impl Default for TableConfig {
     }
 }
 
+/// A DNS name and the records one service has there.
+pub type ServiceDnsName = (Arc<str>, Arc<[DnsRecord]>);
+
 /// What one Service contributes to the tables.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CompiledService {
     pub routes: Option<Arc<ServiceRoutes>>,
     /// DNS names with this service's records there (possibly none: an empty non-terminal),
     /// sorted by name (a boxed slice: a `BTreeMap` per service cost ~4 MiB at 10k services).
-    pub dns: Box<[(Arc<str>, Arc<[DnsRecord]>)]>,
+    pub dns: Box<[ServiceDnsName]>,
     pub frontends: Vec<(Frontend, FrontendKind, usize)>,
     pub node_ports: Vec<((Protocol, u16), usize)>,
 }
