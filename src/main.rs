@@ -8,7 +8,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 use switchboard::config::{Config, RunArgs};
 
 /// mimalloc instead of glibc's malloc: the proxy path allocates per request (pingora's header
-/// maps and buffers), and glibc's malloc/free took ~12% of its CPU in `perf`.
+/// maps and buffers), and glibc's malloc/free took ~12% of its CPU in `perf`. The
+/// `system-alloc` feature leaves glibc's malloc in place, for heap profilers that hook it
+/// (heaptrack, valgrind massif; docs/memory.md).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -583,7 +583,7 @@ def update_docs(name, markdown):
         pos = text.index("`cargo test` and never gate CI.\n") + len("`cargo test` and never gate CI.\n")
         text = text[:pos] + "\n" + block + text[pos:]
     else:
-        order = ["dns", "propagation", "http", "l4", "l4prog"]
+        order = ["dns", "propagation", "http", "l4", "l4prog", "memory"]
         # Insert after the last present section of ours that comes before this one.
         pos = None
         for other in order[: order.index(name)] if name in order else []:

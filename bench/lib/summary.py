@@ -145,10 +145,26 @@ def l4prog_rows(d):
              "47.2 s to first forwarded")]
 
 
+def memory_rows(d):
+    rows = []
+    for e in d["cells"]:
+        if not e["runs"] or e["services"] != 10000 or e["endpoints"] != 100000:
+            continue
+        rss = med(e["runs"], "rss_ready_kib") / 1024
+        churn = med(e["runs"], "rss_churn_kib")
+        model = 49.1 + (e["services"] + e["endpoints"]) * 0.000858
+        rows.append((f"Memory ({e['roles']} role set, {e['source']}), 10k services / 100k endpoints",
+                     f"RSS {rss:.0f} MiB after sync"
+                     f"{f', {churn / 1024:.0f} MiB after churn' if churn else ''}",
+                     "", f"{rss * 1.048576 / model:.2f}× CoreDNS's model ({model:.0f} MB)"))
+    return rows
+
+
 # The summary rows of each part start with one of these; a part whose raw results are gone
 # (target/bench is scratch) keeps its rows and run date from the summary already in the docs.
 PREFIXES = {"dns": ("DNS ",), "propagation": ("Propagation ",), "http": ("HTTP ",),
-            "l4": ("L4 TCP", "L4 UDP", "L4,"), "l4prog": ("L4 programming",)}
+            "l4": ("L4 TCP", "L4 UDP", "L4,"), "l4prog": ("L4 programming",),
+            "memory": ("Memory ",)}
 
 
 def previous(name):
@@ -175,7 +191,7 @@ def main():
     rows = []
     dates = []
     for name, fn in (("dns", dns_rows), ("propagation", prop_rows), ("http", http_rows),
-                     ("l4", l4_rows), ("l4prog", l4prog_rows)):
+                     ("l4", l4_rows), ("l4prog", l4prog_rows), ("memory", memory_rows)):
         d = load(name)
         if d:
             rows += fn(d)

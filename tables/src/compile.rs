@@ -36,14 +36,50 @@ impl Default for TableConfig {
     }
 }
 
+/// A DNS name and the records one service has there.
+pub type ServiceDnsName = (Arc<str>, Arc<[DnsRecord]>);
+
 /// What one Service contributes to the tables.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CompiledService {
     pub routes: Option<Arc<ServiceRoutes>>,
-    /// DNS names with this service's records there (possibly none: an empty non-terminal).
-    pub dns: BTreeMap<Arc<str>, Arc<[DnsRecord]>>,
+    /// DNS names with this service's records there (possibly none: an empty non-terminal),
+    /// sorted by name (a boxed slice: a `BTreeMap` per service cost ~4 MiB at 10k services).
+    pub dns: Box<[ServiceDnsName]>,
     pub frontends: Vec<(Frontend, FrontendKind, usize)>,
     pub node_ports: Vec<((Protocol, u16), usize)>,
+}
+
+impl CompiledService {
+    /// This service's records at `name`.
+    pub fn dns_at(&self, name: &str) -> Option<&Arc<[DnsRecord]>> {
+        self.dns
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|i| &self.dns[i].1)
+    }
+}
+
+/// The strings of one endpoint that each of its service's ports repeats.
+struct EndpointShared {
+    node_name: Option<Arc<str>>,
+    zone: Option<Arc<str>>,
+    hints_for_zones: Vec<Arc<str>>,
+    hints_for_nodes: Vec<Arc<str>>,
+    target: Option<Arc<str>>,
+}
+
+impl EndpointShared {
+    fn of(ep: &Endpoint) -> Self {
+        use crate::intern::intern;
+        EndpointShared {
+            node_name: ep.node_name.as_deref().map(intern),
+            zone: ep.zone.as_deref().map(intern),
+            hints_for_zones: ep.hints_for_zones.iter().map(|s| intern(s)).collect(),
+            hints_for_nodes: ep.hints_for_nodes.iter().map(|s| intern(s)).collect(),
+            target: ep.target_ref.as_ref().map(|t| t.name.as_str().into()),
+        }
+    }
 }
 
 /// The DNS label for an endpoint: its hostname, else its address with dashes (as CoreDNS).
@@ -72,17 +108,23 @@ pub fn compile_service(
     let ns_name = format!("{}.svc.{}", svc.namespace, zone).to_ascii_lowercase();
     let svc_name: Arc<str> = format!("{}.{}", svc.name.to_ascii_lowercase(), ns_name).into();
 
+    // What every port's copy of an endpoint shares: node, zone and hints interned across the
+    // cluster, the target (pod) name across the service's ports (docs/memory.md).
+    let shared: Vec<Vec<EndpointShared>> = slices
+        .iter()
+        .map(|slice| slice.endpoints.iter().map(EndpointShared::of).collect())
+        .collect();
     // Per service port: endpoints whose slice port has the same name and protocol.
     let mut ports = Vec::with_capacity(svc.ports.len());
     for sp in &svc.ports {
         let mut eps: Vec<EndpointRoute> = Vec::new();
-        for slice in slices {
+        for (slice, shared) in slices.iter().zip(&shared) {
             for ep_port in slice
                 .ports
                 .iter()
                 .filter(|p| p.name == sp.name && p.protocol == sp.protocol)
             {
-                for ep in &slice.endpoints {
+                for (ep, s) in slice.endpoints.iter().zip(shared) {
                     // As kube-proxy: the first address stands for the endpoint.
                     let Some(&ip) = ep.addresses.first() else {
                         continue;
@@ -90,19 +132,11 @@ pub fn compile_service(
                     eps.push(EndpointRoute {
                         addr: SocketAddr::new(ip, ep_port.port),
                         conditions: ep.conditions,
-                        node_name: ep.node_name.as_deref().map(Arc::from),
-                        zone: ep.zone.as_deref().map(Arc::from),
-                        hints_for_zones: ep
-                            .hints_for_zones
-                            .iter()
-                            .map(|s| s.as_str().into())
-                            .collect(),
-                        hints_for_nodes: ep
-                            .hints_for_nodes
-                            .iter()
-                            .map(|s| s.as_str().into())
-                            .collect(),
-                        target: ep.target_ref.as_ref().map(|t| t.name.as_str().into()),
+                        node_name: s.node_name.clone(),
+                        zone: s.zone.clone(),
+                        hints_for_zones: s.hints_for_zones.clone(),
+                        hints_for_nodes: s.hints_for_nodes.clone(),
+                        target: s.target.clone(),
                     });
                 }
             }
@@ -294,6 +328,8 @@ pub fn compile_service(
             }
         }
     }
+    out.frontends.shrink_to_fit();
+    out.node_ports.shrink_to_fit();
     out.routes = Some(routes);
     out
 }

@@ -15,6 +15,7 @@
 pub mod compile;
 pub mod dump;
 pub mod grants;
+pub mod intern;
 pub mod model;
 pub mod ports;
 pub mod sharded;
