@@ -28,26 +28,44 @@ fn free_port() -> u16 {
 async fn backend(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => n += k,
-                    }
-                }
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\nx-backend: {name}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
-                    name.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
+    tokio::spawn(answer(l, name));
     addr
+}
+
+/// Answers every request on `l` with `NAME`, closing each connection after it.
+async fn answer(l: TcpListener, name: &'static str) {
+    while let Ok((mut s, _)) = l.accept().await {
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf[n..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => n += k,
+                }
+            }
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nx-backend: {name}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                name.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+/// [`backend`] listening on every address, as reached at this host's own non-loopback address
+/// (the one it would use to reach outside; no packet is sent to find it).
+async fn backend_on_host(name: &'static str) -> SocketAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe
+        .connect("192.0.2.1:9")
+        .expect("a route to outside for this host's address");
+    let ip = probe.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "this host has no non-loopback address");
+    let l = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(answer(l, name));
+    SocketAddr::new(ip, port)
 }
 
 /// Service `default/NAME` (port 80) with one ready endpoint.
@@ -244,6 +262,14 @@ async fn port_taken_shows_in_status(c: Cluster) {
     };
     listener_is("free", ("True", "Accepted"), ("True", "Programmed")).await;
     listener_is("busy", ("False", "PortUnavailable"), ("False", "Invalid")).await;
+    // A route on the Gateway, from the API too: served on the listener's port, not on --http.
+    // The backend listens on every address and the endpoint names this host's own non-loopback
+    // address: the API server refuses loopback endpoints.
+    let a = backend_on_host("a").await;
+    c.apply(&service("a", "10.96.7.1", a)).await;
+    c.apply(&route("ra", "gw", "a.test", "a")).await;
+    let http = sb.listener("http").port();
+    wait_served(&sb, &[(free, "a.test", "a"), (http, "a.test", "404")]).await;
     let gw = c.get(GW, "Gateway", "default", "gw").await.unwrap();
     let busy_status = gw["status"]["listeners"]
         .as_array()
@@ -275,4 +301,58 @@ async fn port_taken_against_kube_apiserver() {
         return;
     };
     port_taken_shows_in_status(c).await;
+}
+
+/// `curl https://NAME:PORT/` trusting only `ca`: the body, or `failed: ...`.
+fn curl_https(port: u16, name: &str, ca: &Path) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", ca.to_str().unwrap()])
+        .args(["--resolve", &format!("{name}:{port}:127.0.0.1")])
+        .arg(format!("https://{name}:{port}/"))
+        .output()
+        .expect("run curl");
+    if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).to_string()
+    } else {
+        format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_listener_port_serves_its_routes_with_its_certificate() {
+    let a = backend("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cas = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (secret, ca) = tls_secret("cert-a", "a.test", cas.path(), "a.crt");
+    write(d, "class.yaml", CLASS);
+    write(d, "svc-a.yaml", &service("a", "10.96.7.1", a));
+    write(d, "secret.yaml", &secret);
+    let sb = Switchboard::start(&http_args(d, &["--https", "127.0.0.1:0"]));
+    let https = sb.listener("https").port();
+    let p = free_port();
+    let gw = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: tls, namespace: default}}\nspec:\n  gatewayClassName: sb\n  listeners: [{{name: web, protocol: HTTPS, port: {p}, tls: {{mode: Terminate, certificateRefs: [{{name: cert-a}}]}}}}]\n"
+    );
+    write(d, "gw.yaml", &gw);
+    write(d, "route-a.yaml", &route("ra", "tls", "a.test", "a"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = curl_https(p, "a.test", &ca);
+        if got == "a" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "HTTPS listener port {p}: {got}\n{}",
+            sb.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Not on the --https port: that one serves Ingress (and Gateways on its own port) only.
+    let on_https = curl_https(https, "a.test", &ca);
+    assert!(on_https != "a", "route served on --https: {on_https}");
+    // Deleting the Gateway closes its port.
+    std::fs::remove_file(d.join("gw.yaml")).unwrap();
+    wait_served(&sb, &[(p, "a.test", "closed")]).await;
 }

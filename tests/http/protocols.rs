@@ -104,48 +104,6 @@ async fn h2c_and_tls_with_two_sni_names() {
     );
 }
 
-/// Standard base64 with padding (for Secret `data`).
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// A self-signed certificate for `name`: its PEM (written to `ca_dir/FILE` for curl's
-/// `--cacert`) and a `kubernetes.io/tls` Secret manifest carrying it.
-fn tls_secret(secret: &str, name: &str, ca_dir: &Path, file: &str) -> (String, std::path::PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-    let pem = ck.cert.pem();
-    let ca = ca_dir.join(file);
-    std::fs::write(&ca, &pem).unwrap();
-    let yaml = format!(
-        "apiVersion: v1
-kind: Secret
-metadata: {{name: {secret}, namespace: default}}
-type: kubernetes.io/tls
-data:
-  tls.crt: {}
-  tls.key: {}
-",
-        base64(pem.as_bytes()),
-        base64(ck.signing_key.serialize_pem().as_bytes())
-    );
-    (yaml, ca)
-}
-
 /// The DER bytes of the (single) certificate in the PEM file `path`.
 fn pem_der(path: &Path) -> Vec<u8> {
     use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
