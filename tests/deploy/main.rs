@@ -587,6 +587,11 @@ fn demo_runs_on_loopback_without_privileges() {
 #[test]
 fn demo_slices_match_their_services() {
     let demo = demo();
+    // A port as a slice and its Service both name it: (name, protocol, TCP if unset).
+    let port_key = |name: &Option<String>, protocol: &Option<String>| {
+        let protocol = protocol.clone().unwrap_or_else(|| "TCP".into());
+        (name.clone().unwrap_or_default(), protocol)
+    };
     for slice in &demo.slices {
         let ns = namespace(&slice.metadata);
         let svc_name = slice
@@ -600,19 +605,13 @@ fn demo_slices_match_their_services() {
             .ports
             .iter()
             .flatten()
-            .map(|p| {
-                let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
-                (p.name.clone().unwrap_or_default(), protocol)
-            })
+            .map(|p| port_key(&p.name, &p.protocol))
             .collect();
         let slice_ports: BTreeSet<(String, String)> = slice
             .ports
             .iter()
             .flatten()
-            .map(|p| {
-                let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
-                (p.name.clone().unwrap_or_default(), protocol)
-            })
+            .map(|p| port_key(&p.name, &p.protocol))
             .collect();
         assert_eq!(slice_ports, service_ports, "{ns}/{svc_name}");
     }
