@@ -71,11 +71,18 @@ async fn the_first_complete_state_is_one_publish_when_kinds_arrive_apart() {
     send_part(&r.tx, "a");
     // The controller has taken in `a` (its health is recorded) before `b` is sent.
     until("part a's health", || r.health.get("a").is_some()).await;
-    assert_eq!(r.cell.load().generation, 0, "nothing published before the sync");
+    assert_eq!(
+        r.cell.load().generation,
+        0,
+        "nothing published before the sync"
+    );
     send_part(&r.tx, "b");
     until("a synced snapshot", || r.cell.load().synced).await;
     let snap = r.cell.load();
-    assert_eq!(snap.generation, 1, "one publish for the first complete state");
+    assert_eq!(
+        snap.generation, 1,
+        "one publish for the first complete state"
+    );
     assert_eq!(snap.routes.services.len(), 2);
 }
 
@@ -86,7 +93,11 @@ async fn a_partial_state_is_published_after_the_interval_while_a_source_has_not_
     until("a partial snapshot", || r.cell.load().generation >= 1).await;
     let snap = r.cell.load();
     assert!(!snap.synced);
-    assert_eq!(snap.routes.services.len(), 1, "part a's Service is served before b syncs");
+    assert_eq!(
+        snap.routes.services.len(),
+        1,
+        "part a's Service is served before b syncs"
+    );
     send_part(&r.tx, "b");
     until("a synced snapshot", || r.cell.load().synced).await;
     assert_eq!(r.cell.load().generation, 2);

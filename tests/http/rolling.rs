@@ -230,7 +230,11 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
     write_service(dir.path(), "web", "10.96.7.1", &[&new]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !sb.metric(generation).await.is_some_and(|g| g > before) {
-        assert!(Instant::now() < deadline, "the table never changed\n{}", sb.log());
+        assert!(
+            Instant::now() < deadline,
+            "the table never changed\n{}",
+            sb.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eventually(&sb, "the idle connections to old closed", || {
