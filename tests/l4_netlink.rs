@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use netns::*;
 use proxy::l4::kernel::ChainOps;
-use proxy::l4::netlink_update;
 use proxy::l4::nft::{self, Change, Element, KernelChains, NftConfig, Ports, Target};
 use proxy::l4::pick::{MapId, PickElement, Slot};
 use proxy::l4::rule::{DnatTo, Rule};
 use proxy::l4::select::Verdict;
+use proxy::l4::{netlink_full, netlink_update};
 use tables::Protocol;
 
 fn ip(s: &str) -> IpAddr {
@@ -338,6 +338,193 @@ fn needs_root_netlink_rules_are_the_expressions_nft_writes() {
     ns.enter(move || batch.commit()).expect("netlink commit");
     assert_eq!(list(), empty, "netlink left the chain behind");
     ns.exec(&["nft", "delete", "table", "inet", "sbnlrules"]);
+}
+
+/// The whole table over netlink (`netlink_full`) is the table `nft -f` of `full_script` makes:
+/// the same listing (declarations, nft's `typeof` and byte orders included), the same kernel
+/// expressions in every chain, and element keys byte for byte (nft deletes what netlink added)
+/// — with and without the IPv6 listeners, over an empty namespace and over a loaded table.
+#[test]
+fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
+    if skip_unless_root("needs_root_full_table_over_netlink_is_the_table_nft_makes") {
+        return;
+    }
+    let ns = Netns::new("nlf");
+    let cfg = NftConfig {
+        table: "sbnlfull".into(),
+        ..NftConfig::default()
+    };
+    let maps: Vec<MapId> = [
+        (false, Protocol::Tcp),
+        (false, Protocol::Udp),
+        (true, Protocol::Tcp),
+        (true, Protocol::Udp),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (v6, protocol))| MapId {
+        v6,
+        protocol,
+        shard: i as u32 * 20,
+    })
+    .collect();
+    let slot = |map: MapId, n| DnatTo::Slot {
+        slot: Slot {
+            map,
+            offset: 8,
+            capacity: 4,
+        },
+        n,
+    };
+    let dnat = |protocol, v6, to| Rule::Dnat {
+        prefix: None,
+        protocol,
+        v6,
+        to,
+    };
+    let web = vec![
+        Rule::Mark {
+            unless_from: Some((false, "cluster-cidrs4".into())),
+            mark: 0x20_0000,
+        },
+        dnat(Protocol::Tcp, false, slot(maps[0], 3)),
+    ];
+    let others = vec![
+        Rule::Mark {
+            unless_from: Some((true, "cluster-cidrs6".into())),
+            mark: 0x20_0000,
+        },
+        dnat(Protocol::Udp, false, slot(maps[1], 2)),
+        dnat(Protocol::Tcp, true, slot(maps[2], 4)),
+        dnat(Protocol::Udp, true, slot(maps[3], 1)),
+        dnat(
+            Protocol::Tcp,
+            false,
+            DnatTo::Addr("10.244.1.5:8080".parse().unwrap()),
+        ),
+    ];
+    let picks: Vec<PickElement> = maps
+        .iter()
+        .zip([
+            "10.244.1.5:8080",
+            "10.244.1.6:53",
+            "[fd00:244::5]:80",
+            "[fd00:244::6]:53",
+        ])
+        .flat_map(|(map, addr)| {
+            (8..11).map(move |key| PickElement {
+                map: *map,
+                key,
+                addr: addr.parse().unwrap(),
+            })
+        })
+        .collect();
+    let (added, ops) = changes(true);
+    let elements: HashMap<Element, Target> = added
+        .iter()
+        .map(|c| (c.element, c.new.clone().unwrap()))
+        .collect();
+    let kernel = KernelChains {
+        chains: vec![
+            (
+                "svc-default/web/tcp/80/int4".into(),
+                web.as_slice(),
+                &[][..],
+            ),
+            (
+                "svc-default/other/udp/53/ext4".into(),
+                others.as_slice(),
+                &[][..],
+            ),
+        ],
+        hairpin: ops.hairpin_add.clone(),
+        pick_maps: maps.clone(),
+        picks,
+        cluster_cidrs: ["10.244.0.0/16", "10.96.0.0/12", "fd00:244::/48"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect(),
+    };
+    let list = |debug: bool| {
+        let mut args = vec!["nft"];
+        if debug {
+            args.push("--debug=netlink");
+        }
+        args.extend(["list", "table", "inet", "sbnlfull"]);
+        // Rule handles count every rule the table ever had. The expression listing is
+        // compared as sorted lines (a hash set lists its elements in insertion order); the
+        // plain listing keeps rule order.
+        let out = ns.exec(&args);
+        let mut lines: Vec<&str> = out.lines().filter(|l| !l.contains("handle")).collect();
+        if debug {
+            lines.sort();
+        }
+        lines.join("\n")
+    };
+    let via_nft = |script: &str| {
+        let (ok, out) = ns.try_exec(&["sh", "-c", &format!("nft -f - <<'EOF'\n{script}EOF")]);
+        assert!(ok, "nft: {out}");
+    };
+    let only = |a: &str, b: &str| -> Vec<String> {
+        a.lines()
+            .filter(|l| !b.lines().any(|m| m == *l))
+            .map(String::from)
+            .collect()
+    };
+    let with_v6 = Ports {
+        tcp4: 1000,
+        tcp6: Some(1001),
+        udp4: 1002,
+        udp6: Some(1003),
+    };
+    let v4_only = Ports {
+        tcp6: None,
+        udp6: None,
+        ..with_v6
+    };
+    for ports in [with_v6, v4_only] {
+        via_nft(&nft::full_script(&cfg, &ports, &elements, &kernel));
+        let want = (list(false), list(true));
+        for over in ["a loaded table", "an empty namespace"] {
+            if over == "an empty namespace" {
+                ns.exec(&["nft", "delete", "table", "inet", "sbnlfull"]);
+            }
+            let batch =
+                netlink_full::full_batch(&cfg, &ports, &elements, &kernel).expect("encodable");
+            ns.enter(move || batch.commit())
+                .unwrap_or_else(|e| panic!("netlink full table over {over}: {e}"));
+            let got = (list(false), list(true));
+            assert!(
+                got.0 == want.0,
+                "over {over}, {ports:?}: the listings differ: netlink only {:#?}, nft only {:#?}",
+                only(&got.0, &want.0),
+                only(&want.0, &got.0)
+            );
+            assert!(
+                got.1 == want.1,
+                "over {over}, {ports:?}: the expressions differ: netlink only {:#?}, nft only {:#?}",
+                only(&got.1, &want.1),
+                only(&want.1, &got.1)
+            );
+        }
+        // nft finds and deletes each element netlink added: the same bytes.
+        let (deleted, mut delete_ops) = changes(false);
+        delete_ops.pick_delete = kernel.picks.clone();
+        via_nft(&nft::change_script(&cfg, &deleted, &delete_ops).expect("a script"));
+    }
+    // Without an encoding for every part, the table goes to nft.
+    let ranged = NftConfig {
+        nodeport_addresses: vec!["10.0.0.0/8".parse().unwrap()],
+        ..cfg.clone()
+    };
+    assert!(netlink_full::full_batch(&ranged, &v4_only, &elements, &kernel).is_none());
+    let text = vec![Rule::Text("jump no-local-endpoints".into())];
+    let with_text = KernelChains {
+        chains: vec![("svc-x".into(), text.as_slice(), &[][..])],
+        ..KernelChains::default()
+    };
+    assert!(netlink_full::full_batch(&cfg, &v4_only, &HashMap::new(), &with_text).is_none());
+    ns.exec(&["nft", "delete", "table", "inet", "sbnlfull"]);
 }
 
 #[test]

@@ -153,6 +153,29 @@ for _ in range({n}):
     return list(zip(vals[0::2], vals[1::2]))
 
 
+def nft_full_by_hand(path):
+    """Times `nft -f` of the whole table switchboard installed (its `nft list` output, saved
+    to `path`) into an empty scratch namespace: what the first sync cost when the full table
+    went through nft. Returns (wall ms, CPU ms)."""
+    path.write_text(l4.nsx(l4.NODE, "nft", "list", "table", "inet", "switchboard"))
+    ns = "sb-l4prog-nft"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        out = l4.nsx(ns, "python3", "-c", f"""
+import resource, subprocess, time
+def cpu():
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+t, c = time.monotonic(), cpu()
+subprocess.run(["nft", "-f", {str(path)!r}], check=True)
+print((time.monotonic() - t) * 1000, (cpu() - c) * 1000)
+""")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    wall, cpu = (float(x) for x in out.split())
+    return wall, cpu
+
+
 def probe_pick():
     """(map, offset) of the probe's pick, from its chain's rule."""
     chain = l4.nsx(l4.NODE, "nft", "list", "chain", "inet", "switchboard",
@@ -195,7 +218,7 @@ def one_round(a, wd, source_args, probe_dir, rnd):
         first = wait_sync(p, int(full.search(p.text())[1]) - 1)
         r = {"first_forward_s": first_forward, "first_sync_s": first[1],
              "first_compute_ms": first[5], "first_apply_ms": first[6],
-             "first_apply_cpu_ms": first[7],
+             "first_apply_cpu_ms": first[7], "first_via": first[3],
              "chains": int(first[4] or 0), "changes": []}
         B.log(f"l4prog round {rnd + 1}: forwarded after {first_forward:.2f} s, first sync "
               f"{first[1]:.3f} s ({r['chains']} chains)")
@@ -218,6 +241,7 @@ def one_round(a, wd, source_args, probe_dir, rnd):
                                  "apply_cpu_ms": s[7]})
         pick_map, offset = probe_pick()
         r["nft_by_hand_ms"] = nft_by_hand(pick_map, offset, backends[1])
+        r["full_by_hand_ms"] = nft_full_by_hand(wd / f"table-{rnd}.nft")
         return r
     finally:
         client.kill()
@@ -290,7 +314,11 @@ def summarize(results):
         f"{ms([r['first_sync_s'] for r in rounds], 3)} s | "
         f"{ms([r.get('first_compute_ms') for r in rounds], 0)} ms | "
         f"{ms([r.get('first_apply_ms') for r in rounds], 0)} ms "
-        f"({ms([r.get('first_apply_cpu_ms') for r in rounds], 0)} ms) | one `nft -f` transaction |",
+        f"({ms([r.get('first_apply_cpu_ms') for r in rounds], 0)} ms) | "
+        f"{'/'.join(sorted({r.get('first_via') or '?' for r in rounds}))}, one transaction |",
+        f"| the same full table by `nft -f`, by hand (its `nft list`, into an empty namespace) | | | "
+        f"{ms([r['full_by_hand_ms'][0] for r in rounds if r.get('full_by_hand_ms')], 0)} ms "
+        f"({ms([r['full_by_hand_ms'][1] for r in rounds if r.get('full_by_hand_ms')], 0)} ms) | nft |",
         *[f"| {label} | {ms([c['ms'] for c in by(kind)], 2)} ms | "
           f"{ms([c.get('compute_ms') for c in by(kind)], 2)} ms | "
           f"{ms([c.get('apply_ms') for c in by(kind)], 2)} ms "

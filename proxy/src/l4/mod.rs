@@ -28,10 +28,12 @@
 
 mod bind;
 mod conntrack;
+mod exprs;
 mod health;
 pub mod kernel;
 pub mod metrics;
 pub mod netlink;
+pub mod netlink_full;
 pub mod netlink_update;
 pub mod nft;
 pub mod pick;

@@ -1,6 +1,7 @@
-//! nf_tables transactions over netlink, for the updates that dominate: map and set elements
-//! added and deleted, regular chains added, flushed and deleted, rules appended (rule.rs writes
-//! their expressions). The full table, hooks, sets and maps go through `nft -f` (nft.rs).
+//! nf_tables transactions over netlink: map and set elements added and deleted, regular chains
+//! added, flushed and deleted, rules appended (rule.rs and exprs.rs write their expressions),
+//! and for a whole table (netlink_full.rs) the table itself, sets and maps, base chains and a
+//! named counter. What has no encoding here goes through `nft -f` (nft.rs).
 //!
 //! Why not `nft` for these too: at 10,000 services `nft -f` spends 10–25 ms per update
 //! starting, then dumping the table's chains and sets into its cache before it sends a
@@ -27,12 +28,16 @@ use nix::sys::time::TimeVal;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_NEWOBJ: u16 = 18;
 const NFPROTO_INET: u8 = 1;
 
 const NLM_F_REQUEST: u16 = 0x1;
@@ -41,6 +46,9 @@ const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 const NLMSG_ERROR: u16 = 0x2;
 const NLA_F_NESTED: u16 = 0x8000;
+/// Elements per message: 256 of the longest (a verdict naming a chain of ~150 bytes) stay
+/// well inside the 64 KiB an attribute can hold.
+const ELEMENTS_PER_MESSAGE: usize = 256;
 
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -53,6 +61,9 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
@@ -76,12 +87,39 @@ pub struct Elem {
     pub data: Option<Data>,
 }
 
+/// A set or map as nft declares it: the kernel's type numbers and lengths, and nft's own
+/// description of the set (`NFTA_SET_USERDATA`: byte orders, `typeof` expressions), which
+/// `nft list` and later `nft -f` element commands read back.
+#[derive(Clone, Copy, Debug)]
+pub struct SetDecl<'a> {
+    pub name: &'a str,
+    /// `NFT_SET_*` flags: 4 interval, 8 map.
+    pub flags: u32,
+    pub key_type: u32,
+    pub key_len: u32,
+    /// A map's data type and length.
+    pub data: Option<(u32, u32)>,
+    pub userdata: &'a [u8],
+}
+
+/// A base chain's hook.
+#[derive(Clone, Copy, Debug)]
+pub struct Hook {
+    /// `filter`, `route` or `nat`.
+    pub kind: &'static str,
+    /// `NF_INET_*`: 0 prerouting, 3 output, 4 postrouting.
+    pub number: u32,
+    pub priority: i32,
+}
+
 /// A transaction being written.
 pub struct Batch {
     buf: Vec<u8>,
     seq: u32,
     /// Messages that asked for an ACK.
     acks: usize,
+    /// Sets declared so far (their batch-local ids).
+    set_ids: u32,
 }
 
 impl Default for Batch {
@@ -96,6 +134,7 @@ impl Batch {
             buf: Vec::with_capacity(4096),
             seq: 0,
             acks: 0,
+            set_ids: 0,
         };
         b.message(
             NFNL_MSG_BATCH_BEGIN,
@@ -107,8 +146,15 @@ impl Batch {
         b
     }
 
-    /// Adds (`add`) or deletes `elems` in `set` of the `inet` table `table`.
+    /// Adds (`add`) or deletes `elems` in `set` of the `inet` table `table`, in messages of at
+    /// most `ELEMENTS_PER_MESSAGE` (an attribute's length is 16 bits).
     pub fn elements(&mut self, add: bool, table: &str, set: &str, elems: &[Elem]) {
+        for chunk in elems.chunks(ELEMENTS_PER_MESSAGE) {
+            self.element_message(add, table, set, chunk);
+        }
+    }
+
+    fn element_message(&mut self, add: bool, table: &str, set: &str, elems: &[Elem]) {
         if elems.is_empty() {
             return;
         }
@@ -186,6 +232,120 @@ impl Batch {
         );
     }
 
+    /// `add table` (when `create`: if missing) or `delete table`.
+    pub fn table(&mut self, add: bool, table: &str) {
+        let (kind, flags) = if add {
+            (NFT_MSG_NEWTABLE, NLM_F_CREATE)
+        } else {
+            (NFT_MSG_DELTABLE, 0)
+        };
+        self.request(kind, flags, |b| {
+            attr_str(b, 1, table); // NFTA_TABLE_NAME
+            if add {
+                attr(b, 2, &0u32.to_be_bytes()); // NFTA_TABLE_FLAGS
+            }
+        });
+    }
+
+    /// `add set` / `add map`, as nft declares it (set.id numbers the sets of one batch).
+    pub fn add_set(&mut self, table: &str, set: &SetDecl<'_>) {
+        self.set_ids += 1;
+        let id = self.set_ids;
+        self.request(NFT_MSG_NEWSET, NLM_F_CREATE, |b| {
+            attr_str(b, 1, table); // NFTA_SET_TABLE
+            attr_str(b, 2, set.name); // NAME
+            attr(b, 3, &set.flags.to_be_bytes()); // FLAGS
+            attr(b, 4, &set.key_type.to_be_bytes()); // KEY_TYPE
+            attr(b, 5, &set.key_len.to_be_bytes()); // KEY_LEN
+            if let Some((ty, len)) = set.data {
+                attr(b, 6, &ty.to_be_bytes()); // DATA_TYPE
+                attr(b, 7, &len.to_be_bytes()); // DATA_LEN
+            }
+            attr(b, 10, &id.to_be_bytes()); // ID
+            attr(b, 13, set.userdata); // USERDATA
+        });
+    }
+
+    /// `add counter` named `name`, at zero.
+    pub fn add_counter(&mut self, table: &str, name: &str) {
+        self.request(NFT_MSG_NEWOBJ, NLM_F_CREATE, |b| {
+            attr_str(b, 1, table); // NFTA_OBJ_TABLE
+            attr_str(b, 2, name); // NAME
+            attr(b, 3, &1u32.to_be_bytes()); // TYPE: NFT_OBJECT_COUNTER
+            nest(b, 4, |b| {
+                attr(b, 1, &0u64.to_be_bytes()); // NFTA_COUNTER_BYTES
+                attr(b, 2, &0u64.to_be_bytes()); // PACKETS
+            });
+        });
+    }
+
+    /// `add chain` with a hook: `type KIND hook HOOK priority PRIO; policy accept;`.
+    pub fn add_base_chain(&mut self, table: &str, chain: &str, hook: &Hook) {
+        self.request(NFT_MSG_NEWCHAIN, NLM_F_CREATE, |b| {
+            attr_str(b, NFTA_CHAIN_TABLE, table);
+            attr_str(b, NFTA_CHAIN_NAME, chain);
+            attr_str(b, 7, hook.kind); // NFTA_CHAIN_TYPE
+            attr(b, 5, &1u32.to_be_bytes()); // POLICY: NF_ACCEPT
+            nest(b, 4, |b| {
+                attr(b, 1, &hook.number.to_be_bytes()); // NFTA_HOOK_HOOKNUM
+                attr(b, 2, &hook.priority.to_be_bytes()); // PRIORITY
+            });
+        });
+    }
+
+    /// Adds the prefixes `nets` (one family) to the interval set `set` as nft does: each range
+    /// as a start element and an end element (its last address + 1), and a leading end element
+    /// at zero when the first range does not start there; a range that reaches the top of the
+    /// address space has no end element and is flagged open instead.
+    pub fn interval_elements(
+        &mut self,
+        table: &str,
+        set: &str,
+        ranges: &[(Vec<u8>, Option<Vec<u8>>)],
+    ) {
+        if ranges.is_empty() {
+            return;
+        }
+        self.request(NFT_MSG_NEWSETELEM, NLM_F_CREATE, |b| {
+            attr_str(b, NFTA_SET_ELEM_LIST_TABLE, table);
+            attr_str(b, NFTA_SET_ELEM_LIST_SET, set);
+            nest(b, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+                let end = |b: &mut Vec<u8>, key: &[u8]| {
+                    nest(b, NFTA_LIST_ELEM, |b| {
+                        attr(
+                            b,
+                            NFTA_SET_ELEM_FLAGS,
+                            &NFT_SET_ELEM_INTERVAL_END.to_be_bytes(),
+                        );
+                        nest(b, NFTA_SET_ELEM_KEY, |b| attr(b, NFTA_DATA_VALUE, key));
+                    })
+                };
+                if ranges[0].0.iter().any(|&x| x != 0) {
+                    end(b, &vec![0; ranges[0].0.len()]);
+                }
+                for (start, stop) in ranges {
+                    nest(b, NFTA_LIST_ELEM, |b| {
+                        nest(b, NFTA_SET_ELEM_KEY, |b| attr(b, NFTA_DATA_VALUE, start));
+                        if stop.is_none() {
+                            // NFTNL_UDATA_SET_ELEM_FLAGS: NFTNL_SET_ELEM_F_INTERVAL_OPEN
+                            attr(b, NFTA_SET_ELEM_USERDATA, &[1, 4, 1, 0, 0, 0]);
+                        }
+                    });
+                    if let Some(stop) = stop {
+                        end(b, stop);
+                    }
+                }
+            });
+        });
+    }
+
+    /// One nf_tables request of kind `kind` in the `inet` family.
+    fn request(&mut self, kind: u16, extra: u16, body: impl FnOnce(&mut Vec<u8>)) {
+        self.acks += 1;
+        let ty = (NFNL_SUBSYS_NFTABLES << 8) | kind;
+        self.message(ty, NLM_F_REQUEST | NLM_F_ACK | extra, NFPROTO_INET, 0, body);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.acks == 0
     }
@@ -195,11 +355,15 @@ impl Batch {
         self.acks
     }
 
-    /// Sends the transaction and waits for the kernel's answer to every message.
+    /// Sends the transaction and waits for the kernel's answer. Only the last message asks for
+    /// an acknowledgement: the kernel reports every failed message anyway, before that one's
+    /// answer, so a whole table (tens of thousands of messages) does not overflow the socket's
+    /// receive buffer with acknowledgements.
     pub fn commit(mut self) -> io::Result<()> {
         if self.is_empty() {
             return Ok(());
         }
+        let last_seq = self.ack_only_last();
         self.message(
             NFNL_MSG_BATCH_END,
             NLM_F_REQUEST,
@@ -214,8 +378,12 @@ impl Batch {
             SockProtocol::NetlinkNetFilter,
         )?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-        // Large enough for any batch this module is given (callers send big ones to nft).
-        let _ = setsockopt(&fd, sockopt::SndBuf, &(1 << 22));
+        // The kernel takes a batch as one message, so the send buffer must hold all of it:
+        // forced past `wmem_max` as nft does (CAP_NET_ADMIN, which programming needs anyway).
+        let want = self.buf.len() + (64 << 10);
+        if setsockopt(&fd, sockopt::SndBufForce, &want).is_err() {
+            let _ = setsockopt(&fd, sockopt::SndBuf, &want);
+        }
         setsockopt(
             &fd,
             sockopt::ReceiveTimeout,
@@ -225,32 +393,52 @@ impl Batch {
         if sent != self.buf.len() {
             return Err(io::Error::other("netlink: short send"));
         }
-        let mut answered = 0;
         let mut first_error = None;
         let mut buf = vec![0u8; 64 * 1024];
-        while answered < self.acks {
+        loop {
             let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
             let mut at = 0;
+            let mut done = false;
             while at + 16 <= n {
                 let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4")) as usize;
                 let ty = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2"));
+                let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4"));
                 if len < 16 || at + len > n {
                     break;
                 }
                 if ty == NLMSG_ERROR && len >= 20 {
                     let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4"));
-                    answered += 1;
                     if code != 0 && first_error.is_none() {
                         first_error = Some(io::Error::from_raw_os_error(-code));
                     }
+                    done |= seq == last_seq;
                 }
                 at += align(len);
+            }
+            if done {
+                break;
             }
         }
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Clears `NLM_F_ACK` on every message but the last, and returns the last one's sequence.
+    fn ack_only_last(&mut self) -> u32 {
+        let mut at = 0;
+        let mut last = 0;
+        while at + 16 <= self.buf.len() {
+            let len = u32::from_ne_bytes(self.buf[at..at + 4].try_into().expect("4")) as usize;
+            let flags = u16::from_ne_bytes(self.buf[at + 6..at + 8].try_into().expect("2"));
+            self.buf[at + 6..at + 8].copy_from_slice(&(flags & !NLM_F_ACK).to_ne_bytes());
+            last = at;
+            at += align(len);
+        }
+        let flags = u16::from_ne_bytes(self.buf[last + 6..last + 8].try_into().expect("2"));
+        self.buf[last + 6..last + 8].copy_from_slice(&(flags | NLM_F_ACK).to_ne_bytes());
+        u32::from_ne_bytes(self.buf[last + 8..last + 12].try_into().expect("4"))
     }
 
     /// Appends one message: `nlmsghdr`, `nfgenmsg`, then what `body` writes.

@@ -74,25 +74,29 @@ pub fn batch(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Option<Batc
     for name in &ops.delete {
         b.delete_chain(t, name);
     }
-    for (add, ips) in [(false, &ops.hairpin_delete), (true, &ops.hairpin_add)] {
-        for v6 in [false, true] {
-            let elems: Vec<Elem> = ips
-                .iter()
-                .filter(|ip| ip.is_ipv6() == v6)
-                .map(|ip| {
-                    let mut key = Vec::with_capacity(32);
-                    layout::addr(&mut key, *ip);
-                    layout::addr(&mut key, *ip);
-                    Elem { key, data: None }
-                })
-                .collect();
-            b.elements(add, t, if v6 { "hairpin6" } else { "hairpin4" }, &elems);
-        }
-    }
+    hairpin(&mut b, t, false, &ops.hairpin_delete);
+    hairpin(&mut b, t, true, &ops.hairpin_add);
     Some(b)
 }
 
-fn by_map<'a>(
+/// Adds or deletes hairpin pairs (`ip . ip`) in `hairpin4` and `hairpin6`.
+pub(super) fn hairpin(b: &mut Batch, table: &str, add: bool, ips: &[std::net::IpAddr]) {
+    for v6 in [false, true] {
+        let elems: Vec<Elem> = ips
+            .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .map(|ip| {
+                let mut key = Vec::with_capacity(32);
+                layout::addr(&mut key, *ip);
+                layout::addr(&mut key, *ip);
+                Elem { key, data: None }
+            })
+            .collect();
+        b.elements(add, table, if v6 { "hairpin6" } else { "hairpin4" }, &elems);
+    }
+}
+
+pub(super) fn by_map<'a>(
     elems: impl Iterator<Item = (&'a Element, &'a Target)>,
     with_data: bool,
 ) -> BTreeMap<&'static str, Vec<Elem>> {
@@ -111,7 +115,7 @@ fn by_map<'a>(
         .collect()
 }
 
-fn picks(elems: &[PickElement], with_data: bool) -> BTreeMap<String, Vec<Elem>> {
+pub(super) fn picks(elems: &[PickElement], with_data: bool) -> BTreeMap<String, Vec<Elem>> {
     let mut out: BTreeMap<String, Vec<Elem>> = BTreeMap::new();
     for e in elems {
         let mut key = Vec::with_capacity(4);

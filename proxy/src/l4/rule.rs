@@ -9,8 +9,12 @@ use std::sync::Arc;
 
 use tables::Protocol;
 
+use super::exprs::{
+    cmp_eq, data, immediate, meta_load, nat, u32_attr, META_L4PROTO, META_MARK, META_NFPROTO,
+    NAT_PROTO_SPECIFIED, NFPROTO_IPV4, NFPROTO_IPV6, REG32_01, REG_1, REG_2,
+};
 use super::kernel::{proto_name, proto_number};
-use super::netlink::{attr, attr_str, expr, layout};
+use super::netlink::{attr_str, expr, layout};
 use super::pick::{self, Slot};
 
 /// One rule of a service chain.
@@ -162,60 +166,6 @@ impl Rule {
             Rule::Text(_) => unreachable!("encode() of a text rule"),
         }
     }
-}
-
-const REG_1: u32 = 1;
-const REG_2: u32 = 2;
-const REG32_01: u32 = 9;
-const META_MARK: u32 = 3;
-const META_NFPROTO: u32 = 15;
-const META_L4PROTO: u32 = 16;
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
-const NAT_PROTO_SPECIFIED: u32 = 2;
-
-/// A 32-bit attribute, in network order as nf_tables reads them.
-fn u32_attr(b: &mut Vec<u8>, ty: u16, v: u32) {
-    attr(b, ty, &v.to_be_bytes());
-}
-
-/// `NFTA_DATA_VALUE` inside attribute `ty`.
-fn data(b: &mut Vec<u8>, ty: u16, v: &[u8]) {
-    super::netlink::nest(b, ty, |b| attr(b, 1, v));
-}
-
-fn meta_load(b: &mut Vec<u8>, key: u32) {
-    expr(b, "meta", |b| {
-        u32_attr(b, 2, key); // KEY
-        u32_attr(b, 1, REG_1); // DREG
-    });
-}
-
-fn cmp_eq(b: &mut Vec<u8>, v: &[u8], negate: bool) {
-    expr(b, "cmp", |b| {
-        u32_attr(b, 1, REG_1); // SREG
-        u32_attr(b, 2, u32::from(negate)); // OP: EQ / NEQ
-        data(b, 3, v);
-    });
-}
-
-fn immediate(b: &mut Vec<u8>, reg: u32, v: &[u8]) {
-    expr(b, "immediate", |b| {
-        u32_attr(b, 1, reg); // DREG
-        data(b, 2, v);
-    });
-}
-
-fn nat(b: &mut Vec<u8>, family: u8, addr: u32, proto: u32, flags: Option<u32>) {
-    expr(b, "nat", |b| {
-        u32_attr(b, 1, 1); // TYPE: NFT_NAT_DNAT
-        u32_attr(b, 2, u32::from(family));
-        u32_attr(b, 3, addr); // REG_ADDR_MIN
-        u32_attr(b, 5, proto); // REG_PROTO_MIN
-        if let Some(f) = flags {
-            u32_attr(b, 7, f);
-        }
-    });
 }
 
 #[cfg(test)]

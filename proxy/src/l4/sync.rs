@@ -20,9 +20,9 @@ use super::bind::BindListeners;
 use super::conntrack;
 use super::health::HealthServers;
 use super::kernel::{chain_body, chain_name, ChainOps, Chains, KernelConfig};
-use super::netlink_update;
 use super::nft::{self, Change, Element, Ports, Target};
 use super::select::{verdict_and_no_local, Verdict};
+use super::{netlink_full, netlink_update};
 use super::{redirect, traffic_kind, L4Error, Mode, Shared};
 use crate::endpoints::{NodeTopology, TrafficKind};
 
@@ -217,6 +217,9 @@ enum Plane {
         sockets: BindListeners,
         /// The next update must replace the whole table (start, or after a failure).
         full: bool,
+        /// A whole table sent over netlink failed: the next goes through `nft -f`, whose
+        /// errors name the line at fault.
+        full_via_nft: bool,
         ports: Ports,
     },
 }
@@ -252,6 +255,7 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, L4
             Plane::Nft {
                 sockets: BindListeners::frontend_sockets(),
                 full: true,
+                full_via_nft: false,
                 ports,
             }
         }
@@ -394,21 +398,15 @@ impl Syncer {
             Plane::Nft {
                 sockets,
                 full,
+                full_via_nft,
                 ports,
             } => {
                 // Sockets first: a datagram steered by the new elements finds its socket.
                 sockets.reconcile(&self.shared, &changes);
                 let cfg = &self.shared.cfg.nft;
-                // Element-only updates go over netlink; the rest through `nft -f`.
-                let netlink = if *full {
-                    None
-                } else {
-                    netlink_update::batch(cfg, &changes, &ops)
-                };
-                via = if netlink.is_some() { "netlink" } else { "nft" };
-                let script = if netlink.is_some() {
-                    None
-                } else if *full {
+                // Over netlink where every part has an encoding (netlink_update.rs for
+                // changes, netlink_full.rs for a whole table); the rest through `nft -f`.
+                let (netlink, script) = if *full {
                     let (chains, hairpin, pick_maps, picks) = self.cache.chains().all();
                     let kernel = nft::KernelChains {
                         chains,
@@ -417,10 +415,18 @@ impl Syncer {
                         picks,
                         cluster_cidrs: self.shared.cfg.kernel.cluster_cidrs.clone(),
                     };
-                    Some(nft::full_script(cfg, ports, &self.cache.targets(), &kernel))
+                    let targets = self.cache.targets();
+                    match netlink_full::full_batch(cfg, ports, &targets, &kernel) {
+                        Some(b) if !*full_via_nft => (Some(b), None),
+                        _ => (None, Some(nft::full_script(cfg, ports, &targets, &kernel))),
+                    }
                 } else {
-                    nft::change_script(cfg, &changes, &ops)
+                    match netlink_update::batch(cfg, &changes, &ops) {
+                        Some(b) => (Some(b), None),
+                        None => (None, nft::change_script(cfg, &changes, &ops)),
+                    }
                 };
+                via = if netlink.is_some() { "netlink" } else { "nft" };
                 commands = script
                     .as_ref()
                     .map_or(0, |s| s.lines().count())
@@ -458,12 +464,18 @@ impl Syncer {
                 applying = t.elapsed();
                 match r {
                     Ok(()) => {
+                        if *full && via == "nft" {
+                            *full_via_nft = false;
+                        }
                         *full = false;
                         conntrack::forget_udp(&ops.endpoints_gone).await;
                         self.shared.metrics.frontends.set(self.cache.len() as i64);
                         Ok(())
                     }
                     Err(e) => {
+                        if *full && via == "netlink" {
+                            *full_via_nft = true;
+                        }
                         *full = true;
                         Err(e)
                     }
