@@ -35,6 +35,17 @@ pub enum L4DataPath {
     Proxy,
 }
 
+/// How `--l4 nftables` loads the whole table (at start and after a failed update).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum L4FullTable {
+    /// One netlink batch written by switchboard (nft -f where a rule has no encoding).
+    #[default]
+    Netlink,
+    /// `nft -f` of the whole table: slower; for comparison, or a kernel that refuses the batch.
+    Nft,
+}
+
 /// `switchboard run` flags.
 #[derive(Args, Debug, Default, Clone)]
 pub struct RunArgs {
@@ -187,6 +198,10 @@ pub struct RunArgs {
     /// annotation: kernel (DNAT in nftables) or proxy (the userspace relay) [default: kernel].
     #[arg(long, value_enum, value_name = "MODE")]
     pub l4_default_mode: Option<L4DataPath>,
+    /// With --l4 nftables: how the whole table is loaded at start and after a failed update:
+    /// netlink (one batch) or nft (`nft -f`, slower) [default: netlink].
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub l4_full_table: Option<L4FullTable>,
     /// Forget a UDP flow after this many seconds without a datagram [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub udp_idle_timeout: Option<u64>,
@@ -277,6 +292,7 @@ pub struct FileConfig {
     pub masquerade_all: Option<bool>,
     pub nodeport_addresses: Option<Vec<String>>,
     pub l4_default_mode: Option<L4DataPath>,
+    pub l4_full_table: Option<L4FullTable>,
     pub udp_idle_timeout: Option<u64>,
     pub l4_sync_timeout: Option<u64>,
     pub ingress_class: Option<String>,
@@ -356,6 +372,7 @@ pub struct Config {
     /// NodePorts only on local addresses inside these (empty: all but loopback).
     pub nodeport_addresses: Vec<proxy::l4::kernel::IpNet>,
     pub l4_default_mode: L4DataPath,
+    pub l4_full_table: L4FullTable,
     pub udp_idle_timeout: std::time::Duration,
     pub l4_sync_timeout: std::time::Duration,
     pub ingress_class: String,
@@ -616,6 +633,10 @@ impl Config {
             l4_default_mode: args
                 .l4_default_mode
                 .or(file.l4_default_mode)
+                .unwrap_or_default(),
+            l4_full_table: args
+                .l4_full_table
+                .or(file.l4_full_table)
                 .unwrap_or_default(),
             ttl: args.ttl.or(file.ttl).unwrap_or(30),
             pods,

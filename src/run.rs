@@ -317,6 +317,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 cleanup_on_exit: cfg.cleanup_on_exit,
                 nft: proxy::l4::NftConfig {
                     nodeport_addresses: cfg.nodeport_addresses.clone(),
+                    full_table_via_nft: cfg.l4_full_table == crate::config::L4FullTable::Nft,
                     ..Default::default()
                 },
                 kernel: proxy::l4::kernel::KernelConfig {

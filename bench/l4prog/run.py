@@ -153,29 +153,6 @@ for _ in range({n}):
     return list(zip(vals[0::2], vals[1::2]))
 
 
-def nft_full_by_hand(path):
-    """Times `nft -f` of the whole table switchboard installed (its `nft list` output, saved
-    to `path`) into an empty scratch namespace: what the first sync cost when the full table
-    went through nft. Returns (wall ms, CPU ms)."""
-    path.write_text(l4.nsx(l4.NODE, "nft", "list", "table", "inet", "switchboard"))
-    ns = "sb-l4prog-nft"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        out = l4.nsx(ns, "python3", "-c", f"""
-import resource, subprocess, time
-def cpu():
-    u = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return u.ru_utime + u.ru_stime
-t, c = time.monotonic(), cpu()
-subprocess.run(["nft", "-f", {str(path)!r}], check=True)
-print((time.monotonic() - t) * 1000, (cpu() - c) * 1000)
-""")
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-    wall, cpu = (float(x) for x in out.split())
-    return wall, cpu
-
-
 def probe_pick():
     """(map, offset) of the probe's pick, from its chain's rule."""
     chain = l4.nsx(l4.NODE, "nft", "list", "chain", "inet", "switchboard",
@@ -186,7 +163,9 @@ def probe_pick():
     return m[2], int(m[1] or 0)
 
 
-def one_round(a, wd, source_args, probe_dir, rnd):
+def one_round(a, wd, source_args, probe_dir, rnd, full_table="netlink"):
+    """One fresh process; with `full_table` "nft" (`--l4-full-table nft`), only its start
+    and first full table are timed."""
     backends = [ip for _, ip in l4.BACKENDS]
     probe_manifest(probe_dir, backends[:1])
     api = None
@@ -205,7 +184,8 @@ def one_round(a, wd, source_args, probe_dir, rnd):
                ["ip", "netns", "exec", l4.NODE, B.BIN, "run", *source_args,
                 "--l4", "nftables", "--node-name", "node-1", "--admin", "127.0.0.1:0",
                 "--upstream", "127.0.0.1:9",
-                "--log", "warn,switchboard=info,proxy::l4::sync=debug"],
+                "--log", "warn,switchboard=info,proxy::l4::sync=debug",
+                "--l4-full-table", full_table],
                wd / f"switchboard-{rnd}.log")
     try:
         line = client.stdout.readline().split()
@@ -220,8 +200,10 @@ def one_round(a, wd, source_args, probe_dir, rnd):
              "first_compute_ms": first[5], "first_apply_ms": first[6],
              "first_apply_cpu_ms": first[7], "first_via": first[3],
              "chains": int(first[4] or 0), "changes": []}
-        B.log(f"l4prog round {rnd + 1}: forwarded after {first_forward:.2f} s, first sync "
+        B.log(f"l4prog round {rnd + 1} ({full_table}): forwarded after {first_forward:.2f} s, first sync "
               f"{first[1]:.3f} s ({r['chains']} chains)")
+        if full_table == "nft":
+            return r
         gen = max(s[0] for s in synced(p))
         # Two endpoints: the probe gets a pick (a rule change, nft).
         probe_manifest(probe_dir, backends[:2])
@@ -241,7 +223,6 @@ def one_round(a, wd, source_args, probe_dir, rnd):
                                  "apply_cpu_ms": s[7]})
         pick_map, offset = probe_pick()
         r["nft_by_hand_ms"] = nft_by_hand(pick_map, offset, backends[1])
-        r["full_by_hand_ms"] = nft_full_by_hand(wd / f"table-{rnd}.nft")
         return r
     finally:
         client.kill()
@@ -277,8 +258,12 @@ def run(a):
         procs = [B.Proc(f"backend-{name}", ["ip", "netns", "exec", f"{l4.PREFIX}{name}",
                                              "python3", "-c", BACKEND, name],
                         wd / f"backend-{name}.log") for name, _ in l4.BACKENDS]
+        results["nft_rounds"] = []
         for rnd in range(a.runs):
             results["rounds"].append(one_round(a, wd, source_args, probe_dir, rnd))
+            # Interleaved: the same start with the whole table through `nft -f`.
+            results["nft_rounds"].append(
+                one_round(a, wd, source_args, probe_dir, rnd, full_table="nft"))
             B.save_results("l4prog", results)
         for pr in procs:
             pr.stop()
@@ -291,6 +276,7 @@ def summarize(results):
     if "skip" in results:
         return f"## L4: programming at scale\n\nNot run: {results['skip']}.\n"
     a, rounds = results["args"], results["rounds"]
+    nft_rounds = results.get("nft_rounds", [])
     ms = lambda vals, d=1: B.fmt_spread(B.median_spread(vals), d)  # noqa: E731
     changes = [c for r in rounds for c in r["changes"]]
     by = lambda kind: [c for c in changes if c["kind"] == kind]  # noqa: E731
@@ -316,9 +302,13 @@ def summarize(results):
         f"{ms([r.get('first_apply_ms') for r in rounds], 0)} ms "
         f"({ms([r.get('first_apply_cpu_ms') for r in rounds], 0)} ms) | "
         f"{'/'.join(sorted({r.get('first_via') or '?' for r in rounds}))}, one transaction |",
-        f"| the same full table by `nft -f`, by hand (its `nft list`, into an empty namespace) | | | "
-        f"{ms([r['full_by_hand_ms'][0] for r in rounds if r.get('full_by_hand_ms')], 0)} ms "
-        f"({ms([r['full_by_hand_ms'][1] for r in rounds if r.get('full_by_hand_ms')], 0)} ms) | nft |",
+        f"| the same start with `--l4-full-table nft`: start → first forwarded | "
+        f"{ms([r['first_forward_s'] for r in nft_rounds], 2)} s | | | |",
+        f"| … its first full table | {ms([r['first_sync_s'] for r in nft_rounds], 3)} s | "
+        f"{ms([r.get('first_compute_ms') for r in nft_rounds], 0)} ms | "
+        f"{ms([r.get('first_apply_ms') for r in nft_rounds], 0)} ms "
+        f"({ms([r.get('first_apply_cpu_ms') for r in nft_rounds], 0)} ms) | "
+        f"{'/'.join(sorted({r.get('first_via') or '?' for r in nft_rounds}))}, one transaction |",
         *[f"| {label} | {ms([c['ms'] for c in by(kind)], 2)} ms | "
           f"{ms([c.get('compute_ms') for c in by(kind)], 2)} ms | "
           f"{ms([c.get('apply_ms') for c in by(kind)], 2)} ms "

@@ -53,6 +53,8 @@ pub struct NftConfig {
     /// `--nodeport-addresses`: NodePorts answer only on local addresses inside these; empty
     /// means every local address but loopback.
     pub nodeport_addresses: Vec<ipnet::IpNet>,
+    /// `--l4-full-table nft`: whole tables through `nft -f` even where netlink could.
+    pub full_table_via_nft: bool,
 }
 
 impl Default for NftConfig {
@@ -64,6 +66,7 @@ impl Default for NftConfig {
             masquerade_mark: 0x0020_0000,
             route_table: 1456,
             nodeport_addresses: Vec::new(),
+            full_table_via_nft: false,
         }
     }
 }

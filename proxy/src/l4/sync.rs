@@ -417,7 +417,7 @@ impl Syncer {
                     };
                     let targets = self.cache.targets();
                     match netlink_full::full_batch(cfg, ports, &targets, &kernel) {
-                        Some(b) if !*full_via_nft => (Some(b), None),
+                        Some(b) if !*full_via_nft && !cfg.full_table_via_nft => (Some(b), None),
                         _ => (None, Some(nft::full_script(cfg, ports, &targets, &kernel))),
                     }
                 } else {
