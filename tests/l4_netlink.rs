@@ -15,7 +15,7 @@ use netns::*;
 use proxy::l4::kernel::ChainOps;
 use proxy::l4::nft::{self, Change, Element, KernelChains, NftConfig, Ports, Target};
 use proxy::l4::pick::{MapId, PickElement, Slot};
-use proxy::l4::rule::{DnatTo, Rule};
+use proxy::l4::rule::{DnatTo, Prefix, Rule};
 use proxy::l4::select::Verdict;
 use proxy::l4::{netlink_full, netlink_update};
 use tables::Protocol;
@@ -233,6 +233,15 @@ fn needs_root_netlink_rules_are_the_expressions_nft_writes() {
         offset,
         capacity,
     };
+    let short_circuit = |prefix| Rule::Dnat {
+        prefix: Some(prefix),
+        protocol: Protocol::Tcp,
+        v6: false,
+        to: DnatTo::Slot {
+            slot: slot(tcp4, 64, 4),
+            n: 3,
+        },
+    };
     let rules = vec![
         Rule::Mark {
             unless_from: Some((false, "cluster-cidrs4".into())),
@@ -276,6 +285,22 @@ fn needs_root_netlink_rules_are_the_expressions_nft_writes() {
                 n: 2,
             },
         },
+        // The Local short-circuit's two halves, and its drop for everyone else.
+        short_circuit(Prefix::NodeSource { mark: 0x20_0000 }),
+        short_circuit(Prefix::FromSet {
+            v6: false,
+            set: "cluster-cidrs4".into(),
+        }),
+        Rule::Dnat {
+            prefix: Some(Prefix::FromSet {
+                v6: true,
+                set: "cluster-cidrs6".into(),
+            }),
+            protocol: Protocol::Udp,
+            v6: true,
+            to: DnatTo::Addr("[fd00:244::5]:53".parse().unwrap()),
+        },
+        Rule::Jump("no-local-endpoints".into()),
     ];
     assert!(rules.iter().all(Rule::encodable));
     let chain: Arc<str> = "svc-default/x/tcp/80/int4".into();
@@ -403,6 +428,25 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
             DnatTo::Addr("10.244.1.5:8080".parse().unwrap()),
         ),
     ];
+    // An external Local policy's chain: the short-circuit for the node and pods, then drop.
+    let local = vec![
+        Rule::Dnat {
+            prefix: Some(Prefix::NodeSource { mark: 0x20_0000 }),
+            protocol: Protocol::Tcp,
+            v6: true,
+            to: slot(maps[2], 4),
+        },
+        Rule::Dnat {
+            prefix: Some(Prefix::FromSet {
+                v6: true,
+                set: "cluster-cidrs6".into(),
+            }),
+            protocol: Protocol::Tcp,
+            v6: true,
+            to: slot(maps[2], 4),
+        },
+        Rule::Jump("no-local-endpoints".into()),
+    ];
     let picks: Vec<PickElement> = maps
         .iter()
         .zip([
@@ -434,6 +478,11 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
             (
                 "svc-default/other/udp/53/ext4".into(),
                 others.as_slice(),
+                &[][..],
+            ),
+            (
+                "svc-default/lb/tcp/443/ext6".into(),
+                local.as_slice(),
                 &[][..],
             ),
         ],

@@ -165,10 +165,19 @@ pub fn ct_load(b: &mut Vec<u8>, key: u32) {
 
 /// `fib daddr type => reg 1`.
 pub fn fib_daddr_type(b: &mut Vec<u8>) {
+    fib_type(b, 2); // NFTA_FIB_F_DADDR
+}
+
+/// `fib saddr type => reg 1`.
+pub fn fib_saddr_type(b: &mut Vec<u8>) {
+    fib_type(b, 1); // NFTA_FIB_F_SADDR
+}
+
+fn fib_type(b: &mut Vec<u8>, flags: u32) {
     expr(b, "fib", |b| {
         u32_attr(b, 1, REG_1); // DREG
         u32_attr(b, 2, 3); // RESULT: NFT_FIB_RESULT_ADDRTYPE
-        u32_attr(b, 3, 2); // FLAGS: NFTA_FIB_F_DADDR
+        u32_attr(b, 3, flags);
     });
 }
 

@@ -37,7 +37,7 @@ pub use ipnet::IpNet;
 use tables::{FrontendTarget, Protocol, Service};
 
 use super::pick::{self, MapId, PickElement, Slot, Slots};
-use super::rule::{DnatTo, Rule};
+use super::rule::{DnatTo, Prefix, Rule};
 use crate::endpoints::{categorize, policy_local, NodeTopology, TrafficKind};
 
 /// Annotation choosing the data path of one Service: `switchboard.dev/l4-mode: proxy` (the
@@ -195,7 +195,7 @@ fn affinity_rules(
 
 /// DNAT to `eps`: directly to one endpoint, else to a pick among them.
 fn dnat_rule(
-    prefix: Option<String>,
+    prefix: Option<Prefix>,
     protocol: Protocol,
     v6: bool,
     eps: &[std::net::SocketAddr],
@@ -284,13 +284,11 @@ pub fn chain_body(
         return None;
     }
     let protocol = target.port().protocol;
-    let fam = if v6 { "ip6" } else { "ip" };
     let m = cfg.masquerade_mark;
     let mark = Rule::Mark {
         unless_from: None,
         mark: m,
     };
-    let mark_text = mark.text();
     // The named set `full_script` declares from the same list (an anonymous set per chain
     // costs the kernel a scan of every set: pick.rs).
     let cidr_set: Option<Arc<str>> = cfg
@@ -326,10 +324,13 @@ pub fn chain_body(
             // kube-proxy's short-circuit: the node itself and pods use every endpoint.
             let cluster: Vec<_> = c.cluster.iter().map(|e| e.addr).collect();
             if !cluster.is_empty() {
-                let prefix = format!("fib saddr type local {mark_text}");
+                let prefix = Prefix::NodeSource { mark: m };
                 rules.push(dnat_rule(Some(prefix), protocol, v6, &cluster, &mut picks));
                 if let Some(set) = &cidr_set {
-                    let prefix = format!("{fam} saddr @{set}");
+                    let prefix = Prefix::FromSet {
+                        v6,
+                        set: set.clone(),
+                    };
                     rules.push(dnat_rule(Some(prefix), protocol, v6, &cluster, &mut picks));
                 }
             }
@@ -338,7 +339,7 @@ pub fn chain_body(
     let addrs: Vec<_> = chosen.iter().map(|e| e.addr).collect();
     let mut aux = Vec::new();
     if addrs.is_empty() {
-        rules.push(Rule::Text("jump no-local-endpoints".into()));
+        rules.push(Rule::Jump("no-local-endpoints".into()));
     } else if let Some(timeout) = svc.session_affinity_timeout {
         let name = chain_name(target, kind, v6);
         affinity_rules(&name, protocol, v6, &addrs, timeout, &mut rules, &mut aux);

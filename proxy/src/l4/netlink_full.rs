@@ -6,9 +6,9 @@
 //!
 //! Why: at 10,000 Services / 100,000 endpoints `nft -f` of the full script took 0.94 s of
 //! user CPU parsing and evaluating it on top of the kernel's 0.63 s (docs/benchmarks.md, "L4
-//! programming"). Tables this module cannot write — a Service with ClientIP affinity, source
-//! ranges or a Local short-circuit (their rules are nft text), or `--nodeport-addresses` (an
-//! anonymous set) — still go through `nft -f`. `tests/l4_netlink.rs` checks that both leave
+//! programming"). Tables this module cannot write — a Service with ClientIP affinity or source
+//! ranges (their rules are nft text), or `--nodeport-addresses` (an anonymous set) — still go
+//! through `nft -f`. `tests/l4_netlink.rs` checks that both leave
 //! the same table.
 
 use std::collections::HashMap;

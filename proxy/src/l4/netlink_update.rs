@@ -1,9 +1,9 @@
 //! Incremental updates as one netlink batch (netlink.rs), in the order `nft::change_script`
 //! writes them: map and set elements (an endpoint replaced, a verdict moved, hairpin pairs)
 //! and service chains added, rewritten and deleted when every rule in them has a netlink
-//! encoding (rule.rs: the masquerade mark, DNAT to an endpoint or a pick). Updates that need
-//! anything else — ClientIP affinity's sets and chains, source ranges, the Local short-circuit,
-//! a new shard map — and very large ones stay with `nft -f`.
+//! encoding (rule.rs: the masquerade mark, DNAT to an endpoint or a pick, with the Local
+//! short-circuit's matches, a jump). Updates that need anything else — ClientIP affinity's sets
+//! and chains, source ranges, a new shard map — and very large ones stay with `nft -f`.
 
 use std::collections::BTreeMap;
 

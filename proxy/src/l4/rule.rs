@@ -1,6 +1,7 @@
 //! The rules of the kernel path's service chains, as data: one description that is written as
 //! nft text for `nft -f` and, for the common shapes (the masquerade mark, DNAT to one endpoint
-//! or to a pick), encoded as nf_tables expressions for a netlink batch — the same expressions
+//! or to a pick, with or without the Local short-circuit's match, a jump), encoded as nf_tables
+//! expressions for a netlink batch — the same expressions
 //! `nft` sends for that text (`tests/l4_netlink.rs` compares them as the kernel lists them).
 
 use std::fmt::Write as _;
@@ -10,8 +11,9 @@ use std::sync::Arc;
 use tables::Protocol;
 
 use super::exprs::{
-    cmp_eq, data, immediate, meta_load, nat, u32_attr, META_L4PROTO, META_MARK, META_NFPROTO,
-    NAT_PROTO_SPECIFIED, NFPROTO_IPV4, NFPROTO_IPV6, REG32_01, REG_1, REG_2,
+    cmp_eq, data, fib_saddr_type, immediate, meta_load, nat, u32_attr, verdict, META_L4PROTO,
+    META_MARK, META_NFPROTO, NAT_PROTO_SPECIFIED, NFPROTO_IPV4, NFPROTO_IPV6, REG32_01, REG_1,
+    REG_2, VERDICT_JUMP,
 };
 use super::kernel::{proto_name, proto_number};
 use super::netlink::{attr_str, expr, layout};
@@ -28,13 +30,50 @@ pub enum Rule {
     },
     /// `[PREFIX ]meta l4proto PROTO dnat FAM to …`.
     Dnat {
-        prefix: Option<String>,
+        prefix: Option<Prefix>,
         protocol: Protocol,
         v6: bool,
         to: DnatTo,
     },
+    /// `jump CHAIN`.
+    Jump(Arc<str>),
     /// Anything else, in nft's syntax.
     Text(String),
+}
+
+/// What a DNAT rule matches (and does) first: the two halves of kube-proxy's short-circuit for
+/// `externalTrafficPolicy: Local`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Prefix {
+    /// `fib saddr type local meta mark set meta mark | MARK`: from the node itself, which is
+    /// masqueraded.
+    NodeSource { mark: u32 },
+    /// `FAM saddr @SET`: from the pod network.
+    FromSet { v6: bool, set: Arc<str> },
+}
+
+impl Prefix {
+    fn text(&self) -> String {
+        match self {
+            Prefix::NodeSource { mark } => {
+                format!("fib saddr type local meta mark set meta mark | {mark:#x}")
+            }
+            Prefix::FromSet { v6, set } => {
+                format!("{} saddr @{set}", if *v6 { "ip6" } else { "ip" })
+            }
+        }
+    }
+
+    fn encode(&self, b: &mut Vec<u8>) {
+        match self {
+            Prefix::NodeSource { mark } => {
+                fib_saddr_type(b);
+                cmp_eq(b, &2u32.to_ne_bytes(), false); // RTN_LOCAL
+                set_mark(b, *mark);
+            }
+            Prefix::FromSet { v6, set } => saddr_lookup(b, *v6, set, false),
+        }
+    }
 }
 
 /// Where a DNAT goes.
@@ -69,7 +108,7 @@ impl Rule {
                 to,
             } => {
                 if let Some(p) = prefix {
-                    out.push_str(p);
+                    out.push_str(&p.text());
                     out.push(' ');
                 }
                 let fam = if *v6 { "ip6" } else { "ip" };
@@ -81,6 +120,9 @@ impl Rule {
                     DnatTo::Slot { slot, n } => write!(out, "{}", slot.expression(*n)),
                 };
             }
+            Rule::Jump(chain) => {
+                let _ = write!(out, "jump {chain}");
+            }
             Rule::Text(t) => out.push_str(t),
         }
         out
@@ -89,8 +131,8 @@ impl Rule {
     /// Whether `encode` can write this rule (else the chain goes through `nft -f`).
     pub fn encodable(&self) -> bool {
         match self {
-            Rule::Mark { .. } => true,
-            Rule::Dnat { prefix, to, .. } => prefix.is_none() && !matches!(to, DnatTo::Pick(_)),
+            Rule::Mark { .. } | Rule::Jump(_) => true,
+            Rule::Dnat { to, .. } => !matches!(to, DnatTo::Pick(_)),
             Rule::Text(_) => false,
         }
     }
@@ -100,38 +142,20 @@ impl Rule {
         match self {
             Rule::Mark { unless_from, mark } => {
                 if let Some((v6, set)) = unless_from {
-                    meta_load(b, META_NFPROTO);
-                    cmp_eq(b, &[if *v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }], false);
-                    // ip saddr: 4 bytes at 12; ip6 saddr: 16 bytes at 8.
-                    let (offset, len) = if *v6 { (8u32, 16u32) } else { (12, 4) };
-                    expr(b, "payload", |b| {
-                        u32_attr(b, 1, REG_1); // DREG
-                        u32_attr(b, 2, 1); // BASE: network header
-                        u32_attr(b, 3, offset);
-                        u32_attr(b, 4, len);
-                    });
-                    expr(b, "lookup", |b| {
-                        attr_str(b, 1, set); // SET
-                        u32_attr(b, 2, REG_1); // SREG
-                        u32_attr(b, 5, 1); // FLAGS: NFT_LOOKUP_F_INV
-                    });
+                    saddr_lookup(b, *v6, set, true);
                 }
-                meta_load(b, META_MARK);
-                expr(b, "bitwise", |b| {
-                    u32_attr(b, 1, REG_1); // SREG
-                    u32_attr(b, 2, REG_1); // DREG
-                    u32_attr(b, 3, 4); // LEN
-                    data(b, 4, &(!mark).to_ne_bytes()); // MASK
-                    data(b, 5, &mark.to_ne_bytes()); // XOR
-                });
-                expr(b, "meta", |b| {
-                    u32_attr(b, 2, META_MARK); // KEY
-                    u32_attr(b, 3, REG_1); // SREG
-                });
+                set_mark(b, *mark);
             }
+            Rule::Jump(chain) => verdict(b, VERDICT_JUMP, Some(chain)),
             Rule::Dnat {
-                protocol, v6, to, ..
+                prefix,
+                protocol,
+                v6,
+                to,
             } => {
+                if let Some(p) = prefix {
+                    p.encode(b);
+                }
                 meta_load(b, META_L4PROTO);
                 cmp_eq(b, &[proto_number(*protocol)], false);
                 let family = if *v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 };
@@ -166,6 +190,43 @@ impl Rule {
             Rule::Text(_) => unreachable!("encode() of a text rule"),
         }
     }
+}
+
+/// `[meta nfproto FAM] FAM saddr [!=] @SET`.
+fn saddr_lookup(b: &mut Vec<u8>, v6: bool, set: &str, negate: bool) {
+    meta_load(b, META_NFPROTO);
+    cmp_eq(b, &[if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }], false);
+    // ip saddr: 4 bytes at 12; ip6 saddr: 16 bytes at 8.
+    let (offset, len) = if v6 { (8u32, 16u32) } else { (12, 4) };
+    expr(b, "payload", |b| {
+        u32_attr(b, 1, REG_1); // DREG
+        u32_attr(b, 2, 1); // BASE: network header
+        u32_attr(b, 3, offset);
+        u32_attr(b, 4, len);
+    });
+    expr(b, "lookup", |b| {
+        attr_str(b, 1, set); // SET
+        u32_attr(b, 2, REG_1); // SREG
+        if negate {
+            u32_attr(b, 5, 1); // FLAGS: NFT_LOOKUP_F_INV
+        }
+    });
+}
+
+/// `meta mark set meta mark | MARK`.
+fn set_mark(b: &mut Vec<u8>, mark: u32) {
+    meta_load(b, META_MARK);
+    expr(b, "bitwise", |b| {
+        u32_attr(b, 1, REG_1); // SREG
+        u32_attr(b, 2, REG_1); // DREG
+        u32_attr(b, 3, 4); // LEN
+        data(b, 4, &(!mark).to_ne_bytes()); // MASK
+        data(b, 5, &mark.to_ne_bytes()); // XOR
+    });
+    expr(b, "meta", |b| {
+        u32_attr(b, 2, META_MARK); // KEY
+        u32_attr(b, 3, REG_1); // SREG
+    });
 }
 
 #[cfg(test)]
@@ -203,12 +264,12 @@ mod tests {
             ),
             (
                 Rule::Dnat {
-                    prefix: Some("fib saddr type local".into()),
+                    prefix: Some(Prefix::NodeSource { mark: 0x20_0000 }),
                     protocol: Protocol::Tcp,
                     v6: false,
                     to: DnatTo::Slot { slot, n: 3 },
                 },
-                "fib saddr type local meta l4proto tcp dnat ip to numgen random mod 3 offset 16 map @pick-tcp4-7",
+                "fib saddr type local meta mark set meta mark | 0x200000 meta l4proto tcp dnat ip to numgen random mod 3 offset 16 map @pick-tcp4-7",
             ),
         ];
         let failures: Vec<String> = cases
