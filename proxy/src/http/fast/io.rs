@@ -12,12 +12,29 @@ use crate::http::shared::Shared;
 
 /// Writes all of `data` to the client. A client that does not take it within the write
 /// timeout fails it (counted as `write_timeout`), as one that closed would.
+///
+/// The write is polled once before the timeout is armed: an answer nearly always fits the
+/// socket's buffer at once, and building tokio's timeout for every answer (the runtime
+/// handle, a clock read, the timer's state) cost about 220 instructions a request, 1.4% of
+/// the fast path (issue #19, docs/benchmarks.md). The timeout then counts from the first
+/// wait, microseconds after the write began.
 pub(super) async fn write_client(
     shared: &Shared,
     client: &mut TcpStream,
     data: &[u8],
 ) -> std::io::Result<()> {
-    match tokio::time::timeout(shared.config.client.write_timeout, client.write_all(data)).await {
+    let timed = {
+        let mut write = std::pin::pin!(client.write_all(data));
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(write.as_mut(), cx))
+        })
+        .await;
+        if let std::task::Poll::Ready(r) = first {
+            return r;
+        }
+        tokio::time::timeout(shared.config.client.write_timeout, write).await
+    };
+    match timed {
         Ok(r) => r,
         Err(_) => {
             let ip = client.peer_addr().ok().map(|a| a.ip());
