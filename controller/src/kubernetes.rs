@@ -519,3 +519,91 @@ fn fall_back(kind: Kind, metrics: &Metrics, reason: &str, why: &dyn std::fmt::Di
         "the API server does not serve streaming lists of this kind; listing it in pages from now on"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn status(code: u16, reason: &str, message: &str) -> Box<Status> {
+        Box::new(Status::failure(message, reason).with_code(code))
+    }
+
+    #[test]
+    fn refusals_of_streaming_lists_are_told_from_outages() {
+        let progress = "a watch stream was requested by the client but the required storage feature RequestWatchProgress is disabled";
+        let gate = "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled";
+        let old = "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch";
+        let start = |s| watcher::Error::WatchStartFailed(kube::Error::Api(s));
+        let cases: Vec<(&str, watcher::Error, bool)> = vec![
+            (
+                "gate off (1.27-1.31)",
+                start(status(422, "Invalid", gate)),
+                true,
+            ),
+            ("before 1.27", start(status(422, "Invalid", old)), true),
+            (
+                "unknown parameters",
+                start(status(400, "BadRequest", "bad")),
+                true,
+            ),
+            (
+                "etcd without RequestWatchProgress",
+                watcher::Error::WatchError(status(500, "InternalError", progress)),
+                true,
+            ),
+            (
+                "in-stream 422",
+                watcher::Error::WatchError(status(422, "Invalid", gate)),
+                true,
+            ),
+            (
+                "API server failing",
+                start(status(500, "InternalError", "etcdserver: leader changed")),
+                false,
+            ),
+            (
+                "unavailable",
+                start(status(503, "ServiceUnavailable", "try later")),
+                false,
+            ),
+            (
+                "throttled",
+                start(status(429, "TooManyRequests", "slow down")),
+                false,
+            ),
+            (
+                "forbidden",
+                start(status(
+                    403,
+                    "Forbidden",
+                    "services is forbidden: User cannot watch",
+                )),
+                false,
+            ),
+            (
+                "CRD absent",
+                start(status(404, "NotFound", "404 page not found")),
+                false,
+            ),
+            (
+                "gone",
+                watcher::Error::WatchError(status(410, "Expired", "too old resource version")),
+                false,
+            ),
+            (
+                "a paged list's 422 is not about streaming",
+                watcher::Error::InitialListFailed(kube::Error::Api(status(422, "Invalid", gate))),
+                false,
+            ),
+            (
+                "no resource version",
+                watcher::Error::NoResourceVersion,
+                false,
+            ),
+        ];
+        for (what, e, refused) in cases {
+            assert_eq!(refuses_streaming(&e), refused, "{what}: {e}");
+        }
+    }
+}
