@@ -266,7 +266,7 @@ impl Listing {
 /// streaming lists (then paged lists will do), rather than that it cannot answer now.
 ///
 /// - 422 `Invalid`: `sendInitialEvents` or `resourceVersionMatch` refused by validation
-///   (`WatchList` feature gate off, as by default before 1.32; or a server older than 1.27);
+///   (the `WatchList` feature gate off, as it came in 1.27; or a server older than 1.27);
 /// - 400 `BadRequest`: a server or proxy that does not take the parameters;
 /// - any code whose message names the parameters or the storage feature, as the 500
 ///   `InternalError` event kube-apiserver sends when its etcd lacks `RequestWatchProgress` (etcd

@@ -124,11 +124,11 @@ impl Default for Options {
 pub enum StreamingLists {
     /// The current objects as `ADDED` events, then a BOOKMARK annotated
     /// `k8s.io/initial-events-end: "true"`, then the watch goes on: kube-apiserver with the
-    /// `WatchList` feature (on by default since 1.32) on an etcd with `RequestWatchProgress`.
+    /// `WatchList` feature on an etcd with `RequestWatchProgress`.
     #[default]
     Served,
     /// 422 `Invalid`, "sendInitialEvents is forbidden for watch unless the WatchList feature
-    /// gate is enabled": kube-apiserver 1.27–1.31 by default (older ones refuse the
+    /// gate is enabled": kube-apiserver with that gate off (older ones refuse the
     /// `resourceVersionMatch` of such a watch with a 422 too).
     Invalid,
     /// 200, then one `ERROR` event (500 `InternalError`, "a watch stream was requested by the
