@@ -10,7 +10,8 @@
 //! changes would otherwise look stale until its next change; the completed list is what ends
 //! the outage. Each outage is logged once when it starts and once when it ends
 //! (`Change::Health`), with `/readyz` naming the stale kinds meanwhile. `Init` (emitted before
-//! each list request) is not a successful read: it neither ends an outage nor resets the backoff.
+//! each paged list's first request, and once a streaming list's watch is open, before any of
+//! its events) is not a successful read: it neither ends an outage nor resets the backoff.
 //!
 //! Initial lists are streaming lists ([`Listing`]): one watch with `sendInitialEvents=true`
 //! whose initial events end with a bookmark annotated `k8s.io/initial-events-end`; kube-runtime
@@ -344,7 +345,8 @@ async fn watch_kind<K>(
         );
     };
     while let Some(item) = stream.next().await {
-        // `Init` comes before the list request is even sent: only what the API answered counts.
+        // `Init` comes before the list request is even sent (with streaming lists: before the
+        // watch's first event): only what the API answered counts.
         if matches!(&item, Ok(e) if !matches!(e, WEvent::Init)) {
             retry.reset();
             if std::mem::take(&mut failing)
@@ -537,7 +539,7 @@ mod tests {
         let start = |s| watcher::Error::WatchStartFailed(kube::Error::Api(s));
         let cases: Vec<(&str, watcher::Error, bool)> = vec![
             (
-                "gate off (1.27-1.31)",
+                "WatchList gate off",
                 start(status(422, "Invalid", gate)),
                 true,
             ),
