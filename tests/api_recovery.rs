@@ -242,6 +242,26 @@ async fn outage_keeps_serving_and_new_objects_are_answered_soon_after() {
         OUTAGE.as_secs(),
         stats(recoveries)
     );
+    // Streaming lists are served, or refused (kube-apiserver on an etcd without
+    // RequestWatchProgress, as Debian's 3.4 here) and then paid once per kind: every relist
+    // after the outages lists in pages at once.
+    let mut refused = Vec::new();
+    for part in PARTS {
+        let kind = part.trim_start_matches("kubernetes/");
+        let series = format!(
+            r#"switchboard_watch_restarts_total{{kind="{kind}",reason="streaming_refused"}}"#
+        );
+        let n = sb.metric(&series).await.unwrap_or(0.0);
+        assert!(
+            n <= 1.0,
+            "{kind}: streaming lists refused {n} times over {CYCLES} outages\n{}",
+            sb.log()
+        );
+        if n > 0.0 {
+            refused.push(kind);
+        }
+    }
+    eprintln!("streaming lists refused by this API server for: {refused:?}");
 }
 
 /// The time of day (seconds) of a log line's timestamp, `2026-01-01T12:34:56.789012Z ...`.

@@ -73,6 +73,13 @@ async fn wait_watching(api: &ApiServer, n: usize) {
     );
 }
 
+/// The source's request that reads the whole of Services: a streaming list (a watch with
+/// `sendInitialEvents=true`). The status writer's watch of Service metadata lists in pages, so a
+/// plain list of Services is not evidence that the source relists.
+fn streams_services(request: &str) -> bool {
+    request.starts_with("GET /api/v1/services?") && request.contains("sendInitialEvents=true")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_410_relists_and_keeps_tables() {
     let Setup { api, sb, .. } = setup(Options::default()).await;
@@ -80,24 +87,27 @@ async fn gone_410_relists_and_keeps_tables() {
     sb.wait_tables("a", |t| t.contains("service default/a "))
         .await;
     wait_watching(&api, 6).await;
-    let lists_before = api.stats().lists;
+    let gone = r#"switchboard_watch_restarts_total{kind="Service",reason="gone"}"#;
+    let relists = r#"switchboard_watch_restarts_total{kind="Service",reason="relist"}"#;
+    assert_eq!(sb.metric(gone).await.unwrap_or(0.0), 0.0);
 
-    // The watches drop; while requests are held, `b` is written and history compacted, so
-    // re-watching from the old resourceVersion gets 410 Gone and the watcher must relist.
+    // The watches end (cleanly, as at the server's timeout); while requests are held, `b` is
+    // written and history compacted, so re-watching from the old resourceVersion gets 410
+    // Gone and the watcher must relist. (An abrupt drop is an error, after which the source
+    // relists without resuming: dropped_watch_resumes.)
     let seen = api.requests().len();
     api.set_delay(Duration::from_secs(3));
-    api.drop_watches();
+    api.close_watches();
     api.apply_yaml(&svc("b", "10.0.0.2"));
     api.compact();
-    // Evidence that the drop was noticed and the watcher is relisting: a new list of Services
-    // (not a watch) reached the API server, where the delay holds it.
+    // Evidence that the 410 was met and the source is relisting: its streaming list of
+    // Services reached the API server, where the delay holds it.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let relisting = || {
-        let requests = api.requests();
-        let new = requests.iter().skip(seen);
-        let mut lists =
-            new.filter(|r| r.starts_with("GET /api/v1/services") && !r.contains("watch="));
-        lists.next().is_some()
+        api.requests()
+            .iter()
+            .skip(seen)
+            .any(|r| streams_services(r))
     };
     while !relisting() {
         assert!(
@@ -121,12 +131,130 @@ async fn gone_410_relists_and_keeps_tables() {
     })
     .await;
     assert!(
-        api.stats().lists > lists_before,
-        "a relist happened: {:?}",
-        api.stats()
+        sb.metric(gone).await.unwrap_or(0.0) >= 1.0
+            && sb.metric(relists).await.unwrap_or(0.0) >= 1.0,
+        "410 and relist counted:\n{}",
+        sb.admin_get("/metrics").await.1
     );
     sb.wait_admin("/readyz", Duration::from_secs(5), "ready", |c, _| c == 200)
         .await;
+}
+
+/// An API server that does not serve streaming lists: every kind falls back to paged lists
+/// once, at start, without an outage; ready and the first complete table come as with them; a
+/// later relist (after 410 Gone) lists in pages at once, without asking for a stream again.
+/// One case per way real servers refuse (`apiserver::StreamingLists`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streaming_lists_fall_back_to_pages_once_per_kind() {
+    use apiserver::StreamingLists;
+    for (mode, reason) in [
+        (StreamingLists::Invalid, "streaming_refused"),
+        (StreamingLists::NoWatchProgress, "streaming_refused"),
+        (StreamingLists::Ignored, "streaming_incomplete"),
+    ] {
+        let Setup { api, sb, .. } = setup_with(
+            Options {
+                streaming_lists: mode,
+                ..Options::default()
+            },
+            &[],
+            |api| {
+                api.apply_yaml(&svc("a", "10.0.0.1"));
+            },
+        )
+        .await;
+        if mode == StreamingLists::Ignored {
+            // Served as plain watches, which never say that the initial events are complete:
+            // no kind syncs until its watch ends (at its timeout, or here when the test closes
+            // the watches; again until every kind's first watch was among those closed).
+            assert!(
+                api.wait_until(Duration::from_secs(15), |s| s.active_watches >= KINDS)
+                    .await
+            );
+            assert_eq!(
+                sb.admin_get("/readyz").await.0,
+                503,
+                "not ready without the end bookmark"
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while sb.admin_get("/readyz").await.0 != 200 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never ready\n{}",
+                    sb.log()
+                );
+                api.close_watches();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        sb.wait_admin("/readyz", Duration::from_secs(15), "ready", |c, _| c == 200)
+            .await;
+        sb.wait_log("ready: every source has synced", Duration::from_secs(5))
+            .await;
+        assert!(sb.tables().await.contains("service default/a "), "{mode:?}");
+        let fell_back =
+            format!(r#"switchboard_watch_restarts_total{{kind="Service",reason="{reason}"}}"#);
+        assert_eq!(sb.metric(&fell_back).await, Some(1.0), "{mode:?}");
+        let message = "does not serve streaming lists of this kind";
+        assert_eq!(
+            sb.log_count(message),
+            KINDS,
+            "{mode:?}: once per kind\n{}",
+            sb.log()
+        );
+        // The API answered: not an outage, not an API error.
+        assert!(
+            !sb.log_contains("source cannot be read"),
+            "{mode:?}\n{}",
+            sb.log()
+        );
+        assert_eq!(
+            sb.metric(r#"switchboard_source_errors_total{reason="api",source="kubernetes"}"#)
+                .await
+                .unwrap_or(0.0),
+            0.0,
+            "{mode:?}"
+        );
+
+        // A relist after 410 Gone lists in pages at once: the fallback is remembered. The
+        // watches end while requests are held, so the resumed watches arrive after `b` and the
+        // compaction, and meet the 410.
+        let seen = api.requests().len();
+        api.set_delay(Duration::from_millis(500));
+        api.close_watches();
+        api.apply_yaml(&svc("b", "10.0.0.2"));
+        api.compact();
+        api.set_delay(Duration::ZERO);
+        sb.wait_tables("b after the relist", |t| {
+            t.contains("service default/b ") && t.contains("service default/a ")
+        })
+        .await;
+        let relists = r#"switchboard_watch_restarts_total{kind="Service",reason="relist"}"#;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sb.metric(relists).await.unwrap_or(0.0) < 1.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode:?}: no relist\n{}",
+                sb.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let asked: Vec<String> = api.requests()[seen..]
+            .iter()
+            .filter(|r| streams_services(r))
+            .cloned()
+            .collect();
+        assert!(
+            asked.is_empty(),
+            "{mode:?}: asked for a stream again: {asked:?}"
+        );
+        assert_eq!(
+            sb.metric(&fell_back).await,
+            Some(1.0),
+            "{mode:?}: paid once"
+        );
+        assert_eq!(sb.log_count(message), KINDS, "{mode:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,6 +58,11 @@ struct ApiArgs {
     /// Where to write the kubeconfig that names the server.
     #[arg(long)]
     kubeconfig: PathBuf,
+    /// Refuse streaming lists with a 422, as kube-apiserver with the WatchList feature gate
+    /// off does: switchboard then lists in 500-object pages (one refused request per kind
+    /// first), so one binary can be timed both ways.
+    #[arg(long)]
+    refuse_streaming_lists: bool,
 }
 
 fn api(a: ApiArgs) -> anyhow::Result<()> {
@@ -68,7 +73,12 @@ fn api(a: ApiArgs) -> anyhow::Result<()> {
         namespaces: a.services.clamp(1, 100),
         headless_every: a.headless_every,
     };
-    let (_rt, server) = objects::serve(&SynthCluster::generate(&spec))?;
+    let streaming = if a.refuse_streaming_lists {
+        apiserver::StreamingLists::Invalid
+    } else {
+        apiserver::StreamingLists::Served
+    };
+    let (_rt, server) = objects::serve(&SynthCluster::generate(&spec), streaming)?;
     server.write_kubeconfig(&a.kubeconfig)?;
     println!("ready");
     std::io::stdout().flush()?;

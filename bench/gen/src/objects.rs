@@ -207,6 +207,7 @@ impl ManifestFiles {
 /// EndpointSlice of `cluster`.
 pub fn serve(
     cluster: &tables::synth::SynthCluster,
+    streaming_lists: apiserver::StreamingLists,
 ) -> anyhow::Result<(tokio::runtime::Runtime, apiserver::ApiServer)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -214,6 +215,7 @@ pub fn serve(
         .build()?;
     let server = rt.block_on(apiserver::ApiServer::start(apiserver::Options {
         gateway_crds: false,
+        streaming_lists,
         ..Default::default()
     }))?;
     for (svc, slice) in cluster.services.iter().zip(&cluster.slices) {

@@ -352,7 +352,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             run_args.extend(["--manifests".into(), manifests.display().to_string()]);
         }
         Source::Api => {
-            let (rt, server) = objects::serve(&cluster)?;
+            let (rt, server) = objects::serve(&cluster, apiserver::StreamingLists::Served)?;
             let kubeconfig = args.work.join("kubeconfig");
             server.write_kubeconfig(&kubeconfig)?;
             run_args.extend(["--kubeconfig".into(), kubeconfig.display().to_string()]);

@@ -53,7 +53,8 @@
 //!   a 410 `Expired` Status and the end of the stream. Without one (or `0`), the
 //!   current objects come first as `ADDED`. `sendInitialEvents=true` (kube's
 //!   streaming-list mode) also ends the initial events with a BOOKMARK annotated
-//!   `k8s.io/initial-events-end: "true"`. Streams end cleanly after
+//!   `k8s.io/initial-events-end: "true"`; [`Options::streaming_lists`] makes it refuse
+//!   those the ways real servers do ([`StreamingLists`]). Streams end cleanly after
 //!   `timeoutSeconds`, and carry a BOOKMARK every [`Options::bookmark_interval`]
 //!   when bookmarks were asked for.
 //! * `labelSelector` and `fieldSelector` are accepted and ignored.
@@ -101,6 +102,9 @@ pub struct Options {
     /// (`allowWatchBookmarks=true`); `None` sends none on its own (see
     /// [`ApiServer::send_bookmarks`]). Default: 5 s.
     pub bookmark_interval: Option<Duration>,
+    /// How streaming lists (`watch=true&sendInitialEvents=true`) are answered. Switch at run
+    /// time with [`ApiServer::set_streaming_lists`]. Default: [`StreamingLists::Served`].
+    pub streaming_lists: StreamingLists,
 }
 
 impl Default for Options {
@@ -109,8 +113,31 @@ impl Default for Options {
             gateway_crds: true,
             history: 1000,
             bookmark_interval: Some(Duration::from_secs(5)),
+            streaming_lists: StreamingLists::Served,
         }
     }
+}
+
+/// How the server answers a streaming list: a watch with `sendInitialEvents=true` (which
+/// also needs `allowWatchBookmarks=true` and `resourceVersionMatch=NotOlderThan`, else 422).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StreamingLists {
+    /// The current objects as `ADDED` events, then a BOOKMARK annotated
+    /// `k8s.io/initial-events-end: "true"`, then the watch goes on: kube-apiserver with the
+    /// `WatchList` feature on an etcd with `RequestWatchProgress`.
+    #[default]
+    Served,
+    /// 422 `Invalid`, "sendInitialEvents is forbidden for watch unless the WatchList feature
+    /// gate is enabled": kube-apiserver with that gate off (older ones refuse the
+    /// `resourceVersionMatch` of such a watch with a 422 too).
+    Invalid,
+    /// 200, then one `ERROR` event (500 `InternalError`, "a watch stream was requested by the
+    /// client but the required storage feature RequestWatchProgress is disabled") and the end
+    /// of the stream: kube-apiserver on an etcd older than 3.4.31 / 3.5.13.
+    NoWatchProgress,
+    /// `sendInitialEvents` ignored: a plain watch (synthetic `ADDED` events from version 0,
+    /// no end bookmark), as from a server or proxy that does not know the parameter.
+    Ignored,
 }
 
 /// Request counters, for assertions like "the client re-listed after the 410".
@@ -209,6 +236,7 @@ impl ApiServer {
             fault: Mutex::new(Fault::default()),
             counters: Counters::default(),
             bookmark_interval: opts.bookmark_interval.filter(|d| !d.is_zero()),
+            streaming_lists: Mutex::new(opts.streaming_lists),
             log: Mutex::new(VecDeque::new()),
             user_agents: Mutex::new(Default::default()),
         });
@@ -411,6 +439,11 @@ impl ApiServer {
                 .store()
                 .end_watches(|r| resources::RESOURCES[r].crd, false);
         }
+    }
+
+    /// Changes how following streaming lists are answered (open watches are not affected).
+    pub fn set_streaming_lists(&self, mode: StreamingLists) {
+        *lock(&self.shared().streaming_lists) = mode;
     }
 
     /// Whether the Gateway API CRDs are installed.

@@ -28,7 +28,7 @@ use tracing::debug;
 use crate::resources::{self, GATEWAY_GROUP, RESOURCES};
 use crate::store::{bookmark_line, json_line, ListError, Msg, Store, WatchStart};
 use crate::util::{parse_query, reason_for, status_json};
-use crate::Stats;
+use crate::{Stats, StreamingLists};
 
 /// Response body type: full documents or streamed watch events.
 pub(crate) type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -65,6 +65,7 @@ pub(crate) struct Shared {
     pub fault: Mutex<Fault>,
     pub counters: Counters,
     pub bookmark_interval: Option<Duration>,
+    pub streaming_lists: Mutex<StreamingLists>,
     pub log: Mutex<VecDeque<String>>,
     /// Distinct `User-Agent` headers seen (`-` for none).
     pub user_agents: Mutex<std::collections::BTreeSet<String>>,
@@ -476,11 +477,19 @@ fn watch(
 ) -> Response<Body> {
     let flag = |key: &str| query.get(key).is_some_and(|v| v == "true" || v == "1");
     let bookmarks = flag("allowWatchBookmarks");
-    let send_initial = flag("sendInitialEvents");
+    let mut send_initial = flag("sendInitialEvents");
     if send_initial && !bookmarks {
         return status_response(
             422,
             "sendInitialEvents is forbidden for watch unless allowWatchBookmarks=true",
+            None,
+        );
+    }
+    if send_initial && query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan")
+    {
+        return status_response(
+            422,
+            "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
             None,
         );
     }
@@ -489,6 +498,34 @@ fn watch(
         Ok(_) => DEFAULT_WATCH_TIMEOUT,
         Err(message) => return status_response(400, &message, None),
     };
+    if send_initial {
+        match *lock(&shared.streaming_lists) {
+            StreamingLists::Served => {}
+            StreamingLists::Invalid => {
+                let cause = "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled";
+                return status_response(
+                    422,
+                    &format!("ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: {cause}"),
+                    Some(json!({
+                        "group": "meta.k8s.io",
+                        "kind": "ListOptions",
+                        "causes": [{ "reason": "FieldValueForbidden", "message": format!("Forbidden: {cause}"), "field": "sendInitialEvents" }],
+                    })),
+                );
+            }
+            StreamingLists::NoWatchProgress => {
+                shared.counters.watches.fetch_add(1, Ordering::Relaxed);
+                let status = status_json(
+                    500,
+                    "InternalError",
+                    "a watch stream was requested by the client but the required storage feature RequestWatchProgress is disabled",
+                    None,
+                );
+                return error_event_response(shared, resource, &status, timeout);
+            }
+            StreamingLists::Ignored => send_initial = false,
+        }
+    }
     let requested_rv = match number_param(query, "resourceVersion") {
         Ok(rv) => rv.filter(|&rv| rv != 0),
         Err(message) => return status_response(400, &message, None),
@@ -543,21 +580,35 @@ fn watch(
                 &format!("too old resource version: {rv} ({floor})"),
                 None,
             );
-            let line = json_line(&json!({ "type": "ERROR", "object": status }));
-            WatchStream {
-                shared: Arc::clone(shared),
-                id: None,
-                resource,
-                pending: VecDeque::from([line]),
-                rx: None,
-                self_tx: None,
-                deadline: Instant::now() + timeout,
-                bookmark_interval: None,
-                min_bookmark_rv: 0,
-                done: false,
-            }
+            return error_event_response(shared, resource, &status, timeout);
         }
     };
+    watch_response(stream)
+}
+
+/// A watch answered 200 with one `ERROR` event carrying `status`, then the end of the stream.
+fn error_event_response(
+    shared: &Arc<Shared>,
+    resource: usize,
+    status: &Value,
+    timeout: Duration,
+) -> Response<Body> {
+    let line = json_line(&json!({ "type": "ERROR", "object": status }));
+    watch_response(WatchStream {
+        shared: Arc::clone(shared),
+        id: None,
+        resource,
+        pending: VecDeque::from([line]),
+        rx: None,
+        self_tx: None,
+        deadline: Instant::now() + timeout,
+        bookmark_interval: None,
+        min_bookmark_rv: 0,
+        done: false,
+    })
+}
+
+fn watch_response(stream: WatchStream) -> Response<Body> {
     let frames = futures::stream::unfold(stream, |mut stream| async move {
         let frame = stream.next_frame().await?;
         Some((frame, stream))

@@ -243,6 +243,64 @@ async fn watch_without_version_starts_with_current_objects() {
     w.expect_silence(Duration::from_millis(100)).await;
 }
 
+/// Streaming lists refused the ways real servers refuse them (`StreamingLists`), and served
+/// again after `set_streaming_lists(Served)`.
+#[tokio::test]
+async fn streaming_lists_can_be_refused() {
+    use apiserver::StreamingLists;
+    let streaming = "/api/v1/services?&watch=true&timeoutSeconds=290&allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=0";
+    let s = ApiServer::start(Options {
+        streaming_lists: StreamingLists::Invalid,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    s.apply(service("default", "a", "10.96.0.1"));
+
+    // kube-apiserver with the WatchList gate off: 422 at once.
+    let (status, body) = get_json(s.addr(), streaming).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["reason"], "Invalid");
+    assert!(body["message"].as_str().unwrap().contains(
+        "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"
+    ));
+
+    // kube-apiserver on an etcd without RequestWatchProgress: 200, one ERROR event, the end.
+    s.set_streaming_lists(StreamingLists::NoWatchProgress);
+    let mut w = Watch::open(s.addr(), streaming).await;
+    let error = w.expect("ERROR").await;
+    assert_eq!(error["code"], 500);
+    assert_eq!(error["reason"], "InternalError");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .contains("RequestWatchProgress is disabled"));
+    assert_eq!(w.next().await, Err(End::Clean));
+
+    // A server that ignores the parameter: the objects, but no end bookmark.
+    s.set_streaming_lists(StreamingLists::Ignored);
+    let mut w = Watch::open(s.addr(), streaming).await;
+    assert_eq!(w.expect("ADDED").await["metadata"]["name"], "a");
+    w.expect_silence(Duration::from_millis(100)).await;
+
+    s.set_streaming_lists(StreamingLists::Served);
+    let mut w = Watch::open(s.addr(), streaming).await;
+    assert_eq!(w.expect("ADDED").await["metadata"]["name"], "a");
+    let end = w.expect("BOOKMARK").await;
+    assert_eq!(
+        end["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+
+    // As on kube-apiserver, a streaming list needs resourceVersionMatch=NotOlderThan.
+    let (status, _) = get_json(
+        s.addr(),
+        "/api/v1/services?watch=true&allowWatchBookmarks=true&sendInitialEvents=true",
+    )
+    .await;
+    assert_eq!(status, 422);
+}
+
 #[tokio::test]
 async fn gateway_watches_end_when_crds_are_removed() {
     let s = ApiServer::start(Options::default()).await.unwrap();
