@@ -315,7 +315,14 @@ async fn a_many_document_file_is_reread_document_by_document() {
 
     // (case, the file's documents, the services served afterwards, documents parsed, the
     // rejection logged as `many.yaml:LINE`). Each case starts from the one before.
-    let cases: Vec<(&str, Vec<String>, &[(&str, &str)], usize, Option<&str>)> = vec![
+    type Case<'a> = (
+        &'a str,
+        Vec<String>,
+        &'a [(&'a str, &'a str)],
+        usize,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "one document edited changes exactly its object",
             vec![
@@ -394,8 +401,7 @@ async fn a_many_document_file_is_reread_document_by_document() {
         let log = sb.log();
         let line = log
             .lines()
-            .filter(|l| l.contains("manifest loaded"))
-            .last()
+            .rfind(|l| l.contains("manifest loaded"))
             .unwrap();
         assert!(
             line.contains(&format!(" parsed={parsed} ")),

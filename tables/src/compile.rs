@@ -342,6 +342,10 @@ fn lower(s: &str) -> Arc<str> {
     s.to_ascii_lowercase().into()
 }
 
+/// A route's attachment on one listener port: the host names it serves there (`None` = any
+/// host) and the listeners it is attached to.
+type PortAttachment = (Option<BTreeSet<String>>, Vec<Arc<str>>);
+
 /// Compiles every Ingress of our class and every HTTPRoute attached to a Gateway of ours.
 pub fn compile_http<'a>(
     config: &TableConfig,
@@ -464,7 +468,7 @@ pub fn compile_http<'a>(
         let source = ObjectKey::new(Kind::HttpRoute, &route.namespace, &route.name);
         // Per listener port: the host names the route serves there (`None` = any host) and
         // the listeners it is attached to.
-        let mut by_port: BTreeMap<u16, (Option<BTreeSet<String>>, Vec<Arc<str>>)> = BTreeMap::new();
+        let mut by_port: BTreeMap<u16, PortAttachment> = BTreeMap::new();
         let route_hosts: Vec<String> = route
             .hostnames
             .iter()

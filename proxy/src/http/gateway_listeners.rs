@@ -194,13 +194,11 @@ pub async fn run(opener: Opener, mut shutdown: watch::Receiver<bool>) {
                         proto(fixed)
                     ))
                 }
-            } else if open.contains_key(&port) {
-                PortState::Open { tls }
-            } else {
+            } else if let std::collections::btree_map::Entry::Vacant(slot) = open.entry(port) {
                 match opener.open(port, tls) {
                     Ok(o) => {
                         failed.remove(&port);
-                        open.insert(port, o);
+                        slot.insert(o);
                         PortState::Open { tls }
                     }
                     Err(e) => {
@@ -212,6 +210,8 @@ pub async fn run(opener: Opener, mut shutdown: watch::Receiver<bool>) {
                         PortState::Unavailable(msg)
                     }
                 }
+            } else {
+                PortState::Open { tls }
             };
             report.insert(port, state);
         }
