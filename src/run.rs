@@ -336,6 +336,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Some(l4)
         }
     };
+    tokio::spawn(release_start_up_peak(
+        cell.clone(),
+        l4.as_ref().map(|l4| l4.health()),
+    ));
     tracing::info!(
         cluster_domain = %cfg.cluster_domain,
         upstreams = ?cfg.upstream,
@@ -365,4 +369,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(10)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Once every source has synced and the L4 path (when on) has installed that table, hands the
+/// memory freed since start back to the system: the parsed manifests or API pages, the
+/// intermediate states and the first full nftables batch. mimalloc would purge it too, but
+/// only after its delay, and part of it stays resident until the next allocation pressure
+/// (docs/memory.md, "After start").
+async fn release_start_up_peak(cell: tables::SnapshotCell, l4: Option<proxy::l4::Health>) {
+    loop {
+        let snap = cell.load();
+        let l4_done = l4
+            .as_ref()
+            .is_none_or(|h| h.applied_generation() >= snap.generation);
+        if snap.synced && l4_done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    release_free_memory();
+}
+
+/// What hands freed memory back to the system: set by the binary, which owns the allocator
+/// (`main.rs`); nothing when unset (tests, `--features system-alloc`).
+pub static RELEASE_FREE_MEMORY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+fn release_free_memory() {
+    if let Some(release) = RELEASE_FREE_MEMORY.get() {
+        release();
+    }
 }
