@@ -187,11 +187,13 @@ async fn each_listener_port_serves_its_own_routes() {
         ],
     )
     .await;
-    assert!(
-        sb.log_contains(&format!("listening on gateway http 127.0.0.1:{p}")),
-        "{}",
-        sb.log()
-    );
+    // The port answers as soon as its accept loop runs, which can be before the line that
+    // announces it is logged and read back: wait for the line, do not assume it.
+    sb.wait_log(
+        &format!("listening on gateway http 127.0.0.1:{p}"),
+        Duration::from_secs(5),
+    )
+    .await;
 
     // The route moves to Gateway shared: off P, onto --http.
     write(d, "route-a.yaml", &route("ra", "shared", "a.test", "a"));
