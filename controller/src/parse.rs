@@ -30,6 +30,9 @@ use tables::model as m;
 
 use crate::convert::{convert, ApiObject};
 
+mod direct;
+use direct::read_direct;
+
 /// Why a file was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestError {
@@ -80,6 +83,7 @@ impl ManifestError {
     }
 }
 
+/// What a document says it is: the first thing read of it.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Head {
@@ -140,12 +144,6 @@ enum Doc<'a> {
 }
 
 impl Doc<'_> {
-    fn text(&self) -> &str {
-        match self {
-            Doc::Yaml(t, _) | Doc::Json(t) => t,
-        }
-    }
-
     /// The document's head, from its `Value` when there is one.
     fn head(&self) -> Result<Head, TypedErr> {
         if let Doc::Yaml(_, value) = self {
@@ -347,12 +345,16 @@ fn looks_empty(text: &str) -> bool {
 /// Parses and converts one document of the file `path`, which starts on line `first_line` of
 /// it. Positions in the results are the file's.
 pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRead, DocError> {
-    let shown = path.display().to_string();
+    let place = Place::new(path, first_line, text);
     let doc = if is_json(path) {
         Doc::Json(text)
     } else if looks_empty(text) {
         // Empty documents (comments only, trailing `---`) are fine.
         return Ok(DocRead::default());
+    } else if let Some((head, item)) = read_direct(text) {
+        // The common case, read once straight into its type; what does not read that way
+        // goes the long way below, which words its errors.
+        return place.convert_items(&head, vec![(String::new(), item)]);
     } else {
         match serde_yaml::from_str::<serde_yaml::Value>(text) {
             // A document of just `~` or `null` is empty too.
@@ -362,31 +364,13 @@ pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRe
             Err(_) => Doc::Yaml(text, RefCell::new(None)),
         }
     };
-    let fail = |object: Option<String>,
-                field: Option<String>,
-                loc: Option<(usize, usize)>,
-                message: String,
-                reason| {
-        ManifestError {
-            path: shown.clone(),
-            line: Some(loc.map_or(first_line, |(l, _)| l + first_line - 1)),
-            column: loc.map(|(_, c)| c),
-            object,
-            field,
-            message: shift_lines(&message, first_line as isize - 1),
-            reason,
-        }
-    };
-    let mut out = DocRead::default();
-    // Where a field of this document is, for errors found after parsing.
-    let at = |field: &str| crate::locate::locate(doc.text(), field);
     let head: Head = match doc.head() {
         Ok(head) => head,
         Err((field, loc, msg)) => {
             let before = head_before(&doc, loc, &msg);
             return Err(DocError {
                 meant: Meant::of(before.as_ref()),
-                error: fail(before.as_ref().map(describe), field, loc, msg, "parse"),
+                error: place.fail(before.as_ref().map(describe), field, loc, msg, "parse"),
             });
         }
     };
@@ -395,7 +379,7 @@ pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRe
         meant: Meant::of(Some(&head)),
     };
     if head.kind.is_empty() || head.api_version.is_empty() {
-        return Err(reject(fail(
+        return Err(reject(place.fail(
             None,
             None,
             None,
@@ -412,7 +396,7 @@ pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRe
             items: Vec<serde_json::Value>,
         }
         let list: List = doc.typed().map_err(|(field, loc, msg)| {
-            reject(fail(Some(object.clone()), field, loc, msg, "parse"))
+            reject(place.fail(Some(object.clone()), field, loc, msg, "parse"))
         })?;
         let mut items = Vec::new();
         for (i, item) in list.items.into_iter().enumerate() {
@@ -420,15 +404,15 @@ pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRe
             match typed_from_value(&ih.api_version, &ih.kind, item) {
                 Ok(Some(o)) => items.push((format!("items[{i}]."), o)),
                 Ok(None) => {
-                    tracing::debug!(path = %shown, kind = %ih.kind, "skipping unsupported kind in list")
+                    tracing::debug!(path = %place.shown, kind = %ih.kind, "skipping unsupported kind in list")
                 }
                 Err((field, msg)) => {
                     let field = match field {
                         Some(f) => format!("items[{i}].{f}"),
                         None => format!("items[{i}]"),
                     };
-                    let loc = at(&field);
-                    return Err(reject(fail(
+                    let loc = place.at(&field);
+                    return Err(reject(place.fail(
                         Some(describe(&ih)),
                         Some(field),
                         loc,
@@ -443,41 +427,97 @@ pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRe
         match typed_doc(&head.api_version, &head.kind, &doc) {
             Ok(Some(o)) => vec![(String::new(), o)],
             Ok(None) => {
-                tracing::debug!(path = %shown, api_version = %head.api_version, kind = %head.kind, "skipping unsupported kind");
+                tracing::debug!(path = %place.shown, api_version = %head.api_version, kind = %head.kind, "skipping unsupported kind");
                 vec![]
             }
             Err((field, loc, msg)) => {
-                return Err(reject(fail(Some(object), field, loc, msg, "parse")))
+                return Err(reject(place.fail(Some(object), field, loc, msg, "parse")))
             }
         }
     };
-    for (place, item) in items {
-        // Convert now, so a bad object rejects its document instead of vanishing later.
-        match convert(&item, "default") {
-            Ok(obj) => {
-                for w in crate::convert::warnings(&item) {
-                    let field = format!("{place}{}", w.field);
-                    let loc = at(&field);
-                    let label = api_object_label(&item);
-                    out.warnings
-                        .push(fail(Some(label), Some(field), loc, w.message, "warning"));
-                }
-                out.objects.push((item, obj))
-            }
-            Err(e) => {
-                let field = format!("{place}{}", e.field);
-                let loc = at(&field);
-                return Err(reject(fail(
-                    Some(api_object_label(&item)),
-                    Some(field),
-                    loc,
-                    e.message,
-                    "validation",
-                )));
-            }
+    place.convert_items(&head, items)
+}
+
+/// Where a document lies: its file (as shown in reports), the line it starts on and its text.
+struct Place<'a> {
+    shown: String,
+    first_line: usize,
+    text: &'a str,
+}
+
+impl<'a> Place<'a> {
+    fn new(path: &Path, first_line: usize, text: &'a str) -> Self {
+        Place {
+            shown: path.display().to_string(),
+            first_line,
+            text,
         }
     }
-    Ok(out)
+
+    /// A report at `loc` in the document (its first line when not known), made the file's.
+    fn fail(
+        &self,
+        object: Option<String>,
+        field: Option<String>,
+        loc: Option<(usize, usize)>,
+        message: String,
+        reason: &'static str,
+    ) -> ManifestError {
+        let first_line = self.first_line;
+        ManifestError {
+            path: self.shown.clone(),
+            line: Some(loc.map_or(first_line, |(l, _)| l + first_line - 1)),
+            column: loc.map(|(_, c)| c),
+            object,
+            field,
+            message: shift_lines(&message, first_line as isize - 1),
+            reason,
+        }
+    }
+
+    /// Where a field of this document is, for errors found after parsing.
+    fn at(&self, field: &str) -> Option<(usize, usize)> {
+        crate::locate::locate(self.text, field)
+    }
+
+    /// Converts the document's typed objects (each with the path of its place in the document,
+    /// "" or "items[N]."), so that a bad object rejects its document instead of vanishing later.
+    fn convert_items(
+        &self,
+        head: &Head,
+        items: Vec<(String, ApiObject)>,
+    ) -> Result<DocRead, DocError> {
+        let mut out = DocRead::default();
+        for (place, item) in items {
+            match convert(&item, "default") {
+                Ok(obj) => {
+                    for w in crate::convert::warnings(&item) {
+                        let field = format!("{place}{}", w.field);
+                        let loc = self.at(&field);
+                        let label = api_object_label(&item);
+                        out.warnings
+                            .push(self.fail(Some(label), Some(field), loc, w.message, "warning"));
+                    }
+                    out.objects.push((item, obj))
+                }
+                Err(e) => {
+                    let field = format!("{place}{}", e.field);
+                    let loc = self.at(&field);
+                    return Err(DocError {
+                        meant: Meant::of(Some(head)),
+                        error: self.fail(
+                            Some(api_object_label(&item)),
+                            Some(field),
+                            loc,
+                            e.message,
+                            "validation",
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 type TypedErr = (Option<String>, Option<(usize, usize)>, String);
