@@ -15,6 +15,11 @@
 //! file (a document's positions are shifted by its first line), the object (for a document that
 //! does not parse, as far as the lines before the mistake say), and the field path once.
 //! Conversion errors name only a field; `locate.rs` finds it in the text.
+//!
+//! A document of a served k8s-openapi kind is read straight into its type when its
+//! `apiVersion:` and `kind:` lines say which (`parse/direct.rs`, the common case and the
+//! start-up's cost); anything else, and a document that does not read that way, goes through
+//! a `serde_yaml::Value` first, which also words the errors.
 
 // A rejected file is rare and reported once; boxing its error would only add noise.
 #![allow(clippy::result_large_err)]
