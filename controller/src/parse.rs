@@ -527,8 +527,13 @@ impl<'a> Place<'a> {
                         let field = format!("{place}{}", w.field);
                         let loc = self.at(&field);
                         let label = api_object_label(&item);
-                        out.warnings
-                            .push(self.fail(Some(label), Some(field), loc, w.message, "warning"));
+                        out.warnings.push(self.fail(
+                            Some(label),
+                            Some(field),
+                            loc,
+                            w.message,
+                            "warning",
+                        ));
                     }
                     out.objects.push((item, obj))
                 }
