@@ -114,6 +114,8 @@ def knot_round(a, data, rnd):
 
 def run(a):
     results = {"machine": B.machine(), "args": vars(a), "runs": {}, "knot": []}
+    if a.note:
+        results["note"] = a.note
     rows = [(src, None) for src in a.sources]
     if a.baseline_bin:
         rows += [(src, a.baseline_bin) for src in a.sources if src.startswith("files")]
@@ -283,6 +285,7 @@ def main():
     ap.add_argument("--no-knot", dest="knot", action="store_false",
                     help="skip the Knot DNS reference")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
+    ap.add_argument("--note", help="a paragraph for the docs section (how this run was made)")
     B.docs_args(ap)
     a = ap.parse_args()
     B.run_part("propagation", a, run, summarize)

