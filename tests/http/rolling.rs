@@ -210,7 +210,7 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
                 proxy,
                 "pool.test",
                 "/slow",
-                &[("x-delay-ms", "3000")],
+                &[("x-delay-ms", "6000")],
             )
             .await
         })
@@ -221,6 +221,20 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
     .await;
     assert_eq!(get(&c, proxy, "pool.test", "/").await.backend(), "old");
     assert!(old.conns() >= 2);
+    // The client has its answer before the proxy puts that connection back in the pool: wait
+    // until the pool holds it idle (one busy with the slow request, one idle; the gauge is
+    // refreshed every 2 s), or the sweep below could find nothing and the connection be
+    // dropped on its way back instead.
+    let busy =
+        "switchboard_http_upstream_pool_connections{service=\"default/web:80\",state=\"busy\"}";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(sb.metric(gauge).await == Some(1.0) && sb.metric(busy).await == Some(1.0)) {
+        assert!(
+            Instant::now() < deadline,
+            "the pool never held one idle, one busy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // old leaves the table. No request is sent until the new table is out: one would take the
     // idle connection, and a connection busy at the swap is closed when its request ends
