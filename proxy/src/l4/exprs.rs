@@ -146,13 +146,50 @@ pub fn verdict(b: &mut Vec<u8>, code: i32, chain: Option<&str>) {
 
 /// `lookup reg 1 set SET[ dreg D]`.
 pub fn lookup(b: &mut Vec<u8>, set: &str, dreg: Option<u32>) {
+    lookup_expr(b, set, dreg, false);
+}
+
+/// `lookup reg 1 set SET 0x1`: matches what is *not* in `SET`.
+pub fn lookup_not(b: &mut Vec<u8>, set: &str) {
+    lookup_expr(b, set, None, true);
+}
+
+fn lookup_expr(b: &mut Vec<u8>, set: &str, dreg: Option<u32>, negate: bool) {
     expr(b, "lookup", |b| {
         attr_str(b, 1, set); // SET
         u32_attr(b, 2, REG_1); // SREG
         if let Some(d) = dreg {
             u32_attr(b, 3, d); // DREG
         }
+        if negate {
+            u32_attr(b, 5, 1); // FLAGS: NFT_LOOKUP_F_INV
+        }
     });
+}
+
+/// `numgen reg 1 = random mod N offset O`.
+pub fn numgen_random(b: &mut Vec<u8>, modulus: u32, offset: u32) {
+    expr(b, "numgen", |b| {
+        u32_attr(b, 1, REG_1); // DREG
+        u32_attr(b, 2, modulus); // MODULUS
+        u32_attr(b, 3, 1); // TYPE: NFT_NG_RANDOM
+        u32_attr(b, 4, offset); // OFFSET
+    });
+}
+
+/// `FAM saddr`: `meta nfproto FAM` (nft's dependency in an `inet` table), then the source
+/// address into reg 1 (4 bytes at 12, or 16 at 8).
+pub fn saddr(b: &mut Vec<u8>, v6: bool) {
+    nfproto(b, v6);
+    let (offset, len) = if v6 { (8, 16) } else { (12, 4) };
+    payload(b, REG_1, BASE_NETWORK, offset, len);
+}
+
+/// `meta mark set meta mark | MARK`.
+pub fn set_mark(b: &mut Vec<u8>, mark: u32) {
+    meta_load(b, META_MARK);
+    bitwise(b, &(!mark).to_ne_bytes(), &mark.to_ne_bytes());
+    meta_set(b, META_MARK);
 }
 
 /// `ct load KEY => reg 1`.

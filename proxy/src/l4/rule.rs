@@ -11,12 +11,12 @@ use std::sync::Arc;
 use tables::Protocol;
 
 use super::exprs::{
-    cmp_eq, data, fib_saddr_type, immediate, meta_load, nat, u32_attr, verdict, META_L4PROTO,
-    META_MARK, META_NFPROTO, NAT_PROTO_SPECIFIED, NFPROTO_IPV4, NFPROTO_IPV6, REG32_01, REG_1,
-    REG_2, VERDICT_JUMP,
+    cmp_eq, fib_saddr_type, immediate, lookup, lookup_not, meta_load, nat, numgen_random, saddr,
+    set_mark, verdict, META_L4PROTO, NAT_PROTO_SPECIFIED, NFPROTO_IPV4, NFPROTO_IPV6, REG32_01,
+    REG_1, REG_2, VERDICT_JUMP,
 };
 use super::kernel::{proto_name, proto_number};
-use super::netlink::{attr_str, expr, layout};
+use super::netlink::layout;
 use super::pick::{self, Slot};
 
 /// One rule of a service chain.
@@ -71,7 +71,10 @@ impl Prefix {
                 cmp_eq(b, &2u32.to_ne_bytes(), false); // RTN_LOCAL
                 set_mark(b, *mark);
             }
-            Prefix::FromSet { v6, set } => saddr_lookup(b, *v6, set, false),
+            Prefix::FromSet { v6, set } => {
+                saddr(b, *v6);
+                lookup(b, set, None);
+            }
         }
     }
 }
@@ -142,7 +145,8 @@ impl Rule {
         match self {
             Rule::Mark { unless_from, mark } => {
                 if let Some((v6, set)) = unless_from {
-                    saddr_lookup(b, *v6, set, true);
+                    saddr(b, *v6);
+                    lookup_not(b, set);
                 }
                 set_mark(b, *mark);
             }
@@ -168,17 +172,8 @@ impl Rule {
                         nat(b, family, REG_1, REG_2, Some(NAT_PROTO_SPECIFIED));
                     }
                     DnatTo::Slot { slot, n } => {
-                        expr(b, "numgen", |b| {
-                            u32_attr(b, 1, REG_1); // DREG
-                            u32_attr(b, 2, *n as u32); // MODULUS
-                            u32_attr(b, 3, 1); // TYPE: NFT_NG_RANDOM
-                            u32_attr(b, 4, slot.offset); // OFFSET
-                        });
-                        expr(b, "lookup", |b| {
-                            attr_str(b, 1, &slot.map.name()); // SET
-                            u32_attr(b, 2, REG_1); // SREG
-                            u32_attr(b, 3, REG_1); // DREG
-                        });
+                        numgen_random(b, *n as u32, slot.offset);
+                        lookup(b, &slot.map.name(), Some(REG_1));
                         // The port follows the address in the next 32-bit register (v4) or
                         // the next 128-bit one (v6).
                         let proto_reg = if *v6 { REG_2 } else { REG32_01 };
@@ -190,43 +185,6 @@ impl Rule {
             Rule::Text(_) => unreachable!("encode() of a text rule"),
         }
     }
-}
-
-/// `[meta nfproto FAM] FAM saddr [!=] @SET`.
-fn saddr_lookup(b: &mut Vec<u8>, v6: bool, set: &str, negate: bool) {
-    meta_load(b, META_NFPROTO);
-    cmp_eq(b, &[if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }], false);
-    // ip saddr: 4 bytes at 12; ip6 saddr: 16 bytes at 8.
-    let (offset, len) = if v6 { (8u32, 16u32) } else { (12, 4) };
-    expr(b, "payload", |b| {
-        u32_attr(b, 1, REG_1); // DREG
-        u32_attr(b, 2, 1); // BASE: network header
-        u32_attr(b, 3, offset);
-        u32_attr(b, 4, len);
-    });
-    expr(b, "lookup", |b| {
-        attr_str(b, 1, set); // SET
-        u32_attr(b, 2, REG_1); // SREG
-        if negate {
-            u32_attr(b, 5, 1); // FLAGS: NFT_LOOKUP_F_INV
-        }
-    });
-}
-
-/// `meta mark set meta mark | MARK`.
-fn set_mark(b: &mut Vec<u8>, mark: u32) {
-    meta_load(b, META_MARK);
-    expr(b, "bitwise", |b| {
-        u32_attr(b, 1, REG_1); // SREG
-        u32_attr(b, 2, REG_1); // DREG
-        u32_attr(b, 3, 4); // LEN
-        data(b, 4, &(!mark).to_ne_bytes()); // MASK
-        data(b, 5, &mark.to_ne_bytes()); // XOR
-    });
-    expr(b, "meta", |b| {
-        u32_attr(b, 2, META_MARK); // KEY
-        u32_attr(b, 3, REG_1); // SREG
-    });
 }
 
 #[cfg(test)]
