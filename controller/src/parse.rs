@@ -680,17 +680,7 @@ fn api_object_kind(o: &ApiObject) -> &'static str {
 
 /// `Kind namespace/name` of a typed object.
 fn api_object_label(o: &ApiObject) -> String {
-    let m = match o {
-        ApiObject::Service(x) => &x.metadata,
-        ApiObject::EndpointSlice(x) => &x.metadata,
-        ApiObject::Ingress(x) => &x.metadata,
-        ApiObject::HttpRoute(x) => &x.metadata,
-        ApiObject::Gateway(x) => &x.metadata,
-        ApiObject::GatewayClass(x) => &x.metadata,
-        ApiObject::Secret(x) => &x.metadata,
-        ApiObject::ReferenceGrant(x) => &x.metadata,
-        ApiObject::Namespace(x) => &x.metadata,
-    };
+    let m = o.metadata();
     label(
         api_object_kind(o),
         m.namespace.as_deref(),

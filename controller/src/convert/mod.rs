@@ -52,6 +52,23 @@ pub enum ApiObject {
     Namespace(Box<core::Namespace>),
 }
 
+impl ApiObject {
+    /// The object's metadata, whatever its kind.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            ApiObject::Service(o) => &o.metadata,
+            ApiObject::EndpointSlice(o) => &o.metadata,
+            ApiObject::Ingress(o) => &o.metadata,
+            ApiObject::HttpRoute(o) => &o.metadata,
+            ApiObject::Gateway(o) => &o.metadata,
+            ApiObject::GatewayClass(o) => &o.metadata,
+            ApiObject::Secret(o) => &o.metadata,
+            ApiObject::ReferenceGrant(o) => &o.metadata,
+            ApiObject::Namespace(o) => &o.metadata,
+        }
+    }
+}
+
 /// Converts any supported object. `default_namespace` fills an absent `metadata.namespace`
 /// (as `kubectl apply` does for manifests).
 pub fn convert(obj: &ApiObject, default_namespace: &str) -> Result<m::Object> {

@@ -49,17 +49,7 @@ pub(crate) fn read_direct(text: &str) -> Option<(Head, ApiObject)> {
 
 /// The head of `object`, read as `api_version` `kind`.
 fn with_head(api_version: &str, kind: &str, object: ApiObject) -> (Head, ApiObject) {
-    let meta = match &object {
-        ApiObject::Service(o) => &o.metadata,
-        ApiObject::EndpointSlice(o) => &o.metadata,
-        ApiObject::Ingress(o) => &o.metadata,
-        ApiObject::Namespace(o) => &o.metadata,
-        ApiObject::Secret(o) => &o.metadata,
-        ApiObject::HttpRoute(o) => &o.metadata,
-        ApiObject::Gateway(o) => &o.metadata,
-        ApiObject::GatewayClass(o) => &o.metadata,
-        ApiObject::ReferenceGrant(o) => &o.metadata,
-    };
+    let meta = object.metadata();
     (head(api_version, kind, meta), object)
 }
 
