@@ -24,6 +24,20 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// Applies an nft script inside `ns`, failing the test with nft's answer and the script.
+fn nft_apply(ns: &Netns, script: &str) {
+    let (ok, out) = ns.try_exec(&["sh", "-c", &format!("nft -f - <<'EOF'\n{script}EOF")]);
+    assert!(ok, "nft: {out}\n{script}");
+}
+
+/// The lines of `a` that `b` does not have (for messages).
+fn only_in(a: &str, b: &str) -> Vec<String> {
+    a.lines()
+        .filter(|l| !b.lines().any(|m| m == *l))
+        .map(String::from)
+        .collect()
+}
+
 fn pick_maps() -> [MapId; 2] {
     [
         MapId {
@@ -149,15 +163,17 @@ fn needs_root_netlink_updates_leave_the_table_nft_would() {
         udp6: Some(1003),
     };
     let fresh = || {
-        let script = nft::full_script(&cfg, &ports, &HashMap::new(), &kernel);
-        let (ok, out) = ns.try_exec(&["sh", "-c", &format!("nft -f - <<'EOF'\n{script}EOF")]);
-        assert!(ok, "full table: {out}");
+        nft_apply(
+            &ns,
+            &nft::full_script(&cfg, &ports, &HashMap::new(), &kernel),
+        )
     };
     let list = || ns.exec(&["nft", "list", "table", "inet", "sbnltest"]);
     let via_nft = |changes: &[Change], ops: &ChainOps| {
-        let script = nft::change_script(&cfg, changes, ops).expect("a script");
-        let (ok, out) = ns.try_exec(&["sh", "-c", &format!("nft -f - <<'EOF'\n{script}EOF")]);
-        assert!(ok, "nft: {out}\n{script}");
+        nft_apply(
+            &ns,
+            &nft::change_script(&cfg, changes, ops).expect("a script"),
+        );
     };
     let via_netlink = |changes: &[Change], ops: &ChainOps| {
         let batch = netlink_update::batch(&cfg, changes, ops).expect("element-only");
@@ -314,9 +330,10 @@ fn needs_root_netlink_rules_are_the_expressions_nft_writes() {
         ..ChainOps::default()
     };
     let fresh = || {
-        let script = nft::full_script(&cfg, &ports, &HashMap::new(), &kernel);
-        let (ok, out) = ns.try_exec(&["sh", "-c", &format!("nft -f - <<'EOF'\n{script}EOF")]);
-        assert!(ok, "full table: {out}");
+        nft_apply(
+            &ns,
+            &nft::full_script(&cfg, &ports, &HashMap::new(), &kernel),
+        )
     };
     // The kernel's own listing of the rules, expression by expression.
     let list = || {
@@ -335,9 +352,7 @@ fn needs_root_netlink_rules_are_the_expressions_nft_writes() {
     };
     fresh();
     let empty = list();
-    let script = nft::change_script(&cfg, &[], &add).expect("a script");
-    let (ok, out) = ns.try_exec(&["sh", "-c", &format!("nft -f - <<'EOF'\n{script}EOF")]);
-    assert!(ok, "nft: {out}\n{script}");
+    nft_apply(&ns, &nft::change_script(&cfg, &[], &add).expect("a script"));
     let want = list();
     assert!(
         want.contains("numgen reg 1 = random mod 3 offset 64"),
@@ -347,17 +362,11 @@ fn needs_root_netlink_rules_are_the_expressions_nft_writes() {
     let batch = netlink_update::batch(&cfg, &[], &add).expect("encodable");
     ns.enter(move || batch.commit()).expect("netlink commit");
     let got = list();
-    let only = |a: &str, b: &str| -> Vec<String> {
-        a.lines()
-            .filter(|l| !b.lines().any(|m| m == *l))
-            .map(String::from)
-            .collect()
-    };
     assert!(
         got == want,
         "netlink wrote other expressions than nft: netlink only {:#?}, nft only {:#?}",
-        only(&got, &want),
-        only(&want, &got)
+        only_in(&got, &want),
+        only_in(&want, &got)
     );
     let batch = netlink_update::batch(&cfg, &[], &delete).expect("encodable");
     ns.enter(move || batch.commit()).expect("netlink commit");
@@ -510,16 +519,6 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
         }
         lines.join("\n")
     };
-    let via_nft = |script: &str| {
-        let (ok, out) = ns.try_exec(&["sh", "-c", &format!("nft -f - <<'EOF'\n{script}EOF")]);
-        assert!(ok, "nft: {out}");
-    };
-    let only = |a: &str, b: &str| -> Vec<String> {
-        a.lines()
-            .filter(|l| !b.lines().any(|m| m == *l))
-            .map(String::from)
-            .collect()
-    };
     let with_v6 = Ports {
         tcp4: 1000,
         tcp6: Some(1001),
@@ -532,7 +531,7 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
         ..with_v6
     };
     for ports in [with_v6, v4_only] {
-        via_nft(&nft::full_script(&cfg, &ports, &elements, &kernel));
+        nft_apply(&ns, &nft::full_script(&cfg, &ports, &elements, &kernel));
         let want = (list(false), list(true));
         for over in ["a loaded table", "an empty namespace"] {
             if over == "an empty namespace" {
@@ -546,20 +545,23 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
             assert!(
                 got.0 == want.0,
                 "over {over}, {ports:?}: the listings differ: netlink only {:#?}, nft only {:#?}",
-                only(&got.0, &want.0),
-                only(&want.0, &got.0)
+                only_in(&got.0, &want.0),
+                only_in(&want.0, &got.0)
             );
             assert!(
                 got.1 == want.1,
                 "over {over}, {ports:?}: the expressions differ: netlink only {:#?}, nft only {:#?}",
-                only(&got.1, &want.1),
-                only(&want.1, &got.1)
+                only_in(&got.1, &want.1),
+                only_in(&want.1, &got.1)
             );
         }
         // nft finds and deletes each element netlink added: the same bytes.
         let (deleted, mut delete_ops) = changes(false);
         delete_ops.pick_delete = kernel.picks.clone();
-        via_nft(&nft::change_script(&cfg, &deleted, &delete_ops).expect("a script"));
+        nft_apply(
+            &ns,
+            &nft::change_script(&cfg, &deleted, &delete_ops).expect("a script"),
+        );
     }
     // Without an encoding for every part, the table goes to nft.
     let ranged = NftConfig {
