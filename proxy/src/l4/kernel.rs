@@ -410,6 +410,12 @@ pub struct ChainOps {
     pub pick_maps: Vec<MapId>,
     pub pick_delete: Vec<PickElement>,
     pub pick_add: Vec<PickElement>,
+    /// Picks whose rule is rewritten with fewer endpoints in the same slot: their keys that
+    /// pointed at a leaving endpoint, pointed at a staying one instead. Applied in a
+    /// transaction of its own before the rest (`sync.rs`), it stops new connections to the
+    /// leaving endpoint without a rule change — the kernel re-validates the whole table after
+    /// any rule change (~10 ms of CPU at 10,000 Services), not after element changes.
+    pub steer: Vec<PickElement>,
     /// Chains no element jumps to any more (deleted after the elements).
     pub delete: Vec<Arc<str>>,
     pub hairpin_add: Vec<IpAddr>,
@@ -590,6 +596,11 @@ impl Batch<'_> {
             let old = p.body.endpoints.clone();
             let old_aux = p.body.aux.clone();
             let rewrite = resolved != p.resolved;
+            let steered: Vec<PickElement> = if rewrite {
+                steer(p, &slots, &body).collect()
+            } else {
+                Vec::new()
+            };
             for ip in old.iter().filter(|ip| !body.endpoints.contains(ip)) {
                 self.hairpin_ref(*ip, false);
                 self.ops.endpoints_gone.push((name.clone(), *ip));
@@ -613,6 +624,7 @@ impl Batch<'_> {
             }
             if rewrite {
                 self.ops.rewrite.push((name.clone(), resolved.clone()));
+                self.ops.steer.extend(steered);
             }
             let p = self.chains.chains.get_mut(&name).expect("checked");
             p.body = body;
@@ -630,8 +642,34 @@ impl Batch<'_> {
         self.ops.aux_delete.reverse();
         self.ops.pick_delete.sort();
         self.ops.pick_add.sort();
+        self.ops.steer.sort();
         self.ops
     }
+}
+
+/// The keys of `p`'s picks that still sit in the same slot but point at an endpoint `body` no
+/// longer has, each pointed at a staying endpoint (`ChainOps::steer`). The staying endpoint
+/// that takes a key gets a double share until the rule with the new count is in, one
+/// transaction later.
+fn steer<'a>(
+    p: &'a Programmed,
+    slots: &'a [Slot],
+    body: &'a ChainBody,
+) -> impl Iterator<Item = PickElement> + 'a {
+    p.slots
+        .iter()
+        .zip(&p.body.picks)
+        .zip(slots.iter().zip(&body.picks))
+        .filter(|((old, _), (new, eps))| old == new && !eps.is_empty())
+        .flat_map(|((slot, old), (_, new))| {
+            pick::elements(slot, old)
+                .enumerate()
+                .filter(|(_, e)| !new.contains(&e.addr))
+                .map(|(k, e)| PickElement {
+                    addr: new[k % new.len()],
+                    ..e
+                })
+        })
 }
 
 /// Moves the picks of chain `name` from what `p` has to `body`'s: their slots, the shard map
@@ -680,4 +718,63 @@ fn resolve_picks(
         })
         .collect();
     (chosen, resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(eps: &[&str]) -> ChainBody {
+        let eps: Vec<std::net::SocketAddr> = eps.iter().map(|e| e.parse().unwrap()).collect();
+        ChainBody {
+            rules: vec![Rule::Dnat {
+                prefix: None,
+                protocol: Protocol::Tcp,
+                v6: false,
+                to: DnatTo::Pick(0),
+            }],
+            endpoints: eps.iter().map(|e| e.ip()).collect(),
+            picks: vec![eps],
+            protocol: Protocol::Tcp,
+            aux: vec![],
+        }
+    }
+
+    /// (endpoints before, after, the keys steered with their new endpoint).
+    #[test]
+    fn leaving_endpoints_are_steered_before_the_rule_changes() {
+        let (a, b, c, d) = ("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80");
+        let cases: &[(&[&str], &[&str], &[(u32, &str)])] = &[
+            // The middle one leaves: its key points at what now sits there.
+            (&[a, b, c], &[a, c], &[(1, c)]),
+            // The last one leaves.
+            (&[a, b, c], &[a, b], &[(2, a)]),
+            // Two of four leave.
+            (&[a, b, c, d], &[b, d], &[(0, b), (2, b)]),
+            // One replaced, none fewer: the rule does not change, nothing to steer.
+            (&[a, b, c], &[a, b, d], &[]),
+            // Grows: nothing leaves.
+            (&[a, b], &[a, b, c], &[]),
+            // Grows past the slot's capacity while one leaves: a new slot, nothing to steer.
+            (&[a, b], &[a, c, d], &[]),
+        ];
+        for (before, after, want) in cases {
+            let mut chains = Chains::default();
+            let name: Arc<str> = "svc-a".into();
+            let mut batch = chains.batch();
+            batch.reference(&name);
+            batch.set_body(&name, body(before));
+            batch.finish();
+            let mut batch = chains.batch();
+            batch.set_body(&name, body(after));
+            let ops = batch.finish();
+            let got: Vec<(u32, String)> = ops
+                .steer
+                .iter()
+                .map(|e| (e.key, e.addr.to_string()))
+                .collect();
+            let want: Vec<(u32, String)> = want.iter().map(|(k, e)| (*k, e.to_string())).collect();
+            assert_eq!(got, want, "{before:?} -> {after:?}");
+        }
+    }
 }

@@ -22,7 +22,7 @@ use super::health::HealthServers;
 use super::kernel::{chain_body, chain_name, ChainOps, Chains, KernelConfig};
 use super::nft::{self, Change, Element, Ports, Target};
 use super::select::{verdict_and_no_local, Verdict};
-use super::{netlink_full, netlink_update};
+use super::{netlink, netlink_full, netlink_update};
 use super::{redirect, traffic_kind, L4Error, Mode, Shared};
 use crate::endpoints::{NodeTopology, TrafficKind};
 
@@ -221,6 +221,9 @@ enum Plane {
         /// errors name the line at fault.
         full_via_nft: bool,
         ports: Ports,
+        /// The netlink socket batches go through, kept open (netlink.rs `Socket`: closing one
+        /// costs an RCU grace period); dropped after a failure and opened again.
+        netlink: Option<netlink::Socket>,
     },
 }
 
@@ -257,6 +260,7 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, L4
                 full: true,
                 full_via_nft: false,
                 ports,
+                netlink: None,
             }
         }
     };
@@ -380,6 +384,8 @@ impl Syncer {
         // The nft commands (or netlink messages) of this sync's one transaction, for the log.
         let mut commands = 0usize;
         let mut via = "";
+        // The steering transaction's wall and CPU time, when there was one.
+        let mut steered: Option<(Duration, Duration)> = None;
         let result = match &mut self.plane {
             Plane::Bind(listeners) => {
                 let (opened, closed) = listeners.reconcile(&self.shared, &changes);
@@ -400,6 +406,7 @@ impl Syncer {
                 full,
                 full_via_nft,
                 ports,
+                netlink: socket,
             } => {
                 // Sockets first: a datagram steered by the new elements finds its socket.
                 sockets.reconcile(&self.shared, &changes);
@@ -426,6 +433,19 @@ impl Syncer {
                         None => (None, nft::change_script(cfg, &changes, &ops)),
                     }
                 };
+                // Leaving endpoints first, in a transaction of elements only (~1 ms): the
+                // one with the rule changes waits for the kernel to validate the table.
+                if let Some(b) = (!*full)
+                    .then(|| netlink_update::steer_batch(cfg, &ops))
+                    .flatten()
+                {
+                    let t = Instant::now();
+                    let (r, cpu) = commit(socket, b).await;
+                    steered = Some((t.elapsed(), cpu));
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "l4: steering new connections away from leaving endpoints failed; the rule change follows");
+                    }
+                }
                 via = if netlink.is_some() { "netlink" } else { "nft" };
                 commands = script
                     .as_ref()
@@ -449,13 +469,7 @@ impl Syncer {
                     (None, Some(batch)) => {
                         // The kernel applies the batch in the sending thread, so that thread's
                         // CPU time is the transaction's cost, whatever else runs on the node.
-                        let (r, cpu) = tokio::task::spawn_blocking(move || {
-                            let before = thread_cpu();
-                            let r = batch.commit();
-                            (r, thread_cpu().saturating_sub(before))
-                        })
-                        .await
-                        .expect("netlink runner does not panic");
+                        let (r, cpu) = commit(socket, batch).await;
                         applying_cpu = Some(cpu);
                         r.map_err(nft::NftError::Netlink)
                     }
@@ -526,6 +540,8 @@ impl Syncer {
                     compute_ms = computed.as_secs_f64() * 1e3,
                     apply_ms = applying.as_secs_f64() * 1e3,
                     apply_cpu_ms = applying_cpu.map(|d| d.as_secs_f64() * 1e3),
+                    steer_ms = steered.map(|(d, _)| d.as_secs_f64() * 1e3),
+                    steer_cpu_ms = steered.map(|(_, c)| c.as_secs_f64() * 1e3),
                     chains = self.cache.chains().len(),
                     "l4: synced"
                 );
@@ -540,6 +556,28 @@ impl Syncer {
         }
         result
     }
+}
+
+/// Sends `batch` on the kept netlink socket (opened if there is none; dropped after a
+/// failure), in a blocking thread; with the sending thread's CPU time, which is the
+/// transaction's: the kernel applies a batch in the thread that sends it.
+async fn commit(
+    socket: &mut Option<netlink::Socket>,
+    batch: netlink::Batch,
+) -> (std::io::Result<()>, Duration) {
+    let kept = socket.take();
+    let (r, cpu) = tokio::task::spawn_blocking(move || {
+        let before = thread_cpu();
+        let r = match kept {
+            Some(s) => Ok(s),
+            None => netlink::Socket::open(),
+        }
+        .and_then(|mut s| batch.commit_on(&mut s).map(|()| s));
+        (r, thread_cpu().saturating_sub(before))
+    })
+    .await
+    .expect("netlink runner does not panic");
+    (r.map(|s| *socket = Some(s)), cpu)
 }
 
 /// The CPU time (user and system) of this process's children that have ended.
