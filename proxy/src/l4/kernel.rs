@@ -597,7 +597,7 @@ impl Batch<'_> {
             let old_aux = p.body.aux.clone();
             let rewrite = resolved != p.resolved;
             let steered: Vec<PickElement> = if rewrite {
-                steer(p, &slots, &body).collect()
+                steer(p, &slots, &body)
             } else {
                 Vec::new()
             };
@@ -647,29 +647,43 @@ impl Batch<'_> {
     }
 }
 
-/// The keys of `p`'s picks that still sit in the same slot but point at an endpoint `body` no
-/// longer has, each pointed at a staying endpoint (`ChainOps::steer`). The staying endpoint
-/// that takes a key gets a double share until the rule with the new count is in, one
-/// transaction later.
-fn steer<'a>(
-    p: &'a Programmed,
-    slots: &'a [Slot],
-    body: &'a ChainBody,
-) -> impl Iterator<Item = PickElement> + 'a {
-    p.slots
-        .iter()
-        .zip(&p.body.picks)
-        .zip(slots.iter().zip(&body.picks))
-        .filter(|((old, _), (new, eps))| old == new && !eps.is_empty())
-        .flat_map(|((slot, old), (_, new))| {
+/// The keys of `p`'s picks that point at an endpoint `body` no longer has, each pointed at a
+/// staying endpoint (`ChainOps::steer`): where the same rule of `body` still picks in the same
+/// slot, or now DNATs to the one endpoint left. The staying endpoint that takes a key gets a
+/// double share until the rule with the new count is in, one transaction later.
+fn steer(p: &Programmed, slots: &[Slot], body: &ChainBody) -> Vec<PickElement> {
+    let mut out = Vec::new();
+    for (i, (slot, old)) in p.slots.iter().zip(&p.body.picks).enumerate() {
+        let at = p
+            .body
+            .rules
+            .iter()
+            .position(|r| matches!(r, Rule::Dnat { to: DnatTo::Pick(j), .. } if *j == i));
+        let staying = match at.and_then(|at| body.rules.get(at)) {
+            Some(Rule::Dnat {
+                to: DnatTo::Pick(j),
+                ..
+            }) if slots.get(*j) == Some(slot) => body.picks[*j].as_slice(),
+            Some(Rule::Dnat {
+                to: DnatTo::Addr(a),
+                ..
+            }) => std::slice::from_ref(a),
+            _ => continue,
+        };
+        if staying.is_empty() {
+            continue;
+        }
+        out.extend(
             pick::elements(slot, old)
                 .enumerate()
-                .filter(|(_, e)| !new.contains(&e.addr))
+                .filter(|(_, e)| !staying.contains(&e.addr))
                 .map(|(k, e)| PickElement {
-                    addr: new[k % new.len()],
+                    addr: staying[k % staying.len()],
                     ..e
-                })
-        })
+                }),
+        );
+    }
+    out
 }
 
 /// Moves the picks of chain `name` from what `p` has to `body`'s: their slots, the shard map
@@ -724,17 +738,22 @@ fn resolve_picks(
 mod tests {
     use super::*;
 
+    /// A chain as `chain_body` makes it: one endpoint is a plain DNAT, more a pick.
     fn body(eps: &[&str]) -> ChainBody {
         let eps: Vec<std::net::SocketAddr> = eps.iter().map(|e| e.parse().unwrap()).collect();
+        let to = match eps.as_slice() {
+            [one] => DnatTo::Addr(*one),
+            _ => DnatTo::Pick(0),
+        };
         ChainBody {
             rules: vec![Rule::Dnat {
                 prefix: None,
                 protocol: Protocol::Tcp,
                 v6: false,
-                to: DnatTo::Pick(0),
+                to,
             }],
             endpoints: eps.iter().map(|e| e.ip()).collect(),
-            picks: vec![eps],
+            picks: if eps.len() > 1 { vec![eps] } else { vec![] },
             protocol: Protocol::Tcp,
             aux: vec![],
         }
@@ -757,6 +776,11 @@ mod tests {
             (&[a, b], &[a, b, c], &[]),
             // Grows past the slot's capacity while one leaves: a new slot, nothing to steer.
             (&[a, b], &[a, c, d], &[]),
+            // Down to one: the rule becomes a plain DNAT; until then the pick holds only it.
+            (&[a, b], &[b], &[(0, b)]),
+            (&[a, b, c], &[c], &[(0, c), (1, c)]),
+            // From one: no pick before, nothing to steer.
+            (&[a], &[b, c], &[]),
         ];
         for (before, after, want) in cases {
             let mut chains = Chains::default();
