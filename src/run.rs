@@ -249,7 +249,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     drop(tx);
 
     let state = ClusterState::new(cfg.table_config());
-    tokio::spawn(Controller::new(state, cell.clone(), metrics, parts, sources).run(rx));
+    // Each published generation, for the L4 sync task (which acts on it instead of polling).
+    let (published_tx, published_rx) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(
+        Controller::new(state, cell.clone(), metrics, parts, sources)
+            .notify_published(published_tx)
+            .run(rx),
+    );
 
     let dns = if cfg.dns.is_empty() {
         None
@@ -326,6 +332,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     default_relay: cfg.l4_default_mode == crate::config::L4DataPath::Proxy,
                     ..Default::default()
                 },
+                published: Some(published_rx.clone()),
                 ..Default::default()
             };
             let l4 = proxy::l4::L4::start(l4_cfg, cell.clone(), &registry)

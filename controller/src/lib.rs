@@ -128,6 +128,9 @@ pub struct Controller {
     created: Instant,
     /// How often a partial state is published before every source has synced.
     partial_every: std::time::Duration,
+    /// Told each published generation, for readers that act on a change instead of polling
+    /// (the L4 sync task).
+    published: Option<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Controller {
@@ -148,7 +151,14 @@ impl Controller {
             health,
             created: Instant::now(),
             partial_every: PARTIAL_PUBLISH_EVERY,
+            published: None,
         }
+    }
+
+    /// Sends every published generation to `tx` (after the snapshot is in the cell).
+    pub fn notify_published(mut self, tx: tokio::sync::watch::Sender<u64>) -> Self {
+        self.published = Some(tx);
+        self
     }
 
     /// Publishes partial states at most every `every` until every source has synced
@@ -329,6 +339,9 @@ impl Controller {
         let generation = snap.generation;
         let synced = snap.synced;
         self.cell.store(snap);
+        if let Some(tx) = &self.published {
+            tx.send_replace(generation);
+        }
         if let Some(t) = earliest {
             self.metrics
                 .programming_latency

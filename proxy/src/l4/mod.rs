@@ -15,8 +15,8 @@
 //!  traffic policy; ClientIP affinity) → tcp.rs (splice, PROXY v2) / udp.rs (flow table)
 //! ```
 //!
-//! The sync task polls the snapshot cell (a `load()` and a generation compare every few
-//! milliseconds) and, on a new generation, brings the data plane to it: listeners in `bind`
+//! The sync task wakes on each generation the controller publishes (or, started without that
+//! signal, polls the snapshot cell every few milliseconds) and brings the data plane to it: listeners in `bind`
 //! mode, map elements in `nftables` mode (only the elements that changed, one transaction), and
 //! the healthCheckNodePort servers. Connections and flows read the snapshot they start with;
 //! established TCP connections are never touched by an update. A UDP flow re-checks its
@@ -79,8 +79,12 @@ pub struct L4Config {
     pub udp_idle_timeout: Duration,
     /// `/healthz` fails when a published snapshot has waited this long to be applied.
     pub sync_timeout: Duration,
-    /// How often the snapshot cell is checked for a new generation.
+    /// How often the snapshot cell is checked for a new generation when `published` is not
+    /// given; with it, how often retries and housekeeping are looked at.
     pub poll_interval: Duration,
+    /// Each generation the controller publishes: the sync task acts on it at once instead of
+    /// polling the cell.
+    pub published: Option<tokio::sync::watch::Receiver<u64>>,
     /// Remove the nftables table (and its policy routing) on shutdown.
     pub cleanup_on_exit: bool,
     /// Upstream connect timeout per attempt.
@@ -98,6 +102,7 @@ impl Default for L4Config {
             udp_idle_timeout: Duration::from_secs(30),
             sync_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(5),
+            published: None,
             cleanup_on_exit: false,
             connect_timeout: Duration::from_secs(3),
             nft: NftConfig::default(),

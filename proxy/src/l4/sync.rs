@@ -1,7 +1,8 @@
 //! The sync task: keeps the data plane (bind listeners or nftables maps, and the
 //! healthCheckNodePort servers) in step with the published snapshot.
 //!
-//! It polls the cell every `poll_interval` (one `load()` and a generation compare). On a new
+//! It wakes on each generation the controller publishes (`L4Config::published`; without it,
+//! it polls the cell every `poll_interval`: one `load()` and a generation compare). On a new
 //! generation it computes the verdict of every frontend — reusing the previous verdict when the
 //! frontend's `ServiceRoutes` is the same `Arc` as last time, so the cost of a change is
 //! proportional to the services that changed plus one pass over the frontend map — then applies
@@ -323,12 +324,34 @@ impl Syncer {
     }
 
     async fn run(mut self) {
-        let mut tick = tokio::time::interval(self.shared.cfg.poll_interval);
+        let mut published = self.shared.cfg.published.clone();
+        // Told of each publish, the loop wakes for it and otherwise only for retries and
+        // housekeeping; else it polls the cell.
+        let period = match published {
+            Some(_) => RETRY_CHECK.max(self.shared.cfg.poll_interval),
+            None => self.shared.cfg.poll_interval,
+        };
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut housekeeping = Instant::now();
         let mut rejected_seen = 0u64;
         loop {
-            tick.tick().await;
+            match published.as_mut() {
+                Some(rx) => {
+                    tokio::select! {
+                        changed = rx.changed() => {
+                            if changed.is_err() {
+                                // The controller is gone (shutdown): poll from now on.
+                                published = None;
+                            }
+                        }
+                        _ = tick.tick() => {}
+                    }
+                }
+                None => {
+                    tick.tick().await;
+                }
+            }
             let snap = self.shared.cell.load_full();
             let retry_due = self.retry_at.is_some_and(|t| Instant::now() >= t);
             if self.awaiting_sources {
@@ -557,6 +580,9 @@ impl Syncer {
         result
     }
 }
+
+/// How often the loop looks at retries and housekeeping when publishes wake it.
+const RETRY_CHECK: Duration = Duration::from_millis(100);
 
 /// Sends `batch` on the kept netlink socket (opened if there is none; dropped after a
 /// failure), in a blocking thread; with the sending thread's CPU time, which is the
