@@ -759,11 +759,13 @@ mod tests {
         }
     }
 
-    /// (endpoints before, after, the keys steered with their new endpoint).
+    /// Endpoints before, after, and the keys steered with their new endpoint.
+    type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [(u32, &'a str)]);
+
     #[test]
     fn leaving_endpoints_are_steered_before_the_rule_changes() {
         let (a, b, c, d) = ("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80");
-        let cases: &[(&[&str], &[&str], &[(u32, &str)])] = &[
+        let cases: &[Case<'_>] = &[
             // The middle one leaves: its key points at what now sits there.
             (&[a, b, c], &[a, c], &[(1, c)]),
             // The last one leaves.
