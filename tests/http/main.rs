@@ -46,6 +46,8 @@ struct Backend {
     /// Connections open now (the proxy's upstream connections to this pod).
     conns: Arc<AtomicUsize>,
     stop: watch::Sender<bool>,
+    /// Requests sent with `x-hold: 1` are answered once this is set (`release`).
+    held: watch::Sender<bool>,
 }
 
 async fn handle(
@@ -53,6 +55,7 @@ async fn handle(
     hits: Arc<AtomicU64>,
     in_flight: Arc<AtomicUsize>,
     status: Arc<AtomicU16>,
+    mut held: watch::Receiver<bool>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
@@ -96,6 +99,9 @@ async fn handle(
     if delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
+    if req.headers().contains_key("x-hold") {
+        let _ = held.wait_for(|released| *released).await;
+    }
     let mut resp = Response::builder()
         .status(status.load(Ordering::SeqCst))
         .header("x-backend", &*name);
@@ -127,6 +133,7 @@ impl Backend {
         let status = Arc::new(AtomicU16::new(200));
         let conns = Arc::new(AtomicUsize::new(0));
         let (stop, mut stop_rx) = watch::channel(false);
+        let (held, held_rx) = watch::channel(false);
         let n: Arc<str> = name.into();
         let (h, f, s) = (hits.clone(), in_flight.clone(), status.clone());
         let open = conns.clone();
@@ -137,12 +144,20 @@ impl Backend {
                     _ = stop_rx.changed() => break,
                 };
                 let (n, h, f, s) = (n.clone(), h.clone(), f.clone(), s.clone());
+                let held_rx = held_rx.clone();
                 let mut conn_stop = stop_rx.clone();
                 let open = open.clone();
                 open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        handle(n.clone(), h.clone(), f.clone(), s.clone(), req)
+                        handle(
+                            n.clone(),
+                            h.clone(),
+                            f.clone(),
+                            s.clone(),
+                            held_rx.clone(),
+                            req,
+                        )
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -168,7 +183,13 @@ impl Backend {
             status,
             conns,
             stop,
+            held,
         }
+    }
+
+    /// Answers the requests held by `x-hold` (and every later one at once).
+    fn release(&self) {
+        let _ = self.held.send(true);
     }
 
     fn conns(&self) -> usize {
@@ -312,7 +333,14 @@ async fn request(
         b = b.header(*k, *v);
     }
     let req = b.body(Full::new(Bytes::new())).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), c.request(req))
+    // A request the backend holds until the test releases it (`x-hold`) waits as long as the
+    // test takes to get there.
+    let limit = if headers.iter().any(|(k, _)| *k == "x-hold") {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(10)
+    };
+    let resp = tokio::time::timeout(limit, c.request(req))
         .await
         .map_err(|_| format!("{method} {host}{path}: timed out"))?
         .map_err(|e| format!("{method} {host}{path}: {e}"))?;

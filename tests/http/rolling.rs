@@ -193,7 +193,7 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
     assert!(old.conns() >= 1);
     let gauge =
         "switchboard_http_upstream_pool_connections{service=\"default/web:80\",state=\"idle\"}";
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !sb.metric(gauge).await.is_some_and(|v| v >= 1.0) {
         assert!(Instant::now() < deadline, "{gauge} never >= 1");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -204,15 +204,7 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
     let slow = {
         let c = c.clone();
         tokio::spawn(async move {
-            request(
-                &c,
-                "GET",
-                proxy,
-                "pool.test",
-                "/slow",
-                &[("x-delay-ms", "6000")],
-            )
-            .await
+            request(&c, "GET", proxy, "pool.test", "/slow", &[("x-hold", "1")]).await
         })
     };
     eventually(&sb, "the slow request reached old", || {
@@ -224,10 +216,11 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
     // The client has its answer before the proxy puts that connection back in the pool: wait
     // until the pool holds it idle (one busy with the slow request, one idle; the gauge is
     // refreshed every 2 s), or the sweep below could find nothing and the connection be
-    // dropped on its way back instead.
+    // dropped on its way back instead. The slow request is held until the test releases it,
+    // so a loaded machine only makes this wait longer, never lets the request end first.
     let busy =
         "switchboard_http_upstream_pool_connections{service=\"default/web:80\",state=\"busy\"}";
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !(sb.metric(gauge).await == Some(1.0) && sb.metric(busy).await == Some(1.0)) {
         assert!(
             Instant::now() < deadline,
@@ -242,7 +235,7 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
     let generation = "switchboard_snapshot_generation";
     let before = sb.metric(generation).await.expect("generation metric");
     write_service(dir.path(), "web", "10.96.7.1", &[&new]);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !sb.metric(generation).await.is_some_and(|g| g > before) {
         assert!(
             Instant::now() < deadline,
@@ -261,6 +254,7 @@ async fn idle_pooled_connections_to_a_removed_endpoint_are_closed() {
         1,
         "the slow request is still in flight"
     );
+    old.release();
     let a = slow.await.unwrap().expect("the in-flight request finishes");
     assert_eq!((a.status, a.backend()), (200, "old"));
     eventually(
