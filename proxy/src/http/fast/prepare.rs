@@ -143,11 +143,8 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
                 hosts += 1;
                 host = Some(h.value);
             }
-            Role::ContentLength => {
-                if h.value.trim_ascii() != b"0" {
-                    return Prep::Fallback;
-                }
-            }
+            // A body: pingora's.
+            Role::ContentLength if h.value.trim_ascii() != b"0" => return Prep::Fallback,
             Role::Refused => return Prep::Fallback,
             Role::Connection => {
                 for t in tokens(h.value) {
