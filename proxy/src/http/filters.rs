@@ -65,7 +65,10 @@ pub fn remove_dot_segments(path: &str) -> Option<String> {
     let is_dotdot = |seg: &str| {
         matches!(seg.len(), 2 | 4 | 6) && seg.to_ascii_lowercase().replace("%2e", ".").eq("..")
     };
-    if !path.split('/').any(|s| is_dot(s) || is_dotdot(s)) {
+    // Every dot segment has a `.` or a `%`: most paths have neither, and need no split.
+    if !path.bytes().any(|b| b == b'.' || b == b'%')
+        || !path.split('/').any(|s| is_dot(s) || is_dotdot(s))
+    {
         return None;
     }
     let mut out: Vec<&str> = Vec::new();

@@ -110,13 +110,18 @@ impl EndpointState {
     /// (halving about every `DECAY_HALF_LIFE`), so one slow answer does not starve it forever:
     /// it is probed again and its new samples count.
     pub fn score(&self) -> f64 {
+        self.score_at(Instant::now())
+    }
+
+    /// [`Self::score`] at `now` (a clock reading the caller shares between endpoints).
+    pub fn score_at(&self, now: Instant) -> f64 {
         let ewma = if self.samples.load(Ordering::Relaxed) < MIN_SAMPLES {
             0.0
         } else {
             f64::from_bits(self.ewma_us.load(Ordering::Relaxed))
         };
         let idle_ms = self
-            .now_ms()
+            .ms_at(now)
             .saturating_sub(self.sampled_ms.load(Ordering::Relaxed));
         let decay =
             (-(idle_ms as f64) / DECAY_HALF_LIFE.as_millis() as f64 * std::f64::consts::LN_2).exp();
@@ -127,6 +132,11 @@ impl EndpointState {
     /// Folds one latency sample into the average: the mean of the samples so far, then an
     /// EWMA with α = 0.1 (about the last ten), so noise of single answers averages out.
     pub fn observe_latency(&self, d: Duration) {
+        self.observe_latency_at(d, Instant::now());
+    }
+
+    /// [`Self::observe_latency`] of an answer that came at `now`.
+    pub fn observe_latency_at(&self, d: Duration, now: Instant) {
         let sample = d.as_secs_f64() * 1e6;
         let n = self
             .samples
@@ -136,11 +146,16 @@ impl EndpointState {
         let alpha = (1.0 / f64::from(n)).max(0.1);
         let new = old + alpha * (sample - old);
         self.ewma_us.store(new.to_bits(), Ordering::Relaxed);
-        self.sampled_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.sampled_ms.store(self.ms_at(now), Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    /// Milliseconds from `epoch` to `t`.
+    fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// Whether the endpoint is ejected right now.

@@ -39,6 +39,7 @@ pub mod health;
 pub mod io;
 pub mod limits;
 pub mod listener;
+pub mod log_line;
 pub mod metrics;
 pub mod pool;
 pub mod request;

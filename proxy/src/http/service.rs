@@ -29,7 +29,8 @@ use super::backend::PortBalancer;
 use super::filters::{self, RedirectFrom};
 use super::guard::Guarded;
 use super::health::EndpointState;
-use super::request::{forwarded_for, request_hash, request_host, request_id, LogSafe};
+use super::log_line::{LogSafe, Millis};
+use super::request::{forwarded_for, request_hash, request_host, request_id};
 use super::retry;
 use super::route::{CompiledRule, Headers, RequestView};
 use super::shared::Shared;
@@ -630,7 +631,7 @@ impl ProxyHttp for Ingress {
             service,
             upstream = upstream.as_deref().unwrap_or("-"),
             retries = ctx.retries,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            duration_ms = %Millis(elapsed),
             request_id = %LogSafe(ctx.request_id.as_deref().unwrap_or("-")),
             error = %LogSafe(&e.map(|e| e.to_string()).unwrap_or_default()),
         );

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 /// How long a worker thread must have run without going idle before requests wait for the
-/// rest of its pass to be sent upstream (`worker_saturated`).
+/// rest of its pass to be sent upstream (`worker_saturated_at`).
 pub(super) const SATURATED_AFTER: Duration = Duration::from_millis(1);
 
 thread_local! {
@@ -30,7 +30,7 @@ pub fn worker_unparked() {
     UNPARKED.with(|u| u.set(Some(Instant::now())));
 }
 
-/// Whether this worker has been busy without a break for `SATURATED_AFTER`: its CPU is the
+/// Whether this worker has been busy without a break for `SATURATED_AFTER` at `now`: its CPU is the
 /// limit, and the requests it reads should leave in batches.
 ///
 /// Why: on cores shared with load and backends, sending each request upstream the moment it
@@ -40,9 +40,9 @@ pub fn worker_unparked() {
 /// from 46–53k to 59–73k requests/s on 2 shared cores (`proxy/src/http/STATUS.md`). When the
 /// worker has spare CPU (it parks between events) there is nothing to batch, and the requeue
 /// would only add a little latency per request, so it is skipped. Without the hook installed
-/// this is always false.
-pub(super) fn worker_saturated() -> bool {
-    saturated(UNPARKED.with(|u| u.get()), Instant::now())
+/// this is always false. `now`: a clock reading of about the current time the caller has.
+pub(super) fn worker_saturated_at(now: Instant) -> bool {
+    saturated(UNPARKED.with(|u| u.get()), now)
 }
 
 fn saturated(unparked: Option<Instant>, now: Instant) -> bool {
@@ -98,10 +98,13 @@ mod tests {
         assert!(saturated(Some(t), t + SATURATED_AFTER));
         // The thread-local the runtime hook sets.
         std::thread::spawn(|| {
-            assert!(!worker_saturated(), "a thread without the hook");
+            assert!(
+                !worker_saturated_at(Instant::now()),
+                "a thread without the hook"
+            );
             worker_unparked();
             std::thread::sleep(SATURATED_AFTER * 2);
-            assert!(worker_saturated());
+            assert!(worker_saturated_at(Instant::now()));
         })
         .join()
         .unwrap();

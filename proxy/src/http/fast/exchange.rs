@@ -30,14 +30,14 @@ impl Drop for InFlight {
 }
 
 /// One request: attempts on endpoints until a response can be passed on, then the response.
-/// Returns whether the client connection stays open.
+/// Returns whether the client connection stays open, and when the request ended.
 pub(super) async fn exchange(
     shared: &Shared,
     client: &mut TcpStream,
     conn: &mut ConnState,
     p: &Prepared,
     shutdown: &watch::Receiver<bool>,
-) -> bool {
+) -> (bool, Instant) {
     shared.budget.deposit();
     shared.fast.proxied.inc();
     let mut out = Outcome {
@@ -47,8 +47,9 @@ pub(super) async fn exchange(
         error: None,
     };
     let keep_open = attempts(shared, client, p, shutdown, &mut out).await;
-    log_request(shared, conn, p, &out, *shutdown.borrow());
-    keep_open
+    let end = Instant::now();
+    log_request(shared, conn, p, &out, end, *shutdown.borrow());
+    (keep_open, end)
 }
 
 fn record_failure(shared: &Shared, b: &PortBalancer, state: &EndpointState) {
@@ -192,7 +193,7 @@ async fn attempts(
             if !sent {
                 // A batch only on a pooled connection: one known to keep alive.
                 let lead = (pipelinable && reused).then_some(state.addr);
-                followers = send_request(lease.conn(), p, lead, &limits).await?;
+                followers = send_request(lease.conn(), p, lead, &limits, attempt_start).await?;
             }
             loop {
                 if !ubuf.is_empty() {
@@ -264,7 +265,9 @@ async fn attempts(
                 return local_error(shared, client, p, out, f.code(), f.what()).await;
             }
         };
-        state.observe_latency(attempt_start.elapsed());
+        // One clock reading for the latency sample, the pool's idle-since and the balancer.
+        let answered = Instant::now();
+        state.observe_latency_at(answered.saturating_duration_since(attempt_start), answered);
         if head.code >= 500 {
             record_failure(shared, b, &state);
             if retry::retry_on_status(
@@ -286,7 +289,10 @@ async fn attempts(
             buf: ubuf,
             followers,
         };
-        return respond(shared, client, p, shutdown, head, upstream, &limits, out).await;
+        return respond(
+            shared, client, p, shutdown, head, upstream, &limits, out, answered,
+        )
+        .await;
     }
 }
 

@@ -8,18 +8,55 @@ pub(super) const MAX_HEADERS: usize = 64;
 /// Largest upstream response head accepted (larger: 502).
 pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// Hop-by-hop headers (RFC 9110 7.6.1), never forwarded.
-pub(super) fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
+/// What a request header is to the fast path (`prepare.rs`), by name; compared by length
+/// first, as [`response_role`].
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Role {
+    Host,
+    ContentLength,
+    /// A header that makes the request pingora's: `Transfer-Encoding`, `Upgrade`, `Expect`,
+    /// `HTTP2-Settings`.
+    Refused,
+    Connection,
+    RequestId,
+    ForwardedFor,
+    Forwarded,
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host`, set by this proxy.
+    SetHere,
+    /// Another hop-by-hop header (RFC 9110 7.6.1): `Keep-Alive`, `Proxy-Connection`, `TE`,
+    /// `Trailer`.
+    HopByHop,
+    Other,
+}
+
+impl Role {
+    /// Passed on upstream as received (unless `Connection` names it).
+    pub(super) fn forwarded(self) -> bool {
+        matches!(self, Role::Host | Role::ContentLength | Role::Other)
+    }
+}
+
+pub(super) fn request_role(name: &str) -> Role {
+    let is = |s: &str| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if is("te") => Role::HopByHop,
+        4 if is("host") => Role::Host,
+        6 if is("expect") => Role::Refused,
+        7 if is("upgrade") => Role::Refused,
+        7 if is("trailer") => Role::HopByHop,
+        9 if is("forwarded") => Role::Forwarded,
+        10 if is("connection") => Role::Connection,
+        10 if is("keep-alive") => Role::HopByHop,
+        12 if is("x-request-id") => Role::RequestId,
+        14 if is("content-length") => Role::ContentLength,
+        14 if is("http2-settings") => Role::Refused,
+        15 if is("x-forwarded-for") => Role::ForwardedFor,
+        16 if is("x-forwarded-host") => Role::SetHere,
+        16 if is("proxy-connection") => Role::HopByHop,
+        17 if is("transfer-encoding") => Role::Refused,
+        17 if is("x-forwarded-proto") => Role::SetHere,
+        _ => Role::Other,
+    }
 }
 
 pub(super) fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -57,6 +94,34 @@ pub(super) struct Head {
     pub(super) upstream_keepalive: bool,
 }
 
+/// What a response header is to this path; names compared by length first (one or two
+/// comparisons for a header instead of up to nine).
+#[derive(Clone, Copy, PartialEq)]
+enum RespRole {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    RequestId,
+    /// Another hop-by-hop header: `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`.
+    HopByHop,
+    Other,
+}
+
+fn response_role(name: &str) -> RespRole {
+    let is = |s: &str| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if is("te") => RespRole::HopByHop,
+        7 if is("upgrade") || is("trailer") => RespRole::HopByHop,
+        10 if is("connection") => RespRole::Connection,
+        10 if is("keep-alive") => RespRole::HopByHop,
+        12 if is("x-request-id") => RespRole::RequestId,
+        14 if is("content-length") => RespRole::ContentLength,
+        16 if is("proxy-connection") => RespRole::HopByHop,
+        17 if is("transfer-encoding") => RespRole::TransferEncoding,
+        _ => RespRole::Other,
+    }
+}
+
 pub(super) fn parse_head(
     buf: &[u8],
     head_only: bool,
@@ -75,28 +140,47 @@ pub(super) fn parse_head(
     let mut conn_tokens: Vec<&[u8]> = Vec::new();
     let mut te = None;
     let mut length: Option<u64> = None;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
-            for t in tokens(h.value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    keepalive = false;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    keepalive = true;
-                } else {
-                    conn_tokens.push(t);
+    // Headers not passed on, and the Content-Length ones (not passed on beside a
+    // Transfer-Encoding), by index (`MAX_HEADERS` is 64).
+    let (mut dropped, mut lengths) = (0u64, 0u64);
+    for (i, h) in resp.headers.iter().enumerate() {
+        match response_role(h.name) {
+            RespRole::Connection => {
+                dropped |= 1 << i;
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        keepalive = false;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        keepalive = true;
+                    } else {
+                        conn_tokens.push(t);
+                    }
                 }
             }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            te = Some(h.value);
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(Failure::Invalid("InvalidHTTPHeader"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Failure::Invalid("InvalidHTTPHeader"));
+            RespRole::TransferEncoding => te = Some(h.value),
+            RespRole::ContentLength => {
+                lengths |= 1 << i;
+                let n = content_length(h.value).ok_or(Failure::Invalid("InvalidHTTPHeader"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Failure::Invalid("InvalidHTTPHeader"));
+                }
+                length = Some(n);
             }
-            length = Some(n);
+            RespRole::HopByHop | RespRole::RequestId => dropped |= 1 << i,
+            RespRole::Other => {}
+        }
+    }
+    if te.is_some() {
+        dropped |= lengths;
+    }
+    if !conn_tokens.is_empty() {
+        for (i, h) in resp.headers.iter().enumerate() {
+            if conn_tokens
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
+            {
+                dropped |= 1 << i;
+            }
         }
     }
     let framing = if head_only || code < 200 || code == 204 || code == 304 {
@@ -113,24 +197,21 @@ pub(super) fn parse_head(
     } else {
         Framing::Close
     };
-    let mut out = Vec::with_capacity(len + 64);
+    // Room for the head, the lines added to it and the body bytes read with it (`respond`
+    // appends them), so that nothing is copied twice.
+    let body_read = (buf.len() - len).min(64 * 1024);
+    let mut out = Vec::with_capacity(len + 128 + request_id.len() + body_read);
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(code.to_string().as_bytes());
-    out.push(b' ');
+    // httparse takes exactly three digits.
+    out.extend_from_slice(&[
+        b'0' + (code / 100 % 10) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        if hop_by_hop(h.name)
-            || h.name.eq_ignore_ascii_case("x-request-id")
-            || (te.is_some() && h.name.eq_ignore_ascii_case("content-length"))
-            || conn_tokens
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
-        {
-            continue;
-        }
-        put_header(&mut out, h.name, h.value);
-    }
+    copy_headers(&mut out, &buf[..len], resp.headers, dropped);
     if code >= 200 {
         put_header(&mut out, "x-request-id", request_id.as_bytes());
     }
@@ -141,6 +222,45 @@ pub(super) fn parse_head(
         upstream_keepalive: keepalive && framing != Framing::Close,
         framing,
     }))
+}
+
+/// Appends the header lines of `head` (a whole head, as parsed into `headers`) but those whose
+/// bit is set in `dropped`. Lines that end in CRLF are copied as they came, consecutive ones in
+/// one copy; a line that ends in a bare LF is written anew (`put_header`), so what leaves
+/// always ends its lines in CRLF.
+fn copy_headers(out: &mut Vec<u8>, head: &[u8], headers: &[httparse::Header<'_>], dropped: u64) {
+    // Where header `i`'s line starts in `head` (httparse's names are slices of it).
+    let start = |i: usize| headers[i].name.as_ptr() as usize - head.as_ptr() as usize;
+    // The last line ends before the empty line that ends the head.
+    let end = head.len() - if head.ends_with(b"\r\n") { 2 } else { 1 };
+    let mut run: Option<usize> = None;
+    for (i, h) in headers.iter().enumerate() {
+        let from = start(i);
+        let to = if i + 1 < headers.len() {
+            start(i + 1)
+        } else {
+            end
+        };
+        let as_is = dropped & (1 << i) == 0 && to >= from + 2 && head[to - 2] == b'\r';
+        if as_is {
+            run.get_or_insert(from);
+            continue;
+        }
+        if let Some(r) = run.take() {
+            out.extend_from_slice(&head[r..from]);
+        }
+        if dropped & (1 << i) == 0 {
+            put_header(out, h.name, h.value);
+        }
+    }
+    if let Some(r) = run {
+        out.extend_from_slice(&head[r..end]);
+    }
+}
+
+/// A `Content-Length` value (whitespace around it allowed).
+fn content_length(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
 
 /// Finds the end of a chunked body in the bytes fed to it, across reads.

@@ -93,8 +93,16 @@ pub async fn serve(
     let mut stop = shutdown.clone();
     let stopped = stop.wait_for(|s| *s);
     tokio::pin!(stopped);
-    let mut head_by = tokio::time::Instant::now() + limits.header_timeout;
-    let idle = tokio::time::sleep_until(head_by);
+    let accept_by = tokio::time::Instant::now() + limits.header_timeout;
+    // When the head being read must be whole: for the first request, the header timeout from
+    // the accept; for a later one, from its first byte, which `by_then` reads off the clock
+    // when a deadline is first needed (a head that comes whole at once never needs one, so it
+    // costs no clock reading).
+    let mut head_by = Some(accept_by);
+    let by_then = |head_by: &mut Option<tokio::time::Instant>| {
+        *head_by.get_or_insert_with(|| tokio::time::Instant::now() + limits.header_timeout)
+    };
+    let idle = tokio::time::sleep_until(accept_by);
     tokio::pin!(idle);
     // None until the first request: until then the wait is bounded by the header timeout.
     let mut last_active: Option<Instant> = None;
@@ -112,7 +120,7 @@ pub async fn serve(
                     _ = &mut idle => {
                         let until = match last_active {
                             Some(t) => tokio::time::Instant::from_std(t + limits.idle_timeout),
-                            None => head_by,
+                            None => accept_by,
                         };
                         if tokio::time::Instant::now() >= until {
                             return Served::Closed;
@@ -132,13 +140,13 @@ pub async fn serve(
         let prepared = loop {
             if !buf.is_empty() {
                 if !std::mem::replace(&mut head_started, true) && last_active.is_some() {
-                    head_by = tokio::time::Instant::now() + limits.header_timeout;
+                    head_by = None;
                 }
                 match prepare(shared, &buf, &mut conn) {
                     Prep::Ready(p) => break p,
                     Prep::Fallback => {
                         shared.fast.handed_over.inc();
-                        return Served::Fallback(client, buf, head_by);
+                        return Served::Fallback(client, buf, by_then(&mut head_by));
                     }
                     Prep::TooLarge(code) => {
                         drop(buf);
@@ -163,7 +171,7 @@ pub async fn serve(
                 Err(_) => return Served::Closed,
             }
             // The rest of a head that came in pieces: whole by the header deadline.
-            match tokio::time::timeout_at(head_by, client.read_buf(&mut buf)).await {
+            match tokio::time::timeout_at(by_then(&mut head_by), client.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return Served::Closed,
                 Err(_) => {
@@ -175,7 +183,7 @@ pub async fn serve(
         };
         buf.drain(..prepared.head_len);
         // The request's state lives in its own allocation while it runs, not in this task.
-        let keep_open = Box::pin(exchange(
+        let (keep_open, end) = Box::pin(exchange(
             shared,
             &mut client,
             &mut conn,
@@ -187,6 +195,6 @@ pub async fn serve(
             return Served::Closed;
         }
         // Idle from the end of the answer: a long request (a long poll) does not count.
-        last_active = Some(Instant::now());
+        last_active = Some(end);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -11,7 +12,7 @@ use tokio::sync::oneshot;
 use super::io::{Failure, Limits};
 use super::prepare::Prepared;
 use crate::http::pool::Lease;
-use crate::http::worker::{requeue, worker_saturated};
+use crate::http::worker::{requeue, worker_saturated_at};
 
 /// Requests that go upstream behind a leader's on its pooled connection, gathered while the
 /// leader waits for the rest of its event-loop pass (`requeue`), then written with the
@@ -119,19 +120,20 @@ pub(super) struct Upstream {
 
 /// Sends the request's head. With `lead` (the endpoint; pipelining allowed) it first opens a
 /// batch there, and the requests that join it while the rest of the pass runs go in the same
-/// write: they are returned, in order.
+/// write: they are returned, in order. `now`: about the current time (the attempt's start).
 pub(super) async fn send_request(
     conn: &mut TcpStream,
     p: &Prepared,
     lead: Option<SocketAddr>,
     limits: &Limits,
+    now: Instant,
 ) -> Result<Followers, Failure> {
     let batch = lead.map(OpenBatch::open);
-    if batch.is_some() || worker_saturated() {
+    if batch.is_some() || worker_saturated_at(now) {
         // Let the worker finish the events it already has before this request goes upstream:
         // the requests read in one pass then reach a backend together and it answers them in
         // one wake-up, instead of one wake-up (and, on another core, one IPI) each. See
-        // `worker_saturated`.
+        // `worker_saturated_at`.
         requeue().await;
     }
     match batch.map(OpenBatch::close) {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::h1::{hop_by_hop, put_header, tokens, MAX_HEADERS};
+use super::h1::{put_header, request_role, tokens, Role, MAX_HEADERS};
 use crate::http::backend::PortBalancer;
 use crate::http::filters;
 use crate::http::guard::too_large_code;
@@ -20,8 +20,8 @@ pub(super) struct ConnState {
     pub(super) ip: IpAddr,
     /// The listener the connection came in on: which rules it is served (`views.rs`).
     pub(super) scope: Scope,
-    /// The client address as X-Forwarded-For lists it.
-    xff: String,
+    /// The client address as text: X-Forwarded-For's element and the access log's `client=`.
+    pub(super) ip_text: String,
     /// Its `for=` element of `Forwarded`.
     fwd_for: String,
     /// The last (generation, rule, backend) → balancer lookup: the next request on a
@@ -36,7 +36,7 @@ impl ConnState {
         ConnState {
             ip,
             scope,
-            xff: ip.to_string(),
+            ip_text: ip.to_string(),
             fwd_for: forwarded_for(ip),
             balancer: None,
             series: None,
@@ -95,19 +95,6 @@ fn is_token(t: &[u8]) -> bool {
         .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Headers this proxy sets itself on the upstream request.
-fn replaced_upstream(name: &str) -> bool {
-    [
-        "x-forwarded-for",
-        "forwarded",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-request-id",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
-}
-
 /// Parses the head in `buf` and decides: proxy here, wait for more, or hand to pingora.
 pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep {
     let client_ip = conn.ip;
@@ -147,41 +134,38 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
     let mut conn_tokens: Vec<&[u8]> = Vec::new();
     let mut nominations = 0;
     let (mut xff, mut fwd, mut id) = (None, None, None);
-    for h in headers {
-        let n = h.name;
-        if n.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = Some(h.value);
-        } else if n.eq_ignore_ascii_case("content-length") {
-            if h.value.trim_ascii() != b"0" {
-                return Prep::Fallback;
+    // Each header's role, worked out once for both passes over them.
+    let mut roles = [Role::Other; MAX_HEADERS];
+    for (h, role) in headers.iter().zip(roles.iter_mut()) {
+        *role = request_role(h.name);
+        match *role {
+            Role::Host => {
+                hosts += 1;
+                host = Some(h.value);
             }
-        } else if ["transfer-encoding", "upgrade", "expect", "http2-settings"]
-            .iter()
-            .any(|x| n.eq_ignore_ascii_case(x))
-        {
-            return Prep::Fallback;
-        } else if n.eq_ignore_ascii_case("connection") {
-            for t in tokens(h.value) {
-                nominations += 1;
-                // What pingora refuses (400), it answers.
-                if nominations >= 10 || protected(t) || !is_token(t) {
-                    return Prep::Fallback;
-                }
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"upgrade") {
-                    return Prep::Fallback;
-                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
-                    conn_tokens.push(t);
+            // A body: pingora's.
+            Role::ContentLength if h.value.trim_ascii() != b"0" => return Prep::Fallback,
+            Role::Refused => return Prep::Fallback,
+            Role::Connection => {
+                for t in tokens(h.value) {
+                    nominations += 1;
+                    // What pingora refuses (400), it answers.
+                    if nominations >= 10 || protected(t) || !is_token(t) {
+                        return Prep::Fallback;
+                    }
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        return Prep::Fallback;
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                        conn_tokens.push(t);
+                    }
                 }
             }
-        } else if n.eq_ignore_ascii_case("x-request-id") && id.is_none() {
-            id = Some(h.value);
-        } else if n.eq_ignore_ascii_case("x-forwarded-for") && xff.is_none() {
-            xff = Some(h.value);
-        } else if n.eq_ignore_ascii_case("forwarded") && fwd.is_none() {
-            fwd = Some(h.value);
+            Role::RequestId if id.is_none() => id = Some(h.value),
+            Role::ForwardedFor if xff.is_none() => xff = Some(h.value),
+            Role::Forwarded if fwd.is_none() => fwd = Some(h.value),
+            _ => {}
         }
     }
     let (1, Some(Ok(raw_host))) = (hosts, host.map(std::str::from_utf8)) else {
@@ -247,34 +231,34 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in headers {
-        if hop_by_hop(h.name)
-            || replaced_upstream(h.name)
-            || conn_tokens
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
+    for (h, role) in headers.iter().zip(roles) {
+        // Hop-by-hop headers and those set below are not passed on, nor what `Connection`
+        // names.
+        if !role.forwarded()
+            || (!conn_tokens.is_empty()
+                && conn_tokens
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes())))
         {
             continue;
         }
         put_header(&mut out, h.name, h.value);
     }
-    let mut v = Vec::with_capacity(128);
+    out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prev) = xff.filter(|p| !p.is_empty()) {
-        v.extend_from_slice(prev);
-        v.extend_from_slice(b", ");
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
     }
-    v.extend_from_slice(conn.xff.as_bytes());
-    put_header(&mut out, "x-forwarded-for", &v);
-    v.clear();
+    out.extend_from_slice(conn.ip_text.as_bytes());
+    out.extend_from_slice(b"\r\nforwarded: ");
     if let Some(prev) = fwd.filter(|p| !p.is_empty()) {
-        v.extend_from_slice(prev);
-        v.extend_from_slice(b", ");
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
     }
-    v.extend_from_slice(conn.fwd_for.as_bytes());
-    v.extend_from_slice(b";proto=http;host=\"");
-    v.extend_from_slice(host.as_bytes());
-    v.push(b'"');
-    put_header(&mut out, "forwarded", &v);
+    out.extend_from_slice(conn.fwd_for.as_bytes());
+    out.extend_from_slice(b";proto=http;host=\"");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\"\r\n");
     put_header(&mut out, "x-forwarded-proto", b"http");
     put_header(&mut out, "x-forwarded-host", host.as_bytes());
     put_header(&mut out, "x-request-id", request_id.as_bytes());

@@ -1,8 +1,8 @@
 //! Answering the client on the fast path: the endpoint's response passed on with its framing,
 //! this proxy's own error answers, and the request's metrics and access log line.
 
-use std::io::Write;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -11,11 +11,10 @@ use super::h1::{Chunked, Framing, Head};
 use super::io::{write_client, Limits};
 use super::pipeline::{relay, Upstream};
 use super::prepare::{ConnState, Prepared};
-use crate::http::access_log;
 use crate::http::pool::disturbed;
-use crate::http::request::LogSafe;
 use crate::http::shared::Shared;
 use crate::http::upstreams;
+use crate::http::{access_log, log_line};
 
 /// Per-request bookkeeping for the log and metrics.
 pub(super) struct Outcome {
@@ -25,7 +24,8 @@ pub(super) struct Outcome {
     pub(super) error: Option<&'static str>,
 }
 
-/// Passes the response on. Returns whether the client connection stays open.
+/// Passes the response on (its head came at `answered`). Returns whether the client connection
+/// stays open.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn respond(
     shared: &Shared,
@@ -36,6 +36,7 @@ pub(super) async fn respond(
     up: Upstream,
     limits: &Limits,
     out: &mut Outcome,
+    answered: Instant,
 ) -> bool {
     let Upstream {
         mut lease,
@@ -101,6 +102,8 @@ pub(super) async fn respond(
         return false;
     }
     drop(wbuf);
+    // Whether the body took reads after the head's.
+    let more_reads = !done;
     while !done {
         ubuf.clear();
         if ubuf.capacity() < 16 * 1024 {
@@ -158,8 +161,9 @@ pub(super) async fn respond(
     if done && head.upstream_keepalive && rest.is_empty() && !disturbed(lease.conn()) {
         // Keep it unless its endpoint left the table while the request ran.
         let snap = shared.cell.load();
-        if snap.generation == p.generation || upstreams::usable_in(&snap.routes, &lease.target) {
-            lease.keep();
+        if snap.generation == p.generation || upstreams::usable_in(&snap.routes, lease.target()) {
+            // Idle from its last read.
+            lease.keep(if more_reads { Instant::now() } else { answered });
         }
     }
     !close
@@ -191,16 +195,17 @@ pub(super) async fn local_error(
     false
 }
 
-/// The request's metrics and access-log line; `stopping`: the proxy is shutting down (the line
-/// is written out at once).
+/// The request's metrics and access-log line, for a request that ended at `end`; `stopping`: the
+/// proxy is shutting down (the line is written out at once).
 pub(super) fn log_request(
     shared: &Shared,
     conn: &mut ConnState,
     p: &Prepared,
     o: &Outcome,
+    end: Instant,
     stopping: bool,
 ) {
-    let elapsed = p.start.elapsed();
+    let elapsed = end.saturating_duration_since(p.start);
     let (route, service) = (&p.rule.label, &p.balancer.label);
     match &conn.series {
         Some(s) if s.is(route, service, o.code) => s.observe(elapsed.as_secs_f64()),
@@ -216,36 +221,39 @@ pub(super) fn log_request(
     if !tracing::enabled!(target: "access", tracing::Level::INFO) {
         return;
     }
-    // The line `tracing::info!(target: "access", ...)` would write, formatted here and
-    // written in batches (`access_log.rs`): one `write(2)` and the formatter per request cost
-    // ~5 µs of CPU.
+    // The line `tracing::info!(target: "access", ...)` would write, written here into the
+    // batch (`access_log.rs`, `log_line.rs`): one `write(2)` and the formatter per request
+    // cost ~5 µs of CPU.
     let path = p.target.split('?').next().unwrap_or("");
-    let mut line = Vec::with_capacity(320);
-    access_log::line_start(&mut line, std::time::SystemTime::now());
-    let _ = write!(
-        line,
-        "client={} method={} host={} path={} status={} ",
-        conn.ip,
-        LogSafe(p.method.as_str()),
-        LogSafe(&p.host),
-        LogSafe(path),
-        o.code
-    );
-    access_log::put_str(&mut line, "route", route);
-    access_log::put_str(&mut line, "service", service);
-    match o.upstream {
-        Some(a) => {
-            let _ = write!(line, "upstream=\"{a}\" ");
+    let now = log_line::wall_time(end);
+    access_log::append_with(stopping, |line| {
+        log_line::line_start(line, now);
+        line.extend_from_slice(b"client=");
+        line.extend_from_slice(conn.ip_text.as_bytes());
+        line.extend_from_slice(b" method=");
+        log_line::put_safe(line, p.method.as_str());
+        line.extend_from_slice(b" host=");
+        log_line::put_safe(line, &p.host);
+        line.extend_from_slice(b" path=");
+        log_line::put_safe(line, path);
+        line.extend_from_slice(b" status=");
+        log_line::put_u64(line, u64::from(o.code));
+        line.push(b' ');
+        log_line::put_str(line, "route", route);
+        log_line::put_str(line, "service", service);
+        line.extend_from_slice(b"upstream=\"");
+        match o.upstream {
+            Some(a) => log_line::put_socket_addr(line, a),
+            None => line.push(b'-'),
         }
-        None => line.extend_from_slice(b"upstream=\"-\" "),
-    }
-    let _ = writeln!(
-        line,
-        "retries={} duration_ms={:?} request_id={} error={:?}",
-        o.retries,
-        elapsed.as_secs_f64() * 1000.0,
-        LogSafe(&p.request_id),
-        o.error.unwrap_or("")
-    );
-    access_log::append(&line, stopping);
+        line.extend_from_slice(b"\" retries=");
+        log_line::put_u64(line, u64::from(o.retries));
+        line.extend_from_slice(b" duration_ms=");
+        log_line::put_millis(line, elapsed);
+        line.extend_from_slice(b" request_id=");
+        log_line::put_safe(line, &p.request_id);
+        line.extend_from_slice(b" error=");
+        log_line::put_quoted(line, o.error.unwrap_or(""));
+        line.push(b'\n');
+    });
 }

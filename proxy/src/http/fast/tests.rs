@@ -298,3 +298,43 @@ fn response_head_for_the_client() {
     .unwrap();
     assert!(!close.upstream_keepalive);
 }
+
+#[test]
+fn client_heads_keep_lines_as_sent_and_end_them_in_crlf() {
+    // (response head from the endpoint, head sent to the client before its final CRLF)
+    let cases: [(&str, &str); 6] = [
+        (
+            "HTTP/1.1 200 OK\r\nA: 1\r\nB:  2 \r\n\r\n",
+            "HTTP/1.1 200 OK\r\nA: 1\r\nB:  2 \r\nx-request-id: id\r\n",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nA: 1\r\nConnection: x-b\r\nX-B: 2\r\nC: 3\r\nTE: t\r\nD: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nA: 1\r\nC: 3\r\nD: 4\r\nx-request-id: id\r\n",
+        ),
+        (
+            "HTTP/1.1 200 OK\nA:1\nB: 2\r\nC: 3\n\n",
+            "HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\nx-request-id: id\r\n",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nA: 1\n\r\n",
+            "HTTP/1.1 200 OK\r\nA: 1\r\nx-request-id: id\r\n",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nX-Request-Id: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-request-id: id\r\n",
+        ),
+        (
+            "HTTP/1.0 404 Not Found\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\nx-request-id: id\r\n",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (from, want) in cases {
+        let h = parse_head(from.as_bytes(), false, "id").unwrap().unwrap();
+        let got = String::from_utf8(h.client_head).unwrap();
+        if got != want {
+            failures.push(format!("{from:?}: got {got:?}, want {want:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
