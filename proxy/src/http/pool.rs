@@ -2,7 +2,6 @@
 //! event loop, and the lease a request holds a connection by.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,54 +28,12 @@ impl Idle {
     }
 }
 
-/// The hash of the pool's keys: FxHash's step (rustc's), a multiply per word. The keys are
+/// The hash of the pool's keys: foldhash's fast hasher with a fixed seed. The keys are
 /// endpoint addresses from the table and label pointers, never chosen by a client, so SipHash's
 /// resistance to chosen collisions buys nothing here; hashing the address with it (on every
 /// `take` and `keep`) and the service label (for the busy count, twice more) was ~7% of the
 /// fast path's user-space instructions per request (callgrind, issue 17.5).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl KeyHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let mut last = [0u8; 8];
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            last[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(last));
-        }
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.add(u64::from(v));
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.add(u64::from(v));
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.add(u64::from(v));
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.add(v);
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.add(v as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type KeyMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
+type KeyMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 /// A service label's place in the busy counts: the address of its text. Every lease of one
 /// balancer shares one label `Arc` (`PortBalancer::target`); two balancers of one service
