@@ -51,7 +51,7 @@ fn start(every: Duration) -> Running {
         vec!["a".into(), "b".into()],
         health.clone(),
     )
-    .partial_publish_every(every);
+    .partial_publish(every, every);
     tokio::spawn(controller.run(rx));
     Running { tx, cell, health }
 }
