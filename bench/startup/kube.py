@@ -34,7 +34,8 @@ class Unavailable(Exception):
 def assets():
     d = os.environ.get("KUBEBUILDER_ASSETS", "")
     if not d:
-        raise Unavailable("KUBEBUILDER_ASSETS is not set (bash ../shared/envtest/setup.sh prints it)")
+        raise Unavailable("KUBEBUILDER_ASSETS is not set "
+                          "(bash ../shared/envtest/setup.sh prints it)")
     for b in ("etcd", "kube-apiserver"):
         if not (Path(d) / b).exists():
             raise Unavailable(f"KUBEBUILDER_ASSETS={d} has no {b}")
