@@ -154,6 +154,8 @@ fn fit_connection_limits(cfg: &mut Config) -> admin::AdminLimits {
 
 /// Runs until a shutdown signal.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // The start-up's clock: the first complete table's log line counts from here.
+    let started = std::time::Instant::now();
     ignore_stray_signals();
     check_addresses_free(&cfg)?;
     let mut cfg = cfg;
@@ -254,6 +256,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::spawn(
         Controller::new(state, cell.clone(), metrics, parts, sources)
             .notify_published(published_tx)
+            .started_at(started)
             .run(rx),
     );
 

@@ -117,6 +117,9 @@ pub fn conflict(key: &ObjectKey, served: &SourceId, also: &SourceId) -> String {
 /// How often a partial state is published while some source has not synced yet ([`Controller::run`]).
 pub const PARTIAL_PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How long after start the first partial state may be published ([`Controller::run`]).
+pub const PARTIAL_PUBLISH_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Owns the cluster state; applies changes in batches and publishes snapshots.
 pub struct Controller {
     state: ClusterState,
@@ -124,10 +127,15 @@ pub struct Controller {
     metrics: Metrics,
     pending: BTreeSet<String>,
     health: SourceHealth,
-    /// When the controller was made, for the time to the first complete state.
+    /// When the process started (or the controller was made), for the time to the first
+    /// complete state.
     created: Instant,
-    /// How often a partial state is published before every source has synced.
+    /// Set when the last part syncs: the next publish says so in the log.
+    announce_ready: bool,
+    /// How often a partial state is published before every source has synced, and how long
+    /// after `created` the first one may be.
     partial_every: std::time::Duration,
+    partial_first: std::time::Duration,
     /// Told each published generation, for readers that act on a change instead of polling
     /// (the L4 sync task).
     published: Option<tokio::sync::watch::Sender<u64>>,
@@ -150,7 +158,9 @@ impl Controller {
             pending: parts.into_iter().collect(),
             health,
             created: Instant::now(),
+            announce_ready: false,
             partial_every: PARTIAL_PUBLISH_EVERY,
+            partial_first: PARTIAL_PUBLISH_FIRST,
             published: None,
         }
     }
@@ -161,9 +171,22 @@ impl Controller {
         self
     }
 
-    /// Publishes partial states at most every `every` until every source has synced
-    /// (default [`PARTIAL_PUBLISH_EVERY`]).
-    pub fn partial_publish_every(mut self, every: std::time::Duration) -> Self {
+    /// Counts the time to the first complete state (and to the first partial publish) from
+    /// `start`, the process's start, instead of from the controller's making.
+    pub fn started_at(mut self, start: Instant) -> Self {
+        self.created = start;
+        self
+    }
+
+    /// Publishes partial states at most every `every`, the first no sooner than `first` after
+    /// start, until every source has synced (default [`PARTIAL_PUBLISH_FIRST`],
+    /// [`PARTIAL_PUBLISH_EVERY`]).
+    pub fn partial_publish(
+        mut self,
+        first: std::time::Duration,
+        every: std::time::Duration,
+    ) -> Self {
+        self.partial_first = first;
         self.partial_every = every;
         self
     }
@@ -171,11 +194,14 @@ impl Controller {
     /// Runs until every sender is gone.
     ///
     /// Until every source has synced, what the sources delivered so far is published at most
-    /// every [`PARTIAL_PUBLISH_EVERY`]: at start the kinds arrive one list at a time, and
-    /// compiling the tables after each would compile every Service once per kind (twice at
-    /// 10k Services: 0.3 s of a start-up that is meant to take 0.4 s). The first complete
-    /// state is published at once; a source that never syncs (an API server that is down)
-    /// still lets the others' objects be served after that interval.
+    /// every [`PARTIAL_PUBLISH_EVERY`], and not before [`PARTIAL_PUBLISH_FIRST`] after start:
+    /// at start the kinds arrive one list at a time, and compiling the tables after each would
+    /// compile every Service once per kind. A partial publish 250 ms after the first (empty)
+    /// kinds came compiled the 10,000 Services of the bench alone, before their EndpointSlices
+    /// arrived, and again with them: 0.15–0.5 s of CPU on the start-up's critical path
+    /// (docs/sources.md, "Start-up"). The first complete state is published at once; a source
+    /// that never syncs (an API server that is down) still lets the others' objects be served
+    /// after a second (CoreDNS waits up to 5 s for its API sync before it serves).
     pub async fn run(mut self, mut rx: Receiver) {
         let mut batch = Vec::new();
         // Changes applied but not yet published: the earliest one's arrival, and when the
@@ -218,8 +244,9 @@ impl Controller {
                 held = None;
                 self.publish(earliest);
             } else {
+                let first = tokio::time::Instant::from_std(self.created + self.partial_first);
                 let due = held.map_or_else(
-                    || tokio::time::Instant::now() + self.partial_every,
+                    || (tokio::time::Instant::now() + self.partial_every).max(first),
                     |(_, due)| due,
                 );
                 held = Some((earliest, due));
@@ -252,9 +279,7 @@ impl Controller {
             Change::Synced { part } => {
                 if self.pending.remove(&part) {
                     tracing::info!(%part, remaining = self.pending.len(), "source synced");
-                    if self.pending.is_empty() {
-                        self.log_ready();
-                    }
+                    self.announce_ready = self.pending.is_empty();
                 }
                 if self.pending.is_empty() {
                     self.state.set_synced(true);
@@ -264,9 +289,9 @@ impl Controller {
         }
     }
 
-    /// Says once, when every source has delivered its first complete state, what is served
-    /// and how long it took (the snapshot that carries it is published right after).
-    fn log_ready(&self) {
+    /// Says once, when the first complete state is published, what is served, how long it took
+    /// since start, and how long compiling and publishing it took.
+    fn log_ready(&self, publish: std::time::Duration) {
         let count = |kind: Kind| {
             [Origin::Manifests, Origin::Kubernetes]
                 .iter()
@@ -276,9 +301,8 @@ impl Controller {
         // Endpoint addresses over every slice (once, at start).
         let endpoints: usize = self
             .state
-            .objects()
-            .iter()
-            .map(|(_, _, object)| match object {
+            .effective_objects()
+            .map(|object| match object {
                 Object::EndpointSlice(slice) => slice.endpoints.len(),
                 _ => 0,
             })
@@ -291,7 +315,8 @@ impl Controller {
             http_routes = count(Kind::HttpRoute),
             gateways = count(Kind::Gateway),
             seconds = self.created.elapsed().as_secs_f64(),
-            "ready: every source has synced"
+            publish_seconds = publish.as_secs_f64(),
+            "ready: every source has synced; the first complete table is published"
         );
     }
 
@@ -330,6 +355,7 @@ impl Controller {
 
     /// Commits and stores the next snapshot, if anything changed.
     pub fn publish(&mut self, earliest: Option<Instant>) {
+        let began = Instant::now();
         let Some(mut snap) = self.state.commit() else {
             return;
         };
@@ -359,7 +385,15 @@ impl Controller {
                     .set(n as i64);
             }
         }
-        tracing::debug!(generation, synced, "published snapshot");
+        if synced && std::mem::take(&mut self.announce_ready) {
+            self.log_ready(began.elapsed());
+        }
+        tracing::debug!(
+            generation,
+            synced,
+            seconds = began.elapsed().as_secs_f64(),
+            "published snapshot"
+        );
     }
 }
 

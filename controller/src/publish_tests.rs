@@ -39,7 +39,7 @@ struct Running {
     health: SourceHealth,
 }
 
-fn start(every: Duration) -> Running {
+fn start(first: Duration, every: Duration) -> Running {
     let (tx, rx) = channel();
     let cell = tables::new_cell("cluster.local");
     let health = SourceHealth::default();
@@ -51,7 +51,7 @@ fn start(every: Duration) -> Running {
         vec!["a".into(), "b".into()],
         health.clone(),
     )
-    .partial_publish_every(every);
+    .partial_publish(first, every);
     tokio::spawn(controller.run(rx));
     Running { tx, cell, health }
 }
@@ -67,7 +67,7 @@ async fn until(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn the_first_complete_state_is_one_publish_when_kinds_arrive_apart() {
-    let r = start(Duration::from_secs(3600));
+    let r = start(Duration::from_secs(3600), Duration::from_secs(3600));
     send_part(&r.tx, "a");
     // The controller has taken in `a` (its health is recorded) before `b` is sent.
     until("part a's health", || r.health.get("a").is_some()).await;
@@ -88,7 +88,7 @@ async fn the_first_complete_state_is_one_publish_when_kinds_arrive_apart() {
 
 #[tokio::test]
 async fn a_partial_state_is_published_after_the_interval_while_a_source_has_not_synced() {
-    let r = start(Duration::from_millis(20));
+    let r = start(Duration::from_millis(20), Duration::from_millis(20));
     send_part(&r.tx, "a");
     until("a partial snapshot", || r.cell.load().generation >= 1).await;
     let snap = r.cell.load();
@@ -101,4 +101,24 @@ async fn a_partial_state_is_published_after_the_interval_while_a_source_has_not_
     send_part(&r.tx, "b");
     until("a synced snapshot", || r.cell.load().synced).await;
     assert_eq!(r.cell.load().generation, 2);
+}
+
+/// The first partial state waits for `first` after start, however soon the interval after the
+/// first change ends: at start the API's kinds arrive one list at a time (paused time).
+#[tokio::test(start_paused = true)]
+async fn no_partial_state_is_published_before_the_first_delay() {
+    let r = start(Duration::from_secs(1), Duration::from_millis(20));
+    send_part(&r.tx, "a");
+    until("part a's health", || r.health.get("a").is_some()).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(
+        r.cell.load().generation,
+        0,
+        "a partial state published before 1 s"
+    );
+    until("a partial snapshot after 1 s", || {
+        r.cell.load().generation >= 1
+    })
+    .await;
+    assert!(!r.cell.load().synced);
 }

@@ -469,6 +469,13 @@ impl ClusterState {
         self.counts.get(&(origin, kind)).copied().unwrap_or(0)
     }
 
+    /// Every effective object, in no particular order (no sort: for counts).
+    pub fn effective_objects(&self) -> impl Iterator<Item = &Object> {
+        self.objects
+            .values()
+            .filter_map(|c| c.first().map(|(_, o)| &**o))
+    }
+
     /// Every effective object, sorted by key (for dumps and tests).
     pub fn objects(&self) -> Vec<(&ObjectKey, &SourceId, &Object)> {
         let mut v: Vec<_> = self

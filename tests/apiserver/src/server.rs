@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::resources::{self, GATEWAY_GROUP, RESOURCES};
-use crate::store::{bookmark_line, json_line, ListError, Msg, Store, WatchStart};
+use crate::store::{bookmark_line, event_line, json_line, ListError, Msg, Store, WatchStart};
 use crate::util::{parse_query, reason_for, status_json};
 use crate::{Stats, StreamingLists};
 
@@ -593,7 +593,7 @@ fn error_event_response(
     status: &Value,
     timeout: Duration,
 ) -> Response<Body> {
-    let line = json_line(&json!({ "type": "ERROR", "object": status }));
+    let line = event_line("ERROR", status);
     watch_response(WatchStream {
         shared: Arc::clone(shared),
         id: None,

@@ -517,9 +517,18 @@ fn parse_token(token: &str) -> Option<(u64, usize)> {
     Some((id.parse().ok()?, offset.parse().ok()?))
 }
 
-/// Serializes `{"type":T,"object":OBJ}\n`.
+/// Serializes `{"type":T,"object":OBJ}\n`, `type` first as kube-apiserver writes it (Go encodes
+/// `metav1.WatchEvent`'s fields in order). A `json!` map would sort `object` first, which makes
+/// clients decode every event twice: kube-rs's `WatchEvent` buffers the object until it has
+/// read the tag, a cost no real API server causes.
 pub(crate) fn event_line(event_type: &str, obj: &Value) -> Bytes {
-    json_line(&json!({ "type": event_type, "object": obj }))
+    let mut buf = Vec::with_capacity(256);
+    buf.extend_from_slice(b"{\"type\":");
+    serde_json::to_writer(&mut buf, event_type).unwrap_or_default();
+    buf.extend_from_slice(b",\"object\":");
+    serde_json::to_writer(&mut buf, obj).unwrap_or_default();
+    buf.extend_from_slice(b"}\n");
+    Bytes::from(buf)
 }
 
 /// A BOOKMARK event line for a resource type at `rv`.
