@@ -114,7 +114,8 @@ impl fmt::Display for ServiceKey {
 /// Any object the tables accept.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    Service(Service),
+    /// In its own block, shared with the compiled routes (`ServiceRoutes::service`).
+    Service(Arc<Service>),
     EndpointSlice(EndpointSlice),
     Ingress(Ingress),
     HttpRoute(HttpRoute),
@@ -324,23 +325,96 @@ impl Conditions {
     }
 }
 
+/// `endpoints[].targetRef`. Kind and namespace are the same few values across the cluster and
+/// are interned (`crate::intern`); the name is the endpoint's own.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct TargetRef {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
+    pub kind: Arc<str>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
+/// `endpoints[].addresses`: almost always one address, kept inline; two or more in one block.
+/// Reads as a slice.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Addresses {
+    One(IpAddr),
+    /// None, or more than one.
+    Many(Box<[IpAddr]>),
+}
+
+impl Default for Addresses {
+    fn default() -> Self {
+        Addresses::Many(Box::default())
+    }
+}
+
+impl std::ops::Deref for Addresses {
+    type Target = [IpAddr];
+    fn deref(&self) -> &[IpAddr] {
+        match self {
+            Addresses::One(ip) => std::slice::from_ref(ip),
+            Addresses::Many(ips) => ips,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Addresses {
+    type Item = &'a IpAddr;
+    type IntoIter = std::slice::Iter<'a, IpAddr>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl From<Vec<IpAddr>> for Addresses {
+    fn from(v: Vec<IpAddr>) -> Self {
+        match v[..] {
+            [ip] => Addresses::One(ip),
+            _ => Addresses::Many(v.into()),
+        }
+    }
+}
+
+impl From<IpAddr> for Addresses {
+    fn from(ip: IpAddr) -> Self {
+        Addresses::One(ip)
+    }
+}
+
+impl fmt::Debug for Addresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// What the routes of an endpoint read besides its address and conditions: one block per
+/// endpoint, shared by the object and by the compiled route of every port of its service
+/// (`EndpointRoute::endpoint`). Node names, zones and hints are interned (`crate::intern`):
+/// a cluster has a few hundred distinct values for 100,000 endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct EndpointInfo {
+    pub node_name: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
+    pub hints_for_zones: Box<[Arc<str>]>,
+    pub hints_for_nodes: Box<[Arc<str>]>,
+    pub target_ref: Option<TargetRef>,
+}
+
+impl EndpointInfo {
+    /// The `targetRef` name (the pod), for logs and debugging.
+    pub fn target(&self) -> Option<&Arc<str>> {
+        self.target_ref.as_ref().map(|t| &t.name)
+    }
+}
+
+/// One entry of `endpoints[]` (56 B and one shared block; docs/memory.md).
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Endpoint {
-    pub addresses: Vec<IpAddr>,
-    pub hostname: Option<String>,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
-    pub hints_for_zones: Vec<String>,
-    pub hints_for_nodes: Vec<String>,
+    pub addresses: Addresses,
+    pub hostname: Option<Box<str>>,
     pub conditions: Conditions,
-    pub target_ref: Option<TargetRef>,
+    pub info: Arc<EndpointInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use crate::model::{
-    Conditions, HttpRouteFilter, HttpRouteMatch, Kind, ObjectKey, PortRef, Protocol, Service,
-    ServiceKey,
+    Conditions, EndpointInfo, HttpRouteFilter, HttpRouteMatch, Kind, ObjectKey, PortRef, Protocol,
+    Service, ServiceKey,
 };
 use crate::sharded::ShardedMap;
 
@@ -102,17 +102,13 @@ impl DnsTable {
     }
 }
 
-/// One endpoint of one service port, with what the balancers need to choose it.
+/// One endpoint of one service port, with what the balancers need to choose it (48 B: the
+/// endpoint's node, zone, hints and target are the object's own block, shared by every port).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointRoute {
     pub addr: SocketAddr,
     pub conditions: Conditions,
-    pub node_name: Option<Arc<str>>,
-    pub zone: Option<Arc<str>>,
-    pub hints_for_zones: Vec<Arc<str>>,
-    pub hints_for_nodes: Vec<Arc<str>>,
-    /// `targetRef` name (the pod), for logs and `x-backend`-style debugging.
-    pub target: Option<Arc<str>>,
+    pub endpoint: Arc<EndpointInfo>,
 }
 
 /// One port of a service with its endpoints (targetPort already resolved per EndpointSlice).
