@@ -331,62 +331,11 @@ impl Conditions {
 pub struct TargetRef {
     pub kind: Arc<str>,
     pub namespace: Arc<str>,
-    pub name: Arc<str>,
+    pub name: Box<str>,
 }
 
-/// `endpoints[].addresses`: almost always one address, kept inline; two or more in one block.
-/// Reads as a slice.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Addresses {
-    One(IpAddr),
-    /// None, or more than one.
-    Many(Box<[IpAddr]>),
-}
-
-impl Default for Addresses {
-    fn default() -> Self {
-        Addresses::Many(Box::default())
-    }
-}
-
-impl std::ops::Deref for Addresses {
-    type Target = [IpAddr];
-    fn deref(&self) -> &[IpAddr] {
-        match self {
-            Addresses::One(ip) => std::slice::from_ref(ip),
-            Addresses::Many(ips) => ips,
-        }
-    }
-}
-
-impl<'a> IntoIterator for &'a Addresses {
-    type Item = &'a IpAddr;
-    type IntoIter = std::slice::Iter<'a, IpAddr>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
-
-impl From<Vec<IpAddr>> for Addresses {
-    fn from(v: Vec<IpAddr>) -> Self {
-        match v[..] {
-            [ip] => Addresses::One(ip),
-            _ => Addresses::Many(v.into()),
-        }
-    }
-}
-
-impl From<IpAddr> for Addresses {
-    fn from(ip: IpAddr) -> Self {
-        Addresses::One(ip)
-    }
-}
-
-impl fmt::Debug for Addresses {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
+/// `endpoints[].addresses`: almost always one address, kept inline; reads as a slice.
+pub type Addresses = crate::few::OneOrMany<IpAddr>;
 
 /// What the routes of an endpoint read besides its address and conditions: one block per
 /// endpoint, shared by the object and by the compiled route of every port of its service
@@ -403,8 +352,8 @@ pub struct EndpointInfo {
 
 impl EndpointInfo {
     /// The `targetRef` name (the pod), for logs and debugging.
-    pub fn target(&self) -> Option<&Arc<str>> {
-        self.target_ref.as_ref().map(|t| &t.name)
+    pub fn target(&self) -> Option<&str> {
+        self.target_ref.as_ref().map(|t| &*t.name)
     }
 }
 
