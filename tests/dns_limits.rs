@@ -195,13 +195,17 @@ async fn a_client_that_never_reads_is_dropped() {
         "{:?}",
         started.elapsed()
     );
-    assert!(
-        sb.log()
-            .lines()
-            .any(|l| l.contains("connection limit reached") && l.contains("write_timeout")),
-        "{}",
-        sb.log()
-    );
+    // The hit is counted before its line is logged, and the log is read from the process's
+    // output as it comes: wait for the line, not only for the counter.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sb
+        .log()
+        .lines()
+        .any(|l| l.contains("connection limit reached") && l.contains("write_timeout"))
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", sb.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The reproduction: the upstream does not answer at start, later starts forwarding

@@ -6,12 +6,15 @@ use std::time::Duration;
 use tables::model::Service;
 
 fn service(name: &str) -> Object {
-    Object::Service(Service {
-        namespace: "default".into(),
-        name: name.into(),
-        cluster_ips: vec!["10.96.0.10".parse().unwrap()],
-        ..Default::default()
-    })
+    Object::Service(
+        Service {
+            namespace: "default".into(),
+            name: name.into(),
+            cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+            ..Default::default()
+        }
+        .into(),
+    )
 }
 
 /// Sends `part`'s whole state: one Service, synced, healthy.

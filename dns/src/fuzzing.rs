@@ -43,8 +43,8 @@ pub fn sample_cell() -> SnapshotCell {
     };
     let endpoints = (1..=30)
         .map(|i| Endpoint {
-            addresses: vec![ip(&format!("10.1.0.{i}"))],
-            hostname: (i % 2 == 0).then(|| format!("pod-{i}")),
+            addresses: ip(&format!("10.1.0.{i}")).into(),
+            hostname: (i % 2 == 0).then(|| format!("pod-{i}").into()),
             conditions: Conditions {
                 ready: Some(i % 7 != 0),
                 ..Default::default()
@@ -53,9 +53,9 @@ pub fn sample_cell() -> SnapshotCell {
         })
         .collect();
     let objects = vec![
-        Object::Service(svc("web", &["10.96.0.10"], false)),
-        Object::Service(svc("dual", &["10.96.0.11", "fd00::11"], false)),
-        Object::Service(svc("db", &[], true)),
+        Object::Service(svc("web", &["10.96.0.10"], false).into()),
+        Object::Service(svc("dual", &["10.96.0.11", "fd00::11"], false).into()),
+        Object::Service(svc("db", &[], true).into()),
         Object::EndpointSlice(EndpointSlice {
             trigger_time: None,
             namespace: "default".into(),
@@ -70,13 +70,16 @@ pub fn sample_cell() -> SnapshotCell {
             }],
             endpoints,
         }),
-        Object::Service(Service {
-            namespace: "default".into(),
-            name: "ext".into(),
-            service_type: ServiceType::ExternalName,
-            external_name: Some("example.com".into()),
-            ..Default::default()
-        }),
+        Object::Service(
+            Service {
+                namespace: "default".into(),
+                name: "ext".into(),
+                service_type: ServiceType::ExternalName,
+                external_name: Some("example.com".into()),
+                ..Default::default()
+            }
+            .into(),
+        ),
     ];
     let mut state = ClusterState::new(TableConfig::default());
     state.reset(&SourceId::new(Origin::Manifests, "sample"), objects, &[]);

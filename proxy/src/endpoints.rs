@@ -140,7 +140,8 @@ impl Hints {
     fn new(endpoints: &[&EndpointRoute], service: &Service) -> Self {
         let any_explicit = endpoints.iter().any(|e| {
             e.conditions.is_ready()
-                && (!e.hints_for_zones.is_empty() || !e.hints_for_nodes.is_empty())
+                && (!e.endpoint.hints_for_zones.is_empty()
+                    || !e.endpoint.hints_for_nodes.is_empty())
         });
         Hints {
             synthesize: if any_explicit {
@@ -153,31 +154,31 @@ impl Hints {
 
     fn has_zone(&self, e: &EndpointRoute) -> bool {
         match self.synthesize {
-            None => !e.hints_for_zones.is_empty(),
-            Some(_) => e.zone.is_some(),
+            None => !e.endpoint.hints_for_zones.is_empty(),
+            Some(_) => e.endpoint.zone.is_some(),
         }
     }
 
     fn zone_hint_is(&self, e: &EndpointRoute, zone: &str) -> bool {
         match self.synthesize {
-            None => e.hints_for_zones.iter().any(|z| &**z == zone),
-            Some(_) => e.zone.as_deref() == Some(zone),
+            None => e.endpoint.hints_for_zones.iter().any(|z| &**z == zone),
+            Some(_) => e.endpoint.zone.as_deref() == Some(zone),
         }
     }
 
     fn has_node(&self, e: &EndpointRoute) -> bool {
         match self.synthesize {
-            None => !e.hints_for_nodes.is_empty(),
-            Some(tables::TrafficDistribution::PreferSameNode) => e.node_name.is_some(),
+            None => !e.endpoint.hints_for_nodes.is_empty(),
+            Some(tables::TrafficDistribution::PreferSameNode) => e.endpoint.node_name.is_some(),
             Some(_) => false,
         }
     }
 
     fn node_hint_is(&self, e: &EndpointRoute, node: &str) -> bool {
         match self.synthesize {
-            None => e.hints_for_nodes.iter().any(|n| &**n == node),
+            None => e.endpoint.hints_for_nodes.iter().any(|n| &**n == node),
             Some(tables::TrafficDistribution::PreferSameNode) => {
-                e.node_name.as_deref() == Some(node)
+                e.endpoint.node_name.as_deref() == Some(node)
             }
             Some(_) => false,
         }
@@ -237,8 +238,9 @@ pub fn categorize<'a>(
         .iter()
         .filter(|e| family.is_none_or(|f| e.addr.ip().is_ipv4() == f.is_ipv4()))
         .collect();
-    let is_local =
-        |e: &EndpointRoute| node.name.is_some() && e.node_name.as_deref() == node.name.as_deref();
+    let is_local = |e: &EndpointRoute| {
+        node.name.is_some() && e.endpoint.node_name.as_deref() == node.name.as_deref()
+    };
     let serving_terminating =
         |e: &EndpointRoute| e.conditions.is_serving() && e.conditions.is_terminating();
     let mut out = Categories::default();
@@ -304,7 +306,8 @@ pub fn categorize<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tables::Conditions;
+    use std::sync::Arc;
+    use tables::{Conditions, EndpointInfo};
 
     fn ep(addr: &str, ready: bool, serving: bool, terminating: bool) -> EndpointRoute {
         EndpointRoute {
@@ -314,11 +317,7 @@ mod tests {
                 serving: Some(serving),
                 terminating: Some(terminating),
             },
-            node_name: None,
-            zone: None,
-            hints_for_zones: vec![],
-            hints_for_nodes: vec![],
-            target: None,
+            endpoint: Default::default(),
         }
     }
 
@@ -356,10 +355,13 @@ mod tests {
 
     fn at(addr: &str, node: &str, zone: &str, zones: &[&str], nodes: &[&str]) -> EndpointRoute {
         EndpointRoute {
-            node_name: Some(node.into()),
-            zone: Some(zone.into()),
-            hints_for_zones: zones.iter().map(|z| (*z).into()).collect(),
-            hints_for_nodes: nodes.iter().map(|n| (*n).into()).collect(),
+            endpoint: Arc::new(EndpointInfo {
+                node_name: Some(node.into()),
+                zone: Some(zone.into()),
+                hints_for_zones: zones.iter().map(|z| (*z).into()).collect(),
+                hints_for_nodes: nodes.iter().map(|n| (*n).into()).collect(),
+                target_ref: None,
+            }),
             ..ep(addr, true, true, false)
         }
     }

@@ -373,8 +373,8 @@ fn bench_changes(c: &mut Criterion, spec: &SynthSpec, all: bool) {
         &mut group,
         &mut fx,
         "service_port_change/clusterip",
-        Op::Apply(Object::Service(a)),
-        Op::Apply(Object::Service(b)),
+        Op::Apply(Object::Service(a.into())),
+        Op::Apply(Object::Service(b.into())),
         Publish::Store,
     );
 
@@ -383,13 +383,13 @@ fn bench_changes(c: &mut Criterion, spec: &SynthSpec, all: bool) {
     let n = spec.services + 1;
     assert!(!spec.is_headless(n));
     let created = synth::service(spec, n);
-    let key = Object::Service(created.clone()).key();
+    let key = Object::Service(created.clone().into()).key();
     bench_change(
         &mut group,
         &mut fx,
         "service_create_delete/clusterip",
         Op::Delete(key),
-        Op::Apply(Object::Service(created)),
+        Op::Apply(Object::Service(created.into())),
         Publish::Store,
     );
 

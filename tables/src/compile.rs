@@ -60,28 +60,6 @@ impl CompiledService {
     }
 }
 
-/// The strings of one endpoint that each of its service's ports repeats.
-struct EndpointShared {
-    node_name: Option<Arc<str>>,
-    zone: Option<Arc<str>>,
-    hints_for_zones: Vec<Arc<str>>,
-    hints_for_nodes: Vec<Arc<str>>,
-    target: Option<Arc<str>>,
-}
-
-impl EndpointShared {
-    fn of(ep: &Endpoint) -> Self {
-        use crate::intern::intern;
-        EndpointShared {
-            node_name: ep.node_name.as_deref().map(intern),
-            zone: ep.zone.as_deref().map(intern),
-            hints_for_zones: ep.hints_for_zones.iter().map(|s| intern(s)).collect(),
-            hints_for_nodes: ep.hints_for_nodes.iter().map(|s| intern(s)).collect(),
-            target: ep.target_ref.as_ref().map(|t| t.name.as_str().into()),
-        }
-    }
-}
-
 /// The DNS label for an endpoint: its hostname, else its address with dashes (as CoreDNS).
 pub fn endpoint_label(ep: &Endpoint, ip: IpAddr) -> String {
     match &ep.hostname {
@@ -100,7 +78,7 @@ fn ip_record(ip: IpAddr) -> DnsRecord {
 /// Compiles one service with the EndpointSlices that carry its name.
 pub fn compile_service(
     config: &TableConfig,
-    svc: &Service,
+    svc: &Arc<Service>,
     slices: &[&EndpointSlice],
 ) -> CompiledService {
     let key = ServiceKey::new(&svc.namespace, &svc.name);
@@ -108,23 +86,18 @@ pub fn compile_service(
     let ns_name = format!("{}.svc.{}", svc.namespace, zone).to_ascii_lowercase();
     let svc_name: Arc<str> = format!("{}.{}", svc.name.to_ascii_lowercase(), ns_name).into();
 
-    // What every port's copy of an endpoint shares: node, zone and hints interned across the
-    // cluster, the target (pod) name across the service's ports (docs/memory.md).
-    let shared: Vec<Vec<EndpointShared>> = slices
-        .iter()
-        .map(|slice| slice.endpoints.iter().map(EndpointShared::of).collect())
-        .collect();
-    // Per service port: endpoints whose slice port has the same name and protocol.
+    // Per service port: endpoints whose slice port has the same name and protocol. Every
+    // port's route of an endpoint shares the object's `EndpointInfo` (docs/memory.md).
     let mut ports = Vec::with_capacity(svc.ports.len());
     for sp in &svc.ports {
         let mut eps: Vec<EndpointRoute> = Vec::new();
-        for (slice, shared) in slices.iter().zip(&shared) {
+        for slice in slices {
             for ep_port in slice
                 .ports
                 .iter()
                 .filter(|p| p.name == sp.name && p.protocol == sp.protocol)
             {
-                for (ep, s) in slice.endpoints.iter().zip(shared) {
+                for ep in &slice.endpoints {
                     // As kube-proxy: the first address stands for the endpoint.
                     let Some(&ip) = ep.addresses.first() else {
                         continue;
@@ -132,11 +105,7 @@ pub fn compile_service(
                     eps.push(EndpointRoute {
                         addr: SocketAddr::new(ip, ep_port.port),
                         conditions: ep.conditions,
-                        node_name: s.node_name.clone(),
-                        zone: s.zone.clone(),
-                        hints_for_zones: s.hints_for_zones.clone(),
-                        hints_for_nodes: s.hints_for_nodes.clone(),
-                        target: s.target.clone(),
+                        endpoint: ep.info.clone(),
                     });
                 }
             }
@@ -160,7 +129,7 @@ pub fn compile_service(
     }
     let routes = Arc::new(ServiceRoutes {
         key: key.clone(),
-        service: Arc::new(svc.clone()),
+        service: svc.clone(),
         ports,
         trigger_time: slices.iter().filter_map(|s| s.trigger_time).max(),
     });

@@ -115,19 +115,20 @@ pub fn dump(snap: &Snapshot) -> String {
                     e.addr,
                     fmt_conditions(&e.conditions)
                 );
-                if let Some(n) = &e.node_name {
+                let info = &e.endpoint;
+                if let Some(n) = &info.node_name {
                     let _ = write!(out, " node={n}");
                 }
-                if let Some(z) = &e.zone {
+                if let Some(z) = &info.zone {
                     let _ = write!(out, " zone={z}");
                 }
-                if !e.hints_for_zones.is_empty() {
-                    let _ = write!(out, " hintZones={}", e.hints_for_zones.join(","));
+                if !info.hints_for_zones.is_empty() {
+                    let _ = write!(out, " hintZones={}", info.hints_for_zones.join(","));
                 }
-                if !e.hints_for_nodes.is_empty() {
-                    let _ = write!(out, " hintNodes={}", e.hints_for_nodes.join(","));
+                if !info.hints_for_nodes.is_empty() {
+                    let _ = write!(out, " hintNodes={}", info.hints_for_nodes.join(","));
                 }
-                if let Some(t) = &e.target {
+                if let Some(t) = info.target() {
                     let _ = write!(out, " target={t}");
                 }
                 out.push('\n');

@@ -14,6 +14,7 @@
 
 pub mod compile;
 pub mod dump;
+pub mod few;
 pub mod grants;
 pub mod intern;
 pub mod model;

@@ -114,7 +114,8 @@ impl fmt::Display for ServiceKey {
 /// Any object the tables accept.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
-    Service(Service),
+    /// In its own block, shared with the compiled routes (`ServiceRoutes::service`).
+    Service(Arc<Service>),
     EndpointSlice(EndpointSlice),
     Ingress(Ingress),
     HttpRoute(HttpRoute),
@@ -324,23 +325,45 @@ impl Conditions {
     }
 }
 
+/// `endpoints[].targetRef`. Kind and namespace are the same few values across the cluster and
+/// are interned (`crate::intern`); the name is the endpoint's own.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct TargetRef {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
+    pub kind: Arc<str>,
+    pub namespace: Arc<str>,
+    pub name: Box<str>,
 }
 
+/// `endpoints[].addresses`: almost always one address, kept inline; reads as a slice.
+pub type Addresses = crate::few::OneOrMany<IpAddr>;
+
+/// What the routes of an endpoint read besides its address and conditions: one block per
+/// endpoint, shared by the object and by the compiled route of every port of its service
+/// (`EndpointRoute::endpoint`). Node names, zones and hints are interned (`crate::intern`):
+/// a cluster has a few hundred distinct values for 100,000 endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct EndpointInfo {
+    pub node_name: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
+    pub hints_for_zones: Box<[Arc<str>]>,
+    pub hints_for_nodes: Box<[Arc<str>]>,
+    pub target_ref: Option<TargetRef>,
+}
+
+impl EndpointInfo {
+    /// The `targetRef` name (the pod), for logs and debugging.
+    pub fn target(&self) -> Option<&str> {
+        self.target_ref.as_ref().map(|t| &*t.name)
+    }
+}
+
+/// One entry of `endpoints[]` (56 B and one shared block; docs/memory.md).
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Endpoint {
-    pub addresses: Vec<IpAddr>,
-    pub hostname: Option<String>,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
-    pub hints_for_zones: Vec<String>,
-    pub hints_for_nodes: Vec<String>,
+    pub addresses: Addresses,
+    pub hostname: Option<Box<str>>,
     pub conditions: Conditions,
-    pub target_ref: Option<TargetRef>,
+    pub info: Arc<EndpointInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

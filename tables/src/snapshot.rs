@@ -6,9 +6,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use crate::few::OneOrMany;
 use crate::model::{
-    Conditions, HttpRouteFilter, HttpRouteMatch, Kind, ObjectKey, PortRef, Protocol, Service,
-    ServiceKey,
+    Conditions, EndpointInfo, HttpRouteFilter, HttpRouteMatch, Kind, ObjectKey, PortRef, Protocol,
+    Service, ServiceKey,
 };
 use crate::sharded::ShardedMap;
 
@@ -74,11 +75,12 @@ impl DnsRecord {
 
 /// Everything known at one DNS name. A name with no records still exists (an empty
 /// non-terminal such as `default.svc.cluster.local`): it answers NODATA, not NXDOMAIN.
+/// Stored inline in the name map, the one part of the common one-service name too.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DnsEntry {
     /// Records per contributing Service, sorted by service key (a PTR name can be shared by
     /// headless services selecting the same pod).
-    pub parts: Vec<(ServiceKey, Arc<[DnsRecord]>)>,
+    pub parts: OneOrMany<(ServiceKey, Arc<[DnsRecord]>)>,
 }
 
 impl DnsEntry {
@@ -92,27 +94,23 @@ impl DnsEntry {
 pub struct DnsTable {
     /// The cluster domain, e.g. `cluster.local`.
     pub zone: Arc<str>,
-    pub names: ShardedMap<Arc<str>, Arc<DnsEntry>>,
+    pub names: ShardedMap<Arc<str>, DnsEntry>,
 }
 
 impl DnsTable {
     /// Looks up a name that is already lower-case and has no trailing dot.
-    pub fn lookup(&self, name: &str) -> Option<&Arc<DnsEntry>> {
+    pub fn lookup(&self, name: &str) -> Option<&DnsEntry> {
         self.names.get(name)
     }
 }
 
-/// One endpoint of one service port, with what the balancers need to choose it.
+/// One endpoint of one service port, with what the balancers need to choose it (48 B: the
+/// endpoint's node, zone, hints and target are the object's own block, shared by every port).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointRoute {
     pub addr: SocketAddr,
     pub conditions: Conditions,
-    pub node_name: Option<Arc<str>>,
-    pub zone: Option<Arc<str>>,
-    pub hints_for_zones: Vec<Arc<str>>,
-    pub hints_for_nodes: Vec<Arc<str>>,
-    /// `targetRef` name (the pod), for logs and `x-backend`-style debugging.
-    pub target: Option<Arc<str>>,
+    pub endpoint: Arc<EndpointInfo>,
 }
 
 /// One port of a service with its endpoints (targetPort already resolved per EndpointSlice).

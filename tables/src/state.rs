@@ -359,10 +359,7 @@ impl ClusterState {
         .into();
         match (before, after) {
             (0, n) if n > 0 => {
-                self.current
-                    .dns
-                    .names
-                    .insert(name, Arc::new(DnsEntry::default()));
+                self.current.dns.names.insert(name, DnsEntry::default());
             }
             (b, 0) if b > 0 => {
                 self.current.dns.names.remove(&*name);
@@ -554,25 +551,29 @@ fn splice(snap: &mut Snapshot, key: &ServiceKey, old: &CompiledService, new: &Co
 }
 
 fn update_dns(
-    names: &mut ShardedMap<Arc<str>, Arc<DnsEntry>>,
+    names: &mut ShardedMap<Arc<str>, DnsEntry>,
     name: &Arc<str>,
     key: &ServiceKey,
     records: Option<Arc<[DnsRecord]>>,
 ) {
-    let mut entry = names
+    let mut parts = names
         .get(&**name)
-        .map(|e| (**e).clone())
+        .map(|e| e.parts.to_vec())
         .unwrap_or_default();
-    entry.parts.retain(|(k, _)| k != key);
+    parts.retain(|(k, _)| k != key);
     if let Some(recs) = records {
-        let pos = entry.parts.partition_point(|(k, _)| k < key);
-        entry.parts.insert(pos, (key.clone(), recs));
+        let pos = parts.partition_point(|(k, _)| k < key);
+        parts.insert(pos, (key.clone(), recs));
     }
-    // Most names have one part: a first insert would leave room for four (docs/memory.md).
-    entry.parts.shrink_to_fit();
-    if entry.parts.is_empty() {
+    if parts.is_empty() {
         names.remove(&**name);
     } else {
-        names.insert(name.clone(), Arc::new(entry));
+        // Most names have one part, kept inline (docs/memory.md).
+        names.insert(
+            name.clone(),
+            DnsEntry {
+                parts: parts.into(),
+            },
+        );
     }
 }

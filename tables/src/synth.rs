@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use crate::compile::TableConfig;
+use crate::intern::intern;
 use crate::model::*;
 use crate::snapshot::Snapshot;
 use crate::state::{ClusterState, Origin, SourceId};
@@ -229,7 +230,7 @@ impl SynthCluster {
         self.services
             .iter()
             .cloned()
-            .map(Object::Service)
+            .map(|s| Object::Service(s.into()))
             .chain(self.slices.iter().cloned().map(Object::EndpointSlice))
             .collect()
     }
@@ -238,7 +239,7 @@ impl SynthCluster {
     pub fn into_objects(self) -> Vec<Object> {
         self.services
             .into_iter()
-            .map(Object::Service)
+            .map(|s| Object::Service(s.into()))
             .chain(self.slices.into_iter().map(Object::EndpointSlice))
             .collect()
     }
@@ -346,21 +347,25 @@ pub fn slice(spec: &SynthSpec, i: usize) -> EndpointSlice {
                 format!("{svc}-{pod_hash:08x}-{:05x}", mix(g ^ 0xbeef) & 0xfffff)
             };
             Endpoint {
-                addresses: vec![pod_ip(spec, i, j)],
-                hostname: hostnames.then(|| pod.clone()),
-                node_name: Some(format!("node-{node:04}")),
-                zone: Some(format!("zone-{}", ["a", "b", "c"][node as usize % 3])),
-                hints_for_zones: vec![],
-                hints_for_nodes: vec![],
+                addresses: pod_ip(spec, i, j).into(),
+                hostname: hostnames.then(|| pod.as_str().into()),
                 conditions: Conditions {
                     ready: Some(true),
                     serving: Some(true),
                     terminating: Some(false),
                 },
-                target_ref: Some(TargetRef {
-                    kind: "Pod".into(),
-                    namespace: namespace.clone(),
-                    name: pod,
+                info: Arc::new(EndpointInfo {
+                    node_name: Some(intern(&format!("node-{node:04}"))),
+                    zone: Some(intern(&format!(
+                        "zone-{}",
+                        ["a", "b", "c"][node as usize % 3]
+                    ))),
+                    target_ref: Some(TargetRef {
+                        kind: intern("Pod"),
+                        namespace: intern(&namespace),
+                        name: pod.into(),
+                    }),
+                    ..Default::default()
                 }),
             }
         })
@@ -397,7 +402,7 @@ pub fn with_ready(slice: &EndpointSlice, j: usize, ready: bool) -> EndpointSlice
 /// `slice` with endpoint `j` moved to address `ip` (a replaced pod).
 pub fn with_address(slice: &EndpointSlice, j: usize, ip: IpAddr) -> EndpointSlice {
     let mut s = slice.clone();
-    s.endpoints[j].addresses = vec![ip];
+    s.endpoints[j].addresses = ip.into();
     s
 }
 

@@ -71,17 +71,17 @@ pub fn endpoint_slice(slice: &EndpointSlice, headless: bool) -> Value {
                 },
             });
             if let Some(h) = &e.hostname {
-                v["hostname"] = json!(h);
+                v["hostname"] = json!(&**h);
             }
-            if let Some(n) = &e.node_name {
-                v["nodeName"] = json!(n);
+            if let Some(n) = &e.info.node_name {
+                v["nodeName"] = json!(&**n);
             }
-            if let Some(z) = &e.zone {
-                v["zone"] = json!(z);
+            if let Some(z) = &e.info.zone {
+                v["zone"] = json!(&**z);
             }
-            if let Some(t) = &e.target_ref {
+            if let Some(t) = &e.info.target_ref {
                 v["targetRef"] =
-                    json!({ "kind": t.kind, "namespace": t.namespace, "name": t.name });
+                    json!({ "kind": &*t.kind, "namespace": &*t.namespace, "name": &*t.name });
             }
             v
         })

@@ -6,12 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tables::intern::intern;
 use tables::model as m;
 
 use crate::gateway_api as gw;
@@ -148,8 +150,8 @@ fn policy(field: &str, p: Option<&str>) -> Result<m::TrafficPolicy> {
     }
 }
 
-/// v1 Service.
-pub fn service(svc: &core::Service, default_namespace: &str) -> Result<m::Service> {
+/// v1 Service, in its own block: the state's object and the compiled routes share it.
+pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Service>> {
     let (namespace, name) = meta(&svc.metadata, default_namespace)?;
     let spec = svc.spec.clone().unwrap_or_default();
     let service_type = match spec.type_.as_deref() {
@@ -275,7 +277,7 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<m::Servic
     } else {
         None
     };
-    Ok(m::Service {
+    Ok(Arc::new(m::Service {
         namespace,
         name,
         service_type,
@@ -302,7 +304,7 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<m::Servic
             .map(|p| port("spec.healthCheckNodePort", p))
             .transpose()?,
         annotations: our_annotations(&svc.metadata),
-    })
+    }))
 }
 
 /// `spec.clusterIP` and `spec.clusterIPs[0]` when both are set and differ. An API server refuses
@@ -366,7 +368,7 @@ pub fn endpoint_slice(
     }
     let mut endpoints = Vec::new();
     for (i, e) in slice.endpoints.iter().enumerate() {
-        let mut addresses = Vec::new();
+        let mut addresses = Vec::with_capacity(e.addresses.len());
         for (j, a) in e.addresses.iter().enumerate() {
             let addr = ip(&format!("endpoints[{i}].addresses[{j}]"), a)?;
             let family_ok = match address_type {
@@ -382,33 +384,38 @@ pub fn endpoint_slice(
             addresses.push(addr);
         }
         let c = e.conditions.clone().unwrap_or_default();
-        let hints = e.hints.clone().unwrap_or_default();
+        let hints = e.hints.as_ref();
+        // Node, zone, hints, target kind and namespace repeat across thousands of endpoints:
+        // one shared copy each (docs/memory.md).
+        let interned = |s: &Option<String>| s.as_deref().map(intern);
         endpoints.push(m::Endpoint {
-            addresses,
-            hostname: e.hostname.clone(),
-            node_name: e.node_name.clone(),
-            zone: e.zone.clone(),
-            hints_for_zones: hints
-                .for_zones
-                .into_iter()
-                .flatten()
-                .map(|z| z.name)
-                .collect(),
-            hints_for_nodes: hints
-                .for_nodes
-                .into_iter()
-                .flatten()
-                .map(|n| n.name)
-                .collect(),
+            addresses: addresses.into(),
+            hostname: e.hostname.as_deref().map(Into::into),
             conditions: m::Conditions {
                 ready: c.ready,
                 serving: c.serving,
                 terminating: c.terminating,
             },
-            target_ref: e.target_ref.as_ref().map(|t| m::TargetRef {
-                kind: t.kind.clone().unwrap_or_default(),
-                namespace: t.namespace.clone().unwrap_or_default(),
-                name: t.name.clone().unwrap_or_default(),
+            info: Arc::new(m::EndpointInfo {
+                node_name: interned(&e.node_name),
+                zone: interned(&e.zone),
+                hints_for_zones: hints
+                    .and_then(|h| h.for_zones.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|z| intern(&z.name))
+                    .collect(),
+                hints_for_nodes: hints
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|n| intern(&n.name))
+                    .collect(),
+                target_ref: e.target_ref.as_ref().map(|t| m::TargetRef {
+                    kind: intern(t.kind.as_deref().unwrap_or_default()),
+                    namespace: intern(t.namespace.as_deref().unwrap_or_default()),
+                    name: t.name.as_deref().unwrap_or_default().into(),
+                }),
             }),
         });
     }

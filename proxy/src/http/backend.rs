@@ -266,11 +266,7 @@ mod tests {
                 serving: Some(ready),
                 terminating: Some(false),
             },
-            node_name: None,
-            zone: None,
-            hints_for_zones: vec![],
-            hints_for_nodes: vec![],
-            target: None,
+            endpoint: Default::default(),
         };
         let svc = Service {
             namespace: "d".into(),

@@ -113,7 +113,7 @@ pub(crate) fn status(shared: &Shared, key: &ServiceKey) -> (u16, usize, String) 
             for e in port.endpoints.iter() {
                 if e.conditions.is_ready()
                     && node.name.is_some()
-                    && e.node_name.as_deref() == node.name.as_deref()
+                    && e.endpoint.node_name.as_deref() == node.name.as_deref()
                 {
                     local.insert(e.addr.ip());
                 }

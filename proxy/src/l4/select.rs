@@ -227,11 +227,7 @@ mod tests {
             .map(|a| EndpointRoute {
                 addr: a.parse().unwrap(),
                 conditions: Conditions::default(),
-                node_name: None,
-                zone: None,
-                hints_for_zones: vec![],
-                hints_for_nodes: vec![],
-                target: None,
+                endpoint: Default::default(),
             })
             .collect();
         FrontendTarget {
