@@ -166,8 +166,8 @@ smoke_inside() {
             --node-name demo-node --admin 127.0.0.1:9154 --cleanup-on-exit >"$root/tmp/l4.log" 2>&1 &
         pid=$!
         poll 20 curl -fsS http://127.0.0.1:9154/readyz || { cat "$root/tmp/l4.log" >&2; return 1; }
-        poll 20 chroot "$root" nft list table inet switchboard || { cat "$root/tmp/l4.log" >&2; return 1; }
-        log "  as root, --l4 nftables: table inet switchboard programmed with the image's nft ($(chroot "$root" nft --version))"
+        poll 20 chroot "$root" nft list table inet switchboard-svc0 || { cat "$root/tmp/l4.log" >&2; return 1; }
+        log "  as root, --l4 nftables: tables inet switchboard and switchboard-svc0..15 programmed with the image's nft ($(chroot "$root" nft --version))"
         kill -TERM "$pid"
         wait "$pid" || { log "run exited with $?"; cat "$root/tmp/l4.log" >&2; return 1; }
     fi

@@ -121,7 +121,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         t.contains("10.96.0.10") && t.contains("10.96.0.14")
     });
     let n1 = c.node_netns(1);
-    let table = n1.exec(&["nft", "list", "table", "inet", "switchboard"]);
+    let table = netns::list_tables(n1);
     for want in [
         "10.96.0.10 . tcp . 80 : goto svc-default/web/tcp/80/int4",
         "10.96.0.10 . udp . 53 : goto svc-default/web/udp/53/int4",
@@ -167,7 +167,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
     );
     assert_eq!(names(&stuck).len(), 1, "{stuck:?}");
     assert_eq!(sources(&stuck), set(&["10.244.1.100"]), "{stuck:?}");
-    let table = n1.exec(&["nft", "list", "table", "inet", "switchboard"]);
+    let table = netns::list_tables(n1);
     assert!(
         table.contains("update @svc-default/sticky/tcp/80/int4/aff/"),
         "{table}"
@@ -267,7 +267,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         "the flow moved to {other}: {after:?}"
     );
     for chain in ["svc-default/web/udp/53/int4", "svc-default/web/tcp/80/int4"] {
-        let rules = n1.exec(&["nft", "list", "chain", "inet", "switchboard", chain]);
+        let rules = netns::list_chain(n1, chain);
         assert!(!rules.contains(gone_ip), "{rules}");
     }
 
@@ -281,14 +281,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
     c.manifest("sticky.yaml", &sticky(&[Ep::ready(remaining).on("node1")]));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let chain = n1.exec(&[
-            "nft",
-            "list",
-            "chain",
-            "inet",
-            "switchboard",
-            "svc-default/sticky/tcp/80/int4",
-        ]);
+        let chain = netns::list_chain(n1, "svc-default/sticky/tcp/80/int4");
         if !chain.contains(&stuck_ip.replace('.', "")) && chain.contains("numgen random mod 1") {
             break;
         }
@@ -312,7 +305,7 @@ fn needs_root_kernel_path_keeps_the_client_ip_masquerades_like_kube_proxy_and_mo
         &web(&[("switchboard.dev/l4-mode", "proxy")], &both),
     );
     c.wait_applied(1, "relay", |t| t.contains("l4-mode"));
-    let table = n1.exec(&["nft", "list", "table", "inet", "switchboard"]);
+    let table = netns::list_tables(n1);
     assert!(
         table.contains("10.96.0.10 . tcp . 80 : jump tcp-redirect"),
         "{table}"

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use netns::*;
 use proxy::l4::kernel::ChainOps;
 use proxy::l4::nft::{self, Change, Element, KernelChains, NftConfig, Ports, Target};
-use proxy::l4::pick::{MapId, PickElement, Slot};
+use proxy::l4::pick::{self, MapId, PickElement, Slot};
 use proxy::l4::rule::{DnatTo, Prefix, Rule};
 use proxy::l4::select::Verdict;
 use proxy::l4::{netlink_full, netlink_update};
@@ -38,17 +38,18 @@ fn only_in(a: &str, b: &str) -> Vec<String> {
         .collect()
 }
 
-fn pick_maps() -> [MapId; 2] {
+/// Two shard maps in `chain`'s service table (a chain's picks live in its table).
+fn pick_maps(chain: &str) -> [MapId; 2] {
     [
         MapId {
             v6: false,
             protocol: Protocol::Tcp,
-            shard: 3,
+            shard: pick::shard_of(chain, 0),
         },
         MapId {
             v6: true,
             protocol: Protocol::Udp,
-            shard: 63,
+            shard: pick::shard_of(chain, 1),
         },
     ]
 }
@@ -106,7 +107,7 @@ fn changes(add: bool) -> (Vec<Change>, ChainOps) {
             new: add.then_some(t),
         })
         .collect();
-    let [tcp4, udp6] = pick_maps();
+    let [tcp4, udp6] = pick_maps(&chain);
     let picks = vec![
         PickElement {
             map: tcp4,
@@ -153,7 +154,7 @@ fn needs_root_netlink_updates_leave_the_table_nft_would() {
             rules.as_slice(),
             &[][..],
         )],
-        pick_maps: pick_maps().to_vec(),
+        pick_maps: pick_maps("svc-default/web/tcp/80/int4").to_vec(),
         ..KernelChains::default()
     };
     let ports = Ports {
@@ -168,7 +169,8 @@ fn needs_root_netlink_updates_leave_the_table_nft_would() {
             &nft::full_script(&cfg, &ports, &HashMap::new(), &kernel),
         )
     };
-    let list = || ns.exec(&["nft", "list", "table", "inet", "sbnltest"]);
+    // The table and its service tables: everything in this namespace.
+    let list = || ns.exec(&["nft", "list", "ruleset"]);
     let via_nft = |changes: &[Change], ops: &ChainOps| {
         nft_apply(
             &ns,
@@ -215,7 +217,7 @@ fn needs_root_netlink_updates_leave_the_table_nft_would() {
         .expect_err("deleting a missing element");
     assert_eq!(err.raw_os_error(), Some(2), "{err}");
     assert_eq!(list(), want, "a failed transaction changed the table");
-    ns.exec(&["nft", "delete", "table", "inet", "sbnltest"]);
+    ns.exec(&["nft", "flush", "ruleset"]);
 }
 
 /// Chains with every rule shape netlink writes: the same kernel expressions as nft's.
@@ -229,7 +231,8 @@ fn needs_root_netlink_rules_are_the_expressions_nft_writes() {
         table: "sbnlrules".into(),
         ..NftConfig::default()
     };
-    let [tcp4, udp6] = pick_maps();
+    let chain: Arc<str> = "svc-default/x/tcp/80/int4".into();
+    let [tcp4, udp6] = pick_maps(&chain);
     let kernel = KernelChains {
         pick_maps: vec![tcp4, udp6],
         cluster_cidrs: vec![
@@ -319,7 +322,6 @@ fn needs_root_netlink_rules_are_the_expressions_nft_writes() {
         Rule::Jump("no-local-endpoints".into()),
     ];
     assert!(rules.iter().all(Rule::encodable));
-    let chain: Arc<str> = "svc-default/x/tcp/80/int4".into();
     let add = ChainOps {
         add: vec![chain.clone()],
         rewrite: vec![(chain.clone(), rules)],
@@ -337,18 +339,11 @@ fn needs_root_netlink_rules_are_the_expressions_nft_writes() {
     };
     // The kernel's own listing of the rules, expression by expression.
     let list = || {
-        ns.exec(&[
-            "nft",
-            "--debug=netlink",
-            "list",
-            "table",
-            "inet",
-            "sbnlrules",
-        ])
-        .lines()
-        .filter(|l| !l.contains("handle"))
-        .collect::<Vec<_>>()
-        .join("\n")
+        ns.exec(&["nft", "--debug=netlink", "list", "ruleset"])
+            .lines()
+            .filter(|l| !l.contains("handle"))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     fresh();
     let empty = list();
@@ -371,7 +366,7 @@ fn needs_root_netlink_rules_are_the_expressions_nft_writes() {
     let batch = netlink_update::batch(&cfg, &[], &delete).expect("encodable");
     ns.enter(move || batch.commit()).expect("netlink commit");
     assert_eq!(list(), empty, "netlink left the chain behind");
-    ns.exec(&["nft", "delete", "table", "inet", "sbnlrules"]);
+    ns.exec(&["nft", "flush", "ruleset"]);
 }
 
 /// The whole table over netlink (`netlink_full`) is the table `nft -f` of `full_script` makes:
@@ -388,18 +383,25 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
         table: "sbnlfull".into(),
         ..NftConfig::default()
     };
+    // Each chain's picks in its own service table.
+    let (web_chain, other_chain, lb_chain) = (
+        "svc-default/web/tcp/80/int4",
+        "svc-default/other/udp/53/ext4",
+        "svc-default/lb/tcp/443/ext6",
+    );
     let maps: Vec<MapId> = [
-        (false, Protocol::Tcp),
-        (false, Protocol::Udp),
-        (true, Protocol::Tcp),
-        (true, Protocol::Udp),
+        (web_chain, false, Protocol::Tcp),
+        (other_chain, false, Protocol::Udp),
+        (other_chain, true, Protocol::Tcp),
+        (other_chain, true, Protocol::Udp),
+        (lb_chain, true, Protocol::Tcp),
     ]
     .into_iter()
     .enumerate()
-    .map(|(i, (v6, protocol))| MapId {
+    .map(|(i, (chain, v6, protocol))| MapId {
         v6,
         protocol,
-        shard: i as u32 * 20,
+        shard: pick::shard_of(chain, i),
     })
     .collect();
     let slot = |map: MapId, n| DnatTo::Slot {
@@ -443,7 +445,7 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
             prefix: Some(Prefix::NodeSource { mark: 0x20_0000 }),
             protocol: Protocol::Tcp,
             v6: true,
-            to: slot(maps[2], 4),
+            to: slot(maps[4], 4),
         },
         Rule::Dnat {
             prefix: Some(Prefix::FromSet {
@@ -452,7 +454,7 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
             }),
             protocol: Protocol::Tcp,
             v6: true,
-            to: slot(maps[2], 4),
+            to: slot(maps[4], 4),
         },
         Rule::Jump("no-local-endpoints".into()),
     ];
@@ -463,6 +465,7 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
             "10.244.1.6:53",
             "[fd00:244::5]:80",
             "[fd00:244::6]:53",
+            "[fd00:244::7]:443",
         ])
         .flat_map(|(map, addr)| {
             (8..11).map(move |key| PickElement {
@@ -479,21 +482,9 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
         .collect();
     let kernel = KernelChains {
         chains: vec![
-            (
-                "svc-default/web/tcp/80/int4".into(),
-                web.as_slice(),
-                &[][..],
-            ),
-            (
-                "svc-default/other/udp/53/ext4".into(),
-                others.as_slice(),
-                &[][..],
-            ),
-            (
-                "svc-default/lb/tcp/443/ext6".into(),
-                local.as_slice(),
-                &[][..],
-            ),
+            (web_chain.into(), web.as_slice(), &[][..]),
+            (other_chain.into(), others.as_slice(), &[][..]),
+            (lb_chain.into(), local.as_slice(), &[][..]),
         ],
         hairpin: ops.hairpin_add.clone(),
         pick_maps: maps.clone(),
@@ -508,7 +499,7 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
         if debug {
             args.push("--debug=netlink");
         }
-        args.extend(["list", "table", "inet", "sbnlfull"]);
+        args.extend(["list", "ruleset"]);
         // Rule handles count every rule the table ever had. The expression listing is
         // compared as sorted lines (a hash set lists its elements in insertion order); the
         // plain listing keeps rule order.
@@ -535,7 +526,7 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
         let want = (list(false), list(true));
         for over in ["a loaded table", "an empty namespace"] {
             if over == "an empty namespace" {
-                ns.exec(&["nft", "delete", "table", "inet", "sbnlfull"]);
+                ns.exec(&["nft", "flush", "ruleset"]);
             }
             let batch =
                 netlink_full::full_batch(&cfg, &ports, &elements, &kernel).expect("encodable");
@@ -575,7 +566,7 @@ fn needs_root_full_table_over_netlink_is_the_table_nft_makes() {
         ..KernelChains::default()
     };
     assert!(netlink_full::full_batch(&cfg, &v4_only, &HashMap::new(), &with_text).is_none());
-    ns.exec(&["nft", "delete", "table", "inet", "sbnlfull"]);
+    ns.exec(&["nft", "flush", "ruleset"]);
 }
 
 #[test]
@@ -589,6 +580,6 @@ fn structural_updates_stay_with_nft() {
     ));
     assert!(netlink_update::batch(&cfg, &changes, &ops).is_none());
     ops.rewrite.clear();
-    ops.pick_maps = pick_maps().to_vec();
+    ops.pick_maps = pick_maps("svc-default/web/tcp/80/int4").to_vec();
     assert!(netlink_update::batch(&cfg, &changes, &ops).is_none());
 }

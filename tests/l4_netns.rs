@@ -166,15 +166,10 @@ fn needs_root_clusterip_tcp_udp_ipv6_reject_and_cleanup() {
     // Stop without cleanup: the table stays; a restart reconciles it (one table, still works).
     let status = c.nodes[0].as_mut().unwrap().terminate();
     assert!(status.success(), "{status}");
-    assert_eq!(c.nft_tables(1).matches("table inet switchboard").count(), 1);
+    assert_eq!(c.switchboard_tables(1), (1, 16));
     c.start_node(1, &["--cleanup-on-exit"]);
     c.wait_applied(1, "restart", |t| t.contains("fd00:96::10"));
-    assert_eq!(
-        c.nft_tables(1).matches("table inet switchboard").count(),
-        1,
-        "{}",
-        c.nft_tables(1)
-    );
+    assert_eq!(c.switchboard_tables(1), (1, 16), "{}", c.nft_tables(1));
     let again = c.pods[client]
         .ns
         .enter(|| tcp_hello(sa("10.96.0.10:80"), None));

@@ -133,10 +133,15 @@ fn needs_root_one_service_update_at_10k_services_is_fast() {
         let eps: Vec<Ep> = ips.iter().map(|ip| Ep::ready(*ip)).collect();
         write_manifest(dir.path(), "probe.yaml", &probe(&eps));
         // With endpoints: DNAT in the kernel, through the probe's own chain; without: reject.
-        let (map, want) = if ips.is_empty() {
-            ("services4", "jump no-endpoints")
+        let (table, map, want) = if ips.is_empty() {
+            ("switchboard".to_string(), "services4", "jump no-endpoints")
         } else {
-            ("kernel4", "goto svc-default/probe/tcp/80/int4")
+            let chain = "svc-default/probe/tcp/80/int4";
+            (
+                chain_table(chain),
+                "kernel4",
+                "goto svc-default/probe/tcp/80/int4",
+            )
         };
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -145,7 +150,7 @@ fn needs_root_one_service_update_at_10k_services_is_fast() {
                 "get",
                 "element",
                 "inet",
-                "switchboard",
+                &table,
                 map,
                 "{ 10.97.0.1 . tcp . 80 }",
             ]);

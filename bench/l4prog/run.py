@@ -138,11 +138,20 @@ def wait_sync(p, after, timeout=60):
     return found[0]
 
 
-def nft_by_hand(map_name, key, ip, n=11):
+def service_table(chain):
+    """The service table of a kernel-path chain: `proxy/src/l4/service_tables.rs`'s FNV-1a of
+    the name's first five parts, modulo 16."""
+    h = 0x811C9DC5
+    for b in "/".join(chain.split("/")[:5]).encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    return f"switchboard-svc{h % 16}"
+
+
+def nft_by_hand(table, map_name, key, ip, n=11):
     """Times `nft -f` of one element replaced in `map_name` (delete + add, one transaction)
     inside the node namespace, n times; returns (wall ms, CPU ms) pairs."""
-    script = (f"delete element inet switchboard {map_name} {{ {key} }}\n"
-              f"add element inet switchboard {map_name} {{ {key} : {ip} . 8080 }}\n")
+    script = (f"delete element inet {table} {map_name} {{ {key} }}\n"
+              f"add element inet {table} {map_name} {{ {key} : {ip} . 8080 }}\n")
     out = l4.nsx(l4.NODE, "python3", "-c", f"""
 import resource, subprocess, time
 script = {script!r}
@@ -158,14 +167,17 @@ for _ in range({n}):
     return list(zip(vals[0::2], vals[1::2]))
 
 
+PROBE_CHAIN = "svc-bench/probe/tcp/80/int4"
+
+
 def probe_pick():
-    """(map, offset) of the probe's pick, from its chain's rule."""
-    chain = l4.nsx(l4.NODE, "nft", "list", "chain", "inet", "switchboard",
-                   "svc-bench/probe/tcp/80/int4")
+    """(table, map, offset) of the probe's pick, from its chain's rule."""
+    table = service_table(PROBE_CHAIN)
+    chain = l4.nsx(l4.NODE, "nft", "list", "chain", "inet", table, PROBE_CHAIN)
     m = re.search(r"numgen random mod \d+ (?:offset (\d+) )?map @(\S+)", chain)
     if not m:
         raise RuntimeError(f"no pick in the probe's chain:\n{chain}")
-    return m[2], int(m[1] or 0)
+    return table, m[2], int(m[1] or 0)
 
 
 def one_round(a, wd, source_args, probe_dir, rnd, full_table="netlink"):
@@ -227,8 +239,8 @@ def one_round(a, wd, source_args, probe_dir, rnd, full_table="netlink"):
             r["changes"].append({"kind": kind, "ms": s[1] * 1000, "via": s[3],
                                  "commands": s[2], "compute_ms": s[5], "apply_ms": s[6],
                                  "apply_cpu_ms": s[7], "steer_ms": s[8], "steer_cpu_ms": s[9]})
-        pick_map, offset = probe_pick()
-        r["nft_by_hand_ms"] = nft_by_hand(pick_map, offset, backends[1])
+        table, pick_map, offset = probe_pick()
+        r["nft_by_hand_ms"] = nft_by_hand(table, pick_map, offset, backends[1])
         return r
     finally:
         client.kill()
@@ -236,7 +248,8 @@ def one_round(a, wd, source_args, probe_dir, rnd, full_table="netlink"):
         if api:
             api.stdin.close()
             api.wait(timeout=30)
-        l4.nsx(l4.NODE, "nft", "delete", "table", "inet", "switchboard", check=False)
+        # switchboard's tables (the main one and the service tables) are all the node has.
+        l4.nsx(l4.NODE, "nft", "flush", "ruleset", check=False)
 
 
 def run(a):

@@ -130,7 +130,8 @@ impl Drop for Netns {
 /// `numgen random mod N [offset O] map @MAP` gives (N, O, MAP's listing). `Err` with the chain's
 /// listing when the chain has no pick (it DNATs to one endpoint, or does not exist).
 pub fn chain_pick(ns: &Netns, chain: &str) -> Result<(usize, u32, String), String> {
-    let (_, listing) = ns.try_exec(&["nft", "list", "chain", "inet", "switchboard", chain]);
+    let table = chain_table(chain);
+    let (_, listing) = ns.try_exec(&["nft", "list", "chain", "inet", &table, chain]);
     let words: Vec<&str> = listing
         .split("numgen random mod ")
         .nth(1)
@@ -150,8 +151,24 @@ pub fn chain_pick(ns: &Netns, chain: &str) -> Result<(usize, u32, String), Strin
     Ok((
         n,
         offset,
-        ns.exec(&["nft", "list", "map", "inet", "switchboard", map]),
+        ns.exec(&["nft", "list", "map", "inet", &table, map]),
     ))
+}
+
+/// The service table (`inet switchboard-svcN`) holding a kernel-path chain of switchboard's
+/// default table.
+pub fn chain_table(chain: &str) -> String {
+    proxy::l4::nft::chain_table(&proxy::l4::NftConfig::default(), chain)
+}
+
+/// `nft list chain` of a kernel-path chain in its service table.
+pub fn list_chain(ns: &Netns, chain: &str) -> String {
+    ns.exec(&["nft", "list", "chain", "inet", &chain_table(chain), chain])
+}
+
+/// switchboard's tables in `ns` (the main one and the service tables): every table there.
+pub fn list_tables(ns: &Netns) -> String {
+    ns.exec(&["nft", "list", "ruleset"])
 }
 
 /// A veth pair from `a` (interface `a_if`) to `b` (`b_if`), both up.
@@ -878,6 +895,20 @@ impl Cluster {
     /// `nft list tables` inside node `node`.
     pub fn nft_tables(&self, node: usize) -> String {
         self.node_netns(node).exec(&["nft", "list", "tables"])
+    }
+
+    /// How many of switchboard's tables (the main one, and the service tables) node `node` has.
+    pub fn switchboard_tables(&self, node: usize) -> (usize, usize) {
+        let listing = self.nft_tables(node);
+        let main = listing
+            .lines()
+            .filter(|l| l.trim() == "table inet switchboard")
+            .count();
+        let service = listing
+            .lines()
+            .filter(|l| l.trim().starts_with("table inet switchboard-svc"))
+            .count();
+        (main, service)
     }
 }
 

@@ -3,13 +3,13 @@
 //! client's address and no byte crosses switchboard's process.
 //!
 //! ```text
-//!  nat prerouting / output (dstnat):
+//!  service table K's nat prerouting / output (dstnat) (`service_tables.rs`: 16 tables):
 //!    ip daddr . l4proto . dport vmap @kernel4 ─┐    (ClusterIP, externalIP, LoadBalancer IP)
 //!    fib daddr type local: l4proto . dport     ├─> goto svc-NS/NAME/PROTO/PORT/{int,ext}{4,6}
 //!                          vmap @kernel-nodeports4/6
 //!  svc-… chain:  [masquerade mark where kube-proxy masquerades]
 //!                dnat to numgen random mod N offset O map @pick4-S   (pick.rs: O.. = endpoints)
-//!  nat postrouting (srcnat):
+//!  main table's nat postrouting (srcnat):
 //!    ct status dnat  saddr . daddr @hairpin4/6   masquerade   (a pod reaching itself)
 //!    meta mark & MASQ                             masquerade   (marked above)
 //! ```

@@ -41,6 +41,7 @@ pub mod proxy_protocol;
 mod redirect;
 pub mod rule;
 pub mod select;
+pub mod service_tables;
 mod sockopt;
 mod sync;
 mod tcp;

@@ -16,9 +16,10 @@ use std::collections::HashMap;
 use super::exprs::{self as x, REG32_01, REG32_02, REG32_05, REG_1, REG_2};
 use super::netlink::{Batch, Hook, SetDecl};
 use super::netlink_update::{by_map, hairpin, picks};
-use super::nft::{Element, KernelChains, NftConfig, Ports, Target};
+use super::nft::{self, Element, KernelChains, NftConfig, Ports, Target};
 use super::pick::MapId;
 use super::rule::Rule;
+use super::service_tables;
 use tables::Protocol;
 
 /// nft's set descriptions (`NFTA_SET_USERDATA`) for the declarations `full_script` writes, as
@@ -83,26 +84,92 @@ pub fn full_batch(
     b.table(true, t);
     b.table(false, t);
     b.table(true, t);
-    sets(&mut b, t, kernel);
+    verdict_maps(
+        &mut b,
+        t,
+        ["services4", "services6", "nodeports4", "nodeports6"],
+    );
+    hairpin_sets(&mut b, t);
     b.add_counter(t, "no-endpoints");
     fixed_chains(&mut b, cfg, ports);
+    for i in 0..service_tables::COUNT {
+        service_table(&mut b, cfg, kernel, i);
+    }
     for (name, rules, _) in &kernel.chains {
-        b.add_chain(t, name);
+        let table = nft::chain_table(cfg, name);
+        b.add_chain(&table, name);
         for r in rules.iter() {
-            b.add_rule(t, name, |out| r.encode(out));
+            b.add_rule(&table, name, |out| r.encode(out));
         }
     }
-    for (map, elems) in picks(&kernel.picks, true) {
-        b.elements(true, t, &map, &elems);
+    for ((table, map), elems) in picks(&kernel.picks, true) {
+        b.elements(true, &nft::table_name(cfg, Some(table)), &map, &elems);
     }
-    for (map, elems) in by_map(elements.iter(), true) {
-        b.elements(true, t, map, &elems);
+    for ((table, map), elems) in by_map(elements.iter(), true) {
+        b.elements(true, &nft::table_name(cfg, table), map, &elems);
     }
     hairpin(&mut b, t, true, &kernel.hairpin);
     Some(b)
 }
 
-fn sets(b: &mut Batch, t: &str, kernel: &KernelChains<'_>) {
+/// Service table `i` as `nft::full_script` declares it: replaced, its verdict maps, pick maps
+/// and pod-network sets, the counter, `no-local-endpoints`, the dispatch chain and the nat hooks.
+fn service_table(b: &mut Batch, cfg: &NftConfig, kernel: &KernelChains<'_>, i: u32) {
+    let t = &service_tables::name(&cfg.table, i);
+    b.table(true, t);
+    b.table(false, t);
+    b.table(true, t);
+    verdict_maps(
+        b,
+        t,
+        [
+            "kernel4",
+            "kernel6",
+            "kernel-nodeports4",
+            "kernel-nodeports6",
+        ],
+    );
+    for map in kernel.pick_maps.iter().filter(|m| m.table() == i) {
+        pick_map(b, t, map);
+    }
+    cluster_cidr_sets(b, t, kernel);
+    b.add_counter(t, "no-endpoints");
+    for name in ["no-local-endpoints", "kernel-services"] {
+        b.add_chain(t, name);
+    }
+    for (name, number) in [
+        ("nat-prerouting", HOOK_PREROUTING),
+        ("nat-output", HOOK_OUTPUT),
+    ] {
+        let hook = Hook {
+            kind: "nat",
+            number,
+            priority: PRIO_DSTNAT,
+        };
+        b.add_base_chain(t, name, &hook);
+    }
+    reject_rules(b, t, "no-local-endpoints", true);
+    dispatch_rules(
+        b,
+        t,
+        "kernel-services",
+        [
+            "kernel4",
+            "kernel6",
+            "kernel-nodeports4",
+            "kernel-nodeports6",
+        ],
+    );
+    for chain in ["nat-prerouting", "nat-output"] {
+        b.add_rule(t, chain, |o| {
+            x::verdict(o, x::VERDICT_JUMP, Some("kernel-services"))
+        });
+    }
+}
+
+/// Verdict maps keyed `ADDR . inet_proto . inet_service` (names ending in 4 and 6) or
+/// `inet_proto . inet_service` (NodePorts), in this order.
+fn verdict_maps(b: &mut Batch, t: &str, names: [&str; 4]) {
     let vmap = hex(&[userdata::VERDICT_MAP]);
     let service = |v6: bool| {
         let addr = if v6 { TYPE_IPV6 } else { TYPE_IPV4 };
@@ -112,15 +179,12 @@ fn sets(b: &mut Batch, t: &str, kernel: &KernelChains<'_>) {
         )
     };
     let nodeport = (concat(&[TYPE_INET_PROTO, TYPE_INET_SERVICE]), 8);
+    let [v4, v6, np4, np6] = names;
     for (name, (key_type, key_len)) in [
-        ("services4", service(false)),
-        ("services6", service(true)),
-        ("nodeports4", nodeport),
-        ("nodeports6", nodeport),
-        ("kernel4", service(false)),
-        ("kernel6", service(true)),
-        ("kernel-nodeports4", nodeport),
-        ("kernel-nodeports6", nodeport),
+        (v4, service(false)),
+        (v6, service(true)),
+        (np4, nodeport),
+        (np6, nodeport),
     ] {
         b.add_set(
             t,
@@ -134,6 +198,9 @@ fn sets(b: &mut Batch, t: &str, kernel: &KernelChains<'_>) {
             },
         );
     }
+}
+
+fn hairpin_sets(b: &mut Batch, t: &str) {
     let pair = hex(&[userdata::PAIR]);
     for (name, ty, len) in [
         ("hairpin4", concat(&[TYPE_IPV4, TYPE_IPV4]), 8),
@@ -151,9 +218,9 @@ fn sets(b: &mut Batch, t: &str, kernel: &KernelChains<'_>) {
             },
         );
     }
-    for map in &kernel.pick_maps {
-        pick_map(b, t, map);
-    }
+}
+
+fn cluster_cidr_sets(b: &mut Batch, t: &str, kernel: &KernelChains<'_>) {
     let prefixes = hex(&[userdata::PREFIXES]);
     for v6 in [false, true] {
         let ranges = prefix_ranges(&kernel.cluster_cidrs, v6);
@@ -257,7 +324,6 @@ fn fixed_chains(b: &mut Batch, cfg: &NftConfig, ports: &Ports) {
         "no-endpoints",
         "no-local-endpoints",
         "services",
-        "kernel-services",
     ] {
         b.add_chain(t, name);
     }
@@ -287,73 +353,14 @@ fn fixed_chains(b: &mut Batch, cfg: &NftConfig, ports: &Ports) {
         b.add_rule(t, chain, |o| r.encode(o));
     }
     for (chain, drop) in [("no-endpoints", false), ("no-local-endpoints", true)] {
-        for tcp in [true, false] {
-            b.add_rule(t, chain, |o| {
-                x::l4proto(o, if tcp { TCP } else { UDP });
-                if tcp {
-                    x::ct_load(o, x::CT_STATE);
-                    x::bits_set(o, CT_STATE_NEW, true);
-                }
-                x::counter_ref(o, "no-endpoints");
-                if drop {
-                    x::verdict(o, x::VERDICT_DROP, None);
-                } else {
-                    x::reject(o, tcp);
-                }
-            });
-        }
+        reject_rules(b, t, chain, drop);
     }
-    let maps = [
-        (
-            "services",
-            ["services4", "services6", "nodeports4", "nodeports6"],
-        ),
-        (
-            "kernel-services",
-            [
-                "kernel4",
-                "kernel6",
-                "kernel-nodeports4",
-                "kernel-nodeports6",
-            ],
-        ),
-    ];
-    for (chain, [v4, v6map, np4, np6]) in maps {
-        for (v6, map) in [(false, v4), (true, v6map)] {
-            b.add_rule(t, chain, |o| {
-                // FAM daddr . meta l4proto . th dport vmap @MAP
-                x::nfproto(o, v6);
-                if v6 {
-                    x::payload(o, REG_1, x::BASE_NETWORK, 24, 16);
-                    x::meta_load_to(o, x::META_L4PROTO, REG_2);
-                    x::payload(o, REG32_05, x::BASE_TRANSPORT, 2, 2);
-                } else {
-                    x::payload(o, REG_1, x::BASE_NETWORK, 16, 4);
-                    x::meta_load_to(o, x::META_L4PROTO, REG32_01);
-                    x::payload(o, REG32_02, x::BASE_TRANSPORT, 2, 2);
-                }
-                x::lookup(o, map, Some(x::REG_VERDICT));
-            });
-        }
-        for (v6, map) in [(false, np4), (true, np6)] {
-            b.add_rule(t, chain, |o| {
-                // fib daddr type local FAM daddr != LOOPBACK meta l4proto . th dport vmap @MAP
-                x::fib_daddr_type(o);
-                x::cmp_eq(o, &2u32.to_ne_bytes(), false); // RTN_LOCAL
-                x::nfproto(o, v6);
-                if v6 {
-                    x::payload(o, REG_1, x::BASE_NETWORK, 24, 16);
-                    x::cmp_eq(o, &std::net::Ipv6Addr::LOCALHOST.octets(), true);
-                } else {
-                    x::payload(o, REG_1, x::BASE_NETWORK, 16, 1);
-                    x::cmp_eq(o, &[127], true);
-                }
-                x::meta_load(o, x::META_L4PROTO);
-                x::payload(o, REG32_01, x::BASE_TRANSPORT, 2, 2);
-                x::lookup(o, map, Some(x::REG_VERDICT));
-            });
-        }
-    }
+    dispatch_rules(
+        b,
+        t,
+        "services",
+        ["services4", "services6", "nodeports4", "nodeports6"],
+    );
     let jump_services = |o: &mut Vec<u8>| {
         // ct direction original jump services
         x::ct_load(o, x::CT_DIRECTION);
@@ -385,9 +392,6 @@ fn fixed_chains(b: &mut Batch, cfg: &NftConfig, ports: &Ports) {
                 x::redirect(o, port);
             });
         }
-        b.add_rule(t, chain, |o| {
-            x::verdict(o, x::VERDICT_JUMP, Some("kernel-services"))
-        });
     }
     for v6 in [false, true] {
         b.add_rule(t, "nat-postrouting", |o| {
@@ -415,4 +419,63 @@ fn fixed_chains(b: &mut Batch, cfg: &NftConfig, ports: &Ports) {
         x::meta_set(o, x::META_MARK);
         x::masquerade(o);
     });
+}
+
+/// `FAM daddr . meta l4proto . th dport vmap @MAP` for both families, then the NodePorts'
+/// `fib daddr type local … meta l4proto . th dport vmap @MAP`.
+fn dispatch_rules(b: &mut Batch, t: &str, chain: &str, maps: [&str; 4]) {
+    let [v4, v6map, np4, np6] = maps;
+    for (v6, map) in [(false, v4), (true, v6map)] {
+        b.add_rule(t, chain, |o| {
+            // FAM daddr . meta l4proto . th dport vmap @MAP
+            x::nfproto(o, v6);
+            if v6 {
+                x::payload(o, REG_1, x::BASE_NETWORK, 24, 16);
+                x::meta_load_to(o, x::META_L4PROTO, REG_2);
+                x::payload(o, REG32_05, x::BASE_TRANSPORT, 2, 2);
+            } else {
+                x::payload(o, REG_1, x::BASE_NETWORK, 16, 4);
+                x::meta_load_to(o, x::META_L4PROTO, REG32_01);
+                x::payload(o, REG32_02, x::BASE_TRANSPORT, 2, 2);
+            }
+            x::lookup(o, map, Some(x::REG_VERDICT));
+        });
+    }
+    for (v6, map) in [(false, np4), (true, np6)] {
+        b.add_rule(t, chain, |o| {
+            // fib daddr type local FAM daddr != LOOPBACK meta l4proto . th dport vmap @MAP
+            x::fib_daddr_type(o);
+            x::cmp_eq(o, &2u32.to_ne_bytes(), false); // RTN_LOCAL
+            x::nfproto(o, v6);
+            if v6 {
+                x::payload(o, REG_1, x::BASE_NETWORK, 24, 16);
+                x::cmp_eq(o, &std::net::Ipv6Addr::LOCALHOST.octets(), true);
+            } else {
+                x::payload(o, REG_1, x::BASE_NETWORK, 16, 1);
+                x::cmp_eq(o, &[127], true);
+            }
+            x::meta_load(o, x::META_L4PROTO);
+            x::payload(o, REG32_01, x::BASE_TRANSPORT, 2, 2);
+            x::lookup(o, map, Some(x::REG_VERDICT));
+        });
+    }
+}
+
+/// `no-endpoints` (reject) or `no-local-endpoints` (drop): new TCP connections and UDP, counted.
+fn reject_rules(b: &mut Batch, t: &str, chain: &str, drop: bool) {
+    for tcp in [true, false] {
+        b.add_rule(t, chain, |o| {
+            x::l4proto(o, if tcp { TCP } else { UDP });
+            if tcp {
+                x::ct_load(o, x::CT_STATE);
+                x::bits_set(o, CT_STATE_NEW, true);
+            }
+            x::counter_ref(o, "no-endpoints");
+            if drop {
+                x::verdict(o, x::VERDICT_DROP, None);
+            } else {
+                x::reject(o, tcp);
+            }
+        });
+    }
 }

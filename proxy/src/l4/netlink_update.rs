@@ -44,35 +44,36 @@ pub fn batch(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Option<Batc
     let t = &cfg.table;
     let real = || changes.iter().filter(|c| c.old != c.new);
     let mut b = Batch::new();
-    for (map, elems) in by_map(
+    for ((table, map), elems) in by_map(
         real().filter_map(|c| c.old.as_ref().map(|o| (&c.element, o))),
         false,
     ) {
-        b.elements(false, t, map, &elems);
+        b.elements(false, &nft::table_name(cfg, table), map, &elems);
     }
-    for (map, elems) in picks(&ops.pick_delete, false) {
-        b.elements(false, t, &map, &elems);
+    for ((table, map), elems) in picks(&ops.pick_delete, false) {
+        b.elements(false, &nft::table_name(cfg, Some(table)), &map, &elems);
     }
-    for (map, elems) in picks(&ops.pick_add, true) {
-        b.elements(true, t, &map, &elems);
+    for ((table, map), elems) in picks(&ops.pick_add, true) {
+        b.elements(true, &nft::table_name(cfg, Some(table)), &map, &elems);
     }
     for name in &ops.add {
-        b.add_chain(t, name);
+        b.add_chain(&nft::chain_table(cfg, name), name);
     }
     for (name, rules) in &ops.rewrite {
-        b.flush_chain(t, name);
+        let table = nft::chain_table(cfg, name);
+        b.flush_chain(&table, name);
         for r in rules {
-            b.add_rule(t, name, |out| r.encode(out));
+            b.add_rule(&table, name, |out| r.encode(out));
         }
     }
-    for (map, elems) in by_map(
+    for ((table, map), elems) in by_map(
         real().filter_map(|c| c.new.as_ref().map(|n| (&c.element, n))),
         true,
     ) {
-        b.elements(true, t, map, &elems);
+        b.elements(true, &nft::table_name(cfg, table), map, &elems);
     }
     for name in &ops.delete {
-        b.delete_chain(t, name);
+        b.delete_chain(&nft::chain_table(cfg, name), name);
     }
     hairpin(&mut b, t, false, &ops.hairpin_delete);
     hairpin(&mut b, t, true, &ops.hairpin_add);
@@ -87,11 +88,11 @@ pub fn steer_batch(cfg: &NftConfig, ops: &ChainOps) -> Option<Batch> {
         return None;
     }
     let mut b = Batch::new();
-    for (map, elems) in picks(&ops.steer, false) {
-        b.elements(false, &cfg.table, &map, &elems);
+    for ((table, map), elems) in picks(&ops.steer, false) {
+        b.elements(false, &nft::table_name(cfg, Some(table)), &map, &elems);
     }
-    for (map, elems) in picks(&ops.steer, true) {
-        b.elements(true, &cfg.table, &map, &elems);
+    for ((table, map), elems) in picks(&ops.steer, true) {
+        b.elements(true, &nft::table_name(cfg, Some(table)), &map, &elems);
     }
     Some(b)
 }
@@ -116,7 +117,7 @@ pub(super) fn hairpin(b: &mut Batch, table: &str, add: bool, ips: &[std::net::Ip
 pub(super) fn by_map<'a>(
     elems: impl Iterator<Item = (&'a Element, &'a Target)>,
     with_data: bool,
-) -> BTreeMap<&'static str, Vec<Elem>> {
+) -> BTreeMap<nft::MapKey, Vec<Elem>> {
     nft::by_map(elems)
         .into_iter()
         .map(|(map, list)| {
@@ -132,8 +133,9 @@ pub(super) fn by_map<'a>(
         .collect()
 }
 
-pub(super) fn picks(elems: &[PickElement], with_data: bool) -> BTreeMap<String, Vec<Elem>> {
-    let mut out: BTreeMap<String, Vec<Elem>> = BTreeMap::new();
+/// Shard map elements by service table and map.
+pub(super) fn picks(elems: &[PickElement], with_data: bool) -> BTreeMap<(u32, String), Vec<Elem>> {
+    let mut out: BTreeMap<(u32, String), Vec<Elem>> = BTreeMap::new();
     for e in elems {
         let mut key = Vec::with_capacity(4);
         layout::word(&mut key, e.key);
@@ -143,7 +145,7 @@ pub(super) fn picks(elems: &[PickElement], with_data: bool) -> BTreeMap<String, 
             layout::port(&mut v, e.addr.port());
             Data::Value(v)
         });
-        out.entry(e.map.name())
+        out.entry((e.map.table(), e.map.name()))
             .or_default()
             .push(Elem { key, data });
     }

@@ -1,5 +1,6 @@
-//! The nftables table switchboard owns (`inet switchboard`; no other table is ever touched),
-//! and the policy routing that UDP tproxy needs.
+//! The nftables tables switchboard owns (`inet switchboard`, and the kernel path's service
+//! tables `inet switchboard-svcN` beside it: `service_tables.rs`; no other table is ever
+//! touched), and the policy routing that UDP tproxy needs.
 //!
 //! ```text
 //!  prerouting (filter, mangle prio) ─ ct direction original ─ jump services ─┐
@@ -36,6 +37,7 @@ use super::kernel::{Aux, ChainOps};
 use super::pick::{self, PickElement};
 use super::rule::Rule;
 use super::select::Verdict;
+use super::service_tables;
 
 /// Names and marks of the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,6 +184,28 @@ impl Target {
     pub fn new(verdict: Verdict, chain: Option<Arc<str>>) -> Self {
         Target { verdict, chain }
     }
+
+    /// The service table holding the element (`service_tables`): that of the chain it jumps
+    /// to on the kernel path; `None` for the main table (the relay, reject and drop).
+    pub fn service_table(&self) -> Option<u32> {
+        match (&self.verdict, &self.chain) {
+            (Verdict::Kernel, Some(c)) => Some(service_tables::of_chain(c)),
+            _ => None,
+        }
+    }
+}
+
+/// The name of the main table (`None`) or of a service table.
+pub fn table_name(cfg: &NftConfig, t: Option<u32>) -> String {
+    match t {
+        None => cfg.table.clone(),
+        Some(i) => service_tables::name(&cfg.table, i),
+    }
+}
+
+/// The table of a service chain or of one of its aux objects.
+pub fn chain_table(cfg: &NftConfig, chain: &str) -> String {
+    service_tables::name(&cfg.table, service_tables::of_chain(chain))
 }
 
 fn verdict_text(out: &mut String, protocol: Protocol, t: &Target) {
@@ -209,13 +233,18 @@ const MAPS: [&str; 8] = [
     "kernel-nodeports6",
 ];
 
-/// `elems` by the map that holds each, in map-name order, sorted within a map.
+/// A map: its table (`None`: the main one; else a service table) and name.
+pub(crate) type MapKey = (Option<u32>, &'static str);
+
+/// `elems` by the map that holds each, in table and map-name order, sorted within a map.
 pub(crate) fn by_map<'a>(
     elems: impl Iterator<Item = (&'a Element, &'a Target)>,
-) -> BTreeMap<&'static str, Vec<(&'a Element, &'a Target)>> {
-    let mut out: BTreeMap<&'static str, Vec<(&Element, &Target)>> = BTreeMap::new();
+) -> BTreeMap<MapKey, Vec<(&'a Element, &'a Target)>> {
+    let mut out: BTreeMap<MapKey, Vec<(&Element, &Target)>> = BTreeMap::new();
     for (e, t) in elems {
-        out.entry(e.map(t.verdict)).or_default().push((e, t));
+        out.entry((t.service_table(), e.map(t.verdict)))
+            .or_default()
+            .push((e, t));
     }
     for list in out.values_mut() {
         list.sort_by_key(|(e, _)| **e);
@@ -227,11 +256,12 @@ pub(crate) fn by_map<'a>(
 /// `elems`, grouped by map, a few thousand per command.
 fn map_elements<'a>(
     out: &mut String,
-    table: &str,
+    cfg: &NftConfig,
     verb: &str,
     elems: impl Iterator<Item = (&'a Element, &'a Target)>,
 ) {
-    for (map, list) in by_map(elems) {
+    for ((table, map), list) in by_map(elems) {
+        let table = table_name(cfg, table);
         for chunk in list.chunks(4096) {
             let _ = write!(out, "{verb} element inet {table} {map} {{ ");
             for (i, (e, t)) in chunk.iter().enumerate() {
@@ -262,12 +292,13 @@ pub struct KernelChains<'a> {
 }
 
 /// Writes `add element` (or `delete element`) commands for shard map elements.
-fn pick_elements(out: &mut String, table: &str, verb: &str, elems: &[PickElement]) {
+fn pick_elements(out: &mut String, cfg: &NftConfig, verb: &str, elems: &[PickElement]) {
     let mut by_map: BTreeMap<pick::MapId, Vec<&PickElement>> = BTreeMap::new();
     for e in elems {
         by_map.entry(e.map).or_default().push(e);
     }
     for (map, list) in by_map {
+        let table = table_name(cfg, Some(map.table()));
         let map = map.name();
         for chunk in list.chunks(4096) {
             let _ = write!(out, "{verb} element inet {table} {map} {{ ");
@@ -293,9 +324,11 @@ fn write_chain_rules(out: &mut String, table: &str, chain: &str, rules: &[Rule])
     write_rules(out, table, chain, &text);
 }
 
-/// Adds aux objects: sets, then chains with their rules (`aux` is sorted that way).
-fn add_aux(out: &mut String, table: &str, aux: &[Aux]) {
+/// Adds aux objects, each in its chain's table: sets, then chains with their rules (`aux` is
+/// sorted that way).
+fn add_aux(out: &mut String, cfg: &NftConfig, aux: &[Aux]) {
     for a in aux {
+        let table = &chain_table(cfg, a.name());
         match a {
             Aux::Set { name, decl } => {
                 let _ = writeln!(out, "add set inet {table} {name} {{ {decl} }}");
@@ -326,7 +359,8 @@ fn hairpin_elements(out: &mut String, table: &str, verb: &str, ips: &[IpAddr]) {
     }
 }
 
-/// The script that replaces the whole table with one holding `elements` and `kernel`'s chains.
+/// The script that replaces the whole table, and the service tables, with ones holding
+/// `elements` and `kernel`'s chains.
 pub fn full_script(
     cfg: &NftConfig,
     ports: &Ports,
@@ -343,10 +377,6 @@ pub fn full_script(
         ("services6", "ipv6_addr . inet_proto . inet_service"),
         ("nodeports4", "inet_proto . inet_service"),
         ("nodeports6", "inet_proto . inet_service"),
-        ("kernel4", "ipv4_addr . inet_proto . inet_service"),
-        ("kernel6", "ipv6_addr . inet_proto . inet_service"),
-        ("kernel-nodeports4", "inet_proto . inet_service"),
-        ("kernel-nodeports6", "inet_proto . inet_service"),
     ] {
         let _ = writeln!(s, "  map {map} {{\n    type {key} : verdict\n  }}");
     }
@@ -354,31 +384,7 @@ pub fn full_script(
         s,
         "  set hairpin4 {{\n    type ipv4_addr . ipv4_addr\n  }}\n  set hairpin6 {{\n    type ipv6_addr . ipv6_addr\n  }}"
     );
-    for map in &kernel.pick_maps {
-        let _ = writeln!(
-            s,
-            "  map {} {{\n    {}\n  }}",
-            map.name(),
-            map.declaration()
-        );
-    }
-    for (v6, ty) in [(false, "ipv4_addr"), (true, "ipv6_addr")] {
-        let nets: Vec<String> = kernel
-            .cluster_cidrs
-            .iter()
-            .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
-            .map(|n| n.to_string())
-            .collect();
-        if !nets.is_empty() {
-            let n = if v6 { 6 } else { 4 };
-            let _ = writeln!(
-                s,
-                "  set cluster-cidrs{n} {{\n    type {ty}\n    flags interval\n    elements = {{ {} }}\n  }}",
-                nets.join(", ")
-            );
-        }
-    }
-    let _ = writeln!(s, "  counter no-endpoints {{\n  }}");
+    fixed_chains_head(&mut s);
     let _ = writeln!(
         s,
         "  chain tcp-redirect {{\n    meta mark set meta mark | {rm:#x}\n  }}"
@@ -391,46 +397,8 @@ pub fn full_script(
         s,
         "  chain no-endpoints {{\n    meta l4proto tcp ct state new counter name \"no-endpoints\" reject with tcp reset\n    meta l4proto udp counter name \"no-endpoints\" reject\n  }}"
     );
-    let _ = writeln!(
-        s,
-        "  chain no-local-endpoints {{\n    meta l4proto tcp ct state new counter name \"no-endpoints\" drop\n    meta l4proto udp counter name \"no-endpoints\" drop\n  }}"
-    );
-    // Which local addresses NodePorts answer on, per family (`None`: none of that family).
-    let nodeport_match = |v6: bool| -> Option<String> {
-        let (fam, lo) = if v6 {
-            ("ip6", "::1")
-        } else {
-            ("ip", "127.0.0.0/8")
-        };
-        if cfg.nodeport_addresses.is_empty() {
-            return Some(format!("fib daddr type local {fam} daddr != {lo}"));
-        }
-        let nets: Vec<String> = cfg
-            .nodeport_addresses
-            .iter()
-            .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
-            .map(|n| n.to_string())
-            .collect();
-        (!nets.is_empty())
-            .then(|| format!("fib daddr type local {fam} daddr {{ {} }}", nets.join(", ")))
-    };
-    for (chain, prefix) in [("services", ""), ("kernel-services", "kernel-")] {
-        let (v4, v6) = if prefix.is_empty() {
-            ("services4", "services6")
-        } else {
-            ("kernel4", "kernel6")
-        };
-        let _ = writeln!(
-            s,
-            "  chain {chain} {{\n    ip daddr . meta l4proto . th dport vmap @{v4}\n    ip6 daddr . meta l4proto . th dport vmap @{v6}"
-        );
-        for (v6, map) in [(false, "nodeports4"), (true, "nodeports6")] {
-            if let Some(m) = nodeport_match(v6) {
-                let _ = writeln!(s, "    {m} meta l4proto . th dport vmap @{prefix}{map}");
-            }
-        }
-        let _ = writeln!(s, "  }}");
-    }
+    no_local_endpoints(&mut s);
+    dispatch_chain(&mut s, cfg, "services", "");
     let _ = writeln!(
         s,
         "  chain prerouting {{\n    type filter hook prerouting priority mangle; policy accept;\n    ct direction original jump services"
@@ -467,22 +435,127 @@ pub fn full_script(
                 "    meta mark & {rm:#x} == {rm:#x} meta nfproto ipv6 meta l4proto tcp redirect to :{p}"
             );
         }
-        let _ = writeln!(s, "    jump kernel-services\n  }}");
+        let _ = writeln!(s, "  }}");
     }
     let _ = writeln!(
         s,
         "  chain nat-postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ct status dnat ip saddr . ip daddr @hairpin4 masquerade\n    ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade\n    meta mark & {mm:#x} == {mm:#x} meta mark set meta mark ^ {mm:#x} masquerade\n  }}"
     );
     let _ = writeln!(s, "}}");
-    for (name, rules, aux) in &kernel.chains {
-        add_aux(&mut s, t, aux);
-        let _ = writeln!(s, "add chain inet {t} {}", name);
-        write_chain_rules(&mut s, t, name, rules);
+    for i in 0..service_tables::COUNT {
+        service_table(&mut s, cfg, kernel, i);
     }
-    pick_elements(&mut s, t, "add", &kernel.picks);
-    map_elements(&mut s, t, "add", elements.iter());
+    for (name, rules, aux) in &kernel.chains {
+        add_aux(&mut s, cfg, aux);
+        let table = chain_table(cfg, name);
+        let _ = writeln!(s, "add chain inet {table} {}", name);
+        write_chain_rules(&mut s, &table, name, rules);
+    }
+    pick_elements(&mut s, cfg, "add", &kernel.picks);
+    map_elements(&mut s, cfg, "add", elements.iter());
     hairpin_elements(&mut s, t, "add", &kernel.hairpin);
     s
+}
+
+/// The counter every table's reject and drop rules count in.
+fn fixed_chains_head(s: &mut String) {
+    let _ = writeln!(s, "  counter no-endpoints {{\n  }}");
+}
+
+fn no_local_endpoints(s: &mut String) {
+    let _ = writeln!(
+        s,
+        "  chain no-local-endpoints {{\n    meta l4proto tcp ct state new counter name \"no-endpoints\" drop\n    meta l4proto udp counter name \"no-endpoints\" drop\n  }}"
+    );
+}
+
+/// The chain looking a packet's destination up in the four maps `PREFIX{4,6}` and
+/// `PREFIXnodeports{4,6}` (`services…` in the main table, `kernel…` in a service table).
+fn dispatch_chain(s: &mut String, cfg: &NftConfig, chain: &str, prefix: &str) {
+    // Which local addresses NodePorts answer on, per family (`None`: none of that family).
+    let nodeport_match = |v6: bool| -> Option<String> {
+        let (fam, lo) = if v6 {
+            ("ip6", "::1")
+        } else {
+            ("ip", "127.0.0.0/8")
+        };
+        if cfg.nodeport_addresses.is_empty() {
+            return Some(format!("fib daddr type local {fam} daddr != {lo}"));
+        }
+        let nets: Vec<String> = cfg
+            .nodeport_addresses
+            .iter()
+            .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+            .map(|n| n.to_string())
+            .collect();
+        (!nets.is_empty())
+            .then(|| format!("fib daddr type local {fam} daddr {{ {} }}", nets.join(", ")))
+    };
+    let (v4, v6) = if prefix.is_empty() {
+        ("services4", "services6")
+    } else {
+        ("kernel4", "kernel6")
+    };
+    let _ = writeln!(
+        s,
+        "  chain {chain} {{\n    ip daddr . meta l4proto . th dport vmap @{v4}\n    ip6 daddr . meta l4proto . th dport vmap @{v6}"
+    );
+    for (v6, map) in [(false, "nodeports4"), (true, "nodeports6")] {
+        if let Some(m) = nodeport_match(v6) {
+            let _ = writeln!(s, "    {m} meta l4proto . th dport vmap @{prefix}{map}");
+        }
+    }
+    let _ = writeln!(s, "  }}");
+}
+
+/// Service table `i` replaced: its maps, pick maps and pod-network sets, the counter and the
+/// chains its service chains jump to, its dispatch chain and nat hooks.
+fn service_table(s: &mut String, cfg: &NftConfig, kernel: &KernelChains<'_>, i: u32) {
+    let t = service_tables::name(&cfg.table, i);
+    let _ = writeln!(s, "table inet {t} {{}}\ndelete table inet {t}");
+    let _ = writeln!(s, "table inet {t} {{");
+    for (map, key) in [
+        ("kernel4", "ipv4_addr . inet_proto . inet_service"),
+        ("kernel6", "ipv6_addr . inet_proto . inet_service"),
+        ("kernel-nodeports4", "inet_proto . inet_service"),
+        ("kernel-nodeports6", "inet_proto . inet_service"),
+    ] {
+        let _ = writeln!(s, "  map {map} {{\n    type {key} : verdict\n  }}");
+    }
+    for map in kernel.pick_maps.iter().filter(|m| m.table() == i) {
+        let _ = writeln!(
+            s,
+            "  map {} {{\n    {}\n  }}",
+            map.name(),
+            map.declaration()
+        );
+    }
+    for (v6, ty) in [(false, "ipv4_addr"), (true, "ipv6_addr")] {
+        let nets: Vec<String> = kernel
+            .cluster_cidrs
+            .iter()
+            .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
+            .map(|n| n.to_string())
+            .collect();
+        if !nets.is_empty() {
+            let n = if v6 { 6 } else { 4 };
+            let _ = writeln!(
+                s,
+                "  set cluster-cidrs{n} {{\n    type {ty}\n    flags interval\n    elements = {{ {} }}\n  }}",
+                nets.join(", ")
+            );
+        }
+    }
+    fixed_chains_head(s);
+    no_local_endpoints(s);
+    dispatch_chain(s, cfg, "kernel-services", "kernel-");
+    for (chain, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
+        let _ = writeln!(
+            s,
+            "  chain {chain} {{\n    type nat hook {hook} priority -100; policy accept;\n    jump kernel-services\n  }}"
+        );
+    }
+    let _ = writeln!(s, "}}");
 }
 
 /// One element whose target changed between two snapshots (`None`: absent).
@@ -513,7 +586,7 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
     let mut s = String::new();
     map_elements(
         &mut s,
-        t,
+        cfg,
         "delete",
         real().filter_map(|c| c.old.as_ref().map(|o| (&c.element, o))),
     );
@@ -521,42 +594,50 @@ pub fn change_script(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Opt
     for map in &ops.pick_maps {
         let _ = writeln!(
             s,
-            "add map inet {t} {} {{ {}; }}",
+            "add map inet {} {} {{ {}; }}",
+            table_name(cfg, Some(map.table())),
             map.name(),
             map.declaration()
         );
     }
-    pick_elements(&mut s, t, "delete", &ops.pick_delete);
-    pick_elements(&mut s, t, "add", &ops.pick_add);
+    pick_elements(&mut s, cfg, "delete", &ops.pick_delete);
+    pick_elements(&mut s, cfg, "add", &ops.pick_add);
     for name in &ops.add {
-        let _ = writeln!(s, "add chain inet {t} {}", name);
+        let _ = writeln!(s, "add chain inet {} {}", chain_table(cfg, name), name);
     }
-    add_aux(&mut s, t, &ops.aux_add);
+    add_aux(&mut s, cfg, &ops.aux_add);
     for a in &ops.aux_rewrite {
         if let Aux::Chain { name, rules } = a {
-            let _ = writeln!(s, "flush chain inet {t} {name}");
-            write_rules(&mut s, t, name, rules);
+            let table = chain_table(cfg, name);
+            let _ = writeln!(s, "flush chain inet {table} {name}");
+            write_rules(&mut s, &table, name, rules);
         }
     }
     for (name, rules) in &ops.rewrite {
-        let _ = writeln!(s, "flush chain inet {t} {}", name);
-        write_chain_rules(&mut s, t, name, rules);
+        let table = chain_table(cfg, name);
+        let _ = writeln!(s, "flush chain inet {table} {}", name);
+        write_chain_rules(&mut s, &table, name, rules);
     }
     map_elements(
         &mut s,
-        t,
+        cfg,
         "add",
         real().filter_map(|c| c.new.as_ref().map(|v| (&c.element, v))),
     );
     for name in &ops.delete {
-        let _ = writeln!(s, "delete chain inet {t} {}", name);
+        let _ = writeln!(s, "delete chain inet {} {}", chain_table(cfg, name), name);
     }
     for a in &ops.aux_delete {
         let kind = match a {
             Aux::Set { .. } => "set",
             Aux::Chain { .. } => "chain",
         };
-        let _ = writeln!(s, "delete {kind} inet {t} {}", a.name());
+        let _ = writeln!(
+            s,
+            "delete {kind} inet {} {}",
+            chain_table(cfg, a.name()),
+            a.name()
+        );
     }
     hairpin_elements(&mut s, t, "delete", &ops.hairpin_delete);
     hairpin_elements(&mut s, t, "add", &ops.hairpin_add);
@@ -688,28 +769,59 @@ pub fn install_routing(cfg: &NftConfig) -> (Result<(), NftError>, Result<(), Nft
     (v4, v6)
 }
 
-/// Removes the table and the policy routing; `Ok(true)` if the table existed. Touches nothing
-/// else.
+/// Removes the table, the service tables and the policy routing; `Ok(true)` if the main table
+/// existed. Touches nothing else.
 pub fn cleanup(cfg: &NftConfig) -> Result<bool, NftError> {
-    let existed = run("nft", &["list", "table", "inet", &cfg.table], None).is_ok();
-    if existed {
-        run("nft", &["delete", "table", "inet", &cfg.table], None)?;
+    let existed = table_exists(cfg);
+    let listed = run("nft", &["list", "tables", "inet"], None).unwrap_or_default();
+    let ours: Vec<String> = std::iter::once(cfg.table.clone())
+        .chain(service_tables::names(&cfg.table))
+        .filter(|t| {
+            listed
+                .lines()
+                .any(|l| l.trim() == format!("table inet {t}"))
+        })
+        .collect();
+    if !ours.is_empty() {
+        let script: String = ours
+            .iter()
+            .map(|t| format!("delete table inet {t}\n"))
+            .collect();
+        apply(&script)?;
     }
     remove_rules(cfg, "-4");
     remove_rules(cfg, "-6");
     Ok(existed)
 }
 
-/// Packets counted by the table's `no-endpoints` counter.
+/// Packets counted by the `no-endpoints` counters of the table and the service tables (one
+/// `nft list counters`, every table's).
 pub fn rejected_packets(cfg: &NftConfig) -> Option<u64> {
-    let out = run(
-        "nft",
-        &["list", "counter", "inet", &cfg.table, "no-endpoints"],
-        None,
-    )
-    .ok()?;
-    let rest = &out[out.find("packets ")? + "packets ".len()..];
-    rest.split_whitespace().next()?.parse().ok()
+    let out = run("nft", &["list", "counters"], None).ok()?;
+    count_packets(&out, cfg)
+}
+
+/// The sum of the `no-endpoints` counters of our tables in an `nft list counters` listing;
+/// `None` when the main table has none.
+fn count_packets(listing: &str, cfg: &NftConfig) -> Option<u64> {
+    let main = format!("table inet {} {{", cfg.table);
+    let service = format!("table inet {}-svc", cfg.table);
+    let (mut ours, mut in_counter, mut found) = (false, false, false);
+    let mut total = 0u64;
+    for line in listing.lines().map(str::trim) {
+        if line.starts_with("table ") {
+            ours = line == main || (line.starts_with(&service) && line.ends_with('{'));
+            in_counter = false;
+        } else if line == "counter no-endpoints {" {
+            in_counter = ours;
+        } else if in_counter && line.starts_with("packets ") {
+            let n: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            total += n;
+            found = true;
+            in_counter = false;
+        }
+    }
+    found.then_some(total)
 }
 
 /// Names the maps (for tests and debugging).

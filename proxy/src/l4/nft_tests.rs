@@ -34,16 +34,20 @@ fn diff_touches_only_changed_elements() {
         },
         t(Verdict::Drop),
     );
-    let kernel = Target::new(Verdict::Kernel, Some("svc-default/web/tcp/80/int4".into()));
+    let chain = "svc-default/web/tcp/80/int4";
+    let kernel = Target::new(Verdict::Kernel, Some(chain.into()));
     new.insert(svc("10.96.0.1", Protocol::Tcp, 80), kernel);
     let s = change_script(&cfg, &diff(&old, &new), &none).unwrap();
+    let table = chain_table(&cfg, chain);
+    let kernel_add =
+        format!("add element inet {table} kernel4 {{ 10.96.0.1 . tcp . 80 : goto {chain} }}");
     let want = [
         // From the relay to the kernel (10.96.0.1): out of the filter map, into the nat map.
         "delete element inet switchboard services4 { 10.96.0.1 . tcp . 80, 10.96.0.2 . udp . 53 }",
         "delete element inet switchboard services6 { fd00::1 . tcp . 80 }",
         "add element inet switchboard services4 { 10.96.0.2 . udp . 53 : jump no-endpoints }",
         "add element inet switchboard nodeports4 { tcp . 30080 : jump no-local-endpoints }",
-        "add element inet switchboard kernel4 { 10.96.0.1 . tcp . 80 : goto svc-default/web/tcp/80/int4 }",
+        &kernel_add,
     ];
     let missing: Vec<_> = want.iter().filter(|w| !s.contains(*w)).collect();
     assert!(missing.is_empty(), "missing {missing:#?} in\n{s}");
@@ -73,17 +77,29 @@ fn full_script_replaces_the_table_in_one_go() {
         &kernel,
     );
     assert!(s.starts_with("table inet switchboard {}\ndelete table inet switchboard\n"));
+    let table = chain_table(&NftConfig::default(), "svc-a/b/tcp/80/int4");
     for want in [
         "redirect to :1000",
         "redirect to :1001",
         "tproxy ip to :1002",
         "10.96.0.1 . udp . 53 : jump udp-tproxy",
-        "add chain inet switchboard svc-a/b/tcp/80/int4",
-        "add rule inet switchboard svc-a/b/tcp/80/int4 meta l4proto tcp dnat ip to 10.0.0.1:80",
+        &format!("add chain inet {table} svc-a/b/tcp/80/int4"),
+        &format!(
+            "add rule inet {table} svc-a/b/tcp/80/int4 meta l4proto tcp dnat ip to 10.0.0.1:80"
+        ),
         "add element inet switchboard hairpin4 { 10.0.0.1 . 10.0.0.1 }",
     ] {
         assert!(s.contains(want), "{want} in\n{s}");
     }
+    // Every service table is replaced in the same transaction, with its own nat hooks.
+    for i in 0..service_tables::COUNT {
+        let t = service_tables::name("switchboard", i);
+        assert!(s.contains(&format!("table inet {t} {{}}\ndelete table inet {t}\n")));
+    }
+    assert_eq!(
+        s.matches("jump kernel-services").count(),
+        2 * service_tables::COUNT as usize
+    );
     assert!(!s.contains("tproxy ip6"));
     assert!(s.contains(
         "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @kernel-nodeports4"
@@ -106,4 +122,15 @@ fn full_script_replaces_the_table_in_one_go() {
     ), "{s}");
     assert!(!s.contains("vmap @kernel-nodeports6"), "{s}");
     assert!(!s.contains("vmap @nodeports6"), "{s}");
+}
+
+#[test]
+fn rejected_packets_sum_the_counters_of_our_tables_only() {
+    let listing =
+        "table inet switchboard {\n\tcounter no-endpoints {\n\t\tpackets 3 bytes 180\n\t}\n}\n\
+table inet other {\n\tcounter no-endpoints {\n\t\tpackets 100 bytes 1\n\t}\n}\n\
+table inet switchboard-svc4 {\n\tcounter no-endpoints {\n\t\tpackets 2 bytes 120\n\t}\n}\n";
+    let cfg = NftConfig::default();
+    assert_eq!(count_packets(listing, &cfg), Some(5));
+    assert_eq!(count_packets("table inet other {\n}\n", &cfg), None);
 }

@@ -31,6 +31,8 @@ use std::net::SocketAddr;
 
 use tables::Protocol;
 
+use super::service_tables;
+
 /// Shard maps per protocol and address family.
 pub const SHARDS: u32 = 64;
 
@@ -51,6 +53,11 @@ impl MapId {
     pub fn name(&self) -> String {
         let p = super::kernel::proto_name(self.protocol);
         format!("pick-{p}{}-{}", if self.v6 { 6 } else { 4 }, self.shard)
+    }
+
+    /// The service table the map lives in (`service_tables`).
+    pub fn table(&self) -> u32 {
+        self.shard % service_tables::COUNT
     }
 
     /// The map's declaration: a 32-bit key (what `numgen` yields) to `address . port`.
@@ -108,15 +115,14 @@ pub fn elements<'a>(slot: &Slot, eps: &'a [SocketAddr]) -> impl Iterator<Item = 
     })
 }
 
-/// Which shard a pick lives in: a stable hash of its chain's name and its index there.
+/// Which shard a pick lives in: one of its chain's service table's shards
+/// (`shard % service_tables::COUNT` is the table), chosen by a stable hash of the chain's name
+/// and the pick's index there.
 pub fn shard_of(chain: &str, index: usize) -> u32 {
-    // FNV-1a.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in chain.bytes().chain(std::iter::once(index as u8)) {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h % SHARDS
+    let h = service_tables::fnv(chain.bytes().chain(std::iter::once(index as u8)));
+    let per_table = SHARDS / service_tables::COUNT;
+    // The high bits: the low ones follow the chain's table (the same hash, one byte longer).
+    service_tables::of_chain(chain) + service_tables::COUNT * ((h >> 16) % per_table)
 }
 
 /// Allocates slots: per map, free lists by capacity (powers of two) and a high-water mark.
@@ -275,5 +281,14 @@ mod tests {
             seen.insert(shard_of(&format!("svc-default/s{i}/tcp/80/int4"), 0));
         }
         assert_eq!(seen.len(), SHARDS as usize);
+        let chain = "svc-default/web/tcp/80/int4";
+        for i in 0..4 {
+            let map = MapId {
+                v6: false,
+                protocol: Protocol::Tcp,
+                shard: shard_of(chain, i),
+            };
+            assert_eq!(map.table(), service_tables::of_chain(chain));
+        }
     }
 }
