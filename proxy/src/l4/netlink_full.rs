@@ -153,6 +153,7 @@ fn service_table(b: &mut Batch, cfg: &NftConfig, kernel: &KernelChains<'_>, i: u
         b,
         t,
         "kernel-services",
+        true,
         [
             "kernel4",
             "kernel6",
@@ -359,6 +360,7 @@ fn fixed_chains(b: &mut Batch, cfg: &NftConfig, ports: &Ports) {
         b,
         t,
         "services",
+        false,
         ["services4", "services6", "nodeports4", "nodeports6"],
     );
     let jump_services = |o: &mut Vec<u8>| {
@@ -422,8 +424,9 @@ fn fixed_chains(b: &mut Batch, cfg: &NftConfig, ports: &Ports) {
 }
 
 /// `FAM daddr . meta l4proto . th dport vmap @MAP` for both families, then the NodePorts'
-/// `fib daddr type local … meta l4proto . th dport vmap @MAP`.
-fn dispatch_rules(b: &mut Batch, t: &str, chain: &str, maps: [&str; 4]) {
+/// `fib daddr type local … meta l4proto . th dport vmap @MAP`, in a service table (`only_ours`)
+/// after `meta l4proto . th dport @MAP` (`nft::full_script` says why).
+fn dispatch_rules(b: &mut Batch, t: &str, chain: &str, only_ours: bool, maps: [&str; 4]) {
     let [v4, v6map, np4, np6] = maps;
     for (v6, map) in [(false, v4), (true, v6map)] {
         b.add_rule(t, chain, |o| {
@@ -443,6 +446,12 @@ fn dispatch_rules(b: &mut Batch, t: &str, chain: &str, maps: [&str; 4]) {
     }
     for (v6, map) in [(false, np4), (true, np6)] {
         b.add_rule(t, chain, |o| {
+            if only_ours {
+                // meta l4proto . th dport @MAP
+                x::meta_load(o, x::META_L4PROTO);
+                x::payload(o, REG32_01, x::BASE_TRANSPORT, 2, 2);
+                x::lookup(o, map, None);
+            }
             // fib daddr type local FAM daddr != LOOPBACK meta l4proto . th dport vmap @MAP
             x::fib_daddr_type(o);
             x::cmp_eq(o, &2u32.to_ne_bytes(), false); // RTN_LOCAL

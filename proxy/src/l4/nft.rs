@@ -502,7 +502,18 @@ fn dispatch_chain(s: &mut String, cfg: &NftConfig, chain: &str, prefix: &str) {
     );
     for (v6, map) in [(false, "nodeports4"), (true, "nodeports6")] {
         if let Some(m) = nodeport_match(v6) {
-            let _ = writeln!(s, "    {m} meta l4proto . th dport vmap @{prefix}{map}");
+            // A service table first checks that the port is one of its NodePorts (a hash
+            // lookup that misses for nearly every packet), so a new connection pays for one
+            // `fib` lookup in the table that has its port, not one in each of 16 tables.
+            let only_ours = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("meta l4proto . th dport @{prefix}{map} ")
+            };
+            let _ = writeln!(
+                s,
+                "    {only_ours}{m} meta l4proto . th dport vmap @{prefix}{map}"
+            );
         }
     }
     let _ = writeln!(s, "  }}");
