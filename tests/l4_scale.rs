@@ -21,9 +21,8 @@ fn sync_stats(node: &Node, ns: &Netns) -> (f64, f64) {
 }
 
 /// The `commands` and `via` of the last `l4: synced` debug line: how many nft commands (or
-/// netlink messages) its transaction held, which of the two carried it, and whether a
-/// transaction of elements steered new connections away from leaving endpoints before it.
-fn last_sync(node: &Node) -> (usize, String, bool) {
+/// netlink messages) its one transaction held, and which of the two carried it.
+fn last_sync(node: &Node) -> (usize, String) {
     let log = node.log();
     let line = log
         .lines()
@@ -41,7 +40,6 @@ fn last_sync(node: &Node) -> (usize, String, bool) {
     (
         field("commands").parse().unwrap_or(usize::MAX),
         field("via"),
-        !field("steer_ms").is_empty(),
     )
 }
 
@@ -111,24 +109,18 @@ fn needs_root_one_service_update_at_10k_services_is_fast() {
     // only map elements and changing their number also rewrites the chain. All of it goes over
     // netlink but the declaration of a shard map no pick used before (the first pick here:
     // the 10,000 services have one endpoint each), which is `nft`'s.
-    // Removing one of three or more endpoints first steers new connections away from it with
-    // elements only, in a transaction of its own before the rule changes.
-    let rounds: [(&[&str], &str, bool); 8] = [
-        (&["10.244.200.1"], "netlink", false),
-        (&[], "netlink", false),
-        (&["10.244.200.1"], "netlink", false),
-        (&["10.244.200.1", "10.244.200.2"], "nft", false),
-        (&["10.244.200.1", "10.244.200.3"], "netlink", false),
-        (&["10.244.200.4", "10.244.200.3"], "netlink", false),
-        (
-            &["10.244.200.4", "10.244.200.3", "10.244.200.5"],
-            "netlink",
-            false,
-        ),
-        (&["10.244.200.4", "10.244.200.5"], "netlink", true),
+    let rounds: [(&[&str], &str); 8] = [
+        (&["10.244.200.1"], "netlink"),
+        (&[], "netlink"),
+        (&["10.244.200.1"], "netlink"),
+        (&["10.244.200.1", "10.244.200.2"], "nft"),
+        (&["10.244.200.1", "10.244.200.3"], "netlink"),
+        (&["10.244.200.4", "10.244.200.3"], "netlink"),
+        (&["10.244.200.4", "10.244.200.3", "10.244.200.5"], "netlink"),
+        (&["10.244.200.4", "10.244.200.5"], "netlink"),
     ];
     let mut worst = 0.0f64;
-    for (round, (ips, carrier, steered)) in rounds.iter().enumerate() {
+    for (round, (ips, carrier)) in rounds.iter().enumerate() {
         let (sum, count) = sync_stats(&node, &ns);
         let eps: Vec<Ep> = ips.iter().map(|ip| Ep::ready(*ip)).collect();
         write_manifest(dir.path(), "probe.yaml", &probe(&eps));
@@ -178,11 +170,10 @@ fn needs_root_one_service_update_at_10k_services_is_fast() {
         let (sum1, count1) = sync_stats(&node, &ns);
         // Only the changed elements and the probe's chain: a few commands, in one transaction,
         // carried by netlink when no chain changes.
-        let (commands, via, steer) = last_sync(&node);
+        let (commands, via) = last_sync(&node);
         assert!(
-            (1..=8).contains(&commands) && via == *carrier && steer == *steered,
-            "round {round}: the sync ran {commands} commands via {via:?} (steered first: \
-             {steer}), not via {carrier} (steered first: {steered}):\n{}",
+            (1..=8).contains(&commands) && via == *carrier,
+            "round {round}: the sync ran {commands} commands via {via:?}, not via {carrier}:\n{}",
             node.log()
         );
         let per = (sum1 - sum) / (count1 - count).max(1.0);

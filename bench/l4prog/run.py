@@ -18,8 +18,7 @@ probe's ClusterIP. Measured, per round (a fresh process each round):
   (the sync's own time, from the same log line, with what carried it):
   - an endpoint replaced (same number of endpoints: only map elements change → netlink);
   - an endpoint added or removed (the chain's rule changes too, and the kernel then validates
-    the whole table); for a removal, the transaction of elements before it that steers new
-    connections away from the leaving endpoint (`steer_ms`);
+    the chain's service table), in the same one transaction;
 - for comparison, the same element-only change applied by `nft -f` by hand against the loaded
   table (what switchboard did for every change before it used netlink).
 
@@ -43,8 +42,7 @@ import run as l4  # noqa: E402  (bench/l4/run.py: the same namespaces and helper
 PROBE_VIP = "172.30.0.1"
 SYNCED = re.compile(r"l4: synced generation=(\d+) seconds=([0-9.e-]+) commands=(\d+) "
                     r"via=\"?(\w*)\"?(?: compute_ms=([0-9.e-]+) apply_ms=([0-9.e-]+))?"
-                    r"(?: apply_cpu_ms=([0-9.e-]+))?"
-                    r"(?: steer_ms=([0-9.e-]+) steer_cpu_ms=([0-9.e-]+))?(?: chains=(\d+))?")
+                    r"(?: apply_cpu_ms=([0-9.e-]+))?(?: chains=(\d+))?")
 
 BACKEND = """
 import socket, sys, threading
@@ -118,11 +116,10 @@ endpoints:
 
 
 def synced(p):
-    # (generation, seconds, commands, via, chains, compute ms, transaction ms, its CPU ms,
-    #  steering transaction ms, its CPU ms)
+    # (generation, seconds, commands, via, chains, compute ms, transaction ms, its CPU ms)
     opt = lambda v: float(v) if v else None  # noqa: E731
-    return [(int(m[1]), float(m[2]), int(m[3]), m[4], m[10], float(m[5] or 0), float(m[6] or 0),
-             opt(m[7]), opt(m[8]), opt(m[9]))
+    return [(int(m[1]), float(m[2]), int(m[3]), m[4], m[8], float(m[5] or 0), float(m[6] or 0),
+             opt(m[7]))
             for m in SYNCED.finditer(p.text())]
 
 
@@ -238,7 +235,7 @@ def one_round(a, wd, source_args, probe_dir, rnd, full_table="netlink"):
             gen = s[0]
             r["changes"].append({"kind": kind, "ms": s[1] * 1000, "via": s[3],
                                  "commands": s[2], "compute_ms": s[5], "apply_ms": s[6],
-                                 "apply_cpu_ms": s[7], "steer_ms": s[8], "steer_cpu_ms": s[9]})
+                                 "apply_cpu_ms": s[7]})
         table, pick_map, offset = probe_pick()
         r["nft_by_hand_ms"] = nft_by_hand(table, pick_map, offset, backends[1])
         return r
@@ -335,12 +332,6 @@ def summarize(results):
           for kind, label in (("replace", "one endpoint replaced (same count)"),
                               ("add", "one endpoint added"),
                               ("remove", "one endpoint removed"))],
-        f"| … removed: new connections steered away from it (a transaction of elements "
-        f"before the rule's): from the sync's start | "
-        f"{ms([c['compute_ms'] + c['steer_ms'] for c in by('remove') if c.get('steer_ms')], 2)} ms"
-        f" | | "
-        f"{ms([c.get('steer_ms') for c in by('remove')], 2)} ms "
-        f"({ms([c.get('steer_cpu_ms') for c in by('remove')], 2)} ms) | netlink |",
         f"| the same element change by `nft -f`, by hand | | | "
         f"{ms([w for r in rounds for w, _ in r['nft_by_hand_ms']], 2)} ms "
         f"({ms([c for r in rounds for _, c in r['nft_by_hand_ms']], 2)} ms) | nft |", "",

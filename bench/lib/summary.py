@@ -133,15 +133,12 @@ def l4prog_rows(d):
     def kind(k, key="ms"):
         return m([c.get(key) for c in changes if c["kind"] == k]) or 0
 
-    steer = m([c["compute_ms"] + c["steer_ms"] for c in changes
-               if c["kind"] == "remove" and c.get("steer_ms")]) or 0
     full = m([r["first_sync_s"] for r in rounds])
     fwd = m([r["first_forward_s"] for r in rounds])
     return [(f"L4 programming, {a['services']:,} services / "
              f"{a['services'] * a['endpoints']:,} endpoints ({a.get('source', 'files')})",
              f"endpoint replaced {kind('replace'):.1f} ms, added {kind('add'):.1f} ms, removed "
-             f"{kind('remove'):.1f} ms, of which until new connections avoid it {steer:.1f} ms "
-             f"(transaction CPU {kind('replace', 'apply_cpu_ms'):.1f} / "
+             f"{kind('remove'):.1f} ms (transaction CPU {kind('replace', 'apply_cpu_ms'):.1f} / "
              f"{kind('add', 'apply_cpu_ms'):.1f} / {kind('remove', 'apply_cpu_ms'):.1f} ms); "
              f"full table {full or 0:.2f} s; start to first forwarded {fwd or 0:.2f} s", "",
              "kube-proxy nftables (outside run): 9.7–18.2 s per sync, 34–52 s first sync, "

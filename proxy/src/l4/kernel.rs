@@ -410,12 +410,6 @@ pub struct ChainOps {
     pub pick_maps: Vec<MapId>,
     pub pick_delete: Vec<PickElement>,
     pub pick_add: Vec<PickElement>,
-    /// Picks whose rule is rewritten with fewer endpoints in the same slot: their keys that
-    /// pointed at a leaving endpoint, pointed at a staying one instead. Applied in a
-    /// transaction of its own before the rest (`sync.rs`), it stops new connections to the
-    /// leaving endpoint without a rule change — the kernel re-validates the whole table after
-    /// any rule change (~10 ms of CPU at 10,000 Services), not after element changes.
-    pub steer: Vec<PickElement>,
     /// Chains no element jumps to any more (deleted after the elements).
     pub delete: Vec<Arc<str>>,
     pub hairpin_add: Vec<IpAddr>,
@@ -596,11 +590,6 @@ impl Batch<'_> {
             let old = p.body.endpoints.clone();
             let old_aux = p.body.aux.clone();
             let rewrite = resolved != p.resolved;
-            let steered: Vec<PickElement> = if rewrite {
-                steer(p, &slots, &body)
-            } else {
-                Vec::new()
-            };
             for ip in old.iter().filter(|ip| !body.endpoints.contains(ip)) {
                 self.hairpin_ref(*ip, false);
                 self.ops.endpoints_gone.push((name.clone(), *ip));
@@ -624,7 +613,6 @@ impl Batch<'_> {
             }
             if rewrite {
                 self.ops.rewrite.push((name.clone(), resolved.clone()));
-                self.ops.steer.extend(steered);
             }
             let p = self.chains.chains.get_mut(&name).expect("checked");
             p.body = body;
@@ -642,48 +630,8 @@ impl Batch<'_> {
         self.ops.aux_delete.reverse();
         self.ops.pick_delete.sort();
         self.ops.pick_add.sort();
-        self.ops.steer.sort();
         self.ops
     }
-}
-
-/// The keys of `p`'s picks that point at an endpoint `body` no longer has, each pointed at a
-/// staying endpoint (`ChainOps::steer`): where the same rule of `body` still picks in the same
-/// slot, or now DNATs to the one endpoint left. The staying endpoint that takes a key gets a
-/// double share until the rule with the new count is in, one transaction later.
-fn steer(p: &Programmed, slots: &[Slot], body: &ChainBody) -> Vec<PickElement> {
-    let mut out = Vec::new();
-    for (i, (slot, old)) in p.slots.iter().zip(&p.body.picks).enumerate() {
-        let at = p
-            .body
-            .rules
-            .iter()
-            .position(|r| matches!(r, Rule::Dnat { to: DnatTo::Pick(j), .. } if *j == i));
-        let staying = match at.and_then(|at| body.rules.get(at)) {
-            Some(Rule::Dnat {
-                to: DnatTo::Pick(j),
-                ..
-            }) if slots.get(*j) == Some(slot) => body.picks[*j].as_slice(),
-            Some(Rule::Dnat {
-                to: DnatTo::Addr(a),
-                ..
-            }) => std::slice::from_ref(a),
-            _ => continue,
-        };
-        if staying.is_empty() {
-            continue;
-        }
-        out.extend(
-            pick::elements(slot, old)
-                .enumerate()
-                .filter(|(_, e)| !staying.contains(&e.addr))
-                .map(|(k, e)| PickElement {
-                    addr: staying[k % staying.len()],
-                    ..e
-                }),
-        );
-    }
-    out
 }
 
 /// Moves the picks of chain `name` from what `p` has to `body`'s: their slots, the shard map

@@ -23,32 +23,42 @@ fn body(eps: &[&str]) -> ChainBody {
     }
 }
 
-/// Endpoints before, after, and the keys steered with their new endpoint.
-type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [(u32, &'a str)]);
+/// Endpoints before and after; whether the chain's rule is rewritten; the shard map keys
+/// deleted and added (with their endpoint).
+type Case<'a> = (
+    &'a [&'a str],
+    &'a [&'a str],
+    bool,
+    &'a [u32],
+    &'a [(u32, &'a str)],
+);
 
 #[test]
-fn leaving_endpoints_are_steered_before_the_rule_changes() {
+fn a_change_rewrites_at_most_its_chain_and_touches_only_the_keys_that_moved() {
     let (a, b, c, d) = ("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80");
     let cases: &[Case<'_>] = &[
-        // The middle one leaves: its key points at what now sits there.
-        (&[a, b, c], &[a, c], &[(1, c)]),
+        // The middle one leaves: its key takes the last one, whose key goes; `mod 2`.
+        (&[a, b, c], &[a, c], true, &[1, 2], &[(1, c)]),
         // The last one leaves.
-        (&[a, b, c], &[a, b], &[(2, a)]),
-        // Two of four leave.
-        (&[a, b, c, d], &[b, d], &[(0, b), (2, b)]),
-        // One replaced, none fewer: the rule does not change, nothing to steer.
-        (&[a, b, c], &[a, b, d], &[]),
-        // Grows: nothing leaves.
-        (&[a, b], &[a, b, c], &[]),
-        // Grows past the slot's capacity while one leaves: a new slot, nothing to steer.
-        (&[a, b], &[a, c, d], &[]),
-        // Down to one: the rule becomes a plain DNAT; until then the pick holds only it.
-        (&[a, b], &[b], &[(0, b)]),
-        (&[a, b, c], &[c], &[(0, c), (1, c)]),
-        // From one: no pick before, nothing to steer.
-        (&[a], &[b, c], &[]),
+        (&[a, b, c], &[a, b], true, &[2], &[]),
+        // One replaced, none fewer: the rule stays, one key changes.
+        (&[a, b, c], &[a, b, d], false, &[2], &[(2, d)]),
+        // Grows within the slot (capacity 4): one key more, `mod 4`.
+        (&[a, b, c], &[a, b, c, d], true, &[], &[(3, d)]),
+        // Grows past the slot's capacity (2): a new slot of 4 after the first.
+        (
+            &[a, b],
+            &[a, b, c],
+            true,
+            &[0, 1],
+            &[(2, a), (3, b), (4, c)],
+        ),
+        // Down to one: a plain DNAT, the pick's keys go.
+        (&[a, b], &[b], true, &[0, 1], &[]),
+        // From one: a pick appears.
+        (&[a], &[b, c], true, &[], &[(0, b), (1, c)]),
     ];
-    for (before, after, want) in cases {
+    for (before, after, rewritten, deleted, added) in cases {
         let mut chains = Chains::default();
         let name: Arc<str> = "svc-a".into();
         let mut batch = chains.batch();
@@ -58,12 +68,18 @@ fn leaving_endpoints_are_steered_before_the_rule_changes() {
         let mut batch = chains.batch();
         batch.set_body(&name, body(after));
         let ops = batch.finish();
+        let what = format!("{before:?} -> {after:?}");
+        assert!(ops.add.is_empty() && ops.delete.is_empty(), "{what}");
+        assert_eq!(!ops.rewrite.is_empty(), *rewritten, "{what}");
+        assert!(ops.rewrite.iter().all(|(n, _)| *n == name), "{what}");
+        let keys: Vec<u32> = ops.pick_delete.iter().map(|e| e.key).collect();
+        assert_eq!(keys, *deleted, "{what}");
         let got: Vec<(u32, String)> = ops
-            .steer
+            .pick_add
             .iter()
             .map(|e| (e.key, e.addr.to_string()))
             .collect();
-        let want: Vec<(u32, String)> = want.iter().map(|(k, e)| (*k, e.to_string())).collect();
-        assert_eq!(got, want, "{before:?} -> {after:?}");
+        let want: Vec<(u32, String)> = added.iter().map(|(k, e)| (*k, e.to_string())).collect();
+        assert_eq!(got, want, "{what}");
     }
 }

@@ -80,23 +80,6 @@ pub fn batch(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Option<Batc
     Some(b)
 }
 
-/// The transaction that steers new connections away from leaving endpoints before the rules
-/// change (`ChainOps::steer`): each key deleted and added again with its new endpoint. `None`
-/// when there is nothing to steer or no rule changes after it.
-pub fn steer_batch(cfg: &NftConfig, ops: &ChainOps) -> Option<Batch> {
-    if ops.steer.is_empty() || ops.rewrite.is_empty() {
-        return None;
-    }
-    let mut b = Batch::new();
-    for ((table, map), elems) in picks(&ops.steer, false) {
-        b.elements(false, &nft::table_name(cfg, Some(table)), &map, &elems);
-    }
-    for ((table, map), elems) in picks(&ops.steer, true) {
-        b.elements(true, &nft::table_name(cfg, Some(table)), &map, &elems);
-    }
-    Some(b)
-}
-
 /// Adds or deletes hairpin pairs (`ip . ip`) in `hairpin4` and `hairpin6`.
 pub(super) fn hairpin(b: &mut Batch, table: &str, add: bool, ips: &[std::net::IpAddr]) {
     for v6 in [false, true] {

@@ -407,8 +407,6 @@ impl Syncer {
         // The nft commands (or netlink messages) of this sync's one transaction, for the log.
         let mut commands = 0usize;
         let mut via = "";
-        // The steering transaction's wall and CPU time, when there was one.
-        let mut steered: Option<(Duration, Duration)> = None;
         let result = match &mut self.plane {
             Plane::Bind(listeners) => {
                 let (opened, closed) = listeners.reconcile(&self.shared, &changes);
@@ -456,19 +454,6 @@ impl Syncer {
                         None => (None, nft::change_script(cfg, &changes, &ops)),
                     }
                 };
-                // Leaving endpoints first, in a transaction of elements only (~1 ms): the
-                // one with the rule changes waits for the kernel to validate the table.
-                if let Some(b) = (!*full)
-                    .then(|| netlink_update::steer_batch(cfg, &ops))
-                    .flatten()
-                {
-                    let t = Instant::now();
-                    let (r, cpu) = commit(socket, b).await;
-                    steered = Some((t.elapsed(), cpu));
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "l4: steering new connections away from leaving endpoints failed; the rule change follows");
-                    }
-                }
                 via = if netlink.is_some() { "netlink" } else { "nft" };
                 commands = script
                     .as_ref()
@@ -563,8 +548,6 @@ impl Syncer {
                     compute_ms = computed.as_secs_f64() * 1e3,
                     apply_ms = applying.as_secs_f64() * 1e3,
                     apply_cpu_ms = applying_cpu.map(|d| d.as_secs_f64() * 1e3),
-                    steer_ms = steered.map(|(d, _)| d.as_secs_f64() * 1e3),
-                    steer_cpu_ms = steered.map(|(_, c)| c.as_secs_f64() * 1e3),
                     chains = self.cache.chains().len(),
                     "l4: synced"
                 );
