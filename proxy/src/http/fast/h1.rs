@@ -1,6 +1,7 @@
 //! HTTP/1.1 framing on the fast path: header helpers, the upstream response head (what the
 //! client gets, how the body is delimited) and the end of a chunked body.
 
+use super::bufs;
 use super::io::Failure;
 
 /// Most headers a request or response may have on this path (more: pingora's path).
@@ -200,7 +201,7 @@ pub(super) fn parse_head(
     // Room for the head, the lines added to it and the body bytes read with it (`respond`
     // appends them), so that nothing is copied twice.
     let body_read = (buf.len() - len).min(64 * 1024);
-    let mut out = Vec::with_capacity(len + 128 + request_id.len() + body_read);
+    let mut out = bufs::take(len + 128 + request_id.len() + body_read);
     out.extend_from_slice(b"HTTP/1.1 ");
     // httparse takes exactly three digits.
     out.extend_from_slice(&[

@@ -36,6 +36,7 @@
 //! upstream connection), `respond.rs` (the answer, errors, log), `exchange.rs` (attempts and
 //! retries), and here the connection loop. The pool is `../pool.rs`, retries `../retry.rs`.
 
+mod bufs;
 mod exchange;
 pub mod fuzzing;
 mod h1;
@@ -109,7 +110,7 @@ pub async fn serve(
     'requests: loop {
         // Wait for the next request holding no buffer: idle connections cost little.
         if buf.is_empty() {
-            buf = Vec::new();
+            bufs::give(std::mem::take(&mut buf));
             loop {
                 tokio::select! {
                     biased;
@@ -134,7 +135,7 @@ pub async fn serve(
                     }
                 }
             }
-            buf.reserve(4096);
+            buf = bufs::take(bufs::SMALL);
         }
         let mut head_started = false;
         let prepared = loop {
@@ -182,15 +183,10 @@ pub async fn serve(
             }
         };
         buf.drain(..prepared.head_len);
-        // The request's state lives in its own allocation while it runs, not in this task.
-        let (keep_open, end) = Box::pin(exchange(
-            shared,
-            &mut client,
-            &mut conn,
-            &prepared,
-            shutdown,
-        ))
-        .await;
+        // The request's state (`prepared` with it) lives in its own allocation while it runs,
+        // not in this task.
+        let (keep_open, end) =
+            Box::pin(exchange(shared, &mut client, &mut conn, prepared, shutdown)).await;
         if !keep_open {
             return Served::Closed;
         }
