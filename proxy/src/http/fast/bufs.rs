@@ -23,6 +23,7 @@ thread_local! {
     static FREE: RefCell<[Vec<Vec<u8>>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
 }
 
+#[inline]
 fn class(capacity: usize) -> Option<usize> {
     match capacity {
         c if c > LARGEST => None,
@@ -33,6 +34,7 @@ fn class(capacity: usize) -> Option<usize> {
 }
 
 /// An empty buffer with room for at least `want` bytes.
+#[inline]
 pub(super) fn take(want: usize) -> Vec<u8> {
     let cap = if want <= SMALL {
         SMALL
@@ -50,6 +52,7 @@ pub(super) fn take(want: usize) -> Vec<u8> {
 }
 
 /// Gives `b` back for a later request on this thread (or frees it).
+#[inline]
 pub(super) fn give(mut b: Vec<u8>) {
     let Some(c) = class(b.capacity()) else {
         return;

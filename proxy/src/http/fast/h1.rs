@@ -261,6 +261,11 @@ fn copy_headers(out: &mut Vec<u8>, head: &[u8], headers: &[httparse::Header<'_>]
 
 /// A `Content-Length` value (whitespace around it allowed).
 fn content_length(v: &[u8]) -> Option<u64> {
+    // The usual value, digits alone (19 cannot overflow), without `str::parse`'s ~280
+    // instructions (callgrind, issue 17.5); anything else as before.
+    if !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit) {
+        return Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')));
+    }
     std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
 

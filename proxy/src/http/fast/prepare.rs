@@ -138,8 +138,9 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
     if method == http::Method::CONNECT || !target.starts_with('/') {
         return Prep::Fallback;
     }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
+    // By byte ('?' is ASCII): `split_once` with a `char` searched with ~80 instructions.
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(q) => (&target[..q], Some(&target[q + 1..])),
         None => (target, None),
     };
     if filters::remove_dot_segments(path).is_some() {
@@ -279,13 +280,14 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(conn.fwd_for.as_bytes());
+    // The fixed text between the values in one piece each: fewer copies.
     out.extend_from_slice(b";proto=http;host=\"");
     out.extend_from_slice(host.as_bytes());
-    out.extend_from_slice(b"\"\r\n");
-    put_header(&mut out, "x-forwarded-proto", b"http");
-    put_header(&mut out, "x-forwarded-host", host.as_bytes());
-    put_header(&mut out, "x-request-id", request_id.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b"\"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
 
     Prep::Ready(Prepared {
         start: Instant::now(),
