@@ -218,10 +218,11 @@ thread_local! {
 /// virtual machine). A step of the wall clock shows within a second; between two readings the
 /// clocks drift apart by well under a millisecond.
 pub fn wall_time(at: Instant) -> SystemTime {
-    match WALL.with(|w| w.get()) {
-        Some((base, wall)) if at >= base && at - base < Duration::from_secs(1) => {
-            wall + (at - base)
-        }
+    // One subtraction (each is ~50 instructions: `Timespec::sub_timespec`).
+    let since =
+        |(base, wall): (Instant, SystemTime)| Some((at.checked_duration_since(base)?, wall));
+    match WALL.with(|w| w.get()).and_then(since) {
+        Some((d, wall)) if d < Duration::from_secs(1) => wall + d,
         _ => {
             let wall = SystemTime::now();
             WALL.with(|w| w.set(Some((at, wall))));

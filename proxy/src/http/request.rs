@@ -123,13 +123,12 @@ pub(super) fn forwarded_for(ip: IpAddr) -> String {
 fn put_new_request_id(out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
-    for (half, n) in [fastrand::u64(..), fastrand::u64(..)]
-        .into_iter()
-        .enumerate()
-    {
-        for i in 0..16 {
-            id[half * 16 + i] = HEX[((n >> ((15 - i) * 4)) & 0xf) as usize];
-        }
+    // Two digits per random byte, first the high half.
+    let random =
+        ((u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..))).to_be_bytes();
+    for (pair, b) in id.chunks_exact_mut(2).zip(random) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
     out.push_str(std::str::from_utf8(&id).expect("hex digits"));
 }
