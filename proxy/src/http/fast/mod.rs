@@ -31,10 +31,11 @@
 //! event-loop pass sent to an endpoint together, pipelined on one pooled connection
 //! (`pipeline.rs`; `docs/http.md`).
 //!
-//! Files, each using only those above it: `io.rs` (timed socket waits), `h1.rs` (framing),
-//! `prepare.rs` (request head → routed request or pingora), `pipeline.rs` (batches on one
-//! upstream connection), `respond.rs` (the answer, errors, log), `exchange.rs` (attempts and
-//! retries), and here the connection loop. The pool is `../pool.rs`, retries `../retry.rs`.
+//! Files, each using only those above it: `bufs.rs` (buffers kept per event loop), `io.rs`
+//! (timed socket waits), `h1.rs` (framing), `prepare.rs` (request head → routed request or
+//! pingora), `pipeline.rs` (batches on one upstream connection), `respond.rs` (the answer,
+//! errors, log), `exchange.rs` (attempts and retries), and here the connection loop. The pool
+//! is `../pool.rs`, retries `../retry.rs`.
 
 mod bufs;
 mod exchange;
