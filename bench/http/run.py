@@ -89,10 +89,27 @@ http {{
     return B.Proc("backends", [B.which("nginx") or "nginx", "-c", conf, "-p", wd], wd / "backends.out")
 
 
-def nginx_proxy(wd, port, upstreams, workers):
+def start_backends(wd, setup):
+    """The backends of `setup` (a value of SETUPS), answering: (their `ip:port`s, Proc)."""
+    if setup["ports"]:
+        ports = set()
+        while len(ports) < 3:
+            ports.add(B.free_port())
+        ups = [f"127.0.0.1:{p}" for p in sorted(ports)]
+    else:
+        bport = B.free_port()
+        ups = [f"{ip}:{bport}" for ip in BACKENDS]
+    backends = nginx_backends(wd, ups, static=setup["static"])
+    B.wait_for(lambda: all(_ok(u) for u in ups), 30, "the backends", backends)
+    return ups, backends
+
+
+def nginx_proxy(wd, port, upstreams, workers, prefix=()):
+    """nginx as the proxy; `prefix`: a command to run it under (callgrind.py's valgrind), which
+    also makes it one process (`master_process off`)."""
     ups = "\n".join(f"        server {u};" for u in upstreams)
     conf = wd / f"nginx-{workers}.conf"
-    conf.write_text(f"""daemon off;
+    conf.write_text(f"""daemon off;{chr(10) + "master_process off;" if prefix else ""}
 worker_processes {workers};
 pid {wd}/nginx-{workers}.pid;
 error_log {wd}/nginx.err warn;
@@ -116,11 +133,11 @@ http {{
     }}
 }}
 """)
-    return B.Proc(f"nginx-{workers}", [B.which("nginx") or "nginx", "-c", conf, "-p", wd],
+    return B.Proc(f"nginx-{workers}", [*prefix, B.which("nginx") or "nginx", "-c", conf, "-p", wd],
                   wd / f"nginx-{workers}.out")
 
 
-def haproxy(wd, port, ups, workers):
+def haproxy(wd, port, ups, workers, prefix=()):
     servers = "\n".join(f"    server b{i + 1} {u}" for i, u in enumerate(ups))
     conf = wd / f"haproxy-{workers}.cfg"
     # maxconn stays below the file-descriptor hard limit (20000 here).
@@ -141,7 +158,7 @@ backend web
     balance roundrobin
 {servers}
 """)
-    return B.Proc(f"haproxy-{workers}", [B.which("haproxy") or "haproxy", "-db", "-f", conf],
+    return B.Proc(f"haproxy-{workers}", [*prefix, B.which("haproxy") or "haproxy", "-db", "-f", conf],
                   wd / f"haproxy-{workers}.out")
 
 
@@ -390,16 +407,7 @@ def run(a):
     setup = SETUPS[a.setup]
     wd = B.WORK / PART[a.setup]
     wd.mkdir(parents=True, exist_ok=True)
-    if setup["ports"]:
-        ports = set()
-        while len(ports) < 3:
-            ports.add(B.free_port())
-        ups = [f"127.0.0.1:{p}" for p in sorted(ports)]
-    else:
-        bport = B.free_port()
-        ups = [f"{ip}:{bport}" for ip in BACKENDS]
-    backends = nginx_backends(wd, ups, static=setup["static"])
-    B.wait_for(lambda: all(_ok(u) for u in ups), 30, "the backends", backends)
+    ups, backends = start_backends(wd, setup)
     all_cpus = os.sched_getaffinity(0)
     for key in a.workers.split(","):
         pinned = key.endswith("p")

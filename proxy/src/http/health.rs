@@ -123,8 +123,14 @@ impl EndpointState {
         let idle_ms = self
             .ms_at(now)
             .saturating_sub(self.sampled_ms.load(Ordering::Relaxed));
-        let decay =
-            (-(idle_ms as f64) / DECAY_HALF_LIFE.as_millis() as f64 * std::f64::consts::LN_2).exp();
+        // Without `exp` where it cannot change the score: no idle time (decay 1, as `exp(-0)`),
+        // or no average to decay. Under load most scores are taken within the millisecond
+        // of their endpoint's last sample.
+        let decay = if idle_ms == 0 || ewma == 0.0 {
+            1.0
+        } else {
+            (-(idle_ms as f64) / DECAY_HALF_LIFE.as_millis() as f64 * std::f64::consts::LN_2).exp()
+        };
         let allowance = LATENCY_ALLOWANCE.as_micros() as f64;
         (ewma * decay + allowance) * (self.in_flight() as f64 + 1.0)
     }

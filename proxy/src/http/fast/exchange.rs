@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::bufs;
 use super::h1::parse_head;
 use super::io::{until, write_client, Failure, Limits};
 use super::pipeline::{join_batch, send_request, Upstream};
@@ -35,7 +36,7 @@ pub(super) async fn exchange(
     shared: &Shared,
     client: &mut TcpStream,
     conn: &mut ConnState,
-    p: &Prepared,
+    p: Prepared,
     shutdown: &watch::Receiver<bool>,
 ) -> (bool, Instant) {
     shared.budget.deposit();
@@ -46,10 +47,54 @@ pub(super) async fn exchange(
         upstream: None,
         error: None,
     };
-    let keep_open = attempts(shared, client, p, shutdown, &mut out).await;
+    let keep_open = attempts(shared, client, &p, shutdown, &mut out).await;
     let end = Instant::now();
-    log_request(shared, conn, p, &out, end, *shutdown.borrow());
+    log_request(shared, conn, &p, &out, end, *shutdown.borrow());
+    bufs::give(p.upstream_head);
     (keep_open, end)
+}
+
+/// The endpoints a request was sent to, by index, in order: the first few inline (most
+/// requests make one attempt, and a `Vec` cost an allocation each).
+#[derive(Default)]
+struct Tried {
+    first: [usize; 4],
+    len: usize,
+    /// All of them, once there are more than `first` holds.
+    spilled: Option<Vec<usize>>,
+}
+
+impl Tried {
+    fn as_slice(&self) -> &[usize] {
+        match &self.spilled {
+            Some(v) => v,
+            None => &self.first[..self.len],
+        }
+    }
+
+    fn push(&mut self, i: usize) {
+        match &mut self.spilled {
+            Some(v) => v.push(i),
+            None if self.len < self.first.len() => {
+                self.first[self.len] = i;
+                self.len += 1;
+            }
+            None => {
+                let mut v = self.first.to_vec();
+                v.push(i);
+                self.spilled = Some(v);
+            }
+        }
+    }
+
+    fn pop(&mut self) {
+        match &mut self.spilled {
+            Some(v) => {
+                v.pop();
+            }
+            None => self.len = self.len.saturating_sub(1),
+        }
+    }
 }
 
 fn record_failure(shared: &Shared, b: &PortBalancer, state: &EndpointState) {
@@ -72,7 +117,7 @@ async fn attempts(
     let b = &p.balancer;
     let idempotent = p.method.is_idempotent();
     let head_only = p.method == http::Method::HEAD;
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried = Tried::default();
     // After one stale pooled connection, the next attempt opens a fresh one.
     let mut fresh_only = false;
     // After a pipelined connection failed ahead of this request, it is sent on its own.
@@ -82,7 +127,7 @@ async fn attempts(
     };
     let whole = retry::request_deadline(&p.rule.rule, start);
     loop {
-        let Some(i) = b.choose(p.hash, &tried) else {
+        let Some(i) = b.choose(p.hash, tried.as_slice()) else {
             return local_error(shared, client, p, out, 502, "every endpoint was tried").await;
         };
         tried.push(i);
@@ -163,7 +208,9 @@ async fn attempts(
                 }
                 match pooled {
                     Some(l) => l,
-                    None => match connect(shared, b, &state, &limits).await {
+                    // Boxed: only a new connection needs it, and in this future it would make
+                    // every request's larger (issue 17.5).
+                    None => match Box::pin(connect(shared, b, &state, &limits)).await {
                         Ok(l) => l,
                         Err(f) => {
                             shared
@@ -172,7 +219,7 @@ async fn attempts(
                                 .with_label_values(&[&*b.label])
                                 .inc();
                             record_failure(shared, b, &state);
-                            if can_try_another(&tried, out.retries) {
+                            if can_try_another(tried.as_slice(), out.retries) {
                                 out.retries += 1;
                                 count_retry(shared, b, "connect");
                                 continue;
@@ -186,8 +233,10 @@ async fn attempts(
         };
 
         // Send the request (unless it went in a batch) and read the response head.
-        if ubuf.capacity() < 8192 {
-            ubuf.reserve(8192 - ubuf.len());
+        if ubuf.capacity() == 0 {
+            ubuf = bufs::take(bufs::LARGE);
+        } else if ubuf.capacity() < bufs::LARGE {
+            ubuf.reserve(bufs::LARGE - ubuf.len());
         }
         let head = async {
             if !sent {
@@ -197,7 +246,7 @@ async fn attempts(
             }
             loop {
                 if !ubuf.is_empty() {
-                    if let Some(h) = parse_head(&ubuf, head_only, &p.request_id)? {
+                    if let Some(h) = parse_head(&ubuf, head_only, p.request_id())? {
                         if h.code == 101 {
                             return Err(Failure::Invalid("InvalidHTTPHeader"));
                         }
@@ -253,7 +302,7 @@ async fn attempts(
                 }
                 if retry::retry_on_reset(
                     idempotent && matches!(f, Failure::Io(_)),
-                    can_try_another(&tried, out.retries),
+                    can_try_another(tried.as_slice(), out.retries),
                     false,
                     &shared.budget,
                 ) {
@@ -273,7 +322,7 @@ async fn attempts(
             if retry::retry_on_status(
                 head.code,
                 idempotent,
-                can_try_another(&tried, out.retries),
+                can_try_another(tried.as_slice(), out.retries),
                 &shared.budget,
             ) {
                 out.retries += 1;
@@ -311,12 +360,29 @@ async fn connect(
         })
     };
     let timeout = tokio::time::Instant::now() + shared.config.connect_timeout;
-    let conn = until(
-        limits.deadline,
-        "ConnectTimedout",
-        until(Some(timeout), "ConnectTimedout", connect),
-    )
-    .await?;
+    let by = limits.deadline.map_or(timeout, |d| d.min(timeout));
+    let conn = until(Some(by), "ConnectTimedout", connect).await?;
     let _ = conn.set_nodelay(true);
     Ok(shared.fast.pool.lease(conn, b.target(state.addr)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tried;
+
+    #[test]
+    fn tried_keeps_its_order_past_the_inline_ones() {
+        let mut t = Tried::default();
+        for i in 0..6 {
+            t.push(i * 10);
+            t.push(99);
+            t.pop();
+        }
+        assert_eq!(t.as_slice(), [0, 10, 20, 30, 40, 50]);
+        let mut t = Tried::default();
+        t.push(7);
+        t.pop();
+        t.pop();
+        assert!(t.as_slice().is_empty());
+    }
 }

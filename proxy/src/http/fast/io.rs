@@ -32,7 +32,13 @@ pub(super) async fn write_client(
         if let std::task::Poll::Ready(r) = first {
             return r;
         }
-        tokio::time::timeout(shared.config.client.write_timeout, write).await
+        // Boxed: the timer is for the rare answer the socket cannot take at once, and kept in
+        // this future it would make every request's larger (issue 17.5).
+        Box::pin(tokio::time::timeout(
+            shared.config.client.write_timeout,
+            write,
+        ))
+        .await
     };
     match timed {
         Ok(r) => r,
@@ -149,12 +155,13 @@ impl Limits {
         f: impl std::future::Future<Output = Result<T, Failure>>,
     ) -> Result<T, Failure> {
         let per_read = self.per_read.map(|t| tokio::time::Instant::now() + t);
-        until(
-            self.deadline,
-            "ReadTimedout",
-            until(per_read, "ReadTimedout", f),
-        )
-        .await
+        // One timer for the earlier of the two (both fail the same way): nesting two timeouts
+        // made every read's future twice the size and moved it twice.
+        let by = match (self.deadline, per_read) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        until(by, "ReadTimedout", f).await
     }
 
     pub(super) async fn write(&self, conn: &mut TcpStream, data: &[u8]) -> Result<(), Failure> {

@@ -31,11 +31,13 @@
 //! event-loop pass sent to an endpoint together, pipelined on one pooled connection
 //! (`pipeline.rs`; `docs/http.md`).
 //!
-//! Files, each using only those above it: `io.rs` (timed socket waits), `h1.rs` (framing),
-//! `prepare.rs` (request head → routed request or pingora), `pipeline.rs` (batches on one
-//! upstream connection), `respond.rs` (the answer, errors, log), `exchange.rs` (attempts and
-//! retries), and here the connection loop. The pool is `../pool.rs`, retries `../retry.rs`.
+//! Files, each using only those above it: `bufs.rs` (buffers kept per event loop), `io.rs`
+//! (timed socket waits), `h1.rs` (framing), `prepare.rs` (request head → routed request or
+//! pingora), `pipeline.rs` (batches on one upstream connection), `respond.rs` (the answer,
+//! errors, log), `exchange.rs` (attempts and retries), and here the connection loop. The pool
+//! is `../pool.rs`, retries `../retry.rs`.
 
+mod bufs;
 mod exchange;
 pub mod fuzzing;
 mod h1;
@@ -109,7 +111,7 @@ pub async fn serve(
     'requests: loop {
         // Wait for the next request holding no buffer: idle connections cost little.
         if buf.is_empty() {
-            buf = Vec::new();
+            bufs::give(std::mem::take(&mut buf));
             loop {
                 tokio::select! {
                     biased;
@@ -134,7 +136,7 @@ pub async fn serve(
                     }
                 }
             }
-            buf.reserve(4096);
+            buf = bufs::take(bufs::SMALL);
         }
         let mut head_started = false;
         let prepared = loop {
@@ -182,15 +184,10 @@ pub async fn serve(
             }
         };
         buf.drain(..prepared.head_len);
-        // The request's state lives in its own allocation while it runs, not in this task.
-        let (keep_open, end) = Box::pin(exchange(
-            shared,
-            &mut client,
-            &mut conn,
-            &prepared,
-            shutdown,
-        ))
-        .await;
+        // The request's state (`prepared` with it) lives in its own allocation while it runs,
+        // not in this task.
+        let (keep_open, end) =
+            Box::pin(exchange(shared, &mut client, &mut conn, prepared, shutdown)).await;
         if !keep_open {
             return Served::Closed;
         }

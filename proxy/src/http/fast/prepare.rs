@@ -5,12 +5,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::bufs;
 use super::h1::{put_header, request_role, tokens, Role, MAX_HEADERS};
 use crate::http::backend::PortBalancer;
 use crate::http::filters;
 use crate::http::guard::too_large_code;
 use crate::http::metrics::Series;
-use crate::http::request::{forwarded_for, request_hash, request_id, split_host_port};
+use crate::http::request::{forwarded_for, host_and_port, put_request_id, request_hash};
 use crate::http::route::{visible_text, CompiledRule, Headers, RequestView};
 use crate::http::shared::Shared;
 use crate::http::views::Scope;
@@ -50,10 +51,11 @@ pub(super) struct Prepared {
     pub(super) start: Instant,
     pub(super) head_len: usize,
     pub(super) method: http::Method,
-    pub(super) host: String,
-    /// The request target as received (path and query).
-    pub(super) target: String,
-    pub(super) request_id: String,
+    /// The host (lower-case, without a port), the target's path (without the query) and the
+    /// request id, one after the other (one allocation for the three): see the methods.
+    text: String,
+    host_end: usize,
+    path_end: usize,
     /// The client asked to close after this request.
     pub(super) close: bool,
     /// The head sent upstream (the same for every attempt).
@@ -64,8 +66,24 @@ pub(super) struct Prepared {
     pub(super) generation: u64,
 }
 
+impl Prepared {
+    pub(super) fn host(&self) -> &str {
+        &self.text[..self.host_end]
+    }
+
+    /// The request target's path, as received.
+    pub(super) fn path(&self) -> &str {
+        &self.text[self.host_end..self.path_end]
+    }
+
+    pub(super) fn request_id(&self) -> &str {
+        &self.text[self.path_end..]
+    }
+}
+
 pub(super) enum Prep {
-    Ready(Box<Prepared>),
+    /// Not boxed: it moves into the request's future, which is (`exchange`).
+    Ready(Prepared),
     /// The head is not complete yet.
     Partial,
     /// pingora's.
@@ -120,8 +138,9 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
     if method == http::Method::CONNECT || !target.starts_with('/') {
         return Prep::Fallback;
     }
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
+    // By byte ('?' is ASCII): `split_once` with a `char` searched with ~80 instructions.
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(q) => (&target[..q], Some(&target[q + 1..])),
         None => (target, None),
     };
     if filters::remove_dot_segments(path).is_some() {
@@ -171,7 +190,7 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
     let (1, Some(Ok(raw_host))) = (hosts, host.map(std::str::from_utf8)) else {
         return Prep::Fallback;
     };
-    let (host, _port) = split_host_port(raw_host);
+    let (host, _port) = host_and_port(raw_host);
     if host.is_empty() {
         return Prep::Fallback;
     }
@@ -225,8 +244,13 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
         .map(|k| request_hash(k, Some(client_ip), Headers::Raw(headers)))
         .unwrap_or(0);
 
-    let request_id = request_id(id.and_then(visible_text));
-    let mut out = Vec::with_capacity(head_len + 256);
+    let mut text = String::with_capacity(host.len() + path.len() + 32);
+    text.push_str(&host);
+    text.push_str(path);
+    let (host_end, path_end) = (host.len(), host.len() + path.len());
+    put_request_id(id.and_then(visible_text), &mut text);
+    let request_id = &text[path_end..];
+    let mut out = bufs::take(head_len + 256);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -256,26 +280,27 @@ pub(super) fn prepare(shared: &Shared, buf: &[u8], conn: &mut ConnState) -> Prep
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(conn.fwd_for.as_bytes());
+    // The fixed text between the values in one piece each: fewer copies.
     out.extend_from_slice(b";proto=http;host=\"");
     out.extend_from_slice(host.as_bytes());
-    out.extend_from_slice(b"\"\r\n");
-    put_header(&mut out, "x-forwarded-proto", b"http");
-    put_header(&mut out, "x-forwarded-host", host.as_bytes());
-    put_header(&mut out, "x-request-id", request_id.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(b"\"\r\nx-forwarded-proto: http\r\nx-forwarded-host: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(request_id.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
 
-    Prep::Ready(Box::new(Prepared {
+    Prep::Ready(Prepared {
         start: Instant::now(),
         head_len,
         method,
-        host,
-        target: target.to_string(),
-        request_id,
+        text,
+        host_end,
+        path_end,
         close,
         upstream_head: out,
         rule,
         balancer,
         hash,
         generation: snapshot.generation,
-    }))
+    })
 }

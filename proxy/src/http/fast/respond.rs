@@ -1,12 +1,15 @@
 //! Answering the client on the fast path: the endpoint's response passed on with its framing,
 //! this proxy's own error answers, and the request's metrics and access log line.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::bufs;
 use super::h1::{Chunked, Framing, Head};
 use super::io::{write_client, Limits};
 use super::pipeline::{relay, Upstream};
@@ -101,7 +104,7 @@ pub(super) async fn respond(
         out.error = Some("client gone");
         return false;
     }
-    drop(wbuf);
+    bufs::give(wbuf);
     // Whether the body took reads after the head's.
     let more_reads = !done;
     while !done {
@@ -166,11 +169,27 @@ pub(super) async fn respond(
             lease.keep(if more_reads { Instant::now() } else { answered });
         }
     }
+    bufs::give(ubuf);
     !close
 }
 
 /// Answers the client with an error of this proxy's own (no response has been sent yet).
-pub(super) async fn local_error(
+///
+/// Boxed: kept in the request's future (it is awaited in several places there), its strings and
+/// write made every request's future larger, and that future is moved into its box once per
+/// request (issue 17.5).
+pub(super) fn local_error<'a>(
+    shared: &'a Shared,
+    client: &'a mut TcpStream,
+    p: &'a Prepared,
+    out: &'a mut Outcome,
+    code: u16,
+    what: &'a str,
+) -> Pin<Box<impl Future<Output = bool> + 'a>> {
+    Box::pin(answer_error(shared, client, p, out, code, what))
+}
+
+async fn answer_error(
     shared: &Shared,
     client: &mut TcpStream,
     p: &Prepared,
@@ -188,7 +207,7 @@ pub(super) async fn local_error(
         "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
          content-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n{body}",
         body.len(),
-        p.request_id
+        p.request_id()
     );
     let _ = write_client(shared, client, head.as_bytes()).await;
     // As pingora's path does after an error of its own: the connection is not reused.
@@ -224,7 +243,6 @@ pub(super) fn log_request(
     // The line `tracing::info!(target: "access", ...)` would write, written here into the
     // batch (`access_log.rs`, `log_line.rs`): one `write(2)` and the formatter per request
     // cost ~5 µs of CPU.
-    let path = p.target.split('?').next().unwrap_or("");
     let now = log_line::wall_time(end);
     access_log::append_with(stopping, |line| {
         log_line::line_start(line, now);
@@ -233,9 +251,9 @@ pub(super) fn log_request(
         line.extend_from_slice(b" method=");
         log_line::put_safe(line, p.method.as_str());
         line.extend_from_slice(b" host=");
-        log_line::put_safe(line, &p.host);
+        log_line::put_safe(line, p.host());
         line.extend_from_slice(b" path=");
-        log_line::put_safe(line, path);
+        log_line::put_safe(line, p.path());
         line.extend_from_slice(b" status=");
         log_line::put_u64(line, u64::from(o.code));
         line.push(b' ');
@@ -251,7 +269,7 @@ pub(super) fn log_request(
         line.extend_from_slice(b" duration_ms=");
         log_line::put_millis(line, elapsed);
         line.extend_from_slice(b" request_id=");
-        log_line::put_safe(line, &p.request_id);
+        log_line::put_safe(line, p.request_id());
         line.extend_from_slice(b" error=");
         log_line::put_quoted(line, o.error.unwrap_or(""));
         line.push(b'\n');

@@ -268,6 +268,25 @@ fn response_framing() {
     assert!(parse_head(b"HTTP/1.1 200 OK\r\nconte", false, "id")
         .unwrap()
         .is_none());
+    // Content-Length values: (value, length, or None for a 502).
+    for (v, want) in [
+        ("0", Some(0)),
+        ("0012", Some(12)),
+        ("9999999999999999999", Some(9_999_999_999_999_999_999)),
+        ("18446744073709551615", Some(u64::MAX)),
+        ("18446744073709551616", None),
+        ("+7", Some(7)),
+        ("-1", None),
+        ("1 2", None),
+        ("0x10", None),
+    ] {
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {v}\r\n\r\n");
+        let got = parse_head(head.as_bytes(), false, "id").map(|h| h.unwrap().framing);
+        match want {
+            Some(n) => assert_eq!(got.unwrap(), Framing::Length(n), "{v:?}"),
+            None => assert!(got.is_err(), "{v:?}"),
+        }
+    }
 }
 
 #[test]
