@@ -238,6 +238,8 @@ impl FileDocs {
             }
         };
         let documents = docs.len();
+        // Kept for the file's life: no spare room (a `Vec` grown by `push` keeps up to twice).
+        docs.shrink_to_fit();
         self.docs = docs;
         self.kept = kept;
         self.read = true;

@@ -28,7 +28,7 @@
 //! writer closed it, or it was renamed into place or removed), so an edit is read at once.
 //! A directory deleted and re-created under the same path is watched again at the next walk.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -50,6 +50,14 @@ const RESCAN: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_secs(1);
 /// The health part this source reports.
 const PART: &str = "manifests";
+
+/// A manifest file as this source knows it.
+#[derive(Debug, Default)]
+struct Known {
+    /// The version last handled (read, or rejected as a whole); `None` before that.
+    stamp: Option<Stamp>,
+    docs: FileDocs,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Stamp {
@@ -252,9 +260,10 @@ pub struct FileSource {
     dir: PathBuf,
     tx: Sender,
     metrics: Metrics,
-    known: BTreeMap<PathBuf, Stamp>,
-    /// What each file's documents gave, so a re-read parses only changed documents.
-    docs: HashMap<PathBuf, FileDocs>,
+    /// Every manifest file seen, with the stamp of its last handled version and what its
+    /// documents gave (so a re-read parses only changed documents). One map, so the path is
+    /// kept once per file (docs/memory.md).
+    files: BTreeMap<PathBuf, Known>,
     /// Totals of the reads since the last `tally` call, for the start-up log line.
     tally: Tally,
     /// Files and directories that could not be read, with the error, until they read again.
@@ -271,8 +280,7 @@ impl FileSource {
             dir,
             tx,
             metrics,
-            known: BTreeMap::new(),
-            docs: HashMap::new(),
+            files: BTreeMap::new(),
             tally: Tally::default(),
             failing: BTreeMap::new(),
             reported: None,
@@ -285,8 +293,7 @@ impl FileSource {
 
     /// Tells the controller `path` no longer exists: its objects go.
     fn remove(&mut self, path: &Path) -> bool {
-        self.known.remove(path);
-        self.docs.remove(path);
+        self.files.remove(path);
         self.failing.remove(path);
         tracing::info!(path = %path.display(), "manifest removed");
         self.send(Change::Reset {
@@ -333,7 +340,7 @@ impl FileSource {
 
     /// Reads one file, whose metadata gave `st`, and reports its objects or its error.
     fn load(&mut self, path: &Path, st: Stamp) -> Read {
-        let mut docs = self.docs.remove(path).unwrap_or_default();
+        let mut docs = self.take_docs(path);
         let res = read_docs(path, &mut docs);
         self.loaded((path.to_path_buf(), st, docs), res)
     }
@@ -343,7 +350,7 @@ impl FileSource {
         let jobs = files
             .into_iter()
             .map(|(path, st)| {
-                let docs = self.docs.remove(&path).unwrap_or_default();
+                let docs = self.take_docs(&path);
                 (path, st, docs)
             })
             .collect();
@@ -357,13 +364,13 @@ impl FileSource {
         let path = path.as_path();
         let out = match res {
             Ok(out) => {
-                self.docs.insert(path.to_path_buf(), docs);
+                self.put_docs(path, docs);
                 out
             }
             Err(e) => {
                 // Nothing was read: what the documents gave stays as it was.
                 if docs.is_read() {
-                    self.docs.insert(path.to_path_buf(), docs);
+                    self.put_docs(path, docs);
                 }
                 return match e {
                     // Vanished between listing and reading: the next walk sees it gone.
@@ -447,8 +454,43 @@ impl FileSource {
 
     /// Marks this version of `path` as read, so it is not read again until it changes.
     fn handled(&mut self, path: &Path, st: Stamp) {
-        self.known.insert(path.to_path_buf(), st);
+        match self.files.get_mut(path) {
+            Some(f) => f.stamp = Some(st),
+            None => {
+                self.files.insert(
+                    path.to_path_buf(),
+                    Known {
+                        stamp: Some(st),
+                        docs: FileDocs::default(),
+                    },
+                );
+            }
+        }
         self.failing.remove(path);
+    }
+
+    /// The stamp of the last handled version of `path`, if it was handled.
+    fn stamp_of(&self, path: &Path) -> Option<Stamp> {
+        self.files.get(path).and_then(|f| f.stamp)
+    }
+
+    /// Takes what `path`'s documents gave out for a read (empty for a file never read); the
+    /// read's `loaded` puts it back.
+    fn take_docs(&mut self, path: &Path) -> FileDocs {
+        self.files
+            .get_mut(path)
+            .map(|f| std::mem::take(&mut f.docs))
+            .unwrap_or_default()
+    }
+
+    fn put_docs(&mut self, path: &Path, docs: FileDocs) {
+        match self.files.get_mut(path) {
+            Some(f) => f.docs = docs,
+            None => {
+                self.files
+                    .insert(path.to_path_buf(), Known { stamp: None, docs });
+            }
+        }
     }
 
     /// Whether `path` is a file this source reads: below the directory, no dot-name on the
@@ -478,9 +520,16 @@ impl FileSource {
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return None,
-                Err(_) if self.known.contains_key(path) => work.push(path.clone()),
+                Err(_) if self.stamp_of(path).is_some() => work.push(path.clone()),
                 // Gone and not a file we held: maybe a directory with files in it.
-                Err(_) if self.known.keys().any(|k| k.starts_with(path)) => return None,
+                Err(_)
+                    if self
+                        .files
+                        .iter()
+                        .any(|(k, f)| f.stamp.is_some() && k.starts_with(path)) =>
+                {
+                    return None
+                }
                 Err(_) => {}
             }
         }
@@ -512,10 +561,10 @@ impl FileSource {
         }
         let present: HashSet<&PathBuf> = listing.files.iter().collect();
         let gone: Vec<PathBuf> = self
-            .known
-            .keys()
-            .filter(|p| !present.contains(p) && !listing.hides(p))
-            .cloned()
+            .files
+            .iter()
+            .filter(|(p, f)| f.stamp.is_some() && !present.contains(p) && !listing.hides(p))
+            .map(|(p, _)| p.clone())
             .collect();
         for path in gone {
             if !self.remove(&path) {
@@ -532,7 +581,7 @@ impl FileSource {
                     continue;
                 }
             };
-            let unchanged = self.known.get(&path) == Some(&st) && !self.failing.contains_key(&path);
+            let unchanged = self.stamp_of(&path) == Some(st) && !self.failing.contains_key(&path);
             if unchanged && !forced.contains(&path) {
                 continue;
             }

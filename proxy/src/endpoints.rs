@@ -140,8 +140,8 @@ impl Hints {
     fn new(endpoints: &[&EndpointRoute], service: &Service) -> Self {
         let any_explicit = endpoints.iter().any(|e| {
             e.conditions.is_ready()
-                && (!e.endpoint.hints_for_zones.is_empty()
-                    || !e.endpoint.hints_for_nodes.is_empty())
+                && (!e.endpoint.hints_for_zones().is_empty()
+                    || !e.endpoint.hints_for_nodes().is_empty())
         });
         Hints {
             synthesize: if any_explicit {
@@ -154,21 +154,21 @@ impl Hints {
 
     fn has_zone(&self, e: &EndpointRoute) -> bool {
         match self.synthesize {
-            None => !e.endpoint.hints_for_zones.is_empty(),
+            None => !e.endpoint.hints_for_zones().is_empty(),
             Some(_) => e.endpoint.zone.is_some(),
         }
     }
 
     fn zone_hint_is(&self, e: &EndpointRoute, zone: &str) -> bool {
         match self.synthesize {
-            None => e.endpoint.hints_for_zones.iter().any(|z| &**z == zone),
+            None => e.endpoint.hints_for_zones().iter().any(|z| &**z == zone),
             Some(_) => e.endpoint.zone.as_deref() == Some(zone),
         }
     }
 
     fn has_node(&self, e: &EndpointRoute) -> bool {
         match self.synthesize {
-            None => !e.endpoint.hints_for_nodes.is_empty(),
+            None => !e.endpoint.hints_for_nodes().is_empty(),
             Some(tables::TrafficDistribution::PreferSameNode) => e.endpoint.node_name.is_some(),
             Some(_) => false,
         }
@@ -176,7 +176,7 @@ impl Hints {
 
     fn node_hint_is(&self, e: &EndpointRoute, node: &str) -> bool {
         match self.synthesize {
-            None => e.endpoint.hints_for_nodes.iter().any(|n| &**n == node),
+            None => e.endpoint.hints_for_nodes().iter().any(|n| &**n == node),
             Some(tables::TrafficDistribution::PreferSameNode) => {
                 e.endpoint.node_name.as_deref() == Some(node)
             }
@@ -358,9 +358,13 @@ mod tests {
             endpoint: Arc::new(EndpointInfo {
                 node_name: Some(node.into()),
                 zone: Some(zone.into()),
-                hints_for_zones: zones.iter().map(|z| (*z).into()).collect(),
-                hints_for_nodes: nodes.iter().map(|n| (*n).into()).collect(),
-                target_ref: None,
+                hints: (!zones.is_empty() || !nodes.is_empty()).then(|| {
+                    Box::new(tables::Hints {
+                        for_zones: zones.iter().map(|z| (*z).into()).collect(),
+                        for_nodes: nodes.iter().map(|n| (*n).into()).collect(),
+                    })
+                }),
+                target_name: None,
             }),
             ..ep(addr, true, true, false)
         }

@@ -122,11 +122,11 @@ pub fn dump(snap: &Snapshot) -> String {
                 if let Some(z) = &info.zone {
                     let _ = write!(out, " zone={z}");
                 }
-                if !info.hints_for_zones.is_empty() {
-                    let _ = write!(out, " hintZones={}", info.hints_for_zones.join(","));
+                if !info.hints_for_zones().is_empty() {
+                    let _ = write!(out, " hintZones={}", info.hints_for_zones().join(","));
                 }
-                if !info.hints_for_nodes.is_empty() {
-                    let _ = write!(out, " hintNodes={}", info.hints_for_nodes.join(","));
+                if !info.hints_for_nodes().is_empty() {
+                    let _ = write!(out, " hintNodes={}", info.hints_for_nodes().join(","));
                 }
                 if let Some(t) = info.target() {
                     let _ = write!(out, " target={t}");

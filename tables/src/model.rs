@@ -9,6 +9,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::intern::intern;
+
 /// The kinds of object the tables are built from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -70,11 +72,14 @@ pub struct ObjectKey {
 }
 
 impl ObjectKey {
+    /// Namespace and name are interned (`crate::intern`): the state, the manifest source and
+    /// the compiled tables each keep keys of the same objects, and every copy then shares one
+    /// string (docs/memory.md).
     pub fn new(kind: Kind, namespace: &str, name: &str) -> Self {
         ObjectKey {
             kind,
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace: intern(namespace),
+            name: intern(name),
         }
     }
 }
@@ -97,10 +102,11 @@ pub struct ServiceKey {
 }
 
 impl ServiceKey {
+    /// Interned as `ObjectKey::new`: a Service's key and its object's share their strings.
     pub fn new(namespace: &str, name: &str) -> Self {
         ServiceKey {
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace: intern(namespace),
+            name: intern(name),
         }
     }
 }
@@ -325,35 +331,46 @@ impl Conditions {
     }
 }
 
-/// `endpoints[].targetRef`. Kind and namespace are the same few values across the cluster and
-/// are interned (`crate::intern`); the name is the endpoint's own.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct TargetRef {
-    pub kind: Arc<str>,
-    pub namespace: Arc<str>,
-    pub name: Box<str>,
-}
-
 /// `endpoints[].addresses`: almost always one address, kept inline; reads as a slice.
 pub type Addresses = crate::few::OneOrMany<IpAddr>;
+
+/// `endpoints[].hints`: absent in most clusters, so both lists live in one optional block.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Hints {
+    pub for_zones: Box<[Arc<str>]>,
+    pub for_nodes: Box<[Arc<str>]>,
+}
 
 /// What the routes of an endpoint read besides its address and conditions: one block per
 /// endpoint, shared by the object and by the compiled route of every port of its service
 /// (`EndpointRoute::endpoint`). Node names, zones and hints are interned (`crate::intern`):
-/// a cluster has a few hundred distinct values for 100,000 endpoints.
+/// a cluster has a few hundred distinct values for 100,000 endpoints. 56 B (72 with the `Arc`
+/// counts; docs/memory.md).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct EndpointInfo {
     pub node_name: Option<Arc<str>>,
     pub zone: Option<Arc<str>>,
-    pub hints_for_zones: Box<[Arc<str>]>,
-    pub hints_for_nodes: Box<[Arc<str>]>,
-    pub target_ref: Option<TargetRef>,
+    /// `None` when the endpoint has no hints (or only empty lists).
+    pub hints: Option<Box<Hints>>,
+    /// `targetRef.name` (the pod). The reference's kind and namespace are not kept: no table
+    /// reads them.
+    pub target_name: Option<Box<str>>,
 }
 
 impl EndpointInfo {
     /// The `targetRef` name (the pod), for logs and debugging.
     pub fn target(&self) -> Option<&str> {
-        self.target_ref.as_ref().map(|t| &*t.name)
+        self.target_name.as_deref()
+    }
+
+    /// `hints.forZones` names (empty when absent).
+    pub fn hints_for_zones(&self) -> &[Arc<str>] {
+        self.hints.as_ref().map_or(&[], |h| &h.for_zones)
+    }
+
+    /// `hints.forNodes` names (empty when absent).
+    pub fn hints_for_nodes(&self) -> &[Arc<str>] {
+        self.hints.as_ref().map_or(&[], |h| &h.for_nodes)
     }
 }
 

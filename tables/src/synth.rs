@@ -360,11 +360,7 @@ pub fn slice(spec: &SynthSpec, i: usize) -> EndpointSlice {
                         "zone-{}",
                         ["a", "b", "c"][node as usize % 3]
                     ))),
-                    target_ref: Some(TargetRef {
-                        kind: intern("Pod"),
-                        namespace: intern(&namespace),
-                        name: pod.into(),
-                    }),
+                    target_name: Some(pod.into()),
                     ..Default::default()
                 }),
             }

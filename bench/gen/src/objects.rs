@@ -79,9 +79,11 @@ pub fn endpoint_slice(slice: &EndpointSlice, headless: bool) -> Value {
             if let Some(z) = &e.info.zone {
                 v["zone"] = json!(&**z);
             }
-            if let Some(t) = &e.info.target_ref {
+            // The tables keep only the pod's name: synth's endpoints are Pods of the slice's
+            // namespace.
+            if let Some(name) = e.info.target() {
                 v["targetRef"] =
-                    json!({ "kind": &*t.kind, "namespace": &*t.namespace, "name": &*t.name });
+                    json!({ "kind": "Pod", "namespace": &slice.namespace, "name": name });
             }
             v
         })

@@ -165,7 +165,9 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Se
     let primary = spec.cluster_ip.as_deref().filter(|s| !s.is_empty());
     let listed = spec.cluster_ips.as_deref().unwrap_or_default();
     let headless = primary.or(listed.first().map(String::as_str)) == Some("None");
-    let mut cluster_ips = Vec::new();
+    // Every list is allocated at its length (here and in `endpoint_slice`): a `Vec` grown by
+    // `push` keeps up to twice the room, and these live as long as the object (docs/memory.md).
+    let mut cluster_ips = Vec::with_capacity(listed.len().max(usize::from(primary.is_some())));
     if service_type != m::ServiceType::ExternalName && !headless {
         let rest = match primary {
             Some(s) => {
@@ -180,7 +182,7 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Se
             }
         }
     }
-    let mut ports = Vec::new();
+    let mut ports = Vec::with_capacity(spec.ports.as_ref().map_or(0, Vec::len));
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let f = |n: &str| format!("spec.ports[{i}].{n}");
         let number = port(&f("port"), p.port)?;
@@ -237,7 +239,7 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Se
         // Unknown values are ignored by kube-proxy too (forward compatibility).
         Some(_) => None,
     };
-    let mut external_ips = Vec::new();
+    let mut external_ips = Vec::with_capacity(spec.external_ips.as_ref().map_or(0, Vec::len));
     for (i, s) in spec.external_ips.iter().flatten().enumerate() {
         external_ips.push(ip(&format!("spec.externalIPs[{i}]"), s)?);
     }
@@ -267,6 +269,9 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Se
         })?;
         load_balancer_source_ranges.push(net.trunc());
     }
+    cluster_ips.shrink_to_fit();
+    load_balancer_ips.shrink_to_fit();
+    load_balancer_source_ranges.shrink_to_fit();
     let external_name = if service_type == m::ServiceType::ExternalName {
         Some(
             spec.external_name
@@ -355,7 +360,7 @@ pub fn endpoint_slice(
             ))
         }
     };
-    let mut ports = Vec::new();
+    let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
     for (i, p) in slice.ports.iter().flatten().enumerate() {
         // A port without a number means "all ports"; it is only valid with no endpoints.
         let Some(n) = p.port else { continue };
@@ -366,7 +371,7 @@ pub fn endpoint_slice(
             app_protocol: p.app_protocol.clone(),
         });
     }
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for (i, e) in slice.endpoints.iter().enumerate() {
         let mut addresses = Vec::with_capacity(e.addresses.len());
         for (j, a) in e.addresses.iter().enumerate() {
@@ -399,23 +404,11 @@ pub fn endpoint_slice(
             info: Arc::new(m::EndpointInfo {
                 node_name: interned(&e.node_name),
                 zone: interned(&e.zone),
-                hints_for_zones: hints
-                    .and_then(|h| h.for_zones.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|z| intern(&z.name))
-                    .collect(),
-                hints_for_nodes: hints
-                    .and_then(|h| h.for_nodes.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|n| intern(&n.name))
-                    .collect(),
-                target_ref: e.target_ref.as_ref().map(|t| m::TargetRef {
-                    kind: intern(t.kind.as_deref().unwrap_or_default()),
-                    namespace: intern(t.namespace.as_deref().unwrap_or_default()),
-                    name: t.name.as_deref().unwrap_or_default().into(),
-                }),
+                hints: hints.and_then(endpoint_hints),
+                target_name: e
+                    .target_ref
+                    .as_ref()
+                    .map(|t| t.name.as_deref().unwrap_or_default().into()),
             }),
         });
     }
@@ -440,6 +433,17 @@ pub fn endpoint_slice(
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
             .map(std::time::SystemTime::from),
     })
+}
+
+/// An endpoint's hints, interned, in one block; `None` when both lists are empty.
+fn endpoint_hints(h: &discovery::EndpointHints) -> Option<Box<m::Hints>> {
+    let for_zones = h.for_zones.iter().flatten().map(|z| z.name.as_str());
+    let for_nodes = h.for_nodes.iter().flatten().map(|n| n.name.as_str());
+    let h = m::Hints {
+        for_zones: for_zones.map(intern).collect(),
+        for_nodes: for_nodes.map(intern).collect(),
+    };
+    (!h.for_zones.is_empty() || !h.for_nodes.is_empty()).then(|| Box::new(h))
 }
 
 /// Set by the EndpointSlice controller: when the change a slice carries was triggered.
