@@ -370,6 +370,12 @@ async fn scenario(c: Cluster) {
         ("True", "ResolvedRefs"),
     )
     .await;
+    // The route's status can be read before the writer has counted its write (the counter
+    // moves when the API call returns): wait for the count, then it must be exactly one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while writes(&a).await - before < 1.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(writes(&a).await - before, 1.0, "{}", a.log());
 
     // ReferenceGrant: granted, then revoked.
