@@ -74,7 +74,7 @@ async fn wait_watching(api: &ApiServer, n: usize) {
 }
 
 /// The source's request that reads the whole of Services: a streaming list (a watch with
-/// `sendInitialEvents=true`). The status writer's watch of Service metadata lists in pages, so a
+/// `sendInitialEvents=true`). The status writer's watch of Service metadata lists plainly, so a
 /// plain list of Services is not evidence that the source relists.
 fn streams_services(request: &str) -> bool {
     request.starts_with("GET /api/v1/services?") && request.contains("sendInitialEvents=true")

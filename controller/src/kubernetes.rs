@@ -264,13 +264,18 @@ impl Listing {
     fn config(self, base: &watcher::Config) -> watcher::Config {
         match self {
             Listing::Streaming => base.clone().streaming_lists(),
-            Listing::Whole => {
-                let mut c = base.clone().any_semantic();
-                c.page_size = None;
-                c
-            }
+            Listing::Whole => whole_lists(base.clone()),
         }
     }
+}
+
+/// `config` listing each kind whole at `resourceVersion=0`
+/// (`resourceVersionMatch=NotOlderThan`, no `limit`): kube-apiserver answers from its watch
+/// cache in one response instead of reading etcd page by page ([`Listing::Whole`]).
+pub fn whole_lists(config: watcher::Config) -> watcher::Config {
+    let mut config = config.any_semantic();
+    config.page_size = None;
+    config
 }
 
 /// Whether an error of a streaming list's watch says that the API server does not serve
