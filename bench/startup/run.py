@@ -9,12 +9,14 @@ served by:
   ~100 Services, the shape `kubectl get -o yaml` gives);
 - `api-stream`: switchboard on the project's test API server (`bench-gen api`), which serves
   streaming lists (`sendInitialEvents`), switchboard's default;
-- `api-pages`: the same with the server refusing streaming lists (422), so switchboard lists
-  in 500-object pages, as against an API server without the WatchList feature;
+- `api-pages`: the same with the server refusing streaming lists (422), so switchboard falls
+  back to plain lists (one whole list per kind at `resourceVersion=0`; before 2026-12-06,
+  500-object pages), as against an API server without the WatchList feature;
 - `api-kube`: switchboard on a real kube-apiserver (`KUBEBUILDER_ASSETS`, `bench/startup/kube.py`)
   holding the same objects, created through its API once per run; it stays up across the rounds
   (its watch cache warm, as a cluster's is while a node restarts switchboard). Its etcd 3.4 lacks
-  `RequestWatchProgress`, so it refuses streaming lists and switchboard lists in pages;
+  `RequestWatchProgress`, so it refuses streaming lists and switchboard lists each kind whole
+  at `resourceVersion=0`, served from the watch cache;
 - `knot`, `nsd`: the same records as zone files, each server's own start (bench/dns/peers.py).
 
 `--baseline-bin PATH` runs every switchboard target a second time with another build (target
@@ -234,8 +236,8 @@ LABELS = {
     "files": "switchboard, manifest directory (one file per Service)",
     "files-ns": "switchboard, manifest directory (one file per namespace)",
     "api-stream": "switchboard, test API server, streaming lists (default)",
-    "api-pages": "switchboard, test API server, 500-object pages",
-    "api-kube": "switchboard, kube-apiserver, 500-object pages",
+    "api-pages": "switchboard, test API server, streaming refused: plain lists",
+    "api-kube": "switchboard, kube-apiserver, streaming refused: plain lists",
     "knot": "Knot DNS, zone file",
     "nsd": "NSD, zone file",
 }
@@ -287,7 +289,10 @@ def summarize(results):
                   f"{k['created']:,} objects were created through its API (8 connections) in "
                   f"{k['load_s']:.0f} s before the rounds, and it stayed up across them. It "
                   "refuses streaming lists (its etcd lacks `RequestWatchProgress`), so switchboard "
-                  "pays one refused watch per kind and lists in 500-object pages."]
+                  "pays one refused watch per kind and then lists it: since 2026-12-06 whole, at "
+                  "`resourceVersion=0` (served from the watch cache in one response per kind), "
+                  "before that in 500-object pages without a resource version (read from etcd "
+                  "page by page)."]
     lines += ["", "The API rows depend on the API server: the test API server builds and encodes "
               "the list from its store on each request and shares the 2 cores with switchboard; "
               "kube-apiserver serves lists from its watch cache. The issue's outside run measured "
