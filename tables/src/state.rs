@@ -309,8 +309,14 @@ impl ClusterState {
     /// The compiled form of each of `keys`, in their order. `compile_service` is a pure
     /// function of one Service and its slices, so a large commit (the first complete table at
     /// start, a relist) compiles on every core; only the splice into the maps that follows
-    /// stays on one thread. Small commits (one change) compile here, without threads.
+    /// stays on one thread. Small commits (one change) compile here, without threads, and so do
+    /// the partial tables published while the sources are still reading (not synced): those are
+    /// off the critical path, and the other cores are busy reading (decoding the lists, parsing
+    /// the manifest files, an API server on the same machine).
     fn compile_services(&self, keys: &[ServiceKey]) -> Vec<CompiledService> {
+        if !self.synced {
+            return self.compile_services_on(keys, 1);
+        }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         self.compile_services_on(keys, cores.min(keys.len() / PARALLEL_MIN_SERVICES))
     }
