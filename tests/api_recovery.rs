@@ -244,7 +244,7 @@ async fn outage_keeps_serving_and_new_objects_are_answered_soon_after() {
     );
     // Streaming lists are served, or refused (kube-apiserver on an etcd without
     // RequestWatchProgress, as Debian's 3.4 here) and then paid once per kind: every relist
-    // after the outages lists in pages at once.
+    // after the outages lists whole (resourceVersion=0) at once.
     let mut refused = Vec::new();
     for part in PARTS {
         let kind = part.trim_start_matches("kubernetes/");

@@ -74,7 +74,7 @@ async fn wait_watching(api: &ApiServer, n: usize) {
 }
 
 /// The source's request that reads the whole of Services: a streaming list (a watch with
-/// `sendInitialEvents=true`). The status writer's watch of Service metadata lists in pages, so a
+/// `sendInitialEvents=true`). The status writer's watch of Service metadata lists plainly, so a
 /// plain list of Services is not evidence that the source relists.
 fn streams_services(request: &str) -> bool {
     request.starts_with("GET /api/v1/services?") && request.contains("sendInitialEvents=true")
@@ -140,12 +140,12 @@ async fn gone_410_relists_and_keeps_tables() {
         .await;
 }
 
-/// An API server that does not serve streaming lists: every kind falls back to paged lists
+/// An API server that does not serve streaming lists: every kind falls back to whole lists
 /// once, at start, without an outage; ready and the first complete table come as with them; a
-/// later relist (after 410 Gone) lists in pages at once, without asking for a stream again.
+/// later relist (after 410 Gone) lists whole at once, without asking for a stream again.
 /// One case per way real servers refuse (`apiserver::StreamingLists`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_streaming_lists_fall_back_to_pages_once_per_kind() {
+async fn refused_streaming_lists_fall_back_to_whole_lists_once_per_kind() {
     use apiserver::StreamingLists;
     for (mode, reason) in [
         (StreamingLists::Invalid, "streaming_refused"),
@@ -216,7 +216,7 @@ async fn refused_streaming_lists_fall_back_to_pages_once_per_kind() {
             "{mode:?}"
         );
 
-        // A relist after 410 Gone lists in pages at once: the fallback is remembered. The
+        // A relist after 410 Gone lists whole at once: the fallback is remembered. The
         // watches end while requests are held, so the resumed watches arrive after `b` and the
         // compaction, and meet the 410.
         let seen = api.requests().len();

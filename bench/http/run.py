@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import os
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -367,33 +366,13 @@ def sha256(path):
     return h.hexdigest()
 
 
-def copy_baseline(path):
-    """Copies the baseline binary (and a BUILD next to it) to target/bench/bin/baseline/: a
-    rebuild at its path during the runs cannot swap it."""
-    src = Path(path).resolve()
-    if not os.access(src, os.X_OK):
-        raise SystemExit(f"--baseline-bin {path}: not an executable")
-    d = B.WORK / "bin" / "baseline"
-    if src == (d / "switchboard").resolve():
-        return d / "switchboard"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "BUILD").unlink(missing_ok=True)
-    shutil.copy2(src, d / "switchboard.new")
-    os.replace(d / "switchboard.new", d / "switchboard")
-    if (src.parent / "BUILD").is_file():
-        shutil.copy2(src.parent / "BUILD", d / "BUILD")
-    else:
-        (d / "BUILD").write_text(f"`{src}`")
-    return d / "switchboard"
-
-
 def run(a):
     results = {"machine": B.machine(), "args": vars(a), "cells": {},
                "versions": {t: B.pkg_version(p) for t, p in PKG.items()}}
     targets = a.targets.split(",")
     baseline = None
     if a.baseline_bin:
-        baseline = copy_baseline(a.baseline_bin)
+        baseline = B.copy_baseline(a.baseline_bin)
         if "switchboard-baseline" not in targets:
             at = targets.index("switchboard") + 1 if "switchboard" in targets else 0
             targets.insert(at, "switchboard-baseline")

@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -473,6 +474,26 @@ def build_info(bin=None):
     except OSError:
         built = "not built"
     return f"switchboard release build of {rev}, built {built}"
+
+
+def copy_baseline(path):
+    """Copies the baseline binary (and a BUILD next to it) to target/bench/bin/baseline/: a
+    rebuild at its path during the runs cannot swap it."""
+    src = Path(path).resolve()
+    if not os.access(src, os.X_OK):
+        raise SystemExit(f"--baseline-bin {path}: not an executable")
+    d = WORK / "bin" / "baseline"
+    if src == (d / "switchboard").resolve():
+        return d / "switchboard"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "BUILD").unlink(missing_ok=True)
+    shutil.copy2(src, d / "switchboard.new")
+    os.replace(d / "switchboard.new", d / "switchboard")
+    if (src.parent / "BUILD").is_file():
+        shutil.copy2(src.parent / "BUILD", d / "BUILD")
+    else:
+        (d / "BUILD").write_text(f"`{src}`")
+    return d / "switchboard"
 
 
 def machine_line(m, extra=""):

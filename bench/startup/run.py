@@ -9,13 +9,18 @@ served by:
   ~100 Services, the shape `kubectl get -o yaml` gives);
 - `api-stream`: switchboard on the project's test API server (`bench-gen api`), which serves
   streaming lists (`sendInitialEvents`), switchboard's default;
-- `api-pages`: the same with the server refusing streaming lists (422), so switchboard lists
-  in 500-object pages, as against an API server without the WatchList feature;
+- `api-pages`: the same with the server refusing streaming lists (422), so switchboard falls
+  back to plain lists (one whole list per kind at `resourceVersion=0`; before 2026-12-06,
+  500-object pages), as against an API server without the WatchList feature;
 - `api-kube`: switchboard on a real kube-apiserver (`KUBEBUILDER_ASSETS`, `bench/startup/kube.py`)
   holding the same objects, created through its API once per run; it stays up across the rounds
   (its watch cache warm, as a cluster's is while a node restarts switchboard). Its etcd 3.4 lacks
-  `RequestWatchProgress`, so it refuses streaming lists and switchboard lists in pages;
+  `RequestWatchProgress`, so it refuses streaming lists and switchboard lists each kind whole
+  at `resourceVersion=0`, served from the watch cache;
 - `knot`, `nsd`: the same records as zone files, each server's own start (bench/dns/peers.py).
+
+`--baseline-bin PATH` runs every switchboard target a second time with another build (target
+`NAME+base`, e.g. `api-kube+base`), interleaved with the first, for an A/B on a noisy machine.
 
 Per round, every target once, interleaved (the order rotates): the server is spawned and the
 clock starts; 100 sampled names (90 ClusterIP names with one A record, 10 headless names with
@@ -126,7 +131,11 @@ def cpu_s(pid):
     return B.proc_ticks(pid) / B.TICK
 
 
-def one(target, a, wd, names, rnd, kube_api=None):
+def one(target, a, wd, names, rnd, kube_api=None, baseline=None):
+    """One start of `target` (`NAME+base`: NAME with the baseline binary) until all correct."""
+    binary = B.BIN
+    if target.endswith("+base"):
+        target, binary = target.removesuffix("+base"), baseline
     port = B.free_port()
     api = None
     cluster = data(a.services, a.endpoints, "namespace" if target == "files-ns" else "service")
@@ -149,8 +158,8 @@ def one(target, a, wd, names, rnd, kube_api=None):
             if api.stdout.readline().strip() != "ready":
                 raise RuntimeError("bench-gen api did not start")
             args += ["--kubeconfig", kubeconfig]
-        start = lambda: B.Proc(f"switchboard-{target}-{rnd}",  # noqa: E731
-                               [B.BIN, "run", *args], wd / f"switchboard-{target}-{rnd}.log")
+        name = f"switchboard-{target}{'-base' if binary != B.BIN else ''}-{rnd}"
+        start = lambda: B.Proc(name, [binary, "run", *args], wd / f"{name}.log")  # noqa: E731
     api_cpu = (lambda: cpu_s(api.pid)) if api else kube_api.cpu_s if target == "api-kube" \
         else None
     api_cpu0 = api_cpu() if api_cpu else None
@@ -162,7 +171,8 @@ def one(target, a, wd, names, rnd, kube_api=None):
             if time.monotonic() > deadline or not p.alive():
                 raise RuntimeError(f"{target}: not all correct after {a.timeout} s\n{p.tail()}")
             time.sleep(0.01)
-        r = {"target": target, "s": time.monotonic() - t0, "cpu_s": cpu_s(p.pid)}
+        r = {"target": target + ("+base" if binary != B.BIN else ""),
+             "s": time.monotonic() - t0, "cpu_s": cpu_s(p.pid)}
         if api_cpu:
             r["api_cpu_s"] = api_cpu() - api_cpu0
         return r
@@ -182,6 +192,10 @@ def run(a):
     targets = [t for t in a.targets.split(",") if t]
     results = {"args": vars(a), "machine": B.machine(), "build": B.build_info(), "rounds": [],
                "unsupported": {}}
+    baseline = None
+    if a.baseline_bin:
+        baseline = B.copy_baseline(a.baseline_bin)
+        results["baseline_build"] = B.build_info(baseline)
     for t in ("knot", "nsd"):
         if t in targets:
             try:
@@ -196,6 +210,9 @@ def run(a):
         except kube.Unavailable as e:
             results["unsupported"]["api-kube"] = str(e)
             targets.remove("api-kube")
+    if baseline:
+        targets = [x for t in targets for x in ([t, t + "+base"] if t not in ("knot", "nsd")
+                                                 else [t])]
     try:
         if kube_api:
             B.log(f"startup: creating the cluster in {kube_api.version}")
@@ -205,7 +222,7 @@ def run(a):
         for rnd in range(a.runs):
             order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
             for t in order:
-                r = one(t, a, wd, names, rnd, kube_api)
+                r = one(t, a, wd, names, rnd, kube_api, baseline)
                 B.log(f"startup round {rnd + 1}: {t} all correct after {r['s']:.2f} s")
                 results["rounds"].append(r)
             B.save_results("startup", results)
@@ -219,8 +236,8 @@ LABELS = {
     "files": "switchboard, manifest directory (one file per Service)",
     "files-ns": "switchboard, manifest directory (one file per namespace)",
     "api-stream": "switchboard, test API server, streaming lists (default)",
-    "api-pages": "switchboard, test API server, 500-object pages",
-    "api-kube": "switchboard, kube-apiserver, 500-object pages",
+    "api-pages": "switchboard, test API server, streaming refused: plain lists",
+    "api-kube": "switchboard, kube-apiserver, streaming refused: plain lists",
     "knot": "Knot DNS, zone file",
     "nsd": "NSD, zone file",
 }
@@ -234,11 +251,13 @@ def summarize(results):
     by = {}
     for r in results["rounds"]:
         by.setdefault(r["target"], []).append(r)
+    base = f" --baseline-bin {a['baseline_bin']}" if a.get("baseline_bin") else ""
     knot = B.median_spread([r["s"] for r in by.get("knot", [])])
     lines = [
         "## Start-up to all-correct", "",
         B.machine_line(results["machine"]), "",
-        f"Command: `bench/run startup` ({a['services']:,} Services × {a['endpoints']} endpoints, "
+        f"Command: `bench/run startup{base}` ("
+        f"{a['services']:,} Services × {a['endpoints']} endpoints, "
         f"runs={a['runs']}, every target once per round, interleaved). From spawning the "
         f"server until {SAMPLE} sampled names (90 ClusterIP, 10 headless) all answer with "
         "exactly the zone's records over UDP, asked every 10 ms (see `bench/startup/run.py`).",
@@ -247,26 +266,33 @@ def summarize(results):
         "API server CPU |",
         "|---|---|---|---|---|",
     ]
-    for t in TARGETS:
+    rows = [x for t in TARGETS for x in (t, t + "+base")]
+    for t in rows:
         rs = by.get(t)
         if not rs:
-            if t in results.get("unsupported", {}):
+            if t in results.get("unsupported", {}) and not t.endswith("+base"):
                 lines.append(f"| {LABELS[t]} | not run: {results['unsupported'][t]} | | | |")
             continue
         med = B.median_spread([r["s"] for r in rs])
         ratio = f"×{med['median'] / knot['median']:.1f}" if knot else ""
         api = ms([r["api_cpu_s"] for r in rs if r.get("api_cpu_s") is not None]) \
             if any(r.get("api_cpu_s") is not None for r in rs) else ""
-        lines.append(f"| {LABELS[t]} | {ms([r['s'] for r in rs])} s | {ratio} | "
+        label = LABELS[t.removesuffix("+base")] + (" — baseline" if t.endswith("+base") else "")
+        lines.append(f"| {label} | {ms([r['s'] for r in rs])} s | {ratio} | "
                      f"{ms([r['cpu_s'] for r in rs if r.get('cpu_s') is not None])} s | "
                      f"{api}{' s' if api else ''} |")
+    if results.get("baseline_build"):
+        lines += ["", f"Rows marked baseline: {results['baseline_build']}."]
     if "kube" in results:
         k = results["kube"]
         lines += ["", f"kube-apiserver row: {k['version']}, etcd's data in a tmpfs; the "
                   f"{k['created']:,} objects were created through its API (8 connections) in "
                   f"{k['load_s']:.0f} s before the rounds, and it stayed up across them. It "
                   "refuses streaming lists (its etcd lacks `RequestWatchProgress`), so switchboard "
-                  "pays one refused watch per kind and lists in 500-object pages."]
+                  "pays one refused watch per kind and then lists it: since 2026-12-06 whole, at "
+                  "`resourceVersion=0` (served from the watch cache in one response per kind), "
+                  "before that in 500-object pages without a resource version (read from etcd "
+                  "page by page)."]
     lines += ["", "The API rows depend on the API server: the test API server builds and encodes "
               "the list from its store on each request and shares the 2 cores with switchboard; "
               "kube-apiserver serves lists from its watch cache. The issue's outside run measured "
@@ -282,6 +308,7 @@ def main():
     ap.add_argument("--endpoints", type=int, default=10)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--baseline-bin", help="also run every switchboard target with this binary")
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--duration", type=int, default=0, help="(accepted for bench/run --quick)")
     B.docs_args(ap)

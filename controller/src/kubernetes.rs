@@ -18,7 +18,8 @@
 //! turns that bookmark into `InitDone`, so it is what marks the kind synced. Where the API server
 //! refuses them (a 400 or 422 answer, or an `ERROR` event before that bookmark that names the
 //! missing feature, as kube-apiserver on an etcd without `RequestWatchProgress` sends) or ends
-//! the stream before that bookmark, the kind falls back to paged lists for the rest of the
+//! the stream before that bookmark, the kind falls back to whole lists at `resourceVersion=0`
+//! (served from kube-apiserver's watch cache, one response per kind) for the rest of the
 //! process: the refusal is paid once per kind and is not an outage.
 //!
 //! ReferenceGrants (`gateway.networking.k8s.io/v1beta1`) are watched like the other Gateway
@@ -248,19 +249,33 @@ fn is_not_found(e: &watcher::Error) -> bool {
 enum Listing {
     /// A streaming list: `watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&
     /// allowWatchBookmarks=true`, then the same watch goes on. Measured at 10k Services / 100k
-    /// endpoints about 0.6 s sooner than pages (docs/sources.md).
+    /// endpoints about 0.6 s sooner than 500-object pages (docs/sources.md).
     Streaming,
-    /// Lists of 500 objects per page, then a watch: where the API server refuses streaming lists.
-    Pages,
+    /// One list per kind at `resourceVersion=0` (`resourceVersionMatch=NotOlderThan`, no
+    /// `limit`), then a watch: where the API server refuses streaming lists. kube-apiserver
+    /// serves it from its watch cache in one response, as it serves client-go's first list
+    /// (`resourceVersion=0&limit=500`, whose limit the cache ignores); kube-runtime's default,
+    /// 500-object pages with no resource version, are read from etcd page by page, which cost
+    /// kube-apiserver and etcd about twice the CPU at 10k Services (docs/sources.md).
+    Whole,
 }
 
 impl Listing {
     fn config(self, base: &watcher::Config) -> watcher::Config {
         match self {
             Listing::Streaming => base.clone().streaming_lists(),
-            Listing::Pages => base.clone(),
+            Listing::Whole => whole_lists(base.clone()),
         }
     }
+}
+
+/// `config` listing each kind whole at `resourceVersion=0`
+/// (`resourceVersionMatch=NotOlderThan`, no `limit`): kube-apiserver answers from its watch
+/// cache in one response instead of reading etcd page by page ([`Listing::Whole`]).
+pub fn whole_lists(config: watcher::Config) -> watcher::Config {
+    let mut config = config.any_semantic();
+    config.page_size = None;
+    config
 }
 
 /// Whether an error of a streaming list's watch says that the API server does not serve
@@ -369,7 +384,7 @@ async fn watch_kind<K>(
                     "streaming_incomplete",
                     &"the watch ended before the initial-events-end bookmark",
                 );
-                listing = Listing::Pages;
+                listing = Listing::Whole;
                 stream = start(listing);
                 inits = 0;
                 buffer.clear();
@@ -465,9 +480,9 @@ async fn watch_kind<K>(
                 sent
             }
             Err(e) if listing == Listing::Streaming && initial && refuses_streaming(&e) => {
-                // Not an outage: the API answered, only not this way. Pages at once.
+                // Not an outage: the API answered, only not this way. Whole lists at once.
                 fall_back(kind, &metrics, "streaming_refused", &e);
-                listing = Listing::Pages;
+                listing = Listing::Whole;
                 stream = start(listing);
                 inits = 0;
                 true
@@ -509,7 +524,7 @@ async fn watch_kind<K>(
     }
 }
 
-/// Logs and counts a kind's switch from streaming lists to pages (once per kind and process).
+/// Logs and counts a kind's switch from streaming lists to whole lists (once per kind and process).
 fn fall_back(kind: Kind, metrics: &Metrics, reason: &str, why: &dyn std::fmt::Display) {
     metrics
         .watch_restarts
@@ -518,7 +533,7 @@ fn fall_back(kind: Kind, metrics: &Metrics, reason: &str, why: &dyn std::fmt::Di
     tracing::info!(
         %kind,
         reason = %why,
-        "the API server does not serve streaming lists of this kind; listing it in pages from now on"
+        "the API server does not serve streaming lists of this kind; listing it whole from now on"
     );
 }
 

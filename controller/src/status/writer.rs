@@ -133,7 +133,10 @@ where
 async fn write_while_leading(client: &Client, cfg: &StatusConfig, metrics: &StatusMetrics) {
     let notify = Arc::new(Notify::new());
     let mut tasks = JoinSet::new(); // the watches end when this returns (leadership lost)
-    let all = watcher::Config::default;
+                                    // Whole lists from the API server's watch cache, as the source's fallback lists: the
+                                    // leader's lists (the metadata of every Service among them) come at start too, and 500-object
+                                    // pages read etcd page by page.
+    let all = || crate::kubernetes::whole_lists(watcher::Config::default());
     let (api, ar) = crd::<GatewayClassObj>(client, "GatewayClass");
     let classes = reflect(&mut tasks, watcher(api, all()), ar, &notify);
     let (api, ar) = crd::<GatewayObj>(client, "Gateway");
