@@ -81,14 +81,7 @@ pub fn full_batch(
     }
     let t = cfg.table.as_str();
     let mut b = Batch::new();
-    b.table(true, t);
-    b.table(false, t);
-    b.table(true, t);
-    verdict_maps(
-        &mut b,
-        t,
-        ["services4", "services6", "nodeports4", "nodeports6"],
-    );
+    replace_table(&mut b, t, nft::SERVICE_MAPS);
     hairpin_sets(&mut b, t);
     b.add_counter(t, "no-endpoints");
     fixed_chains(&mut b, cfg, ports);
@@ -116,19 +109,7 @@ pub fn full_batch(
 /// and pod-network sets, the counter, `no-local-endpoints`, the dispatch chain and the nat hooks.
 fn service_table(b: &mut Batch, cfg: &NftConfig, kernel: &KernelChains<'_>, i: u32) {
     let t = &service_tables::name(&cfg.table, i);
-    b.table(true, t);
-    b.table(false, t);
-    b.table(true, t);
-    verdict_maps(
-        b,
-        t,
-        [
-            "kernel4",
-            "kernel6",
-            "kernel-nodeports4",
-            "kernel-nodeports6",
-        ],
-    );
+    replace_table(b, t, nft::KERNEL_MAPS);
     for map in kernel.pick_maps.iter().filter(|m| m.table() == i) {
         pick_map(b, t, map);
     }
@@ -149,23 +130,21 @@ fn service_table(b: &mut Batch, cfg: &NftConfig, kernel: &KernelChains<'_>, i: u
         b.add_base_chain(t, name, &hook);
     }
     reject_rules(b, t, "no-local-endpoints", true);
-    dispatch_rules(
-        b,
-        t,
-        "kernel-services",
-        true,
-        [
-            "kernel4",
-            "kernel6",
-            "kernel-nodeports4",
-            "kernel-nodeports6",
-        ],
-    );
+    dispatch_rules(b, t, "kernel-services", true, nft::KERNEL_MAPS);
     for chain in ["nat-prerouting", "nat-output"] {
         b.add_rule(t, chain, |o| {
             x::verdict(o, x::VERDICT_JUMP, Some("kernel-services"))
         });
     }
+}
+
+/// A table replaced as `nft::full_script` writes it (`table`, `delete table`, `table`), with its
+/// verdict maps.
+fn replace_table(b: &mut Batch, t: &str, maps: [&str; 4]) {
+    b.table(true, t);
+    b.table(false, t);
+    b.table(true, t);
+    verdict_maps(b, t, maps);
 }
 
 /// Verdict maps keyed `ADDR . inet_proto . inet_service` (names ending in 4 and 6) or
@@ -356,13 +335,7 @@ fn fixed_chains(b: &mut Batch, cfg: &NftConfig, ports: &Ports) {
     for (chain, drop) in [("no-endpoints", false), ("no-local-endpoints", true)] {
         reject_rules(b, t, chain, drop);
     }
-    dispatch_rules(
-        b,
-        t,
-        "services",
-        false,
-        ["services4", "services6", "nodeports4", "nodeports6"],
-    );
+    dispatch_rules(b, t, "services", false, nft::SERVICE_MAPS);
     let jump_services = |o: &mut Vec<u8>| {
         // ct direction original jump services
         x::ct_load(o, x::CT_DIRECTION);

@@ -222,15 +222,25 @@ fn verdict_text(out: &mut String, protocol: Protocol, t: &Target) {
     out.push_str(text);
 }
 
-const MAPS: [&str; 8] = [
-    "services4",
-    "services6",
-    "nodeports4",
-    "nodeports6",
+/// The main table's verdict maps (the relay, reject and drop): IPv4, IPv6, their NodePorts.
+pub(crate) const SERVICE_MAPS: [&str; 4] = ["services4", "services6", "nodeports4", "nodeports6"];
+/// A service table's verdict maps (DNAT chains), in the same order.
+pub(crate) const KERNEL_MAPS: [&str; 4] = [
     "kernel4",
     "kernel6",
     "kernel-nodeports4",
     "kernel-nodeports6",
+];
+
+const MAPS: [&str; 8] = [
+    SERVICE_MAPS[0],
+    SERVICE_MAPS[1],
+    SERVICE_MAPS[2],
+    SERVICE_MAPS[3],
+    KERNEL_MAPS[0],
+    KERNEL_MAPS[1],
+    KERNEL_MAPS[2],
+    KERNEL_MAPS[3],
 ];
 
 /// A map: its table (`None`: the main one; else a service table) and name.
@@ -370,21 +380,12 @@ pub fn full_script(
     let t = &cfg.table;
     let (tm, rm, mm) = (cfg.tproxy_mark, cfg.redirect_mark, cfg.masquerade_mark);
     let mut s = String::with_capacity(4096 + elements.len() * 48 + kernel.chains.len() * 160);
-    let _ = writeln!(s, "table inet {t} {{}}\ndelete table inet {t}");
-    let _ = writeln!(s, "table inet {t} {{");
-    for (map, key) in [
-        ("services4", "ipv4_addr . inet_proto . inet_service"),
-        ("services6", "ipv6_addr . inet_proto . inet_service"),
-        ("nodeports4", "inet_proto . inet_service"),
-        ("nodeports6", "inet_proto . inet_service"),
-    ] {
-        let _ = writeln!(s, "  map {map} {{\n    type {key} : verdict\n  }}");
-    }
+    replace_table(&mut s, t, SERVICE_MAPS);
     let _ = writeln!(
         s,
         "  set hairpin4 {{\n    type ipv4_addr . ipv4_addr\n  }}\n  set hairpin6 {{\n    type ipv6_addr . ipv6_addr\n  }}"
     );
-    fixed_chains_head(&mut s);
+    counter_no_endpoints(&mut s);
     let _ = writeln!(
         s,
         "  chain tcp-redirect {{\n    meta mark set meta mark | {rm:#x}\n  }}"
@@ -398,7 +399,7 @@ pub fn full_script(
         "  chain no-endpoints {{\n    meta l4proto tcp ct state new counter name \"no-endpoints\" reject with tcp reset\n    meta l4proto udp counter name \"no-endpoints\" reject\n  }}"
     );
     no_local_endpoints(&mut s);
-    dispatch_chain(&mut s, cfg, "services", "");
+    dispatch_chain(&mut s, cfg, "services", false, SERVICE_MAPS);
     let _ = writeln!(
         s,
         "  chain prerouting {{\n    type filter hook prerouting priority mangle; policy accept;\n    ct direction original jump services"
@@ -457,8 +458,25 @@ pub fn full_script(
     s
 }
 
+/// The start of a table's replacement: created if missing, deleted, opened again with its
+/// verdict maps (`SERVICE_MAPS` or `KERNEL_MAPS`: keyed `ADDR . inet_proto . inet_service`,
+/// NodePorts `inet_proto . inet_service`). The caller writes the rest and closes the block.
+fn replace_table(s: &mut String, t: &str, maps: [&str; 4]) {
+    let _ = writeln!(s, "table inet {t} {{}}\ndelete table inet {t}");
+    let _ = writeln!(s, "table inet {t} {{");
+    let [v4, v6, np4, np6] = maps;
+    for (map, key) in [
+        (v4, "ipv4_addr . inet_proto . inet_service"),
+        (v6, "ipv6_addr . inet_proto . inet_service"),
+        (np4, "inet_proto . inet_service"),
+        (np6, "inet_proto . inet_service"),
+    ] {
+        let _ = writeln!(s, "  map {map} {{\n    type {key} : verdict\n  }}");
+    }
+}
+
 /// The counter every table's reject and drop rules count in.
-fn fixed_chains_head(s: &mut String) {
+fn counter_no_endpoints(s: &mut String) {
     let _ = writeln!(s, "  counter no-endpoints {{\n  }}");
 }
 
@@ -469,9 +487,9 @@ fn no_local_endpoints(s: &mut String) {
     );
 }
 
-/// The chain looking a packet's destination up in the four maps `PREFIX{4,6}` and
-/// `PREFIXnodeports{4,6}` (`services…` in the main table, `kernel…` in a service table).
-fn dispatch_chain(s: &mut String, cfg: &NftConfig, chain: &str, prefix: &str) {
+/// The chain looking a packet's destination up in the four verdict `maps` (`SERVICE_MAPS` in the
+/// main table; `KERNEL_MAPS` in a service table, `only_ours`).
+fn dispatch_chain(s: &mut String, cfg: &NftConfig, chain: &str, only_ours: bool, maps: [&str; 4]) {
     // Which local addresses NodePorts answer on, per family (`None`: none of that family).
     let nodeport_match = |v6: bool| -> Option<String> {
         let (fam, lo) = if v6 {
@@ -491,29 +509,22 @@ fn dispatch_chain(s: &mut String, cfg: &NftConfig, chain: &str, prefix: &str) {
         (!nets.is_empty())
             .then(|| format!("fib daddr type local {fam} daddr {{ {} }}", nets.join(", ")))
     };
-    let (v4, v6) = if prefix.is_empty() {
-        ("services4", "services6")
-    } else {
-        ("kernel4", "kernel6")
-    };
+    let [v4, v6, np4, np6] = maps;
     let _ = writeln!(
         s,
         "  chain {chain} {{\n    ip daddr . meta l4proto . th dport vmap @{v4}\n    ip6 daddr . meta l4proto . th dport vmap @{v6}"
     );
-    for (v6, map) in [(false, "nodeports4"), (true, "nodeports6")] {
+    for (v6, map) in [(false, np4), (true, np6)] {
         if let Some(m) = nodeport_match(v6) {
             // A service table first checks that the port is one of its NodePorts (a hash
             // lookup that misses for nearly every packet), so a new connection pays for one
             // `fib` lookup in the table that has its port, not one in each of 16 tables.
-            let only_ours = if prefix.is_empty() {
-                String::new()
+            let only_ours = if only_ours {
+                format!("meta l4proto . th dport @{map} ")
             } else {
-                format!("meta l4proto . th dport @{prefix}{map} ")
+                String::new()
             };
-            let _ = writeln!(
-                s,
-                "    {only_ours}{m} meta l4proto . th dport vmap @{prefix}{map}"
-            );
+            let _ = writeln!(s, "    {only_ours}{m} meta l4proto . th dport vmap @{map}");
         }
     }
     let _ = writeln!(s, "  }}");
@@ -522,17 +533,7 @@ fn dispatch_chain(s: &mut String, cfg: &NftConfig, chain: &str, prefix: &str) {
 /// Service table `i` replaced: its maps, pick maps and pod-network sets, the counter and the
 /// chains its service chains jump to, its dispatch chain and nat hooks.
 fn service_table(s: &mut String, cfg: &NftConfig, kernel: &KernelChains<'_>, i: u32) {
-    let t = service_tables::name(&cfg.table, i);
-    let _ = writeln!(s, "table inet {t} {{}}\ndelete table inet {t}");
-    let _ = writeln!(s, "table inet {t} {{");
-    for (map, key) in [
-        ("kernel4", "ipv4_addr . inet_proto . inet_service"),
-        ("kernel6", "ipv6_addr . inet_proto . inet_service"),
-        ("kernel-nodeports4", "inet_proto . inet_service"),
-        ("kernel-nodeports6", "inet_proto . inet_service"),
-    ] {
-        let _ = writeln!(s, "  map {map} {{\n    type {key} : verdict\n  }}");
-    }
+    replace_table(s, &service_tables::name(&cfg.table, i), KERNEL_MAPS);
     for map in kernel.pick_maps.iter().filter(|m| m.table() == i) {
         let _ = writeln!(
             s,
@@ -557,9 +558,9 @@ fn service_table(s: &mut String, cfg: &NftConfig, kernel: &KernelChains<'_>, i: 
             );
         }
     }
-    fixed_chains_head(s);
+    counter_no_endpoints(s);
     no_local_endpoints(s);
-    dispatch_chain(s, cfg, "kernel-services", "kernel-");
+    dispatch_chain(s, cfg, "kernel-services", true, KERNEL_MAPS);
     for (chain, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
         let _ = writeln!(
             s,
@@ -783,7 +784,6 @@ pub fn install_routing(cfg: &NftConfig) -> (Result<(), NftError>, Result<(), Nft
 /// Removes the table, the service tables and the policy routing; `Ok(true)` if the main table
 /// existed. Touches nothing else.
 pub fn cleanup(cfg: &NftConfig) -> Result<bool, NftError> {
-    let existed = table_exists(cfg);
     let listed = run("nft", &["list", "tables", "inet"], None).unwrap_or_default();
     let ours: Vec<String> = std::iter::once(cfg.table.clone())
         .chain(service_tables::names(&cfg.table))
@@ -793,6 +793,7 @@ pub fn cleanup(cfg: &NftConfig) -> Result<bool, NftError> {
                 .any(|l| l.trim() == format!("table inet {t}"))
         })
         .collect();
+    let existed = ours.first() == Some(&cfg.table);
     if !ours.is_empty() {
         let script: String = ours
             .iter()
