@@ -135,9 +135,17 @@ fn tcp_and_udp_reach_only_ready_backends_and_empty_services_refuse() {
         HashSet::from(["a".to_string(), "b".to_string()]),
         "{seen:?}"
     );
-    let udp: Vec<_> = (0..40)
-        .map(|i| {
-            udp_ask(
+    // 40 client sockets held open together: a socket closed before the next binds can hand
+    // its port to the next one, which is then the same flow (seen: 39 flows for 40 asks).
+    let clients: Vec<_> = (0..40)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let udp: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, sock)| {
+            udp_ask_on(
+                sock,
                 sa(&format!("{vip}:5353")),
                 &format!("q{i}"),
                 Duration::from_secs(2),
