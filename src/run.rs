@@ -166,6 +166,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (tx, rx) = controller::channel();
     let mut parts = Vec::new();
     let mut status: Option<controller::status::Status> = None;
+    // Each published generation, for the L4 sync task (which acts on it instead of polling)
+    // and the status writer (which starts after the first complete table).
+    let (published_tx, published_rx) = tokio::sync::watch::channel(0u64);
     // The Gateway listener ports the HTTP proxy opened, for the status writer.
     let ports = tables::ports::PortReport::default();
     let serves_http = !(cfg.http.is_empty() && cfg.https.is_empty());
@@ -241,18 +244,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 identity = %status_cfg.lease.identity,
                 "status writer: taking part in the leader election"
             );
+            let (cell, mut published) = (cell.clone(), published_rx.clone());
+            let first_table = async move {
+                while !cell.load().synced {
+                    if published.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
             status = Some(controller::status::Status::spawn(
                 client,
                 status_cfg,
                 status_metrics,
+                first_table,
             ));
         }
     }
     drop(tx);
 
     let state = ClusterState::new(cfg.table_config());
-    // Each published generation, for the L4 sync task (which acts on it instead of polling).
-    let (published_tx, published_rx) = tokio::sync::watch::channel(0u64);
     tokio::spawn(
         Controller::new(state, cell.clone(), metrics, parts, sources)
             .notify_published(published_tx)

@@ -85,8 +85,15 @@ pub struct Status {
 }
 
 impl Status {
-    /// Starts the election, and the writer that works while this replica leads.
-    pub fn spawn(client: kube::Client, cfg: StatusConfig, metrics: StatusMetrics) -> Status {
+    /// Starts the election, and the writer that works while this replica leads. The writer's
+    /// lists wait for `start_after` (the first complete table: at start they would compete with
+    /// the sources' own lists for the API server and the cores, and nothing needs status first).
+    pub fn spawn(
+        client: kube::Client,
+        cfg: StatusConfig,
+        metrics: StatusMetrics,
+        start_after: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Status {
         let (stop, stop_rx) = watch::channel(false);
         let (leader_tx, leader_rx) = watch::channel(false);
         let leases = kube::Api::namespaced(client.clone(), &cfg.lease.namespace);
@@ -97,7 +104,10 @@ impl Status {
             metrics.leader.clone(),
             stop_rx,
         ));
-        tokio::spawn(writer::run(client, cfg, metrics, leader_rx));
+        tokio::spawn(async move {
+            start_after.await;
+            writer::run(client, cfg, metrics, leader_rx).await
+        });
         Status { stop, election }
     }
 
