@@ -51,6 +51,9 @@ const RETRY: Duration = Duration::from_secs(1);
 /// The health part this source reports.
 const PART: &str = "manifests";
 
+/// A map keyed by path, with a fast hasher (the paths are our own directory's).
+type PathMap<V> = std::collections::HashMap<PathBuf, V, foldhash::fast::RandomState>;
+
 /// A manifest file as this source knows it.
 #[derive(Debug, Default)]
 struct Known {
@@ -262,8 +265,9 @@ pub struct FileSource {
     metrics: Metrics,
     /// Every manifest file seen, with the stamp of its last handled version and what its
     /// documents gave (so a re-read parses only changed documents). One map, so the path is
-    /// kept once per file (docs/memory.md).
-    files: BTreeMap<PathBuf, Known>,
+    /// kept once per file (docs/memory.md). Hashed, not ordered: at 10,000 files a `BTreeMap`'s
+    /// path comparisons (component by component) took 5.8% of the start-up's CPU (perf).
+    files: PathMap<Known>,
     /// Totals of the reads since the last `tally` call, for the start-up log line.
     tally: Tally,
     /// Files and directories that could not be read, with the error, until they read again.
@@ -280,7 +284,7 @@ impl FileSource {
             dir,
             tx,
             metrics,
-            files: BTreeMap::new(),
+            files: PathMap::default(),
             tally: Tally::default(),
             failing: BTreeMap::new(),
             reported: None,
