@@ -710,4 +710,39 @@ mod tests {
         assert_eq!(ty, (10 << 8) | 12);
         assert_eq!(b.acks, 1);
     }
+
+    #[test]
+    fn a_large_batch_is_chunked_whole_messages_and_only_its_last_asks_for_an_ack() {
+        let mut b = Batch::new();
+        let elems = (0..40_000u32).map(|i| {
+            let mut key = Reg::default();
+            layout::word(&mut key, i);
+            Elem {
+                key,
+                data: Some(Data::Goto("svc-default/web/tcp/80/int4")),
+            }
+        });
+        b.elements(true, "t", "m", elems);
+        assert!(b.chunks.len() >= 2, "{} chunks", b.chunks.len());
+        let (first, last) = b.ack_only_last();
+        let chunks = b.take_chunks();
+        let mut seen = Vec::new();
+        for chunk in &chunks {
+            assert!(chunk.len() <= CHUNK);
+            let mut at = 0;
+            while at < chunk.len() {
+                let len = u32::from_ne_bytes(chunk[at..at + 4].try_into().unwrap()) as usize;
+                let flags = u16::from_ne_bytes(chunk[at + 6..at + 8].try_into().unwrap());
+                let seq = u32::from_ne_bytes(chunk[at + 8..at + 12].try_into().unwrap());
+                seen.push((seq, flags & NLM_F_ACK != 0));
+                at += align(len);
+            }
+            assert_eq!(at, chunk.len(), "a message spans two chunks");
+        }
+        // BATCH_BEGIN and one message per 256 elements, in order; the ACK on the last only.
+        assert_eq!(seen.len(), 1 + 40_000usize.div_ceil(ELEMENTS_PER_MESSAGE));
+        assert_eq!((seen[0].0, seen.last().unwrap().0), (first, last));
+        let acked: Vec<u32> = seen.iter().filter(|(_, a)| *a).map(|(s, _)| *s).collect();
+        assert_eq!(acked, vec![last]);
+    }
 }
