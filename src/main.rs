@@ -15,12 +15,49 @@ use switchboard::config::{Config, RunArgs};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Purges mimalloc's freed pages now rather than after its delay (`run::RELEASE_FREE_MEMORY`).
+/// mimalloc's `mi_option_purge_delay` (15 in mimalloc v2 and v3; libmimalloc-sys names the
+/// options around it, not this one).
+#[cfg(not(feature = "system-alloc"))]
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// The purge delay start-up runs without (`purge_at_once_until_started`): mimalloc's default
+/// (1 s) or `MIMALLOC_PURGE_DELAY`, restored once the first tables are in.
+#[cfg(not(feature = "system-alloc"))]
+static PURGE_DELAY: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(-2);
+
+/// Until the first complete tables are in, freed pages go back to the system at once: start-up
+/// frees tens of MiB of parsed documents, intermediate states and the first full nftables batch
+/// while it allocates the tables, and with mimalloc's delay the freed pages and the new ones are
+/// resident together (the process's peak: 145-150 MiB against 123-126 at 10,000 Services /
+/// 100,000 endpoints with every role, docs/memory.md). After start, the delay comes back, so
+/// the query and proxy paths do not pay a purge on every free.
+#[cfg(not(feature = "system-alloc"))]
+fn purge_at_once_until_started() {
+    use std::sync::atomic::Ordering;
+    // SAFETY: mimalloc's option calls take no pointers and may be made from any thread.
+    unsafe {
+        PURGE_DELAY.store(
+            libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) as i64,
+            Ordering::Relaxed,
+        );
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    }
+}
+
+/// Purges mimalloc's freed pages now and puts its purge delay back (`run::RELEASE_FREE_MEMORY`).
 #[cfg(not(feature = "system-alloc"))]
 fn mimalloc_collect() {
+    use std::sync::atomic::Ordering;
     // SAFETY: `mi_collect` takes no pointers; it walks mimalloc's own heaps and arenas, which
-    // are the global allocator's, and is safe to call from any thread at any time.
-    unsafe { libmimalloc_sys::mi_collect(true) }
+    // are the global allocator's, and is safe to call from any thread at any time; so are the
+    // option calls.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+        let delay = PURGE_DELAY.load(Ordering::Relaxed);
+        if delay != -2 {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay as _);
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -113,7 +150,10 @@ fn parse_cli() -> Cli {
 
 fn main() -> ExitCode {
     #[cfg(not(feature = "system-alloc"))]
-    let _ = switchboard::run::RELEASE_FREE_MEMORY.set(mimalloc_collect);
+    {
+        let _ = switchboard::run::RELEASE_FREE_MEMORY.set(mimalloc_collect);
+        purge_at_once_until_started();
+    }
     let cli = parse_cli();
     let result = match cli.command {
         Command::Run(args) => Config::resolve(*args).and_then(|cfg| {

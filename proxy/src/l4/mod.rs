@@ -37,6 +37,7 @@ pub mod netlink_full;
 pub mod netlink_update;
 pub mod nft;
 pub mod pick;
+mod programmed;
 pub mod proxy_protocol;
 mod redirect;
 pub mod rule;

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{
-    bind, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag,
-    SockProtocol, SockType,
+    bind, recv, sendmsg, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
+    SockFlag, SockProtocol, SockType,
 };
 use nix::sys::time::TimeVal;
 
@@ -50,6 +50,10 @@ const NLA_F_NESTED: u16 = 0x8000;
 /// Elements per message: 256 of the longest (a verdict naming a chain of ~150 bytes) stay
 /// well inside the 64 KiB an attribute can hold.
 const ELEMENTS_PER_MESSAGE: usize = 256;
+/// A batch's chunk size (`Batch::chunks`); no message is longer than `MESSAGE_MAX` (256
+/// elements of the longest kind are under 48 KiB).
+const CHUNK: usize = 1 << 20;
+const MESSAGE_MAX: usize = 64 << 10;
 
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -73,19 +77,53 @@ const NFT_JUMP: i32 = -3;
 const NFT_GOTO: i32 = -4;
 
 /// What an element maps to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Data {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Data<'a> {
     /// A value map's data, as the kernel's registers hold it.
-    Value(Vec<u8>),
-    Jump(String),
-    Goto(String),
+    Value(Reg),
+    Jump(&'a str),
+    Goto(&'a str),
 }
 
-/// One element: its key as the kernel's registers hold it, and its data in a map.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Elem {
-    pub key: Vec<u8>,
-    pub data: Option<Data>,
+/// One element: its key as the kernel's registers hold it, and its data in a map. Inline (no
+/// allocation): a whole table writes a few hundred thousand of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elem<'a> {
+    pub key: Reg,
+    pub data: Option<Data<'a>>,
+}
+
+/// Register contents of up to 32 bytes (the longest key: an IPv6 hairpin pair), inline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reg {
+    len: u8,
+    bytes: [u8; 32],
+}
+
+impl Reg {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// Where `layout` writes: a message being built, or an element's inline key or data.
+pub trait Put {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Put for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl Put for Reg {
+    /// Panics past 32 bytes: no key or data of switchboard's maps is longer.
+    fn put(&mut self, bytes: &[u8]) {
+        let at = self.len as usize;
+        self.bytes[at..at + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len() as u8;
+    }
 }
 
 /// A set or map as nft declares it: the kernel's type numbers and lengths, and nft's own
@@ -115,6 +153,11 @@ pub struct Hook {
 
 /// A transaction being written.
 pub struct Batch {
+    /// Full chunks of messages, then the one being written (`buf`). A whole table is over
+    /// 10 MiB: one growing vector would get there by doubling, copying, and holding up to
+    /// twice that at once; chunks of about `CHUNK` bytes go out together in one `sendmsg`.
+    /// A message never spans two chunks.
+    chunks: Vec<Vec<u8>>,
     buf: Vec<u8>,
     /// Messages that asked for an ACK.
     acks: usize,
@@ -177,6 +220,7 @@ impl Default for Batch {
 impl Batch {
     pub fn new() -> Self {
         let mut b = Batch {
+            chunks: Vec::new(),
             buf: Vec::with_capacity(4096),
             acks: 0,
             set_ids: 0,
@@ -193,16 +237,26 @@ impl Batch {
 
     /// Adds (`add`) or deletes `elems` in `set` of the `inet` table `table`, in messages of at
     /// most `ELEMENTS_PER_MESSAGE` (an attribute's length is 16 bits).
-    pub fn elements(&mut self, add: bool, table: &str, set: &str, elems: &[Elem]) {
-        for chunk in elems.chunks(ELEMENTS_PER_MESSAGE) {
-            self.element_message(add, table, set, chunk);
+    pub fn elements<'a>(
+        &mut self,
+        add: bool,
+        table: &str,
+        set: &str,
+        elems: impl IntoIterator<Item = Elem<'a>>,
+    ) {
+        let mut elems = elems.into_iter().peekable();
+        while elems.peek().is_some() {
+            self.element_message(add, table, set, elems.by_ref().take(ELEMENTS_PER_MESSAGE));
         }
     }
 
-    fn element_message(&mut self, add: bool, table: &str, set: &str, elems: &[Elem]) {
-        if elems.is_empty() {
-            return;
-        }
+    fn element_message<'a>(
+        &mut self,
+        add: bool,
+        table: &str,
+        set: &str,
+        elems: impl Iterator<Item = Elem<'a>>,
+    ) {
         let (kind, flags) = if add {
             (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
         } else {
@@ -216,12 +270,14 @@ impl Batch {
             nest(b, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
                 for e in elems {
                     nest(b, NFTA_LIST_ELEM, |b| {
-                        nest(b, NFTA_SET_ELEM_KEY, |b| attr(b, NFTA_DATA_VALUE, &e.key));
-                        match &e.data {
+                        nest(b, NFTA_SET_ELEM_KEY, |b| {
+                            attr(b, NFTA_DATA_VALUE, e.key.as_slice())
+                        });
+                        match e.data {
                             None => {}
-                            Some(Data::Value(v)) => {
-                                nest(b, NFTA_SET_ELEM_DATA, |b| attr(b, NFTA_DATA_VALUE, v))
-                            }
+                            Some(Data::Value(v)) => nest(b, NFTA_SET_ELEM_DATA, |b| {
+                                attr(b, NFTA_DATA_VALUE, v.as_slice())
+                            }),
                             Some(Data::Jump(c)) => verdict(b, NFT_JUMP, c),
                             Some(Data::Goto(c)) => verdict(b, NFT_GOTO, c),
                         }
@@ -425,10 +481,16 @@ impl Batch {
             NFNL_SUBSYS_NFTABLES,
             |_| {},
         );
-        sock.reserve(self.buf.len());
+        let chunks = self.take_chunks();
+        let len: usize = chunks.iter().map(Vec::len).sum();
+        sock.reserve(len);
         let fd = &sock.fd;
-        let sent = send(fd.as_raw_fd(), &self.buf, MsgFlags::empty())?;
-        if sent != self.buf.len() {
+        let iov: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
+        let sent = sendmsg::<()>(fd.as_raw_fd(), &iov, &[], MsgFlags::empty(), None)?;
+        drop(iov);
+        // The kernel holds its own copy now.
+        drop(chunks);
+        if sent != len {
             return Err(io::Error::other("netlink: short send"));
         }
         let ours = |seq: u32| seq.wrapping_sub(first_seq) <= last_seq.wrapping_sub(first_seq);
@@ -464,22 +526,43 @@ impl Batch {
         }
     }
 
+    /// Every chunk written, the last one included.
+    fn take_chunks(&mut self) -> Vec<Vec<u8>> {
+        let mut chunks = std::mem::take(&mut self.chunks);
+        chunks.push(std::mem::take(&mut self.buf));
+        chunks
+    }
+
     /// Clears `NLM_F_ACK` on every message but the last, and returns the first and the last
     /// message's sequence numbers.
     fn ack_only_last(&mut self) -> (u32, u32) {
-        let mut at = 0;
-        let mut last = 0;
-        while at + 16 <= self.buf.len() {
-            let len = u32::from_ne_bytes(self.buf[at..at + 4].try_into().expect("4")) as usize;
-            let flags = u16::from_ne_bytes(self.buf[at + 6..at + 8].try_into().expect("2"));
-            self.buf[at + 6..at + 8].copy_from_slice(&(flags & !NLM_F_ACK).to_ne_bytes());
-            last = at;
-            at += align(len);
+        let mut last = None;
+        let mut first = None;
+        for (c, chunk) in self
+            .chunks
+            .iter_mut()
+            .chain(std::iter::once(&mut self.buf))
+            .enumerate()
+        {
+            let mut at = 0;
+            while at + 16 <= chunk.len() {
+                let len = u32::from_ne_bytes(chunk[at..at + 4].try_into().expect("4")) as usize;
+                let flags = u16::from_ne_bytes(chunk[at + 6..at + 8].try_into().expect("2"));
+                chunk[at + 6..at + 8].copy_from_slice(&(flags & !NLM_F_ACK).to_ne_bytes());
+                let seq = u32::from_ne_bytes(chunk[at + 8..at + 12].try_into().expect("4"));
+                first.get_or_insert(seq);
+                last = Some((c, at, seq));
+                at += align(len);
+            }
         }
-        let flags = u16::from_ne_bytes(self.buf[last + 6..last + 8].try_into().expect("2"));
-        self.buf[last + 6..last + 8].copy_from_slice(&(flags | NLM_F_ACK).to_ne_bytes());
-        let seq = |at: usize| u32::from_ne_bytes(self.buf[at + 8..at + 12].try_into().expect("4"));
-        (seq(0), seq(last))
+        let (c, at, last_seq) = last.expect("a batch holds BATCH_BEGIN");
+        let chunk = match self.chunks.get_mut(c) {
+            Some(chunk) => chunk,
+            None => &mut self.buf,
+        };
+        let flags = u16::from_ne_bytes(chunk[at + 6..at + 8].try_into().expect("2"));
+        chunk[at + 6..at + 8].copy_from_slice(&(flags | NLM_F_ACK).to_ne_bytes());
+        (first.expect("set with last"), last_seq)
     }
 
     /// Appends one message: `nlmsghdr`, `nfgenmsg`, then what `body` writes.
@@ -504,6 +587,10 @@ impl Batch {
         body(&mut self.buf);
         let len = (self.buf.len() - start) as u32;
         self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+        if self.buf.len() + MESSAGE_MAX > CHUNK {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+            self.chunks.push(full);
+        }
     }
 }
 
@@ -527,10 +614,13 @@ pub(crate) fn attr(b: &mut Vec<u8>, ty: u16, value: &[u8]) {
 }
 
 pub(crate) fn attr_str(b: &mut Vec<u8>, ty: u16, s: &str) {
-    let mut v = Vec::with_capacity(s.len() + 1);
-    v.extend_from_slice(s.as_bytes());
-    v.push(0);
-    attr(b, ty, &v);
+    // The string and its NUL, written in place (no copy of the string first).
+    let len = 4 + s.len() + 1;
+    b.extend_from_slice(&(len as u16).to_ne_bytes());
+    b.extend_from_slice(&ty.to_ne_bytes());
+    b.extend_from_slice(s.as_bytes());
+    b.push(0);
+    b.resize(b.len() + align(len) - len, 0);
 }
 
 pub(crate) fn nest(b: &mut Vec<u8>, ty: u16, inner: impl FnOnce(&mut Vec<u8>)) {
@@ -564,28 +654,30 @@ fn verdict(b: &mut Vec<u8>, code: i32, chain: &str) {
 pub mod layout {
     use std::net::IpAddr;
 
+    use super::Put;
+
     /// An address, in network order.
-    pub fn addr(out: &mut Vec<u8>, ip: IpAddr) {
+    pub fn addr(out: &mut impl Put, ip: IpAddr) {
         match ip {
-            IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
-            IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+            IpAddr::V4(a) => out.put(&a.octets()),
+            IpAddr::V6(a) => out.put(&a.octets()),
         }
     }
 
     /// A port (or any 16-bit header field), in network order, padded to a register.
-    pub fn port(out: &mut Vec<u8>, p: u16) {
-        out.extend_from_slice(&p.to_be_bytes());
-        out.extend_from_slice(&[0, 0]);
+    pub fn port(out: &mut impl Put, p: u16) {
+        let [hi, lo] = p.to_be_bytes();
+        out.put(&[hi, lo, 0, 0]);
     }
 
     /// An 8-bit field (`meta l4proto`), padded to a register.
-    pub fn byte(out: &mut Vec<u8>, v: u8) {
-        out.extend_from_slice(&[v, 0, 0, 0]);
+    pub fn byte(out: &mut impl Put, v: u8) {
+        out.put(&[v, 0, 0, 0]);
     }
 
     /// A value computed in a register (`numgen`), in host order.
-    pub fn word(out: &mut Vec<u8>, v: u32) {
-        out.extend_from_slice(&v.to_ne_bytes());
+    pub fn word(out: &mut impl Put, v: u32) {
+        out.put(&v.to_ne_bytes());
     }
 }
 
@@ -600,9 +692,13 @@ mod tests {
             true,
             "t",
             "m",
-            &[Elem {
-                key: vec![1, 2, 3, 4],
-                data: Some(Data::Goto("c".into())),
+            [Elem {
+                key: {
+                    let mut k = Reg::default();
+                    k.put(&[1, 2, 3, 4]);
+                    k
+                },
+                data: Some(Data::Goto("c")),
             }],
         );
         // BATCH_BEGIN is 20 bytes; the element message follows at offset 20.
@@ -613,5 +709,40 @@ mod tests {
         let ty = u16::from_ne_bytes(b.buf[24..26].try_into().unwrap());
         assert_eq!(ty, (10 << 8) | 12);
         assert_eq!(b.acks, 1);
+    }
+
+    #[test]
+    fn a_large_batch_is_chunked_whole_messages_and_only_its_last_asks_for_an_ack() {
+        let mut b = Batch::new();
+        let elems = (0..40_000u32).map(|i| {
+            let mut key = Reg::default();
+            layout::word(&mut key, i);
+            Elem {
+                key,
+                data: Some(Data::Goto("svc-default/web/tcp/80/int4")),
+            }
+        });
+        b.elements(true, "t", "m", elems);
+        assert!(b.chunks.len() >= 2, "{} chunks", b.chunks.len());
+        let (first, last) = b.ack_only_last();
+        let chunks = b.take_chunks();
+        let mut seen = Vec::new();
+        for chunk in &chunks {
+            assert!(chunk.len() <= CHUNK);
+            let mut at = 0;
+            while at < chunk.len() {
+                let len = u32::from_ne_bytes(chunk[at..at + 4].try_into().unwrap()) as usize;
+                let flags = u16::from_ne_bytes(chunk[at + 6..at + 8].try_into().unwrap());
+                let seq = u32::from_ne_bytes(chunk[at + 8..at + 12].try_into().unwrap());
+                seen.push((seq, flags & NLM_F_ACK != 0));
+                at += align(len);
+            }
+            assert_eq!(at, chunk.len(), "a message spans two chunks");
+        }
+        // BATCH_BEGIN and one message per 256 elements, in order; the ACK on the last only.
+        assert_eq!(seen.len(), 1 + 40_000usize.div_ceil(ELEMENTS_PER_MESSAGE));
+        assert_eq!((seen[0].0, seen.last().unwrap().0), (first, last));
+        let acked: Vec<u32> = seen.iter().filter(|(_, a)| *a).map(|(s, _)| *s).collect();
+        assert_eq!(acked, vec![last]);
     }
 }

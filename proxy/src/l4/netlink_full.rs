@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use super::exprs::{self as x, REG32_01, REG32_02, REG32_05, REG_1, REG_2};
 use super::netlink::{Batch, Hook, SetDecl};
-use super::netlink_update::{by_map, hairpin, picks};
+use super::netlink_update::{frontend_elements, hairpin, picks};
 use super::nft::{self, Element, KernelChains, NftConfig, Ports, Target};
 use super::pick::MapId;
 use super::rule::Rule;
@@ -95,12 +95,8 @@ pub fn full_batch(
             b.add_rule(&table, name, |out| r.encode(out));
         }
     }
-    for ((table, map), elems) in picks(&kernel.picks, true) {
-        b.elements(true, &nft::table_name(cfg, Some(table)), &map, &elems);
-    }
-    for ((table, map), elems) in by_map(elements.iter(), true) {
-        b.elements(true, &nft::table_name(cfg, table), map, &elems);
-    }
+    picks(&mut b, cfg, &kernel.picks, true);
+    frontend_elements(&mut b, cfg, elements.iter(), true);
     hairpin(&mut b, t, true, &kernel.hairpin);
     Some(b)
 }

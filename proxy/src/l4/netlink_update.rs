@@ -5,12 +5,10 @@
 //! short-circuit's matches, a jump). Updates that need anything else — ClientIP affinity's sets
 //! and chains, source ranges, a new shard map — and very large ones stay with `nft -f`.
 
-use std::collections::BTreeMap;
-
 use tables::Protocol;
 
 use super::kernel::{proto_number, ChainOps};
-use super::netlink::{layout, Batch, Data, Elem};
+use super::netlink::{layout, Batch, Data, Elem, Reg};
 use super::nft::{self, Change, Element, NftConfig, Target};
 use super::pick::PickElement;
 use super::rule::Rule;
@@ -44,18 +42,10 @@ pub fn batch(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Option<Batc
     let t = &cfg.table;
     let real = || changes.iter().filter(|c| c.old != c.new);
     let mut b = Batch::new();
-    for ((table, map), elems) in by_map(
-        real().filter_map(|c| c.old.as_ref().map(|o| (&c.element, o))),
-        false,
-    ) {
-        b.elements(false, &nft::table_name(cfg, table), map, &elems);
-    }
-    for ((table, map), elems) in picks(&ops.pick_delete, false) {
-        b.elements(false, &nft::table_name(cfg, Some(table)), &map, &elems);
-    }
-    for ((table, map), elems) in picks(&ops.pick_add, true) {
-        b.elements(true, &nft::table_name(cfg, Some(table)), &map, &elems);
-    }
+    let olds = real().filter_map(|c| c.old.as_ref().map(|o| (&c.element, o)));
+    frontend_elements(&mut b, cfg, olds, false);
+    picks(&mut b, cfg, &ops.pick_delete, false);
+    picks(&mut b, cfg, &ops.pick_add, true);
     for name in &ops.add {
         b.add_chain(&nft::chain_table(cfg, name), name);
     }
@@ -66,12 +56,8 @@ pub fn batch(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Option<Batc
             b.add_rule(&table, name, |out| r.encode(out));
         }
     }
-    for ((table, map), elems) in by_map(
-        real().filter_map(|c| c.new.as_ref().map(|n| (&c.element, n))),
-        true,
-    ) {
-        b.elements(true, &nft::table_name(cfg, table), map, &elems);
-    }
+    let news = real().filter_map(|c| c.new.as_ref().map(|n| (&c.element, n)));
+    frontend_elements(&mut b, cfg, news, true);
     for name in &ops.delete {
         b.delete_chain(&nft::chain_table(cfg, name), name);
     }
@@ -83,61 +69,61 @@ pub fn batch(cfg: &NftConfig, changes: &[Change], ops: &ChainOps) -> Option<Batc
 /// Adds or deletes hairpin pairs (`ip . ip`) in `hairpin4` and `hairpin6`.
 pub(super) fn hairpin(b: &mut Batch, table: &str, add: bool, ips: &[std::net::IpAddr]) {
     for v6 in [false, true] {
-        let elems: Vec<Elem> = ips
-            .iter()
-            .filter(|ip| ip.is_ipv6() == v6)
-            .map(|ip| {
-                let mut key = Vec::with_capacity(32);
-                layout::addr(&mut key, *ip);
-                layout::addr(&mut key, *ip);
-                Elem { key, data: None }
-            })
-            .collect();
-        b.elements(add, table, if v6 { "hairpin6" } else { "hairpin4" }, &elems);
+        let elems = ips.iter().filter(|ip| ip.is_ipv6() == v6).map(|ip| {
+            let mut key = Reg::default();
+            layout::addr(&mut key, *ip);
+            layout::addr(&mut key, *ip);
+            Elem { key, data: None }
+        });
+        b.elements(add, table, if v6 { "hairpin6" } else { "hairpin4" }, elems);
     }
 }
 
-pub(super) fn by_map<'a>(
+/// Writes `elems` (a frontend and its verdict each) as elements of the maps that hold them,
+/// with their verdicts when `with_data`.
+pub(super) fn frontend_elements<'a>(
+    b: &mut Batch,
+    cfg: &NftConfig,
     elems: impl Iterator<Item = (&'a Element, &'a Target)>,
     with_data: bool,
-) -> BTreeMap<nft::MapKey, Vec<Elem>> {
-    nft::by_map(elems)
-        .into_iter()
-        .map(|(map, list)| {
-            let elems = list
-                .into_iter()
-                .map(|(e, t)| Elem {
-                    key: key(e),
-                    data: with_data.then(|| verdict(e.protocol(), t)),
-                })
-                .collect();
-            (map, elems)
-        })
-        .collect()
+) {
+    for ((table, map), list) in nft::by_map(elems) {
+        let elems = list.into_iter().map(|(e, t)| Elem {
+            key: key(e),
+            data: with_data.then(|| verdict(e.protocol(), t)),
+        });
+        b.elements(with_data, &nft::table_name(cfg, table), map, elems);
+    }
 }
 
-/// Shard map elements by service table and map.
-pub(super) fn picks(elems: &[PickElement], with_data: bool) -> BTreeMap<(u32, String), Vec<Elem>> {
-    let mut out: BTreeMap<(u32, String), Vec<Elem>> = BTreeMap::new();
-    for e in elems {
-        let mut key = Vec::with_capacity(4);
-        layout::word(&mut key, e.key);
-        let data = with_data.then(|| {
-            let mut v = Vec::with_capacity(20);
-            layout::addr(&mut v, e.addr.ip());
-            layout::port(&mut v, e.addr.port());
-            Data::Value(v)
+/// Writes shard map elements (`add` with their data, else deleted), one run of messages per
+/// map: `elems` sorted by map (as `ChainOps` and `Chains::all` hold them) makes one run each.
+pub(super) fn picks(b: &mut Batch, cfg: &NftConfig, elems: &[PickElement], add: bool) {
+    for run in elems.chunk_by(|a, b| a.map == b.map) {
+        let map = run[0].map;
+        let elems = run.iter().map(|e| {
+            let mut key = Reg::default();
+            layout::word(&mut key, e.key);
+            let data = add.then(|| {
+                let mut v = Reg::default();
+                layout::addr(&mut v, e.addr.ip());
+                layout::port(&mut v, e.addr.port());
+                Data::Value(v)
+            });
+            Elem { key, data }
         });
-        out.entry((e.map.table(), e.map.name()))
-            .or_default()
-            .push(Elem { key, data });
+        b.elements(
+            add,
+            &nft::table_name(cfg, Some(map.table())),
+            &map.name(),
+            elems,
+        );
     }
-    out
 }
 
 /// `addr . l4proto . port` or, for a NodePort, `l4proto . port`.
-fn key(e: &Element) -> Vec<u8> {
-    let mut k = Vec::with_capacity(24);
+fn key(e: &Element) -> Reg {
+    let mut k = Reg::default();
     match *e {
         Element::Service { ip, protocol, port } => {
             layout::addr(&mut k, ip);
@@ -153,12 +139,12 @@ fn key(e: &Element) -> Vec<u8> {
 }
 
 /// The verdict `nft::verdict_text` writes, as data.
-fn verdict(protocol: Protocol, t: &Target) -> Data {
+fn verdict(protocol: Protocol, t: &Target) -> Data<'_> {
     match (protocol, t.verdict) {
-        (Protocol::Udp, Verdict::Proxy) => Data::Jump("udp-tproxy".into()),
-        (_, Verdict::Proxy) => Data::Jump("tcp-redirect".into()),
-        (_, Verdict::Reject) => Data::Jump("no-endpoints".into()),
-        (_, Verdict::Drop) => Data::Jump("no-local-endpoints".into()),
-        (_, Verdict::Kernel) => Data::Goto(t.chain.as_deref().unwrap_or_default().to_string()),
+        (Protocol::Udp, Verdict::Proxy) => Data::Jump("udp-tproxy"),
+        (_, Verdict::Proxy) => Data::Jump("tcp-redirect"),
+        (_, Verdict::Reject) => Data::Jump("no-endpoints"),
+        (_, Verdict::Drop) => Data::Jump("no-local-endpoints"),
+        (_, Verdict::Kernel) => Data::Goto(t.chain.as_deref().unwrap_or_default()),
     }
 }

@@ -397,9 +397,9 @@ impl Syncer {
             Plane::Nft { .. } => Some(self.kernel_config()),
             Plane::Bind(_) => None,
         };
-        let (changes, ops) = self
-            .cache
-            .update(snap, &self.shared.cfg.node, kernel.as_ref());
+        let (mut changes, mut ops) =
+            self.cache
+                .update(snap, &self.shared.cfg.node, kernel.as_ref());
         let computed = seen.elapsed();
         // The time the transaction itself took, and its CPU time, for the log.
         let mut applying = Duration::ZERO;
@@ -435,6 +435,14 @@ impl Syncer {
                 // Over netlink where every part has an encoding (netlink_update.rs for
                 // changes, netlink_full.rs for a whole table); the rest through `nft -f`.
                 let (netlink, script) = if *full {
+                    // The whole table is written from the chains' state: the change lists
+                    // (on the first sync, a copy of every element, chain and rule) go first,
+                    // so they and the table's batch are never in memory together.
+                    drop(std::mem::take(&mut changes));
+                    ops = ChainOps {
+                        endpoints_gone: std::mem::take(&mut ops.endpoints_gone),
+                        ..ChainOps::default()
+                    };
                     let (chains, hairpin, pick_maps, picks) = self.cache.chains().all();
                     let kernel = nft::KernelChains {
                         chains,
