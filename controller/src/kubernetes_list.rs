@@ -229,7 +229,8 @@ async fn send<K: Listed>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let body = response.into_body().collect_bytes().await?.to_vec();
+    // Without a copy where the buffer is not shared.
+    let body = Vec::from(response.into_body().collect_bytes().await?);
     if code.is_success() {
         return Ok((content_type, body));
     }
