@@ -139,13 +139,15 @@ pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::J
         ($api:expr, $kind:expr, $conv:expr, $crd:expr, $cfg:expr, $whole:expr) => {
             tasks.push(tokio::spawn(watch_kind(
                 $api,
-                $cfg,
-                $kind,
+                Watched {
+                    kind: $kind,
+                    conv: $conv,
+                    is_crd: $crd,
+                    config: $cfg,
+                    whole: $whole,
+                },
                 tx.clone(),
                 metrics.clone(),
-                $conv,
-                $crd,
-                $whole,
             )))
         };
     }
@@ -335,18 +337,29 @@ fn reason_of(e: &watcher::Error) -> &'static str {
     }
 }
 
-async fn watch_kind<K>(
-    api: Api<K>,
-    config: watcher::Config,
+/// How one kind is read and converted.
+struct Watched<K> {
     kind: Kind,
-    tx: Sender,
-    metrics: Metrics,
     conv: fn(&K) -> Result<Option<Object>, ConvertError>,
+    /// A Gateway API kind: 404 means its CRD is not installed.
     is_crd: bool,
+    config: watcher::Config,
+    /// Where whole lists come from where streaming lists are refused; kube-runtime's JSON
+    /// lists when `None`.
     whole: Option<WholeLists<K>>,
-) where
+}
+
+async fn watch_kind<K>(api: Api<K>, watched: Watched<K>, tx: Sender, metrics: Metrics)
+where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    let Watched {
+        kind,
+        conv,
+        is_crd,
+        config,
+        whole,
+    } = watched;
     let source = SourceId::new(Origin::Kubernetes, kind.as_str());
     let part = format!("kubernetes/{}", kind.as_str());
     let send = |change: Change| tx.send(Event::now(change)).is_ok();

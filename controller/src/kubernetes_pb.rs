@@ -120,11 +120,16 @@ pub trait ProtobufKind: Sized {
     fn from_pb(item: Self::Item) -> Self;
 }
 
-/// A decoded list: its resource version (to watch from) and its items, each converted to the
-/// k8s-openapi shape when the iterator reaches it.
+/// A decoded list's items, each moved into the k8s-openapi shape when the iterator reaches it.
+pub type Items<K> = std::iter::Map<
+    std::vec::IntoIter<<K as ProtobufKind>::Item>,
+    fn(<K as ProtobufKind>::Item) -> K,
+>;
+
+/// A decoded list: its resource version (to watch from) and its items.
 pub struct List<K: ProtobufKind> {
     pub resource_version: String,
-    pub items: std::iter::Map<std::vec::IntoIter<K::Item>, fn(K::Item) -> K>,
+    pub items: Items<K>,
 }
 
 impl<K: ProtobufKind> List<K> {
