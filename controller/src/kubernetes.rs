@@ -20,7 +20,10 @@
 //! missing feature, as kube-apiserver on an etcd without `RequestWatchProgress` sends) or ends
 //! the stream before that bookmark, the kind falls back to whole lists at `resourceVersion=0`
 //! (served from kube-apiserver's watch cache, one response per kind) for the rest of the
-//! process: the refusal is paid once per kind and is not an outage.
+//! process: the refusal is paid once per kind and is not an outage. Those whole lists of
+//! Services and EndpointSlices ask for protobuf and are read by [`list_watch`]
+//! (`kubernetes_list.rs`, `kubernetes_pb.rs`) instead of kube-runtime's watcher; the other
+//! kinds' lists, every watch and the streaming lists are JSON.
 //!
 //! ReferenceGrants (`gateway.networking.k8s.io/v1beta1`) are watched like the other Gateway
 //! API kinds; they decide cross-namespace backendRefs and certificateRefs.
