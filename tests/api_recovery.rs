@@ -321,6 +321,22 @@ async fn gone_after_etcd_compaction_relists_at_once() {
     let gone = r#"switchboard_watch_restarts_total{kind="Service",reason="gone"}"#;
     let relists = r#"switchboard_watch_restarts_total{kind="Service",reason="relist"}"#;
     assert_eq!(sb.metric(gone).await.unwrap_or(0.0), 0.0);
+    // Where streaming lists are refused (Debian's etcd 3.4 here), Services and EndpointSlices
+    // are listed whole in protobuf, as kube-apiserver serves them (kubernetes_list.rs).
+    let protobuf_lists = |kind: &str| {
+        format!(r#"switchboard_kube_lists_total{{encoding="protobuf",kind="{kind}"}}"#)
+    };
+    let refused = r#"switchboard_watch_restarts_total{kind="Service",reason="streaming_refused"}"#;
+    let streaming_refused = sb.metric(refused).await.unwrap_or(0.0) > 0.0;
+    for kind in ["Service", "EndpointSlice"] {
+        let n = sb.metric(&protobuf_lists(kind)).await.unwrap_or(0.0);
+        assert!(
+            !streaming_refused || n == 1.0,
+            "{kind}: {n} protobuf lists\n{}",
+            sb.log()
+        );
+        eprintln!("{kind}: {n} whole lists in protobuf (streaming refused: {streaming_refused})");
+    }
 
     // etcd's history is compacted past every resource version switchboard holds, and etcd
     // restarted: the API server's watch cache resumes its own etcd watch, is told "compacted",
@@ -355,6 +371,16 @@ async fn gone_after_etcd_compaction_relists_at_once() {
         "410 and relist counted:\n{}",
         sb.admin_get("/metrics").await.1
     );
+    if streaming_refused {
+        // The relist is a protobuf list too.
+        let n = sb.metric(&protobuf_lists("Service")).await.unwrap_or(0.0);
+        assert!(n >= 2.0, "{n} protobuf lists of Services\n{}", sb.log());
+        assert!(
+            sb.log_contains("encoding=protobuf"),
+            "no protobuf list logged\n{}",
+            sb.log()
+        );
+    }
     let gone_to_relisted = log_time(&relisted).unwrap() - log_time(&too_old).unwrap();
     let gone_to_answered = answered_wall - log_time(&too_old).unwrap();
     eprintln!(

@@ -192,6 +192,13 @@ async fn refused_streaming_lists_fall_back_to_whole_lists_once_per_kind() {
         sb.wait_log("ready: every source has synced", Duration::from_secs(5))
             .await;
         assert!(sb.tables().await.contains("service default/a "), "{mode:?}");
+        // The two big kinds were listed whole in protobuf (kubernetes_list.rs).
+        for kind in ["Service", "EndpointSlice"] {
+            let pb =
+                format!(r#"switchboard_kube_lists_total{{encoding="protobuf",kind="{kind}"}}"#);
+            assert_eq!(sb.metric(&pb).await, Some(1.0), "{mode:?} {kind}");
+        }
+        assert_eq!(api.stats().protobuf_lists, 2, "{mode:?}");
         let fell_back =
             format!(r#"switchboard_watch_restarts_total{{kind="Service",reason="{reason}"}}"#);
         assert_eq!(sb.metric(&fell_back).await, Some(1.0), "{mode:?}");
@@ -254,6 +261,68 @@ async fn refused_streaming_lists_fall_back_to_whole_lists_once_per_kind() {
             "{mode:?}: paid once"
         );
         assert_eq!(sb.log_count(message), KINDS, "{mode:?}");
+    }
+}
+
+/// Whole lists of Services and EndpointSlices ask for protobuf and take JSON: a server that
+/// answers JSON is read as JSON, and a protobuf body that cannot be read (bad magic, cut short)
+/// is logged with the reason and listed again as JSON. Either way the kind syncs, the watch
+/// that follows carries changes, and no outage is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_lists_fall_back_to_json() {
+    use apiserver::{Protobuf, StreamingLists};
+    const SLICE: &str = "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: a-1, namespace: default, labels: {kubernetes.io/service-name: a}}
+addressType: IPv4
+endpoints: [{addresses: [10.1.0.1], conditions: {ready: true}}]
+ports: [{name: http, port: 8080}]
+";
+    let unreadable = "cannot read the protobuf list; listing this kind as JSON instead";
+    // mode, JSON lists per kind, unreadable bodies logged
+    for (mode, json, logged) in [
+        (Protobuf::Served, 0.0, 0),
+        (Protobuf::Refused, 1.0, 0),
+        (Protobuf::BadMagic, 1.0, 2),
+        (Protobuf::Truncated, 1.0, 2),
+    ] {
+        let opts = Options {
+            streaming_lists: StreamingLists::Invalid,
+            protobuf: mode,
+            ..Options::default()
+        };
+        let Setup { api, sb, .. } = setup_with(opts, &[], |api| {
+            api.apply_yaml(&svc("a", "10.0.0.1"));
+            api.apply_yaml(SLICE);
+        })
+        .await;
+        sb.wait_tables("a with its endpoint", |t| {
+            t.contains("service default/a ") && t.contains("10.1.0.1")
+        })
+        .await;
+        for kind in ["Service", "EndpointSlice"] {
+            let count = |encoding: &str| {
+                format!(r#"switchboard_kube_lists_total{{encoding="{encoding}",kind="{kind}"}}"#)
+            };
+            let pb = sb.metric(&count("protobuf")).await.unwrap_or(0.0);
+            let js = sb.metric(&count("json")).await.unwrap_or(0.0);
+            assert_eq!(
+                (pb, js),
+                (1.0 - json, json),
+                "{mode:?} {kind}\n{}",
+                sb.log()
+            );
+        }
+        assert_eq!(sb.log_count(unreadable), logged, "{mode:?}\n{}", sb.log());
+        // The watch from the list's resource version carries the next change.
+        api.apply_yaml(&svc("b", "10.0.0.2"));
+        sb.wait_tables("b through the watch", |t| t.contains("service default/b "))
+            .await;
+        assert!(
+            !sb.log_contains("source cannot be read"),
+            "{mode:?}: not an outage\n{}",
+            sb.log()
+        );
     }
 }
 

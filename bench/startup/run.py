@@ -236,8 +236,8 @@ LABELS = {
     "files": "switchboard, manifest directory (one file per Service)",
     "files-ns": "switchboard, manifest directory (one file per namespace)",
     "api-stream": "switchboard, test API server, streaming lists (default)",
-    "api-pages": "switchboard, test API server, streaming refused: plain lists",
-    "api-kube": "switchboard, kube-apiserver, streaming refused: plain lists",
+    "api-pages": "switchboard, test API server, streaming refused: whole lists",
+    "api-kube": "switchboard, kube-apiserver, streaming refused: whole lists",
     "knot": "Knot DNS, zone file",
     "nsd": "NSD, zone file",
 }
@@ -252,6 +252,10 @@ def summarize(results):
     for r in results["rounds"]:
         by.setdefault(r["target"], []).append(r)
     base = f" --baseline-bin {a['baseline_bin']}" if a.get("baseline_bin") else ""
+    if a.get("targets") and a["targets"] != ",".join(TARGETS):
+        base = f" --targets {a['targets']}{base}"
+    if a.get("runs") != 3:
+        base += f" --runs {a['runs']}"
     knot = B.median_spread([r["s"] for r in by.get("knot", [])])
     lines = [
         "## Start-up to all-correct", "",
@@ -292,7 +296,9 @@ def summarize(results):
                   "pays one refused watch per kind and then lists it: since 2026-12-06 whole, at "
                   "`resourceVersion=0` (served from the watch cache in one response per kind), "
                   "before that in 500-object pages without a resource version (read from etcd "
-                  "page by page)."]
+                  "page by page); since 2026-12-06 15:30 Services and EndpointSlices in protobuf "
+                  "(6.3 MB and 14 MB instead of 10 MB and 29 MB of JSON), where the test API "
+                  "server encodes its stored JSON objects into protobuf on each list."]
     lines += ["", "The API rows depend on the API server: the test API server builds and encodes "
               "the list from its store on each request and shares the 2 cores with switchboard; "
               "kube-apiserver serves lists from its watch cache. The issue's outside run measured "

@@ -20,7 +20,10 @@
 //! missing feature, as kube-apiserver on an etcd without `RequestWatchProgress` sends) or ends
 //! the stream before that bookmark, the kind falls back to whole lists at `resourceVersion=0`
 //! (served from kube-apiserver's watch cache, one response per kind) for the rest of the
-//! process: the refusal is paid once per kind and is not an outage.
+//! process: the refusal is paid once per kind and is not an outage. Those whole lists of
+//! Services and EndpointSlices ask for protobuf and are read by [`list_watch`]
+//! (`kubernetes_list.rs`, `kubernetes_pb.rs`) instead of kube-runtime's watcher; the other
+//! kinds' lists, every watch and the streaming lists are JSON.
 //!
 //! ReferenceGrants (`gateway.networking.k8s.io/v1beta1`) are watched like the other Gateway
 //! API kinds; they decide cross-namespace backendRefs and certificateRefs.
@@ -46,6 +49,7 @@ use tables::{Kind, Object, ObjectKey, Origin, SourceId};
 
 use crate::convert::{self, ConvertError};
 use crate::gateway_api as gw;
+use crate::kubernetes_list::list_watch;
 use crate::{Change, Event, Metrics, Sender};
 
 pub use crate::kubeconfig::{client, ClientError};
@@ -133,27 +137,33 @@ pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::J
     let mut tasks = Vec::new();
     macro_rules! watch {
         ($api:expr, $kind:expr, $conv:expr, $crd:expr) => {
-            watch!($api, $kind, $conv, $crd, watcher::Config::default())
+            watch!($api, $kind, $conv, $crd, watcher::Config::default(), None)
         };
-        ($api:expr, $kind:expr, $conv:expr, $crd:expr, $cfg:expr) => {
+        ($api:expr, $kind:expr, $conv:expr, $crd:expr, $cfg:expr, $whole:expr) => {
             tasks.push(tokio::spawn(watch_kind(
                 $api,
-                $cfg,
-                $kind,
+                Watched {
+                    kind: $kind,
+                    conv: $conv,
+                    is_crd: $crd,
+                    config: $cfg,
+                    whole: $whole,
+                },
                 tx.clone(),
                 metrics.clone(),
-                $conv,
-                $crd,
             )))
         };
     }
+    // The two big kinds are listed whole in protobuf where streaming lists are refused.
     watch!(
         Api::<core::Service>::all(client.clone()),
         Kind::Service,
         |o: &core::Service| convert::service(o, "default")
             .map(Object::Service)
             .map(Some),
-        false
+        false,
+        watcher::Config::default(),
+        Some(list_watch::<core::Service>)
     );
     watch!(
         Api::<discovery::EndpointSlice>::all(client.clone()),
@@ -161,7 +171,9 @@ pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::J
         |o: &discovery::EndpointSlice| convert::endpoint_slice(o, "default")
             .map(Object::EndpointSlice)
             .map(Some),
-        false
+        false,
+        watcher::Config::default(),
+        Some(list_watch::<discovery::EndpointSlice>)
     );
     watch!(
         Api::<networking::Ingress>::all(client.clone()),
@@ -221,10 +233,19 @@ pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::J
             }
         },
         false,
-        watcher::Config::default().fields(&format!("type={}", convert::TLS_SECRET_TYPE))
+        watcher::Config::default().fields(&format!("type={}", convert::TLS_SECRET_TYPE)),
+        None
     );
     tasks
 }
+
+/// The stream of a kind's whole lists (then its watch) where kube-runtime's JSON lists are not
+/// used: [`list_watch`], protobuf lists of Services and EndpointSlices.
+type WholeLists<K> = fn(
+    Api<K>,
+    Kind,
+    Metrics,
+) -> futures::stream::BoxStream<'static, Result<WEvent<K>, watcher::Error>>;
 
 fn key_of<K: ResourceExt>(kind: Kind, obj: &K) -> ObjectKey {
     let ns = if matches!(kind, Kind::GatewayClass | Kind::Namespace) {
@@ -319,23 +340,38 @@ fn reason_of(e: &watcher::Error) -> &'static str {
     }
 }
 
-async fn watch_kind<K>(
-    api: Api<K>,
-    config: watcher::Config,
+/// How one kind is read and converted.
+struct Watched<K> {
     kind: Kind,
-    tx: Sender,
-    metrics: Metrics,
     conv: fn(&K) -> Result<Option<Object>, ConvertError>,
+    /// A Gateway API kind: 404 means its CRD is not installed.
     is_crd: bool,
-) where
+    config: watcher::Config,
+    /// Where whole lists come from where streaming lists are refused; kube-runtime's JSON
+    /// lists when `None`.
+    whole: Option<WholeLists<K>>,
+}
+
+async fn watch_kind<K>(api: Api<K>, watched: Watched<K>, tx: Sender, metrics: Metrics)
+where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
+    let Watched {
+        kind,
+        conv,
+        is_crd,
+        config,
+        whole,
+    } = watched;
     let source = SourceId::new(Origin::Kubernetes, kind.as_str());
     let part = format!("kubernetes/{}", kind.as_str());
     let send = |change: Change| tx.send(Event::now(change)).is_ok();
     // No StreamBackoff: the loop below sleeps after errors itself, so that a 410 relists at once.
     let mut listing = Listing::Streaming;
-    let start = |listing: Listing| watcher::watcher(api.clone(), listing.config(&config)).boxed();
+    let start = |listing: Listing| match (listing, whole) {
+        (Listing::Whole, Some(whole)) => whole(api.clone(), kind, metrics.clone()),
+        _ => watcher::watcher(api.clone(), listing.config(&config)).boxed(),
+    };
     let mut stream = start(listing);
     // From a new stream until its InitDone: the watcher is reading the kind's complete state
     // (with streaming lists: in the initial events of a `sendInitialEvents` watch), and `Init`
@@ -420,6 +456,13 @@ async fn watch_kind<K>(
                     tracing::info!(%kind, objects = buffer.len(), "relisted");
                 }
                 lists += 1;
+                if listing == Listing::Streaming || whole.is_none() {
+                    // Whole lists of their own count themselves, with their encoding.
+                    metrics
+                        .kube_lists
+                        .with_label_values(&[kind.as_str(), "json"])
+                        .inc();
+                }
                 if crd_missing {
                     tracing::info!(%kind, "Gateway API CRD found; serving its objects");
                     crd_missing = false;

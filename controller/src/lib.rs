@@ -20,6 +20,8 @@ pub mod gateway_api;
 pub mod health;
 pub mod kubeconfig;
 pub mod kubernetes;
+mod kubernetes_list;
+pub mod kubernetes_pb;
 pub mod locate;
 pub mod metrics;
 pub mod parse;

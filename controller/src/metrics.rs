@@ -13,6 +13,7 @@ pub struct Metrics {
     pub objects: IntGaugeVec,
     pub programming_latency: Histogram,
     pub watch_restarts: IntCounterVec,
+    pub kube_lists: IntCounterVec,
     pub source_errors: IntCounterVec,
     pub ready: IntGauge,
     pub source_up: IntGaugeVec,
@@ -51,6 +52,13 @@ impl Metrics {
                 ),
                 &["kind", "reason"],
             )?,
+            kube_lists: IntCounterVec::new(
+                Opts::new(
+                    "switchboard_kube_lists_total",
+                    "Whole lists read from the Kubernetes API, by kind and encoding (protobuf or json).",
+                ),
+                &["kind", "encoding"],
+            )?,
             source_errors: IntCounterVec::new(
                 Opts::new(
                     "switchboard_source_errors_total",
@@ -82,6 +90,7 @@ impl Metrics {
         registry.register(Box::new(m.objects.clone()))?;
         registry.register(Box::new(m.programming_latency.clone()))?;
         registry.register(Box::new(m.watch_restarts.clone()))?;
+        registry.register(Box::new(m.kube_lists.clone()))?;
         registry.register(Box::new(m.source_errors.clone()))?;
         registry.register(Box::new(m.ready.clone()))?;
         registry.register(Box::new(m.source_up.clone()))?;

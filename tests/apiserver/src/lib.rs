@@ -57,6 +57,10 @@
 //!   those the ways real servers do ([`StreamingLists`]). Streams end cleanly after
 //!   `timeoutSeconds`, and carry a BOOKMARK every [`Options::bookmark_interval`]
 //!   when bookmarks were asked for.
+//! * **protobuf**: a list of Services or EndpointSlices asked for with `Accept:
+//!   application/vnd.kubernetes.protobuf` is answered in kube-apiserver's protobuf envelope
+//!   (`k8s\0` + `runtime.Unknown`); everything else, watches and errors included, in JSON.
+//!   [`Options::protobuf`] refuses it or breaks it on purpose ([`Protobuf`]).
 //! * `labelSelector` and `fieldSelector` are accepted and ignored.
 //! * Errors are HTTP status codes with a `metav1.Status` JSON body; unknown paths
 //!   are 404 `NotFound` (and logged at debug level).
@@ -64,6 +68,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod protobuf;
 mod resources;
 mod server;
 mod store;
@@ -83,6 +88,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::protobuf::Protobuf;
 use crate::server::{lock, Counters, Fault, Shared};
 use crate::store::{Data, Store};
 
@@ -105,6 +111,9 @@ pub struct Options {
     /// How streaming lists (`watch=true&sendInitialEvents=true`) are answered. Switch at run
     /// time with [`ApiServer::set_streaming_lists`]. Default: [`StreamingLists::Served`].
     pub streaming_lists: StreamingLists,
+    /// How lists asked for in protobuf are answered. Switch at run time with
+    /// [`ApiServer::set_protobuf`]. Default: [`Protobuf::Served`].
+    pub protobuf: Protobuf,
 }
 
 impl Default for Options {
@@ -114,6 +123,7 @@ impl Default for Options {
             history: 1000,
             bookmark_interval: Some(Duration::from_secs(5)),
             streaming_lists: StreamingLists::Served,
+            protobuf: Protobuf::Served,
         }
     }
 }
@@ -157,6 +167,8 @@ pub struct Stats {
     pub errors_injected: u64,
     /// Requests answered 404 because of an unknown path or a missing CRD.
     pub not_found: u64,
+    /// Lists answered in protobuf.
+    pub protobuf_lists: u64,
 }
 
 /// The persistent state of a server (objects, resource version counter and
@@ -237,6 +249,7 @@ impl ApiServer {
             counters: Counters::default(),
             bookmark_interval: opts.bookmark_interval.filter(|d| !d.is_zero()),
             streaming_lists: Mutex::new(opts.streaming_lists),
+            protobuf: Mutex::new(opts.protobuf),
             log: Mutex::new(VecDeque::new()),
             user_agents: Mutex::new(Default::default()),
         });
@@ -444,6 +457,11 @@ impl ApiServer {
     /// Changes how following streaming lists are answered (open watches are not affected).
     pub fn set_streaming_lists(&self, mode: StreamingLists) {
         *lock(&self.shared().streaming_lists) = mode;
+    }
+
+    /// Changes how following lists asked for in protobuf are answered.
+    pub fn set_protobuf(&self, mode: Protobuf) {
+        *lock(&self.shared().protobuf) = mode;
     }
 
     /// Whether the Gateway API CRDs are installed.

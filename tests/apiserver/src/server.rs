@@ -25,6 +25,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::protobuf::{self, Protobuf};
 use crate::resources::{self, GATEWAY_GROUP, RESOURCES};
 use crate::store::{bookmark_line, event_line, json_line, ListError, Msg, Store, WatchStart};
 use crate::util::{parse_query, reason_for, status_json};
@@ -55,6 +56,7 @@ pub(crate) struct Counters {
     pub watches: AtomicU64,
     pub errors_injected: AtomicU64,
     pub not_found: AtomicU64,
+    pub protobuf_lists: AtomicU64,
 }
 
 /// State shared by the handle and every connection task.
@@ -66,6 +68,7 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub bookmark_interval: Option<Duration>,
     pub streaming_lists: Mutex<StreamingLists>,
+    pub protobuf: Mutex<Protobuf>,
     pub log: Mutex<VecDeque<String>>,
     /// Distinct `User-Agent` headers seen (`-` for none).
     pub user_agents: Mutex<std::collections::BTreeSet<String>>,
@@ -92,6 +95,7 @@ impl Shared {
             active_watches: self.store().active_watches(),
             errors_injected: c.errors_injected.load(Ordering::Relaxed),
             not_found: c.not_found.load(Ordering::Relaxed),
+            protobuf_lists: c.protobuf_lists.load(Ordering::Relaxed),
         }
     }
 
@@ -254,6 +258,11 @@ fn not_found_response(shared: &Shared) -> Response<Body> {
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query());
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let line = format!("{} {}", req.method(), req.uri());
     debug!(request = %line, "apiserver: request");
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -350,7 +359,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
                 watch(&shared, resource, namespace, &query)
             } else {
-                list(&shared, resource, namespace.as_deref(), &query)
+                list(
+                    &shared,
+                    resource,
+                    namespace.as_deref(),
+                    &query,
+                    accept.as_deref(),
+                )
             }
         }
         Route::Object {
@@ -402,6 +417,7 @@ fn list(
     resource: usize,
     namespace: Option<&str>,
     query: &HashMap<String, String>,
+    accept: Option<&str>,
 ) -> Response<Body> {
     shared.counters.lists.fetch_add(1, Ordering::Relaxed);
     let rt = &RESOURCES[resource];
@@ -453,6 +469,27 @@ fn list(
             }
         };
     drop(store);
+    let mode = *lock(&shared.protobuf);
+    if protobuf::wanted(accept, rt.kind, mode) {
+        shared
+            .counters
+            .protobuf_lists
+            .fetch_add(1, Ordering::Relaxed);
+        let body = protobuf::list_body(
+            rt.kind,
+            &rt.api_version(),
+            &page.rv.to_string(),
+            page.next.as_deref(),
+            &page.items,
+            mode,
+        );
+        let mut resp = Response::new(full(body));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(protobuf::PROTOBUF),
+        );
+        return resp;
+    }
     let mut metadata = json!({ "resourceVersion": page.rv.to_string() });
     if let Some(next) = page.next {
         metadata["continue"] = json!(next);

@@ -1,0 +1,336 @@
+//! The protobuf envelope and the pb → k8s-openapi moves: the same object read from protobuf and
+//! from JSON converts to the same model, and every broken body is an error, never a panic.
+
+use super::*;
+use crate::convert;
+use k8s_pb::apimachinery::pkg::runtime::TypeMeta;
+
+/// `raw` in kube-apiserver's envelope, the list's kind named.
+fn envelope(kind: &str, raw: Vec<u8>, encoding: &str) -> Vec<u8> {
+    let mut body = MAGIC.to_vec();
+    Unknown {
+        type_meta: Some(TypeMeta {
+            api_version: Some("v1".into()),
+            kind: Some(kind.into()),
+        }),
+        raw: Some(raw),
+        content_encoding: Some(encoding.into()),
+        content_type: Some(String::new()),
+    }
+    .encode(&mut body)
+    .unwrap();
+    body
+}
+
+fn pb_meta(name: &str) -> Option<pb_meta::ObjectMeta> {
+    Some(pb_meta::ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("shop".into()),
+        labels: [(convert::SERVICE_NAME_LABEL.to_string(), "web".to_string())].into(),
+        annotations: [
+            ("switchboard.dev/lb".to_string(), "p2c".to_string()),
+            (
+                "endpoints.kubernetes.io/last-change-trigger-time".to_string(),
+                "2026-12-06T10:00:00Z".to_string(),
+            ),
+        ]
+        .into(),
+        resource_version: Some("17".into()),
+        ..Default::default()
+    })
+}
+
+/// Every field `convert::service` reads, set.
+fn pb_service() -> pb_core::Service {
+    let int_or_string = |t: i64, i: Option<i32>, s: Option<&str>| {
+        Some(k8s_pb::apimachinery::pkg::util::intstr::IntOrString {
+            r#type: Some(t),
+            int_val: i,
+            str_val: s.map(Into::into),
+        })
+    };
+    pb_core::Service {
+        metadata: pb_meta("web"),
+        spec: Some(pb_core::ServiceSpec {
+            ports: vec![
+                pb_core::ServicePort {
+                    name: Some("http".into()),
+                    protocol: Some("TCP".into()),
+                    app_protocol: Some("http".into()),
+                    port: Some(80),
+                    target_port: int_or_string(1, None, Some("web")),
+                    node_port: Some(30080),
+                },
+                pb_core::ServicePort {
+                    name: Some("dns".into()),
+                    protocol: Some("UDP".into()),
+                    port: Some(53),
+                    target_port: int_or_string(0, Some(5353), None),
+                    ..Default::default()
+                },
+            ],
+            cluster_ip: Some("10.96.0.10".into()),
+            cluster_ips: vec!["10.96.0.10".into(), "fd00::10".into()],
+            r#type: Some("LoadBalancer".into()),
+            external_ips: vec!["192.0.2.1".into()],
+            session_affinity: Some("ClientIP".into()),
+            load_balancer_source_ranges: vec!["198.51.100.0/24".into()],
+            external_traffic_policy: Some("Local".into()),
+            health_check_node_port: Some(31000),
+            publish_not_ready_addresses: Some(true),
+            session_affinity_config: Some(pb_core::SessionAffinityConfig {
+                client_ip: Some(pb_core::ClientIpConfig {
+                    timeout_seconds: Some(600),
+                }),
+            }),
+            internal_traffic_policy: Some("Cluster".into()),
+            traffic_distribution: Some("PreferClose".into()),
+            ..Default::default()
+        }),
+        status: Some(pb_core::ServiceStatus {
+            load_balancer: Some(pb_core::LoadBalancerStatus {
+                ingress: vec![pb_core::LoadBalancerIngress {
+                    ip: Some("203.0.113.7".into()),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The same Service as the API's JSON.
+const SERVICE_JSON: &str = r#"{
+  "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "17",
+    "labels": {"kubernetes.io/service-name": "web"},
+    "annotations": {"switchboard.dev/lb": "p2c",
+      "endpoints.kubernetes.io/last-change-trigger-time": "2026-12-06T10:00:00Z"}},
+  "spec": {
+    "ports": [
+      {"name": "http", "protocol": "TCP", "appProtocol": "http", "port": 80, "targetPort": "web", "nodePort": 30080},
+      {"name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353}],
+    "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::10"], "type": "LoadBalancer",
+    "externalIPs": ["192.0.2.1"], "sessionAffinity": "ClientIP",
+    "loadBalancerSourceRanges": ["198.51.100.0/24"], "externalTrafficPolicy": "Local",
+    "healthCheckNodePort": 31000, "publishNotReadyAddresses": true,
+    "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
+    "internalTrafficPolicy": "Cluster", "trafficDistribution": "PreferClose"},
+  "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}
+}"#;
+
+fn pb_slice() -> pb_discovery::EndpointSlice {
+    let name = |n: &str| Some(n.to_string());
+    pb_discovery::EndpointSlice {
+        metadata: pb_meta("web-1"),
+        address_type: Some("IPv4".into()),
+        endpoints: vec![
+            pb_discovery::Endpoint {
+                addresses: vec!["10.1.0.1".into()],
+                conditions: Some(pb_discovery::EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                hostname: Some("web-0".into()),
+                target_ref: Some(pb_core::ObjectReference {
+                    kind: Some("Pod".into()),
+                    namespace: Some("shop".into()),
+                    name: Some("web-0".into()),
+                    ..Default::default()
+                }),
+                node_name: Some("node-a".into()),
+                zone: Some("zone-a".into()),
+                hints: Some(pb_discovery::EndpointHints {
+                    for_zones: vec![pb_discovery::ForZone {
+                        name: name("zone-a"),
+                    }],
+                    for_nodes: vec![pb_discovery::ForNode {
+                        name: name("node-a"),
+                    }],
+                }),
+                ..Default::default()
+            },
+            pb_discovery::Endpoint {
+                addresses: vec!["10.1.0.2".into()],
+                conditions: Some(pb_discovery::EndpointConditions {
+                    ready: Some(false),
+                    serving: Some(true),
+                    terminating: Some(true),
+                }),
+                ..Default::default()
+            },
+        ],
+        ports: vec![pb_discovery::EndpointPort {
+            name: Some("http".into()),
+            protocol: Some("TCP".into()),
+            port: Some(8080),
+            app_protocol: Some("http".into()),
+        }],
+    }
+}
+
+const SLICE_JSON: &str = r#"{
+  "metadata": {"name": "web-1", "namespace": "shop", "resourceVersion": "17",
+    "labels": {"kubernetes.io/service-name": "web"},
+    "annotations": {"switchboard.dev/lb": "p2c",
+      "endpoints.kubernetes.io/last-change-trigger-time": "2026-12-06T10:00:00Z"}},
+  "addressType": "IPv4",
+  "endpoints": [
+    {"addresses": ["10.1.0.1"], "conditions": {"ready": true, "serving": true, "terminating": false},
+     "hostname": "web-0", "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-0"},
+     "nodeName": "node-a", "zone": "zone-a",
+     "hints": {"forZones": [{"name": "zone-a"}], "forNodes": [{"name": "node-a"}]}},
+    {"addresses": ["10.1.0.2"], "conditions": {"ready": false, "serving": true, "terminating": true}}],
+  "ports": [{"name": "http", "protocol": "TCP", "port": 8080, "appProtocol": "http"}]
+}"#;
+
+#[test]
+fn a_service_converts_the_same_from_protobuf_and_json() {
+    let raw = pb_core::ServiceList {
+        metadata: Some(pb_meta::ListMeta {
+            resource_version: Some("42".into()),
+            ..Default::default()
+        }),
+        items: vec![pb_service()],
+    }
+    .encode_to_vec();
+    let mut list = list::<core::Service>(&envelope("ServiceList", raw, "")).unwrap();
+    assert_eq!((list.resource_version.as_str(), list.len()), ("42", 1));
+    let from_pb = convert::service(&list.items.next().unwrap(), "default").unwrap();
+    let json: core::Service = serde_json::from_str(SERVICE_JSON).unwrap();
+    assert_eq!(from_pb, convert::service(&json, "default").unwrap());
+}
+
+/// kube-apiserver writes the fields Go declares as values even when they are empty (`nodePort:
+/// 0`, `externalName: ""`), where its JSON leaves them out: they read as absent.
+#[test]
+fn empty_value_fields_read_as_absent() {
+    let svc = pb_core::Service {
+        metadata: pb_meta("plain"),
+        spec: Some(pb_core::ServiceSpec {
+            ports: vec![pb_core::ServicePort {
+                name: Some(String::new()),
+                protocol: Some("TCP".into()),
+                port: Some(80),
+                target_port: Some(k8s_pb::apimachinery::pkg::util::intstr::IntOrString {
+                    r#type: Some(0),
+                    int_val: Some(8080),
+                    str_val: Some(String::new()),
+                }),
+                node_port: Some(0),
+                ..Default::default()
+            }],
+            cluster_ip: Some("10.96.0.5".into()),
+            r#type: Some("ClusterIP".into()),
+            session_affinity: Some("None".into()),
+            external_name: Some(String::new()),
+            external_traffic_policy: Some(String::new()),
+            health_check_node_port: Some(0),
+            publish_not_ready_addresses: Some(false),
+            ..Default::default()
+        }),
+        status: Some(pb_core::ServiceStatus {
+            load_balancer: Some(pb_core::LoadBalancerStatus::default()),
+            ..Default::default()
+        }),
+    };
+    let from_pb = convert::service(&core::Service::from_pb(svc), "default").unwrap();
+    let json: core::Service = serde_json::from_str(
+        r#"{"metadata": {"name": "plain", "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": "web"},
+            "annotations": {"switchboard.dev/lb": "p2c",
+              "endpoints.kubernetes.io/last-change-trigger-time": "2026-12-06T10:00:00Z"}},
+          "spec": {"ports": [{"protocol": "TCP", "port": 80, "targetPort": 8080}],
+            "clusterIP": "10.96.0.5", "type": "ClusterIP", "sessionAffinity": "None"}}"#,
+    )
+    .unwrap();
+    assert_eq!(from_pb, convert::service(&json, "default").unwrap());
+}
+
+#[test]
+fn an_endpoint_slice_converts_the_same_from_protobuf_and_json() {
+    let raw = pb_discovery::EndpointSliceList {
+        metadata: Some(pb_meta::ListMeta {
+            resource_version: Some("43".into()),
+            ..Default::default()
+        }),
+        items: vec![pb_slice()],
+    }
+    .encode_to_vec();
+    let body = envelope("EndpointSliceList", raw, "");
+    let mut list = list::<discovery::EndpointSlice>(&body).unwrap();
+    assert_eq!(list.resource_version, "43");
+    let from_pb = convert::endpoint_slice(&list.items.next().unwrap(), "default").unwrap();
+    let json: discovery::EndpointSlice = serde_json::from_str(SLICE_JSON).unwrap();
+    assert_eq!(from_pb, convert::endpoint_slice(&json, "default").unwrap());
+}
+
+#[test]
+fn broken_bodies_are_errors() {
+    let good = envelope(
+        "ServiceList",
+        pb_core::ServiceList {
+            metadata: None,
+            items: vec![pb_service(); 3],
+        }
+        .encode_to_vec(),
+        "",
+    );
+    let mut garbage = MAGIC.to_vec();
+    garbage.extend_from_slice(&[0xff; 16]);
+    // The list's metadata announced, its length cut short.
+    let bad_raw = envelope("ServiceList", vec![0x0a, 0x80], "");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", vec![], "does not start with the protobuf magic"),
+        (
+            "JSON",
+            br#"{"kind":"ServiceList"}"#.to_vec(),
+            "protobuf magic",
+        ),
+        ("magic only", MAGIC.to_vec(), "holds no object"),
+        ("garbage envelope", garbage, "runtime.Unknown envelope"),
+        (
+            "cut in the middle",
+            good[..good.len() / 2].to_vec(),
+            "runtime.Unknown envelope",
+        ),
+        (
+            "cut inside the list",
+            bad_raw,
+            "cannot decode the ServiceList",
+        ),
+        (
+            "another kind",
+            envelope("Status", vec![], ""),
+            "holds a Status, not a ServiceList",
+        ),
+        (
+            "gzip inside",
+            envelope("ServiceList", vec![], "gzip"),
+            "content encoding \"gzip\"",
+        ),
+    ];
+    for (what, body, message) in cases {
+        match list::<core::Service>(&body) {
+            Ok(_) => panic!("{what}: decoded"),
+            Err(e) => assert!(e.to_string().contains(message), "{what}: {e}"),
+        }
+    }
+    assert_eq!(list::<core::Service>(&good).unwrap().len(), 3);
+}
+
+#[test]
+fn errors_answered_in_protobuf_carry_their_status() {
+    let raw = pb_meta::Status {
+        status: Some("Failure".into()),
+        message: Some("too old resource version: 1 (5)".into()),
+        reason: Some("Expired".into()),
+        code: Some(410),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let s = status(&envelope("Status", raw, "")).unwrap();
+    assert_eq!((s.code, s.reason.as_str()), (410, "Expired"));
+    assert!(s.message.contains("too old"));
+    assert!(status(br#"{"kind":"Status"}"#).is_none());
+}
