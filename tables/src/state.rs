@@ -54,18 +54,25 @@ impl fmt::Display for SourceId {
     }
 }
 
+/// foldhash for the state's maps: every object applied passes through several of them, and
+/// with SipHash their hashing was 1.1% of a 10,000-file start-up's CPU (perf, session 14).
+/// Keys are object names, which only API clients with write access choose; the seed is random
+/// per process.
+type Fast = foldhash::fast::RandomState;
+type Map<K, V> = HashMap<K, V, Fast>;
+
 /// All objects, and the tables compiled from them.
 pub struct ClusterState {
     config: TableConfig,
     /// Claims on each object, one per source that holds it; the first (lowest source) wins.
-    objects: HashMap<ObjectKey, Vec<(SourceId, Arc<Object>)>>,
-    by_source: HashMap<SourceId, HashSet<ObjectKey>>,
+    objects: Map<ObjectKey, Vec<(SourceId, Arc<Object>)>>,
+    by_source: Map<SourceId, HashSet<ObjectKey, Fast>>,
     /// EndpointSlice keys per service, from the effective slices, and the reverse index.
     /// (Sorted vectors: a service has one or a few slices, and a `BTreeSet` node per service
     /// cost ~4 MiB at 10k services.)
-    slices_of: HashMap<ServiceKey, Vec<ObjectKey>>,
-    slice_owner: HashMap<ObjectKey, ServiceKey>,
-    compiled: HashMap<ServiceKey, CompiledService>,
+    slices_of: Map<ServiceKey, Vec<ObjectKey>>,
+    slice_owner: Map<ObjectKey, ServiceKey>,
+    compiled: Map<ServiceKey, CompiledService>,
     dirty: BTreeSet<ServiceKey>,
     http_dirty: bool,
     synced: bool,
@@ -75,7 +82,7 @@ pub struct ClusterState {
     /// source whose copy is served, the source that also defines it).
     conflicts: Vec<(ObjectKey, SourceId, SourceId)>,
     /// Compiled services per namespace: `<ns>.svc.<zone>` exists while this is above zero.
-    services_per_ns: HashMap<Arc<str>, usize>,
+    services_per_ns: Map<Arc<str>, usize>,
     /// Effective objects per origin and kind, kept up to date by `changed`.
     counts: BTreeMap<(Origin, Kind), usize>,
     generation: u64,
@@ -91,17 +98,17 @@ impl ClusterState {
         let current = Snapshot::empty(&config.cluster_domain);
         ClusterState {
             config,
-            objects: HashMap::new(),
-            by_source: HashMap::new(),
-            slices_of: HashMap::new(),
-            slice_owner: HashMap::new(),
-            compiled: HashMap::new(),
+            objects: Map::default(),
+            by_source: Map::default(),
+            slices_of: Map::default(),
+            slice_owner: Map::default(),
+            compiled: Map::default(),
             dirty: BTreeSet::new(),
             http_dirty: false,
             synced: false,
             force_publish: false,
             conflicts: Vec::new(),
-            services_per_ns: HashMap::new(),
+            services_per_ns: Map::default(),
             counts: BTreeMap::new(),
             generation: 0,
             current,
@@ -185,7 +192,7 @@ impl ClusterState {
     /// are (a source lists them but cannot convert them right now). Unchanged objects cost
     /// nothing.
     pub fn reset(&mut self, source: &SourceId, objects: Vec<Object>, keep: &[ObjectKey]) {
-        let mut new_keys: HashSet<ObjectKey> = objects.iter().map(Object::key).collect();
+        let mut new_keys: HashSet<ObjectKey, Fast> = objects.iter().map(Object::key).collect();
         new_keys.extend(keep.iter().cloned());
         let gone: Vec<ObjectKey> = self
             .by_source
