@@ -630,8 +630,13 @@ LABEL_OF = {"knot": "Knot", "nsd": "NSD", "unbound": "Unbound", "dnsmasq": "dnsm
 
 
 def save_results(name, data):
+    """Saves a run's results for `--render` and the summary. A `--no-docs` run (an A/B, a
+    partial or experimental run) saves beside them (`NAME.no-docs.json`): the summary is built
+    from the last documented run, and a partial one must not replace its rows (it once left the
+    L4 rows without HAProxy)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    suffix = ".no-docs" if "--no-docs" in sys.argv else ""
+    path = RESULTS / f"{name}{suffix}.json"
     path.write_text(json.dumps(data, indent=2, default=str))
     return path
 
