@@ -244,21 +244,22 @@ fn source_range_rule(svc: &Service, v6: bool) -> Option<String> {
     if ips.is_empty() {
         return None;
     }
-    let ranges: Vec<String> = svc
-        .load_balancer_source_ranges
+    let ips = ips.join(", ");
+    Some(match prefixes_of(&svc.load_balancer_source_ranges, v6) {
+        None => format!("{fam} daddr {{ {ips} }} drop"),
+        Some(ranges) => format!("{fam} daddr {{ {ips} }} {fam} saddr != {{ {ranges} }} drop"),
+    })
+}
+
+/// The prefixes of one family in nft's set syntax (`10.0.0.0/8, 192.168.0.0/16`); `None` when
+/// there are none of that family.
+pub(super) fn prefixes_of(nets: &[IpNet], v6: bool) -> Option<String> {
+    let nets: Vec<String> = nets
         .iter()
         .filter(|n| matches!(n, IpNet::V6(_)) == v6)
         .map(|n| n.to_string())
         .collect();
-    let ips = ips.join(", ");
-    Some(if ranges.is_empty() {
-        format!("{fam} daddr {{ {ips} }} drop")
-    } else {
-        format!(
-            "{fam} daddr {{ {ips} }} {fam} saddr != {{ {} }} drop",
-            ranges.join(", ")
-        )
-    })
+    (!nets.is_empty()).then(|| nets.join(", "))
 }
 
 /// The body of the chain for traffic of `kind` to `target` in family `v6`; `None` when no

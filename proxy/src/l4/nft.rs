@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use tables::Protocol;
 
-use super::kernel::{Aux, ChainOps};
+use super::kernel::{prefixes_of, Aux, ChainOps};
 use super::pick::{self, PickElement};
 use super::rule::Rule;
 use super::select::Verdict;
@@ -500,14 +500,8 @@ fn dispatch_chain(s: &mut String, cfg: &NftConfig, chain: &str, only_ours: bool,
         if cfg.nodeport_addresses.is_empty() {
             return Some(format!("fib daddr type local {fam} daddr != {lo}"));
         }
-        let nets: Vec<String> = cfg
-            .nodeport_addresses
-            .iter()
-            .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
-            .map(|n| n.to_string())
-            .collect();
-        (!nets.is_empty())
-            .then(|| format!("fib daddr type local {fam} daddr {{ {} }}", nets.join(", ")))
+        prefixes_of(&cfg.nodeport_addresses, v6)
+            .map(|nets| format!("fib daddr type local {fam} daddr {{ {nets} }}"))
     };
     let [v4, v6, np4, np6] = maps;
     let _ = writeln!(
@@ -543,18 +537,11 @@ fn service_table(s: &mut String, cfg: &NftConfig, kernel: &KernelChains<'_>, i: 
         );
     }
     for (v6, ty) in [(false, "ipv4_addr"), (true, "ipv6_addr")] {
-        let nets: Vec<String> = kernel
-            .cluster_cidrs
-            .iter()
-            .filter(|n| matches!(n, ipnet::IpNet::V6(_)) == v6)
-            .map(|n| n.to_string())
-            .collect();
-        if !nets.is_empty() {
+        if let Some(nets) = prefixes_of(&kernel.cluster_cidrs, v6) {
             let n = if v6 { 6 } else { 4 };
             let _ = writeln!(
                 s,
-                "  set cluster-cidrs{n} {{\n    type {ty}\n    flags interval\n    elements = {{ {} }}\n  }}",
-                nets.join(", ")
+                "  set cluster-cidrs{n} {{\n    type {ty}\n    flags interval\n    elements = {{ {nets} }}\n  }}"
             );
         }
     }
