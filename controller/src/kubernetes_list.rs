@@ -195,17 +195,23 @@ async fn list<K: Listed>(
         }
         drop(body);
         let list = api.list(&params).await.map_err(failed)?;
-        let rv = list.metadata.resource_version.clone().unwrap_or_default();
-        done("json", list.items.len());
-        return Ok((rv, Box::new(list.items.into_iter())));
+        return Ok(json(list, done));
     }
     // The server answered JSON to the same request: it has no protobuf for this kind.
     let list: kube::core::ObjectList<K> =
         serde_json::from_slice(&body).map_err(|e| failed(kube::Error::SerdeError(e)))?;
     drop(body);
-    let rv = list.metadata.resource_version.clone().unwrap_or_default();
+    Ok(json(list, done))
+}
+
+/// A JSON list's resource version and objects, counted and logged by `done`.
+fn json<K: Listed>(
+    list: kube::core::ObjectList<K>,
+    done: impl Fn(&str, usize),
+) -> (String, Objects<K>) {
     done("json", list.items.len());
-    Ok((rv, Box::new(list.items.into_iter())))
+    let rv = list.metadata.resource_version.unwrap_or_default();
+    (rv, Box::new(list.items.into_iter()))
 }
 
 /// Sends `request` with `accept` and returns the answer's content type and body; an error
