@@ -5,6 +5,7 @@
 //! ```text
 //!  prerouting (filter, mangle prio) ─ ct direction original ─ jump services ─┐
 //!  output     (route,  mangle prio) ─ ct direction original ─ jump services ─┤
+//!  (both accept first what is already DNATed: `ct status dnat accept`)       │
 //!                                                                            v
 //!  services: ip  daddr . l4proto . dport  vmap @services4   (ClusterIP, externalIP, LB IP)
 //!            ip6 daddr . l4proto . dport  vmap @services6
@@ -402,7 +403,7 @@ pub fn full_script(
     dispatch_chain(&mut s, cfg, "services", false, SERVICE_MAPS);
     let _ = writeln!(
         s,
-        "  chain prerouting {{\n    type filter hook prerouting priority mangle; policy accept;\n    ct direction original jump services"
+        "  chain prerouting {{\n    type filter hook prerouting priority mangle; policy accept;\n    ct status dnat accept\n    ct direction original jump services"
     );
     let _ = writeln!(
         s,
@@ -418,7 +419,7 @@ pub fn full_script(
     let _ = writeln!(s, "  }}");
     let _ = writeln!(
         s,
-        "  chain output {{\n    type route hook output priority mangle; policy accept;\n    ct direction original jump services\n  }}"
+        "  chain output {{\n    type route hook output priority mangle; policy accept;\n    ct status dnat accept\n    ct direction original jump services\n  }}"
     );
     for (chain, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
         let _ = writeln!(
