@@ -180,7 +180,7 @@ fn main() -> ExitCode {
         } => switchboard::check::run(dir, config, tables),
         Command::Cleanup => {
             init_logging("info");
-            match proxy::l4::nft::cleanup(&proxy::l4::NftConfig::default()) {
+            match proxy::l4::nft_run::cleanup(&proxy::l4::NftConfig::default()) {
                 Ok(true) => {
                     println!("removed nftables table inet switchboard");
                     Ok(())
