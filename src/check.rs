@@ -226,9 +226,9 @@ impl Report {
             let mut all = BTreeSet::new();
             let mut ready = BTreeSet::new();
             for e in svc.ports.iter().flat_map(|p| p.endpoints.iter()) {
-                all.insert(e.addr.ip());
+                all.insert(e.addr().ip());
                 if e.conditions.is_ready() {
-                    ready.insert(e.addr.ip());
+                    ready.insert(e.addr().ip());
                 }
             }
             let _ = write!(out, "  {key} {} {ips}", s.service_type.as_str());

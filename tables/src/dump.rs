@@ -112,7 +112,7 @@ pub fn dump(snap: &Snapshot) -> String {
                 let _ = write!(
                     out,
                     "    endpoint {} {}",
-                    e.addr,
+                    e.addr(),
                     fmt_conditions(&e.conditions)
                 );
                 let info = &e.endpoint;
