@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use controller::files::{self, FileError};
-use tables::{ClusterState, Kind, Object, ObjectKey, Snapshot, SourceId, TableConfig};
+use tables::{ClusterState, Kind, ObjectKey, ObjectRef, Snapshot, SourceId, TableConfig};
 
 use crate::config::{Config, RunArgs};
 
@@ -123,7 +123,7 @@ fn unserved(state: &ClusterState) -> Vec<String> {
         .collect();
     let mut out = Vec::new();
     for (key, source, object) in &objects {
-        let Object::EndpointSlice(slice) = object else {
+        let ObjectRef::EndpointSlice(slice) = object else {
             continue;
         };
         let file = &source.name;
