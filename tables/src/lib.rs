@@ -18,6 +18,7 @@ pub mod few;
 pub mod grants;
 mod held;
 pub mod intern;
+mod keyset;
 pub mod model;
 pub mod ports;
 pub mod sharded;

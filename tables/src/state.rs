@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::compile::{compile_http, compile_service, CompiledService, TableConfig};
 use crate::held::Held;
 pub use crate::held::ObjectRef;
+use crate::keyset::KeySet;
 use crate::model::*;
 use crate::sharded::ShardedMap;
 use crate::snapshot::*;
@@ -69,7 +70,8 @@ pub struct ClusterState {
     /// Claims on each object, one per source that holds it; the first (lowest source) wins.
     /// (Kept as `Held`: a Service's own `Arc`, an EndpointSlice in a block of its size.)
     objects: Map<ObjectKey, Vec<(SourceId, Held)>>,
-    by_source: Map<SourceId, HashSet<ObjectKey, Fast>>,
+    /// The keys each source holds (a manifest file: one to a few; `KeySet`).
+    by_source: Map<SourceId, KeySet>,
     /// EndpointSlice keys per service, from the effective slices, and the reverse index.
     /// (Sorted vectors: a service has one or a few slices, and a `BTreeSet` node per service
     /// cost ~4 MiB at 10k services.)
@@ -159,7 +161,7 @@ impl ClusterState {
         self.by_source
             .entry(source.clone())
             .or_default()
-            .insert(key.clone());
+            .insert(&key);
         self.changed(&key, before);
     }
 
@@ -200,7 +202,12 @@ impl ClusterState {
         let gone: Vec<ObjectKey> = self
             .by_source
             .get(source)
-            .map(|keys| keys.difference(&new_keys).cloned().collect())
+            .map(|keys| {
+                keys.iter()
+                    .filter(|k| !new_keys.contains(*k))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         for key in gone {
             self.delete(source, &key);
