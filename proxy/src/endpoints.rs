@@ -364,7 +364,6 @@ mod tests {
                     for_nodes: nodes.iter().map(|n| (*n).into()).collect(),
                 })
             }),
-            target_name: None,
         });
         e
     }

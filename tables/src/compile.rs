@@ -79,7 +79,7 @@ fn ip_record(ip: IpAddr) -> DnsRecord {
 pub fn compile_service(
     config: &TableConfig,
     svc: &Arc<Service>,
-    slices: &[&EndpointSlice],
+    slices: &[Arc<EndpointSlice>],
 ) -> CompiledService {
     let key = ServiceKey::new(&svc.namespace, &svc.name);
     let zone = crate::snapshot::normalize_name(&config.cluster_domain);
@@ -132,6 +132,7 @@ pub fn compile_service(
         service: svc.clone(),
         ports,
         trigger_time: slices.iter().filter_map(|s| s.trigger_time).max(),
+        slices: slices.into(),
     });
 
     let mut out = CompiledService::default();

@@ -39,7 +39,7 @@ impl Held {
         }
     }
 
-    pub(crate) fn slice(&self) -> Option<&EndpointSlice> {
+    pub(crate) fn slice(&self) -> Option<&Arc<EndpointSlice>> {
         match self {
             Held::EndpointSlice(s) => Some(s),
             _ => None,

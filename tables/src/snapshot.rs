@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use crate::few::OneOrMany;
 use crate::model::{
-    Conditions, EndpointInfo, HttpRouteFilter, HttpRouteMatch, Kind, ObjectKey, PortRef, Protocol,
-    Service, ServiceKey,
+    Conditions, EndpointInfo, EndpointSlice, HttpRouteFilter, HttpRouteMatch, Kind, ObjectKey,
+    PortRef, Protocol, Service, ServiceKey,
 };
 use crate::sharded::ShardedMap;
 
@@ -160,6 +160,9 @@ pub struct ServiceRoutes {
     pub ports: Vec<PortRoutes>,
     /// The latest `last-change-trigger-time` of the service's EndpointSlices, if any carries one.
     pub trigger_time: Option<std::time::SystemTime>,
+    /// The EndpointSlices the routes were compiled from (the state's own blocks, shared): what
+    /// the routes do not copy, such as each endpoint's target, for dumps.
+    pub slices: Box<[Arc<EndpointSlice>]>,
 }
 
 impl ServiceRoutes {

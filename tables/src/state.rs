@@ -369,12 +369,12 @@ impl ClusterState {
         };
         match self.effective(&okey) {
             Some(Held::Service(svc)) => {
-                let slices: Vec<&EndpointSlice> = self
+                let slices: Vec<Arc<EndpointSlice>> = self
                     .slices_of
                     .get(key)
                     .into_iter()
                     .flatten()
-                    .filter_map(|k| self.effective(k).and_then(Held::slice))
+                    .filter_map(|k| self.effective(k).and_then(Held::slice).cloned())
                     .collect();
                 compile_service(&self.config, svc, &slices)
             }

@@ -289,6 +289,7 @@ mod tests {
         };
         let routes = ServiceRoutes {
             trigger_time: None,
+            slices: Default::default(),
             key: ServiceKey::new("d", "web"),
             service: Arc::new(svc),
             ports: vec![PortRoutes {

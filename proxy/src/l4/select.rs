@@ -238,6 +238,7 @@ mod tests {
             kind: FrontendKind::ClusterIp,
             service: Arc::new(ServiceRoutes {
                 trigger_time: None,
+                slices: Default::default(),
                 key: ServiceKey::new("default", "web"),
                 service: Arc::new(Service {
                     session_affinity_timeout: affinity,
