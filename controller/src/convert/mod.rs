@@ -401,15 +401,16 @@ pub fn endpoint_slice(
                 serving: c.serving,
                 terminating: c.terminating,
             },
-            info: Arc::new(m::EndpointInfo {
+            info: m::EndpointInfo {
                 node_name: interned(&e.node_name),
                 zone: interned(&e.zone),
                 hints: hints.and_then(endpoint_hints),
-                target_name: e
-                    .target_ref
-                    .as_ref()
-                    .map(|t| t.name.as_deref().unwrap_or_default().into()),
-            }),
+            }
+            .shared(),
+            target_name: e
+                .target_ref
+                .as_ref()
+                .map(|t| t.name.as_deref().unwrap_or_default().into()),
         });
     }
     Ok(m::EndpointSlice {
