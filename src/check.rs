@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use controller::files::{self, FileError};
-use tables::{ClusterState, Kind, Object, ObjectKey, Snapshot, SourceId, TableConfig};
+use tables::{ClusterState, Kind, ObjectKey, ObjectRef, Snapshot, SourceId, TableConfig};
 
 use crate::config::{Config, RunArgs};
 
@@ -123,7 +123,7 @@ fn unserved(state: &ClusterState) -> Vec<String> {
         .collect();
     let mut out = Vec::new();
     for (key, source, object) in &objects {
-        let Object::EndpointSlice(slice) = object else {
+        let ObjectRef::EndpointSlice(slice) = object else {
             continue;
         };
         let file = &source.name;
@@ -226,9 +226,9 @@ impl Report {
             let mut all = BTreeSet::new();
             let mut ready = BTreeSet::new();
             for e in svc.ports.iter().flat_map(|p| p.endpoints.iter()) {
-                all.insert(e.addr.ip());
+                all.insert(e.addr().ip());
                 if e.conditions.is_ready() {
-                    ready.insert(e.addr.ip());
+                    ready.insert(e.addr().ip());
                 }
             }
             let _ = write!(out, "  {key} {} {ips}", s.service_type.as_str());

@@ -20,6 +20,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(not(feature = "system-alloc"))]
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// The purge delay (ms) while starting (`purge_at_once_until_started`).
+#[cfg(not(feature = "system-alloc"))]
+const START_PURGE_DELAY_MS: std::ffi::c_long = 20;
+
 /// The purge delay start-up runs without (`purge_at_once_until_started`): mimalloc's default
 /// (1 s) or `MIMALLOC_PURGE_DELAY`, restored once the first tables are in.
 #[cfg(not(feature = "system-alloc"))]
@@ -31,6 +35,11 @@ static PURGE_DELAY: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64:
 /// resident together (the process's peak: 145-150 MiB against 123-126 at 10,000 Services /
 /// 100,000 endpoints with every role, docs/memory.md). After start, the delay comes back, so
 /// the query and proxy paths do not pay a purge on every free.
+///
+/// "At once" is `START_PURGE_DELAY_MS`, not 0: with a delay of 0 every page the YAML parser
+/// empties is `madvise`d back (a TLB-shootdown interrupt to every thread) and faulted in again
+/// for the next file; once the endpoints' own blocks were gone from those pages (session 15),
+/// that was 17% of a 10,000-file start's CPU and +0.4 s to ready (docs/memory.md).
 #[cfg(not(feature = "system-alloc"))]
 fn purge_at_once_until_started() {
     use std::sync::atomic::Ordering;
@@ -40,7 +49,7 @@ fn purge_at_once_until_started() {
             libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) as i64,
             Ordering::Relaxed,
         );
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, START_PURGE_DELAY_MS);
     }
 }
 
@@ -180,7 +189,7 @@ fn main() -> ExitCode {
         } => switchboard::check::run(dir, config, tables),
         Command::Cleanup => {
             init_logging("info");
-            match proxy::l4::nft::cleanup(&proxy::l4::NftConfig::default()) {
+            match proxy::l4::nft_run::cleanup(&proxy::l4::NftConfig::default()) {
                 Ok(true) => {
                     println!("removed nftables table inet switchboard");
                     Ok(())

@@ -49,6 +49,10 @@ VIP = {"switchboard": "10.96.0.10", "relay": "10.96.0.13", "haproxy": "10.96.0.1
 LABEL = {"switchboard": "switchboard kernel path (--l4 nftables)",
          "relay": "switchboard relay (l4-mode: proxy)", "haproxy": "HAProxy (tcp mode)",
          "nftables": "nftables DNAT (ceiling)"}
+LABEL["switchboard+base"] = LABEL["switchboard"] + " — baseline"
+# The targets served by a switchboard process (one at a time: see `Switchboards`).
+SB_TARGETS = ("switchboard", "relay", "switchboard+base")
+TARGETS = "switchboard,relay,haproxy,nftables"
 HAPROXY_PORT = 20080
 _namespaces = []
 
@@ -224,13 +228,14 @@ backend web
                   wd / f"haproxy-{workers}.out")
 
 
-def start_switchboard(wd, workers, help_text):
-    if not B.BIN.exists():
-        raise LookupError("target/release/switchboard not built")
+def start_switchboard(wd, workers, help_text, binary=None):
+    binary = binary or B.BIN
+    if not binary.exists():
+        raise LookupError(f"{binary} not built")
     man = service_manifest(wd / "manifests")
     # `switchboard run` inside the node namespace (so it programs that namespace's nftables).
-    name = f"switchboard-l4-{workers}"
-    p = B.Proc(name, ["ip", "netns", "exec", NODE, B.BIN, "run", "--manifests", man,
+    name = f"switchboard-l4-{workers}" + ("-base" if binary != B.BIN else "")
+    p = B.Proc(name, ["ip", "netns", "exec", NODE, binary, "run", "--manifests", man,
                       "--l4", "nftables", "--node-name", "node-1", "--admin", "127.0.0.1:0",
                       "--upstream", "127.0.0.1:9", "--log", "warn,switchboard=info,proxy=info"],
                wd / f"{name}.log", env={"TOKIO_WORKER_THREADS": str(workers)})
@@ -240,6 +245,31 @@ def start_switchboard(wd, workers, help_text):
         raise LookupError("not yet implemented (switchboard logs: the L4 proxy is not built yet)")
     time.sleep(1)
     return p
+
+
+class Switchboards:
+    """The switchboard processes of the targets: `switchboard` and `relay` share one process,
+    `switchboard+base` (with --baseline-bin) is the baseline binary programming the same node
+    namespace's tables, so only one of the two runs at a time: `get(target)` stops the other
+    and starts the one asked for."""
+
+    def __init__(self, wd, workers, help_text, baseline):
+        self.args = (wd, workers, help_text)
+        self.baseline = baseline
+        self.proc, self.base = None, None
+
+    def get(self, target):
+        base = target.endswith("+base")
+        if self.proc is None or not self.proc.alive() or self.base != base:
+            self.stop()
+            self.proc = start_switchboard(*self.args, self.baseline if base else None)
+            self.base = base
+        return self.proc
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.stop()
+        self.proc = None
 
 
 def client_get(vip, path="/"):
@@ -258,7 +288,7 @@ print(d.split(b"\\r\\n\\r\\n", 1)[1].decode(errors="replace").strip()[:40])
 
 
 def check(target):
-    vip = VIP[target]
+    vip = VIP[target.removesuffix("+base")]
     seen = {client_get(vip) for _ in range(15)}
     if not all(s.startswith("backend-") for s in seen) or len(seen) != 3:
         return f"TCP {vip}:80 answered {sorted(seen)[:3]}, want all three backends"
@@ -271,7 +301,7 @@ def check(target):
 
 
 def load(target, kind, proc, a, data, helpers=()):
-    vip = VIP[target]
+    vip = VIP[target.removesuffix("+base")]
     if kind == "conn":
         cmd = ["wrk", "-t", "2", "-c", "32", "-d", f"{a.duration}s", "-H", "Connection: close",
                f"http://{vip}/"]
@@ -334,6 +364,14 @@ def run(a):
     wd = B.WORK / "l4"
     wd.mkdir(parents=True, exist_ok=True)
     help_text = B.switchboard_help()
+    baseline = None
+    targets = a.targets.split(",")
+    if a.baseline_bin:
+        baseline = B.copy_baseline(a.baseline_bin)
+        results["baseline_build"] = B.build_info(baseline)
+        if "switchboard" in targets:
+            targets.insert(targets.index("switchboard") + 1, "switchboard+base")
+    sbs = None
     try:
         topology()
         backends = start_backends(wd, data)
@@ -342,14 +380,14 @@ def run(a):
         for workers in [int(w) for w in a.workers.split(",")]:
             cell = results["cells"][str(workers)] = {}
             running = {}
-            for t in a.targets.split(","):
+            sbs = Switchboards(wd, workers, help_text, baseline)
+            for t in targets:
                 e = cell[t] = {"runs": []}
                 proc = None
                 try:
-                    if t in ("switchboard", "relay"):
+                    if t in SB_TARGETS:
                         # One process serves both VIPs: the kernel path and the relay.
-                        proc = next((running[k] for k in ("switchboard", "relay") if k in running),
-                                    None) or start_switchboard(wd, workers, help_text)
+                        proc = sbs.get(t)
                     elif t == "haproxy":
                         if not B.which("haproxy"):
                             raise LookupError(B.not_installed("haproxy", "haproxy"))
@@ -371,6 +409,11 @@ def run(a):
             for rnd in range(a.runs):
                 k = rnd % max(1, len(order))
                 for t in order[k:] + order[:k]:
+                    if t in SB_TARGETS:
+                        running[t] = sbs.get(t)
+                        for o in SB_TARGETS:
+                            if o in running and o != t and running[o] is not running[t]:
+                                running[o] = None
                     for kind in ("conn", "tput", "udp"):
                         if kind == "udp" and t == "haproxy":
                             continue
@@ -383,10 +426,23 @@ def run(a):
                         time.sleep(0.5)
             for p in {id(p): p for p in running.values() if p}.values():
                 p.stop()
+            sbs.stop()
             B.save_results("l4", results)
     finally:
+        if sbs:
+            sbs.stop()
         cleanup()
     return results
+
+
+def opts(a):
+    """The options of the run that are not the defaults, as typed."""
+    out = ""
+    if a.get("targets", TARGETS) != TARGETS:
+        out += f" --targets {a['targets']}"
+    if a.get("baseline_bin"):
+        out += f" --baseline-bin {a['baseline_bin']}"
+    return out
 
 
 def summarize(results):
@@ -398,7 +454,7 @@ def summarize(results):
     lines = ["## L4: Service VIP traffic (network namespaces)", "",
              B.machine_line(results["machine"], f" · other processes took {others:.0f}% of the "
                                                 f"machine at most during a timed run"), "",
-             f"Command: `bench/run l4`, as root (workers={a['workers']}, runs={a['runs']}, "
+             f"Command: `bench/run l4{opts(a)}`, as root (workers={a['workers']}, runs={a['runs']}, "
              f"duration={a['duration']} s).", "",
              "A client pod namespace reaches a Service VIP through a node namespace; three "
              "backend pod namespaces run nginx (TCP 8080) and Knot DNS (UDP 5353). Each target "
@@ -439,6 +495,9 @@ def summarize(results):
             for r in e["runs"]:
                 cmds.setdefault(r["kind"], r["cmd"])
         lines.append("")
+    if results.get("baseline_build"):
+        lines += [f"Rows marked baseline: {results['baseline_build']}, timed in the same rounds "
+                  "(it and the build above take turns programming the node's tables).", ""]
     lines += ["Median (min–max) of the rounds. TCP connections/s: one HTTP request per "
               "connection. Throughput: 1 MiB responses over keep-alive connections. UDP: DNS "
               "queries and answers relayed to the Knot backends (dnsperf QPS). CPU: the proxy "
@@ -461,9 +520,11 @@ def run_and_clean_up(a):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", default="1")
-    ap.add_argument("--targets", default="switchboard,relay,haproxy,nftables")
+    ap.add_argument("--targets", default=TARGETS)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=int, default=6)
+    ap.add_argument("--baseline-bin", help="also time the kernel path with this binary "
+                    "(target `switchboard+base`, interleaved with the others)")
     B.docs_args(ap)
     a = ap.parse_args()
     B.run_part("l4", a, run_and_clean_up, summarize)

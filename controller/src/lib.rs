@@ -303,14 +303,7 @@ impl Controller {
                 .sum::<usize>()
         };
         // Endpoint addresses over every slice (once, at start).
-        let endpoints: usize = self
-            .state
-            .effective_objects()
-            .map(|object| match object {
-                Object::EndpointSlice(slice) => slice.endpoints.len(),
-                _ => 0,
-            })
-            .sum();
+        let endpoints = self.state.endpoint_count();
         tracing::info!(
             services = count(Kind::Service),
             endpoint_slices = count(Kind::EndpointSlice),

@@ -23,7 +23,7 @@ pub fn usable_for_family(endpoints: &[EndpointRoute], family_of: IpAddr) -> Vec<
     eligible(
         endpoints
             .iter()
-            .filter(|e| e.addr.ip().is_ipv4() == family_of.is_ipv4())
+            .filter(|e| e.addr().ip().is_ipv4() == family_of.is_ipv4())
             .collect(),
     )
 }
@@ -236,7 +236,7 @@ pub fn categorize<'a>(
 ) -> Categories<'a> {
     let eps: Vec<&'a EndpointRoute> = endpoints
         .iter()
-        .filter(|e| family.is_none_or(|f| e.addr.ip().is_ipv4() == f.is_ipv4()))
+        .filter(|e| family.is_none_or(|f| e.addr().ip().is_ipv4() == f.is_ipv4()))
         .collect();
     let is_local = |e: &EndpointRoute| {
         node.name.is_some() && e.endpoint.node_name.as_deref() == node.name.as_deref()
@@ -310,15 +310,15 @@ mod tests {
     use tables::{Conditions, EndpointInfo};
 
     fn ep(addr: &str, ready: bool, serving: bool, terminating: bool) -> EndpointRoute {
-        EndpointRoute {
-            addr: addr.parse().unwrap(),
-            conditions: Conditions {
+        EndpointRoute::new(
+            addr.parse().unwrap(),
+            Conditions {
                 ready: Some(ready),
                 serving: Some(serving),
                 terminating: Some(terminating),
             },
-            endpoint: Default::default(),
-        }
+            Default::default(),
+        )
     }
 
     #[test]
@@ -328,7 +328,7 @@ mod tests {
             ep("10.0.0.2:80", true, true, false),
             ep("10.0.0.3:80", false, false, false),
         ];
-        let u: Vec<_> = usable(&eps).iter().map(|e| e.addr.to_string()).collect();
+        let u: Vec<_> = usable(&eps).iter().map(|e| e.addr().to_string()).collect();
         assert_eq!(u, ["10.0.0.2:80"]);
         let draining = vec![
             ep("10.0.0.1:80", false, true, true),
@@ -336,7 +336,7 @@ mod tests {
         ];
         let u: Vec<_> = usable(&draining)
             .iter()
-            .map(|e| e.addr.to_string())
+            .map(|e| e.addr().to_string())
             .collect();
         assert_eq!(u, ["10.0.0.1:80"]);
         assert!(usable(&[ep("10.0.0.3:80", false, false, false)]).is_empty());
@@ -350,24 +350,22 @@ mod tests {
         ];
         let v6 = usable_for_family(&eps, "fd00::10".parse().unwrap());
         assert_eq!(v6.len(), 1);
-        assert!(v6[0].addr.is_ipv6());
+        assert!(v6[0].addr().is_ipv6());
     }
 
     fn at(addr: &str, node: &str, zone: &str, zones: &[&str], nodes: &[&str]) -> EndpointRoute {
-        EndpointRoute {
-            endpoint: Arc::new(EndpointInfo {
-                node_name: Some(node.into()),
-                zone: Some(zone.into()),
-                hints: (!zones.is_empty() || !nodes.is_empty()).then(|| {
-                    Box::new(tables::Hints {
-                        for_zones: zones.iter().map(|z| (*z).into()).collect(),
-                        for_nodes: nodes.iter().map(|n| (*n).into()).collect(),
-                    })
-                }),
-                target_name: None,
+        let mut e = ep(addr, true, true, false);
+        e.endpoint = Arc::new(EndpointInfo {
+            node_name: Some(node.into()),
+            zone: Some(zone.into()),
+            hints: (!zones.is_empty() || !nodes.is_empty()).then(|| {
+                Box::new(tables::Hints {
+                    for_zones: zones.iter().map(|z| (*z).into()).collect(),
+                    for_nodes: nodes.iter().map(|n| (*n).into()).collect(),
+                })
             }),
-            ..ep(addr, true, true, false)
-        }
+        });
+        e
     }
 
     fn node(name: &str, zone: &str) -> NodeTopology {
@@ -378,7 +376,7 @@ mod tests {
     }
 
     fn addrs(eps: &[&EndpointRoute]) -> Vec<String> {
-        eps.iter().map(|e| e.addr.to_string()).collect()
+        eps.iter().map(|e| e.addr().to_string()).collect()
     }
 
     #[test]

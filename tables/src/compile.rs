@@ -79,7 +79,7 @@ fn ip_record(ip: IpAddr) -> DnsRecord {
 pub fn compile_service(
     config: &TableConfig,
     svc: &Arc<Service>,
-    slices: &[&EndpointSlice],
+    slices: &[Arc<EndpointSlice>],
 ) -> CompiledService {
     let key = ServiceKey::new(&svc.namespace, &svc.name);
     let zone = crate::snapshot::normalize_name(&config.cluster_domain);
@@ -102,22 +102,22 @@ pub fn compile_service(
                     let Some(&ip) = ep.addresses.first() else {
                         continue;
                     };
-                    eps.push(EndpointRoute {
-                        addr: SocketAddr::new(ip, ep_port.port),
-                        conditions: ep.conditions,
-                        endpoint: ep.info.clone(),
-                    });
+                    eps.push(EndpointRoute::new(
+                        SocketAddr::new(ip, ep_port.port),
+                        ep.conditions,
+                        ep.info.clone(),
+                    ));
                 }
             }
         }
         // One entry per address; during slice migrations the same endpoint can appear twice:
         // keep the most usable copy (ready over not ready).
         eps.sort_by(|a, b| {
-            a.addr
-                .cmp(&b.addr)
+            a.addr()
+                .cmp(&b.addr())
                 .then(b.conditions.is_ready().cmp(&a.conditions.is_ready()))
         });
-        eps.dedup_by(|later, first| later.addr == first.addr);
+        eps.dedup_by(|later, first| later.addr() == first.addr());
         ports.push(PortRoutes {
             name: sp.name.as_str().into(),
             protocol: sp.protocol,
@@ -132,6 +132,7 @@ pub fn compile_service(
         service: svc.clone(),
         ports,
         trigger_time: slices.iter().filter_map(|s| s.trigger_time).max(),
+        slices: slices.into(),
     });
 
     let mut out = CompiledService::default();

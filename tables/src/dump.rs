@@ -97,6 +97,14 @@ pub fn dump(snap: &Snapshot) -> String {
             let _ = write!(out, " {k}={v}");
         }
         out.push('\n');
+        // Each endpoint's target (pod), from the slices (the routes do not copy it); the
+        // first address stands for the endpoint, as in the routes.
+        let targets: std::collections::HashMap<std::net::IpAddr, &str> = svc
+            .slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter_map(|e| Some((*e.addresses.first()?, e.target()?)))
+            .collect();
         for p in &svc.ports {
             let name = if p.name.is_empty() { "-" } else { &p.name };
             let _ = write!(
@@ -112,7 +120,7 @@ pub fn dump(snap: &Snapshot) -> String {
                 let _ = write!(
                     out,
                     "    endpoint {} {}",
-                    e.addr,
+                    e.addr(),
                     fmt_conditions(&e.conditions)
                 );
                 let info = &e.endpoint;
@@ -128,7 +136,7 @@ pub fn dump(snap: &Snapshot) -> String {
                 if !info.hints_for_nodes().is_empty() {
                     let _ = write!(out, " hintNodes={}", info.hints_for_nodes().join(","));
                 }
-                if let Some(t) = info.target() {
+                if let Some(t) = targets.get(&e.ip()) {
                     let _ = write!(out, " target={t}");
                 }
                 out.push('\n');

@@ -16,7 +16,9 @@ pub mod compile;
 pub mod dump;
 pub mod few;
 pub mod grants;
+mod held;
 pub mod intern;
+mod keyset;
 pub mod model;
 pub mod ports;
 pub mod sharded;
@@ -31,7 +33,7 @@ pub use compile::TableConfig;
 pub use dump::dump;
 pub use model::*;
 pub use snapshot::*;
-pub use state::{ClusterState, Origin, SourceId};
+pub use state::{ClusterState, ObjectRef, Origin, SourceId};
 
 /// The one published snapshot, shared by every reader.
 pub type SnapshotCell = Arc<ArcSwap<Snapshot>>;

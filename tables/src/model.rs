@@ -335,32 +335,29 @@ impl Conditions {
 pub type Addresses = crate::few::OneOrMany<IpAddr>;
 
 /// `endpoints[].hints`: absent in most clusters, so both lists live in one optional block.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Hints {
     pub for_zones: Box<[Arc<str>]>,
     pub for_nodes: Box<[Arc<str>]>,
 }
 
-/// What the routes of an endpoint read besides its address and conditions: one block per
-/// endpoint, shared by the object and by the compiled route of every port of its service
-/// (`EndpointRoute::endpoint`). Node names, zones and hints are interned (`crate::intern`):
-/// a cluster has a few hundred distinct values for 100,000 endpoints. 56 B (72 with the `Arc`
-/// counts; docs/memory.md).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+/// What the routes of an endpoint read besides its address and conditions: its node, zone
+/// and hints. One block shared by every endpoint with the same three (`crate::intern::
+/// intern_info`: the endpoints of a node share it), by the object and by the compiled route of
+/// every port of its service (`EndpointRoute::endpoint`). Node names, zones and hints are
+/// interned strings too (docs/memory.md).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct EndpointInfo {
     pub node_name: Option<Arc<str>>,
     pub zone: Option<Arc<str>>,
     /// `None` when the endpoint has no hints (or only empty lists).
     pub hints: Option<Box<Hints>>,
-    /// `targetRef.name` (the pod). The reference's kind and namespace are not kept: no table
-    /// reads them.
-    pub target_name: Option<Box<str>>,
 }
 
 impl EndpointInfo {
-    /// The `targetRef` name (the pod), for logs and debugging.
-    pub fn target(&self) -> Option<&str> {
-        self.target_name.as_deref()
+    /// The shared copy of this information (`crate::intern::intern_info`).
+    pub fn shared(self) -> Arc<EndpointInfo> {
+        crate::intern::intern_info(self)
     }
 
     /// `hints.forZones` names (empty when absent).
@@ -374,13 +371,25 @@ impl EndpointInfo {
     }
 }
 
-/// One entry of `endpoints[]` (56 B and one shared block; docs/memory.md).
+/// One entry of `endpoints[]` (72 B, its target name and a block shared with the other
+/// endpoints of its node; docs/memory.md).
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Endpoint {
     pub addresses: Addresses,
     pub hostname: Option<Box<str>>,
     pub conditions: Conditions,
+    /// Node, zone and hints: build it with `EndpointInfo::shared`.
     pub info: Arc<EndpointInfo>,
+    /// `targetRef.name` (the pod), for logs, checks and dumps. The reference's kind and
+    /// namespace are not kept: no table reads them.
+    pub target_name: Option<Box<str>>,
+}
+
+impl Endpoint {
+    /// The `targetRef` name (the pod).
+    pub fn target(&self) -> Option<&str> {
+        self.target_name.as_deref()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

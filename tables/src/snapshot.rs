@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use crate::few::OneOrMany;
 use crate::model::{
-    Conditions, EndpointInfo, HttpRouteFilter, HttpRouteMatch, Kind, ObjectKey, PortRef, Protocol,
-    Service, ServiceKey,
+    Conditions, EndpointInfo, EndpointSlice, HttpRouteFilter, HttpRouteMatch, Kind, ObjectKey,
+    PortRef, Protocol, Service, ServiceKey,
 };
 use crate::sharded::ShardedMap;
 
@@ -104,13 +104,39 @@ impl DnsTable {
     }
 }
 
-/// One endpoint of one service port, with what the balancers need to choose it (48 B: the
-/// endpoint's node, zone, hints and target are the object's own block, shared by every port).
+/// One endpoint of one service port, with what the balancers need to choose it (32 B: the
+/// address and port apart, not a 32 B `SocketAddr`; the endpoint's node, zone, hints and
+/// target are the object's own block, shared by every port; docs/memory.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointRoute {
-    pub addr: SocketAddr,
+    ip: IpAddr,
+    port: u16,
     pub conditions: Conditions,
     pub endpoint: Arc<EndpointInfo>,
+}
+
+impl EndpointRoute {
+    pub fn new(addr: SocketAddr, conditions: Conditions, endpoint: Arc<EndpointInfo>) -> Self {
+        EndpointRoute {
+            ip: addr.ip(),
+            port: addr.port(),
+            conditions,
+            endpoint,
+        }
+    }
+
+    /// The endpoint's address and the port of this route.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 /// One port of a service with its endpoints (targetPort already resolved per EndpointSlice).
@@ -134,6 +160,9 @@ pub struct ServiceRoutes {
     pub ports: Vec<PortRoutes>,
     /// The latest `last-change-trigger-time` of the service's EndpointSlices, if any carries one.
     pub trigger_time: Option<std::time::SystemTime>,
+    /// The EndpointSlices the routes were compiled from (the state's own blocks, shared): what
+    /// the routes do not copy, such as each endpoint's target, for dumps.
+    pub slices: Box<[Arc<EndpointSlice>]>,
 }
 
 impl ServiceRoutes {

@@ -12,6 +12,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::compile::{compile_http, compile_service, CompiledService, TableConfig};
+use crate::held::Held;
+pub use crate::held::ObjectRef;
+use crate::keyset::KeySet;
 use crate::model::*;
 use crate::sharded::ShardedMap;
 use crate::snapshot::*;
@@ -65,8 +68,10 @@ type Map<K, V> = HashMap<K, V, Fast>;
 pub struct ClusterState {
     config: TableConfig,
     /// Claims on each object, one per source that holds it; the first (lowest source) wins.
-    objects: Map<ObjectKey, Vec<(SourceId, Arc<Object>)>>,
-    by_source: Map<SourceId, HashSet<ObjectKey, Fast>>,
+    /// (Kept as `Held`: a Service's own `Arc`, an EndpointSlice in a block of its size.)
+    objects: Map<ObjectKey, Vec<(SourceId, Held)>>,
+    /// The keys each source holds (a manifest file: one to a few; `KeySet`).
+    by_source: Map<SourceId, KeySet>,
     /// EndpointSlice keys per service, from the effective slices, and the reverse index.
     /// (Sorted vectors: a service has one or a few slices, and a `BTreeSet` node per service
     /// cost ~4 MiB at 10k services.)
@@ -119,7 +124,7 @@ impl ClusterState {
         &self.config
     }
 
-    fn effective(&self, key: &ObjectKey) -> Option<&Arc<Object>> {
+    fn effective(&self, key: &ObjectKey) -> Option<&Held> {
         self.objects
             .get(key)
             .and_then(|c| c.first())
@@ -131,12 +136,12 @@ impl ClusterState {
         let key = obj.key();
         let claims = self.objects.entry(key.clone()).or_default();
         if let Some(pos) = claims.iter().position(|(s, _)| s == source) {
-            if *claims[pos].1 == obj {
+            if claims[pos].1.is(&obj) {
                 return;
             }
         }
         let before = claims.first().map(|(s, o)| (s.origin, o.clone()));
-        let obj = Arc::new(obj);
+        let obj = Held::from(obj);
         match claims.binary_search_by(|(s, _)| s.cmp(source)) {
             Ok(pos) => claims[pos].1 = obj,
             Err(pos) => {
@@ -156,7 +161,7 @@ impl ClusterState {
         self.by_source
             .entry(source.clone())
             .or_default()
-            .insert(key.clone());
+            .insert(&key);
         self.changed(&key, before);
     }
 
@@ -197,7 +202,12 @@ impl ClusterState {
         let gone: Vec<ObjectKey> = self
             .by_source
             .get(source)
-            .map(|keys| keys.difference(&new_keys).cloned().collect())
+            .map(|keys| {
+                keys.iter()
+                    .filter(|k| !new_keys.contains(*k))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         for key in gone {
             self.delete(source, &key);
@@ -216,7 +226,7 @@ impl ClusterState {
         }
     }
 
-    fn changed(&mut self, key: &ObjectKey, before: Option<(Origin, Arc<Object>)>) {
+    fn changed(&mut self, key: &ObjectKey, before: Option<(Origin, Held)>) {
         let after_claim = self.objects.get(key).and_then(|c| c.first());
         let after_origin = after_claim.map(|(s, _)| s.origin);
         let after = after_claim.map(|(_, o)| o.clone());
@@ -230,7 +240,7 @@ impl ClusterState {
                 *self.counts.entry((o, key.kind)).or_default() += 1;
             }
         }
-        if before.as_deref() == after.as_deref() {
+        if before == after {
             return;
         }
         match key.kind {
@@ -242,7 +252,7 @@ impl ClusterState {
             }
             Kind::EndpointSlice => {
                 for obj in [before, after].into_iter().flatten() {
-                    let Object::EndpointSlice(slice) = &*obj else {
+                    let Some(slice) = obj.slice() else {
                         continue;
                     };
                     if let Some(svc) = &slice.service_name {
@@ -260,7 +270,7 @@ impl ClusterState {
                         }
                     }
                 }
-                if let Some(Object::EndpointSlice(slice)) = self.effective(key).map(|o| &**o) {
+                if let Some(slice) = self.effective(key).and_then(Held::slice) {
                     if let Some(svc) = &slice.service_name {
                         let owner = ServiceKey::new(&slice.namespace, svc);
                         let set = self.slices_of.entry(owner.clone()).or_default();
@@ -357,17 +367,14 @@ impl ClusterState {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
         };
-        match self.effective(&okey).map(|o| &**o) {
-            Some(Object::Service(svc)) => {
-                let slices: Vec<&EndpointSlice> = self
+        match self.effective(&okey) {
+            Some(Held::Service(svc)) => {
+                let slices: Vec<Arc<EndpointSlice>> = self
                     .slices_of
                     .get(key)
                     .into_iter()
                     .flatten()
-                    .filter_map(|k| match self.effective(k).map(|o| &**o) {
-                        Some(Object::EndpointSlice(s)) => Some(s),
-                        _ => None,
-                    })
+                    .filter_map(|k| self.effective(k).and_then(Held::slice).cloned())
                     .collect();
                 compile_service(&self.config, svc, &slices)
             }
@@ -429,7 +436,7 @@ impl ClusterState {
             self.objects
                 .iter()
                 .filter(|(k, _)| k.kind == Kind::ReferenceGrant)
-                .filter_map(|(_, c)| match c.first().map(|(_, o)| &**o) {
+                .filter_map(|(_, c)| match c.first().and_then(|(_, o)| o.other()) {
                     Some(Object::ReferenceGrant(g)) => Some(g.clone()),
                     _ => None,
                 }),
@@ -441,7 +448,7 @@ impl ClusterState {
             self.objects
                 .iter()
                 .filter(move |(k, _)| k.kind == kind)
-                .filter_map(|(_, claims)| claims.first().map(|(_, o)| &**o))
+                .filter_map(|(_, claims)| claims.first().and_then(|(_, o)| o.other()))
         };
         compile_http(
             &self.config,
@@ -466,7 +473,7 @@ impl ClusterState {
                 .objects
                 .iter()
                 .filter(|(k, _)| k.kind == Kind::Namespace)
-                .filter_map(|(_, c)| match c.first().map(|(_, o)| &**o) {
+                .filter_map(|(_, c)| match c.first().and_then(|(_, o)| o.other()) {
                     Some(Object::Namespace(n)) => Some((n.name.clone(), n.labels.clone())),
                     _ => None,
                 })
@@ -479,7 +486,7 @@ impl ClusterState {
             .objects
             .iter()
             .filter(|(k, _)| k.kind == Kind::Secret)
-            .filter_map(|(_, c)| match c.first().map(|(_, o)| &**o) {
+            .filter_map(|(_, c)| match c.first().and_then(|(_, o)| o.other()) {
                 Some(Object::Secret(s)) => Some(((s.namespace.as_str(), s.name.as_str()), s)),
                 _ => None,
             })
@@ -489,7 +496,7 @@ impl ClusterState {
                 .objects
                 .iter()
                 .filter(|(k, _)| k.kind == kind)
-                .filter_map(|(_, c)| c.first().map(|(_, o)| &**o))
+                .filter_map(|(_, c)| c.first().and_then(|(_, o)| o.other()))
                 .collect();
             v.sort_by_key(|o| o.key());
             v
@@ -521,19 +528,21 @@ impl ClusterState {
         self.counts.get(&(origin, kind)).copied().unwrap_or(0)
     }
 
-    /// Every effective object, in no particular order (no sort: for counts).
-    pub fn effective_objects(&self) -> impl Iterator<Item = &Object> {
+    /// Endpoints over every effective EndpointSlice (for the start-up log). O(objects).
+    pub fn endpoint_count(&self) -> usize {
         self.objects
             .values()
-            .filter_map(|c| c.first().map(|(_, o)| &**o))
+            .filter_map(|c| c.first().and_then(|(_, o)| o.slice()))
+            .map(|s| s.endpoints.len())
+            .sum()
     }
 
     /// Every effective object, sorted by key (for dumps and tests).
-    pub fn objects(&self) -> Vec<(&ObjectKey, &SourceId, &Object)> {
+    pub fn objects(&self) -> Vec<(&ObjectKey, &SourceId, ObjectRef<'_>)> {
         let mut v: Vec<_> = self
             .objects
             .iter()
-            .filter_map(|(k, c)| c.first().map(|(s, o)| (k, s, &**o)))
+            .filter_map(|(k, c)| c.first().map(|(s, o)| (k, s, o.as_ref())))
             .collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         v

@@ -354,15 +354,16 @@ pub fn slice(spec: &SynthSpec, i: usize) -> EndpointSlice {
                     serving: Some(true),
                     terminating: Some(false),
                 },
-                info: Arc::new(EndpointInfo {
+                info: EndpointInfo {
                     node_name: Some(intern(&format!("node-{node:04}"))),
                     zone: Some(intern(&format!(
                         "zone-{}",
                         ["a", "b", "c"][node as usize % 3]
                     ))),
-                    target_name: Some(pod.into()),
                     ..Default::default()
-                }),
+                }
+                .shared(),
+                target_name: Some(pod.into()),
             }
         })
         .collect();

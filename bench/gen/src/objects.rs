@@ -81,7 +81,7 @@ pub fn endpoint_slice(slice: &EndpointSlice, headless: bool) -> Value {
             }
             // The tables keep only the pod's name: synth's endpoints are Pods of the slice's
             // namespace.
-            if let Some(name) = e.info.target() {
+            if let Some(name) = e.target() {
                 v["targetRef"] =
                     json!({ "kind": "Pod", "namespace": &slice.namespace, "name": name });
             }

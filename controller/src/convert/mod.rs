@@ -450,12 +450,13 @@ pub fn endpoint_slice_of(
                 serving: e.serving,
                 terminating: e.terminating,
             },
-            info: Arc::new(m::EndpointInfo {
+            info: m::EndpointInfo {
                 node_name: e.node_name.map(intern),
                 zone: e.zone.map(intern),
                 hints: endpoint_hints(&e.hint_zones, &e.hint_nodes),
-                target_name: e.target_name.map(Into::into),
-            }),
+            }
+            .shared(),
+            target_name: e.target_name.map(Into::into),
         });
     }
     Ok(m::EndpointSlice {

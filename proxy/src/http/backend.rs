@@ -195,7 +195,7 @@ impl Balancers {
         }
         let endpoints: Vec<Arc<EndpointState>> = crate::endpoints::usable(&port.endpoints)
             .into_iter()
-            .map(|e| self.health.get(e.addr))
+            .map(|e| self.health.get(e.addr()))
             .collect();
         let built = Arc::new(PortBalancer {
             label: format!("{}:{}", backend.service, port.port).into(),
@@ -259,14 +259,16 @@ mod tests {
     use tables::{Conditions, EndpointRoute, PortRoutes, Service, ServicePort, ServiceRoutes};
 
     fn table(annotations: &[(&str, &str)], app_protocol: Option<&str>) -> RouteTable {
-        let ep = |a: &str, ready: bool| EndpointRoute {
-            addr: a.parse().unwrap(),
-            conditions: Conditions {
-                ready: Some(ready),
-                serving: Some(ready),
-                terminating: Some(false),
-            },
-            endpoint: Default::default(),
+        let ep = |a: &str, ready: bool| {
+            EndpointRoute::new(
+                a.parse().unwrap(),
+                Conditions {
+                    ready: Some(ready),
+                    serving: Some(ready),
+                    terminating: Some(false),
+                },
+                Default::default(),
+            )
         };
         let svc = Service {
             namespace: "d".into(),
@@ -287,6 +289,7 @@ mod tests {
         };
         let routes = ServiceRoutes {
             trigger_time: None,
+            slices: Default::default(),
             key: ServiceKey::new("d", "web"),
             service: Arc::new(svc),
             ports: vec![PortRoutes {

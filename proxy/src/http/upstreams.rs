@@ -76,7 +76,7 @@ pub fn usable_in(table: &RouteTable, t: &Target) -> bool {
         .is_some_and(|p| {
             crate::endpoints::usable(&p.endpoints)
                 .iter()
-                .any(|e| e.addr == t.endpoint)
+                .any(|e| e.addr() == t.endpoint)
         })
 }
 

@@ -35,6 +35,7 @@ pub const CMP_NEQ: u32 = 1;
 
 /// Verdict codes (`NF_DROP`, `NFT_JUMP`).
 pub const VERDICT_DROP: i32 = 0;
+pub const VERDICT_ACCEPT: i32 = 1;
 pub const VERDICT_JUMP: i32 = -3;
 
 /// A 32-bit attribute, in network order as nf_tables reads them.

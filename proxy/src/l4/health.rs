@@ -115,7 +115,7 @@ pub(crate) fn status(shared: &Shared, key: &ServiceKey) -> (u16, usize, String) 
                     && node.name.is_some()
                     && e.endpoint.node_name.as_deref() == node.name.as_deref()
                 {
-                    local.insert(e.addr.ip());
+                    local.insert(e.addr().ip());
                 }
             }
         }

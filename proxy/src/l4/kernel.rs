@@ -324,7 +324,7 @@ pub fn chain_body(
         }
         (TrafficKind::External, true) => {
             // kube-proxy's short-circuit: the node itself and pods use every endpoint.
-            let cluster: Vec<_> = c.cluster.iter().map(|e| e.addr).collect();
+            let cluster: Vec<_> = c.cluster.iter().map(|e| e.addr()).collect();
             if !cluster.is_empty() {
                 let prefix = Prefix::NodeSource { mark: m };
                 rules.push(dnat_rule(Some(prefix), protocol, v6, &cluster, &mut picks));
@@ -338,7 +338,7 @@ pub fn chain_body(
             }
         }
     }
-    let addrs: Vec<_> = chosen.iter().map(|e| e.addr).collect();
+    let addrs: Vec<_> = chosen.iter().map(|e| e.addr()).collect();
     let mut aux = Vec::new();
     if addrs.is_empty() {
         rules.push(Rule::Jump("no-local-endpoints".into()));
@@ -353,7 +353,7 @@ pub fn chain_body(
     let mut endpoints: Vec<IpAddr> = short_circuit
         .iter()
         .chain(chosen.iter())
-        .map(|e| e.addr.ip())
+        .map(|e| e.addr().ip())
         .collect();
     endpoints.sort();
     endpoints.dedup();

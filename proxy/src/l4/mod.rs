@@ -36,6 +36,7 @@ pub mod netlink;
 pub mod netlink_full;
 pub mod netlink_update;
 pub mod nft;
+pub mod nft_run;
 pub mod pick;
 mod programmed;
 pub mod proxy_protocol;
@@ -338,7 +339,7 @@ impl L4 {
         }
         if self.shared.cfg.mode == Mode::Nftables && self.shared.cfg.cleanup_on_exit {
             let cfg = self.shared.cfg.nft.clone();
-            match tokio::task::spawn_blocking(move || nft::cleanup(&cfg)).await {
+            match tokio::task::spawn_blocking(move || nft_run::cleanup(&cfg)).await {
                 Ok(Ok(removed)) => tracing::info!(removed, "l4: nftables table removed"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "l4: removing the nftables table"),
                 Err(e) => tracing::warn!(error = %e, "l4: cleanup task failed"),

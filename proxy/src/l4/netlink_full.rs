@@ -332,12 +332,20 @@ fn fixed_chains(b: &mut Batch, cfg: &NftConfig, ports: &Ports) {
         reject_rules(b, t, chain, drop);
     }
     dispatch_rules(b, t, "services", false, nft::SERVICE_MAPS);
+    let skip_dnat = |o: &mut Vec<u8>| {
+        // ct status dnat accept: a connection already DNATed (by a service table, or the
+        // relay's TCP redirect) has nothing more to decide here.
+        x::ct_load(o, x::CT_STATUS);
+        x::bits_set(o, CT_STATUS_DNAT, true);
+        x::verdict(o, x::VERDICT_ACCEPT, None);
+    };
     let jump_services = |o: &mut Vec<u8>| {
         // ct direction original jump services
         x::ct_load(o, x::CT_DIRECTION);
         x::cmp_eq(o, &[0], false);
         x::verdict(o, x::VERDICT_JUMP, Some("services"));
     };
+    b.add_rule(t, "prerouting", skip_dnat);
     b.add_rule(t, "prerouting", jump_services);
     for (v6, port) in [(false, Some(ports.udp4)), (true, ports.udp6)] {
         let Some(port) = port else { continue };
@@ -350,6 +358,7 @@ fn fixed_chains(b: &mut Batch, cfg: &NftConfig, ports: &Ports) {
             x::tproxy(o, v6, port);
         });
     }
+    b.add_rule(t, "output", skip_dnat);
     b.add_rule(t, "output", jump_services);
     for chain in ["nat-prerouting", "nat-output"] {
         for (v6, port) in [(false, Some(ports.tcp4)), (true, ports.tcp6)] {

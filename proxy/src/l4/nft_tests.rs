@@ -123,14 +123,3 @@ fn full_script_replaces_the_table_in_one_go() {
     assert!(!s.contains("vmap @kernel-nodeports6"), "{s}");
     assert!(!s.contains("vmap @nodeports6"), "{s}");
 }
-
-#[test]
-fn rejected_packets_sum_the_counters_of_our_tables_only() {
-    let listing =
-        "table inet switchboard {\n\tcounter no-endpoints {\n\t\tpackets 3 bytes 180\n\t}\n}\n\
-table inet other {\n\tcounter no-endpoints {\n\t\tpackets 100 bytes 1\n\t}\n}\n\
-table inet switchboard-svc4 {\n\tcounter no-endpoints {\n\t\tpackets 2 bytes 120\n\t}\n}\n";
-    let cfg = NftConfig::default();
-    assert_eq!(count_packets(listing, &cfg), Some(5));
-    assert_eq!(count_packets("table inet other {\n}\n", &cfg), None);
-}

@@ -161,7 +161,7 @@ impl Picker {
             if let Some((addr, last, _)) = map.get_mut(key) {
                 if now.duration_since(*last) <= *timeout
                     && !exclude.contains(addr)
-                    && candidates.iter().any(|e| e.addr == *addr)
+                    && candidates.iter().any(|e| e.addr() == *addr)
                 {
                     *last = now;
                     return Pick::Endpoint(*addr);
@@ -170,11 +170,11 @@ impl Picker {
         }
         let open: Vec<SocketAddr> = candidates
             .iter()
-            .map(|e| e.addr)
+            .map(|e| e.addr())
             .filter(|a| !exclude.contains(a))
             .collect();
         let chosen = if open.is_empty() {
-            candidates[fastrand::usize(..candidates.len())].addr
+            candidates[fastrand::usize(..candidates.len())].addr()
         } else {
             open[fastrand::usize(..open.len())]
         };
@@ -198,7 +198,9 @@ impl Picker {
     ) -> bool {
         let svc = &target.service.service;
         let c = categorize(&target.port().endpoints, svc, &self.node, Some(family));
-        c.for_traffic(svc, kind).iter().any(|e| e.addr == endpoint)
+        c.for_traffic(svc, kind)
+            .iter()
+            .any(|e| e.addr() == endpoint)
     }
 
     /// Forgets affinity entries whose timeout has passed.
@@ -224,16 +226,19 @@ mod tests {
     fn target(addrs: &[&str], affinity: Option<u32>) -> FrontendTarget {
         let endpoints: Vec<EndpointRoute> = addrs
             .iter()
-            .map(|a| EndpointRoute {
-                addr: a.parse().unwrap(),
-                conditions: Conditions::default(),
-                endpoint: Default::default(),
+            .map(|a| {
+                EndpointRoute::new(
+                    a.parse().unwrap(),
+                    Conditions::default(),
+                    Default::default(),
+                )
             })
             .collect();
         FrontendTarget {
             kind: FrontendKind::ClusterIp,
             service: Arc::new(ServiceRoutes {
                 trigger_time: None,
+                slices: Default::default(),
                 key: ServiceKey::new("default", "web"),
                 service: Arc::new(Service {
                     session_affinity_timeout: affinity,

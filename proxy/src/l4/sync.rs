@@ -23,7 +23,7 @@ use super::health::HealthServers;
 use super::kernel::{chain_body, chain_name, ChainOps, Chains, KernelConfig};
 use super::nft::{self, Change, Element, Ports, Target};
 use super::select::{verdict_and_no_local, Verdict};
-use super::{netlink, netlink_full, netlink_update};
+use super::{netlink, netlink_full, netlink_update, nft_run};
 use super::{redirect, traffic_kind, L4Error, Mode, Shared};
 use crate::endpoints::{NodeTopology, TrafficKind};
 
@@ -249,7 +249,7 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, L4
             let (ports, t) = redirect::start(&shared)?;
             tasks.extend(t);
             let cfg = shared.cfg.nft.clone();
-            let (v4, v6) = tokio::task::spawn_blocking(move || nft::install_routing(&cfg))
+            let (v4, v6) = tokio::task::spawn_blocking(move || nft_run::install_routing(&cfg))
                 .await
                 .expect("routing setup does not panic");
             v4?;
@@ -282,7 +282,7 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>, L4
     if let (Plane::Nft { .. }, false) = (&syncer.plane, snap.synced) {
         syncer.awaiting_sources = true;
         let cfg = shared.cfg.nft.clone();
-        let kept = tokio::task::spawn_blocking(move || nft::table_exists(&cfg))
+        let kept = tokio::task::spawn_blocking(move || nft_run::table_exists(&cfg))
             .await
             .unwrap_or(false);
         if kept {
@@ -377,7 +377,7 @@ impl Syncer {
                 if let Plane::Nft { .. } = self.plane {
                     let cfg = self.shared.cfg.nft.clone();
                     if let Ok(Some(n)) =
-                        tokio::task::spawn_blocking(move || nft::rejected_packets(&cfg)).await
+                        tokio::task::spawn_blocking(move || nft_run::rejected_packets(&cfg)).await
                     {
                         if n >= rejected_seen {
                             self.shared.metrics.nft_rejects.inc_by(n - rejected_seen);
@@ -474,7 +474,7 @@ impl Syncer {
                         // from the children's usage: syncs run one at a time.
                         let (r, cpu) = tokio::task::spawn_blocking(move || {
                             let before = children_cpu();
-                            let r = nft::apply(&script);
+                            let r = nft_run::apply(&script);
                             (r, children_cpu().saturating_sub(before))
                         })
                         .await
