@@ -22,8 +22,10 @@
 //! (served from kube-apiserver's watch cache, one response per kind) for the rest of the
 //! process: the refusal is paid once per kind and is not an outage. Those whole lists of
 //! Services and EndpointSlices ask for protobuf and are read by [`list_watch`]
-//! (`kubernetes_list.rs`, `kubernetes_pb.rs`) instead of kube-runtime's watcher; the other
-//! kinds' lists, every watch and the streaming lists are JSON.
+//! (`kubernetes_list.rs`; `kubernetes_pb.rs` and `kubernetes_pb_items.rs` read each item
+//! straight from the received bytes while the rest arrives) instead of kube-runtime's watcher;
+//! the other kinds' lists, every watch and the streaming lists are JSON. Every stream hands the
+//! loop its objects already converted (`kubernetes_event.rs`).
 //!
 //! ReferenceGrants (`gateway.networking.k8s.io/v1beta1`) are watched like the other Gateway
 //! API kinds; they decide cross-namespace backendRefs and certificateRefs.
@@ -42,13 +44,14 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as networking;
-use kube::runtime::watcher::{self, Event as WEvent};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tables::{Kind, Object, ObjectKey, Origin, SourceId};
 
 use crate::convert::{self, ConvertError};
 use crate::gateway_api as gw;
+use crate::kubernetes_event::{converted_events, Conv, Converted, Ev, Events};
 use crate::kubernetes_list::list_watch;
 use crate::{Change, Event, Metrics, Sender};
 
@@ -241,20 +244,7 @@ pub fn spawn(client: Client, tx: Sender, metrics: Metrics) -> Vec<tokio::task::J
 
 /// The stream of a kind's whole lists (then its watch) where kube-runtime's JSON lists are not
 /// used: [`list_watch`], protobuf lists of Services and EndpointSlices.
-type WholeLists<K> = fn(
-    Api<K>,
-    Kind,
-    Metrics,
-) -> futures::stream::BoxStream<'static, Result<WEvent<K>, watcher::Error>>;
-
-fn key_of<K: ResourceExt>(kind: Kind, obj: &K) -> ObjectKey {
-    let ns = if matches!(kind, Kind::GatewayClass | Kind::Namespace) {
-        String::new()
-    } else {
-        obj.namespace().unwrap_or_else(|| "default".into())
-    };
-    ObjectKey::new(kind, &ns, &obj.name_any())
-}
+type WholeLists<K> = fn(Api<K>, Kind, Conv<K>, Metrics) -> Events;
 
 fn is_not_found(e: &watcher::Error) -> bool {
     match e {
@@ -343,7 +333,7 @@ fn reason_of(e: &watcher::Error) -> &'static str {
 /// How one kind is read and converted.
 struct Watched<K> {
     kind: Kind,
-    conv: fn(&K) -> Result<Option<Object>, ConvertError>,
+    conv: Conv<K>,
     /// A Gateway API kind: 404 means its CRD is not installed.
     is_crd: bool,
     config: watcher::Config,
@@ -369,8 +359,12 @@ where
     // No StreamBackoff: the loop below sleeps after errors itself, so that a 410 relists at once.
     let mut listing = Listing::Streaming;
     let start = |listing: Listing| match (listing, whole) {
-        (Listing::Whole, Some(whole)) => whole(api.clone(), kind, metrics.clone()),
-        _ => watcher::watcher(api.clone(), listing.config(&config)).boxed(),
+        (Listing::Whole, Some(whole)) => whole(api.clone(), kind, conv, metrics.clone()),
+        _ => converted_events(
+            watcher::watcher(api.clone(), listing.config(&config)).boxed(),
+            kind,
+            conv,
+        ),
     };
     let mut stream = start(listing);
     // From a new stream until its InitDone: the watcher is reading the kind's complete state
@@ -384,21 +378,20 @@ where
     let mut keep: Vec<ObjectKey> = Vec::new();
     let mut lists = 0u64;
     let mut crd_missing = false;
-    let reject = |obj: &K, e: &ConvertError| {
+    let reject = |key: &ObjectKey, e: &ConvertError| {
         metrics
             .source_errors
             .with_label_values(&["kubernetes", "validation"])
             .inc();
         tracing::warn!(
-            object = %key_of(kind, obj),
-            "rejected {kind} {}: {e}; keeping its last good version",
-            key_of(kind, obj)
+            object = %key,
+            "rejected {kind} {key}: {e}; keeping its last good version",
         );
     };
     while let Some(item) = stream.next().await {
         // `Init` comes before the list request is even sent (with streaming lists: before the
         // watch's first event): only what the API answered counts.
-        if matches!(&item, Ok(e) if !matches!(e, WEvent::Init)) {
+        if matches!(&item, Ok(e) if !matches!(e, Ev::Init)) {
             retry.reset();
             if std::mem::take(&mut failing)
                 && !send(Change::Health {
@@ -410,7 +403,7 @@ where
             }
         }
         let ok = match item {
-            Ok(WEvent::Init) if listing == Listing::Streaming && initial && inits > 0 => {
+            Ok(Ev::Init) if listing == Listing::Streaming && initial && inits > 0 => {
                 // kube-runtime starts a streaming list again, silently, when its watch ends
                 // before the initial-events-end bookmark: a server that ignores
                 // `sendInitialEvents` (or ends such watches early) would never let the kind sync.
@@ -427,25 +420,25 @@ where
                 keep.clear();
                 true
             }
-            Ok(WEvent::Init) => {
+            Ok(Ev::Init) => {
                 initial = true;
                 inits += 1;
                 buffer.clear();
                 keep.clear();
                 true
             }
-            Ok(WEvent::InitApply(obj)) => {
-                match conv(&obj) {
-                    Ok(Some(o)) => buffer.push(o),
-                    Ok(None) => {}
-                    Err(e) => {
-                        reject(&obj, &e);
-                        keep.push(key_of(kind, &obj));
+            Ok(Ev::InitApply(c)) => {
+                match c {
+                    Converted::Object(o) => buffer.push(o),
+                    Converted::Skipped => {}
+                    Converted::Rejected { key, error } => {
+                        reject(&key, &error);
+                        keep.push(key);
                     }
                 }
                 true
             }
-            Ok(WEvent::InitDone) => {
+            Ok(Ev::InitDone) => {
                 initial = false;
                 inits = 0;
                 if lists > 0 {
@@ -478,20 +471,20 @@ where
                         problem: None,
                     })
             }
-            Ok(WEvent::Apply(obj)) => match conv(&obj) {
-                Ok(Some(o)) => send(Change::Apply {
+            Ok(Ev::Apply(c)) => match c {
+                Converted::Object(o) => send(Change::Apply {
                     source: source.clone(),
                     object: o,
                 }),
-                Ok(None) => true,
-                Err(e) => {
-                    reject(&obj, &e);
+                Converted::Skipped => true,
+                Converted::Rejected { key, error } => {
+                    reject(&key, &error);
                     true
                 }
             },
-            Ok(WEvent::Delete(obj)) => send(Change::Delete {
+            Ok(Ev::Delete(key)) => send(Change::Delete {
                 source: source.clone(),
-                key: key_of(kind, &obj),
+                key,
             }),
             Err(e) if is_crd && is_not_found(&e) => {
                 // The API answered: not an outage (and the end of one, if there was one).

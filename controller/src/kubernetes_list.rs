@@ -3,11 +3,15 @@
 //! reads JSON only.
 //!
 //! The stream yields the events kube-runtime's watcher yields (`Init`, one `InitApply` per
-//! object, `InitDone`, then `Apply`/`Delete`), so the caller treats both the same:
+//! object, `InitDone`, then `Apply`/`Delete`), its objects converted ([`Ev`]), so the caller
+//! treats both the same:
 //!
 //! 1. `GET {collection}?resourceVersion=0&resourceVersionMatch=NotOlderThan` with
 //!    `Accept: application/vnd.kubernetes.protobuf, application/json` — served whole from
-//!    kube-apiserver's watch cache, in protobuf ([`crate::kubernetes_pb`]);
+//!    kube-apiserver's watch cache, in protobuf. The body is read as it arrives
+//!    ([`crate::kubernetes_pb::ListReader`]) and each item converted as soon as its bytes are
+//!    in, straight from them ([`crate::kubernetes_pb_items`]): the conversion runs while the API
+//!    server is still encoding and sending the rest;
 //! 2. a server that answers JSON instead (no protobuf for this kind) is read as JSON;
 //! 3. a protobuf body that cannot be read (bad magic, truncated, undecodable) is logged once
 //!    with the reason and the list is asked again as JSON only: the kind still syncs, and the
@@ -24,13 +28,16 @@ use std::time::Instant;
 
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
+use http_body_util::BodyExt;
 use kube::api::{ListParams, WatchEvent, WatchParams};
-use kube::runtime::watcher::{self, Event as WEvent};
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tables::Kind;
 
-use crate::kubernetes_pb::{self as pb, ProtobufKind};
+use crate::kubernetes_event::{self as ev, Conv, Converted, Ev, Events};
+use crate::kubernetes_pb::{self as pb, ListReader, PbError};
+use crate::kubernetes_pb_items::ProtobufKind;
 use crate::Metrics;
 
 /// A kind the protobuf lists serve.
@@ -54,14 +61,12 @@ impl<K> Listed for K where
 /// How long a watch may stay open before the server ends it (kube-runtime uses 290 s too).
 const WATCH_TIMEOUT_SECS: u32 = 290;
 
-type Item<K> = Result<WEvent<K>, watcher::Error>;
-
 enum State<K: Listed> {
     /// Before the list: yield `Init`, as kube-runtime does before its request.
     Start,
     List,
     Items {
-        items: Box<dyn Iterator<Item = K> + Send>,
+        items: std::vec::IntoIter<Converted>,
         rv: String,
     },
     Watch {
@@ -74,69 +79,85 @@ enum State<K: Listed> {
     Done,
 }
 
-/// The list-then-watch stream of `K` (see the module docs).
-pub fn list_watch<K: Listed>(
+/// What every state of one stream reads.
+struct Ctx<K: Listed> {
     api: Api<K>,
     kind: Kind,
+    conv: Conv<K>,
     metrics: Metrics,
-) -> BoxStream<'static, Item<K>> {
-    stream::unfold(State::<K>::Start, move |state| {
-        let api = api.clone();
-        let metrics = metrics.clone();
-        async move {
-            let mut state = state;
-            loop {
-                state = match state {
-                    State::Done => return None,
-                    State::Start => return Some((Ok(WEvent::Init), State::List)),
-                    State::List => match list(&api, kind, &metrics).await {
-                        Ok((rv, items)) => State::Items { items, rv },
-                        Err(e) => return Some((Err(e), State::Done)),
+}
+
+/// The list-then-watch stream of `K` (see the module docs); `conv` converts the objects of
+/// a JSON list and of the watch.
+pub fn list_watch<K: Listed>(api: Api<K>, kind: Kind, conv: Conv<K>, metrics: Metrics) -> Events {
+    let ctx = Ctx {
+        api,
+        kind,
+        conv,
+        metrics,
+    };
+    stream::unfold((State::<K>::Start, ctx), |(mut state, ctx)| async move {
+        loop {
+            state = match state {
+                State::Done => return None,
+                State::Start => return Some((Ok(Ev::Init), (State::List, ctx))),
+                State::List => match list(&ctx).await {
+                    Ok((rv, items)) => State::Items {
+                        items: items.into_iter(),
+                        rv,
                     },
-                    State::Items { mut items, rv } => match items.next() {
-                        Some(obj) => {
-                            return Some((Ok(WEvent::InitApply(obj)), State::Items { items, rv }))
-                        }
-                        None => return Some((Ok(WEvent::InitDone), State::Watch { rv })),
-                    },
-                    State::Watch { rv } => {
-                        // Bookmarks are on by default.
-                        let params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
-                        match api.watch(&params, &rv).await {
-                            Ok(events) => State::Watching {
-                                rv,
-                                events: events.boxed(),
-                            },
-                            Err(e) => {
-                                return Some((
-                                    Err(watcher::Error::WatchStartFailed(e)),
-                                    State::Done,
-                                ))
-                            }
+                    Err(e) => return Some((Err(e), (State::Done, ctx))),
+                },
+                State::Items { mut items, rv } => {
+                    let (event, next) = match items.next() {
+                        Some(c) => (Ev::InitApply(c), State::Items { items, rv }),
+                        None => (Ev::InitDone, State::Watch { rv }),
+                    };
+                    return Some((Ok(event), (next, ctx)));
+                }
+                State::Watch { rv } => {
+                    // Bookmarks are on by default.
+                    let params = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+                    match ctx.api.watch(&params, &rv).await {
+                        Ok(events) => State::Watching {
+                            rv,
+                            events: events.boxed(),
+                        },
+                        Err(e) => {
+                            let e = watcher::Error::WatchStartFailed(e);
+                            return Some((Err(e), (State::Done, ctx)));
                         }
                     }
-                    State::Watching { mut rv, mut events } => match events.next().await {
+                }
+                State::Watching { mut rv, mut events } => {
+                    let (kind, conv) = (ctx.kind, ctx.conv);
+                    let event = match events.next().await {
                         // The server ended the watch (its timeout): resume where it was.
-                        None => State::Watch { rv },
-                        Some(Err(e)) => {
-                            return Some((Err(watcher::Error::WatchFailed(e)), State::Done))
+                        None => {
+                            state = State::Watch { rv };
+                            continue;
                         }
-                        Some(Ok(WatchEvent::Error(s))) => {
-                            return Some((Err(watcher::Error::WatchError(s)), State::Done))
-                        }
+                        Some(Err(e)) => Err(watcher::Error::WatchFailed(e)),
+                        Some(Ok(WatchEvent::Error(s))) => Err(watcher::Error::WatchError(s)),
                         Some(Ok(WatchEvent::Bookmark(b))) => {
                             rv = b.metadata.resource_version;
-                            State::Watching { rv, events }
+                            state = State::Watching { rv, events };
+                            continue;
                         }
                         Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
                             rv = o.resource_version().unwrap_or(rv);
-                            return Some((Ok(WEvent::Apply(o)), State::Watching { rv, events }));
+                            Ok(Ev::Apply(ev::convert(kind, conv, &o)))
                         }
                         Some(Ok(WatchEvent::Deleted(o))) => {
                             rv = o.resource_version().unwrap_or(rv);
-                            return Some((Ok(WEvent::Delete(o)), State::Watching { rv, events }));
+                            Ok(Ev::Delete(ev::key_of(kind, &o)))
                         }
-                    },
+                    };
+                    let next = match event {
+                        Ok(_) => State::Watching { rv, events },
+                        Err(_) => State::Done,
+                    };
+                    return Some((event, (next, ctx)));
                 }
             }
         }
@@ -144,14 +165,15 @@ pub fn list_watch<K: Listed>(
     .boxed()
 }
 
-type Objects<K> = Box<dyn Iterator<Item = K> + Send>;
-
-/// One whole list at `resourceVersion=0`: protobuf if the server gives it, else JSON.
-async fn list<K: Listed>(
-    api: &Api<K>,
-    kind: Kind,
-    metrics: &Metrics,
-) -> Result<(String, Objects<K>), watcher::Error> {
+/// One whole list at `resourceVersion=0`, converted: protobuf if the server gives it, else
+/// JSON.
+async fn list<K: Listed>(ctx: &Ctx<K>) -> Result<(String, Vec<Converted>), watcher::Error> {
+    let Ctx {
+        api,
+        kind,
+        conv,
+        metrics,
+    } = ctx;
     let started = Instant::now();
     let params = ListParams::default().match_any();
     let failed = watcher::Error::InitialListFailed;
@@ -159,8 +181,7 @@ async fn list<K: Listed>(
         .list(&params)
         .map_err(|e| failed(kube::Error::BuildRequest(e)))?;
     let (content_type, body) = send(api, request, pb::ACCEPT).await.map_err(failed)?;
-    let bytes = body.len();
-    let done = |encoding: &str, n: usize| {
+    let done = |encoding: &str, n: usize, bytes: usize| {
         metrics
             .kube_lists
             .with_label_values(&[kind.as_str(), encoding])
@@ -175,13 +196,12 @@ async fn list<K: Listed>(
         );
     };
     if content_type.starts_with(pb::PROTOBUF) {
-        match pb::list::<K>(&body) {
-            Ok(list) => {
-                drop(body);
-                done("protobuf", list.len());
-                return Ok((list.resource_version, Box::new(list.items)));
+        match read_protobuf::<K>(body).await {
+            Ok(Read::List { rv, items, bytes }) => {
+                done("protobuf", items.len(), bytes);
+                return Ok((rv, items));
             }
-            Err(e) => {
+            Ok(Read::Unreadable(e)) => {
                 metrics
                     .source_errors
                     .with_label_values(&["kubernetes", "protobuf"])
@@ -192,35 +212,84 @@ async fn list<K: Listed>(
                     "cannot read the protobuf list; listing this kind as JSON instead"
                 );
             }
+            Err(e) => return Err(failed(e)),
         }
-        drop(body);
         let list = api.list(&params).await.map_err(failed)?;
-        return Ok(json(list, done));
+        return Ok(json(list, *kind, *conv, |n| done("json", n, 0)));
     }
     // The server answered JSON to the same request: it has no protobuf for this kind.
+    let body = body.collect_bytes().await.map_err(failed)?;
     let list: kube::core::ObjectList<K> =
         serde_json::from_slice(&body).map_err(|e| failed(kube::Error::SerdeError(e)))?;
+    let bytes = body.len();
     drop(body);
-    Ok(json(list, done))
+    Ok(json(list, *kind, *conv, |n| done("json", n, bytes)))
 }
 
-/// A JSON list's resource version and objects, counted and logged by `done`.
+/// What a protobuf body gave.
+enum Read {
+    List {
+        rv: String,
+        items: Vec<Converted>,
+        bytes: usize,
+    },
+    /// Not a protobuf list of the kind: list it as JSON instead.
+    Unreadable(PbError),
+}
+
+/// Reads a protobuf list body as it arrives, converting each item once its bytes are in. A
+/// transport error is an `Err` (the list failed); a body that is not a readable list is
+/// [`Read::Unreadable`].
+async fn read_protobuf<K: Listed>(mut body: kube::client::Body) -> kube::Result<Read> {
+    let mut reader = ListReader::new(K::LIST_KIND);
+    let mut items = Vec::new();
+    let mut bytes = 0;
+    let mut take = |reader: &mut ListReader| -> Result<(), PbError> {
+        while let Some(item) = reader.next_item()? {
+            items.push(K::convert_item(item).map_err(|error| PbError::Decode {
+                kind: K::LIST_KIND,
+                error,
+            })?);
+        }
+        Ok(())
+    };
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue; // trailers
+        };
+        bytes += data.len();
+        reader.push(&data);
+        if let Err(e) = take(&mut reader) {
+            return Ok(Read::Unreadable(e));
+        }
+    }
+    Ok(match reader.finish() {
+        Ok(rv) => Read::List { rv, items, bytes },
+        Err(e) => Read::Unreadable(e),
+    })
+}
+
+/// A JSON list's resource version and objects, converted; `done` counts and logs it.
 fn json<K: Listed>(
     list: kube::core::ObjectList<K>,
-    done: impl Fn(&str, usize),
-) -> (String, Objects<K>) {
-    done("json", list.items.len());
+    kind: Kind,
+    conv: Conv<K>,
+    done: impl Fn(usize),
+) -> (String, Vec<Converted>) {
+    done(list.items.len());
     let rv = list.metadata.resource_version.unwrap_or_default();
-    (rv, Box::new(list.items.into_iter()))
+    let items = list.items.iter().map(|o| ev::convert(kind, conv, o));
+    (rv, items.collect())
 }
 
-/// Sends `request` with `accept` and returns the answer's content type and body; an error
-/// status becomes `kube::Error::Api` with the server's `Status` (protobuf or JSON).
+/// Sends `request` with `accept` and returns the answer's content type and body (not read
+/// yet); an error status becomes `kube::Error::Api` with the server's `Status` (protobuf or
+/// JSON).
 async fn send<K: Listed>(
     api: &Api<K>,
     request: http::Request<Vec<u8>>,
     accept: &str,
-) -> kube::Result<(String, Vec<u8>)> {
+) -> kube::Result<(String, kube::client::Body)> {
     let mut request = request.map(kube::client::Body::from);
     request.headers_mut().insert(
         http::header::ACCEPT,
@@ -235,11 +304,11 @@ async fn send<K: Listed>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    // Without a copy where the buffer is not shared.
-    let body = Vec::from(response.into_body().collect_bytes().await?);
+    let body = response.into_body();
     if code.is_success() {
         return Ok((content_type, body));
     }
+    let body = body.collect_bytes().await?;
     let status = pb::status(&body)
         .or_else(|| serde_json::from_slice::<kube::core::Status>(&body).ok())
         .unwrap_or_else(|| {

@@ -1,6 +1,6 @@
-//! Protobuf lists of Services and EndpointSlices: the kube-apiserver wire envelope, decoded with
-//! kube-rs's prost types (`k8s-pb`), and each item moved into the k8s-openapi shape that
-//! [`crate::convert`] reads.
+//! Protobuf lists of Services and EndpointSlices, read as they arrive: the kube-apiserver wire
+//! envelope, the list's resource version, and each item's bytes as soon as they are in, for
+//! `kubernetes_pb_items.rs` to read straight into the fields the conversion takes.
 //!
 //! kube-apiserver answers a request with `Accept: application/vnd.kubernetes.protobuf` with the
 //! 4 bytes `k8s\0` followed by a `runtime.Unknown` message whose `raw` field holds the object
@@ -9,21 +9,13 @@
 //! 10k Services / 100k endpoints the two lists are 6.3 MB and 14 MB instead of 10 MB and 29 MB
 //! of JSON, and cheaper for the API server to encode (docs/sources.md).
 //!
-//! Each item becomes a k8s-openapi object holding only the fields `convert::service` and
-//! `convert::endpoint_slice` read, by moving the decoded strings, not copying them; the same
-//! conversion then validates both encodings. Fields that Go declares as values, not pointers
-//! (`nodePort`, `clusterIP`, `externalName`, ...), are written in protobuf even when empty, where
-//! the JSON leaves them out: `""` and `0` read as absent there. The decoded list is consumed item by item, so
-//! neither it nor the intermediate objects outlive the conversion.
+//! [`ListReader`] takes the body in the chunks the connection delivers and hands out each list
+//! item once it is complete, borrowed from its buffer: nothing is decoded into intermediate
+//! objects, the envelope's `raw` is never copied out, and only the item being received is held
+//! (the buffer keeps the bytes not yet consumed). The protobuf wire format is read by
+//! [`Fields`], a few lines over a byte slice; every length is checked against what encloses it,
+//! so a broken body is an error, never a panic or a huge allocation.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1 as discovery;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use k8s_pb::api::core::v1 as pb_core;
-use k8s_pb::api::discovery::v1 as pb_discovery;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as pb_meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
 use prost::Message;
@@ -38,7 +30,7 @@ pub const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
 pub const ACCEPT: &str = "application/vnd.kubernetes.protobuf, application/json";
 
 /// The first bytes of every protobuf body kube-apiserver writes.
-const MAGIC: &[u8; 4] = b"k8s\0";
+pub const MAGIC: &[u8; 4] = b"k8s\0";
 
 /// Why a protobuf body could not be read. The list is then read again as JSON.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +38,7 @@ pub enum PbError {
     #[error("the body ({0} bytes) does not start with the protobuf magic k8s\\0")]
     BadMagic(usize),
     #[error("cannot decode the runtime.Unknown envelope: {0}")]
-    Envelope(prost::DecodeError),
+    Envelope(WireError),
     #[error("the envelope holds no object")]
     NoRaw,
     #[error("the envelope's content encoding {0:?} is not supported")]
@@ -59,42 +51,164 @@ pub enum PbError {
     #[error("cannot decode the {kind}: {error}")]
     Decode {
         kind: &'static str,
-        error: prost::DecodeError,
+        error: WireError,
     },
 }
 
-/// The object inside a protobuf body: `(kind, raw bytes)`.
-fn unwrap_envelope(body: &[u8]) -> Result<(String, Vec<u8>), PbError> {
-    let rest = body
-        .strip_prefix(MAGIC.as_slice())
-        .ok_or(PbError::BadMagic(body.len()))?;
-    let unknown = Unknown::decode(rest).map_err(PbError::Envelope)?;
-    if let Some(e) = unknown.content_encoding.filter(|e| !e.is_empty()) {
-        return Err(PbError::Encoding(e));
-    }
-    let kind = unknown.type_meta.and_then(|t| t.kind).unwrap_or_default();
-    Ok((kind, unknown.raw.ok_or(PbError::NoRaw)?))
+/// What is wrong with protobuf bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("cut short")]
+    Truncated,
+    #[error("a varint longer than 10 bytes")]
+    Varint,
+    #[error("wire type {0} is not supported")]
+    WireType(u8),
+    #[error("field {0} has the wrong wire type")]
+    Type(u32),
+    #[error("field {0} is not UTF-8")]
+    Utf8(u32),
 }
 
-/// Decodes the message of kind `expected` from a protobuf body. An envelope without a kind is
-/// taken for what was asked (kube-apiserver always writes it).
-fn decode<M: Message + Default>(body: &[u8], expected: &'static str) -> Result<M, PbError> {
-    let (kind, raw) = unwrap_envelope(body)?;
-    if !kind.is_empty() && kind != expected {
-        return Err(PbError::WrongKind {
-            found: kind,
-            expected,
-        });
+/// One field's value, as the wire format carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value<'a> {
+    Varint(u64),
+    /// Length-delimited: a string, bytes, a message or a packed list.
+    Bytes(&'a [u8]),
+    /// A fixed64 or fixed32, little-endian (no field read here has one).
+    Fixed(&'a [u8]),
+}
+
+/// A field of a message: its number and value.
+#[derive(Clone, Copy, Debug)]
+pub struct Field<'a> {
+    pub number: u32,
+    pub value: Value<'a>,
+}
+
+impl<'a> Field<'a> {
+    /// A length-delimited value (a message or bytes).
+    pub fn bytes(self) -> Result<&'a [u8], WireError> {
+        match self.value {
+            Value::Bytes(b) => Ok(b),
+            _ => Err(WireError::Type(self.number)),
+        }
     }
-    M::decode(raw.as_slice()).map_err(|error| PbError::Decode {
-        kind: expected,
-        error,
+
+    pub fn str(self) -> Result<&'a str, WireError> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| WireError::Utf8(self.number))
+    }
+
+    pub fn varint(self) -> Result<u64, WireError> {
+        match self.value {
+            Value::Varint(v) => Ok(v),
+            _ => Err(WireError::Type(self.number)),
+        }
+    }
+
+    /// An `int32` (negative values are sign-extended to 64 bits on the wire).
+    pub fn int32(self) -> Result<i32, WireError> {
+        Ok(self.varint()? as i32)
+    }
+
+    pub fn int64(self) -> Result<i64, WireError> {
+        Ok(self.varint()? as i64)
+    }
+
+    pub fn bool(self) -> Result<bool, WireError> {
+        Ok(self.varint()? != 0)
+    }
+}
+
+/// The fields of one message, in wire order.
+pub struct Fields<'a> {
+    buf: &'a [u8],
+}
+
+/// The fields of the message in `buf`.
+pub fn fields(buf: &[u8]) -> Fields<'_> {
+    Fields { buf }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<Field<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let r = field(self.buf);
+        match r {
+            Ok((f, len)) => {
+                self.buf = &self.buf[len..];
+                Some(Ok(f))
+            }
+            Err(e) => {
+                self.buf = &[];
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// The varint at the start of `buf` and its length.
+fn varint(buf: &[u8]) -> Result<(u64, usize), WireError> {
+    let mut v = 0u64;
+    for (i, b) in buf.iter().take(10).enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok((v, i + 1));
+        }
+    }
+    Err(if buf.len() < 10 {
+        WireError::Truncated
+    } else {
+        WireError::Varint
     })
+}
+
+/// The field at the start of `buf` and its length on the wire; `Truncated` when `buf` ends
+/// before it does.
+fn field(buf: &[u8]) -> Result<(Field<'_>, usize), WireError> {
+    let (tag, mut at) = varint(buf)?;
+    let number = u32::try_from(tag >> 3).map_err(|_| WireError::Varint)?;
+    let rest = &buf[at..];
+    let value = match tag & 7 {
+        0 => {
+            let (v, n) = varint(rest)?;
+            at += n;
+            Value::Varint(v)
+        }
+        // fixed64, fixed32.
+        w @ (1 | 5) => {
+            let n = if w == 1 { 8 } else { 4 };
+            let bytes = rest.get(..n).ok_or(WireError::Truncated)?;
+            at += n;
+            Value::Fixed(bytes)
+        }
+        2 => {
+            let (len, n) = varint(rest)?;
+            let len = usize::try_from(len).map_err(|_| WireError::Truncated)?;
+            let end = n.checked_add(len).ok_or(WireError::Truncated)?;
+            let bytes = rest.get(n..end).ok_or(WireError::Truncated)?;
+            at += end;
+            Value::Bytes(bytes)
+        }
+        t => return Err(WireError::WireType(t as u8)),
+    };
+    Ok((Field { number, value }, at))
 }
 
 /// The `metav1.Status` of an error answered in protobuf, if the body is one.
 pub fn status(body: &[u8]) -> Option<kube::core::Status> {
-    let s: pb_meta::Status = decode(body, "Status").ok()?;
+    let rest = body.strip_prefix(MAGIC.as_slice())?;
+    let unknown = Unknown::decode(rest).ok()?;
+    let kind = unknown.type_meta.and_then(|t| t.kind).unwrap_or_default();
+    if !kind.is_empty() && kind != "Status" {
+        return None;
+    }
+    let s = pb_meta::Status::decode(unknown.raw?.as_slice()).ok()?;
     let code = s.code.and_then(|c| u16::try_from(c).ok()).unwrap_or(0);
     Some(
         kube::core::Status::failure(
@@ -105,217 +219,215 @@ pub fn status(body: &[u8]) -> Option<kube::core::Status> {
     )
 }
 
-/// A kind read as a protobuf list: its list message and how an item becomes the k8s-openapi
-/// object that `convert` reads.
-pub trait ProtobufKind: Sized {
-    /// The list message (`ServiceList`).
-    type List: Message + Default;
-    /// One item of it.
-    type Item: Send;
-    /// The list's `kind` in the envelope.
-    const LIST_KIND: &'static str;
-    /// The list's resource version and its items.
-    fn split(list: Self::List) -> (Option<String>, Vec<Self::Item>);
-    /// The item in the k8s-openapi shape, its fields moved.
-    fn from_pb(item: Self::Item) -> Self;
+/// Where a [`ListReader`] is in the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Magic,
+    /// In the envelope's fields before `raw`.
+    Envelope,
+    /// In `raw`, the list, with this many of its bytes not yet consumed.
+    List {
+        left: usize,
+    },
+    /// In the envelope's fields after `raw`.
+    Trailer,
 }
 
-/// A decoded list's items, each moved into the k8s-openapi shape when the iterator reaches it.
-pub type Items<K> = std::iter::Map<
-    std::vec::IntoIter<<K as ProtobufKind>::Item>,
-    fn(<K as ProtobufKind>::Item) -> K,
->;
-
-/// A decoded list: its resource version (to watch from) and its items.
-pub struct List<K: ProtobufKind> {
-    pub resource_version: String,
-    pub items: Items<K>,
+/// Reads a protobuf list body of `expected` (`ServiceList`) as it arrives (see the module
+/// docs): [`push`](Self::push) each chunk, take the complete items with
+/// [`next_item`](Self::next_item), and [`finish`](Self::finish) at the end of the body.
+pub struct ListReader {
+    expected: &'static str,
+    /// Received bytes from `at` on are not consumed yet.
+    buf: Vec<u8>,
+    at: usize,
+    stage: Stage,
+    received: usize,
+    resource_version: Option<String>,
+    encoding: Option<String>,
 }
 
-impl<K: ProtobufKind> List<K> {
-    pub fn len(&self) -> usize {
-        self.items.len()
+impl ListReader {
+    pub fn new(expected: &'static str) -> Self {
+        ListReader {
+            expected,
+            buf: Vec::new(),
+            at: 0,
+            stage: Stage::Magic,
+            received: 0,
+            resource_version: None,
+            encoding: None,
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Decodes a protobuf list body of kind `K`.
-pub fn list<K: ProtobufKind>(body: &[u8]) -> Result<List<K>, PbError> {
-    let (rv, items) = K::split(decode(body, K::LIST_KIND)?);
-    Ok(List {
-        resource_version: rv.unwrap_or_default(),
-        items: items.into_iter().map(K::from_pb as fn(K::Item) -> K),
-    })
-}
-
-fn list_rv(meta: Option<pb_meta::ListMeta>) -> Option<String> {
-    meta.and_then(|m| m.resource_version)
-}
-
-/// A string field that Go declares as a value, not a pointer (`Name string
-/// \`json:"name,omitempty"\``): kube-apiserver's protobuf writes it even when empty, where its
-/// JSON leaves it out. Empty is absent, as in the JSON.
-fn text(s: Option<String>) -> Option<String> {
-    s.filter(|s| !s.is_empty())
-}
-
-/// A number field that Go declares as a value with `omitempty` (`NodePort int32`): 0 is absent.
-fn number(n: Option<i32>) -> Option<i32> {
-    n.filter(|n| *n != 0)
-}
-
-/// Empty in protobuf means absent in the JSON shape.
-fn some_vec<T>(v: Vec<T>) -> Option<Vec<T>> {
-    (!v.is_empty()).then_some(v)
-}
-
-fn some_map(m: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
-    (!m.is_empty()).then_some(m)
-}
-
-/// The metadata fields the conversion reads: name, namespace, labels, annotations.
-fn meta(m: Option<pb_meta::ObjectMeta>) -> ObjectMeta {
-    let m = m.unwrap_or_default();
-    ObjectMeta {
-        name: text(m.name),
-        namespace: text(m.namespace),
-        labels: some_map(m.labels),
-        annotations: some_map(m.annotations),
-        ..Default::default()
-    }
-}
-
-impl ProtobufKind for core::Service {
-    type List = pb_core::ServiceList;
-    type Item = pb_core::Service;
-    const LIST_KIND: &'static str = "ServiceList";
-
-    fn split(list: Self::List) -> (Option<String>, Vec<Self::Item>) {
-        (list_rv(list.metadata), list.items)
+    /// Adds the next bytes of the body. Bytes already consumed are dropped first, so the
+    /// buffer holds at most one item beyond the chunk.
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.at > 0 {
+            self.buf.drain(..self.at);
+            self.at = 0;
+        }
+        self.buf.extend_from_slice(chunk);
+        self.received += chunk.len();
     }
 
-    fn from_pb(s: pb_core::Service) -> Self {
-        let spec = s.spec.unwrap_or_default();
-        let ports = spec.ports.into_iter().map(|p| core::ServicePort {
-            name: text(p.name),
-            protocol: text(p.protocol),
-            app_protocol: p.app_protocol,
-            port: p.port.unwrap_or_default(),
-            // IntOrString: type 0 is the number, 1 the name.
-            target_port: p.target_port.map(|t| match t.r#type {
-                Some(1) => IntOrString::String(t.str_val.unwrap_or_default()),
-                _ => IntOrString::Int(t.int_val.unwrap_or_default()),
-            }),
-            node_port: number(p.node_port),
-        });
-        let ingress = s
-            .status
-            .and_then(|s| s.load_balancer)
-            .map(|l| l.ingress)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|i| core::LoadBalancerIngress {
-                ip: text(i.ip),
-                hostname: text(i.hostname),
-                ..Default::default()
-            });
-        core::Service {
-            metadata: meta(s.metadata),
-            spec: Some(core::ServiceSpec {
-                ports: some_vec(ports.collect()),
-                cluster_ip: text(spec.cluster_ip),
-                cluster_ips: some_vec(spec.cluster_ips),
-                type_: text(spec.r#type),
-                external_ips: some_vec(spec.external_ips),
-                session_affinity: text(spec.session_affinity),
-                load_balancer_source_ranges: some_vec(spec.load_balancer_source_ranges),
-                external_name: text(spec.external_name),
-                external_traffic_policy: text(spec.external_traffic_policy),
-                health_check_node_port: number(spec.health_check_node_port),
-                publish_not_ready_addresses: spec.publish_not_ready_addresses,
-                session_affinity_config: spec.session_affinity_config.map(|c| {
-                    core::SessionAffinityConfig {
-                        client_ip: c.client_ip.map(|c| core::ClientIPConfig {
-                            timeout_seconds: c.timeout_seconds,
-                        }),
+    /// The bytes of the next complete list item, or `None` until more of the body is pushed
+    /// (or at its end).
+    pub fn next_item(&mut self) -> Result<Option<&[u8]>, PbError> {
+        loop {
+            let rest = &self.buf[self.at..];
+            match self.stage {
+                Stage::Magic => {
+                    if rest.len() < MAGIC.len() {
+                        if !MAGIC.starts_with(rest) {
+                            return Err(PbError::BadMagic(self.received));
+                        }
+                        return Ok(None);
                     }
-                }),
-                internal_traffic_policy: spec.internal_traffic_policy,
-                traffic_distribution: spec.traffic_distribution,
-                ..Default::default()
-            }),
-            status: Some(core::ServiceStatus {
-                load_balancer: Some(core::LoadBalancerStatus {
-                    ingress: some_vec(ingress.collect()),
-                }),
-                ..Default::default()
-            }),
+                    if &rest[..MAGIC.len()] != MAGIC {
+                        return Err(PbError::BadMagic(self.received));
+                    }
+                    self.at += MAGIC.len();
+                    self.stage = Stage::Envelope;
+                }
+                Stage::Envelope => {
+                    // `raw` is taken by its header alone: its items are read as they come.
+                    match raw_header(rest) {
+                        Ok(Some((len, header))) => {
+                            self.at += header;
+                            self.stage = Stage::List { left: len };
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(WireError::Truncated) => return Ok(None),
+                        Err(e) => return Err(PbError::Envelope(e)),
+                    }
+                    let Some((f, len)) = complete(field(rest), PbError::Envelope)? else {
+                        return Ok(None);
+                    };
+                    if let (1, Value::Bytes(b)) = (f.number, f.value) {
+                        // typeMeta: the kind.
+                        let kind = type_kind(b).map_err(PbError::Envelope)?;
+                        if !kind.is_empty() && kind != self.expected {
+                            return Err(PbError::WrongKind {
+                                found: kind.to_string(),
+                                expected: self.expected,
+                            });
+                        }
+                    }
+                    self.at += len;
+                }
+                Stage::Trailer => {
+                    let Some((f, len)) = complete(field(rest), PbError::Envelope)? else {
+                        return Ok(None);
+                    };
+                    if let (3, Value::Bytes(_)) = (f.number, f.value) {
+                        let e = f.str().map_err(PbError::Envelope)?;
+                        self.encoding = Some(e.to_string());
+                    }
+                    self.at += len;
+                }
+                Stage::List { left: 0 } => self.stage = Stage::Trailer,
+                Stage::List { left } => {
+                    let decode = |error| PbError::Decode {
+                        kind: self.expected,
+                        error,
+                    };
+                    // Nothing of an item reaches past the list's end.
+                    let within = &rest[..rest.len().min(left)];
+                    let Some((f, len)) = complete(field(within), decode)? else {
+                        if within.len() == left {
+                            return Err(decode(WireError::Truncated));
+                        }
+                        return Ok(None);
+                    };
+                    self.stage = Stage::List { left: left - len };
+                    let start = self.at;
+                    self.at += len;
+                    match (f.number, f.value) {
+                        // metadata: the resource version to watch from.
+                        (1, Value::Bytes(b)) => {
+                            self.resource_version = list_rv(b).map_err(decode)?;
+                        }
+                        (2, Value::Bytes(item)) => {
+                            let item_start = start + len - item.len();
+                            return Ok(Some(&self.buf[item_start..start + len]));
+                        }
+                        (1 | 2, _) => return Err(decode(WireError::Type(f.number))),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// At the end of the body (every item taken): the list's resource version, or why the
+    /// body was not a whole list.
+    pub fn finish(mut self) -> Result<String, PbError> {
+        let more = self.next_item()?.is_some();
+        if self.stage == Stage::Magic {
+            return Err(PbError::BadMagic(self.received));
+        }
+        if more || self.at < self.buf.len() || matches!(self.stage, Stage::List { .. }) {
+            return Err(PbError::Envelope(WireError::Truncated));
+        }
+        match self.stage {
+            Stage::Magic => Err(PbError::BadMagic(self.received)),
+            Stage::Envelope => Err(PbError::NoRaw),
+            _ => match self.encoding.filter(|e| !e.is_empty()) {
+                Some(e) => Err(PbError::Encoding(e)),
+                None => Ok(self.resource_version.unwrap_or_default()),
+            },
         }
     }
 }
 
-impl ProtobufKind for discovery::EndpointSlice {
-    type List = pb_discovery::EndpointSliceList;
-    type Item = pb_discovery::EndpointSlice;
-    const LIST_KIND: &'static str = "EndpointSliceList";
-
-    fn split(list: Self::List) -> (Option<String>, Vec<Self::Item>) {
-        (list_rv(list.metadata), list.items)
+/// `Some((length, header length))` when `buf` starts with the envelope's `raw` field (2,
+/// length-delimited): its header, without waiting for its bytes.
+fn raw_header(buf: &[u8]) -> Result<Option<(usize, usize)>, WireError> {
+    let (tag, n) = varint(buf)?;
+    if tag != (2 << 3 | 2) {
+        return Ok(None);
     }
+    let (len, m) = varint(&buf[n..])?;
+    let len = usize::try_from(len).map_err(|_| WireError::Varint)?;
+    Ok(Some((len, n + m)))
+}
 
-    fn from_pb(s: pb_discovery::EndpointSlice) -> Self {
-        let endpoints = s.endpoints.into_iter().map(|e| discovery::Endpoint {
-            addresses: e.addresses,
-            conditions: e.conditions.map(|c| discovery::EndpointConditions {
-                ready: c.ready,
-                serving: c.serving,
-                terminating: c.terminating,
-            }),
-            hostname: e.hostname,
-            node_name: e.node_name,
-            zone: e.zone,
-            target_ref: e.target_ref.map(|t| core::ObjectReference {
-                kind: text(t.kind),
-                namespace: text(t.namespace),
-                name: text(t.name),
-                ..Default::default()
-            }),
-            hints: e.hints.map(|h| discovery::EndpointHints {
-                for_zones: some_vec(
-                    h.for_zones
-                        .into_iter()
-                        .map(|z| discovery::ForZone {
-                            name: z.name.unwrap_or_default(),
-                        })
-                        .collect(),
-                ),
-                for_nodes: some_vec(
-                    h.for_nodes
-                        .into_iter()
-                        .map(|n| discovery::ForNode {
-                            name: n.name.unwrap_or_default(),
-                        })
-                        .collect(),
-                ),
-            }),
-            deprecated_topology: None,
-        });
-        let ports = s.ports.into_iter().map(|p| discovery::EndpointPort {
-            name: p.name,
-            protocol: p.protocol,
-            port: p.port,
-            app_protocol: p.app_protocol,
-        });
-        discovery::EndpointSlice {
-            metadata: meta(s.metadata),
-            address_type: s.address_type.unwrap_or_default(),
-            endpoints: endpoints.collect(),
-            ports: some_vec(ports.collect()),
+/// A field read from bytes that may end early: `None` when more bytes are needed.
+fn complete<'a>(
+    r: Result<(Field<'a>, usize), WireError>,
+    wrap: impl Fn(WireError) -> PbError,
+) -> Result<Option<(Field<'a>, usize)>, PbError> {
+    match r {
+        Ok(f) => Ok(Some(f)),
+        Err(WireError::Truncated) => Ok(None),
+        Err(e) => Err(wrap(e)),
+    }
+}
+
+/// `TypeMeta.kind` (field 2).
+fn type_kind(b: &[u8]) -> Result<&str, WireError> {
+    let mut kind = "";
+    for f in fields(b) {
+        let f = f?;
+        if f.number == 2 {
+            kind = f.str()?;
         }
     }
+    Ok(kind)
+}
+
+/// `ListMeta.resourceVersion` (field 2).
+fn list_rv(b: &[u8]) -> Result<Option<String>, WireError> {
+    let mut rv = None;
+    for f in fields(b) {
+        let f = f?;
+        if f.number == 2 {
+            rv = Some(f.str()?.to_string());
+        }
+    }
+    Ok(rv)
 }
 
 #[cfg(test)]

@@ -1,9 +1,41 @@
-//! The protobuf envelope and the pb → k8s-openapi moves: the same object read from protobuf and
-//! from JSON converts to the same model, and every broken body is an error, never a panic.
+//! The protobuf envelope and list items: the same object read from protobuf (straight from
+//! its bytes, in any chunking of the body) and from JSON converts to the same model, and every
+//! broken body is an error, never a panic.
 
 use super::*;
 use crate::convert;
+use crate::kubernetes_event::Converted;
+use crate::kubernetes_pb_items::{self as items, ProtobufKind};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_pb::api::core::v1 as pb_core;
+use k8s_pb::api::discovery::v1 as pb_discovery;
 use k8s_pb::apimachinery::pkg::runtime::TypeMeta;
+use tables::Object;
+
+/// A whole body read `chunk` bytes at a time, each item converted: the resource version and
+/// the items, or the first error.
+fn read<K: ProtobufKind>(body: &[u8], chunk: usize) -> Result<(String, Vec<Converted>), PbError> {
+    let mut reader = ListReader::new(K::LIST_KIND);
+    let mut out = Vec::new();
+    for c in body.chunks(chunk.max(1)) {
+        reader.push(c);
+        while let Some(item) = reader.next_item()? {
+            out.push(K::convert_item(item).map_err(|error| PbError::Decode {
+                kind: K::LIST_KIND,
+                error,
+            })?);
+        }
+    }
+    Ok((reader.finish()?, out))
+}
+
+fn object(c: Converted) -> Object {
+    match c {
+        Converted::Object(o) => o,
+        other => panic!("not converted: {other:?}"),
+    }
+}
 
 /// `raw` in kube-apiserver's envelope, the list's kind named.
 fn envelope(kind: &str, raw: Vec<u8>, encoding: &str) -> Vec<u8> {
@@ -184,21 +216,31 @@ const SLICE_JSON: &str = r#"{
   "ports": [{"name": "http", "protocol": "TCP", "port": 8080, "appProtocol": "http"}]
 }"#;
 
-#[test]
-fn a_service_converts_the_same_from_protobuf_and_json() {
+fn service_list(items: Vec<pb_core::Service>) -> Vec<u8> {
     let raw = pb_core::ServiceList {
         metadata: Some(pb_meta::ListMeta {
             resource_version: Some("42".into()),
             ..Default::default()
         }),
-        items: vec![pb_service()],
+        items,
     }
     .encode_to_vec();
-    let mut list = list::<core::Service>(&envelope("ServiceList", raw, "")).unwrap();
-    assert_eq!((list.resource_version.as_str(), list.len()), ("42", 1));
-    let from_pb = convert::service(&list.items.next().unwrap(), "default").unwrap();
+    envelope("ServiceList", raw, "")
+}
+
+/// However the connection cuts the body into chunks, the same items come out.
+#[test]
+fn a_service_converts_the_same_from_protobuf_and_json_in_any_chunks() {
     let json: core::Service = serde_json::from_str(SERVICE_JSON).unwrap();
-    assert_eq!(from_pb, convert::service(&json, "default").unwrap());
+    let want = Object::Service(convert::service(&json, "default").unwrap());
+    let body = service_list(vec![pb_service(); 3]);
+    for chunk in [1, 2, 3, 7, 64, 1000, body.len()] {
+        let (rv, got) = read::<core::Service>(&body, chunk).unwrap();
+        assert_eq!((rv.as_str(), got.len()), ("42", 3), "chunks of {chunk}");
+        for o in got {
+            assert_eq!(object(o), want, "chunks of {chunk}");
+        }
+    }
 }
 
 /// kube-apiserver writes the fields Go declares as values even when they are empty (`nodePort:
@@ -234,7 +276,8 @@ fn empty_value_fields_read_as_absent() {
             ..Default::default()
         }),
     };
-    let from_pb = convert::service(&core::Service::from_pb(svc), "default").unwrap();
+    let bytes = svc.encode_to_vec();
+    let from_pb = convert::service_of(&items::service(&bytes).unwrap(), "default").unwrap();
     let json: core::Service = serde_json::from_str(
         r#"{"metadata": {"name": "plain", "namespace": "shop",
             "labels": {"kubernetes.io/service-name": "web"},
@@ -254,32 +297,53 @@ fn an_endpoint_slice_converts_the_same_from_protobuf_and_json() {
             resource_version: Some("43".into()),
             ..Default::default()
         }),
-        items: vec![pb_slice()],
+        items: vec![pb_slice(); 2],
     }
     .encode_to_vec();
     let body = envelope("EndpointSliceList", raw, "");
-    let mut list = list::<discovery::EndpointSlice>(&body).unwrap();
-    assert_eq!(list.resource_version, "43");
-    let from_pb = convert::endpoint_slice(&list.items.next().unwrap(), "default").unwrap();
     let json: discovery::EndpointSlice = serde_json::from_str(SLICE_JSON).unwrap();
-    assert_eq!(from_pb, convert::endpoint_slice(&json, "default").unwrap());
+    let want = Object::EndpointSlice(convert::endpoint_slice(&json, "default").unwrap());
+    for chunk in [1, 5, 100, body.len()] {
+        let (rv, got) = read::<discovery::EndpointSlice>(&body, chunk).unwrap();
+        assert_eq!((rv.as_str(), got.len()), ("43", 2), "chunks of {chunk}");
+        for o in got {
+            assert_eq!(object(o), want, "chunks of {chunk}");
+        }
+    }
+}
+
+/// An item that reads but does not validate is rejected by the same conversion as JSON, with
+/// its key, and the list goes on.
+#[test]
+fn invalid_items_are_rejected_with_their_key() {
+    let mut bad = pb_service();
+    bad.spec.as_mut().unwrap().ports[0].port = Some(70000);
+    let body = service_list(vec![bad, pb_service()]);
+    let (_, got) = read::<core::Service>(&body, 10).unwrap();
+    let mut json: core::Service = serde_json::from_str(SERVICE_JSON).unwrap();
+    json.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 70000;
+    let json_error = convert::service(&json, "default").unwrap_err();
+    match &got[..] {
+        [Converted::Rejected { key, error }, Converted::Object(_)] => {
+            assert_eq!(key.to_string(), "Service shop/web");
+            assert_eq!(error, &json_error);
+            assert_eq!(error.field, "spec.ports[0].port");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
 fn broken_bodies_are_errors() {
-    let good = envelope(
-        "ServiceList",
-        pb_core::ServiceList {
-            metadata: None,
-            items: vec![pb_service(); 3],
-        }
-        .encode_to_vec(),
-        "",
-    );
+    let good = service_list(vec![pb_service(); 3]);
     let mut garbage = MAGIC.to_vec();
     garbage.extend_from_slice(&[0xff; 16]);
     // The list's metadata announced, its length cut short.
     let bad_raw = envelope("ServiceList", vec![0x0a, 0x80], "");
+    // An item whose name (a string) is sent as a number.
+    let wrong_type = envelope("ServiceList", vec![0x12, 0x04, 0x0a, 0x02, 0x08, 0x01], "");
+    // An item that claims more bytes than the list holds.
+    let overlong = envelope("ServiceList", vec![0x12, 0x7f, 0x0a], "");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty", vec![], "does not start with the protobuf magic"),
         (
@@ -287,18 +351,25 @@ fn broken_bodies_are_errors() {
             br#"{"kind":"ServiceList"}"#.to_vec(),
             "protobuf magic",
         ),
+        ("magic cut", b"k8".to_vec(), "protobuf magic"),
         ("magic only", MAGIC.to_vec(), "holds no object"),
         ("garbage envelope", garbage, "runtime.Unknown envelope"),
         (
             "cut in the middle",
             good[..good.len() / 2].to_vec(),
-            "runtime.Unknown envelope",
+            "runtime.Unknown envelope: cut short",
         ),
         (
             "cut inside the list",
             bad_raw,
             "cannot decode the ServiceList",
         ),
+        (
+            "a field of the wrong type",
+            wrong_type,
+            "cannot decode the ServiceList: field 1 has the wrong wire type",
+        ),
+        ("an item past the list's end", overlong, "cut short"),
         (
             "another kind",
             envelope("Status", vec![], ""),
@@ -311,12 +382,30 @@ fn broken_bodies_are_errors() {
         ),
     ];
     for (what, body, message) in cases {
-        match list::<core::Service>(&body) {
-            Ok(_) => panic!("{what}: decoded"),
-            Err(e) => assert!(e.to_string().contains(message), "{what}: {e}"),
+        for chunk in [1, 3, body.len()] {
+            match read::<core::Service>(&body, chunk) {
+                Ok(_) => panic!("{what}: decoded"),
+                Err(e) => assert!(e.to_string().contains(message), "{what}: {e}"),
+            }
         }
     }
-    assert_eq!(list::<core::Service>(&good).unwrap().len(), 3);
+    assert_eq!(read::<core::Service>(&good, 100).unwrap().1.len(), 3);
+}
+
+/// Random bytes and random cuts of a good body are errors or lists, never a panic.
+#[test]
+fn any_bytes_read_without_panicking() {
+    let good = service_list(vec![pb_service(); 2]);
+    let mut rng = fastrand::Rng::with_seed(17);
+    for _ in 0..2000 {
+        let mut body = good.clone();
+        for _ in 0..rng.usize(1..4) {
+            let i = rng.usize(..body.len());
+            body[i] = rng.u8(..);
+        }
+        body.truncate(rng.usize(..=body.len()));
+        let _ = read::<core::Service>(&body, rng.usize(1..64));
+    }
 }
 
 #[test]

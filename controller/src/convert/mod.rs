@@ -12,14 +12,15 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as networking;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tables::intern::intern;
 use tables::model as m;
 
 use crate::gateway_api as gw;
 
+mod fields;
 mod http;
 
+pub use fields::*;
 pub use http::*;
 
 /// A field of an object that cannot be turned into the model.
@@ -92,25 +93,52 @@ pub fn convert(obj: &ApiObject, default_namespace: &str) -> Result<m::Object> {
 }
 
 fn meta(meta: &ObjectMeta, default_namespace: &str) -> Result<(String, String)> {
-    let name = meta
-        .name
-        .clone()
+    name_and_namespace(
+        meta.name.as_deref(),
+        meta.namespace.as_deref(),
+        default_namespace,
+    )
+}
+
+fn names(meta: &Meta, default_namespace: &str) -> Result<(String, String)> {
+    name_and_namespace(meta.name, meta.namespace, default_namespace)
+}
+
+/// `(namespace, name)`: the name is required, an empty or absent namespace is
+/// `default_namespace`.
+fn name_and_namespace(
+    name: Option<&str>,
+    namespace: Option<&str>,
+    default_namespace: &str,
+) -> Result<(String, String)> {
+    let name = name
         .filter(|n| !n.is_empty())
         .ok_or_else(|| err("metadata.name", "is required"))?;
-    let ns = meta
-        .namespace
-        .clone()
+    let ns = namespace
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| default_namespace.to_string());
-    Ok((ns, name))
+        .unwrap_or(default_namespace);
+    Ok((ns.to_string(), name.to_string()))
+}
+
+/// The annotations under `switchboard.dev/`, the only ones the model keeps.
+fn is_ours(key: &str) -> bool {
+    key.starts_with("switchboard.dev/")
 }
 
 fn our_annotations(meta: &ObjectMeta) -> BTreeMap<String, String> {
     meta.annotations
         .iter()
         .flatten()
-        .filter(|(k, _)| k.starts_with("switchboard.dev/"))
+        .filter(|(k, _)| is_ours(k))
         .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn annotations_of(meta: &Meta) -> BTreeMap<String, String> {
+    meta.annotations
+        .iter()
+        .filter(|(k, _)| is_ours(k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
@@ -121,24 +149,49 @@ fn created(meta: &ObjectMeta) -> Option<String> {
         .and_then(|v| v.as_str().map(str::to_string))
 }
 
-fn ip(field: &str, s: &str) -> Result<IpAddr> {
-    s.parse()
-        .map_err(|_| err(field, format!("{s:?} is not an IP address")))
+/// The name of a field, for an error: a string, or a closure that formats it
+/// (`spec.ports[3].port`) only when there is an error. At 100,000 endpoints, the names formatted
+/// for every valid address and port were about a tenth of the conversion's CPU.
+trait FieldName {
+    fn name(self) -> String;
 }
 
-fn port(field: &str, p: i32) -> Result<u16> {
+impl FieldName for &str {
+    fn name(self) -> String {
+        self.to_string()
+    }
+}
+
+impl FieldName for &String {
+    fn name(self) -> String {
+        self.clone()
+    }
+}
+
+impl<F: FnOnce() -> String> FieldName for F {
+    fn name(self) -> String {
+        self()
+    }
+}
+
+fn ip(field: impl FieldName, s: &str) -> Result<IpAddr> {
+    s.parse()
+        .map_err(|_| err(field.name(), format!("{s:?} is not an IP address")))
+}
+
+fn port(field: impl FieldName, p: i32) -> Result<u16> {
     u16::try_from(p)
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| err(field, format!("{p} is not a port (1-65535)")))
+        .ok_or_else(|| err(field.name(), format!("{p} is not a port (1-65535)")))
 }
 
-fn protocol(field: &str, p: Option<&str>) -> Result<m::Protocol> {
+fn protocol(field: impl FieldName, p: Option<&str>) -> Result<m::Protocol> {
     match p.unwrap_or("TCP") {
         "TCP" => Ok(m::Protocol::Tcp),
         "UDP" => Ok(m::Protocol::Udp),
         "SCTP" => Ok(m::Protocol::Sctp),
-        other => Err(err(field, format!("unknown protocol {other:?}"))),
+        other => Err(err(field.name(), format!("unknown protocol {other:?}"))),
     }
 }
 
@@ -152,9 +205,13 @@ fn policy(field: &str, p: Option<&str>) -> Result<m::TrafficPolicy> {
 
 /// v1 Service, in its own block: the state's object and the compiled routes share it.
 pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Service>> {
-    let (namespace, name) = meta(&svc.metadata, default_namespace)?;
-    let spec = svc.spec.clone().unwrap_or_default();
-    let service_type = match spec.type_.as_deref() {
+    service_of(&ServiceFields::of(svc), default_namespace)
+}
+
+/// A Service from its fields, whatever they were read from (k8s-openapi or protobuf).
+pub fn service_of(spec: &ServiceFields, default_namespace: &str) -> Result<Arc<m::Service>> {
+    let (namespace, name) = names(&spec.meta, default_namespace)?;
+    let service_type = match spec.type_ {
         None | Some("ClusterIP") => m::ServiceType::ClusterIp,
         Some("NodePort") => m::ServiceType::NodePort,
         Some("LoadBalancer") => m::ServiceType::LoadBalancer,
@@ -162,9 +219,9 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Se
         Some(other) => return Err(err("spec.type", format!("unknown service type {other:?}"))),
     };
     // `clusterIP` wins over a `clusterIPs[0]` that disagrees (see `cluster_ip_mismatch`).
-    let primary = spec.cluster_ip.as_deref().filter(|s| !s.is_empty());
-    let listed = spec.cluster_ips.as_deref().unwrap_or_default();
-    let headless = primary.or(listed.first().map(String::as_str)) == Some("None");
+    let primary = spec.cluster_ip.filter(|s| !s.is_empty());
+    let listed = &spec.cluster_ips;
+    let headless = primary.or(listed.first().copied()) == Some("None");
     // Every list is allocated at its length (here and in `endpoint_slice`): a `Vec` grown by
     // `push` keeps up to twice the room, and these live as long as the object (docs/memory.md).
     let mut cluster_ips = Vec::with_capacity(listed.len().max(usize::from(primary.is_some())));
@@ -177,39 +234,36 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Se
             None => 0,
         };
         for (i, s) in listed.iter().enumerate().skip(rest) {
-            if s != "None" {
-                cluster_ips.push(ip(&format!("spec.clusterIPs[{i}]"), s)?);
+            if *s != "None" {
+                cluster_ips.push(ip(|| format!("spec.clusterIPs[{i}]"), s)?);
             }
         }
     }
-    let mut ports = Vec::with_capacity(spec.ports.as_ref().map_or(0, Vec::len));
-    for (i, p) in spec.ports.iter().flatten().enumerate() {
+    let mut ports = Vec::with_capacity(spec.ports.len());
+    for (i, p) in spec.ports.iter().enumerate() {
         let f = |n: &str| format!("spec.ports[{i}].{n}");
-        let number = port(&f("port"), p.port)?;
-        let target_port = match &p.target_port {
+        let number = port(|| f("port"), p.port)?;
+        let target_port = match p.target_port {
             None => m::PortRef::Number(number),
-            Some(IntOrString::Int(n)) => m::PortRef::Number(port(&f("targetPort"), *n)?),
-            Some(IntOrString::String(s)) => match s.parse::<i32>() {
-                Ok(n) => m::PortRef::Number(port(&f("targetPort"), n)?),
-                Err(_) => m::PortRef::Name(s.clone()),
+            Some(TargetPort::Number(n)) => m::PortRef::Number(port(|| f("targetPort"), n)?),
+            Some(TargetPort::Name(s)) => match s.parse::<i32>() {
+                Ok(n) => m::PortRef::Number(port(|| f("targetPort"), n)?),
+                Err(_) => m::PortRef::Name(s.to_string()),
             },
         };
         ports.push(m::ServicePort {
-            name: p.name.clone().unwrap_or_default(),
-            protocol: protocol(&f("protocol"), p.protocol.as_deref())?,
+            name: p.name.unwrap_or_default().to_string(),
+            protocol: protocol(|| f("protocol"), p.protocol)?,
             port: number,
             target_port,
-            node_port: p.node_port.map(|n| port(&f("nodePort"), n)).transpose()?,
-            app_protocol: p.app_protocol.clone(),
+            node_port: p.node_port.map(|n| port(|| f("nodePort"), n)).transpose()?,
+            app_protocol: p.app_protocol.map(str::to_string),
         });
     }
-    let session_affinity_timeout = match spec.session_affinity.as_deref() {
+    let session_affinity_timeout = match spec.session_affinity {
         None | Some("None") => None,
         Some("ClientIP") => Some(
-            spec.session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
+            spec.session_affinity_timeout
                 .map(|t| {
                     u32::try_from(t)
                         .ok()
@@ -231,7 +285,7 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Se
             ))
         }
     };
-    let traffic_distribution = match spec.traffic_distribution.as_deref() {
+    let traffic_distribution = match spec.traffic_distribution {
         None => None,
         Some("PreferClose") => Some(m::TrafficDistribution::PreferClose),
         Some("PreferSameZone") => Some(m::TrafficDistribution::PreferSameZone),
@@ -239,28 +293,18 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Se
         // Unknown values are ignored by kube-proxy too (forward compatibility).
         Some(_) => None,
     };
-    let mut external_ips = Vec::with_capacity(spec.external_ips.as_ref().map_or(0, Vec::len));
-    for (i, s) in spec.external_ips.iter().flatten().enumerate() {
-        external_ips.push(ip(&format!("spec.externalIPs[{i}]"), s)?);
+    let mut external_ips = Vec::with_capacity(spec.external_ips.len());
+    for (i, s) in spec.external_ips.iter().enumerate() {
+        external_ips.push(ip(|| format!("spec.externalIPs[{i}]"), s)?);
     }
     let mut load_balancer_ips = Vec::new();
-    let lb_ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.as_ref());
-    for (i, ing) in lb_ingress.into_iter().flatten().enumerate() {
-        if let Some(s) = &ing.ip {
-            load_balancer_ips.push(ip(&format!("status.loadBalancer.ingress[{i}].ip"), s)?);
+    for (i, s) in spec.load_balancer_ingress_ips.iter().enumerate() {
+        if let Some(s) = s {
+            load_balancer_ips.push(ip(|| format!("status.loadBalancer.ingress[{i}].ip"), s)?);
         }
     }
     let mut load_balancer_source_ranges = Vec::new();
-    for (i, s) in spec
-        .load_balancer_source_ranges
-        .iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, s) in spec.load_balancer_source_ranges.iter().enumerate() {
         let net = s.trim().parse::<ipnet::IpNet>().map_err(|_| {
             err(
                 format!("spec.loadBalancerSourceRanges[{i}]"),
@@ -275,8 +319,8 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Se
     let external_name = if service_type == m::ServiceType::ExternalName {
         Some(
             spec.external_name
-                .clone()
                 .filter(|n| !n.is_empty())
+                .map(str::to_string)
                 .ok_or_else(|| err("spec.externalName", "is required for type ExternalName"))?,
         )
     } else {
@@ -293,11 +337,11 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Se
         session_affinity_timeout,
         external_traffic_policy: policy(
             "spec.externalTrafficPolicy",
-            spec.external_traffic_policy.as_deref(),
+            spec.external_traffic_policy,
         )?,
         internal_traffic_policy: policy(
             "spec.internalTrafficPolicy",
-            spec.internal_traffic_policy.as_deref(),
+            spec.internal_traffic_policy,
         )?,
         traffic_distribution,
         publish_not_ready_addresses: spec.publish_not_ready_addresses.unwrap_or(false),
@@ -308,7 +352,7 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> Result<Arc<m::Se
             .health_check_node_port
             .map(|p| port("spec.healthCheckNodePort", p))
             .transpose()?,
-        annotations: our_annotations(&svc.metadata),
+        annotations: annotations_of(&spec.meta),
     }))
 }
 
@@ -349,8 +393,16 @@ pub fn endpoint_slice(
     slice: &discovery::EndpointSlice,
     default_namespace: &str,
 ) -> Result<m::EndpointSlice> {
-    let (namespace, name) = meta(&slice.metadata, default_namespace)?;
-    let address_type = match slice.address_type.as_str() {
+    endpoint_slice_of(&EndpointSliceFields::of(slice), default_namespace)
+}
+
+/// An EndpointSlice from its fields, whatever they were read from (k8s-openapi or protobuf).
+pub fn endpoint_slice_of(
+    slice: &EndpointSliceFields,
+    default_namespace: &str,
+) -> Result<m::EndpointSlice> {
+    let (namespace, name) = names(&slice.meta, default_namespace)?;
+    let address_type = match slice.address_type {
         "IPv4" => m::AddressType::IPv4,
         "IPv6" => m::AddressType::IPv6,
         other => {
@@ -360,22 +412,22 @@ pub fn endpoint_slice(
             ))
         }
     };
-    let mut ports = Vec::with_capacity(slice.ports.as_ref().map_or(0, Vec::len));
-    for (i, p) in slice.ports.iter().flatten().enumerate() {
+    let mut ports = Vec::with_capacity(slice.ports.len());
+    for (i, p) in slice.ports.iter().enumerate() {
         // A port without a number means "all ports"; it is only valid with no endpoints.
         let Some(n) = p.port else { continue };
         ports.push(m::EndpointPort {
-            name: p.name.clone().unwrap_or_default(),
-            protocol: protocol(&format!("ports[{i}].protocol"), p.protocol.as_deref())?,
-            port: port(&format!("ports[{i}].port"), n)?,
-            app_protocol: p.app_protocol.clone(),
+            name: p.name.unwrap_or_default().to_string(),
+            protocol: protocol(|| format!("ports[{i}].protocol"), p.protocol)?,
+            port: port(|| format!("ports[{i}].port"), n)?,
+            app_protocol: p.app_protocol.map(str::to_string),
         });
     }
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for (i, e) in slice.endpoints.iter().enumerate() {
         let mut addresses = Vec::with_capacity(e.addresses.len());
         for (j, a) in e.addresses.iter().enumerate() {
-            let addr = ip(&format!("endpoints[{i}].addresses[{j}]"), a)?;
+            let addr = ip(|| format!("endpoints[{i}].addresses[{j}]"), a)?;
             let family_ok = match address_type {
                 m::AddressType::IPv4 => addr.is_ipv4(),
                 m::AddressType::IPv6 => addr.is_ipv6(),
@@ -388,38 +440,27 @@ pub fn endpoint_slice(
             }
             addresses.push(addr);
         }
-        let c = e.conditions.clone().unwrap_or_default();
-        let hints = e.hints.as_ref();
         // Node, zone, hints, target kind and namespace repeat across thousands of endpoints:
         // one shared copy each (docs/memory.md).
-        let interned = |s: &Option<String>| s.as_deref().map(intern);
         endpoints.push(m::Endpoint {
             addresses: addresses.into(),
-            hostname: e.hostname.as_deref().map(Into::into),
+            hostname: e.hostname.map(Into::into),
             conditions: m::Conditions {
-                ready: c.ready,
-                serving: c.serving,
-                terminating: c.terminating,
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
             },
             info: m::EndpointInfo {
-                node_name: interned(&e.node_name),
-                zone: interned(&e.zone),
-                hints: hints.and_then(endpoint_hints),
+                node_name: e.node_name.map(intern),
+                zone: e.zone.map(intern),
+                hints: endpoint_hints(&e.hint_zones, &e.hint_nodes),
             }
             .shared(),
-            target_name: e
-                .target_ref
-                .as_ref()
-                .map(|t| t.name.as_deref().unwrap_or_default().into()),
+            target_name: e.target_name.map(Into::into),
         });
     }
     Ok(m::EndpointSlice {
-        service_name: slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            .cloned(),
+        service_name: slice.meta.label(SERVICE_NAME_LABEL).map(str::to_string),
         namespace,
         name,
         address_type,
@@ -427,22 +468,18 @@ pub fn endpoint_slice(
         endpoints,
         // Unparsable times are ignored, as kube-proxy does.
         trigger_time: slice
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
+            .meta
+            .annotation(TRIGGER_TIME_ANNOTATION)
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
             .map(std::time::SystemTime::from),
     })
 }
 
 /// An endpoint's hints, interned, in one block; `None` when both lists are empty.
-fn endpoint_hints(h: &discovery::EndpointHints) -> Option<Box<m::Hints>> {
-    let for_zones = h.for_zones.iter().flatten().map(|z| z.name.as_str());
-    let for_nodes = h.for_nodes.iter().flatten().map(|n| n.name.as_str());
+fn endpoint_hints(for_zones: &[&str], for_nodes: &[&str]) -> Option<Box<m::Hints>> {
     let h = m::Hints {
-        for_zones: for_zones.map(intern).collect(),
-        for_nodes: for_nodes.map(intern).collect(),
+        for_zones: for_zones.iter().copied().map(intern).collect(),
+        for_nodes: for_nodes.iter().copied().map(intern).collect(),
     };
     (!h.for_zones.is_empty() || !h.for_nodes.is_empty()).then(|| Box::new(h))
 }
