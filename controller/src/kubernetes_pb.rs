@@ -15,6 +15,14 @@
 //! (the buffer keeps the bytes not yet consumed). The protobuf wire format is read by
 //! [`Fields`], a few lines over a byte slice; every length is checked against what encloses it,
 //! so a broken body is an error, never a panic or a huge allocation.
+//!
+//! Why not prost's generated decoding (k8s-pb's messages, which the envelope still uses): it
+//! builds every field of every item, `managedFields` included, which then had to be moved into
+//! k8s-openapi objects and dropped. In the profile of a 10k-Service start against kube-apiserver
+//! that was 31% of switchboard's CPU (prost 23%, the move 5.5%, the drop 2.5%; docs/sources.md,
+//! "Start-up: where the time goes"); reading only the converted fields halved switchboard's CPU
+//! to all names correct, 0.50 → 0.25 s, and took the start from 0.57 to 0.37 s
+//! (`bench/run startup --runs 5 --baseline-bin`, 2026-12-06 18:55, docs/benchmarks.md).
 
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as pb_meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
