@@ -414,28 +414,31 @@ fn complete<'a>(
     }
 }
 
-/// `TypeMeta.kind` (field 2).
-fn type_kind(b: &[u8]) -> Result<&str, WireError> {
-    let mut kind = "";
-    for f in fields(b) {
+/// Field `number` of the message in `buf`, each occurrence read by `read` (so every one is
+/// checked), the last one kept: a singular field written twice, as protobuf reads it.
+pub fn last<'a, T>(
+    buf: &'a [u8],
+    number: u32,
+    read: impl Fn(Field<'a>) -> Result<T, WireError>,
+) -> Result<Option<T>, WireError> {
+    let mut value = None;
+    for f in fields(buf) {
         let f = f?;
-        if f.number == 2 {
-            kind = f.str()?;
+        if f.number == number {
+            value = Some(read(f)?);
         }
     }
-    Ok(kind)
+    Ok(value)
+}
+
+/// `TypeMeta.kind` (field 2).
+fn type_kind(b: &[u8]) -> Result<&str, WireError> {
+    Ok(last(b, 2, Field::str)?.unwrap_or(""))
 }
 
 /// `ListMeta.resourceVersion` (field 2).
 fn list_rv(b: &[u8]) -> Result<Option<String>, WireError> {
-    let mut rv = None;
-    for f in fields(b) {
-        let f = f?;
-        if f.number == 2 {
-            rv = Some(f.str()?.to_string());
-        }
-    }
-    Ok(rv)
+    Ok(last(b, 2, Field::str)?.map(str::to_string))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::convert::{
     ServiceFields, ServicePortFields, TargetPort,
 };
 use crate::kubernetes_event::{key_of_meta, Converted};
-use crate::kubernetes_pb::{fields, Field, WireError};
+use crate::kubernetes_pb::{fields, last, Field, WireError};
 
 /// A kind whose whole lists are read in protobuf.
 pub trait ProtobufKind {
@@ -144,11 +144,8 @@ fn spec<'a>(b: &'a [u8], s: &mut ServiceFields<'a>) -> Result<(), WireError> {
                 for c in fields(f.bytes()?) {
                     let c = c?;
                     if c.number == 1 {
-                        for t in fields(c.bytes()?) {
-                            let t = t?;
-                            if t.number == 1 {
-                                s.session_affinity_timeout = Some(t.int32()?);
-                            }
+                        if let Some(t) = last(c.bytes()?, 1, Field::int32)? {
+                            s.session_affinity_timeout = Some(t);
                         }
                     }
                 }
@@ -208,17 +205,10 @@ fn status<'a>(b: &'a [u8], s: &mut ServiceFields<'a>) -> Result<(), WireError> {
         }
         for i in fields(f.bytes()?) {
             let i = i?;
-            if i.number != 1 {
-                continue;
+            if i.number == 1 {
+                let ip = last(i.bytes()?, 1, text)?.flatten();
+                s.load_balancer_ingress_ips.push(ip);
             }
-            let mut ip = None;
-            for a in fields(i.bytes()?) {
-                let a = a?;
-                if a.number == 1 {
-                    ip = text(a)?;
-                }
-            }
-            s.load_balancer_ingress_ips.push(ip);
         }
     }
     Ok(())
@@ -262,16 +252,7 @@ fn endpoint(b: &[u8]) -> Result<EndpointFields<'_>, WireError> {
             }
             3 => e.hostname = Some(f.str()?),
             // ObjectReference: name 3.
-            4 => {
-                let mut name = "";
-                for r in fields(f.bytes()?) {
-                    let r = r?;
-                    if r.number == 3 {
-                        name = r.str()?;
-                    }
-                }
-                e.target_name = Some(name);
-            }
+            4 => e.target_name = Some(last(f.bytes()?, 3, Field::str)?.unwrap_or("")),
             6 => e.node_name = Some(f.str()?),
             7 => e.zone = Some(f.str()?),
             // forZones 1, forNodes 2, each { name 1 }.
@@ -283,14 +264,7 @@ fn endpoint(b: &[u8]) -> Result<EndpointFields<'_>, WireError> {
                         2 => &mut e.hint_nodes,
                         _ => continue,
                     };
-                    let mut name = "";
-                    for n in fields(h.bytes()?) {
-                        let n = n?;
-                        if n.number == 1 {
-                            name = n.str()?;
-                        }
-                    }
-                    list.push(name);
+                    list.push(last(h.bytes()?, 1, Field::str)?.unwrap_or(""));
                 }
             }
             _ => {}
