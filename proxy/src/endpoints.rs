@@ -23,7 +23,7 @@ pub fn usable_for_family(endpoints: &[EndpointRoute], family_of: IpAddr) -> Vec<
     eligible(
         endpoints
             .iter()
-            .filter(|e| e.addr().ip().is_ipv4() == family_of.is_ipv4())
+            .filter(|e| e.ip().is_ipv4() == family_of.is_ipv4())
             .collect(),
     )
 }
@@ -236,7 +236,7 @@ pub fn categorize<'a>(
 ) -> Categories<'a> {
     let eps: Vec<&'a EndpointRoute> = endpoints
         .iter()
-        .filter(|e| family.is_none_or(|f| e.addr().ip().is_ipv4() == f.is_ipv4()))
+        .filter(|e| family.is_none_or(|f| e.ip().is_ipv4() == f.is_ipv4()))
         .collect();
     let is_local = |e: &EndpointRoute| {
         node.name.is_some() && e.endpoint.node_name.as_deref() == node.name.as_deref()

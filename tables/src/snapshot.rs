@@ -105,8 +105,9 @@ impl DnsTable {
 }
 
 /// One endpoint of one service port, with what the balancers need to choose it (32 B: the
-/// address and port apart, not a 32 B `SocketAddr`; the endpoint's node, zone, hints and
-/// target are the object's own block, shared by every port; docs/memory.md).
+/// address and port apart, not a 32 B `SocketAddr`; the endpoint's node, zone and hints are a
+/// block shared with the other endpoints of its node and by every port; its target stays in
+/// the slice; docs/memory.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndpointRoute {
     ip: IpAddr,
