@@ -37,7 +37,7 @@ use tables::Kind;
 
 use crate::kubernetes_event::{self as ev, Conv, Converted, Ev, Events};
 use crate::kubernetes_pb::{self as pb, ListReader, PbError};
-use crate::kubernetes_pb_items::ProtobufKind;
+use crate::kubernetes_pb_items::{take_items, ProtobufKind};
 use crate::Metrics;
 
 /// A kind the protobuf lists serve.
@@ -244,22 +244,13 @@ async fn read_protobuf<K: Listed>(mut body: kube::client::Body) -> kube::Result<
     let mut reader = ListReader::new(K::LIST_KIND);
     let mut items = Vec::new();
     let mut bytes = 0;
-    let mut take = |reader: &mut ListReader| -> Result<(), PbError> {
-        while let Some(item) = reader.next_item()? {
-            items.push(K::convert_item(item).map_err(|error| PbError::Decode {
-                kind: K::LIST_KIND,
-                error,
-            })?);
-        }
-        Ok(())
-    };
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
             continue; // trailers
         };
         bytes += data.len();
         reader.push(&data);
-        if let Err(e) = take(&mut reader) {
+        if let Err(e) = take_items::<K>(&mut reader, &mut items) {
             return Ok(Read::Unreadable(e));
         }
     }

@@ -20,7 +20,7 @@ use crate::convert::{
     ServiceFields, ServicePortFields, TargetPort,
 };
 use crate::kubernetes_event::{key_of_meta, Converted};
-use crate::kubernetes_pb::{fields, last, Field, WireError};
+use crate::kubernetes_pb::{fields, last, Field, ListReader, PbError, WireError};
 
 /// A kind whose whole lists are read in protobuf.
 pub trait ProtobufKind {
@@ -28,6 +28,20 @@ pub trait ProtobufKind {
     const LIST_KIND: &'static str;
     /// One list item, converted; `Err` when its bytes are not the kind's message.
     fn convert_item(item: &[u8]) -> Result<Converted, WireError>;
+}
+
+/// Converts every item `reader` holds complete into `out`.
+pub fn take_items<K: ProtobufKind>(
+    reader: &mut ListReader,
+    out: &mut Vec<Converted>,
+) -> Result<(), PbError> {
+    while let Some(item) = reader.next_item()? {
+        out.push(K::convert_item(item).map_err(|error| PbError::Decode {
+            kind: K::LIST_KIND,
+            error,
+        })?);
+    }
+    Ok(())
 }
 
 impl ProtobufKind for core::Service {

@@ -20,12 +20,7 @@ fn read<K: ProtobufKind>(body: &[u8], chunk: usize) -> Result<(String, Vec<Conve
     let mut out = Vec::new();
     for c in body.chunks(chunk.max(1)) {
         reader.push(c);
-        while let Some(item) = reader.next_item()? {
-            out.push(K::convert_item(item).map_err(|error| PbError::Decode {
-                kind: K::LIST_KIND,
-                error,
-            })?);
-        }
+        items::take_items::<K>(&mut reader, &mut out)?;
     }
     Ok((reader.finish()?, out))
 }
@@ -34,6 +29,23 @@ fn object(c: Converted) -> Object {
     match c {
         Converted::Object(o) => o,
         other => panic!("not converted: {other:?}"),
+    }
+}
+
+/// `body`, read in chunks of each of `chunks` bytes and whole, gives the resource version and
+/// item count `(rv, n)`, every item converted to `want`.
+fn reads_in_chunks_as<K: ProtobufKind>(
+    body: &[u8],
+    chunks: &[usize],
+    (rv, n): (&str, usize),
+    want: &Object,
+) {
+    for &chunk in chunks.iter().chain([&body.len()]) {
+        let (got_rv, got) = read::<K>(body, chunk).unwrap();
+        assert_eq!((got_rv.as_str(), got.len()), (rv, n), "chunks of {chunk}");
+        for o in got {
+            assert_eq!(object(o), *want, "chunks of {chunk}");
+        }
     }
 }
 
@@ -234,13 +246,7 @@ fn a_service_converts_the_same_from_protobuf_and_json_in_any_chunks() {
     let json: core::Service = serde_json::from_str(SERVICE_JSON).unwrap();
     let want = Object::Service(convert::service(&json, "default").unwrap());
     let body = service_list(vec![pb_service(); 3]);
-    for chunk in [1, 2, 3, 7, 64, 1000, body.len()] {
-        let (rv, got) = read::<core::Service>(&body, chunk).unwrap();
-        assert_eq!((rv.as_str(), got.len()), ("42", 3), "chunks of {chunk}");
-        for o in got {
-            assert_eq!(object(o), want, "chunks of {chunk}");
-        }
-    }
+    reads_in_chunks_as::<core::Service>(&body, &[1, 2, 3, 7, 64, 1000], ("42", 3), &want);
 }
 
 /// kube-apiserver writes the fields Go declares as values even when they are empty (`nodePort:
@@ -303,13 +309,7 @@ fn an_endpoint_slice_converts_the_same_from_protobuf_and_json() {
     let body = envelope("EndpointSliceList", raw, "");
     let json: discovery::EndpointSlice = serde_json::from_str(SLICE_JSON).unwrap();
     let want = Object::EndpointSlice(convert::endpoint_slice(&json, "default").unwrap());
-    for chunk in [1, 5, 100, body.len()] {
-        let (rv, got) = read::<discovery::EndpointSlice>(&body, chunk).unwrap();
-        assert_eq!((rv.as_str(), got.len()), ("43", 2), "chunks of {chunk}");
-        for o in got {
-            assert_eq!(object(o), want, "chunks of {chunk}");
-        }
-    }
+    reads_in_chunks_as::<discovery::EndpointSlice>(&body, &[1, 5, 100], ("43", 2), &want);
 }
 
 /// An item that reads but does not validate is rejected by the same conversion as JSON, with
